@@ -1,0 +1,184 @@
+//! Command-line parsing (hand-written: three subcommands and a handful of flags).
+
+use std::path::PathBuf;
+
+use crate::sim::{Gate, SimConfig};
+
+pub const USAGE: &str = "\
+qwen-proxy — OpenAI-compatible API proxy for chat.qwen.ai
+
+USAGE:
+    qwen-proxy [serve] [--demo] [--port N] [--host H] [--env-file PATH]
+    qwen-proxy sim [--port N] [--host H] [SIM OPTIONS]
+    qwen-proxy check [--env-file PATH]
+    qwen-proxy --help | --version
+
+COMMANDS:
+    serve    Run the proxy (default). Reads configuration from the environment and .env
+             (see .env.example); flags override the environment.
+    sim      Run the Qwen simulator alone (for tests, benchmarks and other proxies).
+    check    Validate configuration and credentials, print a status table, exit 0/1.
+
+SERVE OPTIONS:
+    --demo            Serve against the built-in simulator; no credentials needed.
+    --port N          Listen port (PORT, default 3000; 0 picks a free port).
+    --host H          Listen address (HOST, default 0.0.0.0).
+    --env-file PATH   Read variables from PATH instead of ./.env.
+
+SIM OPTIONS:
+    --port N               Listen port (default 8090; 0 picks a free port).
+    --host H               Listen address (default 127.0.0.1).
+    --chat-latency-ms N    Latency of POST /api/v2/chats/new (default 0).
+    --ttft-ms N            Delay before the first content frame (default 0).
+    --delay-ms N           Delay between frames (default 0).
+    --chunk-chars N        Answer characters per frame (default 4).
+    --linger-ms N          How long a chat stays busy after a generation (default 300).
+    --body-limit N         Anti-bot request body limit in bytes (default 131072).
+    --gate LEVEL           Header strictness: none, 2026-06, 2026-09 (default), 2026-10.
+";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeArgs {
+    pub demo: bool,
+    pub port: Option<String>,
+    pub host: Option<String>,
+    pub env_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimArgs {
+    pub host: String,
+    pub port: u16,
+    pub config: SimConfig,
+}
+
+#[derive(Debug, Clone)]
+pub enum Command {
+    Serve(ServeArgs),
+    Sim(SimArgs),
+    Check(ServeArgs),
+    Help,
+    Version,
+}
+
+/// Parse `args` (without the program name).
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let mut it = args.iter().map(String::as_str).peekable();
+    let sub = match it.peek().copied() {
+        Some("serve") | Some("sim") | Some("check") => it.next(),
+        _ => None,
+    };
+    let rest: Vec<&str> = it.collect();
+    if rest.iter().any(|a| *a == "--help" || *a == "-h") {
+        return Ok(Command::Help);
+    }
+    if rest.iter().any(|a| *a == "--version" || *a == "-V") {
+        return Ok(Command::Version);
+    }
+    match sub {
+        Some("sim") => parse_sim(&rest).map(Command::Sim),
+        Some("check") => parse_serve(&rest, false).map(Command::Check),
+        _ => parse_serve(&rest, true).map(Command::Serve),
+    }
+}
+
+fn value<'a>(flag: &str, it: &mut impl Iterator<Item = &'a str>) -> Result<&'a str, String> {
+    it.next().ok_or_else(|| format!("{flag} needs a value"))
+}
+
+fn parse_serve(args: &[&str], allow_demo: bool) -> Result<ServeArgs, String> {
+    let mut out = ServeArgs {
+        demo: false,
+        port: None,
+        host: None,
+        env_file: PathBuf::from(".env"),
+    };
+    let mut it = args.iter().copied();
+    while let Some(a) = it.next() {
+        match a {
+            "--demo" if allow_demo => out.demo = true,
+            "--port" => out.port = Some(value(a, &mut it)?.to_owned()),
+            "--host" => out.host = Some(value(a, &mut it)?.to_owned()),
+            "--env-file" => out.env_file = PathBuf::from(value(a, &mut it)?),
+            other => return Err(format!("unknown argument `{other}` (see --help)")),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_sim(args: &[&str]) -> Result<SimArgs, String> {
+    let mut out = SimArgs {
+        host: "127.0.0.1".to_owned(),
+        port: 8090,
+        config: SimConfig::default(),
+    };
+    let mut it = args.iter().copied();
+    let num = |flag: &str, v: &str| -> Result<u64, String> {
+        v.parse()
+            .map_err(|_| format!("{flag} expects a whole number, got `{v}`"))
+    };
+    while let Some(a) = it.next() {
+        let ms = |v: u64| std::time::Duration::from_millis(v);
+        match a {
+            "--port" => {
+                let v = value(a, &mut it)?;
+                out.port = v
+                    .parse()
+                    .map_err(|_| format!("--port expects 0-65535, got `{v}`"))?;
+            }
+            "--host" => out.host = value(a, &mut it)?.to_owned(),
+            "--chat-latency-ms" => out.config.timing.chat_latency = ms(num(a, value(a, &mut it)?)?),
+            "--ttft-ms" => out.config.timing.ttft = ms(num(a, value(a, &mut it)?)?),
+            "--delay-ms" => out.config.timing.frame_delay = ms(num(a, value(a, &mut it)?)?),
+            "--chunk-chars" => {
+                out.config.timing.chunk_chars = num(a, value(a, &mut it)?)?.max(1) as usize
+            }
+            "--linger-ms" => out.config.linger = ms(num(a, value(a, &mut it)?)?),
+            "--body-limit" => out.config.body_limit = num(a, value(a, &mut it)?)? as usize,
+            "--gate" => out.config.gate = value(a, &mut it)?.parse::<Gate>()?,
+            other => return Err(format!("unknown argument `{other}` (see --help)")),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn serve_is_the_default() {
+        match parse(&args("--demo --port 0")).unwrap() {
+            Command::Serve(a) => {
+                assert!(a.demo);
+                assert_eq!(a.port.as_deref(), Some("0"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse(&args("serve")).unwrap(), Command::Serve(_)));
+    }
+
+    #[test]
+    fn sim_flags() {
+        let Command::Sim(s) =
+            parse(&args("sim --port 9 --ttft-ms 50 --delay-ms 5 --gate none")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(s.port, 9);
+        assert_eq!(s.config.timing.ttft.as_millis(), 50);
+        assert_eq!(s.config.gate, Gate::None);
+    }
+
+    #[test]
+    fn errors_and_help() {
+        assert!(parse(&args("--bogus")).is_err());
+        assert!(parse(&args("check --demo")).is_err());
+        assert!(parse(&args("sim --port x")).is_err());
+        assert!(matches!(parse(&args("sim --help")).unwrap(), Command::Help));
+    }
+}

@@ -1,0 +1,507 @@
+//! Typed configuration from flags, environment and `.env`. Nothing else reads the
+//! environment. Every variable is parsed before any error is returned, so one run reports
+//! all bad values (the binary exits with 64, `EX_USAGE`).
+//!
+//! Names are those of the Node version (`PORT`, `QWEN_COOKIES`, `RETRY_*`, …) so its users
+//! can keep their `.env`; durations are milliseconds, as there. `.env.example` documents
+//! every variable.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use hyper::Uri;
+
+/// Where raw values come from. `Env` in production, a map in tests.
+pub trait Source {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+/// Process environment layered over a `.env` file (the real environment wins), with CLI
+/// overrides on top.
+#[derive(Debug, Default)]
+pub struct Env {
+    dotenv: HashMap<String, String>,
+    overrides: HashMap<String, String>,
+}
+
+impl Env {
+    /// Read `.env` from `path` if it exists. A malformed line is reported, not ignored.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let dotenv = match std::fs::read_to_string(path) {
+            Ok(text) => parse_dotenv(&text).map_err(|e| format!("{}: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        Ok(Self {
+            dotenv,
+            overrides: HashMap::new(),
+        })
+    }
+
+    /// A flag value that takes precedence over everything else.
+    pub fn set_override(&mut self, key: &str, value: impl Into<String>) {
+        self.overrides.insert(key.to_owned(), value.into());
+    }
+}
+
+impl Source for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        self.overrides
+            .get(key)
+            .cloned()
+            .or_else(|| std::env::var(key).ok())
+            .or_else(|| self.dotenv.get(key).cloned())
+    }
+}
+
+/// `KEY=VALUE` lines; `#` comments; optional `export `; single or double quotes.
+pub fn parse_dotenv(text: &str) -> Result<HashMap<String, String>, String> {
+    let mut map = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {}: expected KEY=VALUE", n + 1));
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("line {}: invalid variable name `{key}`", n + 1));
+        }
+        let value = value.trim();
+        let value = if value.len() >= 2
+            && (value.starts_with('"') && value.ends_with('"')
+                || value.starts_with('\'') && value.ends_with('\''))
+        {
+            value[1..value.len() - 1].to_owned()
+        } else {
+            // Unquoted: a ` #` starts a trailing comment.
+            value.split(" #").next().unwrap_or("").trim_end().to_owned()
+        };
+        map.insert(key.to_owned(), value);
+    }
+    Ok(map)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A secret string: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Everything the Qwen client needs.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub base_url: Uri,
+    /// The full Cookie header (contains `token=`).
+    pub cookies: Option<Secret>,
+    /// The account JWT, taken from the `token=` cookie.
+    pub auth_token: Option<Secret>,
+    /// `bx-umidtoken` header (`QWEN_TOKEN`).
+    pub bx_umidtoken: Option<Secret>,
+    pub bx_ua: Option<Secret>,
+    pub bx_v: String,
+    pub user_agent: String,
+    /// The front-end `version` header; its presence is required upstream.
+    pub fe_version: String,
+    /// Also send `Authorization: Bearer <token>` (the cookie is always sent).
+    pub send_bearer: bool,
+    pub connect_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    pub multiplier: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CorsConfig {
+    pub enabled: bool,
+    pub origin: String,
+    pub credentials: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    pub upstream: UpstreamConfig,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub session_timeout: Duration,
+    pub session_cleanup_interval: Duration,
+    pub retry: RetryConfig,
+    pub models_cache_duration: Duration,
+    pub cors: CorsConfig,
+    pub trust_proxy: bool,
+    pub api_keys: Vec<Secret>,
+    pub redis_url: Option<Secret>,
+    pub max_body_bytes: usize,
+    pub sse_keepalive: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// All problems found, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+pub const DEFAULT_USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/141.0.0.0 Safari/537.36";
+
+/// Collects parse errors while reading every field.
+struct Reader<'a> {
+    src: &'a dyn Source,
+    errors: Vec<String>,
+}
+
+impl Reader<'_> {
+    fn raw(&self, key: &str) -> Option<String> {
+        self.src
+            .get(key)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(&mut self, key: &str, default: T, what: &str) -> T {
+        match self.raw(key) {
+            None => default,
+            Some(v) => v.parse().unwrap_or_else(|_| {
+                self.errors.push(format!("{key}={v:?} is not {what}"));
+                default
+            }),
+        }
+    }
+
+    fn bool(&mut self, key: &str, default: bool) -> bool {
+        match self.raw(key).map(|v| v.to_ascii_lowercase()) {
+            None => default,
+            Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => true,
+            Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => false,
+            Some(v) => {
+                self.errors
+                    .push(format!("{key}={v:?} is not a boolean (true/false)"));
+                default
+            }
+        }
+    }
+
+    /// Milliseconds, `> 0` unless `allow_zero`.
+    fn millis(&mut self, key: &str, default_ms: u64, allow_zero: bool) -> Duration {
+        let ms: u64 = self.parse(key, default_ms, "a number of milliseconds");
+        if ms == 0 && !allow_zero {
+            self.errors.push(format!("{key} must be greater than 0"));
+            return Duration::from_millis(default_ms);
+        }
+        Duration::from_millis(ms)
+    }
+}
+
+impl Config {
+    /// Read and validate everything. `demo` relaxes the credential requirement.
+    pub fn from_source(src: &dyn Source, demo: bool) -> Result<Config, ConfigErrors> {
+        let mut r = Reader {
+            src,
+            errors: Vec::new(),
+        };
+        let host: IpAddr = r.parse("HOST", IpAddr::from([0, 0, 0, 0]), "an IP address");
+        let port: u16 = r.parse("PORT", 3000, "a port number (0-65535)");
+
+        let base_url = match r.raw("QWEN_BASE_URL") {
+            None => Uri::from_static("https://chat.qwen.ai"),
+            Some(v) => match v.trim_end_matches('/').parse::<Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                    u
+                }
+                _ => {
+                    r.errors
+                        .push(format!("QWEN_BASE_URL={v:?} is not an http(s) URL"));
+                    Uri::from_static("https://chat.qwen.ai")
+                }
+            },
+        };
+        let cookies = r.raw("QWEN_COOKIES");
+        let auth_token = cookies.as_deref().and_then(token_from_cookies);
+        if let Some(c) = &cookies {
+            if auth_token.is_none() {
+                r.errors.push(
+                    "QWEN_COOKIES has no `token=` cookie: copy the whole Cookie header of a logged-in chat.qwen.ai tab"
+                        .to_owned(),
+                );
+            }
+            if c.chars().any(|ch| ch.is_control()) {
+                r.errors
+                    .push("QWEN_COOKIES contains control characters".to_owned());
+            }
+        } else if !demo {
+            r.errors.push(
+                "no Qwen credentials: set QWEN_COOKIES to the Cookie header (with token=…) of a logged-in \
+                 chat.qwen.ai browser session, or run `qwen-proxy --demo` to try the proxy against the built-in simulator"
+                    .to_owned(),
+            );
+        }
+        let log_format = match r
+            .raw("LOG_FORMAT")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(v) => {
+                r.errors
+                    .push(format!("LOG_FORMAT={v:?} must be text or json"));
+                LogFormat::Text
+            }
+        };
+        let log_level = r.raw("LOG_LEVEL").unwrap_or_else(|| "info".to_owned());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            r.errors.push(format!("LOG_LEVEL={log_level:?} is not a level (error, warn, info, debug, trace) or filter"));
+        }
+        let header_values = [
+            "QWEN_TOKEN",
+            "QWEN_BX_UA",
+            "QWEN_USER_AGENT",
+            "QWEN_VERSION",
+            "QWEN_BX_V",
+        ];
+        for key in header_values {
+            if let Some(v) = r.raw(key) {
+                if hyper::header::HeaderValue::from_str(&v).is_err() {
+                    r.errors
+                        .push(format!("{key} is not a valid HTTP header value"));
+                }
+            }
+        }
+        let upstream = UpstreamConfig {
+            base_url,
+            cookies: cookies.map(Secret),
+            auth_token: auth_token.map(Secret),
+            bx_umidtoken: r.raw("QWEN_TOKEN").map(Secret),
+            bx_ua: r.raw("QWEN_BX_UA").map(Secret),
+            bx_v: r.raw("QWEN_BX_V").unwrap_or_else(|| "2.5.36".to_owned()),
+            user_agent: r
+                .raw("QWEN_USER_AGENT")
+                .unwrap_or_else(|| DEFAULT_USER_AGENT.to_owned()),
+            fe_version: r.raw("QWEN_VERSION").unwrap_or_else(|| "0.2.87".to_owned()),
+            send_bearer: r.bool("QWEN_SEND_BEARER", true),
+            connect_timeout: r.millis("UPSTREAM_CONNECT_TIMEOUT", 10_000, false),
+            header_timeout: r.millis("UPSTREAM_HEADER_TIMEOUT", 120_000, false),
+            idle_timeout: r.millis("UPSTREAM_IDLE_TIMEOUT", 180_000, false),
+        };
+
+        let retry = RetryConfig {
+            max_attempts: r.parse("RETRY_MAX_ATTEMPTS", 3, "a whole number"),
+            initial_delay: r.millis("RETRY_INITIAL_DELAY", 1_000, true),
+            max_delay: r.millis("RETRY_MAX_DELAY", 10_000, true),
+            multiplier: r.parse("RETRY_BACKOFF_MULTIPLIER", 2.0, "a number"),
+        };
+        if retry.max_attempts == 0 {
+            r.errors
+                .push("RETRY_MAX_ATTEMPTS must be at least 1".to_owned());
+        }
+        if !(retry.multiplier.is_finite() && retry.multiplier >= 1.0) {
+            r.errors
+                .push("RETRY_BACKOFF_MULTIPLIER must be a number >= 1".to_owned());
+        }
+        if retry.max_delay < retry.initial_delay {
+            r.errors
+                .push("RETRY_MAX_DELAY must not be smaller than RETRY_INITIAL_DELAY".to_owned());
+        }
+
+        let cors = CorsConfig {
+            enabled: r.bool("CORS_ENABLED", false),
+            origin: r.raw("CORS_ORIGIN").unwrap_or_else(|| "*".to_owned()),
+            credentials: r.bool("CORS_CREDENTIALS", false),
+        };
+        if cors.enabled && cors.credentials && cors.origin == "*" {
+            r.errors.push("CORS_CREDENTIALS=true needs an explicit CORS_ORIGIN (browsers reject `*` with credentials)".to_owned());
+        }
+
+        let mut api_keys: Vec<Secret> = r
+            .raw("API_KEYS")
+            .map(|v| split_keys(&v))
+            .unwrap_or_default();
+        if let Some(path) = r.raw("API_KEYS_FILE") {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => api_keys.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(|l| Secret(l.to_owned())),
+                ),
+                Err(e) => r.errors.push(format!("API_KEYS_FILE={path:?}: {e}")),
+            }
+        }
+
+        let redis_url = r.raw("REDIS_URL");
+        if let Some(u) = &redis_url {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                r.errors
+                    .push("REDIS_URL must start with redis:// or rediss://".to_owned());
+            }
+        }
+
+        let config = Config {
+            host,
+            port,
+            upstream,
+            log_level,
+            log_format,
+            session_timeout: r.millis("SESSION_TIMEOUT", 30 * 60_000, false),
+            session_cleanup_interval: r.millis("SESSION_CLEANUP_INTERVAL", 5 * 60_000, false),
+            retry,
+            models_cache_duration: r.millis("MODELS_CACHE_DURATION", 3_600_000, true),
+            cors,
+            trust_proxy: r.bool("TRUST_PROXY", false),
+            api_keys,
+            redis_url: redis_url.map(Secret),
+            max_body_bytes: r.parse("MAX_BODY_BYTES", 4 << 20, "a number of bytes"),
+            sse_keepalive: r.millis("SSE_KEEPALIVE_INTERVAL", 15_000, false),
+            shutdown_grace: r.millis("SHUTDOWN_GRACE", 30_000, true),
+        };
+        if config.max_body_bytes < 1024 {
+            r.errors
+                .push("MAX_BODY_BYTES must be at least 1024".to_owned());
+        }
+        if r.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(r.errors))
+        }
+    }
+
+    /// Point the upstream at a local simulator with a demo credential (`--demo`).
+    pub fn use_simulator(&mut self, base_url: Uri) {
+        self.upstream.base_url = base_url;
+        self.upstream.cookies = Some(Secret("token=demo-token".to_owned()));
+        self.upstream.auth_token = Some(Secret("demo-token".to_owned()));
+    }
+}
+
+fn split_keys(v: &str) -> Vec<Secret> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(|k| Secret(k.to_owned()))
+        .collect()
+}
+
+/// The value of the `token` cookie in a Cookie header.
+pub fn token_from_cookies(cookies: &str) -> Option<String> {
+    cookies.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        (name.trim() == "token" && !value.trim().is_empty()).then(|| value.trim().to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_with_credentials() {
+        let c =
+            Config::from_source(&src(&[("QWEN_COOKIES", "a=1; token=abc; b=2")]), false).unwrap();
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.upstream.auth_token.as_ref().unwrap().expose(), "abc");
+        assert_eq!(c.retry.max_attempts, 3);
+        assert_eq!(c.models_cache_duration, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn missing_credentials_say_what_to_set() {
+        let e = Config::from_source(&src(&[]), false).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert!(e.0[0].contains("QWEN_COOKIES") && e.0[0].contains("--demo"));
+        assert!(Config::from_source(&src(&[]), true).is_ok());
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let e = Config::from_source(
+            &src(&[
+                ("PORT", "70000"),
+                ("HOST", "nowhere"),
+                ("LOG_FORMAT", "xml"),
+                ("RETRY_MAX_ATTEMPTS", "-1"),
+                ("CORS_ENABLED", "maybe"),
+                ("QWEN_BASE_URL", "ftp://x"),
+                ("QWEN_COOKIES", "a=1"),
+                ("SESSION_TIMEOUT", "0"),
+            ]),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 8, "{e}");
+    }
+
+    #[test]
+    fn dotenv_syntax() {
+        let m =
+            parse_dotenv("# c\nexport A=1\nB=\"two words\"\nC='x#y'\nD=v # trailing\n\n").unwrap();
+        assert_eq!(m["A"], "1");
+        assert_eq!(m["B"], "two words");
+        assert_eq!(m["C"], "x#y");
+        assert_eq!(m["D"], "v");
+        assert!(parse_dotenv("novalue").is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let c = Config::from_source(&src(&[("QWEN_COOKIES", "token=supersecret")]), false).unwrap();
+        assert!(!format!("{c:?}").contains("supersecret"));
+    }
+}

@@ -1,0 +1,428 @@
+//! `ProxyError`: every failure the proxy reports, and its single mapping to an HTTP response
+//! in the OpenAI error shape `{"error":{"message","type","param","code"}}`.
+//!
+//! Nothing else in the crate decides a status code. Upstream failures carry an
+//! [`UpstreamClass`] (one per class of `qwen-protocol.md` §6) so the mapping, the retry
+//! decision and the metric label all come from the same place.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::body::ProxyBody;
+
+/// What went wrong upstream, at the granularity the client and the retry policy care about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamClass {
+    /// E1/E14/E20: the account's usage limit (`RateLimited`, quota exceeded).
+    RateLimited,
+    /// E8: token invalid or expired.
+    AuthFailed,
+    /// E9: account forbidden or banned.
+    Forbidden,
+    /// E10/E11: anti-bot punish JSON or WAF challenge page.
+    Challenge,
+    /// E17: upstream overloaded / temporarily unavailable.
+    Overloaded,
+    /// E2: another generation is running on this chat.
+    ChatInProgress,
+    /// E3: the `parent_id` we sent is not a node of the chat.
+    ParentNotFound,
+    /// E4: the chat does not exist or belongs to another account.
+    ChatNotFound,
+    /// E16: the upstream rejected the input (invalid attachment, thinking required, …).
+    InvalidInput,
+    /// E12/E13: moderation (`data_inspection_failed`).
+    ContentFilter,
+    /// E5–E7, E15, upstream 5xx: the upstream failed or rejected a request it should accept.
+    ServerError,
+    /// E18: the stream ended without any answer content.
+    EmptyStream,
+    /// No response headers, or no event, within the configured timeout.
+    Timeout,
+    /// Could not connect, or the connection broke.
+    Connect,
+    /// The upstream sent something that is not the protocol (bad SSE, oversized event).
+    Protocol,
+}
+
+impl UpstreamClass {
+    /// Low-cardinality label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::AuthFailed => "auth_failed",
+            Self::Forbidden => "forbidden",
+            Self::Challenge => "challenge",
+            Self::Overloaded => "overloaded",
+            Self::ChatInProgress => "chat_in_progress",
+            Self::ParentNotFound => "parent_not_found",
+            Self::ChatNotFound => "chat_not_found",
+            Self::InvalidInput => "invalid_input",
+            Self::ContentFilter => "content_filter",
+            Self::ServerError => "server_error",
+            Self::EmptyStream => "empty_stream",
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::Protocol => "protocol",
+        }
+    }
+}
+
+/// A classified upstream failure. `detail` is the upstream's own text (never a secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamError {
+    pub class: UpstreamClass,
+    pub detail: String,
+    /// How long the upstream asked us to wait (`num` hours, `Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl UpstreamError {
+    pub fn new(class: UpstreamClass, detail: impl Into<String>) -> Self {
+        Self {
+            class,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn with_retry_after(mut self, after: Option<Duration>) -> Self {
+        self.retry_after = after;
+        self
+    }
+}
+
+/// Every error the proxy can answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// The request is malformed; `param` names the offending field.
+    BadRequest {
+        message: String,
+        param: Option<String>,
+        code: Option<&'static str>,
+    },
+    /// The requested model (or model variant) does not exist.
+    ModelNotFound { model: String },
+    /// No such route.
+    RouteNotFound { path: String },
+    /// The route exists but not with this method.
+    MethodNotAllowed,
+    /// The request body exceeds the configured limit.
+    PayloadTooLarge { limit: usize },
+    /// `content-type` is not JSON.
+    UnsupportedMediaType,
+    /// `API_KEYS` is set and the request has no valid key.
+    InvalidApiKey,
+    /// The upstream failed in a classified way.
+    Upstream(Box<UpstreamError>),
+    /// Our own bug (including a caught panic).
+    Internal(String),
+}
+
+impl From<UpstreamError> for ProxyError {
+    fn from(e: UpstreamError) -> Self {
+        ProxyError::Upstream(Box::new(e))
+    }
+}
+
+impl ProxyError {
+    pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> Self {
+        ProxyError::BadRequest {
+            message: message.into(),
+            param: param.map(str::to_owned),
+            code: None,
+        }
+    }
+
+    pub fn upstream(class: UpstreamClass, detail: impl Into<String>) -> Self {
+        UpstreamError::new(class, detail).into()
+    }
+
+    pub fn upstream_class(&self) -> Option<UpstreamClass> {
+        match self {
+            ProxyError::Upstream(e) => Some(e.class),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        use UpstreamClass as C;
+        match self {
+            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::ModelNotFound { .. } | ProxyError::RouteNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Upstream(e) => match e.class {
+                C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+                C::AuthFailed => StatusCode::UNAUTHORIZED,
+                C::Forbidden => StatusCode::FORBIDDEN,
+                C::InvalidInput | C::ContentFilter => StatusCode::BAD_REQUEST,
+                C::Challenge | C::Overloaded | C::ChatInProgress => StatusCode::SERVICE_UNAVAILABLE,
+                C::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                C::ParentNotFound
+                | C::ChatNotFound
+                | C::ServerError
+                | C::EmptyStream
+                | C::Connect
+                | C::Protocol => StatusCode::BAD_GATEWAY,
+            },
+        }
+    }
+
+    /// The OpenAI `error.type`.
+    pub fn error_type(&self) -> &'static str {
+        match self.status().as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            429 => "rate_limit_error",
+            500..=599 => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// The OpenAI `error.code`.
+    pub fn code(&self) -> Option<&'static str> {
+        use UpstreamClass as C;
+        match self {
+            ProxyError::BadRequest { code, .. } => *code,
+            ProxyError::ModelNotFound { .. } => Some("model_not_found"),
+            ProxyError::RouteNotFound { .. } => Some("not_found"),
+            ProxyError::MethodNotAllowed => Some("method_not_allowed"),
+            ProxyError::PayloadTooLarge { .. } => Some("payload_too_large"),
+            ProxyError::UnsupportedMediaType => Some("unsupported_media_type"),
+            ProxyError::InvalidApiKey => Some("invalid_api_key"),
+            ProxyError::Internal(_) => Some("internal_error"),
+            ProxyError::Upstream(e) => Some(match e.class {
+                C::RateLimited => "upstream_rate_limited",
+                C::AuthFailed => "upstream_auth_failed",
+                C::Forbidden => "upstream_forbidden",
+                C::Challenge => "upstream_challenge",
+                C::Overloaded => "upstream_overloaded",
+                C::ChatInProgress => "upstream_busy",
+                C::InvalidInput => "invalid_input",
+                C::ContentFilter => "content_filter",
+                C::Timeout => "upstream_timeout",
+                C::EmptyStream => "upstream_empty_response",
+                C::ParentNotFound | C::ChatNotFound | C::ServerError => "upstream_error",
+                C::Connect => "upstream_unreachable",
+                C::Protocol => "upstream_protocol_error",
+            }),
+        }
+    }
+
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            ProxyError::BadRequest { param, .. } => param.as_deref(),
+            ProxyError::ModelNotFound { .. } => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// Seconds for `Retry-After`; always present on 429 and on transient 503s so SDK
+    /// retries wait instead of hammering.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::Upstream(e) => match e.class {
+                UpstreamClass::RateLimited => {
+                    Some(e.retry_after.map_or(60, |d| d.as_secs().max(1)))
+                }
+                UpstreamClass::Challenge => Some(e.retry_after.map_or(300, |d| d.as_secs())),
+                UpstreamClass::Overloaded | UpstreamClass::ChatInProgress => {
+                    Some(e.retry_after.map_or(5, |d| d.as_secs().max(1)))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Low-cardinality label for logs and metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest { .. } => "bad_request",
+            ProxyError::ModelNotFound { .. } => "model_not_found",
+            ProxyError::RouteNotFound { .. } => "not_found",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::PayloadTooLarge { .. } => "payload_too_large",
+            ProxyError::UnsupportedMediaType => "unsupported_media_type",
+            ProxyError::InvalidApiKey => "invalid_api_key",
+            ProxyError::Internal(_) => "internal",
+            ProxyError::Upstream(e) => e.class.label(),
+        }
+    }
+
+    /// The human-readable message: says what happened and, where the operator can act,
+    /// what to do.
+    pub fn message(&self) -> String {
+        use UpstreamClass as C;
+        match self {
+            ProxyError::BadRequest { message, .. } => message.clone(),
+            ProxyError::ModelNotFound { model } => format!(
+                "The model `{model}` does not exist. GET /v1/models lists the available models."
+            ),
+            ProxyError::RouteNotFound { path } => format!("No route for {path}."),
+            ProxyError::MethodNotAllowed => "Method not allowed for this route.".to_owned(),
+            ProxyError::PayloadTooLarge { limit } => {
+                format!("Request body is larger than the limit of {limit} bytes.")
+            }
+            ProxyError::UnsupportedMediaType => {
+                "Request body must be JSON (content-type: application/json).".to_owned()
+            }
+            ProxyError::InvalidApiKey => {
+                "Missing or invalid API key: send `Authorization: Bearer <key>` \
+                 with one of the keys configured in API_KEYS."
+                    .to_owned()
+            }
+            ProxyError::Internal(m) => format!("Internal proxy error: {m}"),
+            ProxyError::Upstream(e) => {
+                let d = &e.detail;
+                match e.class {
+                    C::RateLimited => match e.retry_after {
+                        Some(t) => format!(
+                            "The Qwen account hit its usage limit ({d}); try again in about {} minutes.",
+                            t.as_secs().div_ceil(60)
+                        ),
+                        None => format!("The Qwen account hit a usage limit ({d})."),
+                    },
+                    C::AuthFailed => format!(
+                        "Qwen rejected the proxy's credentials ({d}). Refresh QWEN_COOKIES with the \
+                         Cookie header (including token=…) of a logged-in chat.qwen.ai browser session."
+                    ),
+                    C::Forbidden => format!(
+                        "Qwen refused the account ({d}). Check the account in a browser and refresh QWEN_COOKIES."
+                    ),
+                    C::Challenge => format!(
+                        "Qwen's anti-bot protection challenged the request ({d}). Wait a few minutes; \
+                         if it persists, refresh QWEN_COOKIES, QWEN_BX_UA and QWEN_TOKEN from a browser."
+                    ),
+                    C::Overloaded => format!("Qwen is overloaded or unavailable ({d}). Try again shortly."),
+                    C::ChatInProgress => format!("The Qwen chat is busy with another generation ({d})."),
+                    C::ParentNotFound | C::ChatNotFound => {
+                        format!("Qwen lost the conversation state ({d}).")
+                    }
+                    C::InvalidInput => format!("Qwen rejected the input ({d})."),
+                    C::ContentFilter => format!("Qwen's content moderation blocked the request ({d})."),
+                    C::ServerError => format!("Qwen returned an error ({d})."),
+                    C::EmptyStream => format!("Qwen returned no answer ({d})."),
+                    C::Timeout => format!("Qwen did not respond in time ({d})."),
+                    C::Connect => format!("Could not reach Qwen ({d})."),
+                    C::Protocol => format!("Qwen sent an unexpected response ({d})."),
+                }
+            }
+        }
+    }
+
+    /// The OpenAI error body.
+    pub fn to_json(&self) -> Bytes {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            message: String,
+            #[serde(rename = "type")]
+            kind: &'static str,
+            param: Option<&'a str>,
+            code: Option<&'static str>,
+        }
+        let body = Body {
+            error: Inner {
+                message: self.message(),
+                kind: self.error_type(),
+                param: self.param(),
+                code: self.code(),
+            },
+        };
+        // Serialising plain strings cannot fail.
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+    }
+
+    /// The one place an error becomes an HTTP response.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let mut rsp = Response::new(ProxyBody::full(self.to_json()));
+        *rsp.status_mut() = self.status();
+        rsp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(secs) = self.retry_after() {
+            rsp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        rsp.extensions_mut().insert(ErrorLabel(self.metric_label()));
+        rsp
+    }
+}
+
+/// Put in response extensions so outer layers can label a failure without parsing the body.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorLabel(pub &'static str);
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_carries_retry_after_from_num_hours() {
+        let e: ProxyError = UpstreamError::new(UpstreamClass::RateLimited, "limit")
+            .with_retry_after(Some(Duration::from_secs(4 * 3600)))
+            .into();
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.retry_after(), Some(14_400));
+        assert_eq!(e.error_type(), "rate_limit_error");
+        let rsp = e.into_response();
+        assert_eq!(rsp.headers()[RETRY_AFTER], "14400");
+    }
+
+    #[test]
+    fn every_class_has_a_distinct_code_or_status() {
+        use UpstreamClass as C;
+        let classes = [
+            C::RateLimited,
+            C::AuthFailed,
+            C::Forbidden,
+            C::Challenge,
+            C::Overloaded,
+            C::InvalidInput,
+            C::ContentFilter,
+            C::ServerError,
+            C::EmptyStream,
+            C::Timeout,
+            C::Connect,
+            C::Protocol,
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for c in classes {
+            let e = ProxyError::upstream(c, "x");
+            assert!(seen.insert((e.status(), e.code())), "{c:?} collides");
+            assert_ne!(e.status(), StatusCode::OK);
+        }
+    }
+
+    #[test]
+    fn error_body_has_openai_shape() {
+        let e = ProxyError::bad_request("n must be 1", Some("n"));
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "n");
+        assert!(v["error"]["code"].is_null());
+        assert_eq!(v["error"]["message"], "n must be 1");
+    }
+}

@@ -1,0 +1,3 @@
+//! Tower layers, one module per concern.
+
+pub mod auth;

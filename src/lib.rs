@@ -1,0 +1,55 @@
+//! qwen-proxy: an OpenAI-compatible API in front of the Qwen chat web service.
+//!
+//! Request flow (README "Architecture" maps it to files):
+//! `server` (accept loop) → `stack` (tower layers) → `router` → `chat` →
+//! `translate::mapping` (request) → `qwen::client` (upstream) → `translate::body`
+//! (`qwen::sse` decoder → `translate::state` translator → `openai::encoder`) → client.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod body;
+pub mod chat;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod layers;
+pub mod openai;
+pub mod qwen;
+pub mod router;
+pub mod server;
+pub mod sim;
+pub mod stack;
+pub mod translate;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use app::AppState;
+pub use config::Config;
+
+/// The proxy: shared state plus the service stack built from it.
+pub struct App {
+    pub state: Arc<AppState>,
+    service: stack::HttpService,
+}
+
+impl App {
+    pub fn new(config: Config) -> Self {
+        let state = AppState::new(config);
+        let service = stack::build(state.clone());
+        App { state, service }
+    }
+
+    pub fn service(&self) -> stack::HttpService {
+        self.service.clone()
+    }
+
+    /// Serve until `shutdown` resolves, then drain for `SHUTDOWN_GRACE`.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let grace = self.state.config.shutdown_grace;
+        server::serve(listener, self.service, shutdown, grace).await;
+    }
+}

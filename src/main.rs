@@ -1,0 +1,309 @@
+//! `qwen-proxy` binary: CLI → config → tracing → rustls provider → serve | sim | check.
+
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use qwen_proxy::cli::{self, Command, ServeArgs, SimArgs};
+use qwen_proxy::config::{Config, Env, LogFormat};
+use qwen_proxy::sim::{SimConfig, SimTiming, Simulator};
+use qwen_proxy::App;
+
+/// `EX_USAGE`: bad command line or configuration.
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = match cli::parse(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // Explicit, so rustls never has to guess between providers at run time.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cmd {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("qwen-proxy {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Serve(a) => serve(a),
+        Command::Sim(a) => sim(a),
+        Command::Check(a) => check(a),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn load_config(a: &ServeArgs, demo: bool) -> Result<Config, String> {
+    let mut env = Env::load(&a.env_file)?;
+    if let Some(p) = &a.port {
+        env.set_override("PORT", p.clone());
+    }
+    if let Some(h) = &a.host {
+        env.set_override("HOST", h.clone());
+    }
+    Config::from_source(&env, demo).map_err(|e| e.to_string())
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; draining connections");
+}
+
+fn serve(a: ServeArgs) -> ExitCode {
+    let mut config = match load_config(&a, a.demo) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_tracing(&config);
+    runtime().block_on(async move {
+        let mut _sim = None;
+        if a.demo {
+            // Realistic pacing, so the demo visibly streams.
+            let sim_config = SimConfig {
+                timing: SimTiming {
+                    chat_latency: std::time::Duration::from_millis(30),
+                    ttft: std::time::Duration::from_millis(150),
+                    frame_delay: std::time::Duration::from_millis(25),
+                    chunk_chars: 4,
+                },
+                ..SimConfig::default()
+            };
+            match Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), sim_config).await {
+                Ok(sim) => {
+                    config.use_simulator(sim.base_url().parse().expect("simulator URL is valid"));
+                    _sim = Some(sim);
+                }
+                Err(e) => {
+                    eprintln!("error: cannot start the demo simulator: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let bound = listener.local_addr().unwrap_or(addr);
+        warn_about_exposure(&config, bound);
+        print_banner(bound, a.demo);
+        tracing::info!(%bound, demo = a.demo, upstream = %config.upstream.base_url, "qwen-proxy listening");
+        App::new(config).serve(listener, shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn warn_about_exposure(config: &Config, bound: SocketAddr) {
+    if config.api_keys.is_empty() && !bound.ip().is_loopback() {
+        tracing::warn!(
+            %bound,
+            "API_KEYS is not set and the proxy listens on a non-loopback address: anyone who can reach it can use the Qwen account"
+        );
+    }
+    if config.redis_url.is_some() {
+        tracing::warn!(
+            "REDIS_URL is set, but this version keeps no shared state yet; it is not used"
+        );
+    }
+}
+
+fn print_banner(bound: SocketAddr, demo: bool) {
+    let host = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let base = format!("http://{host}:{}", bound.port());
+    let mode = if demo {
+        " (demo mode: answers come from the built-in Qwen simulator)"
+    } else {
+        ""
+    };
+    println!(
+        "qwen-proxy {} listening on {base}{mode}
+
+Try it with curl:
+  curl -N {base}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{\"model\":\"qwen3.7-plus\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'
+
+Or with the OpenAI Python SDK (pip install openai):
+  from openai import OpenAI
+  client = OpenAI(base_url=\"{base}/v1\", api_key=\"unused\")
+  stream = client.chat.completions.create(model=\"qwen3.7-plus\", stream=True, messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}])
+  for chunk in stream:
+      print(chunk.choices[0].delta.content or \"\", end=\"\", flush=True)
+",
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+fn sim(a: SimArgs) -> ExitCode {
+    let addr: IpAddr = match a.host.parse() {
+        Ok(ip) => ip,
+        Err(_) => {
+            eprintln!("error: --host {:?} is not an IP address", a.host);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .try_init();
+    runtime().block_on(async move {
+        let sim = match Simulator::start(SocketAddr::new(addr, a.port), a.config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot listen on {}:{}: {e}", a.host, a.port);
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("qwen-proxy sim listening on {}", sim.base_url());
+        shutdown_signal().await;
+        sim.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn check(a: ServeArgs) -> ExitCode {
+    let config = match load_config(&a, false) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("configuration  FAIL\n{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{:<14} ok", "configuration");
+    println!("{:<14} {}", "upstream", config.upstream.base_url);
+    let token = config
+        .upstream
+        .auth_token
+        .as_ref()
+        .map(|t| t.expose().to_owned());
+    let mut ok = true;
+    match token.as_deref().and_then(jwt_expiry) {
+        Some(exp) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if exp <= now {
+                ok = false;
+                println!(
+                    "{:<14} FAIL: the token in QWEN_COOKIES expired; copy a fresh Cookie header",
+                    "token"
+                );
+            } else {
+                println!("{:<14} ok (expires in {} h)", "token", (exp - now) / 3600);
+            }
+        }
+        None => println!(
+            "{:<14} present (not a JWT with `exp`; expiry unknown)",
+            "token"
+        ),
+    }
+    runtime().block_on(async {
+        let client = qwen_proxy::qwen::client::QwenClient::new(&config.upstream);
+        match client.fetch_models().await {
+            Ok(_) => println!("{:<14} ok", "reachable"),
+            Err(e) => {
+                ok = false;
+                println!("{:<14} FAIL: {e}", "reachable");
+            }
+        }
+        match client.check_auth().await {
+            Ok(_) => println!("{:<14} ok", "credentials"),
+            Err(e) => {
+                ok = false;
+                println!("{:<14} FAIL: {e}", "credentials");
+            }
+        }
+    });
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The `exp` claim of a JWT (payload is unverified: this only informs the operator).
+fn jwt_expiry(token: &str) -> Option<u64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64url_decode(payload)?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("exp")?.as_u64()
+}
+
+fn base64url_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}

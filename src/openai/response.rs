@@ -1,0 +1,47 @@
+//! Non-streaming response bodies: `chat.completion` and the model list.
+
+use serde::Serialize;
+
+use super::encoder::UsageJson;
+
+#[derive(Debug, Serialize)]
+pub struct ChatCompletion<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: &'a str,
+    pub choices: [Choice<'a>; 1],
+    pub usage: UsageJson,
+    pub system_fingerprint: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Choice<'a> {
+    pub index: u32,
+    pub message: AssistantMessage<'a>,
+    pub logprobs: Option<()>,
+    pub finish_reason: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AssistantMessage<'a> {
+    pub role: &'static str,
+    pub content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<&'a str>,
+    pub refusal: Option<()>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ModelObject {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelList<'a> {
+    pub object: &'static str,
+    pub data: &'a [ModelObject],
+}

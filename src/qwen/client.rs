@@ -1,0 +1,277 @@
+//! The pooled upstream client: hyper-util's legacy client over hyper-rustls (HTTP/1.1 and
+//! HTTP/2 by ALPN), with connect and response-header timeouts, the browser-like header set,
+//! and classification of every non-stream answer into an [`UpstreamError`].
+//!
+//! We send no `Accept-Encoding`, so the upstream answers uncompressed and no decoder sits
+//! in the streaming path.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use super::classify::{body_error, frame_error};
+use super::frame::Frame;
+use super::headers::{HeaderSet, Page};
+use super::request::{NewChatBody, Turn};
+use crate::config::UpstreamConfig;
+use crate::error::{ProxyError, UpstreamClass, UpstreamError};
+
+/// Error documents are small; anything bigger is not one.
+const ERROR_BODY_LIMIT: usize = 256 * 1024;
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+#[derive(Clone, Debug)]
+pub struct QwenClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: HttpClient,
+    base: String,
+    headers: HeaderSet,
+    header_timeout: Duration,
+}
+
+impl QwenClient {
+    pub fn new(cfg: &UpstreamConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        let tls = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            // Shorter than typical upstream keep-alive, so we rarely reuse a dying socket.
+            .pool_idle_timeout(Duration::from_secs(50))
+            .pool_max_idle_per_host(256)
+            .build(tls);
+        QwenClient {
+            inner: Arc::new(Inner {
+                http: client,
+                base: cfg.base_url.to_string().trim_end_matches('/').to_owned(),
+                headers: HeaderSet::new(cfg),
+                header_timeout: cfg.header_timeout,
+            }),
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        page: Page<'_>,
+        stream: bool,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.inner.base))
+            .body(Full::new(body))
+            .map_err(|e| ProxyError::Internal(format!("building upstream request: {e}")))?;
+        *req.headers_mut() = self.inner.headers.build(page, stream);
+        match tokio::time::timeout(self.inner.header_timeout, self.inner.http.request(req)).await {
+            Err(_) => Err(ProxyError::upstream(
+                UpstreamClass::Timeout,
+                format!(
+                    "no response headers within {} s",
+                    self.inner.header_timeout.as_secs_f32()
+                ),
+            )),
+            Ok(Err(e)) => Err(ProxyError::upstream(UpstreamClass::Connect, describe(&e))),
+            Ok(Ok(rsp)) => Ok(rsp),
+        }
+    }
+
+    /// `POST /api/v2/chats/new` → the new chat id.
+    pub async fn create_chat(&self, model: &str, chat_type: &str) -> Result<String, ProxyError> {
+        let body = NewChatBody {
+            title: "New Chat",
+            models: [model],
+            chat_mode: "normal",
+            chat_type,
+            timestamp: now_millis(),
+            project_id: "",
+        };
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let rsp = self
+            .send(
+                Method::POST,
+                "/api/v2/chats/new",
+                Page::NewChat,
+                false,
+                body,
+            )
+            .await?;
+        let json = json_or_error(rsp).await?;
+        json.get("data")
+            .and_then(|d| d.get("id").or_else(|| d.get("chat_id")))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ProxyError::upstream(UpstreamClass::Protocol, "chats/new returned no chat id")
+            })
+    }
+
+    /// `POST /api/v2/chat/completions?chat_id=…` → the response body to stream.
+    ///
+    /// Errors that the headers (or a short non-stream body) already reveal are returned
+    /// here; errors inside a 200 body (JSON error documents, error frames) are found by the
+    /// stream pipeline, which treats a bare JSON body as one event.
+    pub async fn start_completion(&self, turn: &Turn<'_>) -> Result<Incoming, ProxyError> {
+        let body = Bytes::from(turn.body(now_millis() / 1000));
+        let path = format!("/api/v2/chat/completions?chat_id={}", turn.chat_id);
+        let rsp = self
+            .send(Method::POST, &path, Page::Chat(turn.chat_id), true, body)
+            .await?;
+        let status = effective_status(&rsp);
+        let content_type = header_str(&rsp, CONTENT_TYPE).to_ascii_lowercase();
+        if status == 200 && !content_type.contains("html") {
+            return Ok(rsp.into_body());
+        }
+        let retry_after = retry_after(&rsp);
+        let bytes = read_limited(rsp.into_body()).await?;
+        let mut err = body_error(status, &content_type, &bytes);
+        if err.retry_after.is_none() {
+            err.retry_after = retry_after;
+        }
+        Err(err.into())
+    }
+
+    /// `GET /api/models` (works without credentials).
+    pub async fn fetch_models(&self) -> Result<Value, ProxyError> {
+        let rsp = self
+            .send(Method::GET, "/api/models", Page::Home, false, Bytes::new())
+            .await?;
+        json_or_error(rsp).await
+    }
+
+    /// `GET /api/v1/auths/`: are the credentials accepted?
+    pub async fn check_auth(&self) -> Result<Value, ProxyError> {
+        let rsp = self
+            .send(
+                Method::GET,
+                "/api/v1/auths/",
+                Page::Home,
+                false,
+                Bytes::new(),
+            )
+            .await?;
+        json_or_error(rsp).await
+    }
+
+    /// `DELETE /api/v2/chats/{id}`; a chat that is already gone counts as deleted.
+    pub async fn delete_chat(&self, chat_id: &str) -> Result<(), ProxyError> {
+        let path = format!("/api/v2/chats/{chat_id}");
+        let rsp = self
+            .send(
+                Method::DELETE,
+                &path,
+                Page::Chat(chat_id),
+                false,
+                Bytes::new(),
+            )
+            .await?;
+        match json_or_error(rsp).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.upstream_class() == Some(UpstreamClass::ChatNotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The logical status: `x-actual-status-code` overrides a wire 200.
+fn effective_status(rsp: &Response<Incoming>) -> u16 {
+    let wire = rsp.status().as_u16();
+    if wire != 200 {
+        return wire;
+    }
+    header_str(rsp, "x-actual-status-code")
+        .trim()
+        .parse()
+        .unwrap_or(wire)
+}
+
+fn header_str<K: hyper::header::AsHeaderName>(rsp: &Response<Incoming>, key: K) -> &str {
+    rsp.headers()
+        .get(key)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn retry_after(rsp: &Response<Incoming>) -> Option<Duration> {
+    header_str(rsp, RETRY_AFTER)
+        .trim()
+        .parse()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+async fn read_limited(body: Incoming) -> Result<Bytes, ProxyError> {
+    match Limited::new(body, ERROR_BODY_LIMIT).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(ProxyError::upstream(
+            UpstreamClass::Connect,
+            format!("reading upstream response: {e}"),
+        )),
+    }
+}
+
+/// A JSON API answer (`chats/new`, models, auth): the document, or its classified error.
+async fn json_or_error(rsp: Response<Incoming>) -> Result<Value, ProxyError> {
+    let status = effective_status(&rsp);
+    let content_type = header_str(&rsp, CONTENT_TYPE).to_ascii_lowercase();
+    let retry = retry_after(&rsp);
+    let bytes = read_limited(rsp.into_body()).await?;
+    if status == 200 && !content_type.contains("html") {
+        if let Ok(frame) = serde_json::from_slice::<Frame<'_>>(&bytes) {
+            if let Some(e) = frame_error(&frame) {
+                return Err(e.into());
+            }
+        }
+        if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+            return Ok(v);
+        }
+    }
+    let mut err: UpstreamError = body_error(status, &content_type, &bytes);
+    if err.retry_after.is_none() {
+        err.retry_after = retry;
+    }
+    Err(err.into())
+}
+
+/// Connection errors without secrets (hyper errors never include headers).
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,162 @@
+//! The browser-like header set of `qwen-protocol.md` §2.2. The upstream's WAF scores the
+//! *complete* set, so every request carries all of it, with a fresh `x-request-id`, the
+//! current `timezone` and a per-endpoint `Referer`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCEPT_LANGUAGE, AUTHORIZATION, CONNECTION,
+    CONTENT_TYPE, COOKIE, ORIGIN, REFERER, USER_AGENT,
+};
+
+use crate::config::UpstreamConfig;
+
+/// Which page the browser would be on when making the call (drives `Referer`/`Accept`).
+#[derive(Debug, Clone, Copy)]
+pub enum Page<'a> {
+    NewChat,
+    Chat(&'a str),
+    Home,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderSet {
+    base: HeaderMap,
+    origin: String,
+}
+
+fn value(s: &str) -> HeaderValue {
+    // Config validation rejects values that are not valid header values.
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn secret(s: &str) -> HeaderValue {
+    let mut v = value(s);
+    v.set_sensitive(true);
+    v
+}
+
+impl HeaderSet {
+    pub fn new(cfg: &UpstreamConfig) -> Self {
+        let origin = cfg.base_url.to_string().trim_end_matches('/').to_owned();
+        let mut h = HeaderMap::new();
+        h.insert(USER_AGENT, value(&cfg.user_agent));
+        h.insert(
+            ACCEPT_LANGUAGE,
+            HeaderValue::from_static("zh-CN,zh;q=0.9,en;q=0.8"),
+        );
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(ORIGIN, value(&origin));
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert("source", HeaderValue::from_static("web"));
+        h.insert("version", value(&cfg.fe_version));
+        h.insert("bx-v", value(&cfg.bx_v));
+        if let Some(ua) = &cfg.bx_ua {
+            h.insert("bx-ua", secret(ua.expose()));
+        }
+        if let Some(t) = &cfg.bx_umidtoken {
+            h.insert("bx-umidtoken", secret(t.expose()));
+        }
+        h.insert(
+            "sec-ch-ua",
+            HeaderValue::from_static(
+                r#""Chromium";v="141", "Google Chrome";v="141", "Not?A_Brand";v="8""#,
+            ),
+        );
+        h.insert("sec-ch-ua-mobile", HeaderValue::from_static("?0"));
+        h.insert(
+            "sec-ch-ua-platform",
+            HeaderValue::from_static(r#""Windows""#),
+        );
+        h.insert("sec-fetch-dest", HeaderValue::from_static("empty"));
+        h.insert("sec-fetch-mode", HeaderValue::from_static("cors"));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        if let Some(c) = &cfg.cookies {
+            h.insert(COOKIE, secret(c.expose()));
+        }
+        if let (true, Some(t)) = (cfg.send_bearer, &cfg.auth_token) {
+            h.insert(AUTHORIZATION, secret(&format!("Bearer {}", t.expose())));
+        }
+        Self { base: h, origin }
+    }
+
+    /// Headers for one request; `stream` selects the SSE-specific ones.
+    pub fn build(&self, page: Page<'_>, stream: bool) -> HeaderMap {
+        let mut h = self.base.clone();
+        let referer = match page {
+            Page::NewChat => format!("{}/c/new-chat", self.origin),
+            Page::Chat(id) => format!("{}/c/{id}", self.origin),
+            Page::Home => format!("{}/", self.origin),
+        };
+        h.insert(REFERER, value(&referer));
+        h.insert(
+            HeaderName::from_static("x-request-id"),
+            value(&uuid::Uuid::new_v4().to_string()),
+        );
+        h.insert("timezone", value(&browser_date(SystemTime::now())));
+        if stream {
+            h.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        } else {
+            h.insert(
+                ACCEPT,
+                HeaderValue::from_static("application/json, text/plain, */*"),
+            );
+        }
+        h
+    }
+}
+
+/// JavaScript `Date.toString()` without the localized zone name (ASCII only), in UTC:
+/// `Tue Sep 22 2026 04:13:35 GMT+0000`.
+pub fn browser_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{} {} {:02} {} {:02}:{:02}:{:02} GMT+0000",
+        WEEKDAYS[days.rem_euclid(7) as usize],
+        MONTHS[(m - 1) as usize],
+        d,
+        y,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month 1-12, day 1-31); Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn browser_date_format() {
+        // 2026-09-22T04:13:35Z was a Tuesday.
+        let t = UNIX_EPOCH + Duration::from_secs(1_790_050_415);
+        assert_eq!(browser_date(t), "Tue Sep 22 2026 04:13:35 GMT+0000");
+        assert_eq!(
+            browser_date(UNIX_EPOCH),
+            "Thu Jan 01 1970 00:00:00 GMT+0000"
+        );
+    }
+}

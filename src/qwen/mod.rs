@@ -1,0 +1,9 @@
+//! The upstream side: chat.qwen.ai's private web API (`qwen-protocol.md`).
+
+pub mod classify;
+pub mod client;
+pub mod frame;
+pub mod headers;
+pub mod models;
+pub mod request;
+pub mod sse;

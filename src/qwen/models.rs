@@ -1,0 +1,308 @@
+//! The upstream model catalogue (`qwen-protocol.md` §3.1), the OpenAI model list derived
+//! from it (with `-thinking`, `-fast` and `-search` variants from each model's
+//! capabilities), resolution of a requested model name, and a TTL cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{Mutex, RwLock};
+use tokio::time::Instant;
+
+use super::client::QwenClient;
+use crate::error::ProxyError;
+use crate::openai::response::ModelObject;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamModel {
+    pub id: String,
+    pub name: String,
+    pub created: u64,
+    pub thinking: bool,
+    /// `think_skip.enable:false`: thinking cannot be turned off.
+    pub thinking_required: bool,
+    pub search: bool,
+}
+
+/// A requested name resolved against the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    /// `Some(true)` for `-thinking`, `Some(false)` for `-fast`, `None` when unspecified.
+    pub thinking: Option<bool>,
+    pub search: bool,
+}
+
+const SUFFIXES: [(&str, Variant); 6] = [
+    (
+        "-thinking-search",
+        Variant {
+            thinking: Some(true),
+            search: true,
+        },
+    ),
+    (
+        "-fast-search",
+        Variant {
+            thinking: Some(false),
+            search: true,
+        },
+    ),
+    (
+        "-no-thinking",
+        Variant {
+            thinking: Some(false),
+            search: false,
+        },
+    ),
+    (
+        "-thinking",
+        Variant {
+            thinking: Some(true),
+            search: false,
+        },
+    ),
+    (
+        "-search",
+        Variant {
+            thinking: None,
+            search: true,
+        },
+    ),
+    (
+        "-fast",
+        Variant {
+            thinking: Some(false),
+            search: false,
+        },
+    ),
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub models: Vec<UpstreamModel>,
+    pub openai: Vec<ModelObject>,
+}
+
+impl Catalog {
+    /// Parse `/api/models` (`{"data":[…]}`) or `/api/v2/models/` (`{"data":{"data":[…]}}`).
+    pub fn from_json(v: &Value) -> Self {
+        let list = find_model_array(v).unwrap_or(&[]);
+        let models: Vec<UpstreamModel> = list.iter().filter_map(parse_model).collect();
+        let mut openai = Vec::new();
+        for m in &models {
+            let mut push = |id: String| {
+                openai.push(ModelObject {
+                    id,
+                    object: "model",
+                    created: m.created,
+                    owned_by: "qwen",
+                })
+            };
+            push(m.id.clone());
+            if m.thinking {
+                push(format!("{}-thinking", m.id));
+                if !m.thinking_required {
+                    push(format!("{}-fast", m.id));
+                }
+            }
+            if m.search {
+                push(format!("{}-search", m.id));
+            }
+        }
+        Catalog { models, openai }
+    }
+
+    /// Resolve a requested name: exact id first, then a known suffix on an id or display
+    /// name (case-insensitive). Only variants that `/v1/models` lists resolve.
+    pub fn resolve(&self, requested: &str) -> Option<(&UpstreamModel, Variant)> {
+        let plain = Variant {
+            thinking: None,
+            search: false,
+        };
+        if let Some(m) = self.find(requested) {
+            return Some((m, plain));
+        }
+        let lower = requested.to_ascii_lowercase();
+        for (suffix, variant) in SUFFIXES {
+            let Some(base) = lower.strip_suffix(suffix) else {
+                continue;
+            };
+            let Some(m) = self.find(base) else {
+                continue;
+            };
+            let ok = match variant.thinking {
+                Some(true) => m.thinking,
+                Some(false) => m.thinking && !m.thinking_required,
+                None => true,
+            } && (!variant.search || m.search);
+            return ok.then_some((m, variant));
+        }
+        None
+    }
+
+    fn find(&self, name: &str) -> Option<&UpstreamModel> {
+        self.models
+            .iter()
+            .find(|m| m.id.eq_ignore_ascii_case(name) || m.name.eq_ignore_ascii_case(name))
+    }
+}
+
+fn find_model_array(v: &Value) -> Option<&[Value]> {
+    match v.get("data")? {
+        Value::Array(a) => Some(a),
+        inner @ Value::Object(_) => find_model_array(inner),
+        _ => None,
+    }
+}
+
+fn parse_model(v: &Value) -> Option<UpstreamModel> {
+    let id = v.get("id")?.as_str()?.to_owned();
+    let info = v.get("info");
+    if info
+        .and_then(|i| i.get("is_active"))
+        .and_then(Value::as_bool)
+        == Some(false)
+    {
+        return None;
+    }
+    let meta = info.and_then(|i| i.get("meta"));
+    let flag = |key: &str| {
+        let cap = meta
+            .and_then(|m| m.get("capabilities"))
+            .and_then(|c| c.get(key));
+        let ab = meta
+            .and_then(|m| m.get("abilities"))
+            .and_then(|c| c.get(key));
+        cap.and_then(Value::as_bool).unwrap_or(false) || ab.and_then(Value::as_u64).unwrap_or(0) > 0
+    };
+    let chat_types = meta
+        .and_then(|m| m.get("chat_type"))
+        .and_then(Value::as_array);
+    let has_chat_type =
+        |t: &str| chat_types.is_some_and(|a| a.iter().any(|x| x.as_str() == Some(t)));
+    Some(UpstreamModel {
+        name: v
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or(&id)
+            .to_owned(),
+        created: info
+            .and_then(|i| i.get("created_at"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        thinking: flag("thinking"),
+        thinking_required: meta
+            .and_then(|m| m.get("think_skip"))
+            .and_then(|t| t.get("enable"))
+            .and_then(Value::as_bool)
+            == Some(false),
+        search: flag("search") || has_chat_type("search"),
+        id,
+    })
+}
+
+/// The catalogue, fetched from the upstream and cached for `MODELS_CACHE_DURATION`.
+/// Concurrent misses share one fetch; a failed refresh keeps serving the stale copy.
+#[derive(Debug)]
+pub struct ModelCache {
+    client: QwenClient,
+    ttl: Duration,
+    current: RwLock<Option<(Instant, Arc<Catalog>)>>,
+    refresh: Mutex<()>,
+}
+
+impl ModelCache {
+    pub fn new(client: QwenClient, ttl: Duration) -> Self {
+        Self {
+            client,
+            ttl,
+            current: RwLock::new(None),
+            refresh: Mutex::new(()),
+        }
+    }
+
+    pub async fn get(&self) -> Result<Arc<Catalog>, ProxyError> {
+        if let Some(c) = self.fresh().await {
+            return Ok(c);
+        }
+        let _guard = self.refresh.lock().await;
+        if let Some(c) = self.fresh().await {
+            return Ok(c);
+        }
+        match self.client.fetch_models().await {
+            Ok(json) => {
+                let catalog = Arc::new(Catalog::from_json(&json));
+                *self.current.write().await = Some((Instant::now(), catalog.clone()));
+                Ok(catalog)
+            }
+            Err(e) => match self.current.read().await.as_ref() {
+                Some((_, stale)) => {
+                    tracing::warn!(error = %e, "model list refresh failed; serving the cached list");
+                    Ok(stale.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn fresh(&self) -> Option<Arc<Catalog>> {
+        let cur = self.current.read().await;
+        let (at, c) = cur.as_ref()?;
+        (at.elapsed() < self.ttl).then(|| c.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        Catalog::from_json(&serde_json::json!({"success": true, "data": {"data": [
+            {"id": "qwen3.7-plus", "name": "Qwen3.7-Plus", "info": {"created_at": 5, "meta": {
+                "capabilities": {"thinking": true, "search": true}, "think_skip": {"enable": true},
+                "chat_type": ["t2t", "search"]}}},
+            {"id": "qwen3.8-max", "info": {"meta": {"abilities": {"thinking": 1}, "think_skip": {"enable": false}}}},
+            {"id": "qwen3.5-omni-plus", "info": {"meta": {"capabilities": {"thinking": false}}}},
+            {"id": "old", "info": {"is_active": false}}
+        ]}}))
+    }
+
+    #[test]
+    fn variants_follow_capabilities() {
+        let ids: Vec<_> = catalog().openai.into_iter().map(|m| m.id).collect();
+        assert_eq!(
+            ids,
+            [
+                "qwen3.7-plus",
+                "qwen3.7-plus-thinking",
+                "qwen3.7-plus-fast",
+                "qwen3.7-plus-search",
+                "qwen3.8-max",
+                "qwen3.8-max-thinking",
+                "qwen3.5-omni-plus"
+            ]
+        );
+    }
+
+    #[test]
+    fn resolution() {
+        let c = catalog();
+        let (m, v) = c.resolve("Qwen3.7-Plus-Thinking").unwrap();
+        assert_eq!(m.id, "qwen3.7-plus");
+        assert_eq!(v.thinking, Some(true));
+        assert_eq!(
+            c.resolve("qwen3.7-plus-fast-search").unwrap().1,
+            Variant {
+                thinking: Some(false),
+                search: true
+            }
+        );
+        assert!(
+            c.resolve("qwen3.8-max-fast").is_none(),
+            "thinking cannot be disabled"
+        );
+        assert!(c.resolve("qwen3.5-omni-plus-thinking").is_none());
+        assert!(c.resolve("gpt-4").is_none());
+        assert_eq!(c.resolve("qwen3.7-plus").unwrap().1.thinking, None);
+    }
+}

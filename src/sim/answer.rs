@@ -1,0 +1,68 @@
+//! Deterministic simulator answers, derived from the prompt so tests can predict them.
+//!
+//! * answer: `Simulated answer — 模拟回答: you said "<last line>".` where `<last line>` is
+//!   the last non-empty line of the prompt (directives stripped), trimmed, at most 200
+//!   characters. The em dash and the CJK text make every stream exercise multi-byte UTF-8.
+//! * `long=N`: exactly N characters of a fixed filler text, cycled.
+//! * thinking paragraphs and titles: fixed sentences around the same last line.
+
+/// The last non-empty line, trimmed, at most 200 characters.
+pub fn last_line(prompt: &str) -> String {
+    let line = prompt
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("");
+    line.chars().take(200).collect()
+}
+
+pub fn answer(prompt: &str) -> String {
+    format!(
+        "Simulated answer — 模拟回答: you said \"{}\".",
+        last_line(prompt)
+    )
+}
+
+/// The second candidate of a dual-response stream (must never reach the client).
+pub fn alternative_answer(prompt: &str) -> String {
+    format!("ALTERNATIVE candidate for \"{}\".", last_line(prompt))
+}
+
+const FILLER: &str =
+    "Lorem ipsum dolor sit amet, 通义千问 consectetur adipiscing elit; sed do eiusmod tempor. ";
+
+pub fn long_answer(chars: usize) -> String {
+    FILLER.chars().cycle().take(chars).collect()
+}
+
+pub fn thinking(prompt: &str) -> (Vec<String>, Vec<String>) {
+    let titles = vec![
+        "Understanding the request".to_owned(),
+        "Drafting the answer".to_owned(),
+    ];
+    let thoughts = vec![
+        format!("The user wrote: \"{}\".", last_line(prompt)),
+        "I will answer briefly — 简短回答。".to_owned(),
+    ];
+    (titles, thoughts)
+}
+
+/// Token estimate used for simulated usage (same heuristic as the proxy's limits).
+pub fn tokens(text: &str) -> u64 {
+    crate::translate::limits::estimate_tokens(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_predictable() {
+        assert_eq!(
+            answer("a\n\n  hello there  \n"),
+            "Simulated answer — 模拟回答: you said \"hello there\"."
+        );
+        assert_eq!(long_answer(5), "Lorem");
+        assert_eq!(long_answer(200).chars().count(), 200);
+    }
+}

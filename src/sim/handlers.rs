@@ -1,0 +1,580 @@
+//! Simulator endpoints (`qwen-protocol.md` §9.2) and the completion algorithm (§9.3).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, COOKIE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::body::{ScriptBody, StreamGuard};
+use super::scenario::{self, Fault};
+use super::script::{self, Generation, Step};
+use super::state::{lock, Chat, SimState};
+use super::wire;
+use super::{Gate, SimConfig};
+
+/// Response body of the simulator: canned bytes or a scripted stream.
+pub enum SimBody {
+    Full(Full<Bytes>),
+    Script(ScriptBody),
+}
+
+impl Body for SimBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        match self.get_mut() {
+            SimBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
+            SimBody::Script(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            SimBody::Full(b) => b.is_end_stream(),
+            SimBody::Script(s) => s.is_end_stream(),
+        }
+    }
+}
+
+type Rsp = Response<SimBody>;
+
+#[derive(Clone)]
+pub struct SimService {
+    pub(super) config: Arc<SimConfig>,
+    pub(super) state: Arc<SimState>,
+}
+
+impl tower::Service<Request<Incoming>> for SimService {
+    type Response = Rsp;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Rsp, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.route(req).await) })
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    actual: Option<u16>,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Rsp {
+    let mut rsp = Response::new(SimBody::Full(Full::new(body.into())));
+    *rsp.status_mut() = status;
+    rsp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(code) = actual {
+        rsp.headers_mut()
+            .insert("x-actual-status-code", HeaderValue::from(code));
+    }
+    rsp
+}
+
+fn json_ok(v: Value) -> Rsp {
+    respond(StatusCode::OK, None, "application/json", v.to_string())
+}
+
+/// An application error the way the upstream sends it: wire 200 + `x-actual-status-code`.
+fn app_error(actual: u16, code: &str, details: &str) -> Rsp {
+    let rid = uuid::Uuid::new_v4().to_string();
+    respond(
+        StatusCode::OK,
+        Some(actual),
+        "application/json",
+        wire::bad_request_json(&rid, code, details),
+    )
+}
+
+fn punish() -> Rsp {
+    respond(StatusCode::OK, None, "application/json", wire::PUNISH_JSON)
+}
+
+fn unauthorized() -> Rsp {
+    app_error(401, "Unauthorized", "Token has expired or is invalid")
+}
+
+/// The account token: `Cookie: token=…` or `Authorization: Bearer …`.
+fn auth_token(h: &HeaderMap) -> (Option<String>, bool) {
+    let from_cookie = h
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(crate::config::token_from_cookies);
+    let bearer = h
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    let cookie_present = from_cookie.is_some();
+    (from_cookie.or(bearer), cookie_present)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl SimService {
+    async fn route(&self, req: Request<Incoming>) -> Rsp {
+        let path = req.uri().path().to_owned();
+        match (req.method().clone(), path.as_str()) {
+            (Method::POST, "/api/v2/chats/new") => self.new_chat(req).await,
+            (Method::POST, "/api/v2/chat/completions") => self.completion(req).await,
+            (Method::GET, "/api/models") => json_ok(catalogue()),
+            (Method::GET, "/api/v2/models" | "/api/v2/models/") => {
+                if auth_token(req.headers()).0.is_none() {
+                    return unauthorized();
+                }
+                json_ok(
+                    json!({"success": true, "request_id": uuid::Uuid::new_v4().to_string(), "data": catalogue()}),
+                )
+            }
+            (Method::POST, "/api/v1/auths/signin") => self.signin(req).await,
+            (Method::GET, "/api/v1/auths" | "/api/v1/auths/") => {
+                match auth_token(req.headers()).0 {
+                    Some(t) => json_ok(
+                        json!({"id": account_id(&t), "email": "sim@example.com", "name": "sim", "role": "user"}),
+                    ),
+                    None => respond(
+                        StatusCode::UNAUTHORIZED,
+                        None,
+                        "application/json",
+                        r#"{"detail":"Unauthorized"}"#,
+                    ),
+                }
+            }
+            (Method::DELETE, p) if p.starts_with("/api/v2/chats/") => {
+                let id = p.trim_start_matches("/api/v2/chats/").trim_end_matches('/');
+                let token = auth_token(req.headers()).0.unwrap_or_default();
+                let mut chats = lock(&self.state.chats);
+                match chats.get(id) {
+                    Some(c) if c.owner == token => {
+                        chats.remove(id);
+                        json_ok(json!({"success": true, "data": {"status": true}}))
+                    }
+                    _ => app_error(404, "Not_Found", "Chat not exist"),
+                }
+            }
+            (Method::GET, "/__sim/stats") => json_ok(self.state.stats()),
+            (Method::POST, "/__sim/replay") => {
+                let chunk = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("chunk="))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                match req.into_body().collect().await {
+                    Ok(b) => {
+                        lock(&self.state.replay).push_back((b.to_bytes(), chunk));
+                        json_ok(json!({"queued": true}))
+                    }
+                    Err(_) => respond(
+                        StatusCode::BAD_REQUEST,
+                        None,
+                        "text/plain",
+                        "unreadable body",
+                    ),
+                }
+            }
+            _ => respond(
+                StatusCode::NOT_FOUND,
+                None,
+                "application/json",
+                r#"{"detail":"Not Found"}"#,
+            ),
+        }
+    }
+
+    /// Read the body; `None` when it exceeds the anti-bot size gate.
+    async fn read_body(&self, body: Incoming) -> Option<Bytes> {
+        Limited::new(body, self.config.body_limit)
+            .collect()
+            .await
+            .ok()
+            .map(|c| c.to_bytes())
+    }
+
+    async fn new_chat(&self, req: Request<Incoming>) -> Rsp {
+        let (parts, body) = req.into_parts();
+        let Some(_body) = self.read_body(body).await else {
+            return punish();
+        };
+        let Some(token) = auth_token(&parts.headers).0 else {
+            return unauthorized();
+        };
+        if !self.config.timing.chat_latency.is_zero() {
+            tokio::time::sleep(self.config.timing.chat_latency).await;
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        lock(&self.state.chats).insert(
+            id.clone(),
+            Chat {
+                owner: token,
+                nodes: Default::default(),
+                in_flight: false,
+                busy_until: None,
+                completions: 0,
+                attempts: 0,
+                last_parent_id: None,
+            },
+        );
+        self.state.chats_created.fetch_add(1, Ordering::Relaxed);
+        json_ok(
+            json!({"success": true, "request_id": uuid::Uuid::new_v4().to_string(), "data": {"id": id}}),
+        )
+    }
+
+    async fn signin(&self, req: Request<Incoming>) -> Rsp {
+        let Some(body) = self.read_body(req.into_body()).await else {
+            return punish();
+        };
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let email = v.get("email").and_then(Value::as_str).unwrap_or("");
+        let password = v.get("password").and_then(Value::as_str).unwrap_or("");
+        // The upstream expects the lowercase hex SHA-256 of the password, never plaintext.
+        let hashed = password.len() == 64
+            && password
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if email.is_empty() || !hashed {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                None,
+                "application/json",
+                r#"{"detail":"incorrect"}"#,
+            );
+        }
+        let token = format!("sim-{}", account_id(email));
+        json_ok(
+            json!({"id": account_id(email), "email": email, "name": email, "role": "user",
+                       "token": token, "token_type": "Bearer", "expires_at": now_secs() + 30 * 86_400}),
+        )
+    }
+
+    /// §9.3 header gate; `None` when the request passes.
+    fn gate(&self, h: &HeaderMap, cookie_present: bool) -> Option<Rsp> {
+        let level = self.config.gate;
+        if level >= Gate::Y2026M06 && !h.contains_key("x-request-id") {
+            return Some(punish());
+        }
+        if level >= Gate::Y2026M09 {
+            if !h.contains_key("version") {
+                return Some(respond(
+                    StatusCode::OK,
+                    None,
+                    "application/json",
+                    r#"{"success":false,"code":"Bad_Request","details":"Bad_Request: missing version header"}"#,
+                ));
+            }
+            let browser = [
+                "sec-fetch-dest",
+                "sec-fetch-mode",
+                "sec-fetch-site",
+                "timezone",
+            ];
+            if !cookie_present || browser.iter().any(|k| !h.contains_key(*k)) {
+                return Some(punish());
+            }
+        }
+        if level >= Gate::Y2026M10 && !(h.contains_key("bx-ua") && h.contains_key("bx-umidtoken")) {
+            return Some(respond(
+                StatusCode::OK,
+                None,
+                "text/html; charset=utf-8",
+                wire::waf_html(),
+            ));
+        }
+        None
+    }
+
+    async fn completion(&self, req: Request<Incoming>) -> Rsp {
+        self.state
+            .completion_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let (parts, body) = req.into_parts();
+        let Some(body) = self.read_body(body).await else {
+            return punish();
+        };
+        let (token, cookie_present) = auth_token(&parts.headers);
+        if let Some(rsp) = self.gate(&parts.headers, cookie_present) {
+            return rsp;
+        }
+        let Some(token) = token else {
+            return unauthorized();
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+            return app_error(
+                400,
+                "Bad_Request",
+                "RequestValidationError: body is not JSON",
+            );
+        };
+        let Some(chat_id) = v.get("chat_id").and_then(Value::as_str) else {
+            return app_error(
+                400,
+                "Bad_Request",
+                "RequestValidationError: Field 'chat_id': Field required",
+            );
+        };
+        let message = v
+            .get("messages")
+            .and_then(|m| m.get(0))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let content = match message.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => String::new(),
+        };
+        let (scenario, prompt) = scenario::parse(&content);
+        if !scenario.unknown.is_empty() {
+            let details = format!(
+                "unknown simulator directive(s): {}",
+                scenario.unknown.join(", ")
+            );
+            return app_error(400, "Bad_Request", &details);
+        }
+        let parent = v
+            .get("parent_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let model = v
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let features = message
+            .get("feature_config")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let flag = |k: &str| features.get(k).and_then(Value::as_bool).unwrap_or(false);
+        let thinking_mode = features
+            .get("thinking_mode")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let chat_type = message
+            .get("chat_type")
+            .and_then(Value::as_str)
+            .unwrap_or("t2t");
+
+        let (user_node, response_id, alt_id) = (
+            uuid::Uuid::new_v4().to_string(),
+            uuid::Uuid::new_v4().to_string(),
+            uuid::Uuid::new_v4().to_string(),
+        );
+        {
+            let mut chats = lock(&self.state.chats);
+            let chat = match chats.get_mut(chat_id) {
+                Some(c) if c.owner == token => c,
+                _ => return app_error(404, "Not_Found", &format!("Chat {chat_id} not exist")),
+            };
+            if let Some(p) = &parent {
+                if !chat.nodes.contains(p) {
+                    return app_error(
+                        400,
+                        "Bad_Request",
+                        &format!("Invalid input chat parent_id {p} is not exist."),
+                    );
+                }
+            }
+            chat.attempts += 1;
+            let busy = chat.in_flight || chat.busy_until.is_some_and(|t| Instant::now() < t);
+            if chat.attempts <= scenario.in_progress || busy {
+                return app_error(400, "Bad_Request", "The chat is in progress!");
+            }
+            match scenario.fault {
+                Some(Fault::RateLimited(h)) => {
+                    let body = wire::rate_limited_json(&uuid::Uuid::new_v4().to_string(), h);
+                    return respond(StatusCode::OK, None, "application/json", body);
+                }
+                Some(Fault::Punish) => return punish(),
+                Some(Fault::Waf) => {
+                    return respond(
+                        StatusCode::OK,
+                        None,
+                        "text/html; charset=utf-8",
+                        wire::waf_html(),
+                    )
+                }
+                Some(Fault::Unauthorized) => return unauthorized(),
+                Some(Fault::Overload) => {
+                    return respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        None,
+                        "text/plain",
+                        "Service Temporarily Unavailable",
+                    )
+                }
+                Some(Fault::ModerationInput) => {
+                    return app_error(
+                        400,
+                        "data_inspection_failed",
+                        wire::MODERATION_INPUT_DETAILS,
+                    )
+                }
+                _ => {}
+            }
+            chat.nodes.insert(user_node.clone());
+            chat.nodes.insert(response_id.clone());
+            chat.in_flight = true;
+            chat.completions += 1;
+            chat.last_parent_id = parent.clone();
+        }
+        self.state.completions.fetch_add(1, Ordering::Relaxed);
+        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = StreamGuard {
+            state: self.state.clone(),
+            chat_id: chat_id.to_owned(),
+            linger: self.config.linger,
+            completed: false,
+        };
+
+        let replay = lock(&self.state.replay).pop_front();
+        let (steps, content_type) = match replay {
+            Some((bytes, chunk)) => replay_steps(bytes, chunk),
+            None => {
+                let meta = model_meta(&model);
+                let mut scenario = scenario;
+                let thinking_required = meta.is_some_and(|m| m.thinking_required);
+                if thinking_required && !flag("thinking_enabled") {
+                    scenario.fault = Some(Fault::InvalidInput);
+                }
+                let thinking = scenario.think
+                    || meta.is_some_and(|m| m.thinking)
+                        && flag("thinking_enabled")
+                        && thinking_mode == "Thinking";
+                let search = scenario.search || flag("auto_search") || chat_type == "search";
+                let steps = script::build(&Generation {
+                    chat_id,
+                    user_node_id: &user_node,
+                    response_id: &response_id,
+                    alt_response_id: &alt_id,
+                    prompt: &prompt,
+                    thinking,
+                    search,
+                    scenario: &scenario,
+                    timing: &self.config.timing,
+                    now_secs: now_secs(),
+                });
+                (steps, "text/event-stream; charset=utf-8")
+            }
+        };
+        let mut rsp = Response::new(SimBody::Script(ScriptBody::new(steps, Some(guard))));
+        rsp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        rsp.headers_mut()
+            .insert("x-actual-status-code", HeaderValue::from_static("200"));
+        rsp
+    }
+}
+
+/// Replayed bytes, optionally cut into `chunk`-byte writes.
+fn replay_steps(bytes: Bytes, chunk: usize) -> (std::collections::VecDeque<Step>, &'static str) {
+    let trimmed = bytes.trim_ascii_start();
+    let content_type = if trimmed.starts_with(b"<") {
+        "text/html; charset=utf-8"
+    } else if trimmed.starts_with(b"{") {
+        "application/json"
+    } else {
+        "text/event-stream; charset=utf-8"
+    };
+    let mut steps = std::collections::VecDeque::new();
+    if chunk == 0 {
+        steps.push_back(Step::Write(bytes));
+    } else {
+        let mut at = 0;
+        while at < bytes.len() {
+            let end = (at + chunk).min(bytes.len());
+            steps.push_back(Step::Write(bytes.slice(at..end)));
+            steps.push_back(Step::Pause(std::time::Duration::from_millis(1)));
+            at = end;
+        }
+    }
+    (steps, content_type)
+}
+
+fn account_id(seed: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ModelMeta {
+    thinking: bool,
+    thinking_required: bool,
+}
+
+fn model_meta(id: &str) -> Option<ModelMeta> {
+    match id {
+        "qwen3.7-plus" => Some(ModelMeta {
+            thinking: true,
+            thinking_required: false,
+        }),
+        "qwen3.8-max" => Some(ModelMeta {
+            thinking: true,
+            thinking_required: true,
+        }),
+        "qwen3.5-omni-plus" => Some(ModelMeta {
+            thinking: false,
+            thinking_required: false,
+        }),
+        _ => None,
+    }
+}
+
+/// The static catalogue (§3.1): a thinking+search model, a model whose thinking cannot be
+/// skipped, and one without thinking.
+pub fn catalogue() -> Value {
+    json!({"object": "list", "data": [
+        {"id": "qwen3.7-plus", "name": "Qwen3.7-Plus", "object": "model", "owned_by": "qwen",
+         "info": {"id": "qwen3.7-plus", "name": "Qwen3.7-Plus", "is_active": true, "created_at": 1_780_000_000,
+                  "meta": {"capabilities": {"vision": true, "document": true, "thinking": true, "search": true, "thinking_budget": true, "citations": true},
+                           "abilities": {"vision": 1, "thinking": 1, "citations": 1},
+                           "max_context_length": 1_000_000, "max_generation_length": 65_536,
+                           "max_thinking_generation_length": 81_920, "max_summary_generation_length": 32_768,
+                           "chat_type": ["t2t", "t2v", "t2i", "image_edit", "search", "deep_research"],
+                           "modality": ["text", "image"], "think_skip": {"enable": true}}}},
+        {"id": "qwen3.8-max", "name": "Qwen3.8-Max", "object": "model", "owned_by": "qwen",
+         "info": {"id": "qwen3.8-max", "name": "Qwen3.8-Max", "is_active": true, "created_at": 1_785_000_000,
+                  "meta": {"capabilities": {"thinking": true, "search": false},
+                           "abilities": {"thinking": 1},
+                           "max_context_length": 1_000_000, "max_generation_length": 131_072,
+                           "chat_type": ["t2t"], "modality": ["text"], "think_skip": {"enable": false}}}},
+        {"id": "qwen3.5-omni-plus", "name": "Qwen3.5-Omni-Plus", "object": "model", "owned_by": "qwen",
+         "info": {"id": "qwen3.5-omni-plus", "name": "Qwen3.5-Omni-Plus", "is_active": true, "created_at": 1_775_000_000,
+                  "meta": {"capabilities": {"thinking": false, "vision": true},
+                           "max_context_length": 262_144, "max_generation_length": 65_536,
+                           "chat_type": ["t2t"], "modality": ["text", "image", "audio"]}}}
+    ]})
+}

@@ -1,0 +1,161 @@
+//! The Qwen simulator: a faithful stand-in for chat.qwen.ai (`qwen-protocol.md` §9), used
+//! in-process by tests and benchmarks, standalone as `qwen-proxy sim`, and as the `--demo`
+//! upstream. Scenarios are chosen per completion by `@@sim:` directives (`scenario.rs`);
+//! frames are written as captured (`wire.rs`); streams are poll-driven scripts
+//! (`script.rs`, `body.rs`); `handlers.rs` holds the endpoints and validation.
+
+pub mod answer;
+mod body;
+pub mod handlers;
+pub mod scenario;
+pub mod script;
+mod state;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use handlers::SimService;
+use state::SimState;
+
+/// How strictly request headers are checked (the upstream's WAF eras of §9.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Gate {
+    None,
+    /// `x-request-id` required.
+    Y2026M06,
+    /// + `version`, the cookie token, `sec-fetch-*` and `timezone`.
+    Y2026M09,
+    /// + `bx-ua` and `bx-umidtoken`.
+    Y2026M10,
+}
+
+impl std::str::FromStr for Gate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Gate::None),
+            "2026-06" => Ok(Gate::Y2026M06),
+            "2026-09" => Ok(Gate::Y2026M09),
+            "2026-10" => Ok(Gate::Y2026M10),
+            _ => Err(format!(
+                "unknown header gate `{s}` (none, 2026-06, 2026-09, 2026-10)"
+            )),
+        }
+    }
+}
+
+/// Timing knobs (defaults are fast, for tests; benchmarks and the demo set their own).
+#[derive(Debug, Clone)]
+pub struct SimTiming {
+    /// Latency of `chats/new`.
+    pub chat_latency: Duration,
+    /// Time to the first content frame.
+    pub ttft: Duration,
+    /// Delay between frames.
+    pub frame_delay: Duration,
+    /// Characters of answer per frame.
+    pub chunk_chars: usize,
+}
+
+impl Default for SimTiming {
+    fn default() -> Self {
+        Self {
+            chat_latency: Duration::ZERO,
+            ttft: Duration::ZERO,
+            frame_delay: Duration::ZERO,
+            chunk_chars: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub timing: SimTiming,
+    /// How long a chat stays locked after a generation ("The chat is in progress!").
+    pub linger: Duration,
+    /// The anti-bot body-size gate (128 KiB upstream).
+    pub body_limit: usize,
+    pub gate: Gate,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            timing: SimTiming::default(),
+            linger: Duration::from_millis(300),
+            body_limit: 128 * 1024,
+            gate: Gate::Y2026M09,
+        }
+    }
+}
+
+/// A running simulator. Dropping the handle stops it.
+pub struct Simulator {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Simulator {
+    /// Bind `addr` (use port 0 for an ephemeral port) and serve in the background.
+    pub async fn start(addr: SocketAddr, config: SimConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self::serve(listener, config))
+    }
+
+    pub fn serve(listener: TcpListener, config: SimConfig) -> Self {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let service = SimService {
+            config: Arc::new(config),
+            state: Arc::new(SimState::default()),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::server::serve(
+            listener,
+            service,
+            async {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(1),
+        ));
+        Simulator {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stop accepting and wait for the server task.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Builds the byte-level script of one simulated completion: which frames, in how many
+//! writes, with which pauses. Pure and deterministic (the `split` offsets come from a
+//! PRNG seeded by the prompt), so a failing test can be replayed exactly.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::answer;
+use super::scenario::{Fault, Scenario};
+use super::wire::{self, Usage};
+use super::SimTiming;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Write(Bytes),
+    Pause(Duration),
+    /// Abort the connection mid-response.
+    Reset,
+}
+
+/// Inputs of one completion.
+pub struct Generation<'a> {
+    pub chat_id: &'a str,
+    pub user_node_id: &'a str,
+    pub response_id: &'a str,
+    pub alt_response_id: &'a str,
+    pub prompt: &'a str,
+    pub thinking: bool,
+    pub search: bool,
+    pub scenario: &'a Scenario,
+    pub timing: &'a SimTiming,
+    pub now_secs: u64,
+}
+
+/// Hidden system prompt the upstream counts in `input_tokens` (§5.4).
+const HIDDEN_PROMPT_TOKENS: u64 = 1_000;
+
+pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
+    let mut frames: Vec<(String, Duration)> = Vec::new();
+    let delay = g.scenario.delay.unwrap_or(g.timing.frame_delay);
+    let ttft = g.scenario.ttft.unwrap_or(g.timing.ttft);
+    let sc = g.scenario;
+    let ts = g.now_secs;
+    let input = HIDDEN_PROMPT_TOKENS + answer::tokens(g.prompt);
+
+    frames.push((
+        wire::response_created(g.chat_id, g.user_node_id, g.response_id, 0),
+        Duration::ZERO,
+    ));
+    if sc.dual {
+        frames.push((
+            wire::response_created(g.chat_id, g.user_node_id, g.alt_response_id, 1),
+            Duration::ZERO,
+        ));
+    }
+    if sc.fault == Some(Fault::Empty) {
+        return into_steps(frames, sc, g.prompt);
+    }
+    if let Some(Fault::RateLimitedFrame(h)) = sc.fault {
+        frames.push((
+            wire::event(&wire::rate_limited_json(g.response_id, h)),
+            ttft,
+        ));
+        return into_steps(frames, sc, g.prompt);
+    }
+    if sc.fault == Some(Fault::InvalidInput) {
+        frames.push((wire::event(wire::INVALID_INPUT_FRAME), ttft));
+        return into_steps(frames, sc, g.prompt);
+    }
+
+    let mut reasoning_tokens = None;
+    let mut first_pause = ttft;
+    if g.thinking {
+        let (titles, thoughts) = answer::thinking(g.prompt);
+        let mut r = 0;
+        for n in 1..=thoughts.len() {
+            r += answer::tokens(&thoughts[n - 1]) * 40;
+            let usage = Usage {
+                input,
+                output: r + 2,
+                reasoning: Some(r),
+            };
+            frames.push((
+                wire::thinking(g.response_id, &titles[..n], &thoughts[..n], usage, ts),
+                first_pause,
+            ));
+            first_pause = delay;
+        }
+        frames.push((
+            wire::finished(g.response_id, "thinking_summary", Some(ts)),
+            delay,
+        ));
+        reasoning_tokens = Some(r);
+    }
+    if g.search {
+        for f in wire::web_search(g.response_id, &answer::last_line(g.prompt), ts) {
+            frames.push((f, first_pause));
+            first_pause = delay;
+        }
+    }
+
+    let mut text = match sc.long {
+        Some(n) => answer::long_answer(n),
+        None => answer::answer(g.prompt),
+    };
+    if g.search {
+        text.push_str("[[1]]");
+    }
+    let alt = answer::alternative_answer(g.prompt);
+    let pieces = chunk_chars(&text, g.timing.chunk_chars);
+    let alt_pieces = chunk_chars(&alt, g.timing.chunk_chars);
+    let base = reasoning_tokens.unwrap_or(0);
+    let mut sent = String::new();
+    let partial_limit = 2;
+    for (i, piece) in pieces.iter().enumerate() {
+        sent.push_str(piece);
+        let usage = Usage {
+            input,
+            output: base + answer::tokens(&sent),
+            reasoning: None,
+        };
+        frames.push((
+            wire::delta(g.response_id, "answer", piece, usage, i, ts),
+            first_pause,
+        ));
+        first_pause = delay;
+        if sc.dual {
+            if let Some(alt) = alt_pieces.get(i) {
+                let u = Usage {
+                    input,
+                    output: answer::tokens(alt),
+                    reasoning: None,
+                };
+                frames.push((
+                    wire::delta(g.alt_response_id, "answer", alt, u, i, ts),
+                    Duration::ZERO,
+                ));
+            }
+        }
+        if i + 1 == 1 {
+            if let Some(stall) = sc.stall {
+                frames.push((String::new(), stall));
+            }
+        }
+        if i + 1 == partial_limit || i + 1 == pieces.len() {
+            let fault_frame = match sc.fault {
+                Some(Fault::InternalError) => Some(wire::event(wire::INTERNAL_ERROR_FRAME)),
+                Some(Fault::QuotaMidstream) => Some(wire::event(wire::QUOTA_FRAME)),
+                Some(Fault::ModerationOutput) => Some(wire::event(wire::MODERATION_OUTPUT_FRAME)),
+                Some(Fault::RateLimitedAfter(h)) => {
+                    Some(wire::event(&wire::rate_limited_json(g.response_id, h)))
+                }
+                _ => None,
+            };
+            if let Some(f) = fault_frame {
+                frames.push((f, delay));
+                return into_steps(frames, sc, g.prompt);
+            }
+            if sc.fault == Some(Fault::Reset) {
+                let mut steps = into_steps(frames, sc, g.prompt);
+                let half = wire::delta(
+                    g.response_id,
+                    "answer",
+                    "cut",
+                    Usage {
+                        input,
+                        output: 0,
+                        reasoning: None,
+                    },
+                    0,
+                    ts,
+                );
+                steps.push_back(Step::Write(Bytes::from(half[..half.len() / 2].to_owned())));
+                steps.push_back(Step::Pause(Duration::from_millis(1)));
+                steps.push_back(Step::Reset);
+                return steps;
+            }
+        }
+    }
+    let usage = Usage {
+        input,
+        output: base + answer::tokens(&sent),
+        reasoning: None,
+    };
+    frames.push((wire::empty_typing(g.response_id, usage, ts), delay));
+    frames.push((wire::empty_typing(g.response_id, usage, ts), Duration::ZERO));
+    if sc.dual {
+        frames.push((
+            wire::finished(g.alt_response_id, "answer", None),
+            Duration::ZERO,
+        ));
+    }
+    frames.push((
+        wire::finished(g.response_id, "answer", None),
+        Duration::ZERO,
+    ));
+    if sc.done {
+        frames.push(("data: [DONE]\n\n".to_owned(), Duration::ZERO));
+    }
+    into_steps(frames, sc, g.prompt)
+}
+
+/// Split text into pieces of `n` characters (never inside a character).
+fn chunk_chars(text: &str, n: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars.chunks(n.max(1)).map(|c| c.iter().collect()).collect()
+}
+
+/// Frames → writes. With `split`, every frame is cut at pseudo-random byte offsets
+/// (inside UTF-8 sequences and inside `data:` too) into separate writes.
+fn into_steps(frames: Vec<(String, Duration)>, sc: &Scenario, seed_text: &str) -> VecDeque<Step> {
+    let mut rng = XorShift::new(seed_text);
+    let mut steps = VecDeque::new();
+    for (frame, pause) in frames {
+        if !pause.is_zero() {
+            steps.push_back(Step::Pause(pause));
+        }
+        if frame.is_empty() {
+            continue;
+        }
+        let bytes = Bytes::from(frame);
+        if !sc.split {
+            steps.push_back(Step::Write(bytes));
+            continue;
+        }
+        let mut at = 0;
+        while at < bytes.len() {
+            let len = 1 + (rng.next() % 23) as usize;
+            let end = (at + len).min(bytes.len());
+            steps.push_back(Step::Write(bytes.slice(at..end)));
+            // A pause makes hyper flush, so each piece is its own TCP write.
+            steps.push_back(Step::Pause(Duration::from_millis(1)));
+            at = end;
+        }
+    }
+    steps
+}
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: &str) -> Self {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in seed.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        XorShift(h | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}

@@ -1,0 +1,48 @@
+//! Non-streaming responses: the same upstream pipeline, collected into one message.
+
+use std::future::poll_fn;
+
+use bytes::Bytes;
+use hyper::body::Body;
+
+use super::body::{Step, UpstreamStream};
+use super::limits::FinishReason;
+use super::state::{Emit, Usage};
+use crate::error::ProxyError;
+
+/// The collected assistant message.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Collected {
+    pub content: String,
+    pub reasoning: String,
+}
+
+impl Emit for Collected {
+    fn reasoning(&mut self, text: &str) {
+        self.reasoning.push_str(text);
+    }
+
+    fn content(&mut self, text: &str) {
+        self.content.push_str(text);
+    }
+}
+
+/// Read the upstream to the end. Any upstream error — also one after partial content —
+/// fails the whole request: a non-streaming client must never get a truncated answer
+/// presented as complete.
+pub async fn collect<B>(
+    stream: &mut UpstreamStream<B>,
+) -> Result<(Collected, FinishReason, Usage), ProxyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut out = Collected::default();
+    loop {
+        match poll_fn(|cx| stream.poll_step(cx, &mut out)).await {
+            Step::Progress => {}
+            Step::Done(reason) => return Ok((out, reason, stream.usage())),
+            Step::Failed(e) => return Err(e.into()),
+        }
+    }
+}

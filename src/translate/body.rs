@@ -1,0 +1,237 @@
+//! The async edge of the streaming core.
+//!
+//! [`UpstreamStream`] polls the upstream body directly and feeds each chunk through the
+//! pure [`Pipeline`]. [`TranslateBody`] is the `hyper::body::Body` the client reads: no
+//! spawned task and no channel, so backpressure flows end to end and dropping the body
+//! (client gone) drops the upstream response, which closes the upstream connection.
+//!
+//! An idle timer is re-armed on every upstream chunk; when it fires the stream ends with a
+//! timeout error (in-band once streaming). While the upstream is silent but not yet timed
+//! out, the body emits `: keep-alive` comments so proxies and clients keep the connection.
+
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use super::limits::FinishReason;
+use super::pipeline::{Pipeline, Progress};
+use super::state::{Emit, Usage};
+use crate::error::{ProxyError, UpstreamClass, UpstreamError};
+use crate::openai::encoder::ChunkEncoder;
+
+/// Outcome of one poll of the upstream.
+#[derive(Debug)]
+pub enum Step {
+    /// A chunk was consumed (the sink may or may not have received output).
+    Progress,
+    Done(FinishReason),
+    Failed(UpstreamError),
+}
+
+pub struct UpstreamStream<B> {
+    body: B,
+    pipeline: Pipeline,
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    finished: bool,
+}
+
+impl<B> UpstreamStream<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    pub fn new(body: B, pipeline: Pipeline, idle_timeout: Duration) -> Self {
+        Self {
+            body,
+            pipeline,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+            finished: false,
+        }
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.pipeline.usage()
+    }
+
+    /// Advance by at most one upstream chunk. After `Done`/`Failed`, stays `Done`.
+    pub fn poll_step(&mut self, cx: &mut Context<'_>, out: &mut impl Emit) -> Poll<Step> {
+        if self.finished {
+            return Poll::Ready(Step::Done(FinishReason::Stop));
+        }
+        let step = loop {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers carry nothing for us
+                    };
+                    self.idle.as_mut().reset(Instant::now() + self.idle_timeout);
+                    break match self.pipeline.feed(data, out) {
+                        Ok(Progress::Continue) => Step::Progress,
+                        Ok(Progress::Done(r)) => Step::Done(r),
+                        Err(e) => Step::Failed(e),
+                    };
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    break Step::Failed(UpstreamError::new(
+                        UpstreamClass::Connect,
+                        format!("upstream connection broke mid-stream: {e}"),
+                    ))
+                }
+                Poll::Ready(None) => {
+                    break match self.pipeline.end_of_input(out) {
+                        Ok(r) => Step::Done(r),
+                        Err(e) => Step::Failed(e),
+                    }
+                }
+                Poll::Pending => {
+                    ready!(self.idle.as_mut().poll(cx));
+                    break Step::Failed(UpstreamError::new(
+                        UpstreamClass::Timeout,
+                        format!(
+                            "no upstream event for {} s",
+                            self.idle_timeout.as_secs_f32()
+                        ),
+                    ));
+                }
+            }
+        };
+        if !matches!(step, Step::Progress) {
+            self.finished = true;
+        }
+        Poll::Ready(step)
+    }
+}
+
+/// The streaming response body: OpenAI SSE chunks translated on the fly.
+pub struct TranslateBody<B> {
+    stream: UpstreamStream<B>,
+    encoder: ChunkEncoder,
+    keep_alive: Option<(Pin<Box<Sleep>>, Duration)>,
+    done: bool,
+}
+
+impl<B> TranslateBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    pub fn new(
+        stream: UpstreamStream<B>,
+        encoder: ChunkEncoder,
+        keep_alive: Option<Duration>,
+    ) -> Self {
+        Self {
+            stream,
+            encoder,
+            keep_alive: keep_alive.map(|d| (Box::pin(tokio::time::sleep(d)), d)),
+            done: false,
+        }
+    }
+
+    /// Wait for the first meaningful upstream event, so that an upstream error that arrives
+    /// before any content becomes a proper HTTP status (and can still be retried).
+    pub async fn prime(&mut self) -> Result<(), ProxyError> {
+        poll_fn(|cx| loop {
+            if self.stream.pipeline().emitted_anything() {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(self.stream.poll_step(cx, &mut self.encoder)) {
+                Step::Progress => continue,
+                Step::Done(r) => {
+                    self.finish(r);
+                    return Poll::Ready(Ok(()));
+                }
+                Step::Failed(e) => return Poll::Ready(Err(e.into())),
+            }
+        })
+        .await
+    }
+
+    fn finish(&mut self, reason: FinishReason) {
+        let usage = self.stream.usage();
+        self.encoder.finish(reason, usage);
+        self.done = true;
+    }
+
+    fn poll_keep_alive(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((sleep, every)) = &mut self.keep_alive else {
+            return false;
+        };
+        if sleep.as_mut().poll(cx).is_ready() {
+            let next = Instant::now() + *every;
+            sleep.as_mut().reset(next);
+            self.encoder.keep_alive();
+            return true;
+        }
+        false
+    }
+
+    fn rearm_keep_alive(&mut self) {
+        if let Some((sleep, every)) = &mut self.keep_alive {
+            let next = Instant::now() + *every;
+            sleep.as_mut().reset(next);
+        }
+    }
+}
+
+impl<B> Body for TranslateBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(bytes) = this.encoder.take() {
+                this.rearm_keep_alive();
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let step = match this.stream.poll_step(cx, &mut this.encoder) {
+                Poll::Ready(step) => step,
+                Poll::Pending => {
+                    if this.poll_keep_alive(cx) {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            };
+            match step {
+                Step::Progress => {}
+                Step::Done(r) => this.finish(r),
+                Step::Failed(e) => {
+                    this.encoder.error(&e.into());
+                    this.done = true;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && !self.encoder.has_output()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}

@@ -1,0 +1,103 @@
+//! Upstream bytes → semantic deltas: SSE decoder, translator and output limits chained.
+//! Pure and synchronous; the async adapters in `body.rs` and `aggregate.rs` drive it.
+
+use bytes::Bytes;
+
+use super::limits::{FinishReason, Limits};
+use super::state::{Emit, Flow, ResponseRef, Translator, Usage};
+use crate::error::{UpstreamClass, UpstreamError};
+use crate::qwen::sse::SseDecoder;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Continue,
+    Done(FinishReason),
+}
+
+#[derive(Debug)]
+pub struct Pipeline {
+    decoder: SseDecoder,
+    translator: Translator,
+    limits: Limits,
+    /// Used when the upstream reports no usage at all.
+    prompt_tokens_estimate: u64,
+}
+
+impl Pipeline {
+    pub fn new(limits: Limits, prompt_tokens_estimate: u64) -> Self {
+        Self {
+            decoder: SseDecoder::default(),
+            translator: Translator::new(),
+            limits,
+            prompt_tokens_estimate,
+        }
+    }
+
+    /// Feed one upstream chunk; deltas go to `out`.
+    pub fn feed(&mut self, chunk: Bytes, out: &mut impl Emit) -> Result<Progress, UpstreamError> {
+        self.decoder.push(chunk);
+        loop {
+            let data = self.decoder.next_data().map_err(protocol)?;
+            let Some(data) = data else {
+                return Ok(Progress::Continue);
+            };
+            if let Progress::Done(r) = self.on_data(&data, out)? {
+                return Ok(Progress::Done(r));
+            }
+        }
+    }
+
+    /// The upstream closed the stream.
+    pub fn end_of_input(&mut self, out: &mut impl Emit) -> Result<FinishReason, UpstreamError> {
+        if let Some(data) = self.decoder.finish().map_err(protocol)? {
+            if let Progress::Done(r) = self.on_data(&data, out)? {
+                return Ok(r);
+            }
+        }
+        self.translator.on_eof()?;
+        self.limits.flush(out);
+        Ok(self.limits.finish_reason().unwrap_or(FinishReason::Stop))
+    }
+
+    fn on_data(&mut self, data: &[u8], out: &mut impl Emit) -> Result<Progress, UpstreamError> {
+        let flow = self.translator.on_data(data, &mut self.limits.wrap(out))?;
+        if let Some(r) = self.limits.finish_reason() {
+            return Ok(Progress::Done(r));
+        }
+        if flow == Flow::Finished {
+            self.limits.flush(out);
+            return Ok(Progress::Done(
+                self.limits.finish_reason().unwrap_or(FinishReason::Stop),
+            ));
+        }
+        Ok(Progress::Continue)
+    }
+
+    /// Whether the client has been sent (or will be sent) anything meaningful.
+    pub fn emitted_anything(&self) -> bool {
+        self.translator.emitted_anything()
+    }
+
+    pub fn response(&self) -> &ResponseRef {
+        self.translator.response()
+    }
+
+    /// Final usage: the upstream's last cumulative numbers, or estimates when it sent none.
+    /// When `max_tokens` cut the answer, completion tokens count what was actually sent.
+    pub fn usage(&self) -> Usage {
+        let emitted = self.limits.emitted_tokens();
+        let mut usage = self.translator.usage().unwrap_or(Usage {
+            prompt_tokens: self.prompt_tokens_estimate,
+            completion_tokens: emitted,
+            ..Usage::default()
+        });
+        if self.limits.finish_reason() == Some(FinishReason::Length) {
+            usage.completion_tokens = usage.reasoning_tokens.unwrap_or(0) + emitted;
+        }
+        usage
+    }
+}
+
+fn protocol(e: crate::qwen::sse::SseError) -> UpstreamError {
+    UpstreamError::new(UpstreamClass::Protocol, e.to_string())
+}

@@ -1,0 +1,403 @@
+//! The pure stream state machine: one upstream event in, zero or more semantic deltas out.
+//!
+//! No I/O, no async, no clocks: `on_data` is called with each SSE payload and reports what
+//! the client should see through [`Emit`]. The same machine drives streaming (an encoder
+//! behind `Emit`) and non-streaming (an aggregator behind `Emit`) responses.
+//!
+//! Rules (`qwen-protocol.md` §5):
+//! * `answer` (or a missing phase) → content; `thinking_summary` → reasoning, computed as
+//!   the new suffix of the cumulative `summary_thought` list joined by blank lines, so every
+//!   paragraph is emitted once whichever way the list grows; legacy `think` → reasoning.
+//! * `image_gen` content and `extra.image_list` images → a Markdown image in content.
+//! * Built-in tool phases (`web_search`, …) and unknown phases are skipped.
+//! * Dual responses: only the `response_index "0"` response passes; without a
+//!   `response.created`, the first `response_id` seen is locked.
+//! * End = `phase answer` + `status finished`, `[DONE]`, or EOF. A `finished` in any other
+//!   phase (e.g. the thinking block) is not the end.
+//! * Error frames anywhere (first frame or after content) end the stream with a classified
+//!   error. EOF or `finished` without any answer content is the empty-stream error (E18).
+
+use crate::error::{UpstreamClass, UpstreamError};
+use crate::qwen::classify::frame_error;
+use crate::qwen::frame::{Frame, Text, UsageFrame};
+
+/// Where translated deltas go.
+pub trait Emit {
+    fn reasoning(&mut self, text: &str);
+    fn content(&mut self, text: &str);
+}
+
+/// Whether the upstream response is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Finished,
+}
+
+/// Token usage in OpenAI terms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub reasoning_tokens: Option<u64>,
+    pub cached_tokens: Option<u64>,
+}
+
+impl Usage {
+    pub fn total_tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// Identity of the upstream response (for continuing the chat later).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseRef {
+    pub chat_id: Option<String>,
+    /// Server id of the user node this turn created.
+    pub user_node_id: Option<String>,
+    pub response_id: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Translator {
+    /// Set once `response.created` with index "0" arrives (or the first `response_id`).
+    locked: Option<String>,
+    /// Some `response.created` was seen: lock only by index, never by first frame.
+    saw_created: bool,
+    /// The cumulative thinking summary emitted so far (joined by "\n\n").
+    summary: String,
+    usage: Option<Usage>,
+    response: ResponseRef,
+    emitted_content: bool,
+    emitted_reasoning: bool,
+}
+
+impl Translator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Last cumulative usage, mapped to OpenAI names; `None` if the upstream never sent any.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    pub fn response(&self) -> &ResponseRef {
+        &self.response
+    }
+
+    pub fn emitted_content(&self) -> bool {
+        self.emitted_content
+    }
+
+    pub fn emitted_anything(&self) -> bool {
+        self.emitted_content || self.emitted_reasoning
+    }
+
+    /// Handle one SSE data payload.
+    pub fn on_data(&mut self, data: &[u8], out: &mut impl Emit) -> Result<Flow, UpstreamError> {
+        let trimmed = data.trim_ascii();
+        if trimmed == b"[DONE]" {
+            return self.finished();
+        }
+        let frame: Frame<'_> = match serde_json::from_slice(trimmed) {
+            Ok(f) => f,
+            Err(e) => {
+                // A valid JSON document of an unexpected shape is skipped (the upstream adds
+                // fields and frame kinds often); bytes that are not JSON at all are a
+                // protocol error, never silently dropped.
+                if serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_ok() {
+                    tracing::debug!(error = %e, "skipping upstream frame of unknown shape");
+                    return Ok(Flow::Continue);
+                }
+                return Err(UpstreamError::new(
+                    UpstreamClass::Protocol,
+                    "upstream sent an event that is not JSON",
+                ));
+            }
+        };
+        if let Some(err) = frame_error(&frame) {
+            return Err(err);
+        }
+        if let Some(created) = &frame.created {
+            self.on_created(created);
+            return Ok(Flow::Continue);
+        }
+        if !self.accepts(frame.response_id.as_deref()) {
+            return Ok(Flow::Continue);
+        }
+        if let Some(u) = frame.usage {
+            self.merge_usage(u);
+        }
+        let Some(delta) = frame.choice.and_then(|c| c.delta) else {
+            return Ok(Flow::Continue);
+        };
+        let phase = delta.phase.as_deref().unwrap_or("answer");
+        let finished = delta.status.as_deref() == Some("finished");
+        match phase {
+            "answer" => {
+                if let Some(text) = non_empty(&delta.content) {
+                    self.emitted_content = true;
+                    out.content(text);
+                }
+            }
+            "thinking_summary" => {
+                if let Some(list) = delta
+                    .extra
+                    .as_ref()
+                    .and_then(|e| e.summary_thought.as_ref())
+                {
+                    self.on_summary(&list.content, out);
+                }
+            }
+            "think" | "thinking" => {
+                if let Some(text) = non_empty(&delta.content) {
+                    self.emitted_reasoning = true;
+                    out.reasoning(text);
+                }
+            }
+            "image_gen" => {
+                if let Some(url) = non_empty(&delta.content) {
+                    self.emit_image(url, out);
+                }
+            }
+            _ => {}
+        }
+        if let Some(text) = non_empty(&delta.reasoning_content).or_else(|| {
+            delta
+                .extra
+                .as_ref()
+                .and_then(|e| non_empty(&e.reasoning_content))
+        }) {
+            self.emitted_reasoning = true;
+            out.reasoning(text);
+        }
+        if let Some(images) = delta.extra.as_ref().and_then(|e| e.image_list.as_ref()) {
+            for url in images.iter().filter_map(|i| non_empty(&i.image)) {
+                self.emit_image(url, out);
+            }
+        }
+        // Image generation streams may end with their own `finished` frame and no answer.
+        if finished && (phase == "answer" || phase == "image_gen" && self.emitted_content) {
+            return self.finished();
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The upstream closed the connection without an explicit end frame.
+    pub fn on_eof(&mut self) -> Result<(), UpstreamError> {
+        self.finished().map(|_| ())
+    }
+
+    fn finished(&mut self) -> Result<Flow, UpstreamError> {
+        if self.emitted_content {
+            Ok(Flow::Finished)
+        } else {
+            let detail = if self.emitted_reasoning {
+                "the stream ended after thinking, without an answer"
+            } else {
+                "the stream ended without any answer content"
+            };
+            Err(UpstreamError::new(UpstreamClass::EmptyStream, detail))
+        }
+    }
+
+    fn on_created(&mut self, created: &crate::qwen::frame::Created<'_>) {
+        self.saw_created = true;
+        let index = created.response_index.as_deref().unwrap_or("0");
+        if index == "0" && self.locked.is_none() {
+            if let Some(id) = &created.response_id {
+                self.locked = Some(id.to_string());
+                self.response = ResponseRef {
+                    chat_id: created.chat_id.as_deref().map(str::to_owned),
+                    user_node_id: created.parent_id.as_deref().map(str::to_owned),
+                    response_id: Some(id.to_string()),
+                };
+            }
+        }
+    }
+
+    /// Dual-response filter: frames of another candidate response are dropped.
+    fn accepts(&mut self, response_id: Option<&str>) -> bool {
+        let Some(id) = response_id else {
+            return true;
+        };
+        match &self.locked {
+            Some(locked) => locked == id,
+            None if self.saw_created => false,
+            None => {
+                self.locked = Some(id.to_owned());
+                self.response.response_id = Some(id.to_owned());
+                true
+            }
+        }
+    }
+
+    fn merge_usage(&mut self, u: UsageFrame) {
+        let usage = self.usage.get_or_insert_with(Usage::default);
+        if let Some(v) = u.input_tokens {
+            usage.prompt_tokens = v;
+        }
+        if let Some(v) = u.output_tokens {
+            usage.completion_tokens = v;
+        }
+        if let Some(v) = u.output_tokens_details.and_then(|d| d.reasoning_tokens) {
+            usage.reasoning_tokens = Some(v);
+        }
+        if let Some(v) = u.prompt_tokens_details.and_then(|d| d.cached_tokens) {
+            usage.cached_tokens = Some(v);
+        }
+    }
+
+    /// Emit the part of the cumulative summary not emitted yet. Diffing the joined text
+    /// handles both growth modes (new list elements, or the last element growing). Thinking
+    /// frames are few, so joining into a fresh `String` here is not on the hot path.
+    fn on_summary(&mut self, paragraphs: &[Text<'_>], out: &mut impl Emit) {
+        let joined = paragraphs
+            .iter()
+            .map(|p| &**p)
+            .collect::<Vec<&str>>()
+            .join("\n\n");
+        match joined.strip_prefix(self.summary.as_str()) {
+            Some("") => {}
+            Some(new) => {
+                self.emitted_reasoning = true;
+                out.reasoning(new);
+            }
+            // The upstream rewrote earlier text. Re-emitting would duplicate it; adopt the
+            // new text as the baseline and emit nothing for this frame.
+            None => tracing::debug!("thinking summary rewritten upstream; not re-emitted"),
+        }
+        self.summary = joined;
+    }
+
+    fn emit_image(&mut self, url: &str, out: &mut impl Emit) {
+        self.emitted_content = true;
+        // A blank line between consecutive images keeps the Markdown readable.
+        let md = format!("![image]({url})\n");
+        out.content(&md);
+    }
+}
+
+fn non_empty<'s>(v: &'s Option<Text<'_>>) -> Option<&'s str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect {
+        content: String,
+        reasoning: String,
+        reasoning_pieces: Vec<String>,
+    }
+
+    impl Emit for Collect {
+        fn reasoning(&mut self, text: &str) {
+            self.reasoning.push_str(text);
+            self.reasoning_pieces.push(text.to_owned());
+        }
+        fn content(&mut self, text: &str) {
+            self.content.push_str(text);
+        }
+    }
+
+    fn thinking_frame(paragraphs: &[&str]) -> String {
+        let list: Vec<String> = paragraphs.iter().map(|p| format!("{p:?}")).collect();
+        format!(
+            r#"{{"choices":[{{"delta":{{"content":"","phase":"thinking_summary","extra":{{"summary_thought":{{"content":[{}]}}}},"status":"typing"}}}}],"response_id":"r"}}"#,
+            list.join(",")
+        )
+    }
+
+    #[test]
+    fn summary_append_mode_emits_each_paragraph_once() {
+        let mut t = Translator::new();
+        let mut out = Collect::default();
+        for frame in [
+            thinking_frame(&["A"]),
+            thinking_frame(&["A", "B"]),
+            thinking_frame(&["A", "B"]),
+        ] {
+            t.on_data(frame.as_bytes(), &mut out).unwrap();
+        }
+        assert_eq!(out.reasoning, "A\n\nB");
+        assert_eq!(out.reasoning_pieces, vec!["A", "\n\nB"]);
+    }
+
+    #[test]
+    fn summary_last_element_growth_mode() {
+        let mut t = Translator::new();
+        let mut out = Collect::default();
+        for frame in [
+            thinking_frame(&["Th"]),
+            thinking_frame(&["Thin"]),
+            thinking_frame(&["Think", "X"]),
+        ] {
+            t.on_data(frame.as_bytes(), &mut out).unwrap();
+        }
+        assert_eq!(out.reasoning, "Think\n\nX");
+    }
+
+    #[test]
+    fn summary_rewrite_is_not_duplicated() {
+        let mut t = Translator::new();
+        let mut out = Collect::default();
+        t.on_data(thinking_frame(&["Alpha"]).as_bytes(), &mut out)
+            .unwrap();
+        t.on_data(thinking_frame(&["Alps"]).as_bytes(), &mut out)
+            .unwrap();
+        t.on_data(thinking_frame(&["Alps", "B"]).as_bytes(), &mut out)
+            .unwrap();
+        assert_eq!(out.reasoning, "Alpha\n\nB");
+    }
+
+    #[test]
+    fn thinking_finished_is_not_the_end() {
+        let mut t = Translator::new();
+        let mut out = Collect::default();
+        let f = br#"{"choices":[{"delta":{"content":"","phase":"thinking_summary","status":"finished"}}]}"#;
+        assert_eq!(t.on_data(f, &mut out), Ok(Flow::Continue));
+    }
+
+    #[test]
+    fn finished_without_content_is_an_empty_stream() {
+        let mut t = Translator::new();
+        let mut out = Collect::default();
+        let f = br#"{"choices":[{"delta":{"content":"","phase":"answer","status":"finished"}}]}"#;
+        assert_eq!(
+            t.on_data(f, &mut out).unwrap_err().class,
+            UpstreamClass::EmptyStream
+        );
+        assert_eq!(
+            Translator::new().on_eof().unwrap_err().class,
+            UpstreamClass::EmptyStream
+        );
+    }
+
+    #[test]
+    fn missing_phase_is_answer_and_done_ends() {
+        let mut t = Translator::new();
+        let mut out = Collect::default();
+        t.on_data(br#"{"choices":[{"delta":{"content":"x"}}]}"#, &mut out)
+            .unwrap();
+        assert_eq!(t.on_data(b"[DONE]", &mut out), Ok(Flow::Finished));
+        assert_eq!(out.content, "x");
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error_but_unknown_shapes_are_skipped() {
+        let mut t = Translator::new();
+        let mut out = Collect::default();
+        assert_eq!(
+            t.on_data(br#"{"choices":"odd"}"#, &mut out),
+            Ok(Flow::Continue)
+        );
+        assert_eq!(
+            t.on_data(b"not json", &mut out).unwrap_err().class,
+            UpstreamClass::Protocol
+        );
+    }
+}
