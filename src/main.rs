@@ -59,6 +59,9 @@ fn load_config(a: &ServeArgs, demo: bool) -> Result<Config, String> {
     }
     if let Some(h) = &a.host {
         env.set_override("HOST", h.clone());
+    } else if demo {
+        // The demo is for trying things out locally: loopback unless asked otherwise.
+        env.set_override("HOST", "127.0.0.1");
     }
     Config::from_source(&env, demo).map_err(|e| e.to_string())
 }

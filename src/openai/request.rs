@@ -287,25 +287,26 @@ fn parse_message(i: usize, m: &Value) -> Result<Message, ProxyError> {
             &format!("messages[{i}]"),
         ));
     };
-    let role =
-        match m.get("role").and_then(Value::as_str) {
-            Some("system" | "developer") => Role::System,
-            Some("user") => Role::User,
-            Some("assistant") => Role::Assistant,
-            Some("tool" | "function") => Role::Tool,
-            Some(other) => return Err(bad(
+    let role = match m.get("role").and_then(Value::as_str) {
+        Some("system" | "developer") => Role::System,
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some("tool" | "function") => Role::Tool,
+        Some(other) => {
+            return Err(bad(
                 format!(
                     "Invalid role `{other}`: expected system, developer, user, assistant or tool."
                 ),
                 &format!("messages[{i}].role"),
-            )),
-            None => {
-                return Err(bad(
-                    "Each message needs a string `role`.",
-                    &format!("messages[{i}].role"),
-                ))
-            }
-        };
+            ))
+        }
+        None => {
+            return Err(bad(
+                "Each message needs a string `role`.",
+                &format!("messages[{i}].role"),
+            ))
+        }
+    };
     let param = format!("messages[{i}].content");
     let mut content = match m.get("content") {
         Some(Value::String(s)) => s.clone(),

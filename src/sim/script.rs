@@ -11,6 +11,7 @@ use super::answer;
 use super::scenario::{Fault, Scenario};
 use super::wire::{self, Usage};
 use super::SimTiming;
+use crate::translate::limits::estimate_quarter_tokens;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -112,13 +113,15 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
     let pieces = chunk_chars(&text, g.timing.chunk_chars);
     let alt_pieces = chunk_chars(&alt, g.timing.chunk_chars);
     let base = reasoning_tokens.unwrap_or(0);
-    let mut sent = String::new();
+    // Running estimate in quarter tokens: recounting the whole text per frame would make
+    // long answers quadratic.
+    let mut sent_quarters = 0;
     let partial_limit = 2;
     for (i, piece) in pieces.iter().enumerate() {
-        sent.push_str(piece);
+        sent_quarters += estimate_quarter_tokens(piece);
         let usage = Usage {
             input,
-            output: base + answer::tokens(&sent),
+            output: base + sent_quarters.div_ceil(4),
             reasoning: None,
         };
         frames.push((
@@ -181,7 +184,7 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
     }
     let usage = Usage {
         input,
-        output: base + answer::tokens(&sent),
+        output: base + sent_quarters.div_ceil(4),
         reasoning: None,
     };
     frames.push((wire::empty_typing(g.response_id, usage, ts), delay));

@@ -1,0 +1,297 @@
+//! Test harness: the simulator and the real proxy stack, each on an ephemeral loopback
+//! port (bound before serving, so there is no port race), and a plain hyper client.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use qwen_proxy::sim::{SimConfig, Simulator};
+use qwen_proxy::{App, Config};
+
+pub struct Harness {
+    pub sim: Simulator,
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub client: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The SSE events: JSON values, and the string "[DONE]" for the terminator.
+    pub fn events(&self) -> Vec<Value> {
+        parse_sse(&self.body)
+    }
+
+    pub fn error(&self) -> Value {
+        self.json()["error"].clone()
+    }
+}
+
+pub fn parse_sse(body: &[u8]) -> Vec<Value> {
+    let text = std::str::from_utf8(body).expect("SSE is UTF-8");
+    assert!(
+        text.is_empty() || text.ends_with("\n\n"),
+        "stream must end with a blank line: {text:?}"
+    );
+    text.split("\n\n")
+        .filter(|e| !e.is_empty() && !e.starts_with(':'))
+        .map(|e| {
+            let data = e
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {e:?}"));
+            if data == "[DONE]" {
+                Value::String("[DONE]".into())
+            } else {
+                serde_json::from_str(data)
+                    .unwrap_or_else(|err| panic!("bad chunk JSON {data}: {err}"))
+            }
+        })
+        .collect()
+}
+
+/// Content and reasoning of a stream, plus its finish reason; checks the chunk rules.
+pub struct StreamSummary {
+    pub content: String,
+    pub reasoning: String,
+    pub finish_reason: Option<String>,
+    pub error: Option<Value>,
+    pub usage: Option<Value>,
+    pub chunks: usize,
+}
+
+pub fn summarize(events: &[Value]) -> StreamSummary {
+    assert_eq!(
+        events.last(),
+        Some(&Value::String("[DONE]".into())),
+        "stream must end with [DONE]"
+    );
+    let mut s = StreamSummary {
+        content: String::new(),
+        reasoning: String::new(),
+        finish_reason: None,
+        error: None,
+        usage: None,
+        chunks: 0,
+    };
+    let mut id = None;
+    for (i, ev) in events[..events.len() - 1].iter().enumerate() {
+        if let Some(err) = ev.get("error") {
+            s.error = Some(err.clone());
+            continue;
+        }
+        assert_eq!(ev["object"], "chat.completion.chunk");
+        let this_id = (ev["id"].clone(), ev["created"].clone(), ev["model"].clone());
+        match &id {
+            None => id = Some(this_id),
+            Some(first) => assert_eq!(first, &this_id, "id/created/model must not change"),
+        }
+        s.chunks += 1;
+        let choices = ev["choices"].as_array().expect("choices is an array");
+        if choices.is_empty() {
+            s.usage = Some(ev["usage"].clone());
+            continue;
+        }
+        let delta = &choices[0]["delta"];
+        if i == 0 {
+            assert_eq!(delta["role"], "assistant", "first chunk carries the role");
+        } else {
+            assert!(delta.get("role").is_none(), "role is sent once");
+        }
+        if let Some(c) = delta["content"].as_str() {
+            s.content.push_str(c);
+        }
+        if let Some(r) = delta["reasoning_content"].as_str() {
+            s.reasoning.push_str(r);
+        }
+        if let Some(f) = choices[0]["finish_reason"].as_str() {
+            s.finish_reason = Some(f.to_owned());
+        }
+    }
+    s
+}
+
+/// The simulator's documented default answer (README "Simulator"), written out here
+/// independently of the simulator's code.
+pub fn expected_answer(prompt: &str) -> String {
+    let last = prompt
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("");
+    format!("Simulated answer — 模拟回答: you said \"{last}\".")
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        Self::start_with(&[], SimConfig::default()).await
+    }
+
+    pub async fn start_with(env: &[(&str, &str)], sim_config: SimConfig) -> Self {
+        let sim = Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), sim_config)
+            .await
+            .expect("simulator starts");
+        let mut vars: HashMap<String, String> = HashMap::new();
+        vars.insert("QWEN_BASE_URL".into(), sim.base_url());
+        vars.insert("QWEN_COOKIES".into(), "token=test-token; other=1".into());
+        for (k, v) in env {
+            vars.insert((*k).into(), (*v).into());
+        }
+        let config = Config::from_source(&vars, false).expect("valid test config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = App::new(config);
+        tokio::spawn(app.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Harness {
+            sim,
+            addr,
+            stop: Some(stop),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Response<Incoming> {
+        tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .expect("response within 30 s")
+            .expect("request succeeds")
+    }
+
+    pub async fn read(rsp: Response<Incoming>) -> Reply {
+        let status = rsp.status();
+        let headers = rsp.headers().clone();
+        let body = tokio::time::timeout(Duration::from_secs(30), rsp.into_body().collect())
+            .await
+            .expect("body within 30 s")
+            .expect("body reads")
+            .to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut b = Request::post(self.url(path)).header("content-type", content_type);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        Self::read(self.send(b.body(Full::new(body.into())).unwrap()).await).await
+    }
+
+    pub async fn chat(&self, body: Value) -> Reply {
+        self.post_raw(
+            "/v1/chat/completions",
+            "application/json",
+            body.to_string(),
+            &[],
+        )
+        .await
+    }
+
+    /// A one-message request.
+    pub async fn ask(&self, model: &str, prompt: &str, stream: bool) -> Reply {
+        self.chat(json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": prompt}]}))
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        Self::read(
+            self.send(
+                Request::get(self.url(path))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await,
+        )
+        .await
+    }
+
+    pub async fn sim_stats(&self) -> Value {
+        let req = Request::get(format!("{}/__sim/stats", self.sim.base_url()))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        Self::read(self.send(req).await).await.json()
+    }
+
+    pub async fn sim_replay(&self, bytes: impl Into<Bytes>, chunk: usize) {
+        let req = Request::post(format!(
+            "{}/__sim/replay?chunk={chunk}",
+            self.sim.base_url()
+        ))
+        .body(Full::new(bytes.into()))
+        .unwrap();
+        assert_eq!(Self::read(self.send(req).await).await.status, 200);
+    }
+
+    /// Poll the simulator's stats until `pred` holds (bounded; for effects that happen
+    /// asynchronously, such as an upstream abort after a client disconnect).
+    pub async fn wait_for_stats(&self, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.sim_stats().await;
+            if pred(&s) || tokio::time::Instant::now() > deadline {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Fixture directory: `QWEN_FIXTURES` or `../shared/fixtures/qwen` next to the repo.
+pub fn fixtures_dir() -> std::path::PathBuf {
+    std::env::var_os("QWEN_FIXTURES")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen")
+        })
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = fixtures_dir().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {} is required: {e}", path.display()))
+}
