@@ -1,0 +1,171 @@
+//! Streaming-core throughput: SSE decode alone, and the whole upstream-bytes → OpenAI-bytes
+//! pipeline, over every fixture in ../shared/fixtures/qwen plus a long synthetic answer
+//! (10,000 frames) and a one-byte-per-chunk split. Each pipeline group also runs a naive
+//! baseline (parse into `serde_json::Value`, build the chunk as a `Value`, `to_string`,
+//! `format!`) so the report reads as a ratio against it.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use serde_json::{json, Value};
+
+use qwen_proxy::openai::encoder::ChunkEncoder;
+use qwen_proxy::qwen::sse::SseDecoder;
+use qwen_proxy::sim::wire;
+use qwen_proxy::translate::limits::Limits;
+use qwen_proxy::translate::pipeline::{Pipeline, Progress};
+
+struct Input {
+    name: String,
+    chunks: Vec<Bytes>,
+    bytes: u64,
+}
+
+fn inputs() -> Vec<Input> {
+    let dir = std::env::var_os("QWEN_FIXTURES")
+        .map(Into::into)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen"));
+    let mut out = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("fixtures at {}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sse"))
+        .collect();
+    names.sort();
+    for path in names {
+        let data = std::fs::read(&path).expect("fixture readable");
+        out.push(Input {
+            name: path.file_stem().unwrap().to_string_lossy().into_owned(),
+            bytes: data.len() as u64,
+            chunks: vec![Bytes::from(data)],
+        });
+    }
+    let long = synthetic(10_000);
+    out.push(Input {
+        name: "synthetic-10k-frames".into(),
+        bytes: long.len() as u64,
+        chunks: vec![long.clone()],
+    });
+    let bytes = long.len() as u64;
+    out.push(Input {
+        name: "synthetic-10k-one-byte-chunks".into(),
+        bytes,
+        chunks: (0..long.len()).map(|i| long.slice(i..i + 1)).collect(),
+    });
+    out
+}
+
+/// A long answer in captured wire format: 10,000 small answer frames with usage.
+fn synthetic(frames: usize) -> Bytes {
+    let mut s = wire::response_created("c", "u", "r", 0);
+    let words = ["Hello", " wor", "ld, ", "通义", "千问 ", "and ", "more"];
+    for i in 0..frames {
+        let usage = wire::Usage {
+            input: 1049,
+            output: i as u64 + 1,
+            reasoning: None,
+        };
+        s.push_str(&wire::delta(
+            "r",
+            "answer",
+            words[i % words.len()],
+            usage,
+            i,
+            1_780_000_000,
+        ));
+    }
+    s.push_str(&wire::finished("r", "answer", None));
+    Bytes::from(s)
+}
+
+fn run_pipeline(chunks: &[Bytes]) -> usize {
+    let mut p = Pipeline::new(Limits::default(), 0);
+    let mut enc = ChunkEncoder::new("chatcmpl-bench", 1_780_000_000, "qwen3.7-plus", false);
+    let mut total = 0;
+    for c in chunks {
+        let done = matches!(p.feed(c.clone(), &mut enc), Ok(Progress::Done(_)) | Err(_));
+        total += enc.take().map_or(0, |b| b.len());
+        if done {
+            break;
+        }
+    }
+    total
+}
+
+/// What a straightforward implementation does per event.
+fn run_naive(chunks: &[Bytes]) -> usize {
+    let mut buf = String::new();
+    let mut total = 0;
+    for c in chunks {
+        buf.push_str(&String::from_utf8_lossy(c));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let Some(data) = event.trim().strip_prefix("data:") else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<Value>(data.trim()) else {
+                continue;
+            };
+            let delta = &v["choices"][0]["delta"];
+            let Some(text) = delta["content"].as_str() else {
+                continue;
+            };
+            if text.is_empty() {
+                continue;
+            }
+            let chunk = json!({
+                "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1_780_000_000,
+                "model": "qwen3.7-plus",
+                "choices": [{"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]
+            });
+            let frame = format!("data: {}\n\n", chunk.to_string());
+            total += frame.len();
+        }
+    }
+    total
+}
+
+fn decode_only(chunks: &[Bytes]) -> usize {
+    let mut d = SseDecoder::default();
+    let mut n = 0;
+    for c in chunks {
+        d.push(c.clone());
+        while let Ok(Some(ev)) = d.next_data() {
+            n += ev.len();
+        }
+    }
+    n
+}
+
+fn benches(c: &mut Criterion) {
+    let inputs = inputs();
+    let mut g = c.benchmark_group("sse_decode");
+    for i in &inputs {
+        g.throughput(Throughput::Bytes(i.bytes));
+        g.bench_with_input(BenchmarkId::new("decoder", &i.name), &i.chunks, |b, ch| {
+            b.iter(|| decode_only(black_box(ch)))
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("pipeline");
+    for i in &inputs {
+        g.throughput(Throughput::Bytes(i.bytes));
+        g.bench_with_input(
+            BenchmarkId::new("qwen-proxy", &i.name),
+            &i.chunks,
+            |b, ch| b.iter(|| run_pipeline(black_box(ch))),
+        );
+        g.bench_with_input(
+            BenchmarkId::new("naive-value", &i.name),
+            &i.chunks,
+            |b, ch| b.iter(|| run_naive(black_box(ch))),
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(name = pipeline; config = Criterion::default().sample_size(20); targets = benches);
+criterion_main!(pipeline);

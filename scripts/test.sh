@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The single entry point for every test: Rust unit and integration tests, the bench
+# targets in test mode, and the real-client suites (official `openai` Python SDK against
+# the running binary). Installs what it needs; starts what it needs on free ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "fetching crates"
+cargo fetch --locked
+
+step "Rust unit and integration tests"
+cargo test --locked --lib --bins --tests
+
+step "benchmarks compile and run once (test mode)"
+cargo test --locked --bench pipeline
+
+step "real-client suite: official openai Python SDK"
+cargo build --locked --bin qwen-proxy
+VENV=.venv
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+QWEN_PROXY_BIN="$PWD/target/debug/qwen-proxy" "$VENV/bin/python" -m pytest -q tests/clients
