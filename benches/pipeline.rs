@@ -121,7 +121,8 @@ fn run_naive(chunks: &[Bytes]) -> usize {
                 "model": "qwen3.7-plus",
                 "choices": [{"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]
             });
-            let frame = format!("data: {}\n\n", chunk.to_string());
+            let json = chunk.to_string();
+            let frame = format!("data: {json}\n\n");
             total += frame.len();
         }
     }
