@@ -705,3 +705,29 @@ async fn client_disconnect_aborts_the_upstream_stream() {
     assert_eq!(stats["aborted_streams"], 1, "{stats}");
     assert_eq!(stats["in_flight"], 0, "{stats}");
 }
+
+#[tokio::test]
+async fn forbidden_account_is_403() {
+    let h = Harness::start().await;
+    assert_error_both(
+        &h,
+        "q @@sim:forbidden",
+        403,
+        "permission_error",
+        "upstream_forbidden",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn upstream_bad_request_internal_error_is_502() {
+    let h = Harness::start().await;
+    assert_error_both(
+        &h,
+        "q @@sim:bad_request",
+        502,
+        "server_error",
+        "upstream_error",
+    )
+    .await;
+}

@@ -172,18 +172,18 @@ pub fn body_error(status: u16, content_type: &str, body: &[u8]) -> UpstreamError
     }
     if let Ok(frame) = serde_json::from_slice::<Frame<'_>>(body) {
         if let Some(e) = frame_error(&frame) {
-            // A RateLimited body on a non-429 status still wins; but a 401/403 wire status
-            // with an unrecognised body must not be downgraded to a generic error.
-            if e.class != C::ServerError || status == 200 {
+            // The body's code is more specific than the status, except that a generic
+            // body must not hide what an auth/limit/availability status already says.
+            let status_is_specific = matches!(status, 401 | 403 | 408 | 429 | 503 | 504);
+            if e.class != C::ServerError || !status_is_specific {
                 return e;
             }
         }
     }
-    let detail_known = status_error(status, None);
     if status == 200 {
         UpstreamError::new(C::Protocol, "unrecognised non-stream response")
     } else {
-        detail_known
+        status_error(status, None)
     }
 }
 

@@ -433,6 +433,17 @@ impl SimService {
                         "Service Temporarily Unavailable",
                     )
                 }
+                Some(Fault::Forbidden) => {
+                    return respond(
+                        StatusCode::FORBIDDEN,
+                        None,
+                        "text/plain",
+                        "forbidden: this account is banned",
+                    )
+                }
+                Some(Fault::BadRequestInternal) => {
+                    return app_error(400, "Bad_Request", "Internal error")
+                }
                 Some(Fault::ModerationInput) => {
                     return app_error(
                         400,

@@ -34,6 +34,10 @@ pub enum Fault {
     Waf,
     Unauthorized,
     Overload,
+    /// E9: wire 403.
+    Forbidden,
+    /// E7: `Bad_Request` "Internal error" (bad chat type, missing browser cookies).
+    BadRequestInternal,
     InternalError,
     QuotaMidstream,
     ModerationInput,
@@ -91,6 +95,8 @@ fn apply(s: &mut Scenario, directive: &str) {
         "waf" => s.fault = Some(Fault::Waf),
         "unauthorized" => s.fault = Some(Fault::Unauthorized),
         "overload" => s.fault = Some(Fault::Overload),
+        "forbidden" => s.fault = Some(Fault::Forbidden),
+        "bad_request" => s.fault = Some(Fault::BadRequestInternal),
         "internal_error" => s.fault = Some(Fault::InternalError),
         "quota_midstream" => s.fault = Some(Fault::QuotaMidstream),
         "moderation_input" => s.fault = Some(Fault::ModerationInput),

@@ -1,0 +1,171 @@
+//! The upstream client against the simulator: chat state errors (E2–E5), the header gate,
+//! and SSE keep-alives through the stack.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use qwen_proxy::error::{ProxyError, UpstreamClass};
+use qwen_proxy::qwen::client::QwenClient;
+use qwen_proxy::qwen::request::{FeatureConfig, Thinking, Turn};
+use qwen_proxy::sim::{Gate, SimConfig, Simulator};
+use qwen_proxy::translate::aggregate;
+use qwen_proxy::translate::body::UpstreamStream;
+use qwen_proxy::translate::limits::Limits;
+use qwen_proxy::translate::pipeline::Pipeline;
+use qwen_proxy::Config;
+use support::Harness;
+
+async fn client_for(sim: &Simulator, extra: &[(&str, &str)]) -> QwenClient {
+    let mut vars: HashMap<String, String> = HashMap::new();
+    vars.insert("QWEN_BASE_URL".into(), sim.base_url());
+    vars.insert("QWEN_COOKIES".into(), "token=acct-1".into());
+    for (k, v) in extra {
+        vars.insert((*k).into(), (*v).into());
+    }
+    QwenClient::new(&Config::from_source(&vars, false).unwrap().upstream)
+}
+
+fn turn<'a>(chat_id: &'a str, parent: Option<&'a str>, content: &'a str) -> Turn<'a> {
+    Turn {
+        chat_id,
+        parent_id: parent,
+        model: "qwen3.7-plus",
+        chat_type: "t2t",
+        content,
+        features: FeatureConfig::new(Thinking::Auto, false),
+    }
+}
+
+/// Send one turn and read it to the end; returns the upstream response id.
+async fn complete(client: &QwenClient, t: &Turn<'_>) -> Result<String, ProxyError> {
+    let body = client.start_completion(t).await?;
+    let mut stream = UpstreamStream::new(
+        body,
+        Pipeline::new(Limits::default(), 0),
+        Duration::from_secs(5),
+    );
+    let (collected, _, _) = aggregate::collect(&mut stream).await?;
+    assert!(!collected.content.is_empty());
+    Ok(stream
+        .pipeline()
+        .response()
+        .response_id
+        .clone()
+        .expect("response id"))
+}
+
+fn class(r: Result<String, ProxyError>) -> Option<UpstreamClass> {
+    r.err().and_then(|e| e.upstream_class())
+}
+
+async fn sim(config: SimConfig) -> Simulator {
+    Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn chat_state_errors_are_classified() {
+    let sim = sim(SimConfig {
+        linger: Duration::from_secs(30),
+        ..SimConfig::default()
+    })
+    .await;
+    let client = client_for(&sim, &[]).await;
+    let chat = client.create_chat("qwen3.7-plus", "t2t").await.unwrap();
+
+    // E4: a chat that does not exist, and a chat of another account.
+    assert_eq!(
+        class(
+            complete(
+                &client,
+                &turn("00000000-0000-4000-8000-000000000000", None, "hi")
+            )
+            .await
+        ),
+        Some(UpstreamClass::ChatNotFound)
+    );
+    let other = client_for(&sim, &[("QWEN_COOKIES", "token=acct-2")]).await;
+    assert_eq!(
+        class(complete(&other, &turn(&chat, None, "hi")).await),
+        Some(UpstreamClass::ChatNotFound)
+    );
+
+    // E3: a parent that is not a node of the chat.
+    assert_eq!(
+        class(complete(&client, &turn(&chat, Some("not-a-node"), "hi")).await),
+        Some(UpstreamClass::ParentNotFound)
+    );
+
+    // A real turn, then E2: the chat stays busy for the linger after a generation.
+    let response_id = complete(&client, &turn(&chat, None, "first"))
+        .await
+        .unwrap();
+    assert_eq!(
+        class(complete(&client, &turn(&chat, Some(&response_id), "second")).await),
+        Some(UpstreamClass::ChatInProgress)
+    );
+}
+
+#[tokio::test]
+async fn continuing_a_chat_after_the_linger_records_the_parent() {
+    let sim = sim(SimConfig {
+        linger: Duration::from_millis(10),
+        ..SimConfig::default()
+    })
+    .await;
+    let client = client_for(&sim, &[]).await;
+    let chat = client.create_chat("qwen3.7-plus", "t2t").await.unwrap();
+    let first = complete(&client, &turn(&chat, None, "first"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = complete(&client, &turn(&chat, Some(&first), "second"))
+        .await
+        .unwrap();
+    assert_ne!(first, second);
+    client.delete_chat(&chat).await.unwrap();
+    // Deleting twice is still a success (already gone).
+    client.delete_chat(&chat).await.unwrap();
+}
+
+#[tokio::test]
+async fn header_gate_2026_10_needs_the_bx_headers() {
+    let strict = SimConfig {
+        gate: Gate::Y2026M10,
+        ..SimConfig::default()
+    };
+    let h = Harness::start_with(&[], strict.clone()).await;
+    let r = h.ask("qwen3.7-plus", "hi", false).await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error()["code"], "upstream_challenge");
+
+    let h = Harness::start_with(
+        &[("QWEN_BX_UA", "231!captured"), ("QWEN_TOKEN", "T2gA-umid")],
+        strict,
+    )
+    .await;
+    assert_eq!(h.ask("qwen3.7-plus", "hi", false).await.status, 200);
+}
+
+#[tokio::test]
+async fn keep_alive_comments_while_the_upstream_is_silent() {
+    let h = Harness::start_with(&[("SSE_KEEPALIVE_INTERVAL", "50")], SimConfig::default()).await;
+    let r = h.ask("qwen3.7-plus", "hi @@sim:stall=400", true).await;
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    assert!(text.contains("\n\n: keep-alive\n\n"), "{text}");
+    let s = support::summarize(&r.events());
+    assert_eq!(s.content, support::expected_answer("hi"));
+}
+
+#[tokio::test]
+async fn models_and_auth_probes() {
+    let sim = sim(SimConfig::default()).await;
+    let client = client_for(&sim, &[]).await;
+    let models = client.fetch_models().await.unwrap();
+    assert!(models["data"].as_array().unwrap().len() >= 3);
+    assert_eq!(client.check_auth().await.unwrap()["role"], "user");
+}
