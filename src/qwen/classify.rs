@@ -295,5 +295,12 @@ mod tests {
             body_error(502, "text/plain", b"bad gateway").class,
             C::ServerError
         );
+        // x-actual-status-code 400 with an "Internal error" body is the upstream's fault.
+        let e7 = br#"{"success":false,"data":{"code":"Bad_Request","details":"Internal error"}}"#;
+        assert_eq!(
+            body_error(400, "application/json", e7).class,
+            C::ServerError
+        );
+        assert_eq!(body_error(401, "application/json", e7).class, C::AuthFailed);
     }
 }
