@@ -1,6 +1,12 @@
-//! The one response body type of the proxy: a complete buffer (JSON answers, errors) or a
-//! translated upstream stream. A concrete enum instead of a boxed body keeps the hot path
-//! free of dynamic dispatch; boxing happens once, where the stack meets hyper.
+//! The one response body type of the proxy: a complete buffer (JSON answers, errors), a
+//! translated upstream stream, or either of those observed by a layer. A concrete enum
+//! instead of a boxed body keeps the hot path free of dynamic dispatch per frame; boxing
+//! happens once, where the stack meets hyper.
+//!
+//! `Observed` is how limits and measurements that must cover the whole stream travel
+//! inside the body: the concurrency permit, stream metrics, the end-of-stream log line.
+//! Observers hear about the first data frame and about the end — completed, or dropped
+//! early (client gone), which is reported from `Drop`.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -12,9 +18,55 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::translate::body::TranslateBody;
 
+/// Hooks on a response body's life. Dropping the observer releases what it holds.
+pub trait BodyObserver: Send + 'static {
+    /// The first data frame is about to be sent.
+    fn on_first_data(&mut self) {}
+    /// The body ended: `completed` is false when it was dropped before its end.
+    fn on_end(&mut self, _completed: bool) {}
+}
+
+/// Holding a value until the body ends is an observer too (e.g. a semaphore permit).
+pub struct Hold<T: Send + 'static>(pub T);
+
+impl<T: Send + 'static> BodyObserver for Hold<T> {}
+
 pub enum ProxyBody {
     Full(Full<Bytes>),
     Stream(Box<TranslateBody<Incoming>>),
+    Observed(Box<Observed>),
+}
+
+pub struct Observed {
+    inner: ProxyBody,
+    observer: Box<dyn BodyObserver>,
+    seen_data: bool,
+    ended: bool,
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.observer.on_end(false);
+        }
+    }
+}
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProxyBody::Full(_) => f.write_str("ProxyBody::Full"),
+            ProxyBody::Stream(_) => f.write_str("ProxyBody::Stream"),
+            ProxyBody::Observed(o) => write!(f, "ProxyBody::Observed({:?})", o.inner),
+        }
+    }
+}
+
+impl Default for ProxyBody {
+    fn default() -> Self {
+        ProxyBody::empty()
+    }
 }
 
 impl ProxyBody {
@@ -24,6 +76,25 @@ impl ProxyBody {
 
     pub fn empty() -> Self {
         ProxyBody::Full(Full::new(Bytes::new()))
+    }
+
+    /// Wrap this body so `observer` follows it to its end.
+    pub fn observe(self, observer: impl BodyObserver) -> Self {
+        ProxyBody::Observed(Box::new(Observed {
+            inner: self,
+            observer: Box::new(observer),
+            seen_data: false,
+            ended: false,
+        }))
+    }
+
+    /// Whether this is (or wraps) a translated stream.
+    pub fn is_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(_) => false,
+            ProxyBody::Stream(_) => true,
+            ProxyBody::Observed(o) => o.inner.is_stream(),
+        }
     }
 }
 
@@ -38,6 +109,21 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Full(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Stream(s) => Pin::new(s.as_mut()).poll_frame(cx),
+            ProxyBody::Observed(o) => {
+                let polled = Pin::new(&mut o.inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) if !o.seen_data && frame.is_data() => {
+                        o.seen_data = true;
+                        o.observer.on_first_data();
+                    }
+                    Poll::Ready(None) if !o.ended => {
+                        o.ended = true;
+                        o.observer.on_end(true);
+                    }
+                    _ => {}
+                }
+                polled
+            }
         }
     }
 
@@ -45,6 +131,8 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(b) => b.is_end_stream(),
             ProxyBody::Stream(s) => s.is_end_stream(),
+            // Let the final poll happen so the observer hears the end.
+            ProxyBody::Observed(o) => o.ended,
         }
     }
 
@@ -52,6 +140,39 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(b) => b.size_hint(),
             ProxyBody::Stream(s) => s.size_hint(),
+            ProxyBody::Observed(o) => o.inner.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::{Arc, Mutex};
+
+    struct Log(Arc<Mutex<Vec<String>>>);
+    impl BodyObserver for Log {
+        fn on_first_data(&mut self) {
+            self.0.lock().unwrap().push("first".into());
+        }
+        fn on_end(&mut self, completed: bool) {
+            self.0.lock().unwrap().push(format!("end {completed}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn observer_hears_first_data_and_completion() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let body = ProxyBody::full("abc").observe(Log(log.clone()));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abc");
+        assert_eq!(*log.lock().unwrap(), ["first", "end true"]);
+    }
+
+    #[test]
+    fn dropping_early_is_reported_as_not_completed() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        drop(ProxyBody::full("abc").observe(Log(log.clone())));
+        assert_eq!(*log.lock().unwrap(), ["end false"]);
     }
 }

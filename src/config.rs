@@ -175,6 +175,13 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub sse_keepalive: Duration,
     pub shutdown_grace: Duration,
+    /// Requests per minute per client; 0 disables the limiter.
+    pub rate_limit_rpm: u32,
+    pub rate_limit_burst: u32,
+    /// Concurrent chat completions; 0 means unlimited.
+    pub max_concurrent_streams: usize,
+    /// Bearer token required on `/metrics` when set.
+    pub metrics_token: Option<Secret>,
 }
 
 /// All problems found, one line each.
@@ -387,7 +394,19 @@ impl Config {
             }
         }
 
+        let rate_limit_rpm: u32 =
+            r.parse("RATE_LIMIT_RPM", 0, "a whole number of requests per minute");
+        let rate_limit_burst: u32 =
+            r.parse("RATE_LIMIT_BURST", rate_limit_rpm.max(1), "a whole number");
+        if rate_limit_rpm > 0 && rate_limit_burst == 0 {
+            r.errors
+                .push("RATE_LIMIT_BURST must be at least 1".to_owned());
+        }
         let config = Config {
+            rate_limit_rpm,
+            rate_limit_burst,
+            max_concurrent_streams: r.parse("MAX_CONCURRENT_STREAMS", 1024, "a whole number"),
+            metrics_token: r.raw("METRICS_TOKEN").map(Secret),
             host,
             port,
             upstream,

@@ -118,6 +118,12 @@ pub enum ProxyError {
     UnsupportedMediaType,
     /// `API_KEYS` is set and the request has no valid key.
     InvalidApiKey,
+    /// The proxy's own rate limiter (`RATE_LIMIT_RPM`) rejected the request.
+    RateLimited { retry_after_secs: u64 },
+    /// `MAX_CONCURRENT_STREAMS` is reached: shed load at once.
+    Overloaded,
+    /// The server is shutting down.
+    ShuttingDown,
     /// The upstream failed in a classified way.
     Upstream(Box<UpstreamError>),
     /// Our own bug (including a caught panic).
@@ -161,6 +167,8 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Overloaded | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Upstream(e) => match e.class {
                 C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -201,6 +209,9 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => Some("payload_too_large"),
             ProxyError::UnsupportedMediaType => Some("unsupported_media_type"),
             ProxyError::InvalidApiKey => Some("invalid_api_key"),
+            ProxyError::RateLimited { .. } => Some("rate_limit_exceeded"),
+            ProxyError::Overloaded => Some("server_overloaded"),
+            ProxyError::ShuttingDown => Some("server_shutting_down"),
             ProxyError::Internal(_) => Some("internal_error"),
             ProxyError::Upstream(e) => Some(match e.class {
                 C::RateLimited => "upstream_rate_limited",
@@ -232,6 +243,8 @@ impl ProxyError {
     /// retries wait instead of hammering.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
+            ProxyError::RateLimited { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            ProxyError::Overloaded | ProxyError::ShuttingDown => Some(1),
             ProxyError::Upstream(e) => match e.class {
                 UpstreamClass::RateLimited => {
                     Some(e.retry_after.map_or(60, |d| d.as_secs().max(1)))
@@ -256,6 +269,9 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::UnsupportedMediaType => "unsupported_media_type",
             ProxyError::InvalidApiKey => "invalid_api_key",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::Overloaded => "overloaded",
+            ProxyError::ShuttingDown => "shutting_down",
             ProxyError::Internal(_) => "internal",
             ProxyError::Upstream(e) => e.class.label(),
         }
@@ -283,6 +299,14 @@ impl ProxyError {
                  with one of the keys configured in API_KEYS."
                     .to_owned()
             }
+            ProxyError::RateLimited { retry_after_secs } => format!(
+                "Rate limit reached for this client; retry in {retry_after_secs} s."
+            ),
+            ProxyError::Overloaded => {
+                "The proxy is at its concurrent stream limit (MAX_CONCURRENT_STREAMS); retry shortly."
+                    .to_owned()
+            }
+            ProxyError::ShuttingDown => "The proxy is shutting down; retry on another instance.".to_owned(),
             ProxyError::Internal(m) => format!("Internal proxy error: {m}"),
             ProxyError::Upstream(e) => {
                 let d = &e.detail;

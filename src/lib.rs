@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod layers;
+pub mod metrics;
 pub mod openai;
 pub mod qwen;
 pub mod router;
@@ -47,9 +48,19 @@ impl App {
         self.service.clone()
     }
 
-    /// Serve until `shutdown` resolves, then drain for `SHUTDOWN_GRACE`.
+    /// Serve until `shutdown` resolves; then stop accepting, report `draining` on
+    /// `/health`, let open streams finish for `SHUTDOWN_GRACE`, and end the rest with an
+    /// in-band error event.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let grace = self.state.config.shutdown_grace;
-        server::serve(listener, self.service, shutdown, grace).await;
+        let (draining, aborting) = (self.state.clone(), self.state.clone());
+        let shutdown = async move {
+            shutdown.await;
+            draining.start_draining();
+        };
+        server::serve(listener, self.service, shutdown, grace, move || {
+            aborting.abort_streams()
+        })
+        .await;
     }
 }

@@ -258,7 +258,10 @@ fn check(a: ServeArgs) -> ExitCode {
         ),
     }
     runtime().block_on(async {
-        let client = qwen_proxy::qwen::client::QwenClient::new(&config.upstream);
+        let client = qwen_proxy::qwen::client::QwenClient::new(
+            &config.upstream,
+            qwen_proxy::metrics::Metrics::new(),
+        );
         match client.fetch_models().await {
             Ok(_) => println!("{:<14} ok", "reachable"),
             Err(e) => {

@@ -1,105 +1,109 @@
-//! The core service: routes a request to its handler and turns every error into the
-//! OpenAI error response. Cross-cutting concerns live in the layers around it (`stack.rs`).
+//! Routes a request to its handler. The chat route has its own sub-stack (concurrency →
+//! validate → retry → core, see `stack.rs`); the other routes are small handlers here.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Body;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
+use tower::ServiceExt;
 
 use crate::app::AppState;
 use crate::body::ProxyBody;
-use crate::chat::{self, json_response};
+use crate::chat::json_response;
 use crate::error::ProxyError;
-use crate::openai::request::ChatRequest;
+use crate::layers::auth::constant_time_eq;
 use crate::openai::response::ModelList;
+use crate::stack::ChatStack;
 
-#[derive(Clone, Debug)]
+/// Low-cardinality route label for logs and metrics.
+pub fn route_template(path: &str) -> &'static str {
+    match path.trim_end_matches('/') {
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/models" => "/v1/models",
+        p if p.starts_with("/v1/models/") => "/v1/models/{id}",
+        "/health" => "/health",
+        "/metrics" => "/metrics",
+        _ => "other",
+    }
+}
+
+#[derive(Clone)]
 pub struct Router {
     state: Arc<AppState>,
+    chat: ChatStack,
 }
 
 impl Router {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    pub fn new(state: Arc<AppState>, chat: ChatStack) -> Self {
+        Self { state, chat }
     }
 }
 
-impl<B> tower::Service<Request<B>> for Router
-where
-    B: Body + Send + 'static,
-    B::Data: Buf + Send,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+impl tower::Service<Request<Incoming>> for Router {
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = BoxFuture<Result<Response<ProxyBody>, ProxyError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let state = self.state.clone();
+        let chat = self.chat.clone();
         Box::pin(async move {
-            Ok(route(state, req)
-                .await
-                .unwrap_or_else(ProxyError::into_response))
+            let path = req.uri().path().trim_end_matches('/').to_owned();
+            match (req.method().clone(), path.as_str()) {
+                (Method::POST, "/v1/chat/completions") => chat.oneshot(req).await,
+                (Method::GET, "/v1/models") => {
+                    let catalog = state.models.get().await?;
+                    let list = ModelList {
+                        object: "list",
+                        data: &catalog.openai,
+                    };
+                    Ok(json_response(serde_json::to_vec(&list).unwrap_or_default()))
+                }
+                (Method::GET, p) if p.starts_with("/v1/models/") => {
+                    let id = &p["/v1/models/".len()..];
+                    let catalog = state.models.get().await?;
+                    catalog
+                        .openai
+                        .iter()
+                        .find(|m| m.id.eq_ignore_ascii_case(id))
+                        .map(|m| json_response(serde_json::to_vec(m).unwrap_or_default()))
+                        .ok_or_else(|| ProxyError::ModelNotFound {
+                            model: id.to_owned(),
+                        })
+                }
+                (Method::GET, "/health") => Ok(health(&state).await),
+                (Method::GET, "/metrics") => metrics(&state, &req),
+                (_, "/v1/chat/completions" | "/v1/models" | "/health" | "/metrics") => {
+                    Err(ProxyError::MethodNotAllowed)
+                }
+                (_, p) => Err(ProxyError::RouteNotFound { path: p.to_owned() }),
+            }
         })
-    }
-}
-
-async fn route<B>(state: Arc<AppState>, req: Request<B>) -> Result<Response<ProxyBody>, ProxyError>
-where
-    B: Body,
-    B::Data: Buf,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let path = req.uri().path().trim_end_matches('/').to_owned();
-    let method = req.method().clone();
-    match (method, path.as_str()) {
-        (Method::POST, "/v1/chat/completions") => {
-            let body = read_json_body(req, state.config.max_body_bytes).await?;
-            let chat_req = Arc::new(ChatRequest::from_slice(&body)?);
-            chat::complete(state, chat_req).await
-        }
-        (Method::GET, "/v1/models") => {
-            let catalog = state.models.get().await?;
-            let list = ModelList {
-                object: "list",
-                data: &catalog.openai,
-            };
-            Ok(json_response(serde_json::to_vec(&list).unwrap_or_default()))
-        }
-        (Method::GET, p) if p.starts_with("/v1/models/") => {
-            let id = &p["/v1/models/".len()..];
-            let catalog = state.models.get().await?;
-            catalog
-                .openai
-                .iter()
-                .find(|m| m.id.eq_ignore_ascii_case(id))
-                .map(|m| json_response(serde_json::to_vec(m).unwrap_or_default()))
-                .ok_or_else(|| ProxyError::ModelNotFound {
-                    model: id.to_owned(),
-                })
-        }
-        (Method::GET, "/health") => Ok(health(&state).await),
-        (_, "/v1/chat/completions" | "/v1/models" | "/health") => Err(ProxyError::MethodNotAllowed),
-        (_, p) => Err(ProxyError::RouteNotFound { path: p.to_owned() }),
     }
 }
 
 async fn health(state: &AppState) -> Response<ProxyBody> {
     let upstream = state.upstream_health().await;
+    let status = if state.is_draining() {
+        "draining"
+    } else if upstream.reachable {
+        "ok"
+    } else {
+        "degraded"
+    };
     let body = json!({
-        "status": if upstream.reachable { "ok" } else { "degraded" },
+        "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "upstream": {
@@ -107,48 +111,30 @@ async fn health(state: &AppState) -> Response<ProxyBody> {
             "latency_ms": upstream.latency_ms,
         },
     });
-    json_response(body.to_string().into_bytes())
+    let mut rsp = json_response(body.to_string().into_bytes());
+    if state.is_draining() {
+        // Load balancers stop sending new requests to a draining instance.
+        *rsp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    rsp
 }
 
-/// Check `content-type`, reject an oversized `content-length` before reading, then read
-/// at most `limit` bytes.
-async fn read_json_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, ProxyError>
-where
-    B: Body,
-    B::Data: Buf,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let content_type = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !content_type
-        .trim_start()
-        .to_ascii_lowercase()
-        .starts_with("application/json")
-    {
-        return Err(ProxyError::UnsupportedMediaType);
-    }
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ProxyError::PayloadTooLarge { limit });
-    }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ProxyError::PayloadTooLarge { limit })
+fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    if let Some(token) = &state.config.metrics_token {
+        let presented = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
+            return Err(ProxyError::InvalidApiKey);
         }
-        Err(e) => Err(ProxyError::bad_request(
-            format!("Could not read the request body: {e}"),
-            None,
-        )),
     }
+    let mut rsp = Response::new(ProxyBody::full(state.metrics.render()));
+    rsp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(rsp)
 }

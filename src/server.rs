@@ -22,13 +22,22 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// Serve `service` on `listener` until `shutdown` resolves, then let open connections
-/// finish for at most `grace`.
+/// When the request arrived (for latency and time-to-first-token).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStart(pub tokio::time::Instant);
+
+/// How long connections get to close after streams were told to end.
+const FINAL_DRAIN: Duration = Duration::from_secs(5);
+
+/// Serve `service` on `listener` until `shutdown` resolves; then stop accepting, let open
+/// connections finish for `grace`, call `grace_over` (which should end open streams), and
+/// wait a last few seconds before returning.
 pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    grace_over: impl FnOnce(),
 ) where
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -42,9 +51,12 @@ pub async fn serve<S, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
+        // Slowloris: the whole header block must arrive within this time.
         .header_read_timeout(Duration::from_secs(30))
         .keep_alive(true)
-        .max_buf_size(256 * 1024);
+        // Caps the header block (and read buffer); bodies are limited by the validate layer.
+        .max_buf_size(64 * 1024)
+        .max_headers(128);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -66,6 +78,7 @@ pub async fn serve<S, B>(
                 let _ = stream.set_nodelay(true);
                 let svc = tower::ServiceExt::map_request(service.clone(), move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(PeerAddr(peer));
+                    req.extensions_mut().insert(RequestStart(tokio::time::Instant::now()));
                     req
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
@@ -80,8 +93,19 @@ pub async fn serve<S, B>(
         }
     }
     drop(listener);
+    let closed = graceful.shutdown();
+    tokio::pin!(closed);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+        () = &mut closed => {
+            tracing::info!("all connections closed");
+            return;
+        }
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!("shutdown grace period over; ending open streams");
+        }
+    }
+    grace_over();
+    if tokio::time::timeout(FINAL_DRAIN, closed).await.is_err() {
+        tracing::warn!("connections still open after the final drain; exiting anyway");
     }
 }

@@ -1,21 +1,35 @@
-//! The tower stack around the core router, outer → inner:
+//! The tower stacks. Outer → inner, each layer in its own module:
 //!
-//! 1. **catch-panic** (tower-http): a panic in any layer or handler becomes a 500 OpenAI
-//!    error JSON instead of a dropped connection, and is logged.
-//! 2. **CORS** (tower-http, only when `CORS_ENABLED`): preflights answered here.
-//! 3. **auth** (`layers::auth`): with `API_KEYS`, `/v1/*` needs a valid key (401 otherwise).
-//! 4. **router** (`router.rs`): routes, body validation, handlers; every `ProxyError` is
-//!    turned into its response in exactly one place (`ProxyError::into_response`).
+//! | # | layer | contract |
+//! |---|---|---|
+//! | 1 | catch-panic (tower-http) | a panic anywhere inside becomes a logged 500 OpenAI error, never a dropped connection; boxes the body once for hyper |
+//! | 2 | request-id (`layers::request_id`) | accepts a sane `x-request-id` or mints one; adds `RequestId` to extensions and the header to the response |
+//! | 3 | trace (`layers::trace`) | one span per request (method, route, request id; model, stream, attempts, status, latency recorded later); logs the end of streams |
+//! | 4 | metrics (`layers::metrics`) | `http_requests_total` and `http_request_duration_seconds`, recorded when the body ends or is dropped |
+//! | 5 | error-map (`layers::error_map`) | every `ProxyError` from inside becomes its OpenAI response (`ProxyError::into_response`, the one mapping), logged and counted once; outside, the stack is infallible |
+//! | 6 | CORS (tower-http, when `CORS_ENABLED`) | answers preflights; adds CORS headers |
+//! | 7 | auth (`layers::auth`) | with `API_KEYS`, `/v1/*` needs a valid key (401) |
+//! | 8 | rate-limit (`layers::rate_limit`, when `RATE_LIMIT_RPM` > 0) | token bucket per key or client IP for `/v1/*`; 429 at once with `Retry-After` and `x-ratelimit-*`; never queues |
+//! | 9 | router (`router.rs`) | routes; `/v1/chat/completions` goes into the chat stack below |
 //!
-//! Streaming responses carry their own idle timeout and keep-alives in the body
-//! (`translate::body`), because layer timeouts end at the response headers.
+//! The chat stack (only `POST /v1/chat/completions`):
+//!
+//! | # | layer | contract |
+//! |---|---|---|
+//! | 10 | concurrency (`layers::concurrency`) | `MAX_CONCURRENT_STREAMS` permits, 503 at once past it; the permit travels in the response body |
+//! | 11 | validate (`layers::validate`) | content type, body size (413), JSON → `Arc<ChatRequest>` as the request body (400s name the `param`) |
+//! | 12 | retry (`layers::retry`) | backoff with full jitter and a budget, per error class; shares an `Attempt` with the core |
+//! | 13 | core (`chat::ChatCore`) | plan → chat → completion → primed stream or aggregated JSON |
+//!
+//! Timeouts: the upstream response-header timeout is in the client (`qwen::client`); the
+//! idle timeout between upstream events and the SSE keep-alives are in the streaming body
+//! (`translate::body`), because layer timeouts end when the response headers are sent.
 
 use std::any::Any;
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response};
@@ -25,14 +39,25 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::AppState;
+use crate::body::ProxyBody;
+use crate::chat::ChatCore;
 use crate::error::ProxyError;
 use crate::layers::auth::AuthLayer;
+use crate::layers::concurrency::ConcurrencyLayer;
+use crate::layers::error_map::ErrorMapLayer;
+use crate::layers::metrics::MetricsLayer;
+use crate::layers::rate_limit::{MemoryStore, RateLimitLayer};
+use crate::layers::request_id::RequestIdLayer;
+use crate::layers::retry::{RetryLayer, RetryPolicy};
+use crate::layers::trace::TraceLayer;
+use crate::layers::validate::ValidateLayer;
 use crate::router::Router;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The response body at the top of the stack (boxed once, by catch-panic).
 pub type HttpBody = tower_http::body::UnsyncBoxBody<Bytes, BoxError>;
 pub type HttpService = BoxCloneService<Request<Incoming>, Response<HttpBody>, Infallible>;
+pub type ChatStack = BoxCloneService<Request<Incoming>, Response<ProxyBody>, ProxyError>;
 
 fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<http_body_util::Full<Bytes>> {
     let detail = err
@@ -65,34 +90,58 @@ fn cors_layer(state: &AppState) -> Option<CorsLayer> {
                 .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
         )
     };
-    let layer = CorsLayer::new()
-        .allow_origin(origin)
-        .allow_methods([
-            hyper::Method::GET,
-            hyper::Method::POST,
-            hyper::Method::OPTIONS,
-        ])
-        .allow_headers(tower_http::cors::Any)
-        .allow_credentials(cfg.credentials);
+    let layer = CorsLayer::new().allow_origin(origin).allow_methods([
+        hyper::Method::GET,
+        hyper::Method::POST,
+        hyper::Method::OPTIONS,
+    ]);
     // `Any` headers cannot be combined with credentials; mirror the request instead.
     Some(if cfg.credentials {
-        layer.allow_headers(tower_http::cors::AllowHeaders::mirror_request())
-    } else {
         layer
+            .allow_credentials(true)
+            .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
+    } else {
+        layer.allow_headers(tower_http::cors::Any)
     })
 }
 
-/// Build the whole stack for the proxy.
+/// The chat route's stack (layers 10–13).
+pub fn chat_stack(state: &Arc<AppState>) -> ChatStack {
+    let cfg = &state.config;
+    let svc = ServiceBuilder::new()
+        .layer(ConcurrencyLayer::new(
+            cfg.max_concurrent_streams,
+            state.metrics.clone(),
+        ))
+        .layer(ValidateLayer::new(cfg.max_body_bytes))
+        .layer(RetryLayer::new(
+            RetryPolicy::from_config(&cfg.retry),
+            state.metrics.clone(),
+        ))
+        .service(ChatCore::new(state.clone()));
+    BoxCloneService::new(svc)
+}
+
+/// The whole stack (layers 1–9).
 pub fn build(state: Arc<AppState>) -> HttpService {
+    let cfg = &state.config;
+    let rate_limit = (cfg.rate_limit_rpm > 0).then(|| {
+        RateLimitLayer::new(
+            Arc::new(MemoryStore::new(cfg.rate_limit_rpm, cfg.rate_limit_burst)),
+            cfg.trust_proxy,
+            !cfg.api_keys.is_empty(),
+            state.metrics.clone(),
+        )
+    });
     let svc = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(RequestIdLayer)
+        .layer(TraceLayer)
+        .layer(MetricsLayer::new(state.metrics.clone()))
+        .layer(ErrorMapLayer::new(state.metrics.clone()))
         .option_layer(cors_layer(&state))
-        .map_response(|rsp: Response<_>| {
-            rsp.map(|b| {
-                UnsyncBoxBody::new(http_body_util::BodyExt::map_err(b, Into::<BoxError>::into))
-            })
-        })
-        .layer(AuthLayer::new(&state.config.api_keys))
-        .service(Router::new(state));
+        .layer(AuthLayer::new(&cfg.api_keys))
+        .option_layer(rate_limit)
+        .service(Router::new(state.clone(), chat_stack(&state)));
     BoxCloneService::new(svc)
 }

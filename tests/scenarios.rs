@@ -365,16 +365,49 @@ async fn empty_stream_is_502_never_an_empty_200() {
 }
 
 #[tokio::test]
-async fn chat_in_progress_is_503() {
+async fn chat_in_progress_is_retried_on_the_same_chat() {
     let h = Harness::start().await;
+    let r = h.ask(MODEL, "q @@sim:in_progress=2", true).await;
+    assert_eq!(assert_ok_stream(&r).content, expected_answer("q"));
+    let stats = h.sim_stats().await;
+    assert_eq!(stats["chats_created"], 1, "{stats}");
+    assert_eq!(stats["completion_requests"], 3, "{stats}");
+    // More "in progress" than the attempts allow: a 503 in the end.
+    let h = Harness::start_with(&[("RETRY_MAX_ATTEMPTS", "2")], Default::default()).await;
     assert_error_both(
         &h,
-        "q @@sim:in_progress=1",
+        "q @@sim:in_progress=5",
         503,
         "server_error",
         "upstream_busy",
     )
     .await;
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_then_reported() {
+    let h = Harness::start().await;
+    // Every attempt fails the same way: 3 attempts (RETRY_MAX_ATTEMPTS default), new chat each.
+    let r = h.ask(MODEL, "q @@sim:empty", false).await;
+    assert_error(&r, 502, "server_error", "upstream_empty_response");
+    let stats = h.sim_stats().await;
+    assert_eq!(
+        (
+            stats["chats_created"].as_u64(),
+            stats["completion_requests"].as_u64()
+        ),
+        (Some(3), Some(3)),
+        "{stats}"
+    );
+    // Challenges are never retried.
+    let h = Harness::start().await;
+    assert_error(
+        &h.ask(MODEL, "q @@sim:punish", false).await,
+        503,
+        "server_error",
+        "upstream_challenge",
+    );
+    assert_eq!(h.sim_stats().await["completion_requests"], 1);
 }
 
 #[tokio::test]

@@ -25,7 +25,10 @@ async fn client_for(sim: &Simulator, extra: &[(&str, &str)]) -> QwenClient {
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());
     }
-    QwenClient::new(&Config::from_source(&vars, false).unwrap().upstream)
+    QwenClient::new(
+        &Config::from_source(&vars, false).unwrap().upstream,
+        qwen_proxy::metrics::Metrics::new(),
+    )
 }
 
 fn turn<'a>(chat_id: &'a str, parent: Option<&'a str>, content: &'a str) -> Turn<'a> {
@@ -47,7 +50,7 @@ async fn complete(client: &QwenClient, t: &Turn<'_>) -> Result<String, ProxyErro
         Pipeline::new(Limits::default(), 0),
         Duration::from_secs(5),
     );
-    let (collected, _, _) = aggregate::collect(&mut stream).await?;
+    let (collected, _, _) = aggregate::collect(&mut stream, || {}).await?;
     assert!(!collected.content.is_empty());
     Ok(stream
         .pipeline()

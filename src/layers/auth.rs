@@ -45,7 +45,7 @@ pub struct Auth<S> {
 }
 
 /// Equal-length comparison whose time does not depend on where the bytes differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -1,3 +1,11 @@
-//! Tower layers, one module per concern.
+//! Tower layers, one module per concern; `stack.rs` composes them and documents the order.
 
 pub mod auth;
+pub mod concurrency;
+pub mod error_map;
+pub mod metrics;
+pub mod rate_limit;
+pub mod request_id;
+pub mod retry;
+pub mod trace;
+pub mod validate;

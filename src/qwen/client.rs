@@ -25,6 +25,7 @@ use super::headers::{HeaderSet, Page};
 use super::request::{NewChatBody, Turn};
 use crate::config::UpstreamConfig;
 use crate::error::{ProxyError, UpstreamClass, UpstreamError};
+use crate::metrics::Metrics;
 
 /// Error documents are small; anything bigger is not one.
 const ERROR_BODY_LIMIT: usize = 256 * 1024;
@@ -42,10 +43,11 @@ struct Inner {
     base: String,
     headers: HeaderSet,
     header_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl QwenClient {
-    pub fn new(cfg: &UpstreamConfig) -> Self {
+    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.connect_timeout));
@@ -66,12 +68,23 @@ impl QwenClient {
                 base: cfg.base_url.to_string().trim_end_matches('/').to_owned(),
                 headers: HeaderSet::new(cfg),
                 header_timeout: cfg.header_timeout,
+                metrics,
             }),
         }
     }
 
     pub fn base_url(&self) -> &str {
         &self.inner.base
+    }
+
+    /// Count one upstream call by endpoint and outcome (`ok` or the error class).
+    fn record<T>(&self, endpoint: &str, r: Result<T, ProxyError>) -> Result<T, ProxyError> {
+        let outcome = match &r {
+            Ok(_) => "ok",
+            Err(e) => e.metric_label(),
+        };
+        self.inner.metrics.upstream(endpoint, outcome);
+        r
     }
 
     async fn send(
@@ -103,6 +116,11 @@ impl QwenClient {
 
     /// `POST /api/v2/chats/new` → the new chat id.
     pub async fn create_chat(&self, model: &str, chat_type: &str) -> Result<String, ProxyError> {
+        let r = self.create_chat_inner(model, chat_type).await;
+        self.record("chats_new", r)
+    }
+
+    async fn create_chat_inner(&self, model: &str, chat_type: &str) -> Result<String, ProxyError> {
         let body = NewChatBody {
             title: "New Chat",
             models: [model],
@@ -137,6 +155,11 @@ impl QwenClient {
     /// here; errors inside a 200 body (JSON error documents, error frames) are found by the
     /// stream pipeline, which treats a bare JSON body as one event.
     pub async fn start_completion(&self, turn: &Turn<'_>) -> Result<Incoming, ProxyError> {
+        let r = self.start_completion_inner(turn).await;
+        self.record("completions", r)
+    }
+
+    async fn start_completion_inner(&self, turn: &Turn<'_>) -> Result<Incoming, ProxyError> {
         let body = Bytes::from(turn.body(now_millis() / 1000));
         let path = format!("/api/v2/chat/completions?chat_id={}", turn.chat_id);
         let rsp = self
@@ -158,10 +181,14 @@ impl QwenClient {
 
     /// `GET /api/models` (works without credentials).
     pub async fn fetch_models(&self) -> Result<Value, ProxyError> {
-        let rsp = self
-            .send(Method::GET, "/api/models", Page::Home, false, Bytes::new())
-            .await?;
-        json_or_error(rsp).await
+        let r = async {
+            let rsp = self
+                .send(Method::GET, "/api/models", Page::Home, false, Bytes::new())
+                .await?;
+            json_or_error(rsp).await
+        }
+        .await;
+        self.record("models", r)
     }
 
     /// `GET /api/v1/auths/`: are the credentials accepted?

@@ -125,6 +125,7 @@ impl Simulator {
                 let _ = stopped.await;
             },
             Duration::from_secs(1),
+            || {},
         ));
         Simulator {
             addr,

@@ -32,15 +32,23 @@ impl Emit for Collected {
 /// presented as complete.
 pub async fn collect<B>(
     stream: &mut UpstreamStream<B>,
+    on_first_output: impl FnOnce(),
 ) -> Result<(Collected, FinishReason, Usage), ProxyError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     let mut out = Collected::default();
+    let mut on_first_output = Some(on_first_output);
     loop {
         match poll_fn(|cx| stream.poll_step(cx, &mut out)).await {
-            Step::Progress => {}
+            Step::Progress => {
+                if stream.pipeline().emitted_anything() {
+                    if let Some(f) = on_first_output.take() {
+                        f();
+                    }
+                }
+            }
             Step::Done(reason) => return Ok((out, reason, stream.usage())),
             Step::Failed(e) => return Err(e.into()),
         }

@@ -114,11 +114,24 @@ where
     }
 }
 
+/// How a stream ended, for the owner's bookkeeping (metrics, logs).
+#[derive(Debug)]
+pub enum StreamEnd<'a> {
+    Completed(FinishReason, Usage),
+    Failed(&'a ProxyError),
+}
+
+type EndHook = Box<dyn FnOnce(StreamEnd<'_>) + Send>;
+type AbortSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The streaming response body: OpenAI SSE chunks translated on the fly.
 pub struct TranslateBody<B> {
     stream: UpstreamStream<B>,
     encoder: ChunkEncoder,
     keep_alive: Option<(Pin<Box<Sleep>>, Duration)>,
+    /// Resolves when the server gives up on open streams (end of the shutdown grace).
+    abort: Option<AbortSignal>,
+    on_end: Option<EndHook>,
     done: bool,
 }
 
@@ -136,8 +149,22 @@ where
             stream,
             encoder,
             keep_alive: keep_alive.map(|d| (Box::pin(tokio::time::sleep(d)), d)),
+            abort: None,
+            on_end: None,
             done: false,
         }
+    }
+
+    /// End the stream with an in-band error when `signal` resolves.
+    pub fn abort_on(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.abort = Some(Box::pin(signal));
+        self
+    }
+
+    /// Called once when the stream completes or fails (not when the client drops it).
+    pub fn on_end(mut self, hook: impl FnOnce(StreamEnd<'_>) + Send + 'static) -> Self {
+        self.on_end = Some(Box::new(hook));
+        self
     }
 
     /// Wait for the first meaningful upstream event, so that an upstream error that arrives
@@ -163,6 +190,17 @@ where
         let usage = self.stream.usage();
         self.encoder.finish(reason, usage);
         self.done = true;
+        if let Some(hook) = self.on_end.take() {
+            hook(StreamEnd::Completed(reason, usage));
+        }
+    }
+
+    fn fail(&mut self, e: ProxyError) {
+        self.encoder.error(&e);
+        self.done = true;
+        if let Some(hook) = self.on_end.take() {
+            hook(StreamEnd::Failed(&e));
+        }
     }
 
     fn poll_keep_alive(&mut self, cx: &mut Context<'_>) -> bool {
@@ -207,6 +245,13 @@ where
             if this.done {
                 return Poll::Ready(None);
             }
+            if let Some(abort) = &mut this.abort {
+                if abort.as_mut().poll(cx).is_ready() {
+                    this.abort = None;
+                    this.fail(ProxyError::ShuttingDown);
+                    continue;
+                }
+            }
             let step = match this.stream.poll_step(cx, &mut this.encoder) {
                 Poll::Ready(step) => step,
                 Poll::Pending => {
@@ -219,10 +264,7 @@ where
             match step {
                 Step::Progress => {}
                 Step::Done(r) => this.finish(r),
-                Step::Failed(e) => {
-                    this.encoder.error(&e.into());
-                    this.done = true;
-                }
+                Step::Failed(e) => this.fail(e.into()),
             }
         }
     }

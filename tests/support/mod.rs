@@ -156,6 +156,9 @@ impl Harness {
         let mut vars: HashMap<String, String> = HashMap::new();
         vars.insert("QWEN_BASE_URL".into(), sim.base_url());
         vars.insert("QWEN_COOKIES".into(), "token=test-token; other=1".into());
+        // Real backoff shape, short delays: tests stay fast.
+        vars.insert("RETRY_INITIAL_DELAY".into(), "10".into());
+        vars.insert("RETRY_MAX_DELAY".into(), "40".into());
         for (k, v) in env {
             vars.insert((*k).into(), (*v).into());
         }

@@ -1,0 +1,377 @@
+//! Per-client rate limiting: a token bucket per API key (or per client IP when keys are
+//! off), `RATE_LIMIT_RPM` tokens a minute up to `RATE_LIMIT_BURST`. Over the limit the
+//! request is rejected at once with 429, `Retry-After` and `x-ratelimit-*` headers; it is
+//! never queued. Bucket state lives behind `Arc` in a [`RateLimitStore`], because hyper
+//! clones the whole stack per request (state kept in the service struct would be per
+//! request — the `tower::limit::RateLimit` trap). The store is a trait so a shared backend
+//! (Redis) can plug in.
+//!
+//! Client IP: the socket peer; with `TRUST_PROXY=true`, `X-Real-IP`, else the last
+//! `X-Forwarded-For` hop (the one our reverse proxy appended — earlier hops are whatever
+//! the client sent, so they must not be trusted).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use hyper::{Request, Response};
+use tokio::time::Instant;
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::server::PeerAddr;
+
+/// The outcome of taking one token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateDecision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Denied: time until a token is available. Allowed: time until the bucket is full.
+    pub reset_after: Duration,
+}
+
+pub trait RateLimitStore: Send + Sync + 'static {
+    fn acquire(&self, key: &str, now: Instant) -> RateDecision;
+}
+
+#[derive(Debug)]
+pub struct MemoryStore {
+    per_sec: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Above this many buckets, full (idle) ones are dropped on the next acquire.
+const SWEEP_THRESHOLD: usize = 10_000;
+
+impl MemoryStore {
+    pub fn new(per_minute: u32, burst: u32) -> Self {
+        Self {
+            per_sec: f64::from(per_minute) / 60.0,
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl RateLimitStore for MemoryStore {
+    fn acquire(&self, key: &str, now: Instant) -> RateDecision {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > SWEEP_THRESHOLD {
+            let (per_sec, burst) = (self.per_sec, self.burst);
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * per_sec < burst
+            });
+        }
+        let b = buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            updated: now,
+        });
+        let elapsed = now.duration_since(b.updated).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * self.per_sec).min(self.burst);
+        b.updated = now;
+        let allowed = b.tokens >= 1.0;
+        if allowed {
+            b.tokens -= 1.0;
+        }
+        let reset_secs = if allowed {
+            (self.burst - b.tokens) / self.per_sec
+        } else {
+            (1.0 - b.tokens) / self.per_sec
+        };
+        RateDecision {
+            allowed,
+            limit: self.burst as u32,
+            remaining: b.tokens.floor().max(0.0) as u32,
+            reset_after: Duration::from_secs_f64(reset_secs.max(0.0)),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    store: Arc<dyn RateLimitStore>,
+    trust_proxy: bool,
+    by_api_key: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl RateLimitLayer {
+    pub fn new(
+        store: Arc<dyn RateLimitStore>,
+        trust_proxy: bool,
+        by_api_key: bool,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            trust_proxy,
+            by_api_key,
+            metrics,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    layer: RateLimitLayer,
+}
+
+/// The client's address as configured (`TRUST_PROXY`).
+pub fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, trust_proxy: bool) -> Option<IpAddr> {
+    if trust_proxy {
+        let real = headers
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let forwarded = || {
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .last()
+                .and_then(|v| v.trim().parse().ok())
+        };
+        if let Some(ip) = real.or_else(forwarded) {
+            return Some(ip);
+        }
+    }
+    peer
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl<S> RateLimit<S> {
+    fn key<B>(&self, req: &Request<B>) -> String {
+        if self.layer.by_api_key {
+            let h = req.headers();
+            let key = h
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()));
+            if let Some(k) = key {
+                // Hashed: the store (possibly shared) never holds raw keys.
+                return format!("key:{:016x}", fnv(k.trim()));
+            }
+        }
+        let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        match client_ip(req.headers(), peer, self.layer.trust_proxy) {
+            Some(ip) => format!("ip:{ip}"),
+            None => "ip:unknown".to_owned(),
+        }
+    }
+}
+
+fn headers_for(d: &RateDecision, h: &mut HeaderMap) {
+    let reset = d.reset_after.as_secs_f64().ceil() as u64;
+    h.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
+    h.insert("x-ratelimit-reset", HeaderValue::from(reset));
+    h.insert("x-ratelimit-limit-requests", HeaderValue::from(d.limit));
+    h.insert(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from(d.remaining),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("{reset}s")) {
+        h.insert("x-ratelimit-reset-requests", v);
+    }
+}
+
+impl<S, B> tower::Service<Request<B>> for RateLimit<S>
+where
+    S: tower::Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>,
+    S::Future: Unpin,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if !req.uri().path().starts_with("/v1/") {
+            return ResponseFuture::Inner(self.inner.call(req), None);
+        }
+        let d = self.layer.store.acquire(&self.key(&req), Instant::now());
+        if d.allowed {
+            return ResponseFuture::Inner(self.inner.call(req), Some(d));
+        }
+        self.layer.metrics.rate_limited.inc();
+        let mut rsp = ProxyError::RateLimited {
+            retry_after_secs: d.reset_after.as_secs_f64().ceil().max(1.0) as u64,
+        }
+        .into_response();
+        headers_for(&d, rsp.headers_mut());
+        ResponseFuture::Rejected(Some(rsp))
+    }
+}
+
+pub enum ResponseFuture<F> {
+    Inner(F, Option<RateDecision>),
+    Rejected(Option<Response<ProxyBody>>),
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, ProxyError>> + Unpin,
+{
+    type Output = Result<Response<ProxyBody>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            ResponseFuture::Inner(f, d) => {
+                let result = std::task::ready!(Pin::new(f).poll(cx));
+                Poll::Ready(result.map(|mut rsp| {
+                    if let Some(d) = d {
+                        headers_for(d, rsp.headers_mut());
+                    }
+                    rsp
+                }))
+            }
+            ResponseFuture::Rejected(r) => match r.take() {
+                Some(rsp) => Poll::Ready(Ok(rsp)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_refills_over_time() {
+        let s = MemoryStore::new(60, 2); // 1 token/s, burst 2
+        let t = Instant::now();
+        assert!(s.acquire("a", t).allowed);
+        assert!(s.acquire("a", t).allowed);
+        let denied = s.acquire("a", t);
+        assert!(!denied.allowed);
+        assert_eq!(denied.reset_after, Duration::from_secs(1));
+        assert!(s.acquire("b", t).allowed, "buckets are per key");
+        assert!(s.acquire("a", t + Duration::from_millis(1000)).allowed);
+        assert!(!s.acquire("a", t + Duration::from_millis(1500)).allowed);
+    }
+
+    fn svc(
+        trust_proxy: bool,
+    ) -> impl tower::Service<Request<()>, Response = Response<ProxyBody>, Error = ProxyError> + Clone
+    {
+        let layer = RateLimitLayer::new(
+            Arc::new(MemoryStore::new(60, 1)),
+            trust_proxy,
+            false,
+            Metrics::new(),
+        );
+        ServiceBuilder::new()
+            .layer(layer)
+            .service(service_fn(|_r: Request<()>| {
+                Box::pin(async { Ok::<_, ProxyError>(Response::new(ProxyBody::empty())) })
+            }))
+    }
+
+    fn req(peer: &str, xff: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().uri("/v1/models");
+        if let Some(x) = xff {
+            b = b.header("x-forwarded-for", x);
+        }
+        let mut r = b.body(()).unwrap();
+        r.extensions_mut()
+            .insert(PeerAddr(peer.parse::<SocketAddr>().unwrap()));
+        r
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn over_the_limit_is_429_with_headers() {
+        let s = svc(false);
+        let ok = s.clone().oneshot(req("10.0.0.1:1", None)).await.unwrap();
+        assert_eq!(ok.headers()["x-ratelimit-remaining"], "0");
+        let denied = s.clone().oneshot(req("10.0.0.1:2", None)).await.unwrap();
+        assert_eq!(denied.status(), 429);
+        assert_eq!(denied.headers()["retry-after"], "1");
+        assert_eq!(denied.headers()["x-ratelimit-limit"], "1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spoofed_forwarded_for_does_not_bypass() {
+        // Without TRUST_PROXY the header is ignored: same socket, same bucket.
+        let s = svc(false);
+        assert_eq!(
+            s.clone()
+                .oneshot(req("10.0.0.1:1", Some("1.1.1.1")))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(
+            s.clone()
+                .oneshot(req("10.0.0.1:1", Some("2.2.2.2")))
+                .await
+                .unwrap()
+                .status(),
+            429
+        );
+        // With TRUST_PROXY the last hop counts; a forged first hop changes nothing.
+        let s = svc(true);
+        assert_eq!(
+            s.clone()
+                .oneshot(req("127.0.0.1:1", Some("9.9.9.9, 3.3.3.3")))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(
+            s.clone()
+                .oneshot(req("127.0.0.1:1", Some("8.8.8.8, 3.3.3.3")))
+                .await
+                .unwrap()
+                .status(),
+            429
+        );
+        assert_eq!(
+            s.clone()
+                .oneshot(req("127.0.0.1:1", Some("4.4.4.4")))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+}

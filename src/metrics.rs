@@ -1,0 +1,164 @@
+//! Prometheus metrics in the project's own `Registry` (never the global default, so tests can
+//! build many apps in one process). Every family is registered once, here; layers and the
+//! core get an `Arc<Metrics>` and record through it. Label values are low-cardinality by
+//! construction: route templates, status codes, resolved model ids, error classes.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub ttft: HistogramVec,
+    pub stream_duration: HistogramVec,
+    pub streams: IntCounterVec,
+    pub tokens: IntCounterVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub upstream_retries: IntCounter,
+    pub active_streams: IntGauge,
+    pub rate_limited: IntCounter,
+    pub load_shed: IntCounter,
+}
+
+/// Buckets from 5 ms to ~2 min: first tokens of thinking models take seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0,
+];
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            h
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let metrics = Metrics {
+            http_requests: counter_vec(
+                "http_requests_total",
+                "HTTP requests by route template, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_duration: histogram(
+                "http_request_duration_seconds",
+                "Time from request to the end of the response body.",
+                &["route"],
+            ),
+            ttft: histogram(
+                "chat_time_to_first_token_seconds",
+                "Time from request to the first content or reasoning byte sent to the client.",
+                &["model", "stream"],
+            ),
+            stream_duration: histogram(
+                "chat_stream_duration_seconds",
+                "Duration of streamed chat responses, by how they ended.",
+                &["outcome"],
+            ),
+            streams: counter_vec(
+                "chat_streams_total",
+                "Streamed chat responses by outcome (completed, error, cancelled).",
+                &["outcome"],
+            ),
+            tokens: counter_vec(
+                "chat_tokens_total",
+                "Tokens reported by the upstream, by model and kind (prompt, completion, reasoning).",
+                &["model", "kind"],
+            ),
+            upstream_requests: counter_vec(
+                "upstream_requests_total",
+                "Requests to the Qwen upstream by endpoint and outcome.",
+                &["endpoint", "outcome"],
+            ),
+            upstream_errors: counter_vec(
+                "upstream_errors_total",
+                "Upstream failures by error class (qwen-protocol §6).",
+                &["class"],
+            ),
+            upstream_retries: counter("upstream_retries_total", "Retried upstream attempts."),
+            active_streams: {
+                let g = IntGauge::new("chat_active_streams", "Streamed chat responses in flight.")
+                    .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            rate_limited: counter(
+                "rate_limited_requests_total",
+                "Requests rejected by the proxy's own rate limiter.",
+            ),
+            load_shed: counter(
+                "load_shed_requests_total",
+                "Requests rejected because MAX_CONCURRENT_STREAMS was reached.",
+            ),
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = metrics.registry.register(Box::new(pc));
+        }
+        Arc::new(metrics)
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        // Encoding our own registry into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    /// Record one upstream call.
+    pub fn upstream(&self, endpoint: &str, outcome: &str) {
+        self.upstream_requests
+            .with_label_values(&[endpoint, outcome])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_render_and_instances_are_independent() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.upstream_retries.inc();
+        a.tokens
+            .with_label_values(&["qwen3.7-plus", "prompt"])
+            .inc_by(7);
+        let text = String::from_utf8(a.render()).unwrap();
+        assert!(text.contains("upstream_retries_total 1"));
+        assert!(text.contains("chat_tokens_total{kind=\"prompt\",model=\"qwen3.7-plus\"} 7"));
+        assert!(String::from_utf8(b.render())
+            .unwrap()
+            .contains("upstream_retries_total 0"));
+    }
+}
