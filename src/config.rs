@@ -518,6 +518,29 @@ mod tests {
         assert!(parse_dotenv("novalue").is_err());
     }
 
+    /// Records every key the configuration reads.
+    struct Recording(std::cell::RefCell<Vec<String>>);
+
+    impl Source for Recording {
+        fn get(&self, key: &str) -> Option<String> {
+            self.0.borrow_mut().push(key.to_owned());
+            None
+        }
+    }
+
+    #[test]
+    fn env_example_documents_exactly_the_variables_read() {
+        let rec = Recording(Default::default());
+        let _ = Config::from_source(&rec, true);
+        let read: std::collections::BTreeSet<String> = rec.0.into_inner().into_iter().collect();
+        let documented: std::collections::BTreeSet<String> = include_str!("../.env.example")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim().to_owned()))
+            .collect();
+        assert_eq!(read, documented, "config reads vs .env.example documents");
+    }
+
     #[test]
     fn secrets_do_not_debug_print() {
         let c = Config::from_source(&src(&[("QWEN_COOKIES", "token=supersecret")]), false).unwrap();

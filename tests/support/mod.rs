@@ -24,7 +24,9 @@ use qwen_proxy::{App, Config};
 pub struct Harness {
     pub sim: Simulator,
     pub addr: SocketAddr,
+    pub state: std::sync::Arc<qwen_proxy::AppState>,
     stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<()>>,
     pub client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -167,14 +169,34 @@ impl Harness {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let app = App::new(config);
-        tokio::spawn(app.serve(listener, async {
+        let state = app.state.clone();
+        let served = tokio::spawn(app.serve(listener, async {
             let _ = stopped.await;
         }));
         Harness {
             sim,
             addr,
+            state,
             stop: Some(stop),
+            served: Some(served),
             client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Send the shutdown signal (as SIGTERM would).
+    pub fn begin_shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// Wait until the server has fully stopped (bounded).
+    pub async fn wait_stopped(&mut self) {
+        if let Some(t) = self.served.take() {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("server stops within 30 s")
+                .expect("serve task does not panic");
         }
     }
 
