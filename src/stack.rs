@@ -145,3 +145,28 @@ pub fn build(state: Arc<AppState>) -> HttpService {
         .service(Router::new(state.clone(), chat_stack(&state)));
     BoxCloneService::new(svc)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tower::{service_fn, ServiceExt};
+
+    #[tokio::test]
+    async fn a_panic_becomes_a_500_openai_error() {
+        let svc = ServiceBuilder::new()
+            .layer(CatchPanicLayer::custom(panic_response))
+            .service(service_fn(|_r: Request<()>| async {
+                if true {
+                    panic!("boom");
+                }
+                Ok::<_, Infallible>(Response::new(ProxyBody::empty()))
+            }));
+        let rsp = svc.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(rsp.status(), 500);
+        let body = rsp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["type"], "server_error");
+        assert_eq!(v["error"]["code"], "internal_error");
+    }
+}

@@ -107,3 +107,36 @@ pub fn report(metrics: &Metrics, e: &ProxyError) {
         tracing::info!(status, error = e.metric_label(), message = %e, "request rejected");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::UpstreamClass;
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    #[tokio::test]
+    async fn errors_become_openai_responses_and_are_counted() {
+        let metrics = Metrics::new();
+        let svc = ServiceBuilder::new()
+            .layer(ErrorMapLayer::new(metrics.clone()))
+            .service(service_fn(|_r: Request<()>| {
+                Box::pin(async {
+                    Err::<Response<ProxyBody>, _>(ProxyError::upstream(
+                        UpstreamClass::Challenge,
+                        "punish",
+                    ))
+                })
+            }));
+        let rsp = svc.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(rsp.status(), 503);
+        assert_eq!(rsp.headers()["content-type"], "application/json");
+        assert!(rsp.headers().contains_key("retry-after"));
+        assert_eq!(
+            metrics
+                .upstream_errors
+                .with_label_values(&["challenge"])
+                .get(),
+            1
+        );
+    }
+}

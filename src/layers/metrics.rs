@@ -112,3 +112,35 @@ impl BodyObserver for Record {
             .observe(self.start.elapsed().as_secs_f64());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    #[tokio::test]
+    async fn counted_when_the_body_ends_or_is_dropped() {
+        let metrics = Metrics::new();
+        let svc = ServiceBuilder::new()
+            .layer(MetricsLayer::new(metrics.clone()))
+            .service(service_fn(|_r: Request<()>| {
+                Box::pin(async {
+                    Ok::<_, std::convert::Infallible>(Response::new(ProxyBody::full("x")))
+                })
+            }));
+        let count = || {
+            metrics
+                .http_requests
+                .with_label_values(&["/v1/models", "GET", "200"])
+                .get()
+        };
+        let req = || Request::get("/v1/models").body(()).unwrap();
+        let rsp = svc.clone().oneshot(req()).await.unwrap();
+        assert_eq!(count(), 0, "not before the body ends");
+        rsp.into_body().collect().await.unwrap();
+        assert_eq!(count(), 1);
+        drop(svc.clone().oneshot(req()).await.unwrap());
+        assert_eq!(count(), 2, "a dropped body counts too");
+    }
+}
