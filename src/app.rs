@@ -8,6 +8,10 @@ use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::conversation::key::fingerprint;
+use crate::conversation::redis::{RedisClient, RedisStore, RedisUrl};
+use crate::conversation::store::{MemoryStore, SessionStore};
+use crate::conversation::{Conversations, Settings};
 use crate::metrics::Metrics;
 use crate::qwen::client::QwenClient;
 use crate::qwen::models::ModelCache;
@@ -18,6 +22,7 @@ pub struct AppState {
     pub client: QwenClient,
     pub models: ModelCache,
     pub metrics: Arc<Metrics>,
+    pub conversations: Arc<Conversations>,
     pub started: Instant,
     /// Set when shutdown begins: `/health` reports `draining`.
     draining: AtomicBool,
@@ -41,11 +46,13 @@ impl AppState {
         let metrics = Metrics::new();
         let client = QwenClient::new(&config.upstream, metrics.clone());
         let models = ModelCache::new(client.clone(), config.models_cache_duration);
+        let conversations = build_conversations(&config, metrics.clone());
         Arc::new(AppState {
             config: Arc::new(config),
             client,
             models,
             metrics,
+            conversations,
             started: Instant::now(),
             draining: AtomicBool::new(false),
             abort_streams: watch::channel(false).0,
@@ -74,6 +81,45 @@ impl AppState {
         }
     }
 
+    /// Periodic housekeeping until the returned task is aborted: sweep expired sessions and,
+    /// with `CHAT_CLEANUP=delete`, delete the upstream chats nobody uses any more, at a
+    /// bounded rate.
+    pub fn spawn_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let cfg = &state.config;
+            let mut tick = tokio::time::interval(cfg.session_cleanup_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                state.conversations.sweep().await;
+                if !cfg.conversations.delete_chats {
+                    continue;
+                }
+                for chat_id in state
+                    .conversations
+                    .take_idle_chats(cfg.session_timeout)
+                    .await
+                {
+                    let outcome = match state.client.delete_chat(&chat_id).await {
+                        Ok(()) => "deleted",
+                        Err(e) => {
+                            tracing::debug!(error = %e, "deleting an expired chat failed");
+                            "failed"
+                        }
+                    };
+                    state
+                        .metrics
+                        .chats_deleted
+                        .with_label_values(&[outcome])
+                        .inc();
+                    // Bounded rate: the upstream's anti-bot scoring dislikes bursts.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        })
+    }
+
     /// Is the upstream reachable? (`GET /api/models`, which needs no credentials.)
     pub async fn upstream_health(&self) -> UpstreamHealth {
         let mut probe = self.upstream_probe.lock().await;
@@ -93,4 +139,36 @@ impl AppState {
         *probe = Some((Instant::now(), h));
         h
     }
+}
+
+/// Memory store, or Redis with a memory fallback when `REDIS_URL` is set.
+fn build_conversations(config: &Config, metrics: Arc<Metrics>) -> Arc<Conversations> {
+    let ttl = config.session_timeout;
+    let memory = Arc::new(MemoryStore::new(ttl, config.conversations.max_sessions));
+    let redis = config
+        .redis_url
+        .as_ref()
+        .and_then(|u| RedisUrl::parse(u.expose()).ok())
+        .map(|url| Arc::new(RedisStore::new(RedisClient::new(url), ttl)));
+    let (primary, fallback): (Arc<dyn SessionStore>, _) = match redis {
+        Some(r) => (r, Some(memory)),
+        None => (memory, None),
+    };
+    let account = config
+        .upstream
+        .auth_token
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), |t| fingerprint(t.expose()));
+    Conversations::new(
+        primary,
+        fallback,
+        account,
+        Settings {
+            // Longer than any stream should take; a crashed holder's lock expires by then.
+            lock_ttl: Duration::from_secs(600),
+            queue_timeout: config.conversations.queue_timeout,
+            queue_max: config.conversations.queue_max,
+        },
+        metrics,
+    )
 }

@@ -15,21 +15,30 @@ use hyper::{Request, Response};
 use tokio::time::Instant;
 
 use crate::app::AppState;
-use crate::body::{BodyObserver, ProxyBody};
+use crate::body::{BodyObserver, Hold, ProxyBody};
+use crate::conversation::key::fingerprint;
+use crate::conversation::store::Session;
+use crate::conversation::{ChatLock, Conversations, Prepared};
 use crate::error::ProxyError;
+use crate::error::UpstreamClass;
 use crate::layers::error_map::report;
 use crate::layers::retry::Attempt;
+use crate::layers::retry::Next;
 use crate::metrics::Metrics;
 use crate::openai::encoder::{ChunkEncoder, UsageJson};
 use crate::openai::request::ChatRequest;
+use crate::openai::request::Role;
 use crate::openai::response::{AssistantMessage, ChatCompletion, Choice};
 use crate::qwen::request::Turn;
 use crate::server::RequestStart;
 use crate::translate::aggregate;
 use crate::translate::body::{StreamEnd, TranslateBody, UpstreamStream};
+use crate::translate::limits::estimate_tokens;
 use crate::translate::limits::Limits;
+use crate::translate::mapping::Plan;
 use crate::translate::mapping::{self, ChatTarget};
 use crate::translate::pipeline::Pipeline;
+use crate::translate::state::ResponseRef;
 use crate::translate::state::Usage;
 
 /// The innermost service of the chat route.
@@ -66,46 +75,106 @@ impl tower::Service<Request<Arc<ChatRequest>>> for ChatCore {
             .extensions()
             .get::<RequestStart>()
             .map_or_else(Instant::now, |s| s.0);
-        Box::pin(complete(state, req.into_body(), attempt, start))
+        let identity = client_identity(req.headers(), !state.config.api_keys.is_empty());
+        Box::pin(complete(state, req.into_body(), identity, attempt, start))
     }
+}
+
+/// Whose conversation this is: the API key (fingerprinted) when keys are on, else one
+/// shared identity.
+fn client_identity(headers: &hyper::HeaderMap, keys_on: bool) -> String {
+    if !keys_on {
+        return "anon".to_owned();
+    }
+    headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map_or_else(|| "anon".to_owned(), |k| fingerprint(k.trim()))
 }
 
 pub async fn complete(
     state: Arc<AppState>,
     req: Arc<ChatRequest>,
+    identity: String,
     attempt: Attempt,
     start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let catalog = state.models.get().await?;
     let plan = mapping::plan(&req, &catalog)?;
-    let target = attempt.lock().force.take().unwrap_or(plan.target.clone());
-    let (chat_id, parent_id) = match target {
-        ChatTarget::NewChat => (
-            state
-                .client
-                .create_chat(&plan.model, plan.chat_type)
-                .await?,
-            None,
-        ),
-        ChatTarget::Existing { chat_id, parent_id } => (chat_id, parent_id),
+    let conv = &state.conversations;
+    let (next, last) = {
+        let mut a = attempt.lock();
+        (a.next.take(), a.last.take())
     };
-    attempt.lock().used = Some(ChatTarget::Existing {
-        chat_id: chat_id.clone(),
-        parent_id: parent_id.clone(),
-    });
+    let mut prepared = match (next, last) {
+        (Some(Next::SameChat), Some(last)) => last,
+        (Some(Next::FreshChat), _) => conv.fresh(&req, &identity, &plan.model, "fallback"),
+        _ if !state.config.conversations.continue_chats => {
+            conv.fresh(&req, &identity, &plan.model, "new")
+        }
+        _ => conv.prepare(&req, &identity, &plan.model).await,
+    };
+    // One generation per chat: wait (bounded) for other requests on this conversation.
+    let lock = match &prepared.target {
+        ChatTarget::Existing { chat_id, .. } => Some(conv.lock(chat_id).await?),
+        ChatTarget::NewChat => None,
+    };
+    if prepared.target == ChatTarget::NewChat {
+        let chat_id = state
+            .client
+            .create_chat(&plan.model, plan.chat_type)
+            .await?;
+        prepared.target = ChatTarget::Existing {
+            chat_id,
+            parent_id: None,
+        };
+    }
+    attempt.lock().last = Some(prepared.clone());
+    let result = respond(&state, &req, &plan, &prepared, lock, start).await;
+    if let (Err(e), Some(key)) = (&result, &prepared.continued_from) {
+        // The remembered chat or parent is gone upstream: forget it; the retry layer sends
+        // the whole history into a fresh chat.
+        if let Some(class @ (UpstreamClass::ParentNotFound | UpstreamClass::ChatNotFound)) =
+            e.upstream_class()
+        {
+            conv.forget(key, class.label()).await;
+        }
+    }
+    result
+}
+
+/// Send the prepared turn and build the response (streamed once primed, or aggregated).
+async fn respond(
+    state: &Arc<AppState>,
+    req: &ChatRequest,
+    plan: &Plan,
+    prepared: &Prepared,
+    lock: Option<ChatLock>,
+    start: Instant,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let ChatTarget::Existing { chat_id, parent_id } = &prepared.target else {
+        return Err(ProxyError::Internal(
+            "chat not resolved before sending".to_owned(),
+        ));
+    };
     let turn = Turn {
-        chat_id: &chat_id,
+        chat_id,
         parent_id: parent_id.as_deref(),
         model: &plan.model,
         chat_type: plan.chat_type,
-        content: &plan.content,
+        content: &prepared.content,
         features: plan.features,
     };
     let upstream = state.client.start_completion(&turn).await?;
-    let pipeline = Pipeline::new(
-        Limits::new(req.stop.clone(), req.max_tokens),
-        plan.prompt_tokens_estimate,
-    );
+    let mut limits = Limits::new(req.stop.clone(), req.max_tokens);
+    if state.config.conversations.continue_chats {
+        let mut reply_key = prepared.reply_key.clone();
+        reply_key.begin(Role::Assistant, None);
+        limits = limits.with_transcript(reply_key);
+    }
+    let pipeline = Pipeline::new(limits, estimate_tokens(&prepared.content));
     let mut stream = UpstreamStream::new(upstream, pipeline, state.config.upstream.idle_timeout);
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = SystemTime::now()
@@ -113,15 +182,31 @@ pub async fn complete(
         .map_or(0, |d| d.as_secs());
     let metrics = state.metrics.clone();
     let model = plan.model.clone();
+    // The chat lock is released when the reply is remembered (so the next turn finds it),
+    // or when the body is dropped.
+    let lock_slot = Arc::new(std::sync::Mutex::new(lock));
 
     if req.stream {
         let encoder = ChunkEncoder::new(&id, created, &req.model, req.include_usage);
         let errored = Arc::new(AtomicBool::new(false));
         let (m, flag, model_label) = (metrics.clone(), errored.clone(), model.clone());
+        let (conv, chat, slot) = (
+            state.conversations.clone(),
+            chat_id.clone(),
+            lock_slot.clone(),
+        );
         let mut body = TranslateBody::new(stream, encoder, Some(state.config.sse_keepalive))
             .abort_on(state.stream_abort_signal())
             .on_end(move |end| match end {
-                StreamEnd::Completed(_, usage) => record_tokens(&m, &model_label, usage),
+                StreamEnd::Completed {
+                    usage,
+                    response,
+                    reply_key,
+                    ..
+                } => {
+                    record_tokens(&m, &model_label, usage);
+                    remember(conv, chat, response, reply_key, take_lock(&slot));
+                }
                 StreamEnd::Failed(e) => {
                     flag.store(true, Ordering::Relaxed);
                     report(&m, e);
@@ -133,7 +218,10 @@ pub async fn complete(
             .with_label_values(&[&model, "true"])
             .observe(start.elapsed().as_secs_f64());
         let observer = StreamMetrics::new(metrics, start, errored);
-        let mut rsp = Response::new(ProxyBody::Stream(Box::new(body)).observe(observer));
+        let body = ProxyBody::Stream(Box::new(body))
+            .observe(observer)
+            .observe(Hold(lock_slot));
+        let mut rsp = Response::new(body);
         let h = rsp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -145,6 +233,15 @@ pub async fn complete(
     let (collected, finish, usage) =
         aggregate::collect(&mut stream, || ttft.observe(start.elapsed().as_secs_f64())).await?;
     record_tokens(&metrics, &model, usage);
+    let response = stream.pipeline().response().clone();
+    let reply_key = stream.pipeline_mut().take_reply_key();
+    remember(
+        state.conversations.clone(),
+        chat_id.clone(),
+        response,
+        reply_key,
+        take_lock(&lock_slot),
+    );
     let body = ChatCompletion {
         id: &id,
         object: "chat.completion",
@@ -166,6 +263,32 @@ pub async fn complete(
         system_fingerprint: None,
     };
     Ok(json_response(serde_json::to_vec(&body).unwrap_or_default()))
+}
+
+fn take_lock(slot: &std::sync::Mutex<Option<ChatLock>>) -> Option<ChatLock> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// Remember a completed turn, then release the chat lock. Runs inline when the store
+/// answers at once (memory), so the session exists before the client sees `[DONE]`;
+/// otherwise (Redis) it finishes in the background.
+fn remember(
+    conv: Arc<Conversations>,
+    chat_id: String,
+    response: ResponseRef,
+    reply_key: Option<String>,
+    lock: Option<ChatLock>,
+) {
+    let (Some(key), Some(parent_id)) = (reply_key, response.response_id) else {
+        return;
+    };
+    let mut work = Box::pin(async move {
+        conv.remember(&key, Session { chat_id, parent_id }).await;
+        drop(lock);
+    });
+    if futures::FutureExt::now_or_never(work.as_mut()).is_none() {
+        tokio::spawn(work);
+    }
 }
 
 fn record_tokens(m: &Metrics, model: &str, u: Usage) {

@@ -182,6 +182,20 @@ pub struct Config {
     pub max_concurrent_streams: usize,
     /// Bearer token required on `/metrics` when set.
     pub metrics_token: Option<Secret>,
+    pub conversations: ConversationConfig,
+}
+
+/// Conversation continuation and the session store.
+#[derive(Debug, Clone)]
+pub struct ConversationConfig {
+    /// `false` (`CONVERSATION_MODE=stateless`): every request folds the history into a
+    /// fresh chat.
+    pub continue_chats: bool,
+    pub max_sessions: usize,
+    /// `CHAT_CLEANUP=delete`: delete upstream chats of expired sessions.
+    pub delete_chats: bool,
+    pub queue_timeout: Duration,
+    pub queue_max: usize,
 }
 
 /// All problems found, one line each.
@@ -388,10 +402,48 @@ impl Config {
 
         let redis_url = r.raw("REDIS_URL");
         if let Some(u) = &redis_url {
-            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                r.errors
-                    .push("REDIS_URL must start with redis:// or rediss://".to_owned());
+            if let Err(e) = crate::conversation::redis::RedisUrl::parse(u) {
+                r.errors.push(e);
             }
+        }
+        let continue_chats = match r
+            .raw("CONVERSATION_MODE")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("continue") => true,
+            Some("stateless") => false,
+            Some(v) => {
+                r.errors.push(format!(
+                    "CONVERSATION_MODE={v:?} must be continue or stateless"
+                ));
+                true
+            }
+        };
+        let delete_chats = match r
+            .raw("CHAT_CLEANUP")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("keep") => false,
+            Some("delete") => true,
+            Some(v) => {
+                r.errors
+                    .push(format!("CHAT_CLEANUP={v:?} must be keep or delete"));
+                false
+            }
+        };
+        let conversations = ConversationConfig {
+            continue_chats,
+            max_sessions: r.parse("SESSION_MAX_ENTRIES", 10_000, "a whole number"),
+            delete_chats,
+            queue_timeout: r.millis("CONVERSATION_QUEUE_TIMEOUT", 60_000, false),
+            queue_max: r.parse("CONVERSATION_QUEUE_MAX", 8, "a whole number"),
+        };
+        if conversations.max_sessions == 0 || conversations.queue_max == 0 {
+            r.errors.push(
+                "SESSION_MAX_ENTRIES and CONVERSATION_QUEUE_MAX must be at least 1".to_owned(),
+            );
         }
 
         let rate_limit_rpm: u32 =
@@ -407,6 +459,7 @@ impl Config {
             rate_limit_burst,
             max_concurrent_streams: r.parse("MAX_CONCURRENT_STREAMS", 1024, "a whole number"),
             metrics_token: r.raw("METRICS_TOKEN").map(Secret),
+            conversations,
             host,
             port,
             upstream,

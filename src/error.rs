@@ -124,6 +124,8 @@ pub enum ProxyError {
     Overloaded,
     /// The server is shutting down.
     ShuttingDown,
+    /// Too many requests are queued on one conversation, or the wait timed out.
+    ConversationBusy,
     /// The upstream failed in a classified way.
     Upstream(Box<UpstreamError>),
     /// Our own bug (including a caught panic).
@@ -167,7 +169,9 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RateLimited { .. } | ProxyError::ConversationBusy => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ProxyError::Overloaded | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Upstream(e) => match e.class {
@@ -212,6 +216,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => Some("rate_limit_exceeded"),
             ProxyError::Overloaded => Some("server_overloaded"),
             ProxyError::ShuttingDown => Some("server_shutting_down"),
+            ProxyError::ConversationBusy => Some("conversation_busy"),
             ProxyError::Internal(_) => Some("internal_error"),
             ProxyError::Upstream(e) => Some(match e.class {
                 C::RateLimited => "upstream_rate_limited",
@@ -244,7 +249,9 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ProxyError::RateLimited { retry_after_secs } => Some((*retry_after_secs).max(1)),
-            ProxyError::Overloaded | ProxyError::ShuttingDown => Some(1),
+            ProxyError::Overloaded | ProxyError::ShuttingDown | ProxyError::ConversationBusy => {
+                Some(1)
+            }
             ProxyError::Upstream(e) => match e.class {
                 UpstreamClass::RateLimited => {
                     Some(e.retry_after.map_or(60, |d| d.as_secs().max(1)))
@@ -272,6 +279,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::Overloaded => "overloaded",
             ProxyError::ShuttingDown => "shutting_down",
+            ProxyError::ConversationBusy => "conversation_busy",
             ProxyError::Internal(_) => "internal",
             ProxyError::Upstream(e) => e.class.label(),
         }
@@ -307,6 +315,10 @@ impl ProxyError {
                     .to_owned()
             }
             ProxyError::ShuttingDown => "The proxy is shutting down; retry on another instance.".to_owned(),
+            ProxyError::ConversationBusy => {
+                "Other requests of this conversation are still running; retry when they finish."
+                    .to_owned()
+            }
             ProxyError::Internal(m) => format!("Internal proxy error: {m}"),
             ProxyError::Upstream(e) => {
                 let d = &e.detail;

@@ -12,6 +12,7 @@ pub mod body;
 pub mod chat;
 pub mod cli;
 pub mod config;
+pub mod conversation;
 pub mod error;
 pub mod layers;
 pub mod metrics;
@@ -54,6 +55,7 @@ impl App {
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let grace = self.state.config.shutdown_grace;
         let (draining, aborting) = (self.state.clone(), self.state.clone());
+        let housekeeping = self.state.spawn_housekeeping();
         let shutdown = async move {
             shutdown.await;
             draining.start_draining();
@@ -62,5 +64,6 @@ impl App {
             aborting.abort_streams()
         })
         .await;
+        housekeeping.abort();
     }
 }

@@ -25,6 +25,11 @@ pub struct Metrics {
     pub active_streams: IntGauge,
     pub rate_limited: IntCounter,
     pub load_shed: IntCounter,
+    pub conversation_turns: IntCounterVec,
+    pub conversation_fallbacks: IntCounterVec,
+    pub sessions_live: IntGauge,
+    pub session_store_up: IntGauge,
+    pub chats_deleted: IntCounterVec,
 }
 
 /// Buckets from 5 ms to ~2 min: first tokens of thinking models take seconds.
@@ -115,6 +120,37 @@ impl Metrics {
             load_shed: counter(
                 "load_shed_requests_total",
                 "Requests rejected because MAX_CONCURRENT_STREAMS was reached.",
+            ),
+            conversation_turns: counter_vec(
+                "conversation_turns_total",
+                "Chat turns by how they reached the upstream: continued (same chat), new (fresh chat), fallback (fresh chat after a lost one).",
+                &["mode"],
+            ),
+            conversation_fallbacks: counter_vec(
+                "conversation_fallbacks_total",
+                "Remembered chats that were gone upstream (then retried in a fresh chat), by reason.",
+                &["reason"],
+            ),
+            sessions_live: {
+                let g = IntGauge::new("conversation_sessions", "Live conversation sessions in the memory store.")
+                    .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            session_store_up: {
+                let g = IntGauge::new(
+                    "session_store_up",
+                    "1 when the session store (Redis) answers, 0 while the local fallback is in use.",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("registered once");
+                g.set(1);
+                g
+            },
+            chats_deleted: counter_vec(
+                "upstream_chats_deleted_total",
+                "Upstream chats of expired sessions deleted (CHAT_CLEANUP=delete), by outcome.",
+                &["outcome"],
             ),
             registry,
         };

@@ -376,7 +376,7 @@ async fn chat_in_progress_is_retried_on_the_same_chat() {
     let h = Harness::start_with(&[("RETRY_MAX_ATTEMPTS", "2")], Default::default()).await;
     assert_error_both(
         &h,
-        "q @@sim:in_progress=5",
+        "q @@sim:in_progress=20",
         503,
         "server_error",
         "upstream_busy",

@@ -4,10 +4,12 @@
 //!
 //! What is retried, and how (qwen-protocol §6, §10):
 //! * connect errors, upstream 5xx / in-stream errors, empty streams, protocol garbage,
-//!   overload → a new attempt (new chat) after backoff;
-//! * "The chat is in progress!" → the *same* chat after backoff;
-//! * stale `parent_id` → once, the same chat without a parent, at once;
-//! * chat not found → once, a new chat, at once;
+//!   overload → the same request again after backoff;
+//! * "The chat is in progress!" → the *same* chat and text after backoff (up to three times,
+//!   then a fresh chat);
+//! * stale `parent_id`, chat not found (or of another account) → once, at once, a fresh chat
+//!   with the whole history folded: sending only the new turn without its parent would give
+//!   the upstream a context that differs from what the client sent;
 //! * the account's rate limit → only when the upstream's wait (`num` hours, `Retry-After`)
 //!   fits in `RETRY_MAX_DELAY`, after that wait;
 //! * anti-bot challenges, auth, moderation, invalid input, timeouts → never (retrying
@@ -18,8 +20,8 @@
 //! for. A retry budget (tower's `TpsBudget`: retries ≤ 20 % of requests over 10 s, plus a
 //! small floor) keeps retries from multiplying load during an outage.
 //!
-//! The layer and the core share an [`Attempt`] in request extensions: the core records the
-//! chat it used, the layer says which chat the next attempt must use.
+//! The layer and the core share an [`Attempt`] in request extensions: the core records what
+//! it sent, the layer says how the next attempt must differ ([`Next`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,20 +35,20 @@ use tower::ServiceExt;
 
 use crate::body::ProxyBody;
 use crate::config::RetryConfig;
+use crate::conversation::Prepared;
 use crate::error::{ProxyError, UpstreamClass as C};
 use crate::metrics::Metrics;
 use crate::openai::request::ChatRequest;
-use crate::translate::mapping::ChatTarget;
 
 /// Per-request state shared by the retry layer and the core.
 #[derive(Debug, Default)]
 pub struct AttemptState {
     /// 1 for the first attempt.
     pub number: u32,
-    /// Where the next attempt must go (set by the retry layer).
-    pub force: Option<ChatTarget>,
-    /// Where the last attempt went (set by the core).
-    pub used: Option<ChatTarget>,
+    /// How the next attempt must go (set by the retry layer).
+    pub next: Option<Next>,
+    /// What the last attempt sent, with its chat resolved (set by the core).
+    pub last: Option<Prepared>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -58,18 +60,23 @@ impl Attempt {
     }
 }
 
-/// Where the next attempt goes.
+/// How the next attempt goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    NewChat,
-    SameChat { drop_parent: bool },
+    /// Resolve the request as usual again.
+    Again,
+    /// Exactly what the last attempt sent, into the same chat.
+    SameChat,
+    /// A fresh chat with the whole history folded.
+    FreshChat,
 }
 
 /// Counts of one-shot retries already used in this request.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct History {
-    parent_dropped: bool,
-    chat_recreated: bool,
+    /// Failed attempts that count against `RETRY_MAX_ATTEMPTS`.
+    counted: u32,
+    fresh_after_lost_chat: bool,
     in_progress: u32,
 }
 
@@ -91,8 +98,8 @@ pub struct RetryPolicy {
     pub jitter: Jitter,
 }
 
-/// Same-chat retries for "in progress" before falling back to a new chat.
-const MAX_IN_PROGRESS_RETRIES: u32 = 3;
+/// Same-chat waits for "in progress" before falling back to a fresh chat.
+pub const MAX_IN_PROGRESS_RETRIES: u32 = 5;
 
 impl RetryPolicy {
     pub fn from_config(c: &RetryConfig) -> Self {
@@ -112,35 +119,38 @@ impl RetryPolicy {
         Duration::from_secs_f64(secs)
     }
 
-    /// Whether and how to retry after attempt `failed` (1-based) ended with `e`.
-    pub fn decide(&self, e: &ProxyError, failed: u32, h: &mut History) -> Option<(Duration, Next)> {
-        if failed >= self.max_attempts {
+    /// Whether and how to retry after an attempt ended with `e`.
+    ///
+    /// "Chat in progress" waits on the same chat are budgeted separately (up to
+    /// [`MAX_IN_PROGRESS_RETRIES`], with equal jitter so each wait is at least half the
+    /// backoff): the upstream keeps a chat busy for seconds after a generation, and giving up
+    /// early would abandon a continued conversation. Every other retry counts against
+    /// `RETRY_MAX_ATTEMPTS`.
+    pub fn decide(&self, e: &ProxyError, h: &mut History) -> Option<(Duration, Next)> {
+        let ProxyError::Upstream(upstream) = e else {
+            return None;
+        };
+        if upstream.class == C::ChatInProgress && h.in_progress < MAX_IN_PROGRESS_RETRIES {
+            h.in_progress += 1;
+            let b = self.backoff(h.in_progress);
+            return Some((b / 2 + (self.jitter)(b / 2), Next::SameChat));
+        }
+        h.counted += 1;
+        if h.counted >= self.max_attempts {
             return None;
         }
-        let upstream = match e {
-            ProxyError::Upstream(u) => u,
-            _ => return None,
-        };
-        let jittered = (self.jitter)(self.backoff(failed));
+        let jittered = (self.jitter)(self.backoff(h.counted));
         match upstream.class {
             C::Connect | C::ServerError | C::EmptyStream | C::Protocol | C::Overloaded => {
-                Some((jittered, Next::NewChat))
+                Some((jittered, Next::Again))
             }
-            C::ChatInProgress if h.in_progress < MAX_IN_PROGRESS_RETRIES => {
-                h.in_progress += 1;
-                Some((jittered, Next::SameChat { drop_parent: false }))
-            }
-            C::ChatInProgress => Some((jittered, Next::NewChat)),
-            C::ParentNotFound if !h.parent_dropped => {
-                h.parent_dropped = true;
-                Some((Duration::ZERO, Next::SameChat { drop_parent: true }))
-            }
-            C::ChatNotFound if !h.chat_recreated => {
-                h.chat_recreated = true;
-                Some((Duration::ZERO, Next::NewChat))
+            C::ChatInProgress => Some((jittered, Next::FreshChat)),
+            C::ParentNotFound | C::ChatNotFound if !h.fresh_after_lost_chat => {
+                h.fresh_after_lost_chat = true;
+                Some((Duration::ZERO, Next::FreshChat))
             }
             C::RateLimited => match upstream.retry_after {
-                Some(wait) if wait <= self.max_delay => Some((wait.max(jittered), Next::NewChat)),
+                Some(wait) if wait <= self.max_delay => Some((wait.max(jittered), Next::Again)),
                 _ => None,
             },
             _ => None,
@@ -237,7 +247,7 @@ where
                     Ok(rsp) => return Ok(rsp),
                     Err(e) => e,
                 };
-                let Some((delay, next)) = layer.policy.decide(&err, n, &mut history) else {
+                let Some((delay, next)) = layer.policy.decide(&err, &mut history) else {
                     return Err(err);
                 };
                 if !layer.budget.withdraw() {
@@ -254,19 +264,7 @@ where
                     delay_ms = delay.as_millis() as u64,
                     "retrying upstream"
                 );
-                {
-                    let mut st = attempt.lock();
-                    st.force = match (next, st.used.take()) {
-                        (
-                            Next::SameChat { drop_parent },
-                            Some(ChatTarget::Existing { chat_id, parent_id }),
-                        ) => Some(ChatTarget::Existing {
-                            chat_id,
-                            parent_id: if drop_parent { None } else { parent_id },
-                        }),
-                        _ => Some(ChatTarget::NewChat),
-                    };
-                }
+                attempt.lock().next = Some(next);
                 tokio::time::sleep(delay).await;
             }
         })
@@ -298,26 +296,21 @@ mod tests {
         Request::new(Arc::new(chat))
     }
 
-    /// A core that fails with `errors` in turn, then succeeds; records the targets it saw.
-    async fn run(
-        errors: Vec<UpstreamError>,
-    ) -> (
+    type Outcome = (
         Result<Response<ProxyBody>, ProxyError>,
         Duration,
-        Vec<Option<ChatTarget>>,
-    ) {
+        Vec<Option<Next>>,
+    );
+
+    /// A core that fails with `errors` in turn, then succeeds; records the `Next` it saw.
+    async fn run(errors: Vec<UpstreamError>) -> Outcome {
         let calls = Arc::new(AtomicU32::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (c, s) = (calls.clone(), seen.clone());
         let core = service_fn(move |r: Request<Arc<ChatRequest>>| {
             let i = c.fetch_add(1, Ordering::SeqCst) as usize;
             let attempt = r.extensions().get::<Attempt>().unwrap().clone();
-            let mut st = attempt.lock();
-            s.lock().unwrap().push(st.force.take());
-            st.used = Some(ChatTarget::Existing {
-                chat_id: "c1".into(),
-                parent_id: Some("p1".into()),
-            });
+            s.lock().unwrap().push(attempt.lock().next.take());
             let out = match errors.get(i) {
                 Some(e) => Err(ProxyError::from(e.clone())),
                 None => Ok(Response::new(ProxyBody::empty())),
@@ -348,9 +341,9 @@ mod tests {
             seen,
             vec![
                 None,
-                Some(ChatTarget::NewChat),
-                Some(ChatTarget::NewChat),
-                Some(ChatTarget::NewChat)
+                Some(Next::Again),
+                Some(Next::Again),
+                Some(Next::Again)
             ]
         );
     }
@@ -364,37 +357,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn in_progress_retries_the_same_chat() {
+    async fn in_progress_retries_the_same_chat_then_a_fresh_one() {
         let (r, elapsed, seen) = run(vec![e(C::ChatInProgress), e(C::ChatInProgress)]).await;
         assert!(r.is_ok());
         assert_eq!(elapsed, Duration::from_millis(300));
-        let same = Some(ChatTarget::Existing {
-            chat_id: "c1".into(),
-            parent_id: Some("p1".into()),
-        });
-        assert_eq!(seen, vec![None, same.clone(), same]);
+        assert_eq!(seen, vec![None, Some(Next::SameChat), Some(Next::SameChat)]);
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            ..policy()
+        };
+        let mut h = History::default();
+        let busy = ProxyError::from(e(C::ChatInProgress));
+        let nexts: Vec<Next> = (1..=6)
+            .map(|_| policy.decide(&busy, &mut h).unwrap().1)
+            .collect();
+        assert_eq!(nexts[..5], [Next::SameChat; 5]);
+        assert_eq!(nexts[5], Next::FreshChat);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn stale_parent_retries_once_without_it_at_once() {
-        let (r, elapsed, seen) = run(vec![e(C::ParentNotFound), e(C::ParentNotFound)]).await;
-        assert_eq!(r.unwrap_err().upstream_class(), Some(C::ParentNotFound));
-        assert_eq!(elapsed, Duration::ZERO);
-        assert_eq!(
-            seen[1],
-            Some(ChatTarget::Existing {
-                chat_id: "c1".into(),
-                parent_id: None
-            })
-        );
-        assert_eq!(seen.len(), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn chat_not_found_gets_one_new_chat() {
-        let (r, _, seen) = run(vec![e(C::ChatNotFound)]).await;
-        assert!(r.is_ok());
-        assert_eq!(seen, vec![None, Some(ChatTarget::NewChat)]);
+    async fn lost_chat_or_parent_gets_one_fresh_chat_at_once() {
+        for class in [C::ParentNotFound, C::ChatNotFound] {
+            let (r, elapsed, seen) = run(vec![e(class), e(class)]).await;
+            assert_eq!(r.unwrap_err().upstream_class(), Some(class));
+            assert_eq!(elapsed, Duration::ZERO);
+            assert_eq!(seen, vec![None, Some(Next::FreshChat)]);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::body::{ScriptBody, StreamGuard};
 use super::scenario::{self, Fault};
 use super::script::{self, Generation, Step};
-use super::state::{lock, Chat, SimState};
+use super::state::{lock, Chat, SimState, TurnRecord};
 use super::wire;
 use super::{Gate, SimConfig};
 
@@ -240,6 +240,7 @@ impl SimService {
                 completions: 0,
                 attempts: 0,
                 last_parent_id: None,
+                turns: Vec::new(),
             },
         );
         self.state.chats_created.fetch_add(1, Ordering::Relaxed);
@@ -458,6 +459,12 @@ impl SimService {
             chat.in_flight = true;
             chat.completions += 1;
             chat.last_parent_id = parent.clone();
+            chat.turns.push(TurnRecord {
+                parent_id: parent.clone(),
+                response_id: response_id.clone(),
+                content_chars: content.chars().count(),
+                body_bytes: body.len(),
+            });
         }
         self.state.completions.fetch_add(1, Ordering::Relaxed);
         self.state.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -18,6 +18,19 @@ pub struct Chat {
     /// Completion attempts (for `in_progress=K`).
     pub attempts: u32,
     pub last_parent_id: Option<String>,
+    /// Every accepted completion, in order.
+    pub turns: Vec<TurnRecord>,
+}
+
+/// What one completion sent and got (for tests: parent chains, body sizes).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TurnRecord {
+    pub parent_id: Option<String>,
+    pub response_id: String,
+    /// Characters of the user message content (directives included).
+    pub content_chars: usize,
+    /// Bytes of the whole request body.
+    pub body_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -44,7 +57,8 @@ impl SimState {
         for (id, c) in chats.iter() {
             per_chat.insert(
                 id.clone(),
-                json!({"completions": c.completions, "attempts": c.attempts, "last_parent_id": c.last_parent_id}),
+                json!({"completions": c.completions, "attempts": c.attempts,
+                       "last_parent_id": c.last_parent_id, "turns": c.turns}),
             );
         }
         json!({

@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::limits::FinishReason;
 use super::pipeline::{Pipeline, Progress};
-use super::state::{Emit, Usage};
+use super::state::{Emit, ResponseRef, Usage};
 use crate::error::{ProxyError, UpstreamClass, UpstreamError};
 use crate::openai::encoder::ChunkEncoder;
 
@@ -59,6 +59,10 @@ where
 
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
+    }
+
+    pub fn pipeline_mut(&mut self) -> &mut Pipeline {
+        &mut self.pipeline
     }
 
     pub fn usage(&self) -> Usage {
@@ -114,10 +118,17 @@ where
     }
 }
 
-/// How a stream ended, for the owner's bookkeeping (metrics, logs).
+/// How a stream ended, for the owner's bookkeeping (metrics, logs, conversations).
 #[derive(Debug)]
 pub enum StreamEnd<'a> {
-    Completed(FinishReason, Usage),
+    Completed {
+        reason: FinishReason,
+        usage: Usage,
+        /// The upstream response that was streamed (for continuing the chat).
+        response: ResponseRef,
+        /// The conversation key including this reply, if it ended naturally.
+        reply_key: Option<String>,
+    },
     Failed(&'a ProxyError),
 }
 
@@ -191,7 +202,14 @@ where
         self.encoder.finish(reason, usage);
         self.done = true;
         if let Some(hook) = self.on_end.take() {
-            hook(StreamEnd::Completed(reason, usage));
+            let response = self.stream.pipeline().response().clone();
+            let reply_key = self.stream.pipeline_mut().take_reply_key();
+            hook(StreamEnd::Completed {
+                reason,
+                usage,
+                response,
+                reply_key,
+            });
         }
     }
 

@@ -10,6 +10,7 @@
 //!   available and its usage arrives only after the frame it counts.
 
 use super::state::Emit;
+use crate::conversation::key::KeyBuilder;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
@@ -44,6 +45,8 @@ pub struct Limits {
     max_quarters: Option<u64>,
     used_quarters: u64,
     finish: Option<FinishReason>,
+    /// The conversation key, fed with exactly the content the client receives.
+    transcript: Option<KeyBuilder>,
 }
 
 impl Limits {
@@ -54,7 +57,25 @@ impl Limits {
             max_quarters: max_tokens.map(|t| t.saturating_mul(4)),
             used_quarters: 0,
             finish: None,
+            transcript: None,
         }
+    }
+
+    /// Hash the content that passes into `key` (already at the start of the reply).
+    pub fn with_transcript(mut self, key: KeyBuilder) -> Self {
+        self.transcript = Some(key);
+        self
+    }
+
+    /// The key of the conversation including the reply — only when the reply ended
+    /// naturally upstream (a cut reply differs from what the upstream chat holds).
+    pub fn take_reply_key(&mut self) -> Option<String> {
+        if self.finish.is_some() {
+            return None;
+        }
+        let mut t = self.transcript.take()?;
+        t.end();
+        Some(t.finish())
     }
 
     /// Set once a limit ended the output; nothing more is emitted after that.
@@ -136,6 +157,9 @@ impl Limits {
             return;
         }
         let Some(max) = self.max_quarters else {
+            if let Some(t) = &mut self.transcript {
+                t.text(text);
+            }
             inner.content(text);
             return;
         };
@@ -150,6 +174,9 @@ impl Limits {
             self.used_quarters += cost;
         }
         if cut > 0 {
+            if let Some(t) = &mut self.transcript {
+                t.text(&text[..cut]);
+            }
             inner.content(&text[..cut]);
         }
         if self.used_quarters >= max {

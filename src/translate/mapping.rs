@@ -1,9 +1,9 @@
-//! OpenAI request → upstream turn.
+//! OpenAI request → upstream turn: model resolution and feature switches (`plan`), and the
+//! fold format used whenever text goes into a chat that lacks the history.
 //!
-//! For now every request opens a fresh upstream chat and sends the whole conversation
-//! folded into one user message. The seam for continuing upstream chats is
-//! [`ChatTarget`]: a later conversation store decides "new chat" vs "existing chat +
-//! parent id" and what text to send; everything after that is unchanged.
+//! Where a turn goes — a fresh chat with the whole conversation folded into one message, or
+//! an existing upstream chat with only the new messages — is decided by the conversation
+//! store (`conversation::Conversations::prepare`), expressed as a [`ChatTarget`].
 //!
 //! Fold format (documented in README, tested below):
 //! * a single user message and nothing else is sent verbatim;
@@ -13,10 +13,9 @@
 //!   `[System]` section at the top, so the instructions come first.
 
 use crate::error::ProxyError;
-use crate::openai::request::{ChatRequest, ReasoningEffort, ResponseFormat, Role};
+use crate::openai::request::{ChatRequest, Message, ReasoningEffort, ResponseFormat, Role};
 use crate::qwen::models::{Catalog, UpstreamModel, Variant};
 use crate::qwen::request::{FeatureConfig, Thinking};
-use crate::translate::limits::estimate_tokens;
 
 /// Where the turn goes upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,16 +29,13 @@ pub enum ChatTarget {
     },
 }
 
-/// The upstream side of one request.
+/// The upstream side of one request (where it goes and what text it sends is decided by
+/// the conversation store: `conversation::Conversations::prepare`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub model: String,
     pub chat_type: &'static str,
     pub features: FeatureConfig,
-    pub content: String,
-    pub target: ChatTarget,
-    /// Estimated prompt tokens, used only if the upstream reports no usage.
-    pub prompt_tokens_estimate: u64,
 }
 
 /// Map a validated request onto the catalogue. Unknown models are a 404.
@@ -51,14 +47,10 @@ pub fn plan(req: &ChatRequest, catalog: &Catalog) -> Result<Plan, ProxyError> {
                 model: req.model.clone(),
             })?;
     let thinking = thinking_mode(req, model, variant);
-    let content = fold(req);
     Ok(Plan {
         model: model.id.clone(),
         chat_type: "t2t",
         features: FeatureConfig::new(thinking, variant.search),
-        prompt_tokens_estimate: estimate_tokens(&content),
-        content,
-        target: ChatTarget::NewChat,
     })
 }
 
@@ -112,11 +104,16 @@ pub fn fold(req: &ChatRequest) -> String {
             system.push(&instruction);
         }
     }
-    let turns: Vec<_> = req
-        .messages
-        .iter()
-        .filter(|m| m.role != Role::System)
-        .collect();
+    fold_with(&system, &req.messages)
+}
+
+/// Fold only `messages` (the new turns of a continued chat; system text is already there).
+pub fn fold_turns(messages: &[Message]) -> String {
+    fold_with(&[], messages)
+}
+
+fn fold_with(system: &[&str], messages: &[Message]) -> String {
+    let turns: Vec<&Message> = messages.iter().filter(|m| m.role != Role::System).collect();
     if system.is_empty() && turns.len() == 1 && turns[0].role == Role::User {
         return turns[0].content.clone();
     }

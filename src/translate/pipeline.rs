@@ -82,6 +82,11 @@ impl Pipeline {
         self.translator.response()
     }
 
+    /// The conversation key after this reply (see `Limits::take_reply_key`).
+    pub fn take_reply_key(&mut self) -> Option<String> {
+        self.limits.take_reply_key()
+    }
+
     /// Final usage: the upstream's last cumulative numbers, or estimates when it sent none.
     /// When `max_tokens` cut the answer, completion tokens count what was actually sent.
     pub fn usage(&self) -> Usage {

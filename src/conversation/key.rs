@@ -1,0 +1,161 @@
+//! Conversation keys: a SHA-256 over who is talking (client identity, upstream account),
+//! the upstream model, and the whitespace-normalised messages in order. A stored session is
+//! found again when the next request's history — up to its last assistant message — hashes
+//! to the same key. The assistant reply we streamed is hashed on the fly, piece by piece, so
+//! the key of the next turn is ready when the stream ends without keeping the text.
+//!
+//! Normalisation: runs of whitespace become one space; leading and trailing whitespace is
+//! dropped. Messages are separated by a byte that never occurs in UTF-8 (0xFF), and each
+//! starts with its role tag, so no two different histories feed the same byte string.
+
+use sha2::{Digest, Sha256};
+
+use crate::openai::request::Role;
+
+#[derive(Clone)]
+pub struct KeyBuilder {
+    hasher: Sha256,
+    started: bool,
+    pending_space: bool,
+}
+
+impl std::fmt::Debug for KeyBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyBuilder")
+    }
+}
+
+/// A finished key, hex-encoded (what the store indexes).
+pub type Key = String;
+
+impl KeyBuilder {
+    /// `identity`: the client (API key hash or "anon"); `account`: the upstream account;
+    /// `model`: the resolved upstream model id (suffix variants share a conversation).
+    pub fn new(identity: &str, account: &str, model: &str) -> Self {
+        let mut hasher = Sha256::new();
+        for part in ["qwen-proxy/conversation/v1", identity, account, model] {
+            hasher.update(part.as_bytes());
+            hasher.update([0xFF]);
+        }
+        Self {
+            hasher,
+            started: false,
+            pending_space: false,
+        }
+    }
+
+    /// Start a message of `role` (tool results include their name or call id).
+    pub fn begin(&mut self, role: Role, name: Option<&str>) {
+        let tag: &[u8] = match role {
+            Role::System => b"S",
+            Role::User => b"U",
+            Role::Assistant => b"A",
+            Role::Tool => b"T",
+        };
+        self.hasher.update(tag);
+        if let (Role::Tool, Some(n)) = (role, name) {
+            self.hasher.update(n.as_bytes());
+        }
+        self.hasher.update([0xFE]);
+        self.started = false;
+        self.pending_space = false;
+    }
+
+    /// Feed message text; may be called many times per message (streamed replies).
+    pub fn text(&mut self, text: &str) {
+        for (i, segment) in text.split(char::is_whitespace).enumerate() {
+            if i > 0 && self.started {
+                self.pending_space = true;
+            }
+            if segment.is_empty() {
+                continue;
+            }
+            if self.pending_space {
+                self.hasher.update(b" ");
+                self.pending_space = false;
+            }
+            self.hasher.update(segment.as_bytes());
+            self.started = true;
+        }
+    }
+
+    pub fn end(&mut self) {
+        self.hasher.update([0xFF]);
+        self.pending_space = false;
+    }
+
+    /// One whole message.
+    pub fn message(&mut self, role: Role, name: Option<&str>, text: &str) {
+        self.begin(role, name);
+        self.text(text);
+        self.end();
+    }
+
+    pub fn finish(&self) -> Key {
+        let digest = self.hasher.clone().finalize();
+        let mut hex = String::with_capacity(64);
+        for b in digest {
+            hex.push_str(&format!("{b:02x}"));
+        }
+        hex
+    }
+}
+
+/// SHA-256 hex of a secret, for identities that must not be stored in clear.
+pub fn fingerprint(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(msgs: &[(Role, &str)]) -> Key {
+        let mut k = KeyBuilder::new("anon", "acct", "m");
+        for (r, t) in msgs {
+            k.message(*r, None, t);
+        }
+        k.finish()
+    }
+
+    #[test]
+    fn whitespace_is_normalised() {
+        let a = key(&[(Role::User, "hello   world\n"), (Role::Assistant, " fine ")]);
+        let b = key(&[(Role::User, "  hello world"), (Role::Assistant, "fine")]);
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            key(&[(Role::User, "helloworld"), (Role::Assistant, "fine")])
+        );
+    }
+
+    #[test]
+    fn streamed_pieces_equal_the_whole_text() {
+        let mut streamed = KeyBuilder::new("anon", "acct", "m");
+        streamed.begin(Role::Assistant, None);
+        for piece in ["Hel", "lo ", " ", "wor", "ld", "\n"] {
+            streamed.text(piece);
+        }
+        streamed.end();
+        assert_eq!(streamed.finish(), key(&[(Role::Assistant, "Hello world")]));
+    }
+
+    #[test]
+    fn roles_order_and_identity_matter() {
+        assert_ne!(
+            key(&[(Role::User, "a"), (Role::Assistant, "b")]),
+            key(&[(Role::Assistant, "a"), (Role::User, "b")])
+        );
+        assert_ne!(
+            key(&[(Role::User, "a b")]),
+            key(&[(Role::User, "a"), (Role::User, "b")])
+        );
+        let other = {
+            let mut k = KeyBuilder::new("someone-else", "acct", "m");
+            k.message(Role::User, None, "a");
+            k.finish()
+        };
+        assert_ne!(other, key(&[(Role::User, "a")]));
+    }
+}

@@ -1,0 +1,389 @@
+//! Conversations: continue the real upstream chat across OpenAI turns instead of folding
+//! the whole history into a fresh chat every time.
+//!
+//! After a turn completes cleanly we remember `key(history + our reply) → (chat_id,
+//! response_id)`. A later request whose history up to its last assistant message hashes to
+//! a remembered key (same client, account, model, system text, earlier messages, and the
+//! assistant text we produced, compared after normalising whitespace — `key.rs`) continues
+//! that chat: only the new messages after the last assistant message are sent, with
+//! `parent_id` = the remembered `response_id`. Anything else — edited earlier messages, a
+//! modified assistant message, unknown history — gets a fresh chat with the folded
+//! history, so a turn never goes into a chat whose context differs from what the client
+//! sent. Regenerating (the same history again) matches the earlier turn's key and branches
+//! from the right `response_id`.
+//!
+//! Turns cut short on our side (`stop`, `max_tokens`) are not remembered: the upstream's
+//! node holds more than the client saw.
+//!
+//! Requests on the same chat are serialised by a per-chat lock in the store (queued, at most
+//! `CONVERSATION_QUEUE_MAX` waiters, `CONVERSATION_QUEUE_TIMEOUT` → 429). With Redis the
+//! lock and the sessions are shared by every instance; if Redis fails, requests go on with
+//! a local memory store (fresh chats, local locks), the degradation is logged and shown on
+//! `/health` and in metrics, and Redis is tried again after a short pause.
+
+pub mod key;
+pub mod redis;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::openai::request::{ChatRequest, Role};
+use crate::translate::mapping::{fold, fold_turns, ChatTarget};
+use key::{Key, KeyBuilder};
+use store::{MemoryStore, Session, SessionStore, StoreError};
+
+/// Run `$call` with `$s` bound to the store in use; if the primary (Redis) fails, note it
+/// and run the same call on the local fallback.
+macro_rules! with_store {
+    ($self:ident, |$s:ident| $call:expr) => {{
+        let (store, primary) = $self.pick();
+        let r = {
+            let $s: &dyn SessionStore = &*store;
+            $call.await
+        };
+        match $self.note(primary, r) {
+            Err(e) => match &$self.fallback {
+                Some(f) if primary => {
+                    let $s: &dyn SessionStore = &**f;
+                    let _ = &e;
+                    $call.await
+                }
+                _ => Err(e),
+            },
+            ok => ok,
+        }
+    }};
+}
+
+/// What one request sends upstream.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub target: ChatTarget,
+    pub content: String,
+    /// The conversation so far including this request's messages; the reply is appended
+    /// to it as it streams, giving the key of the next turn.
+    pub reply_key: KeyBuilder,
+    /// The remembered key this request continued from (forgotten if the chat is gone).
+    pub continued_from: Option<Key>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub lock_ttl: Duration,
+    pub queue_timeout: Duration,
+    pub queue_max: usize,
+}
+
+/// How long to use the local store before trying a failed Redis again.
+const RETRY_PRIMARY_AFTER: Duration = Duration::from_secs(2);
+
+pub struct Conversations {
+    primary: Arc<dyn SessionStore>,
+    /// Used while the primary (Redis) is failing; `None` when the primary is memory.
+    fallback: Option<Arc<MemoryStore>>,
+    degraded_since: Mutex<Option<Instant>>,
+    degraded: AtomicBool,
+    account: String,
+    settings: Settings,
+    waiters: Mutex<HashMap<String, usize>>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Conversations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conversations")
+            .field("degraded", &self.degraded.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conversations {
+    pub fn new(
+        primary: Arc<dyn SessionStore>,
+        fallback: Option<Arc<MemoryStore>>,
+        account: String,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            primary,
+            fallback,
+            degraded_since: Mutex::new(None),
+            degraded: AtomicBool::new(false),
+            account,
+            settings,
+            waiters: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    /// Whether the shared store is failing and the local fallback is in use.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    pub fn has_shared_store(&self) -> bool {
+        self.fallback.is_some()
+    }
+
+    /// The store to use now: the primary, unless it failed within the last moments.
+    fn pick(&self) -> (Arc<dyn SessionStore>, bool) {
+        match &self.fallback {
+            None => (self.primary.clone(), true),
+            Some(fallback) => {
+                let since = self
+                    .degraded_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if since.is_some_and(|t| t.elapsed() < RETRY_PRIMARY_AFTER) {
+                    (fallback.clone(), false)
+                } else {
+                    (self.primary.clone(), true)
+                }
+            }
+        }
+    }
+
+    /// Track the primary's health from an operation's result (only with a fallback).
+    fn note<T>(&self, primary: bool, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if self.fallback.is_none() || !primary {
+            return r;
+        }
+        let mut since = self
+            .degraded_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &r {
+            Ok(_) => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!("session store (Redis) is back; shared conversations resume");
+                    self.metrics.session_store_up.set(1);
+                }
+                *since = None;
+            }
+            Err(e) => {
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "session store (Redis) failed; using local state until it recovers");
+                    self.metrics.session_store_up.set(0);
+                }
+                *since = Some(Instant::now());
+            }
+        }
+        r
+    }
+
+    /// Decide where this request goes and what it sends.
+    pub async fn prepare(&self, req: &ChatRequest, identity: &str, model: &str) -> Prepared {
+        let (mut kb, split) = self.history_key(req, identity, model);
+        let prefix_key = kb.finish();
+        let session = if split > 0 {
+            with_store!(self, |s| s.get(&prefix_key)).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "session lookup failed");
+                None
+            })
+        } else {
+            None
+        };
+        let tail = &req.messages[split..];
+        for m in tail.iter().filter(|m| m.role != Role::System) {
+            kb.message(m.role, m.name.as_deref(), &m.content);
+        }
+        match session {
+            Some(s) => {
+                self.metrics
+                    .conversation_turns
+                    .with_label_values(&["continued"])
+                    .inc();
+                Prepared {
+                    target: ChatTarget::Existing {
+                        chat_id: s.chat_id,
+                        parent_id: Some(s.parent_id),
+                    },
+                    content: fold_turns(tail),
+                    reply_key: kb,
+                    continued_from: Some(prefix_key),
+                }
+            }
+            None => {
+                self.metrics
+                    .conversation_turns
+                    .with_label_values(&["new"])
+                    .inc();
+                Prepared {
+                    target: ChatTarget::NewChat,
+                    content: fold(req),
+                    reply_key: kb,
+                    continued_from: None,
+                }
+            }
+        }
+    }
+
+    /// A fresh chat with the whole history folded (`mode`: "new" in stateless mode,
+    /// "fallback" after a lost chat or parent).
+    pub fn fresh(
+        &self,
+        req: &ChatRequest,
+        identity: &str,
+        model: &str,
+        mode: &'static str,
+    ) -> Prepared {
+        let (mut kb, split) = self.history_key(req, identity, model);
+        for m in req.messages[split..]
+            .iter()
+            .filter(|m| m.role != Role::System)
+        {
+            kb.message(m.role, m.name.as_deref(), &m.content);
+        }
+        self.metrics
+            .conversation_turns
+            .with_label_values(&[mode])
+            .inc();
+        Prepared {
+            target: ChatTarget::NewChat,
+            content: fold(req),
+            reply_key: kb,
+            continued_from: None,
+        }
+    }
+
+    /// Key of everything up to the last assistant message (system text first); returns the
+    /// builder at that point and the index where the new messages start.
+    fn history_key(&self, req: &ChatRequest, identity: &str, model: &str) -> (KeyBuilder, usize) {
+        let mut kb = KeyBuilder::new(identity, &self.account, model);
+        for m in req.messages.iter().filter(|m| m.role == Role::System) {
+            kb.message(Role::System, None, &m.content);
+        }
+        let split = req
+            .messages
+            .iter()
+            .rposition(|m| m.role == Role::Assistant)
+            .map_or(0, |i| i + 1);
+        for m in req.messages[..split]
+            .iter()
+            .filter(|m| m.role != Role::System)
+        {
+            kb.message(m.role, m.name.as_deref(), &m.content);
+        }
+        (kb, split)
+    }
+
+    /// Remember a completed turn under the key of the conversation including our reply.
+    pub async fn remember(&self, key: &str, session: Session) {
+        if let Err(e) = with_store!(self, |s| s.put(key, &session)) {
+            tracing::warn!(error = %e, "could not remember the conversation");
+        }
+    }
+
+    /// The remembered chat is gone upstream: forget it so the next turn starts fresh.
+    pub async fn forget(&self, key: &str, reason: &'static str) {
+        self.metrics
+            .conversation_fallbacks
+            .with_label_values(&[reason])
+            .inc();
+        if let Err(e) = with_store!(self, |s| s.remove(key)) {
+            tracing::warn!(error = %e, "could not forget the conversation");
+        }
+    }
+
+    /// Wait (bounded) for exclusive use of `chat_id`.
+    pub async fn lock(self: &Arc<Self>, chat_id: &str) -> Result<ChatLock, ProxyError> {
+        {
+            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            let n = w.entry(chat_id.to_owned()).or_insert(0);
+            if *n >= self.settings.queue_max {
+                return Err(ProxyError::ConversationBusy);
+            }
+            *n += 1;
+        }
+        let _waiting = WaiterGuard {
+            conv: self.clone(),
+            chat_id: chat_id.to_owned(),
+        };
+        let owner = uuid::Uuid::new_v4().to_string();
+        let deadline = Instant::now() + self.settings.queue_timeout;
+        let mut delay = Duration::from_millis(5);
+        loop {
+            let got = with_store!(self, |s| s.try_lock(
+                chat_id,
+                &owner,
+                self.settings.lock_ttl
+            ))
+            .unwrap_or(true); // no store at all: do not block the request
+            if got {
+                return Ok(ChatLock {
+                    conv: self.clone(),
+                    chat_id: chat_id.to_owned(),
+                    owner,
+                });
+            }
+            if Instant::now() + delay > deadline {
+                return Err(ProxyError::ConversationBusy);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Expire sessions; returns the live count when known (for the gauge).
+    pub async fn sweep(&self) -> Option<usize> {
+        if let Some(f) = &self.fallback {
+            let _ = f.sweep().await;
+        }
+        let live = with_store!(self, |s| s.sweep()).ok().flatten();
+        if let Some(n) = live {
+            self.metrics.sessions_live.set(n as i64);
+        }
+        live
+    }
+
+    /// Chats unused for `idle`, for upstream deletion (each returned once).
+    pub async fn take_idle_chats(&self, idle: Duration) -> Vec<String> {
+        with_store!(self, |s| s.take_idle_chats(idle)).unwrap_or_default()
+    }
+}
+
+struct WaiterGuard {
+    conv: Arc<Conversations>,
+    chat_id: String,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        let mut w = self.conv.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = w.get_mut(&self.chat_id) {
+            *n -= 1;
+            if *n == 0 {
+                w.remove(&self.chat_id);
+            }
+        }
+    }
+}
+
+/// Exclusive use of an upstream chat; released (by its owner token) when dropped.
+pub struct ChatLock {
+    conv: Arc<Conversations>,
+    chat_id: String,
+    owner: String,
+}
+
+impl Drop for ChatLock {
+    fn drop(&mut self) {
+        let conv = self.conv.clone();
+        let chat_id = std::mem::take(&mut self.chat_id);
+        let owner = std::mem::take(&mut self.owner);
+        // Release asynchronously; if the runtime is gone the lock simply expires.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = with_store!(conv, |s| s.unlock(&chat_id, &owner));
+            });
+        }
+    }
+}

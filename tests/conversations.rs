@@ -1,0 +1,309 @@
+//! Conversation continuation through the stack: later turns reuse the upstream chat with the
+//! right parent chain and only the new message; divergence gets a fresh chat; lost chats
+//! recover; concurrent requests on one conversation are queued.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{expected_answer, summarize, Harness};
+
+use qwen_proxy::sim::SimConfig;
+
+const MODEL: &str = "qwen3.7-plus";
+
+fn sim() -> SimConfig {
+    // A short linger keeps "chat in progress" retries brief in tests.
+    SimConfig {
+        linger: Duration::from_millis(20),
+        ..SimConfig::default()
+    }
+}
+
+async fn harness(env: &[(&str, &str)]) -> Harness {
+    Harness::start_with(env, sim()).await
+}
+
+fn user(text: &str) -> Value {
+    json!({"role": "user", "content": text})
+}
+
+fn assistant(text: &str) -> Value {
+    json!({"role": "assistant", "content": text})
+}
+
+/// Send `messages`; return the assistant's answer.
+async fn turn(h: &Harness, messages: &[Value], stream: bool) -> String {
+    let r = h
+        .chat(json!({"model": MODEL, "stream": stream, "messages": messages}))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    if stream {
+        summarize(&r.events()).content
+    } else {
+        r.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+fn chats(stats: &Value) -> Vec<(String, Vec<Value>)> {
+    stats["chats"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, c)| (id.clone(), c["turns"].as_array().unwrap().clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn five_turns_continue_one_chat_with_the_parent_chain() {
+    let h = harness(&[]).await;
+    let mut messages = vec![json!({"role": "system", "content": "Be brief."})];
+    for k in 1..=5 {
+        let question = format!("question number {k}");
+        messages.push(user(&question));
+        let answer = turn(&h, &messages, k % 2 == 0).await;
+        assert_eq!(answer, expected_answer(&question));
+        messages.push(assistant(&answer));
+    }
+    let stats = h.sim_stats().await;
+    assert_eq!(
+        stats["chats_created"], 1,
+        "turns 2-5 created no chat: {stats}"
+    );
+    let chats = chats(&stats);
+    assert_eq!(chats.len(), 1);
+    let turns = &chats[0].1;
+    assert_eq!(turns.len(), 5);
+    assert!(turns[0]["parent_id"].is_null());
+    for k in 1..5 {
+        assert_eq!(
+            turns[k]["parent_id"],
+            turns[k - 1]["response_id"],
+            "turn {} continues turn {k}",
+            k + 1
+        );
+        // Only the new user message is sent.
+        assert_eq!(
+            turns[k]["content_chars"],
+            format!("question number {}", k + 1).chars().count()
+        );
+    }
+    let metrics = String::from_utf8(h.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("conversation_turns_total{mode=\"continued\"} 4"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn regenerate_branches_from_the_earlier_response() {
+    let h = harness(&[]).await;
+    let a1 = turn(&h, &[user("one")], false).await;
+    let history = vec![user("one"), assistant(&a1), user("two")];
+    let a2 = turn(&h, &history, false).await;
+    assert_eq!(a2, expected_answer("two"));
+    // The client regenerates: the same history again.
+    assert_eq!(turn(&h, &history, false).await, expected_answer("two"));
+    let stats = h.sim_stats().await;
+    assert_eq!(stats["chats_created"], 1);
+    let turns = &chats(&stats)[0].1;
+    assert_eq!(turns.len(), 3);
+    assert_eq!(turns[1]["parent_id"], turns[0]["response_id"]);
+    assert_eq!(
+        turns[2]["parent_id"], turns[0]["response_id"],
+        "regenerate branches from turn 1's response"
+    );
+}
+
+#[tokio::test]
+async fn divergent_history_gets_a_fresh_chat() {
+    let h = harness(&[]).await;
+    let a1 = turn(&h, &[user("one")], false).await;
+    // Edited earlier user message.
+    turn(
+        &h,
+        &[user("one, edited"), assistant(&a1), user("two")],
+        false,
+    )
+    .await;
+    assert_eq!(h.sim_stats().await["chats_created"], 2);
+    // Assistant message modified by the client.
+    turn(
+        &h,
+        &[user("one"), assistant("something else"), user("two")],
+        false,
+    )
+    .await;
+    assert_eq!(h.sim_stats().await["chats_created"], 3);
+    // Different system text.
+    turn(
+        &h,
+        &[
+            json!({"role": "system", "content": "new rules"}),
+            user("one"),
+            assistant(&a1),
+            user("two"),
+        ],
+        false,
+    )
+    .await;
+    assert_eq!(h.sim_stats().await["chats_created"], 4);
+    // Only whitespace differs: still the same conversation.
+    let spaced = format!("  {}  ", a1.replace(' ', "   "));
+    turn(&h, &[user("one\n"), assistant(&spaced), user("two")], false).await;
+    assert_eq!(h.sim_stats().await["chats_created"], 4);
+    // The fresh chats got the whole folded history.
+    let stats = h.sim_stats().await;
+    let max_first_turn = chats(&stats)
+        .iter()
+        .map(|(_, t)| t[0]["content_chars"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(max_first_turn > 40, "folded history sent to fresh chats");
+}
+
+#[tokio::test]
+async fn cut_replies_are_not_continued() {
+    let h = harness(&[]).await;
+    let r = h
+        .chat(json!({"model": MODEL, "max_tokens": 2, "messages": [user("one")]}))
+        .await;
+    let cut = r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(r.json()["choices"][0]["finish_reason"], "length");
+    turn(&h, &[user("one"), assistant(&cut), user("two")], false).await;
+    assert_eq!(
+        h.sim_stats().await["chats_created"],
+        2,
+        "upstream holds more than the client saw"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_chat_falls_back_to_a_fresh_chat_transparently() {
+    let h = harness(&[]).await;
+    let a1 = turn(&h, &[user("one")], false).await;
+    let stats = h.sim_stats().await;
+    let chat_id = chats(&stats)[0].0.clone();
+    // The chat disappears upstream (deleted in the browser, say).
+    let req = hyper::Request::delete(format!("{}/api/v2/chats/{chat_id}", h.sim.base_url()))
+        .header("cookie", "token=test-token")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(Harness::read(h.send(req).await).await.status, 200);
+    let a2 = turn(&h, &[user("one"), assistant(&a1), user("two")], true).await;
+    assert_eq!(a2, expected_answer("two"));
+    let stats = h.sim_stats().await;
+    assert_eq!(stats["chats_created"], 2);
+    let metrics = String::from_utf8(h.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("conversation_fallbacks_total{reason=\"chat_not_found\"} 1"),
+        "{metrics}"
+    );
+    // The next turn continues the new chat.
+    turn(
+        &h,
+        &[
+            user("one"),
+            assistant(&a1),
+            user("two"),
+            assistant(&a2),
+            user("three"),
+        ],
+        false,
+    )
+    .await;
+    assert_eq!(h.sim_stats().await["chats_created"], 2);
+}
+
+#[tokio::test]
+async fn concurrent_requests_on_one_conversation_are_queued() {
+    let h = harness(&[]).await;
+    let a1 = turn(&h, &[user("one")], false).await;
+    let history = vec![user("one"), assistant(&a1), user("two @@sim:delay=10")];
+    let results = futures::future::join_all((0..4).map(|_| turn(&h, &history, true))).await;
+    for r in results {
+        assert_eq!(r, expected_answer("two"));
+    }
+    let stats = h.sim_stats().await;
+    assert_eq!(
+        stats["chats_created"], 1,
+        "all four continued the same chat, one at a time: {stats}"
+    );
+    assert_eq!(chats(&stats)[0].1.len(), 5);
+}
+
+#[tokio::test]
+async fn the_queue_is_bounded() {
+    let h = harness(&[
+        ("CONVERSATION_QUEUE_MAX", "1"),
+        ("CONVERSATION_QUEUE_TIMEOUT", "200"),
+    ])
+    .await;
+    let a1 = turn(&h, &[user("one")], false).await;
+    let slow = vec![
+        user("one"),
+        assistant(&a1),
+        user("two @@sim:long=400 @@sim:delay=5"),
+    ];
+    let send = |m: Vec<Value>| {
+        let h = &h;
+        async move {
+            h.chat(json!({"model": MODEL, "messages": m}))
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    let statuses = futures::future::join_all((0..3).map(|_| send(slow.clone()))).await;
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.contains(&429),
+        "queued beyond the limit or too long: {statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn stateless_mode_folds_every_turn() {
+    let h = harness(&[("CONVERSATION_MODE", "stateless")]).await;
+    let a1 = turn(&h, &[user("one")], false).await;
+    turn(&h, &[user("one"), assistant(&a1), user("two")], false).await;
+    assert_eq!(h.sim_stats().await["chats_created"], 2);
+}
+
+#[tokio::test]
+async fn conversations_are_per_api_key() {
+    let h = harness(&[("API_KEYS", "key-a,key-b")]).await;
+    let body = |m: &[Value]| json!({"model": MODEL, "messages": m}).to_string();
+    let ask = |key: &'static str, m: Vec<Value>| {
+        let h = &h;
+        let b = body(&m);
+        async move {
+            let auth = format!("Bearer {key}");
+            let r = h
+                .post_raw(
+                    "/v1/chat/completions",
+                    "application/json",
+                    b,
+                    &[("authorization", &auth)],
+                )
+                .await;
+            r.json()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let a1 = ask("key-a", vec![user("one")]).await;
+    // Another tenant sending the same history does not land in key-a's chat.
+    ask("key-b", vec![user("one"), assistant(&a1), user("two")]).await;
+    assert_eq!(h.sim_stats().await["chats_created"], 2);
+    ask("key-a", vec![user("one"), assistant(&a1), user("two")]).await;
+    assert_eq!(h.sim_stats().await["chats_created"], 2);
+}
