@@ -7,10 +7,12 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
-# Real components the tests drive: nginx (deployment test) and promtool (metrics check).
+# Real components the tests drive: nginx (deployment tests), promtool (metrics check) and
+# redis-server (shared state across instances); each test starts its own on a free port.
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]}"
   SUDO=""
@@ -18,7 +20,7 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # The packages start system services we do not need; the tests start their own.
-  $SUDO systemctl stop nginx prometheus >/dev/null 2>&1 || true
+  $SUDO systemctl stop nginx prometheus redis-server >/dev/null 2>&1 || true
   $SUDO pkill -x prometheus >/dev/null 2>&1 || true
 fi
 

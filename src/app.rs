@@ -23,6 +23,8 @@ pub struct AppState {
     pub models: ModelCache,
     pub metrics: Arc<Metrics>,
     pub conversations: Arc<Conversations>,
+    /// The shared Redis connection pool, when `REDIS_URL` is set.
+    pub redis: Option<Arc<RedisClient>>,
     pub started: Instant,
     /// Set when shutdown begins: `/health` reports `draining`.
     draining: AtomicBool,
@@ -46,13 +48,19 @@ impl AppState {
         let metrics = Metrics::new();
         let client = QwenClient::new(&config.upstream, metrics.clone());
         let models = ModelCache::new(client.clone(), config.models_cache_duration);
-        let conversations = build_conversations(&config, metrics.clone());
+        let redis = config
+            .redis_url
+            .as_ref()
+            .and_then(|u| RedisUrl::parse(u.expose()).ok())
+            .map(|url| Arc::new(RedisClient::new(url)));
+        let conversations = build_conversations(&config, redis.clone(), metrics.clone());
         Arc::new(AppState {
             config: Arc::new(config),
             client,
             models,
             metrics,
             conversations,
+            redis,
             started: Instant::now(),
             draining: AtomicBool::new(false),
             abort_streams: watch::channel(false).0,
@@ -142,14 +150,14 @@ impl AppState {
 }
 
 /// Memory store, or Redis with a memory fallback when `REDIS_URL` is set.
-fn build_conversations(config: &Config, metrics: Arc<Metrics>) -> Arc<Conversations> {
+fn build_conversations(
+    config: &Config,
+    redis: Option<Arc<RedisClient>>,
+    metrics: Arc<Metrics>,
+) -> Arc<Conversations> {
     let ttl = config.session_timeout;
     let memory = Arc::new(MemoryStore::new(ttl, config.conversations.max_sessions));
-    let redis = config
-        .redis_url
-        .as_ref()
-        .and_then(|u| RedisUrl::parse(u.expose()).ok())
-        .map(|url| Arc::new(RedisStore::new(RedisClient::new(url), ttl)));
+    let redis = redis.map(|client| Arc::new(RedisStore::new(client, ttl)));
     let (primary, fallback): (Arc<dyn SessionStore>, _) = match redis {
         Some(r) => (r, Some(memory)),
         None => (memory, None),

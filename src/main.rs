@@ -157,11 +157,6 @@ fn warn_about_exposure(config: &Config, bound: SocketAddr) {
             "API_KEYS is not set and the proxy listens on a non-loopback address: anyone who can reach it can use the Qwen account"
         );
     }
-    if config.redis_url.is_some() {
-        tracing::warn!(
-            "REDIS_URL is set, but this version keeps no shared state yet; it is not used"
-        );
-    }
 }
 
 fn print_banner(bound: SocketAddr, demo: bool) {

@@ -95,9 +95,10 @@ impl tower::Service<Request<Incoming>> for Router {
 
 async fn health(state: &AppState) -> Response<ProxyBody> {
     let upstream = state.upstream_health().await;
+    let store_degraded = !state.conversations.probe().await;
     let status = if state.is_draining() {
         "draining"
-    } else if upstream.reachable {
+    } else if upstream.reachable && !store_degraded {
         "ok"
     } else {
         "degraded"
@@ -106,9 +107,13 @@ async fn health(state: &AppState) -> Response<ProxyBody> {
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
-        "upstream": {
+                "upstream": {
             "reachable": upstream.reachable,
             "latency_ms": upstream.latency_ms,
+        },
+        "session_store": {
+            "backend": if state.conversations.has_shared_store() { "redis" } else { "memory" },
+            "status": if store_degraded { "degraded" } else { "ok" },
         },
     });
     let mut rsp = json_response(body.to_string().into_bytes());

@@ -46,7 +46,7 @@ use crate::layers::auth::AuthLayer;
 use crate::layers::concurrency::ConcurrencyLayer;
 use crate::layers::error_map::ErrorMapLayer;
 use crate::layers::metrics::MetricsLayer;
-use crate::layers::rate_limit::{MemoryStore, RateLimitLayer};
+use crate::layers::rate_limit::{LocalBuckets, RateLimitLayer, RateLimitStore, RedisBuckets};
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::retry::{RetryLayer, RetryPolicy};
 use crate::layers::trace::TraceLayer;
@@ -126,8 +126,16 @@ pub fn chat_stack(state: &Arc<AppState>) -> ChatStack {
 pub fn build(state: Arc<AppState>) -> HttpService {
     let cfg = &state.config;
     let rate_limit = (cfg.rate_limit_rpm > 0).then(|| {
+        let store: Arc<dyn RateLimitStore> = match &state.redis {
+            Some(client) => Arc::new(RedisBuckets::new(
+                client.clone(),
+                cfg.rate_limit_rpm,
+                cfg.rate_limit_burst,
+            )),
+            None => Arc::new(LocalBuckets::new(cfg.rate_limit_rpm, cfg.rate_limit_burst)),
+        };
         RateLimitLayer::new(
-            Arc::new(MemoryStore::new(cfg.rate_limit_rpm, cfg.rate_limit_burst)),
+            store,
             cfg.trust_proxy,
             !cfg.api_keys.is_empty(),
             state.metrics.clone(),

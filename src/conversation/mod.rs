@@ -332,6 +332,12 @@ impl Conversations {
         }
     }
 
+    /// Ask the store whether it answers (updates the degraded state; for `/health`).
+    pub async fn probe(&self) -> bool {
+        self.has_shared_store() && with_store!(self, |s| s.sweep()).is_ok() && !self.is_degraded()
+            || !self.has_shared_store()
+    }
+
     /// Expire sessions; returns the live count when known (for the gauge).
     pub async fn sweep(&self) -> Option<usize> {
         if let Some(f) = &self.fallback {

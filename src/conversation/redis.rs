@@ -233,7 +233,7 @@ fn now_ms() -> u64 {
 /// Sessions, locks and chat last-use times in Redis.
 #[derive(Debug)]
 pub struct RedisStore {
-    client: RedisClient,
+    client: std::sync::Arc<RedisClient>,
     ttl: Duration,
 }
 
@@ -243,12 +243,8 @@ const TAKE_IDLE: &str =
     if #c > 0 then redis.call('zrem', KEYS[1], unpack(c)) end return c";
 
 impl RedisStore {
-    pub fn new(client: RedisClient, ttl: Duration) -> Self {
+    pub fn new(client: std::sync::Arc<RedisClient>, ttl: Duration) -> Self {
         Self { client, ttl }
-    }
-
-    pub fn client(&self) -> &RedisClient {
-        &self.client
     }
 
     async fn touch_chat(&self, chat_id: &str) -> Result<(), StoreError> {

@@ -11,9 +11,8 @@
 //! the client sent, so they must not be trusted).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,6 +22,8 @@ use hyper::{Request, Response};
 use tokio::time::Instant;
 
 use crate::body::ProxyBody;
+use crate::conversation::redis::{RedisClient, Reply, RATE_LIMIT_SCRIPT};
+use crate::conversation::store::BoxFuture;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::server::PeerAddr;
@@ -38,11 +39,14 @@ pub struct RateDecision {
 }
 
 pub trait RateLimitStore: Send + Sync + 'static {
-    fn acquire(&self, key: &str, now: Instant) -> RateDecision;
+    /// Take one token for `key`. Never fails: a shared backend that cannot answer falls
+    /// back to local buckets (limits then hold per instance).
+    fn acquire<'a>(&'a self, key: &'a str) -> BoxFuture<'a, RateDecision>;
 }
 
+/// In-process token buckets.
 #[derive(Debug)]
-pub struct MemoryStore {
+pub struct LocalBuckets {
     per_sec: f64,
     burst: f64,
     buckets: Mutex<HashMap<String, Bucket>>,
@@ -57,7 +61,7 @@ struct Bucket {
 /// Above this many buckets, full (idle) ones are dropped on the next acquire.
 const SWEEP_THRESHOLD: usize = 10_000;
 
-impl MemoryStore {
+impl LocalBuckets {
     pub fn new(per_minute: u32, burst: u32) -> Self {
         Self {
             per_sec: f64::from(per_minute) / 60.0,
@@ -65,10 +69,9 @@ impl MemoryStore {
             buckets: Mutex::new(HashMap::new()),
         }
     }
-}
 
-impl RateLimitStore for MemoryStore {
-    fn acquire(&self, key: &str, now: Instant) -> RateDecision {
+    /// Take a token at `now` (explicit for tests with paused time).
+    pub fn acquire_at(&self, key: &str, now: Instant) -> RateDecision {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() > SWEEP_THRESHOLD {
             let (per_sec, burst) = (self.per_sec, self.burst);
@@ -87,17 +90,100 @@ impl RateLimitStore for MemoryStore {
         if allowed {
             b.tokens -= 1.0;
         }
-        let reset_secs = if allowed {
-            (self.burst - b.tokens) / self.per_sec
-        } else {
-            (1.0 - b.tokens) / self.per_sec
-        };
-        RateDecision {
-            allowed,
-            limit: self.burst as u32,
-            remaining: b.tokens.floor().max(0.0) as u32,
-            reset_after: Duration::from_secs_f64(reset_secs.max(0.0)),
+        decision(allowed, b.tokens, self.per_sec, self.burst)
+    }
+}
+
+fn decision(allowed: bool, tokens: f64, per_sec: f64, burst: f64) -> RateDecision {
+    let reset_secs = if allowed {
+        (burst - tokens) / per_sec
+    } else {
+        (1.0 - tokens) / per_sec
+    };
+    RateDecision {
+        allowed,
+        limit: burst as u32,
+        remaining: tokens.floor().max(0.0) as u32,
+        reset_after: Duration::from_secs_f64(reset_secs.max(0.0)),
+    }
+}
+
+impl RateLimitStore for LocalBuckets {
+    fn acquire<'a>(&'a self, key: &'a str) -> BoxFuture<'a, RateDecision> {
+        Box::pin(std::future::ready(self.acquire_at(key, Instant::now())))
+    }
+}
+
+/// Buckets in Redis, shared by every instance (one atomic Lua script per request).
+pub struct RedisBuckets {
+    client: Arc<RedisClient>,
+    per_minute: u32,
+    burst: u32,
+    local: LocalBuckets,
+    degraded: AtomicBool,
+}
+
+impl RedisBuckets {
+    pub fn new(client: Arc<RedisClient>, per_minute: u32, burst: u32) -> Self {
+        Self {
+            client,
+            per_minute,
+            burst,
+            local: LocalBuckets::new(per_minute, burst),
+            degraded: AtomicBool::new(false),
         }
+    }
+}
+
+impl RateLimitStore for RedisBuckets {
+    fn acquire<'a>(&'a self, key: &'a str) -> BoxFuture<'a, RateDecision> {
+        Box::pin(async move {
+            let k = format!("qp:rl:{key}");
+            let rate = (f64::from(self.per_minute) / 60.0).to_string();
+            let burst = self.burst.max(1).to_string();
+            let reply = self
+                .client
+                .cmd(&[
+                    b"EVAL",
+                    RATE_LIMIT_SCRIPT.as_bytes(),
+                    b"1",
+                    k.as_bytes(),
+                    rate.as_bytes(),
+                    burst.as_bytes(),
+                ])
+                .await;
+            let parsed = match reply {
+                Ok(Reply::Array(Some(items))) => match items.as_slice() {
+                    [Reply::Int(allowed), Reply::Bulk(Some(tokens))] => std::str::from_utf8(tokens)
+                        .ok()
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .map(|t| (*allowed == 1, t)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match parsed {
+                Some((allowed, tokens)) => {
+                    if self.degraded.swap(false, Ordering::Relaxed) {
+                        tracing::info!("rate limiting is shared through Redis again");
+                    }
+                    decision(
+                        allowed,
+                        tokens,
+                        f64::from(self.per_minute) / 60.0,
+                        f64::from(self.burst.max(1)),
+                    )
+                }
+                None => {
+                    if !self.degraded.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "Redis unavailable for rate limiting; limits now hold per instance"
+                        );
+                    }
+                    self.local.acquire_at(key, Instant::now())
+                }
+            }
+        })
     }
 }
 
@@ -209,12 +295,16 @@ fn headers_for(d: &RateDecision, h: &mut HeaderMap) {
 
 impl<S, B> tower::Service<Request<B>> for RateLimit<S>
 where
-    S: tower::Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>,
-    S::Future: Unpin,
+    S: tower::Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = BoxFuture<'static, Result<Response<ProxyBody>, ProxyError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -222,49 +312,27 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if !req.uri().path().starts_with("/v1/") {
-            return ResponseFuture::Inner(self.inner.call(req), None);
+            return Box::pin(self.inner.call(req));
         }
-        let d = self.layer.store.acquire(&self.key(&req), Instant::now());
-        if d.allowed {
-            return ResponseFuture::Inner(self.inner.call(req), Some(d));
-        }
-        self.layer.metrics.rate_limited.inc();
-        let mut rsp = ProxyError::RateLimited {
-            retry_after_secs: d.reset_after.as_secs_f64().ceil().max(1.0) as u64,
-        }
-        .into_response();
-        headers_for(&d, rsp.headers_mut());
-        ResponseFuture::Rejected(Some(rsp))
-    }
-}
-
-pub enum ResponseFuture<F> {
-    Inner(F, Option<RateDecision>),
-    Rejected(Option<Response<ProxyBody>>),
-}
-
-impl<F> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ProxyBody>, ProxyError>> + Unpin,
-{
-    type Output = Result<Response<ProxyBody>, ProxyError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            ResponseFuture::Inner(f, d) => {
-                let result = std::task::ready!(Pin::new(f).poll(cx));
-                Poll::Ready(result.map(|mut rsp| {
-                    if let Some(d) = d {
-                        headers_for(d, rsp.headers_mut());
-                    }
-                    rsp
-                }))
+        let key = self.key(&req);
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let d = layer.store.acquire(&key).await;
+            if !d.allowed {
+                layer.metrics.rate_limited.inc();
+                let mut rsp = ProxyError::RateLimited {
+                    retry_after_secs: d.reset_after.as_secs_f64().ceil().max(1.0) as u64,
+                }
+                .into_response();
+                headers_for(&d, rsp.headers_mut());
+                return Ok(rsp);
             }
-            ResponseFuture::Rejected(r) => match r.take() {
-                Some(rsp) => Poll::Ready(Ok(rsp)),
-                None => Poll::Pending,
-            },
-        }
+            let mut rsp = inner.call(req).await?;
+            headers_for(&d, rsp.headers_mut());
+            Ok(rsp)
+        })
     }
 }
 
@@ -276,16 +344,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bucket_refills_over_time() {
-        let s = MemoryStore::new(60, 2); // 1 token/s, burst 2
+        let s = LocalBuckets::new(60, 2); // 1 token/s, burst 2
         let t = Instant::now();
-        assert!(s.acquire("a", t).allowed);
-        assert!(s.acquire("a", t).allowed);
-        let denied = s.acquire("a", t);
+        assert!(s.acquire_at("a", t).allowed);
+        assert!(s.acquire_at("a", t).allowed);
+        let denied = s.acquire_at("a", t);
         assert!(!denied.allowed);
         assert_eq!(denied.reset_after, Duration::from_secs(1));
-        assert!(s.acquire("b", t).allowed, "buckets are per key");
-        assert!(s.acquire("a", t + Duration::from_millis(1000)).allowed);
-        assert!(!s.acquire("a", t + Duration::from_millis(1500)).allowed);
+        assert!(s.acquire_at("b", t).allowed, "buckets are per key");
+        assert!(s.acquire_at("a", t + Duration::from_millis(1000)).allowed);
+        assert!(!s.acquire_at("a", t + Duration::from_millis(1500)).allowed);
     }
 
     fn svc(
@@ -293,7 +361,7 @@ mod tests {
     ) -> impl tower::Service<Request<()>, Response = Response<ProxyBody>, Error = ProxyError> + Clone
     {
         let layer = RateLimitLayer::new(
-            Arc::new(MemoryStore::new(60, 1)),
+            Arc::new(LocalBuckets::new(60, 1)),
             trust_proxy,
             false,
             Metrics::new(),

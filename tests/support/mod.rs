@@ -30,6 +30,122 @@ pub struct Harness {
     pub client: Client<HttpConnector, Full<Bytes>>,
 }
 
+/// A proxy (the real `App`) on an ephemeral port.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub state: std::sync::Arc<qwen_proxy::AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub async fn start(sim_url: &str, env: &[(&str, &str)]) -> Self {
+        let mut vars: HashMap<String, String> = HashMap::new();
+        vars.insert("QWEN_BASE_URL".into(), sim_url.to_owned());
+        vars.insert("QWEN_COOKIES".into(), "token=test-token; other=1".into());
+        // Real backoff shape, short delays: tests stay fast.
+        vars.insert("RETRY_INITIAL_DELAY".into(), "10".into());
+        vars.insert("RETRY_MAX_DELAY".into(), "40".into());
+        for (k, v) in env {
+            vars.insert((*k).into(), (*v).into());
+        }
+        let config = Config::from_source(&vars, false).expect("valid test config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = App::new(config);
+        let state = app.state.clone();
+        let served = tokio::spawn(app.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Proxy {
+            addr,
+            state,
+            stop: Some(stop),
+            served: Some(served),
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A real `redis-server` on a free loopback port, killed on drop.
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = RedisServer { child: None, port };
+        r.spawn().await;
+        r
+    }
+
+    async fn spawn(&mut self) {
+        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = std::process::Command::new(&bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("`{bin}` is required (Debian package redis-server; scripts/test.sh installs it): {e}"));
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").await.is_ok()
+                    && s.read_exact(&mut buf).await.is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -155,32 +271,20 @@ impl Harness {
         let sim = Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), sim_config)
             .await
             .expect("simulator starts");
-        let mut vars: HashMap<String, String> = HashMap::new();
-        vars.insert("QWEN_BASE_URL".into(), sim.base_url());
-        vars.insert("QWEN_COOKIES".into(), "token=test-token; other=1".into());
-        // Real backoff shape, short delays: tests stay fast.
-        vars.insert("RETRY_INITIAL_DELAY".into(), "10".into());
-        vars.insert("RETRY_MAX_DELAY".into(), "40".into());
-        for (k, v) in env {
-            vars.insert((*k).into(), (*v).into());
-        }
-        let config = Config::from_source(&vars, false).expect("valid test config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let app = App::new(config);
-        let state = app.state.clone();
-        let served = tokio::spawn(app.serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let mut proxy = Proxy::start(&sim.base_url(), env).await;
         Harness {
             sim,
-            addr,
-            state,
-            stop: Some(stop),
-            served: Some(served),
+            addr: proxy.addr,
+            state: proxy.state.clone(),
+            stop: proxy.stop.take(),
+            served: proxy.served.take(),
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// Another proxy instance on the same simulator.
+    pub async fn another_proxy(&self, env: &[(&str, &str)]) -> Proxy {
+        Proxy::start(&self.sim.base_url(), env).await
     }
 
     /// Send the shutdown signal (as SIGTERM would).
@@ -238,6 +342,22 @@ impl Harness {
             b = b.header(*k, *v);
         }
         Self::read(self.send(b.body(Full::new(body.into())).unwrap()).await).await
+    }
+
+    /// A chat request to another proxy instance.
+    pub async fn chat_at(&self, addr: SocketAddr, body: Value) -> Reply {
+        let req = Request::post(format!("http://{addr}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        Self::read(self.send(req).await).await
+    }
+
+    pub async fn get_at(&self, addr: SocketAddr, path: &str) -> Reply {
+        let req = Request::get(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        Self::read(self.send(req).await).await
     }
 
     pub async fn chat(&self, body: Value) -> Reply {

@@ -1,0 +1,167 @@
+//! Several proxy instances sharing a real `redis-server` (started on a free port): one
+//! conversation continues across instances, locks and rate limits hold across them, and a
+//! Redis outage degrades to local state and recovers by itself.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{expected_answer, Harness, RedisServer};
+
+use qwen_proxy::sim::SimConfig;
+
+const MODEL: &str = "qwen3.7-plus";
+
+fn user(text: &str) -> Value {
+    json!({"role": "user", "content": text})
+}
+
+fn assistant(text: &str) -> Value {
+    json!({"role": "assistant", "content": text})
+}
+
+fn sim() -> SimConfig {
+    SimConfig {
+        linger: Duration::from_millis(20),
+        ..SimConfig::default()
+    }
+}
+
+async fn answer(h: &Harness, addr: std::net::SocketAddr, messages: &[Value]) -> String {
+    let r = h
+        .chat_at(addr, json!({"model": MODEL, "messages": messages}))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_conversation_continues_across_instances() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let h = Harness::start_with(&[("REDIS_URL", &url)], sim()).await;
+    let b = h.another_proxy(&[("REDIS_URL", &url)]).await;
+    let instances = [h.addr, b.addr];
+    let mut messages = Vec::new();
+    for k in 0..4 {
+        let q = format!("turn {k}");
+        messages.push(user(&q));
+        let a = answer(&h, instances[k % 2], &messages).await;
+        assert_eq!(a, expected_answer(&q));
+        messages.push(assistant(&a));
+    }
+    let stats = h.sim_stats().await;
+    assert_eq!(stats["chats_created"], 1, "{stats}");
+    let health = h.get_at(b.addr, "/health").await.json();
+    assert_eq!(
+        health["session_store"],
+        json!({"backend": "redis", "status": "ok"})
+    );
+}
+
+#[tokio::test]
+async fn locks_and_rate_limits_hold_across_instances() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let h = Harness::start_with(&[("REDIS_URL", &url)], sim()).await;
+    let b = h.another_proxy(&[("REDIS_URL", &url)]).await;
+    let a1 = answer(&h, h.addr, &[user("one")]).await;
+    let history = vec![user("one"), assistant(&a1), user("two @@sim:delay=5")];
+    let runs = (0..4).map(|i| {
+        let addr = if i % 2 == 0 { h.addr } else { b.addr };
+        let h = &h;
+        let history = history.clone();
+        async move { answer(h, addr, &history).await }
+    });
+    for a in futures::future::join_all(runs).await {
+        assert_eq!(a, expected_answer("two"));
+    }
+    assert_eq!(
+        h.sim_stats().await["chats_created"],
+        1,
+        "serialised on one chat across instances"
+    );
+
+    let limited = [
+        ("REDIS_URL", url.as_str()),
+        ("RATE_LIMIT_RPM", "60"),
+        ("RATE_LIMIT_BURST", "2"),
+    ];
+    let p = h.another_proxy(&limited).await;
+    let q = h.another_proxy(&limited).await;
+    let body = json!({"model": MODEL, "messages": [user("x")]});
+    assert_eq!(h.chat_at(p.addr, body.clone()).await.status, 200);
+    assert_eq!(h.chat_at(q.addr, body.clone()).await.status, 200);
+    let third = h.chat_at(p.addr, body).await;
+    assert_eq!(third.status, 429, "the bucket is shared");
+    assert_eq!(third.headers["x-ratelimit-limit"], "2");
+}
+
+#[tokio::test]
+async fn redis_outage_degrades_then_recovers() {
+    let mut redis = RedisServer::start().await;
+    let url = redis.url();
+    let h = Harness::start_with(&[("REDIS_URL", &url)], sim()).await;
+    let a1 = answer(&h, h.addr, &[user("one")]).await;
+    redis.stop();
+    // Requests keep working (local state), the degradation is visible.
+    let a2 = answer(&h, h.addr, &[user("one"), assistant(&a1), user("two")]).await;
+    assert_eq!(a2, expected_answer("two"));
+    let health = h.get("/health").await.json();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["session_store"]["status"], "degraded");
+    let metrics = String::from_utf8(h.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(metrics.contains("session_store_up 0"), "{metrics}");
+    // Redis comes back: so does the shared store, by itself.
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = h.get("/health").await.json();
+        if health["session_store"]["status"] == "ok" {
+            assert_eq!(health["status"], "ok");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "store did not recover: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = String::from_utf8(h.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(metrics.contains("session_store_up 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn expired_sessions_chats_are_deleted_upstream() {
+    for redis in [true, false] {
+        let server = RedisServer::start().await;
+        let url = server.url();
+        let mut env = vec![
+            ("SESSION_TIMEOUT", "150"),
+            ("SESSION_CLEANUP_INTERVAL", "50"),
+            ("CHAT_CLEANUP", "delete"),
+        ];
+        if redis {
+            env.push(("REDIS_URL", &url));
+        }
+        let h = Harness::start_with(&env, sim()).await;
+        answer(&h, h.addr, &[user("one")]).await;
+        assert_eq!(h.sim_stats().await["chats"].as_object().unwrap().len(), 1);
+        let stats = h
+            .wait_for_stats(|s| s["chats"].as_object().is_some_and(|c| c.is_empty()))
+            .await;
+        assert!(
+            stats["chats"].as_object().unwrap().is_empty(),
+            "redis={redis}: {stats}"
+        );
+        let metrics = String::from_utf8(h.get("/metrics").await.body.to_vec()).unwrap();
+        assert!(
+            metrics.contains("upstream_chats_deleted_total{outcome=\"deleted\"} 1"),
+            "{metrics}"
+        );
+    }
+}
