@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
@@ -143,7 +144,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         };
         let bound = listener.local_addr().unwrap_or(addr);
         warn_about_exposure(&config, bound);
-        print_banner(bound, a.demo);
+        print_banner(bound, _sim.as_ref().map(Simulator::base_url));
         tracing::info!(%bound, demo = a.demo, upstream = %config.upstream.base_url, "qwen-proxy listening");
         App::new(config).serve(listener, shutdown_signal()).await;
         ExitCode::SUCCESS
@@ -159,7 +160,8 @@ fn warn_about_exposure(config: &Config, bound: SocketAddr) {
     }
 }
 
-fn print_banner(bound: SocketAddr, demo: bool) {
+/// `sim`: the demo simulator's URL, when in demo mode.
+fn print_banner(bound: SocketAddr, sim: Option<String>) {
     let host = match bound.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
         IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
@@ -167,12 +169,13 @@ fn print_banner(bound: SocketAddr, demo: bool) {
         ip => ip.to_string(),
     };
     let base = format!("http://{host}:{}", bound.port());
-    let mode = if demo {
-        " (demo mode: answers come from the built-in Qwen simulator)"
-    } else {
-        ""
+    let mode = match &sim {
+        Some(url) => format!(
+            " (demo mode: answers come from the built-in Qwen simulator at {url}; its counters: {url}/__sim/stats)"
+        ),
+        None => String::new(),
     };
-    println!(
+    let banner = format!(
         "qwen-proxy {} listening on {base}{mode}
 
 Try it with curl:
@@ -188,6 +191,11 @@ Or with the OpenAI Python SDK (pip install openai):
 ",
         env!("CARGO_PKG_VERSION")
     );
+    // A closed stdout (piped into `head`, a supervisor that went away) must not kill the
+    // server: ignore write errors instead of panicking like `println!`.
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(banner.as_bytes());
+    let _ = out.flush();
 }
 
 fn sim(a: SimArgs) -> ExitCode {
@@ -209,7 +217,10 @@ fn sim(a: SimArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        println!("qwen-proxy sim listening on {}", sim.base_url());
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "qwen-proxy sim listening on {}", sim.base_url());
+        let _ = out.flush();
+        drop(out);
         shutdown_signal().await;
         sim.shutdown().await;
         ExitCode::SUCCESS

@@ -4,102 +4,18 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use serde_json::json;
-use support::{expected_answer, parse_sse, summarize, Harness};
-
-struct Nginx {
-    child: Child,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn nginx_binary() -> String {
-    std::env::var("NGINX").unwrap_or_else(|_| {
-        ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
-            .iter()
-            .find(|p| Path::new(p).exists())
-            .map_or_else(|| "nginx".to_owned(), |p| (*p).to_owned())
-    })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_nginx(proxy: std::net::SocketAddr) -> Nginx {
-    let site =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx.conf"))
-            .unwrap();
-    assert!(
-        site.contains("server 127.0.0.1:3000;") && site.contains("listen 8080;"),
-        "template markers"
-    );
-    // nginx must bind the port itself; retry on the rare collision.
-    for _ in 0..5 {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("qwen-nginx-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let site = site
-            .replace("server 127.0.0.1:3000;", &format!("server {proxy};"))
-            .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"));
-        std::fs::write(dir.join("qwen-proxy.conf"), site).unwrap();
-        let d = dir.display();
-        let main = format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  include {d}/qwen-proxy.conf;\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), main).unwrap();
-        let child = Command::new(nginx_binary())
-            .args(["-p", &dir.to_string_lossy(), "-c", &dir.join("nginx.conf").to_string_lossy(), "-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("nginx is required (Debian package nginx-light; scripts/test.sh installs it): {e}"));
-        let mut nginx = Nginx { child, dir, port };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = nginx.child.try_wait() {
-                break; // exited: probably the port was taken; try another
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return nginx;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
-        eprintln!("nginx did not come up on {port}: {log}");
-        nginx.port = 0;
-    }
-    panic!("nginx could not be started");
-}
+use support::{expected_answer, parse_sse, start_nginx, summarize, Harness};
 
 #[tokio::test]
 async fn chunks_stream_incrementally_through_nginx() {
     let h = Harness::start().await;
-    let nginx = start_nginx(h.addr).await;
+    let nginx = start_nginx(&[h.addr]).await;
     let body = json!({"model": "qwen3.7-plus", "stream": true,
                       "messages": [{"role": "user", "content": "through nginx @@sim:stall=1500"}]});
     let req = Request::post(format!(
@@ -153,7 +69,7 @@ async fn trust_proxy_uses_the_address_nginx_saw() {
         Default::default(),
     )
     .await;
-    let nginx = start_nginx(h.addr).await;
+    let nginx = start_nginx(&[h.addr]).await;
     let send = |xff: &'static str| {
         let body = json!({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "x"}]});
         Request::post(format!(

@@ -11,7 +11,8 @@ BIN = os.environ.get("QWEN_PROXY_BIN", os.path.join(os.path.dirname(__file__), "
 
 
 @pytest.fixture(scope="session")
-def base_url():
+def demo():
+    """The running demo: {"base_url": proxy /v1 URL, "sim_url": the simulator's URL}."""
     proc = subprocess.Popen(
         [BIN, "--demo", "--port", "0", "--env-file", "/nonexistent"],
         stdout=subprocess.PIPE,
@@ -21,20 +22,26 @@ def base_url():
     )
     try:
         deadline = time.monotonic() + 30
-        url = None
+        url = sim = None
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
                 break
             m = re.search(r"listening on (http://[0-9.:]+)", line)
-            if m:
-                url = m.group(1)
+            s = re.search(r"simulator at (http://[0-9.:]+)", line)
+            if m and s:
+                url, sim = m.group(1), s.group(1)
                 break
-        assert url, "qwen-proxy --demo did not report its address"
-        yield url + "/v1"
+        assert url and sim, "qwen-proxy --demo did not report its addresses"
+        yield {"base_url": url + "/v1", "sim_url": sim}
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def base_url(demo):
+    return demo["base_url"]

@@ -1,0 +1,148 @@
+//! Two `qwen-proxy` processes sharing a real Redis behind a real nginx (round-robin), all
+//! on free loopback ports: a conversation alternating instances continues one upstream
+//! chat, and killing and restarting an instance mid-conversation loses nothing.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{expected_answer, free_port, start_nginx, Harness, RedisServer};
+
+use qwen_proxy::sim::SimConfig;
+
+/// A proxy process on a fixed port (so nginx's upstream list stays valid across restarts).
+struct Instance {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Instance {
+    fn start(port: u16, sim: &str, redis: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qwen-proxy"))
+            .args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--env-file",
+                "/nonexistent",
+            ])
+            .env("QWEN_BASE_URL", sim)
+            .env("QWEN_COOKIES", "token=cluster-token")
+            .env("REDIS_URL", redis)
+            .env("RETRY_INITIAL_DELAY", "10")
+            .env("RETRY_MAX_DELAY", "40")
+            .env("SHUTDOWN_GRACE", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("binary starts");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                out.read_line(&mut line).unwrap() > 0,
+                "proxy exited before listening"
+            );
+            if line.contains("listening on") {
+                break;
+            }
+        }
+        Instance {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn requests_served(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("http_requests_total{") && l.contains("/v1/chat/completions"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_survives_alternating_and_restarted_instances() {
+    let redis = RedisServer::start().await;
+    let sim_config = SimConfig {
+        linger: Duration::from_millis(20),
+        ..SimConfig::default()
+    };
+    // The harness provides the simulator and an HTTP client; its in-process proxy is unused.
+    let h = Harness::start_with(&[], sim_config).await;
+    let sim_url = h.sim.base_url();
+    let (p1, p2) = (free_port(), free_port());
+    let mut a = Instance::start(p1, &sim_url, &redis.url());
+    let mut b = Instance::start(p2, &sim_url, &redis.url());
+    let nginx = start_nginx(&[a.addr, b.addr]).await;
+    let through_nginx = SocketAddr::from(([127, 0, 0, 1], nginx.port));
+
+    let mut messages: Vec<Value> = vec![json!({"role": "system", "content": "You are terse."})];
+    for k in 0..8 {
+        if k == 4 {
+            // Mid-conversation: one instance dies and comes back on the same port.
+            b.kill();
+            b = Instance::start(p2, &sim_url, &redis.url());
+        }
+        let q = format!("message {k}");
+        messages.push(json!({"role": "user", "content": q}));
+        let r = h
+            .chat_at(
+                through_nginx,
+                json!({"model": "qwen3.7-plus", "messages": messages}),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            200,
+            "turn {k}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let answer = r.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(answer, expected_answer(&q));
+        messages.push(json!({"role": "assistant", "content": answer}));
+    }
+    let stats = h.sim_stats().await;
+    assert_eq!(
+        stats["chats_created"], 1,
+        "all eight turns continued one upstream chat: {stats}"
+    );
+    let turns = stats["chats"].as_object().unwrap().values().next().unwrap()["turns"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(turns.len(), 8);
+    for k in 1..8 {
+        assert_eq!(turns[k]["parent_id"], turns[k - 1]["response_id"]);
+    }
+    // Both instances served turns (nginx round-robin).
+    let served_a = requests_served(
+        &String::from_utf8(h.get_at(a.addr, "/metrics").await.body.to_vec()).unwrap(),
+    );
+    let served_b = requests_served(
+        &String::from_utf8(h.get_at(b.addr, "/metrics").await.body.to_vec()).unwrap(),
+    );
+    assert!(served_a > 0 && served_b > 0, "a={served_a} b={served_b}");
+}
