@@ -91,7 +91,7 @@ async fn conversation_survives_alternating_and_restarted_instances() {
     let h = Harness::start_with(&[], sim_config).await;
     let sim_url = h.sim.base_url();
     let (p1, p2) = (free_port(), free_port());
-    let mut a = Instance::start(p1, &sim_url, &redis.url());
+    let a = Instance::start(p1, &sim_url, &redis.url());
     let mut b = Instance::start(p2, &sim_url, &redis.url());
     let nginx = start_nginx(&[a.addr, b.addr]).await;
     let through_nginx = SocketAddr::from(([127, 0, 0, 1], nginx.port));
@@ -138,11 +138,9 @@ async fn conversation_survives_alternating_and_restarted_instances() {
         assert_eq!(turns[k]["parent_id"], turns[k - 1]["response_id"]);
     }
     // Both instances served turns (nginx round-robin).
-    let served_a = requests_served(
-        &String::from_utf8(h.get_at(a.addr, "/metrics").await.body.to_vec()).unwrap(),
-    );
-    let served_b = requests_served(
-        &String::from_utf8(h.get_at(b.addr, "/metrics").await.body.to_vec()).unwrap(),
-    );
+    let served_a =
+        requests_served(std::str::from_utf8(&h.get_at(a.addr, "/metrics").await.body).unwrap());
+    let served_b =
+        requests_served(std::str::from_utf8(&h.get_at(b.addr, "/metrics").await.body).unwrap());
     assert!(served_a > 0 && served_b > 0, "a={served_a} b={served_b}");
 }
