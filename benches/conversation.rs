@@ -1,0 +1,213 @@
+//! Conversation continuation vs a fresh chat per turn, measured end to end in-process:
+//! the real proxy stack against the simulator with `chats/new` latency 300 ms.
+//!
+//! * time to first token of turn 2 (streaming), continuation vs `CONVERSATION_MODE=stateless`;
+//! * upstream request bytes per turn over a 20-turn conversation, both ways.
+//!
+//! `cargo bench --bench conversation` runs the full measurement (30 conversations per mode);
+//! under `cargo test` (no `--bench` argument) it runs a quick smoke version.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use qwen_proxy::sim::{SimConfig, SimTiming, Simulator};
+use qwen_proxy::{App, Config};
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+const LINGER: Duration = Duration::from_millis(50);
+
+async fn start(mode: &str) -> (Simulator, SocketAddr) {
+    let sim = Simulator::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        SimConfig {
+            timing: SimTiming {
+                chat_latency: Duration::from_millis(300),
+                ttft: Duration::from_millis(20),
+                frame_delay: Duration::from_millis(2),
+                chunk_chars: 8,
+            },
+            linger: LINGER,
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .expect("simulator");
+    let vars: HashMap<String, String> = [
+        ("QWEN_BASE_URL", sim.base_url()),
+        ("QWEN_COOKIES", "token=bench".to_owned()),
+        ("CONVERSATION_MODE", mode.to_owned()),
+        ("LOG_LEVEL", "error".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let app = App::new(Config::from_source(&vars, false).expect("config"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(app.serve(listener, std::future::pending()));
+    (sim, addr)
+}
+
+/// One streamed turn: (time to the first content byte, full answer).
+async fn turn(client: &HttpClient, addr: SocketAddr, messages: &[Value]) -> (Duration, String) {
+    let body = json!({"model": "qwen3.7-plus", "stream": true, "messages": messages}).to_string();
+    let req = Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let start = Instant::now();
+    let rsp = client.request(req).await.expect("response");
+    assert_eq!(rsp.status(), 200);
+    let mut body = rsp.into_body();
+    let mut ttft = None;
+    let mut text = String::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.expect("frame").into_data() else {
+            continue;
+        };
+        for line in std::str::from_utf8(&data).expect("utf-8").lines() {
+            let Some(json) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            if json == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(json).expect("chunk");
+            if let Some(c) = v["choices"][0]["delta"]["content"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+            {
+                ttft.get_or_insert_with(|| start.elapsed());
+                text.push_str(c);
+            }
+        }
+    }
+    (ttft.expect("content arrived"), text)
+}
+
+async fn stats(client: &HttpClient, sim: &Simulator) -> Value {
+    let req = Request::get(format!("{}/__sim/stats", sim.base_url()))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let body = client
+        .request(req)
+        .await
+        .expect("stats")
+        .into_body()
+        .collect()
+        .await
+        .expect("body");
+    serde_json::from_slice(&body.to_bytes()).expect("json")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Turn-2 TTFT over `n` conversations.
+async fn turn2_ttft(mode: &str, n: usize) -> Vec<Duration> {
+    let (_sim, addr) = start(mode).await;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut messages =
+            vec![json!({"role": "user", "content": format!("conversation {i}, first question")})];
+        let (_, a1) = turn(&client, addr, &messages).await;
+        messages.push(json!({"role": "assistant", "content": a1}));
+        messages.push(json!({"role": "user", "content": "and a follow-up"}));
+        // A person reads before answering; the upstream's chat linger has passed by then.
+        tokio::time::sleep(LINGER * 2).await;
+        out.push(turn(&client, addr, &messages).await.0);
+    }
+    out.sort();
+    out
+}
+
+/// Upstream request bytes of each turn of one `turns`-turn conversation.
+async fn bytes_per_turn(mode: &str, turns: usize) -> Vec<u64> {
+    let (sim, addr) = start(mode).await;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut messages = vec![
+        json!({"role": "system", "content": "You are a helpful assistant. Answer briefly and precisely."}),
+    ];
+    for k in 0..turns {
+        messages.push(json!({"role": "user", "content": format!("Question {k}: please explain the next step of the plan in detail.")}));
+        let (_, a) = turn(&client, addr, &messages).await;
+        messages.push(json!({"role": "assistant", "content": a}));
+        tokio::time::sleep(LINGER * 2).await;
+    }
+    let s = stats(&client, &sim).await;
+    let chats: Vec<Vec<u64>> = s["chats"]
+        .as_object()
+        .expect("chats")
+        .values()
+        .map(|c| {
+            c["turns"]
+                .as_array()
+                .expect("turns")
+                .iter()
+                .map(|t| t["body_bytes"].as_u64().expect("bytes"))
+                .collect()
+        })
+        .collect();
+    match chats.as_slice() {
+        // Continuation: one chat, its turns in order.
+        [one] => one.clone(),
+        // A fresh chat per turn: listed unordered, but each request carries the whole history,
+        // so sizes grow turn by turn and sorting restores the order.
+        many => {
+            let mut sizes: Vec<u64> = many.iter().flatten().copied().collect();
+            sizes.sort_unstable();
+            sizes
+        }
+    }
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (n, turns) = if full { (30, 20) } else { (2, 3) };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let cont = turn2_ttft("continue", n).await;
+        let fresh = turn2_ttft("stateless", n).await;
+        println!("conversation benchmark ({} conversations per mode; chats/new latency 300 ms, TTFT 20 ms)", n);
+        println!("turn-2 time to first token      p50        p90        max");
+        for (name, v) in [("continuation", &cont), ("fresh chat per turn", &fresh)] {
+            println!(
+                "  {name:<28} {:>7.1} ms {:>7.1} ms {:>7.1} ms",
+                percentile(v, 0.5).as_secs_f64() * 1e3,
+                percentile(v, 0.9).as_secs_f64() * 1e3,
+                v[v.len() - 1].as_secs_f64() * 1e3
+            );
+        }
+        let c = bytes_per_turn("continue", turns).await;
+        let f = bytes_per_turn("stateless", turns).await;
+        println!("upstream request bytes per turn ({turns}-turn conversation)");
+        println!("  turn   continuation   fresh chat per turn");
+        for k in [0, turns / 4, turns / 2, turns - 1] {
+            println!("  {:>4}   {:>12}   {:>19}", k + 1, c[k], f[k]);
+        }
+        println!(
+            "  total  {:>12}   {:>19}",
+            c.iter().sum::<u64>(),
+            f.iter().sum::<u64>()
+        );
+        assert!(percentile(&cont, 0.5) < percentile(&fresh, 0.5), "continuation skips chats/new");
+    });
+}
