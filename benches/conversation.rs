@@ -200,7 +200,9 @@ fn main() {
         let f = bytes_per_turn("stateless", turns).await;
         println!("upstream request bytes per turn ({turns}-turn conversation)");
         println!("  turn   continuation   fresh chat per turn");
-        for k in [0, turns / 4, turns / 2, turns - 1] {
+        let mut rows = vec![0, turns / 4, turns / 2, turns - 1];
+        rows.dedup();
+        for k in rows {
             println!("  {:>4}   {:>12}   {:>19}", k + 1, c[k], f[k]);
         }
         println!(
@@ -208,6 +210,5 @@ fn main() {
             c.iter().sum::<u64>(),
             f.iter().sum::<u64>()
         );
-        assert!(percentile(&cont, 0.5) < percentile(&fresh, 0.5), "continuation skips chats/new");
     });
 }
