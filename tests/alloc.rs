@@ -1,0 +1,131 @@
+//! Heap allocations per upstream event in steady state, counted by a global allocator that
+//! counts only on the measuring thread. Budget: at most 2 per event (issue 5). Deterministic,
+//! so it is a test, not a benchmark.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use qwen_proxy::openai::encoder::ChunkEncoder;
+use qwen_proxy::sim::wire;
+use qwen_proxy::translate::limits::Limits;
+use qwen_proxy::translate::pipeline::{Pipeline, Progress};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn note() {
+    if COUNTING.with(Cell::get) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every method forwards to the system allocator unchanged; counting touches only a
+// const-initialised thread-local and an atomic, neither of which allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// `n` answer frames in the captured wire format, one `Bytes` per event (as TCP delivers
+/// them when each event is its own write).
+fn events(n: usize) -> Vec<Bytes> {
+    let mut out = vec![Bytes::from(wire::response_created("c", "u", "r", 0))];
+    let words = ["Hello", " wor", "ld, ", "通义", "千问 ", "and ", "more"];
+    for i in 0..n {
+        let usage = wire::Usage {
+            input: 1049,
+            output: i as u64 + 1,
+            reasoning: None,
+        };
+        out.push(Bytes::from(wire::delta(
+            "r",
+            "answer",
+            words[i % words.len()],
+            usage,
+            i,
+            1_780_000_000,
+        )));
+    }
+    out
+}
+
+/// Allocations per event while streaming `chunks` after a warm-up of `warm` chunks.
+fn allocations_per_event(chunks: &[Bytes], warm: usize, events_measured: usize) -> f64 {
+    let mut p = Pipeline::new(Limits::default(), 0);
+    let mut enc = ChunkEncoder::new("chatcmpl-x", 1, "qwen3.7-plus", false);
+    let mut sent = 0usize;
+    for c in &chunks[..warm] {
+        assert_eq!(p.feed(c.clone(), &mut enc), Ok(Progress::Continue));
+        sent += enc.take().map_or(0, |b| b.len());
+    }
+    COUNTING.with(|c| c.set(true));
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for c in &chunks[warm..] {
+        let progress = p.feed(c.clone(), &mut enc);
+        // The frame goes to the socket and is dropped, as hyper does.
+        sent += enc.take().map_or(0, |b| b.len());
+        assert_eq!(progress, Ok(Progress::Continue));
+    }
+    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    COUNTING.with(|c| c.set(false));
+    assert!(sent > 0);
+    (after - before) as f64 / events_measured as f64
+}
+
+#[test]
+fn the_counter_counts() {
+    COUNTING.with(|c| c.set(true));
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let v = std::hint::black_box(vec![1u8; 64]);
+    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    COUNTING.with(|c| c.set(false));
+    drop(v);
+    assert_eq!(after - before, 1);
+}
+
+#[test]
+fn at_most_two_allocations_per_event_in_steady_state() {
+    let chunks = events(10_000);
+    let per_event = allocations_per_event(&chunks, 1_000, chunks.len() - 1_000);
+    println!("allocations per upstream event (one event per chunk): {per_event:.3}");
+    assert!(per_event <= 2.0, "{per_event} allocations per event");
+
+    // Several events per chunk (a busy connection coalesces writes).
+    let joined: Vec<Bytes> = chunks
+        .chunks(8)
+        .map(|group| {
+            Bytes::from(
+                group
+                    .iter()
+                    .flat_map(|b| b.iter().copied())
+                    .collect::<Vec<u8>>(),
+            )
+        })
+        .collect();
+    let per_event = allocations_per_event(&joined, 100, (joined.len() - 100) * 8);
+    println!("allocations per upstream event (8 events per chunk): {per_event:.3}");
+    assert!(per_event <= 2.0, "{per_event} allocations per event");
+}
