@@ -140,6 +140,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Speak HTTP/2 only (prior knowledge on `http://`): many streams share a few
+    /// connections instead of one connection each.
+    pub http2_only: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -354,6 +357,7 @@ impl Config {
             connect_timeout: r.millis("UPSTREAM_CONNECT_TIMEOUT", 10_000, false),
             header_timeout: r.millis("UPSTREAM_HEADER_TIMEOUT", 120_000, false),
             idle_timeout: r.millis("UPSTREAM_IDLE_TIMEOUT", 180_000, false),
+            http2_only: r.bool("UPSTREAM_HTTP2", false),
         };
 
         let retry = RetryConfig {

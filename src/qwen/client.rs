@@ -61,6 +61,7 @@ impl QwenClient {
             // Shorter than typical upstream keep-alive, so we rarely reuse a dying socket.
             .pool_idle_timeout(Duration::from_secs(50))
             .pool_max_idle_per_host(256)
+            .http2_only(cfg.http2_only)
             .build(tls);
         QwenClient {
             inner: Arc::new(Inner {
