@@ -172,8 +172,9 @@ fn build_conversations(
         fallback,
         account,
         Settings {
-            // Longer than any stream should take; a crashed holder's lock expires by then.
-            lock_ttl: Duration::from_secs(600),
+            // Renewed every third of this while the turn runs; a crashed holder's lock
+            // expires within it.
+            lock_ttl: Duration::from_secs(30),
             queue_timeout: config.conversations.queue_timeout,
             queue_max: config.conversations.queue_max,
         },

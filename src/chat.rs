@@ -32,7 +32,7 @@ use crate::openai::response::{AssistantMessage, ChatCompletion, Choice};
 use crate::qwen::request::Turn;
 use crate::server::RequestStart;
 use crate::translate::aggregate;
-use crate::translate::body::{StreamEnd, TranslateBody, UpstreamStream};
+use crate::translate::body::{Settle, StreamEnd, TranslateBody, UpstreamStream};
 use crate::translate::limits::estimate_tokens;
 use crate::translate::limits::Limits;
 use crate::translate::mapping::Plan;
@@ -205,11 +205,12 @@ async fn respond(
                     ..
                 } => {
                     record_tokens(&m, &model_label, usage);
-                    remember(conv, chat, response, reply_key, take_lock(&slot));
+                    remember(conv, chat, response, reply_key, take_lock(&slot))
                 }
                 StreamEnd::Failed(e) => {
                     flag.store(true, Ordering::Relaxed);
                     report(&m, e);
+                    None
                 }
             });
         body.prime().await?;
@@ -235,13 +236,15 @@ async fn respond(
     record_tokens(&metrics, &model, usage);
     let response = stream.pipeline().response().clone();
     let reply_key = stream.pipeline_mut().take_reply_key();
-    remember(
+    if let Some(settle) = remember(
         state.conversations.clone(),
         chat_id.clone(),
         response,
         reply_key,
         take_lock(&lock_slot),
-    );
+    ) {
+        settle.await;
+    }
     let body = ChatCompletion {
         id: &id,
         object: "chat.completion",
@@ -269,26 +272,23 @@ fn take_lock(slot: &std::sync::Mutex<Option<ChatLock>>) -> Option<ChatLock> {
     slot.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
-/// Remember a completed turn, then release the chat lock. Runs inline when the store
-/// answers at once (memory), so the session exists before the client sees `[DONE]`;
-/// otherwise (Redis) it finishes in the background.
+/// Remember a completed turn, then release the chat lock. Streams await this before
+/// sending `[DONE]` and non-streaming responses before answering, so a client (or another
+/// instance) that sends the next turn at once finds it — even if this instance dies next.
 fn remember(
     conv: Arc<Conversations>,
     chat_id: String,
     response: ResponseRef,
     reply_key: Option<String>,
     lock: Option<ChatLock>,
-) {
+) -> Option<Settle> {
     let (Some(key), Some(parent_id)) = (reply_key, response.response_id) else {
-        return;
+        return None;
     };
-    let mut work = Box::pin(async move {
+    Some(Box::pin(async move {
         conv.remember(&key, Session { chat_id, parent_id }).await;
         drop(lock);
-    });
-    if futures::FutureExt::now_or_never(work.as_mut()).is_none() {
-        tokio::spawn(work);
-    }
+    }))
 }
 
 fn record_tokens(m: &Metrics, model: &str, u: Usage) {

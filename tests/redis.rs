@@ -165,3 +165,33 @@ async fn expired_sessions_chats_are_deleted_upstream() {
         );
     }
 }
+
+#[tokio::test]
+async fn redis_locks_are_owned_renewable_and_expire() {
+    use qwen_proxy::conversation::redis::{RedisClient, RedisStore, RedisUrl};
+    use qwen_proxy::conversation::store::SessionStore;
+    let redis = RedisServer::start().await;
+    let client = std::sync::Arc::new(RedisClient::new(RedisUrl::parse(&redis.url()).unwrap()));
+    let store = RedisStore::new(client, Duration::from_secs(60));
+    let ttl = Duration::from_millis(300);
+    assert!(store.try_lock("chat", "me", ttl).await.unwrap());
+    assert!(!store.try_lock("chat", "you", ttl).await.unwrap());
+    store.unlock("chat", "you").await.unwrap();
+    assert!(
+        !store.try_lock("chat", "you", ttl).await.unwrap(),
+        "only the owner releases"
+    );
+    // Renewal by the owner keeps it held past the first TTL.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(store.try_lock("chat", "me", ttl).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !store.try_lock("chat", "you", ttl).await.unwrap(),
+        "renewed"
+    );
+    // A holder that stops renewing (crashed) loses it when the TTL runs out.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(store.try_lock("chat", "you", ttl).await.unwrap());
+    store.unlock("chat", "you").await.unwrap();
+    assert!(store.try_lock("chat", "me", ttl).await.unwrap());
+}

@@ -181,8 +181,7 @@ impl Conversations {
 
     /// Decide where this request goes and what it sends.
     pub async fn prepare(&self, req: &ChatRequest, identity: &str, model: &str) -> Prepared {
-        let (mut kb, split) = self.history_key(req, identity, model);
-        let prefix_key = kb.finish();
+        let (prefix_key, split, reply_key) = self.keys(req, identity, model);
         let session = if split > 0 {
             with_store!(self, |s| s.get(&prefix_key)).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "session lookup failed");
@@ -191,38 +190,21 @@ impl Conversations {
         } else {
             None
         };
-        let tail = &req.messages[split..];
-        for m in tail.iter().filter(|m| m.role != Role::System) {
-            kb.message(m.role, m.name.as_deref(), &m.content);
-        }
-        match session {
-            Some(s) => {
-                self.metrics
-                    .conversation_turns
-                    .with_label_values(&["continued"])
-                    .inc();
-                Prepared {
-                    target: ChatTarget::Existing {
-                        chat_id: s.chat_id,
-                        parent_id: Some(s.parent_id),
-                    },
-                    content: fold_turns(tail),
-                    reply_key: kb,
-                    continued_from: Some(prefix_key),
-                }
-            }
-            None => {
-                self.metrics
-                    .conversation_turns
-                    .with_label_values(&["new"])
-                    .inc();
-                Prepared {
-                    target: ChatTarget::NewChat,
-                    content: fold(req),
-                    reply_key: kb,
-                    continued_from: None,
-                }
-            }
+        let Some(s) = session else {
+            return self.new_chat(req, reply_key, "new");
+        };
+        self.metrics
+            .conversation_turns
+            .with_label_values(&["continued"])
+            .inc();
+        Prepared {
+            target: ChatTarget::Existing {
+                chat_id: s.chat_id,
+                parent_id: Some(s.parent_id),
+            },
+            content: fold_turns(&req.messages[split..]),
+            reply_key,
+            continued_from: Some(prefix_key),
         }
     }
 
@@ -235,13 +217,11 @@ impl Conversations {
         model: &str,
         mode: &'static str,
     ) -> Prepared {
-        let (mut kb, split) = self.history_key(req, identity, model);
-        for m in req.messages[split..]
-            .iter()
-            .filter(|m| m.role != Role::System)
-        {
-            kb.message(m.role, m.name.as_deref(), &m.content);
-        }
+        let (_, _, reply_key) = self.keys(req, identity, model);
+        self.new_chat(req, reply_key, mode)
+    }
+
+    fn new_chat(&self, req: &ChatRequest, reply_key: KeyBuilder, mode: &'static str) -> Prepared {
         self.metrics
             .conversation_turns
             .with_label_values(&[mode])
@@ -249,9 +229,23 @@ impl Conversations {
         Prepared {
             target: ChatTarget::NewChat,
             content: fold(req),
-            reply_key: kb,
+            reply_key,
             continued_from: None,
         }
+    }
+
+    /// The key of the history up to the last assistant message, the index where the new
+    /// messages start, and the key builder after the new messages (where the reply goes).
+    fn keys(&self, req: &ChatRequest, identity: &str, model: &str) -> (Key, usize, KeyBuilder) {
+        let (mut kb, split) = self.history_key(req, identity, model);
+        let prefix_key = kb.finish();
+        for m in req.messages[split..]
+            .iter()
+            .filter(|m| m.role != Role::System)
+        {
+            kb.message(m.role, m.name.as_deref(), &m.content);
+        }
+        (prefix_key, split, kb)
     }
 
     /// Key of everything up to the last assistant message (system text first); returns the
@@ -318,15 +312,30 @@ impl Conversations {
             ))
             .unwrap_or(true); // no store at all: do not block the request
             if got {
+                // Keep the lock alive while the turn runs: a short TTL, renewed, means a
+                // crashed holder blocks the conversation only briefly.
+                let renew = {
+                    let (conv, chat_id, owner) = (self.clone(), chat_id.to_owned(), owner.clone());
+                    tokio::spawn(async move {
+                        let ttl = conv.settings.lock_ttl;
+                        loop {
+                            tokio::time::sleep(ttl / 3).await;
+                            let _ = with_store!(conv, |s| s.try_lock(&chat_id, &owner, ttl));
+                        }
+                    })
+                };
                 return Ok(ChatLock {
                     conv: self.clone(),
                     chat_id: chat_id.to_owned(),
                     owner,
+                    renew,
                 });
             }
             if Instant::now() + delay > deadline {
+                tracing::info!(chat_id, "gave up waiting for the conversation's chat lock");
                 return Err(ProxyError::ConversationBusy);
             }
+            tracing::debug!(chat_id, "waiting for the conversation's chat lock");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
         }
@@ -378,10 +387,12 @@ pub struct ChatLock {
     conv: Arc<Conversations>,
     chat_id: String,
     owner: String,
+    renew: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for ChatLock {
     fn drop(&mut self) {
+        self.renew.abort();
         let conv = self.conv.clone();
         let chat_id = std::mem::take(&mut self.chat_id);
         let owner = std::mem::take(&mut self.owner);

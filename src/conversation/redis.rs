@@ -237,6 +237,11 @@ pub struct RedisStore {
     ttl: Duration,
 }
 
+/// Take the lock if free, or extend it if `owner` already holds it (renewal).
+const LOCK: &str = "local v = redis.call('get', KEYS[1]) \
+    if v == false then return redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+    elseif v == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return redis.status_reply('OK') \
+    else return false end";
 const UNLOCK: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 const TAKE_IDLE: &str =
     "local c = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100) \
@@ -311,11 +316,11 @@ impl SessionStore for RedisStore {
             let r = self
                 .client
                 .cmd(&[
-                    b"SET",
+                    b"EVAL",
+                    LOCK.as_bytes(),
+                    b"1",
                     k.as_bytes(),
                     owner.as_bytes(),
-                    b"NX",
-                    b"PX",
                     ttl.as_bytes(),
                 ])
                 .await?;

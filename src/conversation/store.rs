@@ -40,7 +40,8 @@ pub trait SessionStore: Send + Sync + 'static {
         session: &'a Session,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Take the lock of `chat_id` for `owner` unless someone else holds it.
+    /// Take the lock of `chat_id` for `owner` unless someone else holds it; if `owner`
+    /// holds it already, extend it (renewal).
     fn try_lock<'a>(
         &'a self,
         chat_id: &'a str,

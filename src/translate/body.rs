@@ -132,7 +132,10 @@ pub enum StreamEnd<'a> {
     Failed(&'a ProxyError),
 }
 
-type EndHook = Box<dyn FnOnce(StreamEnd<'_>) + Send>;
+/// Work that must finish before the client sees the end of the stream (e.g. remembering
+/// the conversation, so a client that immediately sends the next turn finds it).
+pub type Settle = Pin<Box<dyn Future<Output = ()> + Send>>;
+type EndHook = Box<dyn FnOnce(StreamEnd<'_>) -> Option<Settle> + Send>;
 type AbortSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The streaming response body: OpenAI SSE chunks translated on the fly.
@@ -143,6 +146,9 @@ pub struct TranslateBody<B> {
     /// Resolves when the server gives up on open streams (end of the shutdown grace).
     abort: Option<AbortSignal>,
     on_end: Option<EndHook>,
+    /// Completed, waiting for `settling` before writing the final chunks and `[DONE]`.
+    pending_finish: Option<(FinishReason, Usage)>,
+    settling: Option<Settle>,
     done: bool,
 }
 
@@ -162,6 +168,8 @@ where
             keep_alive: keep_alive.map(|d| (Box::pin(tokio::time::sleep(d)), d)),
             abort: None,
             on_end: None,
+            pending_finish: None,
+            settling: None,
             done: false,
         }
     }
@@ -172,8 +180,12 @@ where
         self
     }
 
-    /// Called once when the stream completes or fails (not when the client drops it).
-    pub fn on_end(mut self, hook: impl FnOnce(StreamEnd<'_>) + Send + 'static) -> Self {
+    /// Called once when the stream completes or fails (not when the client drops it). A
+    /// returned future is awaited before the final chunks and `[DONE]` are sent.
+    pub fn on_end(
+        mut self,
+        hook: impl FnOnce(StreamEnd<'_>) -> Option<Settle> + Send + 'static,
+    ) -> Self {
         self.on_end = Some(Box::new(hook));
         self
     }
@@ -199,25 +211,34 @@ where
 
     fn finish(&mut self, reason: FinishReason) {
         let usage = self.stream.usage();
-        self.encoder.finish(reason, usage);
-        self.done = true;
+        self.pending_finish = Some((reason, usage));
         if let Some(hook) = self.on_end.take() {
             let response = self.stream.pipeline().response().clone();
             let reply_key = self.stream.pipeline_mut().take_reply_key();
-            hook(StreamEnd::Completed {
+            self.settling = hook(StreamEnd::Completed {
                 reason,
                 usage,
                 response,
                 reply_key,
             });
         }
+        if self.settling.is_none() {
+            self.write_finish();
+        }
+    }
+
+    fn write_finish(&mut self) {
+        if let Some((reason, usage)) = self.pending_finish.take() {
+            self.encoder.finish(reason, usage);
+        }
+        self.done = true;
     }
 
     fn fail(&mut self, e: ProxyError) {
         self.encoder.error(&e);
         self.done = true;
         if let Some(hook) = self.on_end.take() {
-            hook(StreamEnd::Failed(&e));
+            let _ = hook(StreamEnd::Failed(&e));
         }
     }
 
@@ -259,6 +280,12 @@ where
             if let Some(bytes) = this.encoder.take() {
                 this.rearm_keep_alive();
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            if let Some(settling) = &mut this.settling {
+                ready!(settling.as_mut().poll(cx));
+                this.settling = None;
+                this.write_finish();
+                continue;
             }
             if this.done {
                 return Poll::Ready(None);
