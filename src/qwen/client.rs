@@ -74,10 +74,6 @@ impl QwenClient {
         }
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.inner.base
-    }
-
     /// Count one upstream call by endpoint and outcome (`ok` or the error class).
     fn record<T>(&self, endpoint: &str, r: Result<T, ProxyError>) -> Result<T, ProxyError> {
         let outcome = match &r {

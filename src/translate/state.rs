@@ -86,10 +86,6 @@ impl Translator {
         &self.response
     }
 
-    pub fn emitted_content(&self) -> bool {
-        self.emitted_content
-    }
-
     pub fn emitted_anything(&self) -> bool {
         self.emitted_content || self.emitted_reasoning
     }
