@@ -16,6 +16,10 @@
 //!
 //! `scripts/bench-load.sh` runs it (release build, raised fd limit, pinning):
 //!     cargo bench --bench load -- [--n 1,100,1000,10000] [--ways direct,proxy,nginx]
+//!         [--open-rate R --frame-delay-ms D]
+//! By default all N streams start at once (a herd). `--open-rate R` starts R streams per
+//! second instead, and `--frame-delay-ms D` slows the simulator's frames, so N streams are
+//! open together without saturating the machine (open mode).
 //! Under `cargo test` (no `--bench`) it runs a quick correctness smoke test: all streams
 //! complete, zero errors, every answer equals the simulator's deterministic text.
 
@@ -97,7 +101,7 @@ async fn wait_port(port: u16) {
     }
 }
 
-async fn start_sim(port: u16) -> Proc {
+async fn start_sim(port: u16, frame_delay_ms: u64) -> Proc {
     let child = pinned("1", BIN)
         .args([
             "sim",
@@ -106,7 +110,7 @@ async fn start_sim(port: u16) -> Proc {
             "--ttft-ms",
             "50",
             "--delay-ms",
-            "5",
+            &frame_delay_ms.to_string(),
         ])
         .args([
             "--chunk-chars",
@@ -364,9 +368,15 @@ async fn one_stream(
     })
 }
 
+fn herd() -> String {
+    "herd".into()
+}
+
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 struct Row {
     way: String,
+    #[serde(default = "herd")]
+    mode: String,
     n: usize,
     ok: usize,
     errors: usize,
@@ -392,7 +402,13 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
 }
 
-async fn run_way(way: Way, n: usize, port: u16, work: &[u32]) -> Row {
+/// How streams are started: all at once (`herd`), or `open_rate` per second (`open`).
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    open_rate: f64,
+}
+
+async fn run_way(way: Way, n: usize, port: u16, work: &[u32], load: Load) -> Row {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: HttpClient = Client::builder(TokioExecutor::new())
@@ -421,9 +437,17 @@ async fn run_way(way: Way, n: usize, port: u16, work: &[u32]) -> Row {
     let start = Instant::now();
     let qwen = way != Way::Proxy;
     let tasks: Vec<_> = (0..n)
-        .map(|_| {
+        .map(|i| {
             let (client, open) = (client.clone(), open.clone());
-            tokio::spawn(async move { one_stream(&client, port, qwen, &open).await })
+            let at = if load.open_rate > 0.0 {
+                start + Duration::from_secs_f64(i as f64 / load.open_rate)
+            } else {
+                start
+            };
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                one_stream(&client, port, qwen, &open).await
+            })
         })
         .collect();
     let mut results = Vec::with_capacity(n);
@@ -437,6 +461,11 @@ async fn run_way(way: Way, n: usize, port: u16, work: &[u32]) -> Row {
     let want = expected_answer();
     let mut row = Row {
         way: way.name().into(),
+        mode: if load.open_rate > 0.0 {
+            format!("open {}/s", load.open_rate)
+        } else {
+            "herd".into()
+        },
         n,
         ..Row::default()
     };
@@ -475,7 +504,13 @@ async fn run_way(way: Way, n: usize, port: u16, work: &[u32]) -> Row {
     // All N streams are in flight at the peak of a herd, so the memory they cost is the
     // high-water mark over the resident size before the run, divided by N.
     let hwm = work.iter().map(|p| status_kib(*p, "VmHWM:")).sum::<u64>();
-    row.rss_per_open_stream_kib = hwm.saturating_sub(rss_base) as f64 / n.max(1) as f64;
+    // In open mode not all N are in flight at once: divide by the most that were.
+    let in_flight = if load.open_rate > 0.0 {
+        streams_at_peak
+    } else {
+        n
+    };
+    row.rss_per_open_stream_kib = hwm.saturating_sub(rss_base) as f64 / in_flight.max(1) as f64;
     row.max_open_streams = streams_at_peak;
     row
 }
@@ -557,6 +592,14 @@ fn arg(name: &str) -> Option<String> {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let charts_only = std::env::args().any(|a| a == "--charts-only");
+    let load = Load {
+        open_rate: arg("--open-rate")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+    };
+    let frame_delay_ms: u64 = arg("--frame-delay-ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let ns: Vec<usize> = arg("--n")
         .unwrap_or_else(|| {
             if full {
@@ -594,7 +637,7 @@ fn main() {
     } else {
         rt.block_on(async {
         let (sim_port, proxy_port, nginx_port) = (free_port(), free_port(), free_port());
-        let sim = start_sim(sim_port).await;
+        let sim = start_sim(sim_port, frame_delay_ms).await;
         let proxy = if ways.contains(&Way::Proxy) { Some(start_proxy(proxy_port, sim_port).await) } else { None };
         let nginx_dir = std::env::temp_dir().join(format!("qwen-load-nginx-{}", std::process::id()));
         let nginx = if ways.contains(&Way::Nginx) { start_nginx(nginx_port, sim_port, &nginx_dir).await } else { None };
@@ -616,7 +659,7 @@ fn main() {
                         }
                     },
                 };
-                let mut row = run_way(way, n, port, &work).await;
+                let mut row = run_way(way, n, port, &work, load).await;
                 if way == Way::Direct {
                     direct_p99 = Some(row.ttft_p99_ms);
                 }
@@ -647,10 +690,14 @@ fn main() {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|v| serde_json::from_value::<Row>(v).ok())
-            .filter(|old| !rows.iter().any(|r| r.way == old.way && r.n == old.n))
+            .filter(|old| {
+                !rows
+                    .iter()
+                    .any(|r| r.way == old.way && r.n == old.n && r.mode == old.mode)
+            })
             .collect();
         merged.extend(rows.iter().cloned());
-        merged.sort_by(|a, b| (a.n, &a.way).cmp(&(b.n, &b.way)));
+        merged.sort_by(|a, b| (&a.mode, a.n, &a.way).cmp(&(&b.mode, b.n, &b.way)));
         let rows = merged;
         let _ = std::fs::write(
             &path,
@@ -664,7 +711,7 @@ fn main() {
                         (
                             *w,
                             rows.iter()
-                                .filter(|r| r.way == *w && r.ok > 0)
+                                .filter(|r| r.way == *w && r.ok > 0 && r.mode == "herd")
                                 .map(|r| (r.n as f64, f(r)))
                                 .collect(),
                         )
