@@ -178,6 +178,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub sse_keepalive: Duration,
     pub shutdown_grace: Duration,
+    /// The whole request header block must arrive within this (slowloris protection).
+    pub header_read_timeout: Duration,
     /// Requests per minute per client; 0 disables the limiter.
     pub rate_limit_rpm: u32,
     pub rate_limit_burst: u32,
@@ -480,6 +482,7 @@ impl Config {
             max_body_bytes: r.parse("MAX_BODY_BYTES", 4 << 20, "a number of bytes"),
             sse_keepalive: r.millis("SSE_KEEPALIVE_INTERVAL", 15_000, false),
             shutdown_grace: r.millis("SHUTDOWN_GRACE", 30_000, true),
+            header_read_timeout: r.millis("HEADER_READ_TIMEOUT", 30_000, false),
         };
         if config.max_body_bytes < 1024 {
             r.errors

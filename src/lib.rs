@@ -54,15 +54,21 @@ impl App {
     /// in-band error event.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let grace = self.state.config.shutdown_grace;
+        let header_read_timeout = self.state.config.header_read_timeout;
         let (draining, aborting) = (self.state.clone(), self.state.clone());
         let housekeeping = self.state.spawn_housekeeping();
         let shutdown = async move {
             shutdown.await;
             draining.start_draining();
         };
-        server::serve(listener, self.service, shutdown, grace, move || {
-            aborting.abort_streams()
-        })
+        server::serve(
+            listener,
+            self.service,
+            shutdown,
+            grace,
+            move || aborting.abort_streams(),
+            header_read_timeout,
+        )
         .await;
         housekeeping.abort();
     }

@@ -38,6 +38,7 @@ pub async fn serve<S, B>(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
     grace_over: impl FnOnce(),
+    header_read_timeout: Duration,
 ) where
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -52,7 +53,7 @@ pub async fn serve<S, B>(
         .http1()
         .timer(TokioTimer::new())
         // Slowloris: the whole header block must arrive within this time.
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(header_read_timeout)
         .keep_alive(true)
         // Caps the header block (and read buffer); bodies are limited by the validate layer.
         .max_buf_size(64 * 1024)

@@ -326,3 +326,23 @@ async fn graceful_shutdown_drains_then_ends_streams_in_band() {
     // New connections are refused once the server stopped.
     assert!(tokio::net::TcpStream::connect(h.addr).await.is_err());
 }
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start_with(&[("HEADER_READ_TIMEOUT", "200")], Default::default()).await;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    // A slowloris client: the request line and one header, then nothing.
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let closed = matches!(read, Ok(Ok(_)) | Ok(Err(_)));
+    assert!(
+        closed,
+        "the server closes a connection whose headers do not arrive in time"
+    );
+    // A normal request still works.
+    assert_eq!(h.get("/health").await.status, 200);
+}

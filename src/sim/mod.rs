@@ -126,6 +126,7 @@ impl Simulator {
             },
             Duration::from_secs(1),
             || {},
+            Duration::from_secs(30),
         ));
         Simulator {
             addr,
