@@ -1,9 +1,10 @@
 //! qwen-proxy: an OpenAI-compatible API in front of the Qwen chat web service.
 //!
 //! Request flow (README "Architecture" maps it to files):
-//! `server` (accept loop) → `stack` (tower layers) → `router` → `chat` →
-//! `translate::mapping` (request) → `qwen::client` (upstream) → `translate::body`
-//! (`qwen::sse` decoder → `translate::state` translator → `openai::encoder`) → client.
+//! `server` (accept loop) → `stack` (tower layers) → `router` → chat stack (`layers::*`) →
+//! `chat` core → `translate::mapping` (model, features) + `conversation` (continue a chat or
+//! fold into a fresh one) → `qwen::client` (upstream) → `translate::body` (`qwen::sse`
+//! decoder → `translate::state` translator → `openai::encoder`) → client.
 
 #![forbid(unsafe_code)]
 
