@@ -35,6 +35,9 @@ SIM OPTIONS:
     --linger-ms N          How long a chat stays busy after a generation (default 300).
     --body-limit N         Anti-bot request body limit in bytes (default 131072).
     --gate LEVEL           Header strictness: none, 2026-06, 2026-09 (default), 2026-10.
+    --accounts FILE        Strict mode: only these accounts (`email password [quota]` per line)
+                           sign in; tokens expire; each account has a completion quota.
+    --token-ttl-secs N     Lifetime of tokens issued in strict mode (default 2592000 = 30 d).
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +116,8 @@ fn parse_sim(args: &[&str]) -> Result<SimArgs, String> {
         config: SimConfig::default(),
     };
     let mut it = args.iter().copied();
+    let mut accounts_file: Option<String> = None;
+    let mut token_ttl = std::time::Duration::from_secs(30 * 86_400);
     let num = |flag: &str, v: &str| -> Result<u64, String> {
         v.parse()
             .map_err(|_| format!("{flag} expects a whole number, got `{v}`"))
@@ -136,8 +141,18 @@ fn parse_sim(args: &[&str]) -> Result<SimArgs, String> {
             "--linger-ms" => out.config.linger = ms(num(a, value(a, &mut it)?)?),
             "--body-limit" => out.config.body_limit = num(a, value(a, &mut it)?)? as usize,
             "--gate" => out.config.gate = value(a, &mut it)?.parse::<Gate>()?,
+            "--accounts" => accounts_file = Some(value(a, &mut it)?.to_owned()),
+            "--token-ttl-secs" => {
+                token_ttl = std::time::Duration::from_secs(num(a, value(a, &mut it)?)?)
+            }
             other => return Err(format!("unknown argument `{other}` (see --help)")),
         }
+    }
+    if let Some(path) = accounts_file {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("--accounts {path}: {e}"))?;
+        let accounts = crate::sim::accounts::Accounts::parse(&text, token_ttl)
+            .map_err(|e| format!("--accounts {path}: {e}"))?;
+        out.config.accounts = Some(std::sync::Arc::new(accounts));
     }
     Ok(out)
 }

@@ -16,6 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::accounts::TokenError;
 use super::body::{ScriptBody, StreamGuard};
 use super::scenario::{self, Fault};
 use super::script::{self, Generation, Step};
@@ -139,6 +140,21 @@ fn now_secs() -> u64 {
 }
 
 impl SimService {
+    /// Who is calling: the token itself out of the box; the account id in strict mode
+    /// (`--accounts`), where unknown or expired tokens get the upstream's 401.
+    fn identity(&self, h: &HeaderMap) -> Result<String, Rsp> {
+        let Some(token) = auth_token(h).0 else {
+            return Err(unauthorized());
+        };
+        let Some(accounts) = &self.config.accounts else {
+            return Ok(token);
+        };
+        accounts.verify(&token).map_err(|e| match e {
+            TokenError::Expired => app_error(401, "Unauthorized", "Token has expired"),
+            TokenError::Invalid => app_error(401, "Unauthorized", "invalid token"),
+        })
+    }
+
     async fn route(&self, req: Request<Incoming>) -> Rsp {
         let path = req.uri().path().to_owned();
         match (req.method().clone(), path.as_str()) {
@@ -146,8 +162,8 @@ impl SimService {
             (Method::POST, "/api/v2/chat/completions") => self.completion(req).await,
             (Method::GET, "/api/models") => json_ok(catalogue()),
             (Method::GET, "/api/v2/models" | "/api/v2/models/") => {
-                if auth_token(req.headers()).0.is_none() {
-                    return unauthorized();
+                if let Err(rsp) = self.identity(req.headers()) {
+                    return rsp;
                 }
                 json_ok(
                     json!({"success": true, "request_id": uuid::Uuid::new_v4().to_string(), "data": catalogue()}),
@@ -155,11 +171,11 @@ impl SimService {
             }
             (Method::POST, "/api/v1/auths/signin") => self.signin(req).await,
             (Method::GET, "/api/v1/auths" | "/api/v1/auths/") => {
-                match auth_token(req.headers()).0 {
-                    Some(t) => json_ok(
+                match self.identity(req.headers()) {
+                    Ok(t) => json_ok(
                         json!({"id": account_id(&t), "email": "sim@example.com", "name": "sim", "role": "user"}),
                     ),
-                    None => respond(
+                    Err(_) => respond(
                         StatusCode::UNAUTHORIZED,
                         None,
                         "application/json",
@@ -169,7 +185,7 @@ impl SimService {
             }
             (Method::DELETE, p) if p.starts_with("/api/v2/chats/") => {
                 let id = p.trim_start_matches("/api/v2/chats/").trim_end_matches('/');
-                let token = auth_token(req.headers()).0.unwrap_or_default();
+                let token = self.identity(req.headers()).unwrap_or_default();
                 let mut chats = lock(&self.state.chats);
                 match chats.get(id) {
                     Some(c) if c.owner == token => {
@@ -223,8 +239,9 @@ impl SimService {
         let Some(_body) = self.read_body(body).await else {
             return punish();
         };
-        let Some(token) = auth_token(&parts.headers).0 else {
-            return unauthorized();
+        let token = match self.identity(&parts.headers) {
+            Ok(t) => t,
+            Err(rsp) => return rsp,
         };
         if !self.config.timing.chat_latency.is_zero() {
             tokio::time::sleep(self.config.timing.chat_latency).await;
@@ -268,6 +285,20 @@ impl SimService {
                 "application/json",
                 r#"{"detail":"incorrect"}"#,
             );
+        }
+        if let Some(accounts) = &self.config.accounts {
+            return match accounts.sign_in(email, password) {
+                Some((a, token)) => json_ok(
+                    json!({"id": a.id, "email": a.email, "name": a.email, "role": "user",
+                    "token": token, "token_type": "Bearer", "expires_at": now_secs() + 30 * 86_400}),
+                ),
+                None => respond(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    "application/json",
+                    r#"{"detail":"incorrect"}"#,
+                ),
+            };
         }
         let token = format!("sim-{}", account_id(email));
         json_ok(
@@ -320,13 +351,20 @@ impl SimService {
         let Some(body) = self.read_body(body).await else {
             return punish();
         };
-        let (token, cookie_present) = auth_token(&parts.headers);
+        let cookie_present = auth_token(&parts.headers).1;
         if let Some(rsp) = self.gate(&parts.headers, cookie_present) {
             return rsp;
         }
-        let Some(token) = token else {
-            return unauthorized();
+        let token = match self.identity(&parts.headers) {
+            Ok(t) => t,
+            Err(rsp) => return rsp,
         };
+        if let Some(accounts) = &self.config.accounts {
+            if !accounts.take_quota(&token) {
+                let body = wire::rate_limited_json(&uuid::Uuid::new_v4().to_string(), 4.0);
+                return respond(StatusCode::OK, None, "application/json", body);
+            }
+        }
         let Ok(v) = serde_json::from_slice::<Value>(&body) else {
             return app_error(
                 400,

@@ -4,6 +4,7 @@
 //! frames are written as captured (`wire.rs`); streams are poll-driven scripts
 //! (`script.rs`, `body.rs`); `handlers.rs` holds the endpoints and validation.
 
+pub mod accounts;
 pub mod answer;
 mod body;
 pub mod handlers;
@@ -82,6 +83,8 @@ pub struct SimConfig {
     /// The anti-bot body-size gate (128 KiB upstream).
     pub body_limit: usize,
     pub gate: Gate,
+    /// Strict mode: known accounts only, expiring tokens, per-account quota.
+    pub accounts: Option<Arc<accounts::Accounts>>,
 }
 
 impl Default for SimConfig {
@@ -91,6 +94,7 @@ impl Default for SimConfig {
             linger: Duration::from_millis(300),
             body_limit: 128 * 1024,
             gate: Gate::Y2026M09,
+            accounts: None,
         }
     }
 }

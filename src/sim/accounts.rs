@@ -1,0 +1,232 @@
+//! Strict mode of the simulator (`qwen-proxy sim --accounts FILE`): only known accounts sign
+//! in, tokens expire, and each account has a completion quota.
+//!
+//! The file has one account per line, `email password [quota]` (`#` comments allowed); the
+//! password is the plaintext, and sign-in expects its lowercase hex SHA-256 as the upstream
+//! does. Tokens look like the upstream's: a JWT (HS256-style, three base64url parts) whose
+//! payload is `{"id","last_password_change","exp"}`, so `qwen-proxy check` can read `exp`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: String,
+    pub email: String,
+    password_sha256: String,
+    /// Completions allowed before `RateLimited`; `None` = unlimited.
+    pub quota: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct Accounts {
+    by_email: HashMap<String, Account>,
+    token_ttl: Duration,
+    secret: String,
+    used: Mutex<HashMap<String, u32>>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    Invalid,
+    Expired,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(data.len() * 4 / 3 + 4);
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn b64url_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Accounts {
+    /// Parse the accounts file text.
+    pub fn parse(text: &str, token_ttl: Duration) -> Result<Self, String> {
+        let mut by_email = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let (email, password, quota) = match parts.as_slice() {
+                [e, p] => (*e, *p, None),
+                [e, p, q] => (
+                    *e,
+                    *p,
+                    Some(
+                        q.parse::<u32>()
+                            .map_err(|_| format!("line {}: quota `{q}` is not a number", n + 1))?,
+                    ),
+                ),
+                _ => return Err(format!("line {}: expected `email password [quota]`", n + 1)),
+            };
+            let account = Account {
+                id: sha256_hex(email.as_bytes())[..24].to_owned(),
+                email: email.to_owned(),
+                password_sha256: sha256_hex(password.as_bytes()),
+                quota,
+            };
+            by_email.insert(email.to_owned(), account);
+        }
+        if by_email.is_empty() {
+            return Err("the accounts file lists no account".to_owned());
+        }
+        Ok(Self {
+            by_email,
+            token_ttl,
+            secret: uuid::Uuid::new_v4().to_string(),
+            used: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sign in with the SHA-256 (hex) of the password; `None` for an unknown email or a wrong
+    /// (or plaintext) password.
+    pub fn sign_in(&self, email: &str, password_sha256: &str) -> Option<(Account, String)> {
+        let a = self.by_email.get(email)?;
+        (a.password_sha256 == password_sha256).then(|| (a.clone(), self.issue(a)))
+    }
+
+    fn issue(&self, a: &Account) -> String {
+        let header = b64url(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let payload = b64url(
+            format!(
+                r#"{{"id":"{}","last_password_change":0,"exp":{}}}"#,
+                a.id,
+                now_secs() + self.token_ttl.as_secs()
+            )
+            .as_bytes(),
+        );
+        let sig = b64url(&Sha256::digest(
+            format!("{}.{header}.{payload}", self.secret).as_bytes(),
+        ));
+        format!("{header}.{payload}.{sig}")
+    }
+
+    /// The account id of a valid token.
+    pub fn verify(&self, token: &str) -> Result<String, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Invalid);
+        };
+        let expected = b64url(&Sha256::digest(
+            format!("{}.{h}.{p}", self.secret).as_bytes(),
+        ));
+        if expected != s {
+            return Err(TokenError::Invalid);
+        }
+        let payload: serde_json::Value =
+            serde_json::from_slice(&b64url_decode(p).ok_or(TokenError::Invalid)?)
+                .map_err(|_| TokenError::Invalid)?;
+        let exp = payload["exp"].as_u64().ok_or(TokenError::Invalid)?;
+        if exp <= now_secs() {
+            return Err(TokenError::Expired);
+        }
+        payload["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or(TokenError::Invalid)
+    }
+
+    /// Count one completion; `false` when the account's quota is used up.
+    pub fn take_quota(&self, account_id: &str) -> bool {
+        let quota = self
+            .by_email
+            .values()
+            .find(|a| a.id == account_id)
+            .and_then(|a| a.quota);
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let n = used.entry(account_id.to_owned()).or_insert(0);
+        match quota {
+            Some(q) if *n >= q => false,
+            _ => {
+                *n += 1;
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_in_verify_expire_and_quota() {
+        let acc = Accounts::parse(
+            "# test\nme@x.io s3cret 1\nyou@x.io pw\n",
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert!(
+            acc.sign_in("me@x.io", "s3cret").is_none(),
+            "plaintext is refused"
+        );
+        assert!(acc.sign_in("nobody@x.io", &sha256_hex(b"s3cret")).is_none());
+        let (a, token) = acc.sign_in("me@x.io", &sha256_hex(b"s3cret")).unwrap();
+        assert_eq!(acc.verify(&token), Ok(a.id.clone()));
+        assert_eq!(acc.verify(&format!("{token}x")), Err(TokenError::Invalid));
+        assert!(acc.take_quota(&a.id));
+        assert!(!acc.take_quota(&a.id), "quota of 1");
+        let expired = Accounts::parse("me@x.io pw", Duration::ZERO).unwrap();
+        let (_, t) = expired.sign_in("me@x.io", &sha256_hex(b"pw")).unwrap();
+        assert_eq!(expired.verify(&t), Err(TokenError::Expired));
+        assert!(Accounts::parse("bad line here extra", Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn base64url_roundtrip() {
+        for data in [&b""[..], b"f", b"fo", b"foo", b"foob", b"{\"exp\":1}"] {
+            assert_eq!(b64url_decode(&b64url(data)).unwrap(), data);
+        }
+    }
+}
