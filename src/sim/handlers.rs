@@ -142,16 +142,18 @@ fn now_secs() -> u64 {
 impl SimService {
     /// Who is calling: the token itself out of the box; the account id in strict mode
     /// (`--accounts`), where unknown or expired tokens get the upstream's 401.
-    fn identity(&self, h: &HeaderMap) -> Result<String, Rsp> {
+    fn identity(&self, h: &HeaderMap) -> Result<String, Box<Rsp>> {
         let Some(token) = auth_token(h).0 else {
-            return Err(unauthorized());
+            return Err(Box::new(unauthorized()));
         };
         let Some(accounts) = &self.config.accounts else {
             return Ok(token);
         };
-        accounts.verify(&token).map_err(|e| match e {
-            TokenError::Expired => app_error(401, "Unauthorized", "Token has expired"),
-            TokenError::Invalid => app_error(401, "Unauthorized", "invalid token"),
+        accounts.verify(&token).map_err(|e| {
+            Box::new(match e {
+                TokenError::Expired => app_error(401, "Unauthorized", "Token has expired"),
+                TokenError::Invalid => app_error(401, "Unauthorized", "invalid token"),
+            })
         })
     }
 
@@ -163,7 +165,7 @@ impl SimService {
             (Method::GET, "/api/models") => json_ok(catalogue()),
             (Method::GET, "/api/v2/models" | "/api/v2/models/") => {
                 if let Err(rsp) = self.identity(req.headers()) {
-                    return rsp;
+                    return *rsp;
                 }
                 json_ok(
                     json!({"success": true, "request_id": uuid::Uuid::new_v4().to_string(), "data": catalogue()}),
@@ -241,7 +243,7 @@ impl SimService {
         };
         let token = match self.identity(&parts.headers) {
             Ok(t) => t,
-            Err(rsp) => return rsp,
+            Err(rsp) => return *rsp,
         };
         if !self.config.timing.chat_latency.is_zero() {
             tokio::time::sleep(self.config.timing.chat_latency).await;
@@ -357,7 +359,7 @@ impl SimService {
         }
         let token = match self.identity(&parts.headers) {
             Ok(t) => t,
-            Err(rsp) => return rsp,
+            Err(rsp) => return *rsp,
         };
         if let Some(accounts) = &self.config.accounts {
             if !accounts.take_quota(&token) {
