@@ -16,7 +16,7 @@
 //! final blank line at EOF, and a bare JSON body without any `data:` prefix (the upstream
 //! answers errors that way).
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// Default cap for one event (and so for the carried-over tail).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
@@ -41,16 +41,38 @@ impl std::error::Error for SseError {}
 
 #[derive(Debug)]
 pub struct SseDecoder {
-    /// Unscanned remainder of the latest chunk.
+    /// The latest chunk; `input[pos..]` is not scanned yet.
     input: Bytes,
+    pos: usize,
     /// Start of an event whose end has not been seen yet; always fully scanned.
     carry: BytesMut,
+    /// `carry` holds a complete event handed out by the last call: clear it on the next.
+    carry_done: bool,
+    /// Multi-line data joined (reused).
+    joined: Vec<u8>,
     at_line_start: bool,
     /// The last scanned byte was `\r`: a following `\n` belongs to the same line end.
     cr_pending: bool,
     /// The current event has at least one non-empty line.
     event_has_lines: bool,
     max_event: usize,
+}
+
+/// Where a complete event lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loc {
+    /// `input[start..end]`.
+    Input(usize, usize),
+    Carry,
+}
+
+/// Where an event's data lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Span {
+    /// A range of the event.
+    Range(usize, usize),
+    /// Several `data:` lines, joined into `joined`.
+    Joined,
 }
 
 impl Default for SseDecoder {
@@ -63,7 +85,10 @@ impl SseDecoder {
     pub fn new(max_event: usize) -> Self {
         Self {
             input: Bytes::new(),
+            pos: 0,
             carry: BytesMut::new(),
+            carry_done: false,
+            joined: Vec::new(),
             at_line_start: true,
             cr_pending: false,
             event_has_lines: false,
@@ -71,34 +96,89 @@ impl SseDecoder {
         }
     }
 
-    /// Feed the next chunk. Call [`next_data`](Self::next_data) until it returns `None`
-    /// before pushing again.
+    /// Feed the next chunk. Take events until `None` before pushing again.
     pub fn push(&mut self, chunk: Bytes) {
-        if self.input.is_empty() {
+        if self.pos >= self.input.len() {
             self.input = chunk;
         } else {
             // Misuse (not drained): stay correct at the cost of a copy.
-            let mut joined = BytesMut::with_capacity(self.input.len() + chunk.len());
-            joined.put_slice(&self.input);
+            let rest = &self.input[self.pos..];
+            let mut joined = BytesMut::with_capacity(rest.len() + chunk.len());
+            joined.put_slice(rest);
             joined.put_slice(&chunk);
             self.input = joined.freeze();
         }
+        self.pos = 0;
     }
 
-    /// The payload of the next complete event that carries data, if any.
+    /// The payload of the next complete event that carries data, borrowed from the decoder
+    /// (the hot path: no reference counting, no copy).
+    pub fn next_data_ref(&mut self) -> Result<Option<&[u8]>, SseError> {
+        let found = self.locate_next()?;
+        Ok(found.map(|(loc, span)| self.resolve(loc, span)))
+    }
+
+    /// The same as an owned `Bytes` (a slice of the pushed chunk when possible).
     pub fn next_data(&mut self) -> Result<Option<Bytes>, SseError> {
-        while let Some(event) = self.next_event()? {
-            if let Some(data) = event_data(event) {
-                return Ok(Some(data));
+        let found = self.locate_next()?;
+        Ok(found.map(|(loc, span)| self.owned(loc, span)))
+    }
+
+    /// End of input: dispatch what is left (an event without its final blank line).
+    pub fn finish_ref(&mut self) -> Result<Option<&[u8]>, SseError> {
+        let found = self.locate_last()?;
+        Ok(found.map(|(loc, span)| self.resolve(loc, span)))
+    }
+
+    /// [`finish_ref`](Self::finish_ref), owned.
+    pub fn finish(&mut self) -> Result<Option<Bytes>, SseError> {
+        let found = self.locate_last()?;
+        Ok(found.map(|(loc, span)| self.owned(loc, span)))
+    }
+
+    fn resolve(&self, loc: Loc, span: Span) -> &[u8] {
+        let event = match loc {
+            Loc::Input(a, b) => &self.input[a..b],
+            Loc::Carry => &self.carry[..],
+        };
+        match span {
+            Span::Range(a, b) => &event[a..b],
+            Span::Joined => &self.joined,
+        }
+    }
+
+    fn owned(&self, loc: Loc, span: Span) -> Bytes {
+        match (loc, span) {
+            (Loc::Input(a, _), Span::Range(x, y)) => self.input.slice(a + x..a + y),
+            _ => Bytes::copy_from_slice(self.resolve(loc, span)),
+        }
+    }
+
+    /// Find the next event with data; indices only, so no borrow outlives the search.
+    fn locate_next(&mut self) -> Result<Option<(Loc, Span)>, SseError> {
+        if self.carry_done {
+            self.carry.clear();
+            self.carry_done = false;
+        }
+        while let Some(loc) = self.next_event()? {
+            let event = match loc {
+                Loc::Input(a, b) => &self.input[a..b],
+                Loc::Carry => &self.carry[..],
+            };
+            if let Some(span) = data_span(event, &mut self.joined) {
+                return Ok(Some((loc, span)));
+            }
+            if loc == Loc::Carry {
+                self.carry.clear();
+                self.carry_done = false;
             }
         }
         Ok(None)
     }
 
-    /// End of input: dispatch what is left (an event without its final blank line).
-    pub fn finish(&mut self) -> Result<Option<Bytes>, SseError> {
-        if let Some(data) = self.next_data()? {
-            return Ok(Some(data));
+    fn locate_last(&mut self) -> Result<Option<(Loc, Span)>, SseError> {
+        if let Some(found) = self.locate_next()? {
+            return Ok(Some(found));
         }
         self.at_line_start = true;
         self.cr_pending = false;
@@ -106,38 +186,44 @@ impl SseDecoder {
         if self.carry.is_empty() {
             return Ok(None);
         }
-        Ok(event_data(self.carry.split().freeze()))
+        self.carry_done = true;
+        Ok(data_span(&self.carry, &mut self.joined).map(|span| (Loc::Carry, span)))
     }
 
-    fn next_event(&mut self) -> Result<Option<Bytes>, SseError> {
-        if self.input.is_empty() {
+    fn next_event(&mut self) -> Result<Option<Loc>, SseError> {
+        if self.pos >= self.input.len() {
             return Ok(None);
         }
+        let start = self.pos;
         match self.scan_input() {
-            Some(end) if self.carry.is_empty() => Ok(Some(self.input.split_to(end))),
+            Some(end) if self.carry.is_empty() => {
+                self.pos = end;
+                Ok(Some(Loc::Input(start, end)))
+            }
             Some(end) => {
-                self.carry.put_slice(&self.input[..end]);
-                self.input.advance(end);
-                Ok(Some(self.carry.split().freeze()))
+                self.carry.put_slice(&self.input[start..end]);
+                self.pos = end;
+                self.carry_done = true;
+                Ok(Some(Loc::Carry))
             }
             None => {
-                if self.carry.len() + self.input.len() > self.max_event {
+                if self.carry.len() + self.input.len() - start > self.max_event {
                     return Err(SseError::EventTooLarge {
                         limit: self.max_event,
                     });
                 }
-                self.carry.put_slice(&self.input);
-                self.input.clear();
+                self.carry.put_slice(&self.input[start..]);
+                self.pos = self.input.len();
                 Ok(None)
             }
         }
     }
 
-    /// Scan `input` from its start; return the offset just past the blank line that ends
-    /// the current event, or `None` when the whole input was scanned without one.
+    /// Scan `input` from `pos`; return the offset just past the blank line that ends the
+    /// current event, or `None` when the rest of the input was scanned without one.
     fn scan_input(&mut self) -> Option<usize> {
         let s = &self.input[..];
-        let mut i = 0;
+        let mut i = self.pos;
         loop {
             if self.cr_pending {
                 if i == s.len() {
@@ -170,18 +256,15 @@ impl SseDecoder {
     }
 }
 
-/// Extract the data payload of one raw event (including its line ends).
-fn event_data(event: Bytes) -> Option<Bytes> {
+/// Locate the data payload of one raw event (including its line ends): a range of the
+/// event for a single `data:` line (or a bare JSON body), or `joined` for several.
+fn data_span(event: &[u8], joined: &mut Vec<u8>) -> Option<Span> {
     const BOM: &[u8] = b"\xEF\xBB\xBF";
-    let event = if event.starts_with(BOM) {
-        event.slice(BOM.len()..)
-    } else {
-        event
-    };
+    let skip = if event.starts_with(BOM) { BOM.len() } else { 0 };
     let mut first: Option<(usize, usize)> = None;
-    let mut joined: Option<BytesMut> = None;
-    let mut rest = &event[..];
-    let mut base = 0;
+    let mut several = false;
+    let mut rest = &event[skip..];
+    let mut base = skip;
     while !rest.is_empty() {
         let (line_len, term_len) = match memchr::memchr2(b'\n', b'\r', rest) {
             Some(p) if rest[p] == b'\r' && rest.get(p + 1) == Some(&b'\n') => (p, 2),
@@ -191,34 +274,35 @@ fn event_data(event: Bytes) -> Option<Bytes> {
         let line = &rest[..line_len];
         if let Some(value_start) = data_value_offset(line) {
             let range = (base + value_start, base + line_len);
-            match (&mut joined, first) {
-                (None, None) => first = Some(range),
-                (None, Some((a, b))) => {
-                    let mut buf = BytesMut::with_capacity(event.len());
-                    buf.put_slice(&event[a..b]);
-                    buf.put_u8(b'\n');
-                    buf.put_slice(&event[range.0..range.1]);
-                    joined = Some(buf);
-                }
-                (Some(buf), _) => {
-                    buf.put_u8(b'\n');
-                    buf.put_slice(&event[range.0..range.1]);
+            match first {
+                None => first = Some(range),
+                Some((a, b)) => {
+                    if !several {
+                        several = true;
+                        joined.clear();
+                        joined.extend_from_slice(&event[a..b]);
+                    }
+                    joined.push(b'\n');
+                    joined.extend_from_slice(&event[range.0..range.1]);
                 }
             }
         }
         base += line_len + term_len;
         rest = &rest[line_len + term_len..];
     }
-    if let Some(buf) = joined {
-        return Some(buf.freeze());
+    if several {
+        return Some(Span::Joined);
     }
     if let Some((a, b)) = first {
-        return Some(event.slice(a..b));
+        return Some(Span::Range(a, b));
     }
     // No `data:` field: a bare JSON body (non-SSE error response) is its own payload.
-    let start = event.iter().position(|b| !b.is_ascii_whitespace())?;
+    let start = skip
+        + event[skip..]
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())?;
     let end = event.iter().rposition(|b| !b.is_ascii_whitespace())? + 1;
-    matches!(event[start], b'{' | b'[').then(|| event.slice(start..end))
+    matches!(event[start], b'{' | b'[').then_some(Span::Range(start, end))
 }
 
 /// If `line` is a `data` field, the offset of its value (one leading space removed).
@@ -350,6 +434,22 @@ mod tests {
         assert_eq!(data, "hello");
         // Same backing memory: the payload points into the pushed chunk.
         assert_eq!(data.as_ptr(), input[6..].as_ptr());
+    }
+
+    #[test]
+    fn borrowed_events_point_into_the_chunk_and_carry_is_reused() {
+        let input = Bytes::from_static(b"data: one\n\ndata: tw");
+        let mut d = SseDecoder::default();
+        d.push(input.clone());
+        let first = d.next_data_ref().unwrap().unwrap();
+        assert_eq!(first, b"one");
+        assert_eq!(first.as_ptr(), input[6..].as_ptr());
+        assert_eq!(d.next_data_ref().unwrap(), None);
+        d.push(Bytes::from_static(b"o\n\ndata: a\ndata: b\n\n"));
+        assert_eq!(d.next_data_ref().unwrap(), Some(&b"two"[..]));
+        assert_eq!(d.next_data_ref().unwrap(), Some(&b"a\nb"[..]));
+        assert_eq!(d.next_data_ref().unwrap(), None);
+        assert_eq!(d.finish_ref().unwrap(), None);
     }
 
     #[test]

@@ -37,11 +37,13 @@ impl Pipeline {
     pub fn feed(&mut self, chunk: Bytes, out: &mut impl Emit) -> Result<Progress, UpstreamError> {
         self.decoder.push(chunk);
         loop {
-            let data = self.decoder.next_data().map_err(protocol)?;
-            let Some(data) = data else {
+            // Borrowed from the decoder: the translator is synchronous, so no event needs
+            // to own its bytes.
+            let Some(data) = self.decoder.next_data_ref().map_err(protocol)? else {
                 return Ok(Progress::Continue);
             };
-            if let Progress::Done(r) = self.on_data(&data, out)? {
+            let flow = self.translator.on_data(data, &mut self.limits.wrap(out))?;
+            if let Progress::Done(r) = self.after_event(flow, out) {
                 return Ok(Progress::Done(r));
             }
         }
@@ -49,8 +51,9 @@ impl Pipeline {
 
     /// The upstream closed the stream.
     pub fn end_of_input(&mut self, out: &mut impl Emit) -> Result<FinishReason, UpstreamError> {
-        if let Some(data) = self.decoder.finish().map_err(protocol)? {
-            if let Progress::Done(r) = self.on_data(&data, out)? {
+        if let Some(data) = self.decoder.finish_ref().map_err(protocol)? {
+            let flow = self.translator.on_data(data, &mut self.limits.wrap(out))?;
+            if let Progress::Done(r) = self.after_event(flow, out) {
                 return Ok(r);
             }
         }
@@ -59,18 +62,16 @@ impl Pipeline {
         Ok(self.limits.finish_reason().unwrap_or(FinishReason::Stop))
     }
 
-    fn on_data(&mut self, data: &[u8], out: &mut impl Emit) -> Result<Progress, UpstreamError> {
-        let flow = self.translator.on_data(data, &mut self.limits.wrap(out))?;
+    /// After one event: has a limit or the upstream ended the answer?
+    fn after_event(&mut self, flow: Flow, out: &mut impl Emit) -> Progress {
         if let Some(r) = self.limits.finish_reason() {
-            return Ok(Progress::Done(r));
+            return Progress::Done(r);
         }
         if flow == Flow::Finished {
             self.limits.flush(out);
-            return Ok(Progress::Done(
-                self.limits.finish_reason().unwrap_or(FinishReason::Stop),
-            ));
+            return Progress::Done(self.limits.finish_reason().unwrap_or(FinishReason::Stop));
         }
-        Ok(Progress::Continue)
+        Progress::Continue
     }
 
     /// Whether the client has been sent (or will be sent) anything meaningful.
