@@ -283,11 +283,13 @@ fn remember(
     lock: Option<ChatLock>,
 ) -> Option<Settle> {
     let (Some(key), Some(parent_id)) = (reply_key, response.response_id) else {
-        return None;
+        return lock.map(|l| Box::pin(l.release()) as Settle);
     };
     Some(Box::pin(async move {
         conv.remember(&key, Session { chat_id, parent_id }).await;
-        drop(lock);
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
     }))
 }
 

@@ -382,7 +382,10 @@ impl Drop for WaiterGuard {
     }
 }
 
-/// Exclusive use of an upstream chat; released (by its owner token) when dropped.
+/// Exclusive use of an upstream chat; released (by its owner token) by [`release`]
+/// (awaited) or, failing that, when dropped (in the background).
+///
+/// [`release`]: ChatLock::release
 pub struct ChatLock {
     conv: Arc<Conversations>,
     chat_id: String,
@@ -390,9 +393,24 @@ pub struct ChatLock {
     renew: tokio::task::JoinHandle<()>,
 }
 
+impl ChatLock {
+    /// Release now and wait until the store has it: a reply is complete only once the next
+    /// turn can take the lock, even if this process dies right after answering.
+    pub async fn release(mut self) {
+        self.renew.abort();
+        let chat_id = std::mem::take(&mut self.chat_id);
+        let owner = std::mem::take(&mut self.owner);
+        let conv = self.conv.clone();
+        let _ = with_store!(conv, |s| s.unlock(&chat_id, &owner));
+    }
+}
+
 impl Drop for ChatLock {
     fn drop(&mut self) {
         self.renew.abort();
+        if self.owner.is_empty() {
+            return; // released already
+        }
         let conv = self.conv.clone();
         let chat_id = std::mem::take(&mut self.chat_id);
         let owner = std::mem::take(&mut self.owner);
