@@ -29,6 +29,27 @@ fn message(r: &Reply) -> Value {
     v["choices"][0].clone()
 }
 
+/// Both modes answer `want` (content), with a clean stream.
+async fn assert_answer_both(h: &Harness, prompt: &str, model: &str, want: &str) {
+    let (s, n) = both(h, prompt, model).await;
+    assert_eq!(assert_ok_stream(&s).content, want);
+    assert_eq!(message(&n)["message"]["content"], want);
+}
+
+/// Content and finish reason of a reply, streamed or not.
+fn content_and_finish(r: &Reply, stream: bool) -> (String, String) {
+    if stream {
+        let s = summarize(&r.events());
+        (s.content, s.finish_reason.expect("finish reason"))
+    } else {
+        let m = message(r);
+        (
+            m["message"]["content"].as_str().unwrap().to_owned(),
+            m["finish_reason"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
 fn assert_error(r: &Reply, status: u16, kind: &str, code: &str) {
     assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.headers["content-type"], "application/json");
@@ -100,23 +121,25 @@ async fn search_variant_skips_tool_frames() {
 #[tokio::test]
 async fn dual_responses_keep_index_zero() {
     let h = Harness::start().await;
-    let (s, n) = both(&h, "pick one @@sim:dual", MODEL).await;
-    assert_eq!(assert_ok_stream(&s).content, expected_answer("pick one"));
-    assert_eq!(
-        message(&n)["message"]["content"],
-        expected_answer("pick one")
-    );
+    assert_answer_both(
+        &h,
+        "pick one @@sim:dual",
+        MODEL,
+        &expected_answer("pick one"),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn split_writes_inside_utf8_reassemble_exactly() {
     let h = Harness::start().await;
-    let (s, n) = both(&h, "你好，世界 @@sim:split", MODEL).await;
-    assert_eq!(assert_ok_stream(&s).content, expected_answer("你好，世界"));
-    assert_eq!(
-        message(&n)["message"]["content"],
-        expected_answer("你好，世界")
-    );
+    assert_answer_both(
+        &h,
+        "你好，世界 @@sim:split",
+        MODEL,
+        &expected_answer("你好，世界"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -168,16 +191,7 @@ async fn max_tokens_cuts_with_length() {
             .chat(json!({"model": MODEL, "stream": stream, "max_tokens": 3,
                          "messages": [{"role": "user", "content": "tell me more"}]}))
             .await;
-        let (content, finish) = if stream {
-            let s = summarize(&r.events());
-            (s.content, s.finish_reason.unwrap())
-        } else {
-            let m = message(&r);
-            (
-                m["message"]["content"].as_str().unwrap().to_owned(),
-                m["finish_reason"].as_str().unwrap().to_owned(),
-            )
-        };
+        let (content, finish) = content_and_finish(&r, stream);
         assert_eq!(finish, "length");
         // 3 tokens = 12 ASCII characters by the documented estimate.
         assert_eq!(content, "Simulated an");
@@ -195,16 +209,7 @@ async fn stop_sequences_are_emulated() {
                          "messages": [{"role": "user", "content": "hi"}]}),
             )
             .await;
-        let (content, finish) = if stream {
-            let s = summarize(&r.events());
-            (s.content, s.finish_reason.unwrap())
-        } else {
-            let m = message(&r);
-            (
-                m["message"]["content"].as_str().unwrap().to_owned(),
-                m["finish_reason"].as_str().unwrap().to_owned(),
-            )
-        };
+        let (content, finish) = content_and_finish(&r, stream);
         assert_eq!(content, "Simulated answer — ");
         assert_eq!(finish, "stop");
     }

@@ -395,51 +395,28 @@ mod tests {
         assert_eq!(denied.headers()["x-ratelimit-limit"], "1");
     }
 
+    async fn status<S>(s: &S, peer: &str, xff: &str) -> u16
+    where
+        S: tower::Service<Request<()>, Response = Response<ProxyBody>, Error = ProxyError> + Clone,
+    {
+        s.clone()
+            .oneshot(req(peer, Some(xff)))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn spoofed_forwarded_for_does_not_bypass() {
         // Without TRUST_PROXY the header is ignored: same socket, same bucket.
         let s = svc(false);
-        assert_eq!(
-            s.clone()
-                .oneshot(req("10.0.0.1:1", Some("1.1.1.1")))
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-        assert_eq!(
-            s.clone()
-                .oneshot(req("10.0.0.1:1", Some("2.2.2.2")))
-                .await
-                .unwrap()
-                .status(),
-            429
-        );
+        assert_eq!(status(&s, "10.0.0.1:1", "1.1.1.1").await, 200);
+        assert_eq!(status(&s, "10.0.0.1:1", "2.2.2.2").await, 429);
         // With TRUST_PROXY the last hop counts; a forged first hop changes nothing.
         let s = svc(true);
-        assert_eq!(
-            s.clone()
-                .oneshot(req("127.0.0.1:1", Some("9.9.9.9, 3.3.3.3")))
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-        assert_eq!(
-            s.clone()
-                .oneshot(req("127.0.0.1:1", Some("8.8.8.8, 3.3.3.3")))
-                .await
-                .unwrap()
-                .status(),
-            429
-        );
-        assert_eq!(
-            s.clone()
-                .oneshot(req("127.0.0.1:1", Some("4.4.4.4")))
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(status(&s, "127.0.0.1:1", "9.9.9.9, 3.3.3.3").await, 200);
+        assert_eq!(status(&s, "127.0.0.1:1", "8.8.8.8, 3.3.3.3").await, 429);
+        assert_eq!(status(&s, "127.0.0.1:1", "4.4.4.4").await, 200);
     }
 }
