@@ -9,9 +9,11 @@ use std::path::Path;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use serde::de::IgnoredAny;
 use serde_json::{json, Value};
 
 use qwen_proxy::openai::encoder::ChunkEncoder;
+use qwen_proxy::qwen::frame::Frame;
 use qwen_proxy::qwen::sse::SseDecoder;
 use qwen_proxy::sim::wire;
 use qwen_proxy::translate::limits::Limits;
@@ -141,8 +143,47 @@ fn decode_only(chunks: &[Bytes]) -> usize {
     n
 }
 
+/// Every data payload of an input, for the per-frame parse group.
+fn payloads(chunks: &[Bytes]) -> Vec<Bytes> {
+    let mut d = SseDecoder::default();
+    let mut out = Vec::new();
+    for c in chunks {
+        d.push(c.clone());
+        while let Ok(Some(ev)) = d.next_data() {
+            out.push(ev);
+        }
+    }
+    out
+}
+
+/// One upstream token frame parsed four ways: the hand-written reader (with serde fallback),
+/// serde into the same borrowed `Frame`, serde validating only (`IgnoredAny`: the floor of
+/// any strict JSON pass with serde_json), and the naive `Value`.
+fn frame_parse(c: &mut Criterion, inputs: &[Input]) {
+    let Some(plain) = inputs.iter().find(|i| i.name == "plain-answer") else {
+        return;
+    };
+    let token_frame = payloads(&plain.chunks).swap_remove(1);
+    let mut g = c.benchmark_group("frame_parse");
+    g.throughput(Throughput::Bytes(token_frame.len() as u64));
+    g.bench_function("scan", |b| {
+        b.iter(|| Frame::parse(black_box(&token_frame)).is_ok())
+    });
+    g.bench_function("serde-frame", |b| {
+        b.iter(|| serde_json::from_slice::<Frame<'_>>(black_box(&token_frame)).is_ok())
+    });
+    g.bench_function("serde-ignored-any", |b| {
+        b.iter(|| serde_json::from_slice::<IgnoredAny>(black_box(&token_frame)).is_ok())
+    });
+    g.bench_function("serde-value", |b| {
+        b.iter(|| serde_json::from_slice::<Value>(black_box(&token_frame)).is_ok())
+    });
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let inputs = inputs();
+    frame_parse(c, &inputs);
     let mut g = c.benchmark_group("sse_decode");
     for i in &inputs {
         g.throughput(Throughput::Bytes(i.bytes));

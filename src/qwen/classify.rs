@@ -170,7 +170,7 @@ pub fn body_error(status: u16, content_type: &str, body: &[u8]) -> UpstreamError
     if content_type.contains("html") || trimmed.starts_with(b"<") {
         return html_error(body);
     }
-    if let Ok(frame) = serde_json::from_slice::<Frame<'_>>(body) {
+    if let Ok(frame) = Frame::parse(body) {
         if let Some(e) = frame_error(&frame) {
             // The body's code is more specific than the status, except that a generic
             // body must not hide what an auth/limit/availability status already says.

@@ -266,7 +266,7 @@ async fn json_or_error(rsp: Response<Incoming>) -> Result<Value, ProxyError> {
     let retry = retry_after(&rsp);
     let bytes = read_limited(rsp.into_body()).await?;
     if status == 200 && !content_type.contains("html") {
-        if let Ok(frame) = serde_json::from_slice::<Frame<'_>>(&bytes) {
+        if let Ok(frame) = Frame::parse(&bytes) {
             if let Some(e) = frame_error(&frame) {
                 return Err(e.into());
             }

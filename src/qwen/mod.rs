@@ -6,4 +6,5 @@ pub mod frame;
 pub mod headers;
 pub mod models;
 pub mod request;
+pub mod scan;
 pub mod sse;

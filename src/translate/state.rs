@@ -96,7 +96,7 @@ impl Translator {
         if trimmed == b"[DONE]" {
             return self.finished();
         }
-        let frame: Frame<'_> = match serde_json::from_slice(trimmed) {
+        let frame = match Frame::parse(trimmed) {
             Ok(f) => f,
             Err(e) => {
                 // A valid JSON document of an unexpected shape is skipped (the upstream adds
