@@ -5,6 +5,8 @@
 //! `serde_json` string escape of the text, and a few literal slices. `take()` hands the
 //! bytes written so far to the body as one frame.
 
+use std::fmt::Write as _;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::ProxyError;
@@ -22,18 +24,22 @@ pub struct ChunkEncoder {
 
 impl ChunkEncoder {
     pub fn new(id: &str, created: u64, model: &str, include_usage: bool) -> Self {
-        let mut head = BytesMut::with_capacity(128);
+        // The literal parts below are under 128 bytes; ids and names may need escapes.
+        let mut head = BytesMut::with_capacity(128 + 2 * (id.len() + model.len()));
         head.put_slice(b"data: {\"id\":");
         write_json_str(&mut head, id);
         head.put_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        head.put_slice(created.to_string().as_bytes());
+        // `fmt::Write` for `BytesMut` cannot fail.
+        let _ = write!(head, "{created}");
         head.put_slice(b",\"model\":");
         write_json_str(&mut head, model);
         head.put_slice(b",\"system_fingerprint\":null,\"choices\":");
         Self {
             head: head.freeze(),
             include_usage,
-            buf: BytesMut::with_capacity(4096),
+            // Room for a few chunks; `take()` hands out the written part and the space is
+            // reclaimed once the body has written it (the buffer is then unique again).
+            buf: BytesMut::with_capacity(1024),
             role_sent: false,
         }
     }

@@ -60,8 +60,6 @@ pub struct ResponseRef {
 
 #[derive(Debug, Default)]
 pub struct Translator {
-    /// Set once `response.created` with index "0" arrives (or the first `response_id`).
-    locked: Option<String>,
     /// Some `response.created` was seen: lock only by index, never by first frame.
     saw_created: bool,
     /// The cumulative thinking summary emitted so far (joined by "\n\n").
@@ -201,9 +199,10 @@ impl Translator {
     fn on_created(&mut self, created: &crate::qwen::frame::Created<'_>) {
         self.saw_created = true;
         let index = created.response_index.as_deref().unwrap_or("0");
-        if index == "0" && self.locked.is_none() {
+        // The locked response is `response.response_id`: set once, by `response.created`
+        // with index "0" or else by the first `response_id` seen.
+        if index == "0" && self.response.response_id.is_none() {
             if let Some(id) = &created.response_id {
-                self.locked = Some(id.to_string());
                 self.response = ResponseRef {
                     chat_id: created.chat_id.as_deref().map(str::to_owned),
                     user_node_id: created.parent_id.as_deref().map(str::to_owned),
@@ -218,11 +217,10 @@ impl Translator {
         let Some(id) = response_id else {
             return true;
         };
-        match &self.locked {
+        match self.response.response_id.as_deref() {
             Some(locked) => locked == id,
             None if self.saw_created => false,
             None => {
-                self.locked = Some(id.to_owned());
                 self.response.response_id = Some(id.to_owned());
                 true
             }
