@@ -1,6 +1,7 @@
-//! Streaming-core throughput: SSE decode alone, and the whole upstream-bytes → OpenAI-bytes
-//! pipeline, over every fixture in ../shared/fixtures/qwen plus a long synthetic answer
-//! (10,000 frames) and a one-byte-per-chunk split. Each pipeline group also runs a naive
+//! Streaming-core throughput: SSE decode, translate and encode alone, one token frame parsed
+//! four ways, and the whole upstream-bytes → OpenAI-bytes pipeline, over every fixture in
+//! ../shared/fixtures/qwen plus a long synthetic answer (10,000 frames) and a
+//! one-byte-per-chunk split. Each pipeline group also runs a naive
 //! baseline (parse into `serde_json::Value`, build the chunk as a `Value`, `to_string`,
 //! `format!`) so the report reads as a ratio against it.
 
@@ -16,8 +17,9 @@ use qwen_proxy::openai::encoder::ChunkEncoder;
 use qwen_proxy::qwen::frame::Frame;
 use qwen_proxy::qwen::sse::SseDecoder;
 use qwen_proxy::sim::wire;
-use qwen_proxy::translate::limits::Limits;
+use qwen_proxy::translate::limits::{FinishReason, Limits};
 use qwen_proxy::translate::pipeline::{Pipeline, Progress};
+use qwen_proxy::translate::state::{Emit, Flow, Translator, Usage};
 
 struct Input {
     name: String,
@@ -156,6 +158,61 @@ fn payloads(chunks: &[Bytes]) -> Vec<Bytes> {
     out
 }
 
+/// A translated delta, recorded once so the encoder can be timed alone.
+enum Delta {
+    Reasoning(String),
+    Content(String),
+}
+
+/// Sink for the translator alone: counts bytes, keeps nothing.
+struct Count(usize);
+
+impl Emit for Count {
+    fn reasoning(&mut self, text: &str) {
+        self.0 += text.len();
+    }
+    fn content(&mut self, text: &str) {
+        self.0 += text.len();
+    }
+}
+
+/// Sink that records the deltas for the encoder group.
+struct Record(Vec<Delta>);
+
+impl Emit for Record {
+    fn reasoning(&mut self, text: &str) {
+        self.0.push(Delta::Reasoning(text.to_owned()));
+    }
+    fn content(&mut self, text: &str) {
+        self.0.push(Delta::Content(text.to_owned()));
+    }
+}
+
+/// The translator alone, over already-cut payloads (errors end the stream, as in the proxy).
+fn translate_only(payloads: &[Bytes], out: &mut impl Emit) {
+    let mut t = Translator::new();
+    for p in payloads {
+        if !matches!(t.on_data(p, out), Ok(Flow::Continue)) {
+            break;
+        }
+    }
+}
+
+/// The encoder alone, over the deltas the translator produced, then the final chunks.
+fn encode_only(deltas: &[Delta]) -> usize {
+    let mut enc = ChunkEncoder::new("chatcmpl-bench", 1_780_000_000, "qwen3.7-plus", false);
+    let mut total = 0;
+    for d in deltas {
+        match d {
+            Delta::Reasoning(t) => enc.reasoning(t),
+            Delta::Content(t) => enc.content(t),
+        }
+        total += enc.take().map_or(0, |b| b.len());
+    }
+    enc.finish(FinishReason::Stop, Usage::default());
+    total + enc.take().map_or(0, |b| b.len())
+}
+
 /// One upstream token frame parsed four ways: the hand-written reader (with serde fallback),
 /// serde into the same borrowed `Frame`, serde validating only (`IgnoredAny`: the floor of
 /// any strict JSON pass with serde_json), and the naive `Value`.
@@ -189,6 +246,36 @@ fn benches(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(i.bytes));
         g.bench_with_input(BenchmarkId::new("decoder", &i.name), &i.chunks, |b, ch| {
             b.iter(|| decode_only(black_box(ch)))
+        });
+    }
+    g.finish();
+    // The stages alone, each with `Throughput::Bytes` of the upstream input so the three
+    // groups and the pipeline read as shares of one budget.
+    let mut g = c.benchmark_group("translate");
+    for i in &inputs {
+        let payloads = payloads(&i.chunks);
+        g.throughput(Throughput::Bytes(i.bytes));
+        g.bench_with_input(
+            BenchmarkId::new("translator", &i.name),
+            &payloads,
+            |b, p| {
+                b.iter(|| {
+                    let mut sink = Count(0);
+                    translate_only(black_box(p), &mut sink);
+                    sink.0
+                })
+            },
+        );
+    }
+    g.finish();
+    let mut g = c.benchmark_group("encode");
+    for i in &inputs {
+        let mut deltas = Record(Vec::new());
+        translate_only(&payloads(&i.chunks), &mut deltas);
+        let deltas = deltas.0;
+        g.throughput(Throughput::Bytes(i.bytes));
+        g.bench_with_input(BenchmarkId::new("encoder", &i.name), &deltas, |b, d| {
+            b.iter(|| encode_only(black_box(d)))
         });
     }
     g.finish();
