@@ -589,8 +589,50 @@ fn arg(name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+/// Raise the soft open-file limit to the hard limit, for this process and the servers it
+/// starts (they inherit it), so `cargo bench` works without `ulimit -n` first. Returns the
+/// limit in force. A direct `getrlimit`/`setrlimit` call: std links the C library anyway, and
+/// two declarations beat a crate for one call.
+#[cfg(target_os = "linux")]
+fn raise_fd_limit() -> u64 {
+    #[repr(C)]
+    struct RLimit {
+        cur: u64,
+        max: u64,
+    }
+    const RLIMIT_NOFILE: i32 = 7;
+    extern "C" {
+        fn getrlimit(resource: i32, rlim: *mut RLimit) -> i32;
+        fn setrlimit(resource: i32, rlim: *const RLimit) -> i32;
+    }
+    let mut lim = RLimit { cur: 0, max: 0 };
+    // SAFETY: `lim` is a valid, writable `struct rlimit` (two 64-bit fields on Linux).
+    if unsafe { getrlimit(RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.cur < lim.max {
+        let raised = RLimit {
+            cur: lim.max,
+            max: lim.max,
+        };
+        // SAFETY: as above; raising the soft limit up to the hard one needs no privilege.
+        if unsafe { setrlimit(RLIMIT_NOFILE, &raised) } == 0 {
+            return lim.max;
+        }
+    }
+    lim.cur
+}
+
+#[cfg(not(target_os = "linux"))]
+fn raise_fd_limit() -> u64 {
+    0
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    if full {
+        eprintln!("open-file limit: {}", raise_fd_limit());
+    }
     let charts_only = std::env::args().any(|a| a == "--charts-only");
     let load = Load {
         open_rate: arg("--open-rate")

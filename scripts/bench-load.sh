@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-echo "fd limit: $(ulimit -n)"
+echo "fd limit: $(ulimit -n) (the tool raises its own soft limit to the hard one)"
 cargo bench --locked --bench load --no-run
 if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -gt 1 ]; then
   exec taskset -c 0 cargo bench --locked --bench load -- "$@"
