@@ -1,7 +1,7 @@
 //! The hot path's frame reader: a strict, hand-written JSON reader for the frame shapes the
 //! upstream sends on every token (`qwen-protocol.md` §5), with `serde_json` as the authority.
 //!
-//! Contract (tested by `tests::agrees_with_serde_*`): [`frame`] either returns exactly the
+//! Contract (tested differentially in `tests/frame_scan.rs`): [`frame`] either returns exactly the
 //! [`Frame`] that `serde_json` would build, or gives up with [`Unsupported`] and the caller
 //! asks `serde_json`. It gives up on anything it does not fully understand — error-shaped
 //! frames, escaped keys, duplicate fields, a value of an unexpected type, numbers that are not
