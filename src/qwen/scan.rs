@@ -1,12 +1,12 @@
 //! The hot path's frame reader: a strict, hand-written JSON reader for the frame shapes the
 //! upstream sends on every token (`qwen-protocol.md` §5), with `serde_json` as the authority.
 //!
-//! Contract (tested differentially in `tests/frame_scan.rs`): [`frame`] either returns exactly the
-//! [`Frame`] that `serde_json` would build, or gives up with [`Unsupported`] and the caller
-//! asks `serde_json`. It gives up on anything it does not fully understand — error-shaped
-//! frames, escaped keys, duplicate fields, a value of an unexpected type, numbers that are not
-//! plain `u64`, nesting deeper than [`MAX_DEPTH`], invalid JSON — so it never has to reproduce
-//! serde's error cases, only its successes.
+//! Contract (tested differentially in `tests/frame_scan.rs`): [`frame`] either returns
+//! exactly the [`Frame`] that `serde_json` would build, or gives up with [`Unsupported`] and
+//! the caller asks `serde_json`. It gives up on anything it does not fully understand —
+//! error-shaped frames, escaped keys, duplicate fields, a value of an unexpected type, numbers
+//! that are not plain `u64`, nesting deeper than [`MAX_DEPTH`], invalid JSON — so it never has
+//! to reproduce serde's error cases, only its successes.
 //!
 //! Why it exists: a token frame is ~400 bytes of which the client needs a few; serde's
 //! derive machinery spends most of its time moving the large `Frame` through visitors and
