@@ -591,10 +591,10 @@ fn arg(name: &str) -> Option<String> {
 
 /// Raise the soft open-file limit to the hard limit, for this process and the servers it
 /// starts (they inherit it), so `cargo bench` works without `ulimit -n` first. Returns the
-/// limit in force. A direct `getrlimit`/`setrlimit` call: std links the C library anyway, and
+/// limit in force, when it could be read. A direct `getrlimit`/`setrlimit` call: std links the C library anyway, and
 /// two declarations beat a crate for one call.
 #[cfg(target_os = "linux")]
-fn raise_fd_limit() -> u64 {
+fn raise_fd_limit() -> Option<u64> {
     #[repr(C)]
     struct RLimit {
         cur: u64,
@@ -608,7 +608,7 @@ fn raise_fd_limit() -> u64 {
     let mut lim = RLimit { cur: 0, max: 0 };
     // SAFETY: `lim` is a valid, writable `struct rlimit` (two 64-bit fields on Linux).
     if unsafe { getrlimit(RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 0;
+        return None;
     }
     if lim.cur < lim.max {
         let raised = RLimit {
@@ -617,21 +617,23 @@ fn raise_fd_limit() -> u64 {
         };
         // SAFETY: as above; raising the soft limit up to the hard one needs no privilege.
         if unsafe { setrlimit(RLIMIT_NOFILE, &raised) } == 0 {
-            return lim.max;
+            return Some(lim.max);
         }
     }
-    lim.cur
+    Some(lim.cur)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn raise_fd_limit() -> u64 {
-    0
+fn raise_fd_limit() -> Option<u64> {
+    None
 }
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     if full {
-        eprintln!("open-file limit: {}", raise_fd_limit());
+        if let Some(limit) = raise_fd_limit() {
+            eprintln!("open-file limit: {limit}");
+        }
     }
     let charts_only = std::env::args().any(|a| a == "--charts-only");
     let load = Load {

@@ -64,23 +64,7 @@ fn inputs() -> Vec<Input> {
 
 /// A long answer in captured wire format: 10,000 small answer frames with usage.
 fn synthetic(frames: usize) -> Bytes {
-    let mut s = wire::response_created("c", "u", "r", 0);
-    let words = ["Hello", " wor", "ld, ", "通义", "千问 ", "and ", "more"];
-    for i in 0..frames {
-        let usage = wire::Usage {
-            input: 1049,
-            output: i as u64 + 1,
-            reasoning: None,
-        };
-        s.push_str(&wire::delta(
-            "r",
-            "answer",
-            words[i % words.len()],
-            usage,
-            i,
-            1_780_000_000,
-        ));
-    }
+    let mut s = wire::long_answer_events(frames).concat();
     s.push_str(&wire::finished("r", "answer", None));
     Bytes::from(s)
 }

@@ -52,24 +52,10 @@ static GLOBAL: Counting = Counting;
 /// `n` answer frames in the captured wire format, one `Bytes` per event (as TCP delivers
 /// them when each event is its own write).
 fn events(n: usize) -> Vec<Bytes> {
-    let mut out = vec![Bytes::from(wire::response_created("c", "u", "r", 0))];
-    let words = ["Hello", " wor", "ld, ", "通义", "千问 ", "and ", "more"];
-    for i in 0..n {
-        let usage = wire::Usage {
-            input: 1049,
-            output: i as u64 + 1,
-            reasoning: None,
-        };
-        out.push(Bytes::from(wire::delta(
-            "r",
-            "answer",
-            words[i % words.len()],
-            usage,
-            i,
-            1_780_000_000,
-        )));
-    }
-    out
+    wire::long_answer_events(n)
+        .into_iter()
+        .map(Bytes::from)
+        .collect()
 }
 
 /// Allocations per event while streaming `chunks` after a warm-up of `warm` chunks.

@@ -7,12 +7,11 @@ mod support;
 use bytes::Bytes;
 use qwen_proxy::error::UpstreamClass;
 use qwen_proxy::openai::encoder::ChunkEncoder;
-use qwen_proxy::qwen::sse::SseDecoder;
 use qwen_proxy::translate::aggregate::Collected;
 use qwen_proxy::translate::limits::{FinishReason, Limits};
 use qwen_proxy::translate::pipeline::{Pipeline, Progress};
 use qwen_proxy::translate::state::Usage;
-use support::{fixture, parse_sse, summarize};
+use support::{fixture, parse_sse, sse_payloads, summarize};
 
 const FIXTURES: [&str; 6] = [
     "plain-answer.sse",
@@ -23,39 +22,26 @@ const FIXTURES: [&str; 6] = [
     "quota-after-partial.sse",
 ];
 
-fn decode(chunks: &[&[u8]]) -> Vec<Bytes> {
-    let mut d = SseDecoder::default();
-    let mut out = Vec::new();
-    for c in chunks {
-        d.push(Bytes::copy_from_slice(c));
-        while let Some(ev) = d.next_data().unwrap() {
-            out.push(ev);
-        }
-    }
-    out.extend(d.finish().unwrap());
-    out
-}
-
 #[test]
 fn decoder_is_split_invariant_on_every_fixture() {
     for name in FIXTURES {
         let input = fixture(name);
-        let whole = decode(&[&input]);
+        let whole = sse_payloads(&[&input]);
         assert!(!whole.is_empty(), "{name}");
         for cut in 0..=input.len() {
             assert_eq!(
-                decode(&[&input[..cut], &input[cut..]]),
+                sse_payloads(&[&input[..cut], &input[cut..]]),
                 whole,
                 "{name} cut at {cut}"
             );
         }
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
-        assert_eq!(decode(&bytes), whole, "{name} byte by byte");
+        assert_eq!(sse_payloads(&bytes), whole, "{name} byte by byte");
         // CRLF line ends give the same events.
         let crlf = String::from_utf8(input.clone())
             .unwrap()
             .replace('\n', "\r\n");
-        assert_eq!(decode(&[crlf.as_bytes()]), whole, "{name} with CRLF");
+        assert_eq!(sse_payloads(&[crlf.as_bytes()]), whole, "{name} with CRLF");
     }
 }
 

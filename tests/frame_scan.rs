@@ -6,22 +6,16 @@
 
 mod support;
 
-use bytes::Bytes;
 use qwen_proxy::qwen::frame::Frame;
 use qwen_proxy::qwen::scan;
-use qwen_proxy::qwen::sse::SseDecoder;
 use qwen_proxy::sim::wire;
-use support::{fixture, fixtures_dir};
+use support::{fixture, fixtures_dir, sse_payloads};
 
 fn payloads(sse: &[u8]) -> Vec<Vec<u8>> {
-    let mut d = SseDecoder::default();
-    d.push(Bytes::copy_from_slice(sse));
-    let mut out = Vec::new();
-    while let Some(ev) = d.next_data().unwrap() {
-        out.push(ev.trim_ascii().to_vec());
-    }
-    out.extend(d.finish().unwrap().map(|ev| ev.trim_ascii().to_vec()));
-    out
+    sse_payloads(&[sse])
+        .iter()
+        .map(|ev| ev.trim_ascii().to_vec())
+        .collect()
 }
 
 fn captured() -> Vec<Vec<u8>> {

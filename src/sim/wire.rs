@@ -101,6 +101,29 @@ pub fn empty_typing(response_id: &str, usage: Usage, ts: u64) -> String {
     delta(response_id, "answer", "", usage, 0, ts)
 }
 
+/// A synthetic long answer for benchmarks and allocation tests: `response.created`, then `n`
+/// short answer deltas with growing usage in the rotating captured shapes (no `finished`).
+pub fn long_answer_events(n: usize) -> Vec<String> {
+    const WORDS: [&str; 7] = ["Hello", " wor", "ld, ", "通义", "千问 ", "and ", "more"];
+    let mut out = vec![response_created("c", "u", "r", 0)];
+    out.extend((0..n).map(|i| {
+        let usage = Usage {
+            input: 1049,
+            output: i as u64 + 1,
+            reasoning: None,
+        };
+        delta(
+            "r",
+            "answer",
+            WORDS[i % WORDS.len()],
+            usage,
+            i,
+            1_780_000_000,
+        )
+    }));
+    out
+}
+
 /// The built-in web search tool call and its result frame.
 pub fn web_search(response_id: &str, query: &str, ts: u64) -> [String; 2] {
     let args = js(&format!("{{\"queries\": [{}]}}", js(query)));

@@ -429,6 +429,20 @@ impl Drop for Harness {
     }
 }
 
+/// Upstream SSE `chunks` through the proxy's decoder: every event's data payload.
+pub fn sse_payloads(chunks: &[&[u8]]) -> Vec<Bytes> {
+    let mut d = qwen_proxy::qwen::sse::SseDecoder::default();
+    let mut out = Vec::new();
+    for c in chunks {
+        d.push(Bytes::copy_from_slice(c));
+        while let Some(ev) = d.next_data().unwrap() {
+            out.push(ev);
+        }
+    }
+    out.extend(d.finish().unwrap());
+    out
+}
+
 /// Fixture directory: `QWEN_FIXTURES` or `../shared/fixtures/qwen` next to the repo.
 pub fn fixtures_dir() -> std::path::PathBuf {
     std::env::var_os("QWEN_FIXTURES")
