@@ -1,6 +1,6 @@
 //! Streaming-core throughput: SSE decode, translate and encode alone, one token frame parsed
 //! four ways, and the whole upstream-bytes → OpenAI-bytes pipeline, over every fixture in
-//! ../shared/fixtures/qwen plus a long synthetic answer (10,000 frames) and a
+//! tests/fixtures/qwen plus a long synthetic answer (10,000 frames) and a
 //! one-byte-per-chunk split. Each pipeline group also runs a naive
 //! baseline (parse into `serde_json::Value`, build the chunk as a `Value`, `to_string`,
 //! `format!`) so the report reads as a ratio against it.
@@ -28,9 +28,7 @@ struct Input {
 }
 
 fn inputs() -> Vec<Input> {
-    let dir = std::env::var_os("QWEN_FIXTURES")
-        .map(Into::into)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen"));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen");
     let mut out = Vec::new();
     let mut names: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("fixtures at {}: {e}", dir.display()))

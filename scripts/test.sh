@@ -19,9 +19,8 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  # The packages start system services we do not need; the tests start their own.
-  $SUDO systemctl stop nginx prometheus redis-server >/dev/null 2>&1 || true
-  $SUDO pkill -x prometheus >/dev/null 2>&1 || true
+  # Where the packages start system services, they are left alone: every test starts its
+  # own server on a free port and never touches the host's.
 fi
 
 step "fetching crates"

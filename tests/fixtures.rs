@@ -1,4 +1,4 @@
-//! Every upstream capture in ../shared/fixtures/qwen through the decoder and the translator:
+//! Every upstream capture in tests/fixtures/qwen through the decoder and the translator:
 //! split at every byte offset and one byte per chunk gives identical events and identical
 //! OpenAI output, and the output is what the fixture README states.
 

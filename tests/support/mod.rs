@@ -443,13 +443,9 @@ pub fn sse_payloads(chunks: &[&[u8]]) -> Vec<Bytes> {
     out
 }
 
-/// Fixture directory: `QWEN_FIXTURES` or `../shared/fixtures/qwen` next to the repo.
+/// The upstream captures kept in the repository (`tests/fixtures/qwen`, see its README).
 pub fn fixtures_dir() -> std::path::PathBuf {
-    std::env::var_os("QWEN_FIXTURES")
-        .map(Into::into)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/qwen")
-        })
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen")
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {
