@@ -9,10 +9,13 @@ step() { printf '\n== %s\n' "$*"; }
 
 # Real components the tests drive: nginx (deployment tests), promtool (metrics check) and
 # redis-server (shared state across instances); each test starts its own on a free port.
+# systemd-analyze and curl check the deployment files (no Docker engine needed).
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]}"
   SUDO=""
@@ -40,3 +43,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 QWEN_PROXY_BIN="$PWD/target/debug/qwen-proxy" "$VENV/bin/python" -m pytest -q tests/clients
+
+step "deployment files: compose commands (sh -n), Dockerfile, systemd unit (systemd-analyze verify)"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/deploy/requirements.txt
+"$VENV/bin/python" -m pytest -q tests/deploy
