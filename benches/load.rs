@@ -137,7 +137,7 @@ async fn start_proxy(port: u16, sim: u16) -> Proc {
             "--port",
             &port.to_string(),
             "--env-file",
-            "/nonexistent",
+            "/dev/null",
         ])
         .env("QWEN_BASE_URL", format!("http://127.0.0.1:{sim}"))
         .env("QWEN_COOKIES", "token=load")

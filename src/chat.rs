@@ -16,11 +16,11 @@ use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::body::{BodyObserver, Hold, ProxyBody};
-use crate::conversation::key::fingerprint;
 use crate::conversation::store::Session;
 use crate::conversation::{ChatLock, Conversations, Prepared};
 use crate::error::ProxyError;
 use crate::error::UpstreamClass;
+use crate::identity::ClientIdentity;
 use crate::layers::error_map::report;
 use crate::layers::retry::Attempt;
 use crate::layers::retry::Next;
@@ -29,7 +29,7 @@ use crate::openai::encoder::{ChunkEncoder, UsageJson};
 use crate::openai::request::ChatRequest;
 use crate::openai::request::Role;
 use crate::openai::response::{AssistantMessage, ChatCompletion, Choice};
-use crate::qwen::request::Turn;
+use crate::qwen::request::{Turn, CHAT_ID_PLACEHOLDER};
 use crate::server::RequestStart;
 use crate::translate::aggregate;
 use crate::translate::body::{Settle, StreamEnd, TranslateBody, UpstreamStream};
@@ -75,47 +75,41 @@ impl tower::Service<Request<Arc<ChatRequest>>> for ChatCore {
             .extensions()
             .get::<RequestStart>()
             .map_or_else(Instant::now, |s| s.0);
-        let identity = client_identity(req.headers(), !state.config.api_keys.is_empty());
+        // Whose conversation this is, as the auth layer established it. Its absence is a
+        // wiring bug; failing closed keeps one tenant from ever continuing another's chat.
+        let Some(identity) = req.extensions().get::<ClientIdentity>().cloned() else {
+            return Box::pin(std::future::ready(Err(ProxyError::Internal(
+                "the request reached the core without a client identity".to_owned(),
+            ))));
+        };
         Box::pin(complete(state, req.into_body(), identity, attempt, start))
     }
-}
-
-/// Whose conversation this is: the API key (fingerprinted) when keys are on, else one
-/// shared identity.
-fn client_identity(headers: &hyper::HeaderMap, keys_on: bool) -> String {
-    if !keys_on {
-        return "anon".to_owned();
-    }
-    headers
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map_or_else(|| "anon".to_owned(), |k| fingerprint(k.trim()))
 }
 
 pub async fn complete(
     state: Arc<AppState>,
     req: Arc<ChatRequest>,
-    identity: String,
+    identity: ClientIdentity,
     attempt: Attempt,
     start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let catalog = state.models.get().await?;
     let plan = mapping::plan(&req, &catalog)?;
     let conv = &state.conversations;
+    let identity = identity.as_str();
     let (next, last) = {
         let mut a = attempt.lock();
         (a.next.take(), a.last.take())
     };
     let mut prepared = match (next, last) {
         (Some(Next::SameChat), Some(last)) => last,
-        (Some(Next::FreshChat), _) => conv.fresh(&req, &identity, &plan.model, "fallback"),
+        (Some(Next::FreshChat), _) => conv.fresh(&req, identity, &plan.model, "fallback"),
         _ if !state.config.conversations.continue_chats => {
-            conv.fresh(&req, &identity, &plan.model, "new")
+            conv.fresh(&req, identity, &plan.model, "new")
         }
-        _ => conv.prepare(&req, &identity, &plan.model).await,
+        _ => conv.prepare(&req, identity, &plan.model).await,
     };
+    check_upstream_size(&prepared, &plan, state.config.upstream_body_limit)?;
     // One generation per chat: wait (bounded) for other requests on this conversation.
     let lock = match &prepared.target {
         ChatTarget::Existing { chat_id, .. } => Some(conv.lock(chat_id).await?),
@@ -143,6 +137,30 @@ pub async fn complete(
         }
     }
     result
+}
+
+/// Refuse a turn whose upstream request would exceed `limit`: the upstream answers those
+/// with an anti-bot challenge that blocks the whole account (qwen-protocol §7.4), so no
+/// client may trigger one. Checked before a chat is created, on whatever this attempt
+/// sends (a continued chat's new messages, or the whole folded history).
+fn check_upstream_size(prepared: &Prepared, plan: &Plan, limit: usize) -> Result<(), ProxyError> {
+    let (chat_id, parent_id) = match &prepared.target {
+        ChatTarget::Existing { chat_id, parent_id } => (chat_id.as_str(), parent_id.as_deref()),
+        ChatTarget::NewChat => (CHAT_ID_PLACEHOLDER, None),
+    };
+    let turn = Turn {
+        chat_id,
+        parent_id,
+        model: &plan.model,
+        chat_type: plan.chat_type,
+        content: &prepared.content,
+        features: plan.features,
+    };
+    let size = turn.body_len(epoch_secs());
+    if size > limit {
+        return Err(ProxyError::ContextLengthExceeded { size, limit });
+    }
+    Ok(())
 }
 
 /// Send the prepared turn and build the response (streamed once primed, or aggregated).
@@ -177,9 +195,7 @@ async fn respond(
     let pipeline = Pipeline::new(limits, estimate_tokens(&prepared.content));
     let mut stream = UpstreamStream::new(upstream, pipeline, state.config.upstream.idle_timeout);
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let created = epoch_secs();
     let metrics = state.metrics.clone();
     let model = plan.model.clone();
     // The chat lock is released when the reply is remembered (so the next turn finds it),
@@ -337,6 +353,12 @@ impl BodyObserver for StreamMetrics {
             .with_label_values(&[outcome])
             .observe(self.start.elapsed().as_secs_f64());
     }
+}
+
+fn epoch_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 pub fn json_response(body: Vec<u8>) -> Response<ProxyBody> {

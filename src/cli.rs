@@ -45,7 +45,8 @@ pub struct ServeArgs {
     pub demo: bool,
     pub port: Option<String>,
     pub host: Option<String>,
-    pub env_file: PathBuf,
+    /// `--env-file`: must exist. Without it, `./.env` is read if present.
+    pub env_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,9 +65,17 @@ pub enum Command {
     Version,
 }
 
-/// Parse `args` (without the program name).
+/// Parse `args` (without the program name). Flags take their value as the next argument
+/// or after `=` (`--port 8080`, `--port=8080`).
 pub fn parse(args: &[String]) -> Result<Command, String> {
-    let mut it = args.iter().map(String::as_str).peekable();
+    let split: Vec<&str> = args
+        .iter()
+        .flat_map(|a| match a.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => vec![flag, value],
+            _ => vec![a.as_str()],
+        })
+        .collect();
+    let mut it = split.into_iter().peekable();
     let sub = match it.peek().copied() {
         Some("serve") | Some("sim") | Some("check") => it.next(),
         _ => None,
@@ -86,7 +95,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
 }
 
 fn value<'a>(flag: &str, it: &mut impl Iterator<Item = &'a str>) -> Result<&'a str, String> {
-    it.next().ok_or_else(|| format!("{flag} needs a value"))
+    it.next()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("{flag} needs a value"))
 }
 
 fn parse_serve(args: &[&str], allow_demo: bool) -> Result<ServeArgs, String> {
@@ -94,7 +105,7 @@ fn parse_serve(args: &[&str], allow_demo: bool) -> Result<ServeArgs, String> {
         demo: false,
         port: None,
         host: None,
-        env_file: PathBuf::from(".env"),
+        env_file: None,
     };
     let mut it = args.iter().copied();
     while let Some(a) = it.next() {
@@ -102,7 +113,7 @@ fn parse_serve(args: &[&str], allow_demo: bool) -> Result<ServeArgs, String> {
             "--demo" if allow_demo => out.demo = true,
             "--port" => out.port = Some(value(a, &mut it)?.to_owned()),
             "--host" => out.host = Some(value(a, &mut it)?.to_owned()),
-            "--env-file" => out.env_file = PathBuf::from(value(a, &mut it)?),
+            "--env-file" => out.env_file = Some(PathBuf::from(value(a, &mut it)?)),
             other => return Err(format!("unknown argument `{other}` (see --help)")),
         }
     }
@@ -175,6 +186,24 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse(&args("serve")).unwrap(), Command::Serve(_)));
+    }
+
+    #[test]
+    fn flags_take_values_after_an_equals_sign() {
+        let Command::Serve(a) = parse(&args("--port=8081 --host=::1 --env-file=/x/y.env")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(a.port.as_deref(), Some("8081"));
+        assert_eq!(a.host.as_deref(), Some("::1"));
+        assert_eq!(a.env_file, Some(PathBuf::from("/x/y.env")));
+        let Command::Sim(s) = parse(&args("sim --port=9 --gate=none")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.port, 9);
+        assert!(parse(&args("--port="))
+            .unwrap_err()
+            .contains("needs a value"));
     }
 
     #[test]

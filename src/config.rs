@@ -3,8 +3,9 @@
 //! all bad values (the binary exits with 64, `EX_USAGE`).
 //!
 //! Names are those of the Node version (`PORT`, `QWEN_COOKIES`, `RETRY_*`, …) so its users
-//! can keep their `.env`; durations are milliseconds, as there. `.env.example` documents
-//! every variable.
+//! can keep their `.env`; durations are milliseconds, as there, or a number with a unit
+//! (`30s`, `30m`, `1h`). Node-era values are understood too: `HOST=localhost`, winston log
+//! levels, Express-style `TRUST_PROXY`. `.env.example` documents every variable.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,6 +14,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use hyper::Uri;
+
+use crate::forwarded::TrustProxy;
+use crate::layers::auth::FailurePolicy;
 
 /// Where raw values come from. `Env` in production, a map in tests.
 pub trait Source {
@@ -34,12 +38,14 @@ pub struct Env {
 }
 
 impl Env {
-    /// Read `.env` from `path` if it exists. A malformed line is reported, not ignored.
-    pub fn load(path: &Path) -> Result<Self, String> {
+    /// Read an env file. `required`: the user named it (`--env-file`), so a missing file is
+    /// an error; the default `./.env` may be absent. A malformed line is reported, not
+    /// ignored.
+    pub fn load(path: &Path, required: bool) -> Result<Self, String> {
         let dotenv = match std::fs::read_to_string(path) {
             Ok(text) => parse_dotenv(&text).map_err(|e| format!("{}: {e}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => HashMap::new(),
+            Err(e) => return Err(format!("env file {}: {e}", path.display())),
         };
         Ok(Self {
             dotenv,
@@ -172,10 +178,19 @@ pub struct Config {
     pub retry: RetryConfig,
     pub models_cache_duration: Duration,
     pub cors: CorsConfig,
-    pub trust_proxy: bool,
+    pub trust_proxy: TrustProxy,
     pub api_keys: Vec<Secret>,
+    /// Invalid keys per address and window before the address is locked out.
+    pub auth_failures: FailurePolicy,
     pub redis_url: Option<Secret>,
     pub max_body_bytes: usize,
+    /// The whole request body must arrive within this (after the headers).
+    pub body_read_timeout: Duration,
+    /// Largest upstream completion request body we send (the upstream challenges bigger
+    /// ones, qwen-protocol §7.4).
+    pub upstream_body_limit: usize,
+    /// After an anti-bot challenge, no upstream completion for this long.
+    pub challenge_cooldown: Duration,
     pub sse_keepalive: Duration,
     pub shutdown_grace: Duration,
     /// The whole request header block must arrive within this (slowloris protection).
@@ -219,6 +234,12 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// The upstream challenges completion requests above about 128 KB (qwen-protocol §7.4:
+/// 117 KB passed, 129 KB failed). The default keeps a margin below the lowest failure seen.
+pub const DEFAULT_UPSTREAM_BODY_LIMIT: usize = 112 * 1024;
+/// `UPSTREAM_BODY_LIMIT` may be raised to this, never above (the challenge is certain there).
+pub const UPSTREAM_BODY_HARD_LIMIT: usize = 128 * 1024;
+
 pub const DEFAULT_USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/141.0.0.0 Safari/537.36";
 
 /// Collects parse errors while reading every field.
@@ -258,15 +279,91 @@ impl Reader<'_> {
         }
     }
 
-    /// Milliseconds, `> 0` unless `allow_zero`.
+    /// A duration: plain milliseconds, or a number with a unit (`ms`, `s`, `m`, `h`, `d`);
+    /// `> 0` unless `allow_zero`.
     fn millis(&mut self, key: &str, default_ms: u64, allow_zero: bool) -> Duration {
-        let ms: u64 = self.parse(key, default_ms, "a number of milliseconds");
-        if ms == 0 && !allow_zero {
-            self.errors.push(format!("{key} must be greater than 0"));
-            return Duration::from_millis(default_ms);
+        let default = Duration::from_millis(default_ms);
+        let Some(v) = self.raw(key) else {
+            return default;
+        };
+        match parse_duration(&v) {
+            Some(d) if d.is_zero() && !allow_zero => {
+                self.errors.push(format!("{key} must be greater than 0"));
+                default
+            }
+            Some(d) => d,
+            None => {
+                self.errors.push(format!(
+                    "{key}={v:?} is not a duration (milliseconds, or a number with a unit: 500ms, 30s, 30m, 1h)"
+                ));
+                default
+            }
         }
-        Duration::from_millis(ms)
     }
+}
+
+/// `1500` (milliseconds), `1.5s`, `30 s`, `30m`, `1h`, `2d` (the units of the `ms` package
+/// that Node-era configurations use).
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    let unit_ms = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => 1.0,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1e3,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60e3,
+        "h" | "hr" | "hrs" | "hour" | "hours" => 3_600e3,
+        "d" | "day" | "days" => 86_400e3,
+        _ => return None,
+    };
+    let ms = n * unit_ms;
+    // Plain numbers are whole milliseconds; a year is more than any timeout needs.
+    (ms.is_finite() && ms <= 365.0 * 86_400e3 && (!unit.is_empty() || n.fract() == 0.0))
+        .then(|| Duration::from_secs_f64(ms / 1e3))
+}
+
+/// `LOG_LEVEL`: a level, a winston (Node-era) level, or a `tracing` filter with directives
+/// (`qwen_proxy=debug,info`). A bare word that is not a level is an error: the filter
+/// syntax would read it as a target name and silence every log line.
+pub fn parse_log_level(v: &str) -> Result<String, String> {
+    let mut out = Vec::new();
+    for directive in v.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if directive.contains('=') || directive.contains('[') {
+            out.push(directive.to_owned());
+            continue;
+        }
+        let level = match directive.to_ascii_lowercase().as_str() {
+            l @ ("error" | "warn" | "info" | "debug" | "trace" | "off") => l.to_owned(),
+            "warning" => "warn".to_owned(),
+            "http" | "verbose" => "debug".to_owned(),
+            "silly" => "trace".to_owned(),
+            _ => {
+                return Err(format!(
+                    "LOG_LEVEL={v:?}: {directive:?} is not a level (error, warn, info, debug, trace, off; \
+                     the Node-era names warning, http, verbose and silly also work) or a filter such as qwen_proxy=debug"
+                ))
+            }
+        };
+        out.push(level);
+    }
+    let filter = out.join(",");
+    if filter.is_empty() {
+        return Ok("info".to_owned());
+    }
+    tracing_subscriber::EnvFilter::try_new(&filter)
+        .map(|_| filter)
+        .map_err(|e| format!("LOG_LEVEL={v:?} is not a valid filter: {e}"))
+}
+
+/// `HOST`: an IP address, or `localhost` (what Node-era configurations often hold).
+fn parse_host(v: &str) -> Option<IpAddr> {
+    if v.eq_ignore_ascii_case("localhost") {
+        return Some(IpAddr::from([127, 0, 0, 1]));
+    }
+    v.trim_start_matches('[').trim_end_matches(']').parse().ok()
 }
 
 impl Config {
@@ -276,7 +373,15 @@ impl Config {
             src,
             errors: Vec::new(),
         };
-        let host: IpAddr = r.parse("HOST", IpAddr::from([0, 0, 0, 0]), "an IP address");
+        let host = match r.raw("HOST") {
+            None => IpAddr::from([0, 0, 0, 0]),
+            Some(v) => parse_host(&v).unwrap_or_else(|| {
+                r.errors.push(format!(
+                    "HOST={v:?} is not an IP address or localhost (0.0.0.0 listens everywhere)"
+                ));
+                IpAddr::from([0, 0, 0, 0])
+            }),
+        };
         let port: u16 = r.parse("PORT", 3000, "a port number (0-65535)");
 
         let base_url = match r.raw("QWEN_BASE_URL") {
@@ -325,10 +430,14 @@ impl Config {
                 LogFormat::Text
             }
         };
-        let log_level = r.raw("LOG_LEVEL").unwrap_or_else(|| "info".to_owned());
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            r.errors.push(format!("LOG_LEVEL={log_level:?} is not a level (error, warn, info, debug, trace) or filter"));
-        }
+        let log_level = match r.raw("LOG_LEVEL").map(|v| parse_log_level(&v)) {
+            None => "info".to_owned(),
+            Some(Ok(filter)) => filter,
+            Some(Err(e)) => {
+                r.errors.push(e);
+                "info".to_owned()
+            }
+        };
         let header_values = [
             "QWEN_TOKEN",
             "QWEN_BX_UA",
@@ -460,6 +569,18 @@ impl Config {
             r.errors
                 .push("RATE_LIMIT_BURST must be at least 1".to_owned());
         }
+        let trust_proxy = match r.raw("TRUST_PROXY").map(|v| TrustProxy::parse(&v)) {
+            None => TrustProxy::Off,
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                r.errors.push(e);
+                TrustProxy::Off
+            }
+        };
+        let auth_failures = FailurePolicy {
+            limit: r.parse("AUTH_FAILURE_LIMIT", 10, "a whole number (0 turns it off)"),
+            window: r.millis("AUTH_FAILURE_WINDOW", 300_000, false),
+        };
         let config = Config {
             rate_limit_rpm,
             rate_limit_burst,
@@ -476,10 +597,18 @@ impl Config {
             retry,
             models_cache_duration: r.millis("MODELS_CACHE_DURATION", 3_600_000, true),
             cors,
-            trust_proxy: r.bool("TRUST_PROXY", false),
+            trust_proxy,
+            auth_failures,
             api_keys,
             redis_url: redis_url.map(Secret),
             max_body_bytes: r.parse("MAX_BODY_BYTES", 4 << 20, "a number of bytes"),
+            body_read_timeout: r.millis("BODY_READ_TIMEOUT", 30_000, false),
+            upstream_body_limit: r.parse(
+                "UPSTREAM_BODY_LIMIT",
+                DEFAULT_UPSTREAM_BODY_LIMIT,
+                "a number of bytes",
+            ),
+            challenge_cooldown: r.millis("CHALLENGE_COOLDOWN", 300_000, true),
             sse_keepalive: r.millis("SSE_KEEPALIVE_INTERVAL", 15_000, false),
             shutdown_grace: r.millis("SHUTDOWN_GRACE", 30_000, true),
             header_read_timeout: r.millis("HEADER_READ_TIMEOUT", 30_000, false),
@@ -487,6 +616,12 @@ impl Config {
         if config.max_body_bytes < 1024 {
             r.errors
                 .push("MAX_BODY_BYTES must be at least 1024".to_owned());
+        }
+        if !(4096..=UPSTREAM_BODY_HARD_LIMIT).contains(&config.upstream_body_limit) {
+            r.errors.push(format!(
+                "UPSTREAM_BODY_LIMIT must be between 4096 and {UPSTREAM_BODY_HARD_LIMIT} bytes \
+                 (the upstream challenges requests above about 128 KiB)"
+            ));
         }
         if r.errors.is_empty() {
             Ok(config)
@@ -565,6 +700,84 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.0.len(), 8, "{e}");
+    }
+
+    #[test]
+    fn node_era_values_are_understood() {
+        let c = Config::from_source(
+            &src(&[
+                ("QWEN_COOKIES", "token=abc"),
+                ("HOST", "localhost"),
+                ("TRUST_PROXY", "loopback, 10.0.0.0/8"),
+                ("SESSION_TIMEOUT", "30m"),
+                ("RETRY_MAX_DELAY", "1h"),
+                ("RETRY_INITIAL_DELAY", "1.5s"),
+                ("UPSTREAM_IDLE_TIMEOUT", "250"),
+                ("LOG_LEVEL", "verbose"),
+            ]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
+        assert!(matches!(c.trust_proxy, TrustProxy::Ranges(ref r) if r.len() == 3));
+        assert_eq!(c.session_timeout, Duration::from_secs(1800));
+        assert_eq!(c.retry.max_delay, Duration::from_secs(3600));
+        assert_eq!(c.retry.initial_delay, Duration::from_millis(1500));
+        assert_eq!(c.upstream.idle_timeout, Duration::from_millis(250));
+        assert_eq!(c.log_level, "debug");
+        for (value, trust) in [("true", TrustProxy::OneProxy), ("2", TrustProxy::Hops(2))] {
+            let c = Config::from_source(&src(&[("TRUST_PROXY", value)]), true).unwrap();
+            assert_eq!(c.trust_proxy, trust);
+        }
+    }
+
+    #[test]
+    fn log_levels_and_aliases() {
+        for (given, filter) in [
+            ("warning", "warn"),
+            ("WARN", "warn"),
+            ("silly", "trace"),
+            ("http", "debug"),
+            ("qwen_proxy=debug,info", "qwen_proxy=debug,info"),
+            ("off", "off"),
+        ] {
+            assert_eq!(parse_log_level(given).as_deref(), Ok(filter), "{given}");
+        }
+        for bad in ["loud", "verbose-ish", "info,loud"] {
+            let e = parse_log_level(bad).unwrap_err();
+            assert!(e.contains("not a level"), "{bad}: {e}");
+        }
+        // A bad level is a configuration error (exit 64), not a silent logger.
+        let e = Config::from_source(&src(&[("LOG_LEVEL", "loud")]), true).unwrap_err();
+        assert!(e.0[0].contains("LOG_LEVEL"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        for (v, ms) in [
+            ("0", 0),
+            ("250", 250),
+            ("2s", 2_000),
+            ("1.5 s", 1_500),
+            ("30m", 1_800_000),
+            ("1h", 3_600_000),
+            ("1d", 86_400_000),
+            ("100ms", 100),
+        ] {
+            assert_eq!(parse_duration(v), Some(Duration::from_millis(ms)), "{v}");
+        }
+        for bad in ["", "x", "5 parsecs", "-1", "1.5", "s", "9999999d"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_named_env_file_must_exist() {
+        let missing = Path::new("/nonexistent/qwen-proxy.env");
+        assert!(Env::load(missing, true)
+            .unwrap_err()
+            .contains("qwen-proxy.env"));
+        assert!(Env::load(missing, false).is_ok());
     }
 
     #[test]

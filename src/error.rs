@@ -9,11 +9,12 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
 use crate::body::ProxyBody;
+use crate::untrusted::Untrusted;
 
 /// What went wrong upstream, at the granularity the client and the retry policy care about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,9 @@ pub enum UpstreamClass {
     ServerError,
     /// E18: the stream ended without any answer content.
     EmptyStream,
+    /// A stream that began with `response.created` closed before its `finished` frame:
+    /// the answer was cut off (§5.3).
+    Truncated,
     /// No response headers, or no event, within the configured timeout.
     Timeout,
     /// Could not connect, or the connection broke.
@@ -66,6 +70,7 @@ impl UpstreamClass {
             Self::ContentFilter => "content_filter",
             Self::ServerError => "server_error",
             Self::EmptyStream => "empty_stream",
+            Self::Truncated => "truncated",
             Self::Timeout => "timeout",
             Self::Connect => "connect",
             Self::Protocol => "protocol",
@@ -110,14 +115,23 @@ pub enum ProxyError {
     ModelNotFound { model: String },
     /// No such route.
     RouteNotFound { path: String },
-    /// The route exists but not with this method.
-    MethodNotAllowed,
+    /// The route exists but not with this method; `allow` lists the methods it takes.
+    MethodNotAllowed { allow: &'static str },
     /// The request body exceeds the configured limit.
     PayloadTooLarge { limit: usize },
     /// `content-type` is not JSON.
     UnsupportedMediaType,
+    /// The body is compressed (`Content-Encoding`); only identity bodies are accepted.
+    UnsupportedEncoding { encoding: String },
+    /// The request body did not arrive within `BODY_READ_TIMEOUT`.
+    RequestTimeout { after: Duration },
+    /// The upstream request would exceed `UPSTREAM_BODY_LIMIT`, past which the upstream's
+    /// anti-bot protection challenges the account (qwen-protocol §7.4).
+    ContextLengthExceeded { size: usize, limit: usize },
     /// `API_KEYS` is set and the request has no valid key.
     InvalidApiKey,
+    /// Too many invalid keys from this address: locked out for a while.
+    AuthThrottled { retry_after_secs: u64 },
     /// The proxy's own rate limiter (`RATE_LIMIT_RPM`) rejected the request.
     RateLimited { retry_after_secs: u64 },
     /// `MAX_CONCURRENT_STREAMS` is reached: shed load at once.
@@ -128,6 +142,9 @@ pub enum ProxyError {
     ConversationBusy,
     /// The upstream failed in a classified way.
     Upstream(Box<UpstreamError>),
+    /// The upstream challenged the account recently: no upstream call until the
+    /// `CHALLENGE_COOLDOWN` is over (hammering a challenged account deepens the block).
+    UpstreamCoolingDown { retry_after_secs: u64 },
     /// Our own bug (including a caught panic).
     Internal(String),
 }
@@ -165,14 +182,20 @@ impl ProxyError {
             ProxyError::ModelNotFound { .. } | ProxyError::RouteNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }
-            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            ProxyError::RateLimited { .. } | ProxyError::ConversationBusy => {
-                StatusCode::TOO_MANY_REQUESTS
+            ProxyError::UnsupportedMediaType | ProxyError::UnsupportedEncoding { .. } => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            ProxyError::Overloaded | ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ContextLengthExceeded { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ProxyError::RateLimited { .. }
+            | ProxyError::AuthThrottled { .. }
+            | ProxyError::ConversationBusy => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Overloaded
+            | ProxyError::ShuttingDown
+            | ProxyError::UpstreamCoolingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Upstream(e) => match e.class {
                 C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -185,6 +208,7 @@ impl ProxyError {
                 | C::ChatNotFound
                 | C::ServerError
                 | C::EmptyStream
+                | C::Truncated
                 | C::Connect
                 | C::Protocol => StatusCode::BAD_GATEWAY,
             },
@@ -209,10 +233,15 @@ impl ProxyError {
             ProxyError::BadRequest { code, .. } => *code,
             ProxyError::ModelNotFound { .. } => Some("model_not_found"),
             ProxyError::RouteNotFound { .. } => Some("not_found"),
-            ProxyError::MethodNotAllowed => Some("method_not_allowed"),
+            ProxyError::MethodNotAllowed { .. } => Some("method_not_allowed"),
             ProxyError::PayloadTooLarge { .. } => Some("payload_too_large"),
             ProxyError::UnsupportedMediaType => Some("unsupported_media_type"),
+            ProxyError::UnsupportedEncoding { .. } => Some("unsupported_content_encoding"),
+            ProxyError::RequestTimeout { .. } => Some("request_timeout"),
+            ProxyError::ContextLengthExceeded { .. } => Some("context_length_exceeded"),
             ProxyError::InvalidApiKey => Some("invalid_api_key"),
+            ProxyError::AuthThrottled { .. } => Some("too_many_authentication_failures"),
+            ProxyError::UpstreamCoolingDown { .. } => Some("upstream_challenge_cooldown"),
             ProxyError::RateLimited { .. } => Some("rate_limit_exceeded"),
             ProxyError::Overloaded => Some("server_overloaded"),
             ProxyError::ShuttingDown => Some("server_shutting_down"),
@@ -229,6 +258,7 @@ impl ProxyError {
                 C::ContentFilter => "content_filter",
                 C::Timeout => "upstream_timeout",
                 C::EmptyStream => "upstream_empty_response",
+                C::Truncated => "upstream_incomplete_response",
                 C::ParentNotFound | C::ChatNotFound | C::ServerError => "upstream_error",
                 C::Connect => "upstream_unreachable",
                 C::Protocol => "upstream_protocol_error",
@@ -240,6 +270,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest { param, .. } => param.as_deref(),
             ProxyError::ModelNotFound { .. } => Some("model"),
+            ProxyError::ContextLengthExceeded { .. } => Some("messages"),
             _ => None,
         }
     }
@@ -248,7 +279,11 @@ impl ProxyError {
     /// retries wait instead of hammering.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ProxyError::RateLimited { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            ProxyError::RateLimited { retry_after_secs }
+            | ProxyError::AuthThrottled { retry_after_secs }
+            | ProxyError::UpstreamCoolingDown { retry_after_secs } => {
+                Some((*retry_after_secs).max(1))
+            }
             ProxyError::Overloaded | ProxyError::ShuttingDown | ProxyError::ConversationBusy => {
                 Some(1)
             }
@@ -266,16 +301,39 @@ impl ProxyError {
         }
     }
 
+    /// `x-should-retry: false` for failures a client retry cannot fix and may worsen: the
+    /// upstream rejected the proxy's credentials, challenged the account, or the account's
+    /// usage limit is reached. Both OpenAI SDKs honour the header; without it they retry
+    /// 429s and 5xx (and openai-node waits out a `Retry-After` of hours).
+    pub fn client_should_retry(&self) -> Option<bool> {
+        match self {
+            ProxyError::UpstreamCoolingDown { .. } => Some(false),
+            ProxyError::Upstream(e) => match e.class {
+                UpstreamClass::AuthFailed
+                | UpstreamClass::Forbidden
+                | UpstreamClass::Challenge
+                | UpstreamClass::RateLimited => Some(false),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Low-cardinality label for logs and metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
             ProxyError::BadRequest { .. } => "bad_request",
             ProxyError::ModelNotFound { .. } => "model_not_found",
             ProxyError::RouteNotFound { .. } => "not_found",
-            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::UnsupportedMediaType => "unsupported_media_type",
+            ProxyError::UnsupportedEncoding { .. } => "unsupported_encoding",
+            ProxyError::RequestTimeout { .. } => "request_timeout",
+            ProxyError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ProxyError::InvalidApiKey => "invalid_api_key",
+            ProxyError::AuthThrottled { .. } => "auth_throttled",
+            ProxyError::UpstreamCoolingDown { .. } => "upstream_cooldown",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::Overloaded => "overloaded",
             ProxyError::ShuttingDown => "shutting_down",
@@ -292,21 +350,49 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest { message, .. } => message.clone(),
             ProxyError::ModelNotFound { model } => format!(
-                "The model `{model}` does not exist. GET /v1/models lists the available models."
+                "The model `{}` does not exist. GET /v1/models lists the available models.",
+                Untrusted(model)
             ),
-            ProxyError::RouteNotFound { path } => format!("No route for {path}."),
-            ProxyError::MethodNotAllowed => "Method not allowed for this route.".to_owned(),
+            ProxyError::RouteNotFound { path } => format!(
+                "No route for {}. The API serves POST /v1/chat/completions, GET /v1/models and \
+                 GET /v1/models/{{id}}; GET /health and GET /metrics are for operators.",
+                Untrusted(path)
+            ),
+            ProxyError::MethodNotAllowed { allow } => {
+                format!("Method not allowed for this route; it accepts {allow}.")
+            }
             ProxyError::PayloadTooLarge { limit } => {
                 format!("Request body is larger than the limit of {limit} bytes.")
             }
             ProxyError::UnsupportedMediaType => {
                 "Request body must be JSON (content-type: application/json).".to_owned()
             }
+            ProxyError::UnsupportedEncoding { encoding } => format!(
+                "Compressed request bodies are not accepted (Content-Encoding: {}); send the JSON uncompressed.",
+                Untrusted(encoding)
+            ),
+            ProxyError::RequestTimeout { after } => format!(
+                "The request body did not arrive within {} s (BODY_READ_TIMEOUT).",
+                after.as_secs_f64()
+            ),
+            ProxyError::ContextLengthExceeded { size, limit } => format!(
+                "The conversation is too long for the upstream: its request would be {size} bytes, \
+                 over the limit of {limit} bytes (UPSTREAM_BODY_LIMIT; Qwen's anti-bot protection \
+                 challenges larger requests). Shorten or summarise the history."
+            ),
             ProxyError::InvalidApiKey => {
                 "Missing or invalid API key: send `Authorization: Bearer <key>` \
                  with one of the keys configured in API_KEYS."
                     .to_owned()
             }
+            ProxyError::AuthThrottled { retry_after_secs } => format!(
+                "Too many invalid API keys from this address; try again in {retry_after_secs} s."
+            ),
+            ProxyError::UpstreamCoolingDown { retry_after_secs } => format!(
+                "Qwen's anti-bot protection challenged the account recently; the proxy pauses \
+                 upstream calls for another {retry_after_secs} s (CHALLENGE_COOLDOWN) instead of \
+                 deepening the block. If it persists, refresh QWEN_COOKIES from a browser."
+            ),
             ProxyError::RateLimited { retry_after_secs } => format!(
                 "Rate limit reached for this client; retry in {retry_after_secs} s."
             ),
@@ -350,6 +436,7 @@ impl ProxyError {
                     C::ContentFilter => format!("Qwen's content moderation blocked the request ({d})."),
                     C::ServerError => format!("Qwen returned an error ({d})."),
                     C::EmptyStream => format!("Qwen returned no answer ({d})."),
+                    C::Truncated => format!("Qwen's answer was cut off ({d})."),
                     C::Timeout => format!("Qwen did not respond in time ({d})."),
                     C::Connect => format!("Could not reach Qwen ({d})."),
                     C::Protocol => format!("Qwen sent an unexpected response ({d})."),
@@ -390,9 +477,24 @@ impl ProxyError {
         *rsp.status_mut() = self.status();
         rsp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let h = rsp.headers_mut();
         if let Some(secs) = self.retry_after() {
-            rsp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(secs));
+            h.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(retry) = self.client_should_retry() {
+            h.insert(
+                "x-should-retry",
+                HeaderValue::from_static(if retry { "true" } else { "false" }),
+            );
+        }
+        match &self {
+            ProxyError::InvalidApiKey => {
+                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ProxyError::MethodNotAllowed { allow } => {
+                h.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
         }
         rsp.extensions_mut().insert(ErrorLabel(self.metric_label()));
         rsp
@@ -440,6 +542,7 @@ mod tests {
             C::ContentFilter,
             C::ServerError,
             C::EmptyStream,
+            C::Truncated,
             C::Timeout,
             C::Connect,
             C::Protocol,

@@ -15,6 +15,8 @@ pub mod cli;
 pub mod config;
 pub mod conversation;
 pub mod error;
+pub mod forwarded;
+pub mod identity;
 pub mod layers;
 pub mod metrics;
 pub mod openai;
@@ -24,6 +26,7 @@ pub mod server;
 pub mod sim;
 pub mod stack;
 pub mod translate;
+pub mod untrusted;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -54,7 +54,10 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn load_config(a: &ServeArgs, demo: bool) -> Result<Config, String> {
-    let mut env = Env::load(&a.env_file)?;
+    let mut env = match &a.env_file {
+        Some(path) => Env::load(path, true)?,
+        None => Env::load(std::path::Path::new(".env"), false)?,
+    };
     if let Some(p) = &a.port {
         env.set_override("PORT", p.clone());
     }

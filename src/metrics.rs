@@ -24,6 +24,8 @@ pub struct Metrics {
     pub upstream_retries: IntCounter,
     pub active_streams: IntGauge,
     pub rate_limited: IntCounter,
+    pub auth_failures: IntCounterVec,
+    pub upstream_cooldown: IntGauge,
     pub load_shed: IntCounter,
     pub conversation_turns: IntCounterVec,
     pub conversation_fallbacks: IntCounterVec,
@@ -117,6 +119,20 @@ impl Metrics {
                 "rate_limited_requests_total",
                 "Requests rejected by the proxy's own rate limiter.",
             ),
+            auth_failures: counter_vec(
+                "auth_failures_total",
+                "Requests refused for their API key: invalid_key (401), or throttled (429 while the address is locked out after repeated failures).",
+                &["outcome"],
+            ),
+            upstream_cooldown: {
+                let g = IntGauge::new(
+                    "upstream_challenge_cooldown_seconds",
+                    "Seconds left in the pause of upstream calls after an anti-bot challenge (0 when none).",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             load_shed: counter(
                 "load_shed_requests_total",
                 "Requests rejected because MAX_CONCURRENT_STREAMS was reached.",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tower::ServiceExt;
@@ -16,6 +16,7 @@ use crate::app::AppState;
 use crate::body::ProxyBody;
 use crate::chat::json_response;
 use crate::error::ProxyError;
+use crate::identity::presented_credential;
 use crate::layers::auth::constant_time_eq;
 use crate::openai::response::ModelList;
 use crate::stack::ChatStack;
@@ -84,8 +85,12 @@ impl tower::Service<Request<Incoming>> for Router {
                 }
                 (Method::GET, "/health") => Ok(health(&state).await),
                 (Method::GET, "/metrics") => metrics(&state, &req),
-                (_, "/v1/chat/completions" | "/v1/models" | "/health" | "/metrics") => {
-                    Err(ProxyError::MethodNotAllowed)
+                (_, "/v1/chat/completions") => Err(ProxyError::MethodNotAllowed { allow: "POST" }),
+                (_, "/v1/models" | "/health" | "/metrics") => {
+                    Err(ProxyError::MethodNotAllowed { allow: "GET" })
+                }
+                (_, p) if p.starts_with("/v1/models/") => {
+                    Err(ProxyError::MethodNotAllowed { allow: "GET" })
                 }
                 (_, p) => Err(ProxyError::RouteNotFound { path: p.to_owned() }),
             }
@@ -126,12 +131,7 @@ async fn health(state: &AppState) -> Response<ProxyBody> {
 
 fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
     if let Some(token) = &state.config.metrics_token {
-        let presented = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let presented = presented_credential(req.headers()).unwrap_or("");
         if !constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
             return Err(ProxyError::InvalidApiKey);
         }

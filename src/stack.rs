@@ -8,8 +8,8 @@
 //! | 4 | metrics (`layers::metrics`) | `http_requests_total` and `http_request_duration_seconds`, recorded when the body ends or is dropped |
 //! | 5 | error-map (`layers::error_map`) | every `ProxyError` from inside becomes its OpenAI response (`ProxyError::into_response`, the one mapping), logged and counted once; outside, the stack is infallible |
 //! | 6 | CORS (tower-http, when `CORS_ENABLED`) | answers preflights; adds CORS headers |
-//! | 7 | auth (`layers::auth`) | with `API_KEYS`, `/v1/*` needs a valid key (401) |
-//! | 8 | rate-limit (`layers::rate_limit`, when `RATE_LIMIT_RPM` > 0) | token bucket per key or client IP for `/v1/*`; 429 at once with `Retry-After` and `x-ratelimit-*`; never queues |
+//! | 7 | auth (`layers::auth`) | parses the credential once and adds `ClientIdentity` (a key fingerprint, or anonymous) to extensions; with `API_KEYS`, `/v1/*` needs a valid key (401 + `WWW-Authenticate`); repeated failures lock the address out (429) |
+//! | 8 | rate-limit (`layers::rate_limit`, when `RATE_LIMIT_RPM` > 0) | token bucket per `ClientIdentity` key, else per client IP (`TRUST_PROXY`), for `/v1/*`; 429 at once with `Retry-After` and `x-ratelimit-*`; never queues |
 //! | 9 | router (`router.rs`) | routes; `/v1/chat/completions` goes into the chat stack below |
 //!
 //! The chat stack (only `POST /v1/chat/completions`):
@@ -113,7 +113,10 @@ pub fn chat_stack(state: &Arc<AppState>) -> ChatStack {
             cfg.max_concurrent_streams,
             state.metrics.clone(),
         ))
-        .layer(ValidateLayer::new(cfg.max_body_bytes))
+        .layer(ValidateLayer::new(
+            cfg.max_body_bytes,
+            cfg.body_read_timeout,
+        ))
         .layer(RetryLayer::new(
             RetryPolicy::from_config(&cfg.retry),
             state.metrics.clone(),
@@ -134,12 +137,7 @@ pub fn build(state: Arc<AppState>) -> HttpService {
             )),
             None => Arc::new(LocalBuckets::new(cfg.rate_limit_rpm, cfg.rate_limit_burst)),
         };
-        RateLimitLayer::new(
-            store,
-            cfg.trust_proxy,
-            !cfg.api_keys.is_empty(),
-            state.metrics.clone(),
-        )
+        RateLimitLayer::new(store, cfg.trust_proxy.clone(), state.metrics.clone())
     });
     let svc = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(panic_response))
@@ -148,7 +146,12 @@ pub fn build(state: Arc<AppState>) -> HttpService {
         .layer(MetricsLayer::new(state.metrics.clone()))
         .layer(ErrorMapLayer::new(state.metrics.clone()))
         .option_layer(cors_layer(&state))
-        .layer(AuthLayer::new(&cfg.api_keys))
+        .layer(AuthLayer::new(
+            &cfg.api_keys,
+            cfg.trust_proxy.clone(),
+            cfg.auth_failures,
+            state.metrics.clone(),
+        ))
         .option_layer(rate_limit)
         .service(Router::new(state.clone(), chat_stack(&state)));
     BoxCloneService::new(svc)

@@ -30,7 +30,7 @@ impl Instance {
                 "--port",
                 &port.to_string(),
                 "--env-file",
-                "/nonexistent",
+                "/dev/null",
             ])
             .env("QWEN_BASE_URL", sim)
             .env("QWEN_COOKIES", "token=cluster-token")

@@ -108,7 +108,7 @@ async fn secrets_never_reach_the_logs_even_at_trace() {
 #[test]
 fn json_log_format_is_one_object_per_line() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qwen-proxy"))
-        .args(["--demo", "--port", "0", "--env-file", "/nonexistent"])
+        .args(["--demo", "--port", "0", "--env-file", "/dev/null"])
         .env("LOG_FORMAT", "json")
         .env("LOG_LEVEL", "debug")
         .env("QWEN_BX_UA", BX_UA)

@@ -46,7 +46,7 @@ async fn sign_in(h: &Harness, email: &str, password: &str) -> (u16, serde_json::
 
 fn check(sim_url: &str, token: &str) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwen-proxy"))
-        .args(["check", "--env-file", "/nonexistent"])
+        .args(["check", "--env-file", "/dev/null"])
         .env("QWEN_BASE_URL", sim_url)
         .env("QWEN_COOKIES", format!("token={token}"))
         .output()

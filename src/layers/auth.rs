@@ -1,29 +1,80 @@
-//! API-key authentication. With `API_KEYS` (or `API_KEYS_FILE`) set, every `/v1/*` request
-//! needs `Authorization: Bearer <key>` or `x-api-key: <key>`; keys are compared in
-//! constant time. `/health` and `/metrics` stay open. Without keys the layer is a no-op
-//! (SDKs always send some key; an open server must ignore it).
+//! API-key authentication and the caller's identity.
+//!
+//! With `API_KEYS` (or `API_KEYS_FILE`) set, every `/v1/*` request needs a key
+//! ([`presented_credential`]: `Authorization: Bearer <key>` in any case of the scheme, or
+//! `x-api-key`), compared in constant time against every configured key. The layer parses
+//! the credential once and puts a [`ClientIdentity`] in the request extensions; the layers
+//! and the core after it read only that. Without keys every request is
+//! [`ClientIdentity::Anonymous`] (SDKs always send some key; an open server ignores it).
+//! `/health` and `/metrics` are not `/v1/*` and stay open here.
+//!
+//! Key guessing is throttled: failed attempts are counted per client address (as
+//! `TRUST_PROXY` resolves it) in a fixed window; from the `AUTH_FAILURE_LIMIT`th failure on,
+//! the address gets 429 with `Retry-After` until its window ends — without the key being
+//! checked, so a right guess inside the lockout teaches nothing. The counters are per
+//! instance.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use hyper::header::AUTHORIZATION;
 use hyper::{Request, Response};
+use tokio::time::Instant;
 
 use crate::body::ProxyBody;
 use crate::config::Secret;
 use crate::error::ProxyError;
+use crate::forwarded::TrustProxy;
+use crate::identity::{presented_credential, ClientIdentity, KeyFingerprint};
+use crate::metrics::Metrics;
+use crate::server::PeerAddr;
 
-#[derive(Clone, Debug)]
+/// Failed-authentication throttling (`AUTH_FAILURE_LIMIT` per `AUTH_FAILURE_WINDOW`).
+#[derive(Debug, Clone, Copy)]
+pub struct FailurePolicy {
+    /// Failures per window that lock an address out; 0 turns throttling off.
+    pub limit: u32,
+    pub window: Duration,
+}
+
+#[derive(Clone)]
 pub struct AuthLayer {
-    keys: Arc<[Box<[u8]>]>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Configured keys with their fingerprints (computed once).
+    keys: Box<[(Box<[u8]>, KeyFingerprint)]>,
+    trust_proxy: TrustProxy,
+    failures: FailureCounter,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthLayer {
-    pub fn new(keys: &[Secret]) -> Self {
+    pub fn new(
+        keys: &[Secret],
+        trust_proxy: TrustProxy,
+        policy: FailurePolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let keys = keys
+            .iter()
+            .map(|k| {
+                let k = k.expose();
+                (k.as_bytes().into(), KeyFingerprint::of(k))
+            })
+            .collect();
         Self {
-            keys: keys.iter().map(|k| k.expose().as_bytes().into()).collect(),
+            shared: Arc::new(Shared {
+                keys,
+                trust_proxy,
+                failures: FailureCounter::new(policy),
+                metrics,
+            }),
         }
     }
 }
@@ -33,15 +84,15 @@ impl<S> tower::Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Auth<S> {
         Auth {
             inner,
-            keys: self.keys.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
-    keys: Arc<[Box<[u8]>]>,
+    shared: Arc<Shared>,
 }
 
 /// Equal-length comparison whose time does not depend on where the bytes differ.
@@ -52,69 +103,161 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl<S> Auth<S> {
-    fn authorized<B>(&self, req: &Request<B>) -> bool {
-        if self.keys.is_empty() || !req.uri().path().starts_with("/v1/") {
-            return true;
-        }
-        let h = req.headers();
-        let presented = h
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()))
-            .map(str::trim)
-            .unwrap_or("");
-        // Check every key so the time does not reveal which one matched.
-        self.keys.iter().fold(false, |ok, k| {
-            constant_time_eq(k, presented.as_bytes()) | ok
+impl Shared {
+    /// The fingerprint of the configured key that `presented` equals. Every key is compared,
+    /// so the time does not reveal which one matched.
+    fn matching_key(&self, presented: &str) -> Option<KeyFingerprint> {
+        self.keys.iter().fold(None, |found, (key, fp)| {
+            if constant_time_eq(key, presented.as_bytes()) {
+                Some(fp.clone())
+            } else {
+                found
+            }
         })
+    }
+
+    fn authenticate<B>(&self, req: &Request<B>) -> Result<ClientIdentity, ProxyError> {
+        let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        let addr = self.trust_proxy.client_ip(req.headers(), peer);
+        let now = Instant::now();
+        if let Some(wait) = self.failures.locked_out(addr, now) {
+            self.metrics
+                .auth_failures
+                .with_label_values(&["throttled"])
+                .inc();
+            return Err(ProxyError::AuthThrottled {
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            });
+        }
+        match presented_credential(req.headers()).and_then(|k| self.matching_key(k)) {
+            Some(fp) => Ok(ClientIdentity::Key(fp)),
+            None => {
+                self.failures.record(addr, now);
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&["invalid_key"])
+                    .inc();
+                Err(ProxyError::InvalidApiKey)
+            }
+        }
     }
 }
 
 impl<S, B> tower::Service<Request<B>> for Auth<S>
 where
-    S: tower::Service<Request<B>, Response = Response<ProxyBody>>,
+    S: tower::Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>,
     S::Future: Unpin,
 {
     type Response = Response<ProxyBody>;
-    type Error = S::Error;
+    type Error = ProxyError;
     type Future = ResponseFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        if self.authorized(&req) {
-            ResponseFuture::Inner(self.inner.call(req))
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let identity = if self.shared.keys.is_empty() || !req.uri().path().starts_with("/v1/") {
+            Ok(ClientIdentity::Anonymous)
         } else {
-            ResponseFuture::Rejected(Some(ProxyError::InvalidApiKey.into_response()))
+            self.shared.authenticate(&req)
+        };
+        match identity {
+            Ok(id) => {
+                req.extensions_mut().insert(id);
+                ResponseFuture::Inner(self.inner.call(req))
+            }
+            Err(e) => ResponseFuture::Rejected(Some(e)),
         }
     }
 }
 
 pub enum ResponseFuture<F> {
     Inner(F),
-    Rejected(Option<Response<ProxyBody>>),
+    Rejected(Option<ProxyError>),
 }
 
-impl<F, E> Future for ResponseFuture<F>
+impl<F> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<Response<ProxyBody>, E>> + Unpin,
+    F: Future<Output = Result<Response<ProxyBody>, ProxyError>> + Unpin,
 {
-    type Output = Result<Response<ProxyBody>, E>;
+    type Output = Result<Response<ProxyBody>, ProxyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
             ResponseFuture::Inner(f) => Pin::new(f).poll(cx),
-            ResponseFuture::Rejected(rsp) => match rsp.take() {
-                Some(r) => Poll::Ready(Ok(r)),
+            ResponseFuture::Rejected(e) => match e.take() {
+                Some(e) => Poll::Ready(Err(e)),
                 None => Poll::Pending,
             },
+        }
+    }
+}
+
+// === failure counting ===
+
+/// Failed attempts per client address in fixed windows. Requests whose address is unknown
+/// share one counter.
+struct FailureCounter {
+    policy: FailurePolicy,
+    windows: Mutex<HashMap<Option<IpAddr>, Window>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: Instant,
+    failures: u32,
+}
+
+/// Above this many tracked addresses, expired windows are dropped on the next failure.
+const SWEEP_THRESHOLD: usize = 10_000;
+
+impl FailureCounter {
+    fn new(policy: FailurePolicy) -> Self {
+        Self {
+            policy,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long `addr` stays locked out, if it is.
+    fn locked_out(&self, addr: Option<IpAddr>, now: Instant) -> Option<Duration> {
+        if self.policy.limit == 0 {
+            return None;
+        }
+        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let w = windows.get(&addr)?;
+        let end = w.started + self.policy.window;
+        (w.failures >= self.policy.limit && now < end).then(|| end - now)
+    }
+
+    fn record(&self, addr: Option<IpAddr>, now: Instant) {
+        if self.policy.limit == 0 {
+            return;
+        }
+        let window = self.policy.window;
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if windows.len() > SWEEP_THRESHOLD {
+            windows.retain(|_, w| now < w.started + window);
+        }
+        let w = windows.entry(addr).or_insert(Window {
+            started: now,
+            failures: 0,
+        });
+        if now >= w.started + window {
+            *w = Window {
+                started: now,
+                failures: 0,
+            };
+        }
+        w.failures += 1;
+        if w.failures == self.policy.limit {
+            tracing::warn!(
+                client = %addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
+                failures = w.failures,
+                lockout_secs = window.as_secs(),
+                "repeated invalid API keys from one address; locking it out"
+            );
         }
     }
 }
@@ -122,65 +265,131 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::convert::Infallible;
+    use std::net::SocketAddr;
     use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    type Seen = Arc<Mutex<Vec<Option<ClientIdentity>>>>;
 
     fn svc(
         keys: &[&str],
-    ) -> impl tower::Service<Request<()>, Response = Response<ProxyBody>, Error = Infallible> + Clone
+        limit: u32,
+        seen: Seen,
+    ) -> impl tower::Service<Request<()>, Response = Response<ProxyBody>, Error = ProxyError> + Clone
     {
         let keys: Vec<Secret> = keys.iter().map(|k| Secret::new(*k)).collect();
+        let policy = FailurePolicy {
+            limit,
+            window: Duration::from_secs(60),
+        };
         ServiceBuilder::new()
-            .layer(AuthLayer::new(&keys))
-            .service(service_fn(|_req: Request<()>| {
-                Box::pin(async { Ok::<_, Infallible>(Response::new(ProxyBody::empty())) })
+            .layer(AuthLayer::new(
+                &keys,
+                TrustProxy::Off,
+                policy,
+                Metrics::new(),
+            ))
+            .service(service_fn(move |req: Request<()>| {
+                seen.lock()
+                    .unwrap()
+                    .push(req.extensions().get::<ClientIdentity>().cloned());
+                Box::pin(async { Ok::<_, ProxyError>(Response::new(ProxyBody::empty())) })
             }))
     }
 
-    fn req(path: &str, header: Option<(&str, &str)>) -> Request<()> {
+    fn req(path: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut b = Request::builder().uri(path);
-        if let Some((k, v)) = header {
-            b = b.header(k, v);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
         }
-        b.body(()).unwrap()
+        let mut r = b.body(()).unwrap();
+        r.extensions_mut()
+            .insert(PeerAddr("10.0.0.7:1234".parse::<SocketAddr>().unwrap()));
+        r
+    }
+
+    async fn status<S>(s: &S, path: &str, headers: &[(&str, &str)]) -> u16
+    where
+        S: tower::Service<Request<()>, Response = Response<ProxyBody>, Error = ProxyError> + Clone,
+    {
+        match s.clone().oneshot(req(path, headers)).await {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.status().as_u16(),
+        }
     }
 
     #[tokio::test]
-    async fn keys_required_on_v1_only() {
-        let s = svc(&["k1", "k2"]);
-        let r = s.clone().oneshot(req("/v1/models", None)).await.unwrap();
-        assert_eq!(r.status(), 401);
-        let r = s
-            .clone()
-            .oneshot(req("/v1/models", Some(("authorization", "Bearer k2"))))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let r = s
-            .clone()
-            .oneshot(req("/v1/models", Some(("x-api-key", "k1"))))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let r = s
-            .clone()
-            .oneshot(req("/v1/models", Some(("authorization", "Bearer k3"))))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 401);
-        let r = s.clone().oneshot(req("/health", None)).await.unwrap();
-        assert_eq!(r.status(), 200);
+    async fn keys_required_on_v1_only_and_identity_is_the_fingerprint() {
+        let seen = Seen::default();
+        let s = svc(&["k1", "k2"], 0, seen.clone());
+        assert_eq!(status(&s, "/v1/models", &[]).await, 401);
+        assert_eq!(
+            status(&s, "/v1/models", &[("authorization", "bearer k2")]).await,
+            200
+        );
+        assert_eq!(status(&s, "/v1/models", &[("x-api-key", "k1")]).await, 200);
+        assert_eq!(
+            status(&s, "/v1/models", &[("authorization", "Bearer k3")]).await,
+            401
+        );
+        assert_eq!(status(&s, "/health", &[]).await, 200);
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen[..2],
+            [
+                Some(ClientIdentity::Key(KeyFingerprint::of("k2"))),
+                Some(ClientIdentity::Key(KeyFingerprint::of("k1"))),
+            ]
+        );
     }
 
     #[tokio::test]
-    async fn open_without_keys() {
-        let r = svc(&[])
-            .oneshot(req(
-                "/v1/models",
-                Some(("authorization", "Bearer anything")),
-            ))
+    async fn open_without_keys_is_anonymous() {
+        let seen = Seen::default();
+        let s = svc(&[], 0, seen.clone());
+        assert_eq!(
+            status(&s, "/v1/models", &[("authorization", "Bearer x")]).await,
+            200
+        );
+        assert_eq!(*seen.lock().unwrap(), [Some(ClientIdentity::Anonymous)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_failures_lock_the_address_out_until_the_window_ends() {
+        let s = svc(&["good"], 3, Seen::default());
+        for _ in 0..3 {
+            assert_eq!(
+                status(&s, "/v1/models", &[("x-api-key", "guess")]).await,
+                401
+            );
+        }
+        // Locked out: even the right key gets 429 now.
+        let e = s
+            .clone()
+            .oneshot(req("/v1/models", &[("x-api-key", "good")]))
             .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ProxyError::AuthThrottled {
+                retry_after_secs: 60
+            }
+        );
+        tokio::time::advance(Duration::from_secs(45)).await;
+        let e = s
+            .clone()
+            .oneshot(req("/v1/models", &[("x-api-key", "good")]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ProxyError::AuthThrottled {
+                retry_after_secs: 15
+            }
+        );
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(
+            status(&s, "/v1/models", &[("x-api-key", "good")]).await,
+            200
+        );
     }
 }

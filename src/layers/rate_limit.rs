@@ -1,23 +1,20 @@
-//! Per-client rate limiting: a token bucket per API key (or per client IP when keys are
-//! off), `RATE_LIMIT_RPM` tokens a minute up to `RATE_LIMIT_BURST`. Over the limit the
+//! Per-client rate limiting: a token bucket per client identity (the API key's fingerprint
+//! that the auth layer established), or per client IP when keys are off, `RATE_LIMIT_RPM` tokens a minute up to `RATE_LIMIT_BURST`. Over the limit the
 //! request is rejected at once with 429, `Retry-After` and `x-ratelimit-*` headers; it is
 //! never queued. Bucket state lives behind `Arc` in a [`RateLimitStore`], because hyper
 //! clones the whole stack per request (state kept in the service struct would be per
 //! request — the `tower::limit::RateLimit` trap). The store is a trait so a shared backend
 //! (Redis) can plug in.
 //!
-//! Client IP: the socket peer; with `TRUST_PROXY=true`, `X-Real-IP`, else the last
-//! `X-Forwarded-For` hop (the one our reverse proxy appended — earlier hops are whatever
-//! the client sent, so they must not be trusted).
+//! Client IP: as `TRUST_PROXY` resolves it ([`TrustProxy`]).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Request, Response};
 use tokio::time::Instant;
 
@@ -25,6 +22,8 @@ use crate::body::ProxyBody;
 use crate::conversation::redis::{RedisClient, Reply, RATE_LIMIT_SCRIPT};
 use crate::conversation::store::BoxFuture;
 use crate::error::ProxyError;
+use crate::forwarded::TrustProxy;
+use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
 use crate::server::PeerAddr;
 
@@ -190,22 +189,19 @@ impl RateLimitStore for RedisBuckets {
 #[derive(Clone)]
 pub struct RateLimitLayer {
     store: Arc<dyn RateLimitStore>,
-    trust_proxy: bool,
-    by_api_key: bool,
+    trust_proxy: Arc<TrustProxy>,
     metrics: Arc<Metrics>,
 }
 
 impl RateLimitLayer {
     pub fn new(
         store: Arc<dyn RateLimitStore>,
-        trust_proxy: bool,
-        by_api_key: bool,
+        trust_proxy: TrustProxy,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             store,
-            trust_proxy,
-            by_api_key,
+            trust_proxy: Arc::new(trust_proxy),
             metrics,
         }
     }
@@ -227,51 +223,15 @@ pub struct RateLimit<S> {
     layer: RateLimitLayer,
 }
 
-/// The client's address as configured (`TRUST_PROXY`).
-pub fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, trust_proxy: bool) -> Option<IpAddr> {
-    if trust_proxy {
-        let real = headers
-            .get("x-real-ip")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
-        let forwarded = || {
-            headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .last()
-                .and_then(|v| v.trim().parse().ok())
-        };
-        if let Some(ip) = real.or_else(forwarded) {
-            return Some(ip);
-        }
-    }
-    peer
-}
-
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 impl<S> RateLimit<S> {
+    /// The bucket: the identity established by the auth layer, else the client address.
     fn key<B>(&self, req: &Request<B>) -> String {
-        if self.layer.by_api_key {
-            let h = req.headers();
-            let key = h
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()));
-            if let Some(k) = key {
-                // Hashed: the store (possibly shared) never holds raw keys.
-                return format!("key:{:016x}", fnv(k.trim()));
-            }
+        if let Some(ClientIdentity::Key(fp)) = req.extensions().get::<ClientIdentity>() {
+            // A fingerprint: the store (possibly shared) never holds raw keys.
+            return format!("key:{}", fp.as_str());
         }
         let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
-        match client_ip(req.headers(), peer, self.layer.trust_proxy) {
+        match self.layer.trust_proxy.client_ip(req.headers(), peer) {
             Some(ip) => format!("ip:{ip}"),
             None => "ip:unknown".to_owned(),
         }
@@ -360,12 +320,12 @@ mod tests {
         trust_proxy: bool,
     ) -> impl tower::Service<Request<()>, Response = Response<ProxyBody>, Error = ProxyError> + Clone
     {
-        let layer = RateLimitLayer::new(
-            Arc::new(LocalBuckets::new(60, 1)),
-            trust_proxy,
-            false,
-            Metrics::new(),
-        );
+        let trust = if trust_proxy {
+            TrustProxy::OneProxy
+        } else {
+            TrustProxy::Off
+        };
+        let layer = RateLimitLayer::new(Arc::new(LocalBuckets::new(60, 1)), trust, Metrics::new());
         ServiceBuilder::new()
             .layer(layer)
             .service(service_fn(|_r: Request<()>| {

@@ -3,8 +3,8 @@
 //! still retryable in principle).
 //!
 //! What is retried, and how (qwen-protocol §6, §10):
-//! * connect errors, upstream 5xx / in-stream errors, empty streams, protocol garbage,
-//!   overload → the same request again after backoff;
+//! * connect errors, upstream 5xx / in-stream errors, empty or truncated streams, protocol
+//!   garbage, overload → the same request again after backoff;
 //! * "The chat is in progress!" → the *same* chat and text after backoff (up to three times,
 //!   then a fresh chat);
 //! * stale `parent_id`, chat not found (or of another account) → once, at once, a fresh chat
@@ -141,9 +141,12 @@ impl RetryPolicy {
         }
         let jittered = (self.jitter)(self.backoff(h.counted));
         match upstream.class {
-            C::Connect | C::ServerError | C::EmptyStream | C::Protocol | C::Overloaded => {
-                Some((jittered, Next::Again))
-            }
+            C::Connect
+            | C::ServerError
+            | C::EmptyStream
+            | C::Truncated
+            | C::Protocol
+            | C::Overloaded => Some((jittered, Next::Again)),
             C::ChatInProgress => Some((jittered, Next::FreshChat)),
             C::ParentNotFound | C::ChatNotFound if !h.fresh_after_lost_chat => {
                 h.fresh_after_lost_chat = true;

@@ -1,31 +1,39 @@
-//! Request validation before any upstream work: `content-type: application/json`, the body
-//! size limit (`MAX_BODY_BYTES`: `content-length` checked first, then a limited read), and
-//! JSON → typed [`ChatRequest`] with precise 400s. The parsed request becomes the request
+//! Request validation before any upstream work: `content-type: application/json`, no
+//! `content-encoding` (415: a compressed body is never mistaken for JSON), the body size
+//! limit (`MAX_BODY_BYTES`: `content-length` checked first, then a limited read), the body
+//! read deadline (`BODY_READ_TIMEOUT`: a client that stalls mid-body gets 408 instead of
+//! holding a connection forever), and JSON → typed [`ChatRequest`] with precise 400s. The parsed request becomes the request
 //! body as an `Arc`, so retries re-send it without re-reading anything.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response};
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::openai::request::ChatRequest;
+use crate::untrusted::Untrusted;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct ValidateLayer {
     max_body: usize,
+    read_timeout: Duration,
 }
 
 impl ValidateLayer {
-    pub fn new(max_body: usize) -> Self {
-        Self { max_body }
+    pub fn new(max_body: usize, read_timeout: Duration) -> Self {
+        Self {
+            max_body,
+            read_timeout,
+        }
     }
 }
 
@@ -34,7 +42,7 @@ impl<S> tower::Layer<S> for ValidateLayer {
     fn layer(&self, inner: S) -> Validate<S> {
         Validate {
             inner,
-            max_body: self.max_body,
+            limits: *self,
         }
     }
 }
@@ -42,7 +50,7 @@ impl<S> tower::Layer<S> for ValidateLayer {
 #[derive(Debug, Clone)]
 pub struct Validate<S> {
     inner: S,
-    max_body: usize,
+    limits: ValidateLayer,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -73,13 +81,21 @@ where
         // Take the service that was made ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let max = self.max_body;
+        let ValidateLayer {
+            max_body: max,
+            read_timeout,
+        } = self.limits;
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             check_headers(&parts.headers, max)?;
-            let bytes = read_limited(body, max).await?;
+            let bytes = tokio::time::timeout(read_timeout, read_limited(body, max))
+                .await
+                .map_err(|_| ProxyError::RequestTimeout {
+                    after: read_timeout,
+                })??;
             let chat = ChatRequest::from_slice(&bytes)?;
-            tracing::Span::current().record("model", chat.model.as_str());
+            tracing::Span::current()
+                .record("model", tracing::field::display(Untrusted(&chat.model)));
             tracing::Span::current().record("stream", chat.stream);
             inner.call(Request::from_parts(parts, Arc::new(chat))).await
         })
@@ -97,6 +113,14 @@ fn check_headers(h: &hyper::HeaderMap, max: usize) -> Result<(), ProxyError> {
         .starts_with("application/json")
     {
         return Err(ProxyError::UnsupportedMediaType);
+    }
+    if let Some(encoding) = h.get(CONTENT_ENCODING) {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes());
+        if !encoding.trim().eq_ignore_ascii_case("identity") {
+            return Err(ProxyError::UnsupportedEncoding {
+                encoding: encoding.into_owned(),
+            });
+        }
     }
     let declared = h
         .get(CONTENT_LENGTH)
@@ -139,7 +163,7 @@ mod tests {
     ) -> impl tower::Service<Request<Full<Bytes>>, Response = Response<ProxyBody>, Error = ProxyError>
            + Clone {
         ServiceBuilder::new()
-            .layer(ValidateLayer::new(64))
+            .layer(ValidateLayer::new(64, Duration::from_secs(5)))
             .service(service_fn(|r: Request<Arc<ChatRequest>>| {
                 let model = r.body().model.clone();
                 Box::pin(async move { Ok::<_, ProxyError>(Response::new(ProxyBody::full(model))) })
@@ -186,5 +210,46 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.param(), Some("messages"));
+        let mut gz = req("application/json", r#"{"model":"m"}"#);
+        gz.headers_mut()
+            .insert(CONTENT_ENCODING, "gzip".parse().unwrap());
+        assert_eq!(
+            svc().oneshot(gz).await.unwrap_err().status(),
+            hyper::StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+    }
+
+    /// A body that sends part of itself and then nothing.
+    struct Stalled(Option<Bytes>);
+
+    impl Body for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            match self.0.take() {
+                Some(b) => Poll::Ready(Some(Ok(hyper::body::Frame::data(b)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_times_out() {
+        let svc = ServiceBuilder::new()
+            .layer(ValidateLayer::new(1024, Duration::from_secs(5)))
+            .service(service_fn(|_r: Request<Arc<ChatRequest>>| async {
+                Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
+            }));
+        let r = Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(Stalled(Some(Bytes::from_static(b"{\"model\""))))
+            .unwrap();
+        let start = tokio::time::Instant::now();
+        let err = svc.oneshot(r).await.unwrap_err();
+        assert_eq!(err.status(), hyper::StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 }

@@ -8,6 +8,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::ProxyError;
+use crate::untrusted::clip;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -175,14 +176,23 @@ impl ChatRequest {
             }
         };
 
-        for key in [
-            "temperature",
-            "top_p",
-            "presence_penalty",
-            "frequency_penalty",
+        // Accepted without effect (the upstream has no equivalent), but checked against
+        // OpenAI's ranges: silently taking a value OpenAI rejects hides a client bug.
+        for (key, min, max) in [
+            ("temperature", 0.0, 2.0),
+            ("top_p", 0.0, 1.0),
+            ("presence_penalty", -2.0, 2.0),
+            ("frequency_penalty", -2.0, 2.0),
         ] {
             match obj.get(key) {
-                None | Some(Value::Null) | Some(Value::Number(_)) => {}
+                None | Some(Value::Null) => {}
+                Some(Value::Number(n)) if n.as_f64().is_some_and(|v| (min..=max).contains(&v)) => {}
+                Some(Value::Number(_)) => {
+                    return Err(bad(
+                        format!("`{key}` must be between {min} and {max}."),
+                        key,
+                    ))
+                }
                 Some(_) => return Err(bad(format!("`{key}` must be a number."), key)),
             }
         }
@@ -211,15 +221,16 @@ impl ChatRequest {
         };
         let enable_thinking = opt_bool(obj, "enable_thinking")?;
 
-        for key in ["tools", "functions"] {
-            if let Some(Value::Array(a)) = obj.get(key) {
-                if !a.is_empty() {
-                    return Err(bad(
-                        format!("`{key}` (function calling) is not supported by this proxy yet."),
-                        key,
-                    ));
-                }
-            }
+        let tools = ToolRequest::parse(obj)?;
+        if tools.wants_calls() {
+            return Err(bad(
+                format!(
+                    "`{}` (function calling) is not supported by this proxy yet; send \
+                     tool_choice \"none\" to answer without tools.",
+                    tools.param
+                ),
+                tools.param,
+            ));
         }
 
         let response_format = match obj.get("response_format") {
@@ -262,6 +273,167 @@ impl ChatRequest {
     }
 }
 
+/// `tools` / `tool_choice` (or the deprecated `functions` / `function_call`), checked the way
+/// OpenAI checks them.
+#[derive(Debug, Default)]
+struct ToolRequest {
+    /// Declared function names.
+    names: Vec<String>,
+    /// `tool_choice: "none"` (or `function_call: "none"`): answer without tools.
+    none: bool,
+    /// The parameter the tools came in (`tools` or `functions`).
+    param: &'static str,
+}
+
+impl ToolRequest {
+    fn parse(obj: &Map<String, Value>) -> Result<Self, ProxyError> {
+        let present = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+        let list_key = if present("functions") && !present("tools") {
+            "functions"
+        } else {
+            "tools"
+        };
+        let choice_key = if present("function_call") && !present("tool_choice") {
+            "function_call"
+        } else {
+            "tool_choice"
+        };
+        let names = match obj.get(list_key) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, t)| tool_name(t, list_key, i))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(bad(format!("`{list_key}` must be an array."), list_key)),
+        };
+        let choice = obj.get(choice_key);
+        let mut none = false;
+        match choice {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => match s.as_str() {
+                "none" => none = true,
+                "auto" | "required" if !names.is_empty() || s == "auto" => {}
+                "required" => {
+                    return Err(bad(
+                        "`tool_choice` \"required\" needs at least one tool in `tools`.",
+                        choice_key,
+                    ))
+                }
+                _ => {
+                    return Err(bad(
+                        format!("`{choice_key}` must be \"none\", \"auto\", \"required\" or an object naming a function."),
+                        choice_key,
+                    ))
+                }
+            },
+            Some(Value::Object(o)) => {
+                let name = o
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .or_else(|| o.get("name"))
+                    .and_then(Value::as_str);
+                match name {
+                    Some(n) if names.iter().any(|t| t == n) => {}
+                    Some(n) => {
+                        return Err(bad(
+                            format!(
+                                "`{choice_key}` names the function `{}`, which is not in `{list_key}`.",
+                                clip(n)
+                            ),
+                            choice_key,
+                        ))
+                    }
+                    // `allowed_tools` and other forms without one name: checked when tools are used.
+                    None if o.contains_key("allowed_tools") || o.get("type").and_then(Value::as_str) == Some("allowed_tools") => {}
+                    None => {
+                        return Err(bad(
+                            format!("`{choice_key}` must name a function: {{\"type\": \"function\", \"function\": {{\"name\": …}}}}."),
+                            choice_key,
+                        ))
+                    }
+                }
+            }
+            Some(_) => {
+                return Err(bad(
+                    format!("`{choice_key}` must be a string or an object."),
+                    choice_key,
+                ))
+            }
+        }
+        Ok(ToolRequest {
+            names,
+            none,
+            param: list_key,
+        })
+    }
+
+    /// Whether the client asks for function calling (tools, and not `none`).
+    fn wants_calls(&self) -> bool {
+        !self.names.is_empty() && !self.none
+    }
+}
+
+/// The function name of `tools[i]` (`{"type":"function","function":{"name":…}}`) or
+/// `functions[i]` (`{"name":…}`).
+fn tool_name(t: &Value, list_key: &str, i: usize) -> Result<String, ProxyError> {
+    let param = format!("{list_key}[{i}]");
+    let Value::Object(o) = t else {
+        return Err(bad("Each tool must be an object.", &param));
+    };
+    let function = if list_key == "tools" {
+        match o.get("type").and_then(Value::as_str) {
+            Some("function") => {}
+            Some(other) => {
+                return Err(bad(
+                    format!(
+                        "Tool type `{}` is not supported; use \"function\".",
+                        clip(other)
+                    ),
+                    &format!("{param}.type"),
+                ))
+            }
+            None => {
+                return Err(bad(
+                    "Each tool needs `type`: \"function\".",
+                    &format!("{param}.type"),
+                ))
+            }
+        }
+        o.get("function")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                bad(
+                    "A function tool needs a `function` object.",
+                    &format!("{param}.function"),
+                )
+            })?
+    } else {
+        o
+    };
+    let fparam = if list_key == "tools" {
+        format!("{param}.function.name")
+    } else {
+        format!("{param}.name")
+    };
+    match function.get("name").and_then(Value::as_str) {
+        Some(n) if valid_function_name(n) => Ok(n.to_owned()),
+        Some(_) => Err(bad(
+            "A function name must be 1 to 64 characters of a-z, A-Z, 0-9, underscores, dashes, dots or colons.",
+            &fparam,
+        )),
+        None => Err(bad("Each function needs a string `name`.", &fparam)),
+    }
+}
+
+/// OpenAI's rule for function names (`^[a-zA-Z0-9_-]{1,64}$`), plus the dots and colons that
+/// MCP tool names carry.
+fn valid_function_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
 fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, ProxyError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -295,7 +467,8 @@ fn parse_message(i: usize, m: &Value) -> Result<Message, ProxyError> {
         Some(other) => {
             return Err(bad(
                 format!(
-                    "Invalid role `{other}`: expected system, developer, user, assistant or tool."
+                    "Invalid role `{}`: expected system, developer, user, assistant or tool.",
+                    clip(other)
                 ),
                 &format!("messages[{i}].role"),
             ))
@@ -379,12 +552,12 @@ fn parse_parts(parts: &[Value], param: &str) -> Result<String, ProxyError> {
                 return Err(bad(
                     format!(
                         "Content parts of type `{}` (images, audio, files) are not supported by this proxy yet; send text only.",
-                        kind.unwrap_or_default()
+                        clip(kind.unwrap_or_default())
                     ),
                     &part_param,
                 ))
             }
-            Some(other) => return Err(bad(format!("Unknown content part type `{other}`."), &part_param)),
+            Some(other) => return Err(bad(format!("Unknown content part type `{}`.", clip(other)), &part_param)),
             None => return Err(bad("Each content part needs a string `type`.", &format!("{part_param}.type"))),
         }
     }
@@ -445,6 +618,71 @@ mod tests {
             err_param(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#).as_deref(),
             Some("messages[0].content[0]")
         );
+    }
+
+    #[test]
+    fn out_of_range_sampling_parameters_are_rejected() {
+        let with = |extra: &str| {
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],{extra}}}"#)
+        };
+        for (extra, param) in [
+            (r#""temperature":2.5"#, "temperature"),
+            (r#""temperature":-0.1"#, "temperature"),
+            (r#""top_p":1.01"#, "top_p"),
+            (r#""presence_penalty":3"#, "presence_penalty"),
+            (r#""frequency_penalty":"1""#, "frequency_penalty"),
+        ] {
+            assert_eq!(err_param(&with(extra)).as_deref(), Some(param), "{extra}");
+        }
+        for ok in [r#""temperature":0"#, r#""temperature":2"#, r#""top_p":0.5"#] {
+            assert!(ChatRequest::from_slice(with(ok).as_bytes()).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn tools_are_checked_and_tool_choice_none_means_no_tools() {
+        let with = |extra: &str| {
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],{extra}}}"#)
+        };
+        let tool = r#"{"type":"function","function":{"name":"read_file","parameters":{}}}"#;
+        for (extra, param) in [
+            (r#""tools":"x""#.to_owned(), "tools"),
+            (r#""tools":[1]"#.to_owned(), "tools[0]"),
+            (r#""tools":[{"type":"code"}]"#.to_owned(), "tools[0].type"),
+            (
+                r#""tools":[{"type":"function","function":{"name":"bad name"}}]"#.to_owned(),
+                "tools[0].function.name",
+            ),
+            (
+                format!(
+                    r#""tools":[{tool}],"tool_choice":{{"type":"function","function":{{"name":"write_file"}}}}"#
+                ),
+                "tool_choice",
+            ),
+            (
+                format!(r#""tools":[{tool}],"tool_choice":"sometimes""#),
+                "tool_choice",
+            ),
+            (r#""tool_choice":"required""#.to_owned(), "tool_choice"),
+            (
+                r#""functions":[{"name":"f"}],"function_call":{"name":"g"}"#.to_owned(),
+                "function_call",
+            ),
+            // Function calling itself is not available yet.
+            (format!(r#""tools":[{tool}]"#), "tools"),
+        ] {
+            assert_eq!(err_param(&with(&extra)).as_deref(), Some(param), "{extra}");
+        }
+        for ok in [
+            format!(r#""tools":[{tool}],"tool_choice":"none""#),
+            r#""tools":[],"tool_choice":"auto""#.to_owned(),
+            r#""functions":[{"name":"f"}],"function_call":"none""#.to_owned(),
+        ] {
+            assert!(
+                ChatRequest::from_slice(with(&ok).as_bytes()).is_ok(),
+                "{ok}"
+            );
+        }
     }
 
     #[test]

@@ -114,9 +114,35 @@ pub struct Turn<'a> {
     pub features: FeatureConfig,
 }
 
+/// A chat id of the length the upstream's ids have (UUIDs), for sizing a request before the
+/// chat exists.
+pub const CHAT_ID_PLACEHOLDER: &str = "00000000-0000-0000-0000-000000000000";
+
 impl Turn<'_> {
     pub fn body(&self, now_secs: u64) -> Vec<u8> {
-        let body = CompletionBody {
+        // Plain data with string keys: serialisation cannot fail.
+        serde_json::to_vec(&self.completion_body(now_secs)).unwrap_or_default()
+    }
+
+    /// The size of [`Turn::body`] in bytes, without building it.
+    pub fn body_len(&self, now_secs: u64) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        let _ = serde_json::to_writer(&mut count, &self.completion_body(now_secs));
+        count.0
+    }
+
+    fn completion_body(&self, now_secs: u64) -> CompletionBody<'_> {
+        CompletionBody {
             stream: true,
             version: "2.1",
             incremental_output: true,
@@ -149,9 +175,7 @@ impl Turn<'_> {
                 },
             }],
             timestamp: now_secs,
-        };
-        // Plain data with string keys: serialisation cannot fail.
-        serde_json::to_vec(&body).unwrap_or_default()
+        }
     }
 }
 
@@ -180,5 +204,11 @@ mod tests {
         assert_eq!(m["feature_config"]["thinking_mode"], "Auto");
         assert_eq!(m["extra"]["meta"]["subChatType"], "t2t");
         assert_eq!(m["files"], serde_json::json!([]));
+        let long = "é\"\n".repeat(1000);
+        let turn = Turn {
+            content: &long,
+            ..turn
+        };
+        assert_eq!(turn.body_len(5), turn.body(5).len());
     }
 }

@@ -52,7 +52,17 @@ impl Pipeline {
     /// The upstream closed the stream.
     pub fn end_of_input(&mut self, out: &mut impl Emit) -> Result<FinishReason, UpstreamError> {
         if let Some(data) = self.decoder.finish_ref().map_err(protocol)? {
-            let flow = self.translator.on_data(data, &mut self.limits.wrap(out))?;
+            let flow = self
+                .translator
+                .on_data(data, &mut self.limits.wrap(out))
+                .map_err(|e| match e.class {
+                    // An unterminated last event that is not JSON was cut mid-event.
+                    UpstreamClass::Protocol => UpstreamError::new(
+                        UpstreamClass::Truncated,
+                        "the upstream closed the stream in the middle of an event",
+                    ),
+                    _ => e,
+                })?;
             if let Progress::Done(r) = self.after_event(flow, out) {
                 return Ok(r);
             }

@@ -12,8 +12,12 @@
 //! * Built-in tool phases (`web_search`, …) and unknown phases are skipped.
 //! * Dual responses: only the `response_index "0"` response passes; without a
 //!   `response.created`, the first `response_id` seen is locked.
-//! * End = `phase answer` + `status finished`, `[DONE]`, or EOF. A `finished` in any other
-//!   phase (e.g. the thinking block) is not the end.
+//! * End = `phase answer` + `status finished` (or `image_gen` + `finished` after an image),
+//!   or `[DONE]`. A `finished` in any other phase (e.g. the thinking block) is not the end.
+//!   EOF is a legitimate end only for streams without `response.created` (the 2025 v1
+//!   format, which had no end frame): a v2 stream always sends its `finished` frame before
+//!   closing (§5.1, every capture), so one that closes after text but before it was cut
+//!   off — a truncated answer is an upstream failure, never a complete one.
 //! * Error frames anywhere (first frame or after content) end the stream with a classified
 //!   error. EOF or `finished` without any answer content is the empty-stream error (E18).
 
@@ -180,6 +184,12 @@ impl Translator {
 
     /// The upstream closed the connection without an explicit end frame.
     pub fn on_eof(&mut self) -> Result<(), UpstreamError> {
+        if self.saw_created && self.emitted_anything() {
+            return Err(UpstreamError::new(
+                UpstreamClass::Truncated,
+                "the upstream closed the stream before its final frame",
+            ));
+        }
         self.finished().map(|_| ())
     }
 
@@ -369,6 +379,35 @@ mod tests {
             Translator::new().on_eof().unwrap_err().class,
             UpstreamClass::EmptyStream
         );
+    }
+
+    const CREATED: &[u8] = br#"{"response.created":{"chat_id":"c","parent_id":"p","response_id":"r","response_index":"0"}}"#;
+    const HI: &[u8] = br#"{"choices":[{"delta":{"content":"Hi","phase":"answer","status":"typing"}}],"response_id":"r"}"#;
+
+    #[test]
+    fn a_v2_stream_closed_before_its_finished_frame_was_truncated() {
+        let mut t = Translator::new();
+        let mut out = Collect::default();
+        t.on_data(CREATED, &mut out).unwrap();
+        t.on_data(HI, &mut out).unwrap();
+        assert_eq!(t.on_eof().unwrap_err().class, UpstreamClass::Truncated);
+        // Without anything to show, it stays the empty-stream error.
+        let mut t = Translator::new();
+        t.on_data(CREATED, &mut out).unwrap();
+        assert_eq!(t.on_eof().unwrap_err().class, UpstreamClass::EmptyStream);
+        // `[DONE]` is an explicit end.
+        let mut t = Translator::new();
+        t.on_data(CREATED, &mut out).unwrap();
+        t.on_data(HI, &mut out).unwrap();
+        assert_eq!(t.on_data(b"[DONE]", &mut out), Ok(Flow::Finished));
+    }
+
+    #[test]
+    fn a_v1_stream_may_end_at_eof() {
+        let mut t = Translator::new();
+        let mut out = Collect::default();
+        t.on_data(HI, &mut out).unwrap();
+        assert_eq!(t.on_eof(), Ok(()));
     }
 
     #[test]

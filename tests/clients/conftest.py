@@ -14,7 +14,7 @@ BIN = os.environ.get("QWEN_PROXY_BIN", os.path.join(os.path.dirname(__file__), "
 def demo():
     """The running demo: {"base_url": proxy /v1 URL, "sim_url": the simulator's URL}."""
     proc = subprocess.Popen(
-        [BIN, "--demo", "--port", "0", "--env-file", "/nonexistent"],
+        [BIN, "--demo", "--port", "0", "--env-file", "/dev/null"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

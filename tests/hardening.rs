@@ -1,0 +1,309 @@
+//! Defects found when the proxy was attacked and used as a new user would (issue 9), each
+//! through the real stack over HTTP against the simulator: client identity, key guessing,
+//! request limits, honesty about broken upstream answers, and input that must be refused.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{Harness, Reply};
+
+use qwen_proxy::sim::SimConfig;
+
+const MODEL: &str = "qwen3.7-plus";
+
+fn sim() -> SimConfig {
+    SimConfig {
+        linger: Duration::from_millis(20),
+        ..SimConfig::default()
+    }
+}
+
+fn user(text: &str) -> Value {
+    json!({"role": "user", "content": text})
+}
+
+fn assistant(text: &str) -> Value {
+    json!({"role": "assistant", "content": text})
+}
+
+async fn chat_with(h: &Harness, messages: &[Value], headers: &[(&str, &str)]) -> Reply {
+    let body = json!({"model": MODEL, "messages": messages}).to_string();
+    h.post_raw("/v1/chat/completions", "application/json", body, headers)
+        .await
+}
+
+fn answer(r: &Reply) -> String {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+// === 1. one client identity, parsed once ===
+
+#[tokio::test]
+async fn the_bearer_scheme_in_any_case_keeps_tenants_apart() {
+    let h = Harness::start_with(&[("API_KEYS", "k1,k2")], sim()).await;
+    let a1 = answer(&chat_with(&h, &[user("one")], &[("authorization", "bearer k1")]).await);
+    // Tenant k2 sends k1's history: it must not continue k1's upstream chat.
+    let history = [user("one"), assistant(&a1), user("two")];
+    answer(&chat_with(&h, &history, &[("authorization", "BEARER k2")]).await);
+    assert_eq!(
+        h.sim_stats().await["chats_created"],
+        2,
+        "k2 got its own chat"
+    );
+    // k1, in yet another spelling of the scheme, continues its own.
+    answer(&chat_with(&h, &history, &[("authorization", "Bearer k1")]).await);
+    assert_eq!(h.sim_stats().await["chats_created"], 2, "k1 continued");
+}
+
+#[tokio::test]
+async fn with_both_headers_authorization_decides_the_identity() {
+    let h = Harness::start_with(&[("API_KEYS", "k1,k2")], sim()).await;
+    let a1 = answer(&chat_with(&h, &[user("one")], &[("x-api-key", "k2")]).await);
+    let history = [user("one"), assistant(&a1), user("two")];
+    let both = [("authorization", "bearer k1"), ("x-api-key", "k2")];
+    answer(&chat_with(&h, &history, &both).await);
+    assert_eq!(h.sim_stats().await["chats_created"], 2, "k1 is not k2");
+    // A valid x-api-key does not rescue an invalid bearer key.
+    let r = chat_with(
+        &h,
+        &[user("x")],
+        &[("authorization", "Bearer nope"), ("x-api-key", "k2")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_per_key_whatever_the_scheme_spelling() {
+    let h = Harness::start_with(
+        &[
+            ("API_KEYS", "k1,k2"),
+            ("RATE_LIMIT_RPM", "60"),
+            ("RATE_LIMIT_BURST", "1"),
+        ],
+        sim(),
+    )
+    .await;
+    let status = |r: Reply| r.status.as_u16();
+    assert_eq!(
+        status(chat_with(&h, &[user("a")], &[("authorization", "bearer k1")]).await),
+        200
+    );
+    assert_eq!(
+        status(chat_with(&h, &[user("b")], &[("authorization", "Bearer k1")]).await),
+        429
+    );
+    // Same address, other key: its own bucket.
+    assert_eq!(
+        status(chat_with(&h, &[user("c")], &[("authorization", "bEaReR k2")]).await),
+        200
+    );
+    assert_eq!(
+        status(chat_with(&h, &[user("d")], &[("x-api-key", "k2")]).await),
+        429
+    );
+}
+
+// === 5. key guessing is throttled ===
+
+#[tokio::test]
+async fn repeated_wrong_keys_lock_the_address_out() {
+    let h = Harness::start_with(&[("API_KEYS", "right"), ("AUTH_FAILURE_LIMIT", "3")], sim()).await;
+    for i in 0..3 {
+        let r = chat_with(
+            &h,
+            &[user("x")],
+            &[("authorization", &format!("Bearer guess-{i}"))],
+        )
+        .await;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.headers["www-authenticate"], "Bearer");
+        assert_eq!(r.error()["code"], "invalid_api_key");
+    }
+    // Locked out: even the right key is not looked at until the window ends.
+    let r = chat_with(&h, &[user("x")], &[("authorization", "Bearer right")]).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.error()["code"], "too_many_authentication_failures");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((290..=300).contains(&retry), "{retry}");
+    assert_eq!(h.sim_stats().await["completion_requests"], 0);
+    let metrics = String::from_utf8(h.state.metrics.render()).unwrap();
+    assert!(
+        metrics.contains("auth_failures_total{outcome=\"invalid_key\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("auth_failures_total{outcome=\"throttled\"} 1"));
+}
+
+// === 2. never send the upstream a request it punishes ===
+
+#[tokio::test]
+async fn a_prompt_too_big_for_the_upstream_is_refused_before_any_upstream_call() {
+    let h = Harness::start_with(&[], sim()).await;
+    // 120,000 characters: over the default UPSTREAM_BODY_LIMIT (112 KiB), under the
+    // request body limit (4 MiB), and over the upstream's anti-bot wall once sent.
+    let big = "x".repeat(120_000);
+    let r = chat_with(&h, &[user(&big)], &[]).await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let e = r.error();
+    assert_eq!(e["code"], "context_length_exceeded");
+    assert_eq!(e["type"], "invalid_request_error");
+    assert_eq!(e["param"], "messages");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("114688 bytes"),
+        "names the limit: {message}"
+    );
+    let size: usize = message
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .expect("names the size");
+    assert!(size > 120_000, "{message}");
+    let stats = h.sim_stats().await;
+    assert_eq!(
+        (
+            stats["chats_created"].as_u64(),
+            stats["completion_requests"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    // Under the limit, the same kind of prompt goes through.
+    let r = chat_with(&h, &[user(&"y".repeat(100_000))], &[]).await;
+    assert_eq!(r.status, 200);
+}
+
+// === 4. a stalled request body is timed out ===
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start_with(&[("BODY_READ_TIMEOUT", "300")], sim()).await;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    // Complete headers, then 10 of the 81 announced body bytes, then nothing.
+    s.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+          content-length: 81\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            buf.extend_from_slice(&chunk[..n]);
+            if n == 0 || buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.ends_with(b"}}") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "answered within 10 s");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains(r#""code":"request_timeout""#), "{text}");
+}
+
+// === 6. a truncated upstream stream is not a complete answer ===
+
+/// The plain-answer capture cut `extra` bytes after its first answer frame ("Hi" of
+/// "Hi!"); 0 is `head -c 632`, the cut users saw reported as a complete "Hi".
+fn truncated_capture(extra: usize) -> Vec<u8> {
+    let full = support::fixture("plain-answer.sse");
+    let cut = full[..632 + extra].to_vec();
+    let text = String::from_utf8_lossy(&cut);
+    assert!(text.contains(r#""content": "Hi""#) && !text.contains(r#""content": "!""#));
+    cut
+}
+
+#[tokio::test]
+async fn a_truncated_stream_ends_with_an_error_not_a_stop() {
+    let h = Harness::start_with(&[], sim()).await;
+    // Cut in the middle of the next event: "Hi" has reached the client when the
+    // connection closes.
+    h.sim_replay(truncated_capture(40), 0).await;
+    let r = h.ask(MODEL, "hello", true).await;
+    assert_eq!(r.status, 200);
+    let s = support::summarize(&r.events());
+    assert_eq!(s.content, "Hi");
+    assert_eq!(
+        s.finish_reason, None,
+        "never finish_reason stop for a cut answer"
+    );
+    let e = s.error.expect("an in-band error event");
+    assert_eq!(e["code"], "upstream_incomplete_response");
+    assert_eq!(e["type"], "server_error");
+}
+
+#[tokio::test]
+async fn a_truncated_answer_is_retried_or_a_502_when_not_streaming() {
+    let h = Harness::start_with(&[("RETRY_MAX_ATTEMPTS", "1")], sim()).await;
+    h.sim_replay(truncated_capture(0), 0).await;
+    let r = h.ask(MODEL, "hello", false).await;
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error()["code"], "upstream_incomplete_response");
+    // With retries, the next (complete) generation is the answer.
+    let h = Harness::start_with(&[], sim()).await;
+    h.sim_replay(truncated_capture(0), 0).await;
+    let r = h.ask(MODEL, "hello", false).await;
+    assert_eq!(answer(&r), support::expected_answer("hello"));
+    // The same when streaming: the cut is found before anything reached the client.
+    h.sim_replay(truncated_capture(0), 0).await;
+    let r = h.ask(MODEL, "hello", true).await;
+    assert_eq!(
+        support::summarize(&r.events()).content,
+        support::expected_answer("hello")
+    );
+}
+
+// === 9. input that OpenAI rejects is rejected ===
+
+#[tokio::test]
+async fn invalid_parameters_are_400s_naming_the_parameter() {
+    let h = Harness::start_with(&[], sim()).await;
+    let tool = json!({"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}});
+    for (extra, param) in [
+        (json!({"tools": "x"}), "tools"),
+        (
+            json!({"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "write_file"}}}),
+            "tool_choice",
+        ),
+        (json!({"temperature": 2.5}), "temperature"),
+        (json!({"top_p": 1.5}), "top_p"),
+    ] {
+        let mut body = json!({"model": MODEL, "messages": [user("hi")]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let r = h.chat(body).await;
+        assert_eq!(r.status, 400, "{extra}");
+        assert_eq!(r.error()["param"], param, "{extra}");
+    }
+    // tool_choice "none" with tools means: answer without tools.
+    let r = h
+        .chat(json!({"model": MODEL, "messages": [user("hi")], "tools": [tool], "tool_choice": "none"}))
+        .await;
+    assert_eq!(answer(&r), support::expected_answer("hi"));
+    assert_eq!(h.sim_stats().await["completion_requests"], 1);
+}
+
+#[tokio::test]
+async fn a_compressed_body_is_415_not_a_json_error() {
+    let h = Harness::start_with(&[], sim()).await;
+    let r = h
+        .post_raw(
+            "/v1/chat/completions",
+            "application/json",
+            json!({"model": MODEL, "messages": [user("hi")]}).to_string(),
+            &[("content-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(r.status, 415);
+    assert_eq!(r.error()["code"], "unsupported_content_encoding");
+}
