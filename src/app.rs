@@ -14,6 +14,7 @@ use crate::conversation::store::{MemoryStore, SessionStore};
 use crate::conversation::{Conversations, Settings};
 use crate::metrics::Metrics;
 use crate::qwen::client::QwenClient;
+use crate::qwen::cooldown::ChallengeCooldown;
 use crate::qwen::models::ModelCache;
 
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct AppState {
     pub models: ModelCache,
     pub metrics: Arc<Metrics>,
     pub conversations: Arc<Conversations>,
+    /// The pause of upstream completions after an anti-bot challenge.
+    pub challenge: ChallengeCooldown,
     /// The shared Redis connection pool, when `REDIS_URL` is set.
     pub redis: Option<Arc<RedisClient>>,
     pub started: Instant,
@@ -55,6 +58,7 @@ impl AppState {
             .map(|url| Arc::new(RedisClient::new(url)));
         let conversations = build_conversations(&config, redis.clone(), metrics.clone());
         Arc::new(AppState {
+            challenge: ChallengeCooldown::new(config.challenge_cooldown),
             config: Arc::new(config),
             client,
             models,

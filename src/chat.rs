@@ -93,6 +93,26 @@ pub async fn complete(
     attempt: Attempt,
     start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    state.challenge.check()?;
+    let mut result = complete_attempt(&state, req, identity, attempt, start).await;
+    if let Err(ProxyError::Upstream(e)) = &mut result {
+        if e.class == UpstreamClass::Challenge {
+            // Keep `Retry-After` truthful: no upstream call before the pause ends.
+            if let Some(pause) = state.challenge.trigger() {
+                e.retry_after = Some(pause);
+            }
+        }
+    }
+    result
+}
+
+async fn complete_attempt(
+    state: &Arc<AppState>,
+    req: Arc<ChatRequest>,
+    identity: ClientIdentity,
+    attempt: Attempt,
+    start: Instant,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let catalog = state.models.get().await?;
     let plan = mapping::plan(&req, &catalog)?;
     let conv = &state.conversations;
@@ -126,7 +146,7 @@ pub async fn complete(
         };
     }
     attempt.lock().last = Some(prepared.clone());
-    let result = respond(&state, &req, &plan, &prepared, lock, start).await;
+    let result = respond(state, &req, &plan, &prepared, lock, start).await;
     if let (Err(e), Some(key)) = (&result, &prepared.continued_from) {
         // The remembered chat or parent is gone upstream: forget it; the retry layer sends
         // the whole history into a fresh chat.
@@ -206,10 +226,11 @@ async fn respond(
         let encoder = ChunkEncoder::new(&id, created, &req.model, req.include_usage);
         let errored = Arc::new(AtomicBool::new(false));
         let (m, flag, model_label) = (metrics.clone(), errored.clone(), model.clone());
-        let (conv, chat, slot) = (
+        let (conv, chat, slot, challenged) = (
             state.conversations.clone(),
             chat_id.clone(),
             lock_slot.clone(),
+            state.clone(),
         );
         let mut body = TranslateBody::new(stream, encoder, Some(state.config.sse_keepalive))
             .abort_on(state.stream_abort_signal())
@@ -226,6 +247,9 @@ async fn respond(
                 StreamEnd::Failed(e) => {
                     flag.store(true, Ordering::Relaxed);
                     report(&m, e);
+                    if e.upstream_class() == Some(UpstreamClass::Challenge) {
+                        challenged.challenge.trigger();
+                    }
                     None
                 }
             });

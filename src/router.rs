@@ -29,6 +29,7 @@ pub fn route_template(path: &str) -> &'static str {
         p if p.starts_with("/v1/models/") => "/v1/models/{id}",
         "/health" => "/health",
         "/metrics" => "/metrics",
+        "" => "/",
         _ => "other",
     }
 }
@@ -83,10 +84,11 @@ impl tower::Service<Request<Incoming>> for Router {
                             model: id.to_owned(),
                         })
                 }
+                (Method::GET, "") => Ok(index()),
                 (Method::GET, "/health") => Ok(health(&state).await),
                 (Method::GET, "/metrics") => metrics(&state, &req),
                 (_, "/v1/chat/completions") => Err(ProxyError::MethodNotAllowed { allow: "POST" }),
-                (_, "/v1/models" | "/health" | "/metrics") => {
+                (_, "" | "/v1/models" | "/health" | "/metrics") => {
                     Err(ProxyError::MethodNotAllowed { allow: "GET" })
                 }
                 (_, p) if p.starts_with("/v1/models/") => {
@@ -98,23 +100,61 @@ impl tower::Service<Request<Incoming>> for Router {
     }
 }
 
+/// `GET /`: what this server is and where its endpoints are (for a human with curl).
+fn index() -> Response<ProxyBody> {
+    let body = json!({
+        "name": "qwen-proxy",
+        "version": env!("CARGO_PKG_VERSION"),
+        "description": "OpenAI-compatible API for the Qwen chat web service",
+        "endpoints": {
+            "chat_completions": "POST /v1/chat/completions",
+            "models": "GET /v1/models",
+            "model": "GET /v1/models/{id}",
+            "health": "GET /health",
+            "metrics": "GET /metrics",
+        },
+        "base_url_path": "/v1",
+    });
+    json_response(body.to_string().into_bytes())
+}
+
 async fn health(state: &AppState) -> Response<ProxyBody> {
     let upstream = state.upstream_health().await;
     let store_degraded = !state.conversations.probe().await;
+    let cooldown = state
+        .challenge
+        .remaining()
+        .map(|d| d.as_secs_f64().ceil() as u64);
+    // Why the instance is degraded, in words an operator can act on (never a secret).
+    let mut reasons = Vec::new();
+    if !upstream.reachable {
+        reasons.push("the upstream is unreachable".to_owned());
+    }
+    if store_degraded {
+        reasons.push("the session store (Redis) is unreachable; using local state".to_owned());
+    }
+    if let Some(left) = cooldown {
+        reasons.push(format!(
+            "the upstream challenged the account (anti-bot); completions are paused for {left} s \
+             (CHALLENGE_COOLDOWN)"
+        ));
+    }
     let status = if state.is_draining() {
         "draining"
-    } else if upstream.reachable && !store_degraded {
+    } else if reasons.is_empty() {
         "ok"
     } else {
         "degraded"
     };
     let body = json!({
         "status": status,
+        "reasons": reasons,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
-                "upstream": {
+        "upstream": {
             "reachable": upstream.reachable,
             "latency_ms": upstream.latency_ms,
+            "challenge_cooldown_seconds": cooldown.unwrap_or(0),
         },
         "session_store": {
             "backend": if state.conversations.has_shared_store() { "redis" } else { "memory" },
@@ -136,6 +176,12 @@ fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response<ProxyBo
             return Err(ProxyError::InvalidApiKey);
         }
     }
+    // A gauge of time left, so it is computed when scraped.
+    let cooldown = state
+        .challenge
+        .remaining()
+        .map_or(0, |d| d.as_secs_f64().ceil() as i64);
+    state.metrics.upstream_cooldown.set(cooldown);
     let mut rsp = Response::new(ProxyBody::full(state.metrics.render()));
     rsp.headers_mut().insert(
         CONTENT_TYPE,

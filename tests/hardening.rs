@@ -307,3 +307,99 @@ async fn a_compressed_body_is_415_not_a_json_error() {
     assert_eq!(r.status, 415);
     assert_eq!(r.error()["code"], "unsupported_content_encoding");
 }
+
+// === 8. "chat in progress" waits have their own budget ===
+
+#[tokio::test]
+async fn busy_chat_waits_survive_a_spent_retry_budget() {
+    let h = Harness::start_with(&[("RETRY_MAX_ATTEMPTS", "3")], sim()).await;
+    // A fault-heavy period: empty answers, each retried twice, until the shared budget is
+    // spent (a final faulty request then gets no retry at all).
+    let prompts: Vec<String> = (0..40).map(|i| format!("fault {i} @@sim:empty")).collect();
+    let faulty = prompts.iter().map(|p| h.ask(MODEL, p, false));
+    for r in futures::future::join_all(faulty).await {
+        assert_eq!(r.status, 502);
+    }
+    let before = h.sim_stats().await["completion_requests"].as_u64().unwrap();
+    assert_eq!(
+        h.ask(MODEL, "one more @@sim:empty", false).await.status,
+        502
+    );
+    let after = h.sim_stats().await["completion_requests"].as_u64().unwrap();
+    assert_eq!(after - before, 1, "the budget is spent: no retry");
+    // A busy chat is still waited out.
+    let r = h.ask(MODEL, "busy @@sim:in_progress=2", false).await;
+    assert_eq!(answer(&r), support::expected_answer("busy"));
+}
+
+// === 7. errors a client must not retry, and the pause after a challenge ===
+
+#[tokio::test]
+async fn account_failures_tell_clients_not_to_retry() {
+    let h = Harness::start_with(&[("CHALLENGE_COOLDOWN", "0")], sim()).await;
+    for (directive, status, retry_after) in [
+        ("rate_limited=2", 429, Some("7200")),
+        ("unauthorized", 401, None),
+        ("forbidden", 403, None),
+        ("punish", 503, Some("300")),
+        ("waf", 503, Some("300")),
+    ] {
+        for stream in [false, true] {
+            let r = h.ask(MODEL, &format!("q @@sim:{directive}"), stream).await;
+            assert_eq!(r.status, status, "{directive}");
+            assert_eq!(r.headers["x-should-retry"], "false", "{directive}");
+            assert_eq!(
+                r.headers.get("retry-after").map(|v| v.to_str().unwrap()),
+                retry_after,
+                "{directive}"
+            );
+        }
+    }
+    // Transient failures leave the decision to the client.
+    let r = h.ask(MODEL, "q @@sim:overload", false).await;
+    assert_eq!(r.status, 503);
+    assert!(r.headers.get("x-should-retry").is_none());
+}
+
+#[tokio::test]
+async fn after_a_challenge_the_upstream_is_left_alone_for_the_cooldown() {
+    let h = Harness::start_with(&[("CHALLENGE_COOLDOWN", "120000")], sim()).await;
+    let r = h.ask(MODEL, "q @@sim:punish", false).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.error()["code"], "upstream_challenge");
+    assert_eq!(
+        r.headers["retry-after"], "120",
+        "the truthful wait: the cooldown"
+    );
+    let calls = h.sim_stats().await["completion_requests"].clone();
+    // During the cooldown: fail fast, no upstream call, the time left.
+    for stream in [false, true] {
+        let r = h.ask(MODEL, "a normal question", stream).await;
+        assert_eq!(r.status, 503);
+        assert_eq!(r.error()["code"], "upstream_challenge_cooldown");
+        assert_eq!(r.headers["x-should-retry"], "false");
+        let left: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((115..=120).contains(&left), "{left}");
+    }
+    assert_eq!(h.sim_stats().await["completion_requests"], calls);
+    let health = h.get("/health").await;
+    assert_eq!(health.status, 200);
+    let health = health.json();
+    assert_eq!(health["status"], "degraded");
+    assert!(
+        health["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("challenged"),
+        "{health}"
+    );
+    assert!(!health.to_string().contains("test-token"), "no secrets");
+    let metrics = h.get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("upstream_challenge_cooldown_seconds "))
+        .unwrap();
+    let left: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((115..=120).contains(&left), "{line}");
+}

@@ -309,7 +309,8 @@ async fn auth_failure_says_to_refresh_cookies() {
 
 #[tokio::test]
 async fn punish_and_waf_are_upstream_challenges() {
-    let h = Harness::start().await;
+    // The mapping of each challenge, not the pause after one (tests/hardening.rs).
+    let h = Harness::start_with(&[("CHALLENGE_COOLDOWN", "0")], Default::default()).await;
     let (s, _) = assert_error_both(
         &h,
         "q @@sim:punish",

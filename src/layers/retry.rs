@@ -5,8 +5,8 @@
 //! What is retried, and how (qwen-protocol §6, §10):
 //! * connect errors, upstream 5xx / in-stream errors, empty or truncated streams, protocol
 //!   garbage, overload → the same request again after backoff;
-//! * "The chat is in progress!" → the *same* chat and text after backoff (up to three times,
-//!   then a fresh chat);
+//! * "The chat is in progress!" → the *same* chat and text after backoff (up to
+//!   [`MAX_IN_PROGRESS_RETRIES`] times, then a fresh chat);
 //! * stale `parent_id`, chat not found (or of another account) → once, at once, a fresh chat
 //!   with the whole history folded: sending only the new turn without its parent would give
 //!   the upstream a context that differs from what the client sent;
@@ -18,7 +18,10 @@
 //! The delay before retry `n` is `min(RETRY_MAX_DELAY, RETRY_INITIAL_DELAY ×
 //! RETRY_BACKOFF_MULTIPLIER^(n-1))` with full jitter, at least any wait the upstream asked
 //! for. A retry budget (tower's `TpsBudget`: retries ≤ 20 % of requests over 10 s, plus a
-//! small floor) keeps retries from multiplying load during an outage.
+//! small floor) keeps retries from multiplying load during an outage. "Chat in progress"
+//! waits do not draw from it: they are budgeted per request instead (a bounded number of
+//! waits on one chat, which the upstream frees by itself), so a spent budget — during a
+//! fault-heavy period — never turns a busy conversation into `503 upstream_busy`.
 //!
 //! The layer and the core share an [`Attempt`] in request extensions: the core records what
 //! it sent, the layer says how the next attempt must differ ([`Next`]).
@@ -98,6 +101,13 @@ pub struct RetryPolicy {
     pub jitter: Jitter,
 }
 
+/// Whether a retry draws from the shared retry budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budgeted {
+    Yes,
+    No,
+}
+
 /// Same-chat waits for "in progress" before falling back to a fresh chat.
 pub const MAX_IN_PROGRESS_RETRIES: u32 = 5;
 
@@ -119,28 +129,29 @@ impl RetryPolicy {
         Duration::from_secs_f64(secs)
     }
 
-    /// Whether and how to retry after an attempt ended with `e`.
+    /// Whether and how to retry after an attempt ended with `e`; the last value says whether
+    /// the retry draws from the shared retry budget.
     ///
     /// "Chat in progress" waits on the same chat are budgeted separately (up to
     /// [`MAX_IN_PROGRESS_RETRIES`], with equal jitter so each wait is at least half the
     /// backoff): the upstream keeps a chat busy for seconds after a generation, and giving up
     /// early would abandon a continued conversation. Every other retry counts against
     /// `RETRY_MAX_ATTEMPTS`.
-    pub fn decide(&self, e: &ProxyError, h: &mut History) -> Option<(Duration, Next)> {
+    pub fn decide(&self, e: &ProxyError, h: &mut History) -> Option<(Duration, Next, Budgeted)> {
         let ProxyError::Upstream(upstream) = e else {
             return None;
         };
         if upstream.class == C::ChatInProgress && h.in_progress < MAX_IN_PROGRESS_RETRIES {
             h.in_progress += 1;
             let b = self.backoff(h.in_progress);
-            return Some((b / 2 + (self.jitter)(b / 2), Next::SameChat));
+            return Some((b / 2 + (self.jitter)(b / 2), Next::SameChat, Budgeted::No));
         }
         h.counted += 1;
         if h.counted >= self.max_attempts {
             return None;
         }
         let jittered = (self.jitter)(self.backoff(h.counted));
-        match upstream.class {
+        let next = match upstream.class {
             C::Connect
             | C::ServerError
             | C::EmptyStream
@@ -157,7 +168,8 @@ impl RetryPolicy {
                 _ => None,
             },
             _ => None,
-        }
+        };
+        next.map(|(delay, next)| (delay, next, Budgeted::Yes))
     }
 }
 
@@ -250,10 +262,10 @@ where
                     Ok(rsp) => return Ok(rsp),
                     Err(e) => e,
                 };
-                let Some((delay, next)) = layer.policy.decide(&err, &mut history) else {
+                let Some((delay, next, budgeted)) = layer.policy.decide(&err, &mut history) else {
                     return Err(err);
                 };
-                if !layer.budget.withdraw() {
+                if budgeted == Budgeted::Yes && !layer.budget.withdraw() {
                     tracing::warn!(
                         error = err.metric_label(),
                         "retry budget exhausted; not retrying"
@@ -414,6 +426,30 @@ mod tests {
         let (r, elapsed, _) = run(vec![long]).await;
         assert!(r.is_err());
         assert_eq!(elapsed, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_progress_waits_do_not_need_the_shared_budget() {
+        let layer = RetryLayer::new(policy(), Metrics::new());
+        // Spend the budget (its floor and what one deposit bought).
+        while layer.budget.withdraw() {}
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let core = service_fn(move |_r: Request<Arc<ChatRequest>>| {
+            let i = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match i {
+                    0 | 1 => Err(ProxyError::from(e(C::ChatInProgress))),
+                    2 => Err(ProxyError::from(e(C::ServerError))),
+                    _ => Ok(Response::new(ProxyBody::empty())),
+                }
+            }
+        });
+        let svc = ServiceBuilder::new().layer(layer).service(core);
+        let r = svc.oneshot(chat_req()).await;
+        // Both busy waits happened; the server error found the budget spent.
+        assert_eq!(r.unwrap_err().upstream_class(), Some(C::ServerError));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod classify;
 pub mod client;
+pub mod cooldown;
 pub mod frame;
 pub mod headers;
 pub mod models;

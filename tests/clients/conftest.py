@@ -18,7 +18,12 @@ def demo():
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("QWEN_", "API_KEYS"))},
+        # One demo serves every test: the pause after a simulated challenge would fail the
+        # tests after it, so it is off here (tests/hardening.rs covers it).
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith(("QWEN_", "API_KEYS"))},
+            "CHALLENGE_COOLDOWN": "0",
+        },
     )
     try:
         deadline = time.monotonic() + 30
