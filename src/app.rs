@@ -12,6 +12,7 @@ use crate::conversation::key::fingerprint;
 use crate::conversation::redis::{RedisClient, RedisStore, RedisUrl};
 use crate::conversation::store::{MemoryStore, SessionStore};
 use crate::conversation::{Conversations, Settings};
+use crate::layers::concurrency::CompletionSlots;
 use crate::metrics::Metrics;
 use crate::qwen::client::QwenClient;
 use crate::qwen::cooldown::ChallengeCooldown;
@@ -24,6 +25,9 @@ pub struct AppState {
     pub models: ModelCache,
     pub metrics: Arc<Metrics>,
     pub conversations: Arc<Conversations>,
+    /// One slot per completion in flight (`MAX_CONCURRENT_STREAMS`); shutdown waits for
+    /// all of them.
+    pub slots: Arc<CompletionSlots>,
     /// The pause of upstream completions after an anti-bot challenge.
     pub challenge: ChallengeCooldown,
     /// The shared Redis connection pool, when `REDIS_URL` is set.
@@ -59,6 +63,7 @@ impl AppState {
         let conversations = build_conversations(&config, redis.clone(), metrics.clone());
         Arc::new(AppState {
             challenge: ChallengeCooldown::new(config.challenge_cooldown),
+            slots: Arc::new(CompletionSlots::new(config.max_concurrent_streams)),
             config: Arc::new(config),
             client,
             models,

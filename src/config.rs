@@ -173,6 +173,9 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Colours in text logs are allowed (`NO_COLOR` unset); they are used only when stderr
+    /// is a terminal.
+    pub log_color: bool,
     pub session_timeout: Duration,
     pub session_cleanup_interval: Duration,
     pub retry: RetryConfig,
@@ -592,6 +595,8 @@ impl Config {
             upstream,
             log_level,
             log_format,
+            // https://no-color.org: present and not empty means no colour.
+            log_color: r.raw("NO_COLOR").is_none(),
             session_timeout: r.millis("SESSION_TIMEOUT", 30 * 60_000, false),
             session_cleanup_interval: r.millis("SESSION_CLEANUP_INTERVAL", 5 * 60_000, false),
             retry,

@@ -53,27 +53,24 @@ impl App {
         self.service.clone()
     }
 
-    /// Serve until `shutdown` resolves; then stop accepting, report `draining` on
-    /// `/health`, let open streams finish for `SHUTDOWN_GRACE`, and end the rest with an
-    /// in-band error event.
+    /// Serve until `shutdown` resolves; then report `draining` on `/health` and refuse new
+    /// completions (503) while open ones finish, for at most `SHUTDOWN_GRACE`; end the
+    /// rest with an in-band error event.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let grace = self.state.config.shutdown_grace;
         let header_read_timeout = self.state.config.header_read_timeout;
-        let (draining, aborting) = (self.state.clone(), self.state.clone());
+        let (draining, idle, aborting) =
+            (self.state.clone(), self.state.clone(), self.state.clone());
         let housekeeping = self.state.spawn_housekeeping();
-        let shutdown = async move {
-            shutdown.await;
-            draining.start_draining();
+        let shutdown = server::Shutdown {
+            signal: async move {
+                shutdown.await;
+                draining.start_draining();
+            },
+            idle: move || async move { idle.slots.idle().await },
+            grace: self.state.config.shutdown_grace,
+            grace_over: move || aborting.abort_streams(),
         };
-        server::serve(
-            listener,
-            self.service,
-            shutdown,
-            grace,
-            move || aborting.abort_streams(),
-            header_read_timeout,
-        )
-        .await;
+        server::serve(listener, self.service, shutdown, header_read_timeout).await;
         housekeeping.abort();
     }
 }

@@ -73,8 +73,11 @@ fn load_config(a: &ServeArgs, demo: bool) -> Result<Config, String> {
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal: never into files, pipes or journald.
+    let ansi = config.log_color && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
@@ -147,7 +150,11 @@ fn serve(a: ServeArgs) -> ExitCode {
         };
         let bound = listener.local_addr().unwrap_or(addr);
         warn_about_exposure(&config, bound);
-        print_banner(bound, _sim.as_ref().map(Simulator::base_url));
+        print_banner(
+            bound,
+            _sim.as_ref().map(Simulator::base_url),
+            !config.api_keys.is_empty(),
+        );
         tracing::info!(%bound, demo = a.demo, upstream = %config.upstream.base_url, "qwen-proxy listening");
         App::new(config).serve(listener, shutdown_signal()).await;
         ExitCode::SUCCESS
@@ -163,8 +170,9 @@ fn warn_about_exposure(config: &Config, bound: SocketAddr) {
     }
 }
 
-/// `sim`: the demo simulator's URL, when in demo mode.
-fn print_banner(bound: SocketAddr, sim: Option<String>) {
+/// `sim`: the demo simulator's URL, when in demo mode. `keys`: API_KEYS is set, so the
+/// examples send a key (a placeholder: a key is never printed).
+fn print_banner(bound: SocketAddr, sim: Option<String>, keys: bool) {
     let host = match bound.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
         IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
@@ -178,16 +186,26 @@ fn print_banner(bound: SocketAddr, sim: Option<String>) {
         ),
         None => String::new(),
     };
+    let (key_setup, auth_header, sdk_import, api_key) = if keys {
+        (
+            "  export QWEN_PROXY_KEY='<one of the keys in API_KEYS>'\n",
+            " -H \"Authorization: Bearer $QWEN_PROXY_KEY\"",
+            "  import os\n",
+            "os.environ[\"QWEN_PROXY_KEY\"]",
+        )
+    } else {
+        ("", "", "", "\"unused\"")
+    };
     let banner = format!(
         "qwen-proxy {} listening on {base}{mode}
 
 Try it with curl:
-  curl -N {base}/v1/chat/completions -H 'content-type: application/json' \\
+{key_setup}  curl -N {base}/v1/chat/completions -H 'content-type: application/json'{auth_header} \\
     -d '{{\"model\":\"qwen3.7-plus\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'
 
 Or with the OpenAI Python SDK (pip install openai):
-  from openai import OpenAI
-  client = OpenAI(base_url=\"{base}/v1\", api_key=\"unused\")
+{sdk_import}  from openai import OpenAI
+  client = OpenAI(base_url=\"{base}/v1\", api_key={api_key})
   stream = client.chat.completions.create(model=\"qwen3.7-plus\", stream=True, messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}])
   for chunk in stream:
       print(chunk.choices[0].delta.content or \"\", end=\"\", flush=True)

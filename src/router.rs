@@ -63,6 +63,10 @@ impl tower::Service<Request<Incoming>> for Router {
         Box::pin(async move {
             let path = req.uri().path().trim_end_matches('/').to_owned();
             match (req.method().clone(), path.as_str()) {
+                // Draining: other instances take new completions (503 + Retry-After).
+                (Method::POST, "/v1/chat/completions") if state.is_draining() => {
+                    Err(ProxyError::ShuttingDown)
+                }
                 (Method::POST, "/v1/chat/completions") => chat.oneshot(req).await,
                 (Method::GET, "/v1/models") => {
                     let catalog = state.models.get().await?;

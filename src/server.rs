@@ -1,6 +1,12 @@
 //! The accept loop: hyper-util's auto builder (HTTP/1.1, and h2c for clients that ask),
 //! a header-read timeout against slowloris, and graceful shutdown with a bounded grace
 //! period. Used for both the proxy and the simulator.
+//!
+//! Shutdown happens in two phases. While work is in flight (and for at most the grace
+//! period) the listener keeps accepting, so load balancers' health probes get `503
+//! draining` and new completions a `503` with `Retry-After` from the application, instead of
+//! a refused connection that looks like a crash. Then the listener closes, connections are
+//! told to finish, and whatever still runs after the grace period is ended in-band.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,17 +35,32 @@ pub struct RequestStart(pub tokio::time::Instant);
 /// How long connections get to close after streams were told to end.
 const FINAL_DRAIN: Duration = Duration::from_secs(5);
 
-/// Serve `service` on `listener` until `shutdown` resolves; then stop accepting, let open
-/// connections finish for `grace`, call `grace_over` (which should end open streams), and
-/// wait a last few seconds before returning.
-pub async fn serve<S, B>(
+/// How a server stops.
+pub struct Shutdown<Signal, Idle, Over> {
+    /// Resolves when shutdown begins (SIGTERM, SIGINT, a test's trigger).
+    pub signal: Signal,
+    /// Called when shutdown begins; its future resolves once no work is in flight. Until
+    /// then, for at most `grace`, the server keeps accepting connections.
+    pub idle: Idle,
+    /// How long in-flight work may take to finish.
+    pub grace: Duration,
+    /// Called when the grace period is over and work is still in flight (it should end
+    /// open streams in-band).
+    pub grace_over: Over,
+}
+
+/// Serve `service` on `listener` until `shutdown.signal` resolves, then shut down in the
+/// two phases described above.
+pub async fn serve<S, B, Signal, Idle, IdleFut, Over>(
     listener: TcpListener,
     service: S,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-    grace_over: impl FnOnce(),
+    shutdown: Shutdown<Signal, Idle, Over>,
     header_read_timeout: Duration,
 ) where
+    Signal: Future<Output = ()>,
+    Idle: FnOnce() -> IdleFut,
+    IdleFut: Future<Output = ()>,
+    Over: FnOnce(),
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -63,48 +84,81 @@ pub async fn serve<S, B>(
         .timer(TokioTimer::new())
         .max_concurrent_streams(1024);
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
+    // The service is passed in, not captured: a captured borrow lives across the awaits
+    // below, which would require the service to be `Sync`.
+    let accept = |accepted, service: &S, graceful: &GracefulShutdown| {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: the caller backs off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                return false;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let svc =
+            tower::ServiceExt::map_request(service.clone(), move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                req.extensions_mut()
+                    .insert(RequestStart(tokio::time::Instant::now()));
+                req
+            });
+        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+        true
+    };
+    let backoff = || tokio::time::sleep(Duration::from_millis(50));
+
+    let Shutdown {
+        signal,
+        idle,
+        grace,
+        grace_over,
+    } = shutdown;
+    tokio::pin!(signal);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let svc = tower::ServiceExt::map_request(service.clone(), move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(PeerAddr(peer));
-                    req.extensions_mut().insert(RequestStart(tokio::time::Instant::now()));
-                    req
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
+            accepted = listener.accept() => if !accept(accepted, &service, &graceful) { backoff().await },
+            () = &mut signal => break,
         }
     }
+
+    // Phase 1: keep answering (health probes, refusals) while work is in flight.
+    let grace_end = tokio::time::sleep(grace);
+    tokio::pin!(grace_end);
+    let idle = idle();
+    tokio::pin!(idle);
+    let mut grace_left = true;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => if !accept(accepted, &service, &graceful) { backoff().await },
+            () = &mut idle => break,
+            () = &mut grace_end => {
+                grace_left = false;
+                break;
+            }
+        }
+    }
+
+    // Phase 2: stop accepting; connections finish their current request and close.
     drop(listener);
     let closed = graceful.shutdown();
     tokio::pin!(closed);
-    tokio::select! {
-        () = &mut closed => {
-            tracing::info!("all connections closed");
-            return;
-        }
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!("shutdown grace period over; ending open streams");
+    if grace_left {
+        tokio::select! {
+            () = &mut closed => {
+                tracing::info!("all connections closed");
+                return;
+            }
+            () = &mut grace_end => {}
         }
     }
+    tracing::warn!("shutdown grace period over; ending open streams");
     grace_over();
     if tokio::time::timeout(FINAL_DRAIN, closed).await.is_err() {
         tracing::warn!("connections still open after the final drain; exiting anyway");

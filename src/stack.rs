@@ -110,7 +110,7 @@ pub fn chat_stack(state: &Arc<AppState>) -> ChatStack {
     let cfg = &state.config;
     let svc = ServiceBuilder::new()
         .layer(ConcurrencyLayer::new(
-            cfg.max_concurrent_streams,
+            state.slots.clone(),
             state.metrics.clone(),
         ))
         .layer(ValidateLayer::new(

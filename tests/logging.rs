@@ -105,18 +105,18 @@ async fn secrets_never_reach_the_logs_even_at_trace() {
     );
 }
 
-#[test]
-fn json_log_format_is_one_object_per_line() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qwen-proxy"))
-        .args(["--demo", "--port", "0", "--env-file", "/dev/null"])
-        .env("LOG_FORMAT", "json")
-        .env("LOG_LEVEL", "debug")
-        .env("QWEN_BX_UA", BX_UA)
-        .env("API_KEYS", API_KEY)
+/// `qwen-proxy --demo` with `env`, stderr captured; returns the process and its address.
+fn spawn_demo(env: &[(&str, &str)]) -> (std::process::Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qwen-proxy"));
+    cmd.args(["--demo", "--port", "0", "--env-file", "/dev/null"])
+        .env("RETRY_INITIAL_DELAY", "10")
+        .env("RETRY_MAX_DELAY", "40")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("binary starts");
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     let addr = loop {
@@ -129,30 +129,134 @@ fn json_log_format_is_one_object_per_line() {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
-    // One request through the binary, with curl-like raw HTTP/1.1.
-    let body = json!({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]})
-        .to_string();
-    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    (child, addr)
+}
+
+/// One raw HTTP/1.1 POST of `body` (curl-like); the whole reply.
+fn post(addr: &str, body: &str, extra_headers: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nauthorization: Bearer {API_KEY}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{extra_headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
     let mut reply = String::new();
     std::io::Read::read_to_string(&mut s, &mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    reply
+}
+
+/// Stop the process; its stderr.
+fn logs_of(mut child: std::process::Child) -> String {
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
-    let logs = String::from_utf8(out.stderr).unwrap();
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn json_log_format_is_one_object_per_line() {
+    let (child, addr) = spawn_demo(&[
+        ("LOG_FORMAT", "json"),
+        ("LOG_LEVEL", "debug"),
+        ("QWEN_BX_UA", BX_UA),
+        ("API_KEYS", API_KEY),
+    ]);
+    let auth = format!("authorization: Bearer {API_KEY}\r\n");
+    let ok = json!({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]});
+    let reply = post(&addr, &ok.to_string(), &auth);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // Errors of each kind are logged too.
+    let missing =
+        json!({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]});
+    assert!(post(&addr, &missing.to_string(), &auth).starts_with("HTTP/1.1 404"));
+    let quota = json!({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "q @@sim:rate_limited=2"}]});
+    assert!(post(&addr, &quota.to_string(), &auth).starts_with("HTTP/1.1 429"));
+    let logs = logs_of(child);
     let mut objects = 0;
     for l in logs.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
             serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
         assert!(v.get("level").is_some() && v.get("fields").is_some(), "{l}");
+        // serde_json keeps the last of duplicate keys: count them in the raw line.
+        assert!(
+            l.matches("\"message\":").count() <= 1,
+            "one message key: {l}"
+        );
         objects += 1;
     }
     assert!(objects >= 3, "{logs}");
     assert!(logs.contains("request finished"));
+    assert!(
+        logs.contains("\"detail\":\"The model `no-such-model` does not exist"),
+        "{logs}"
+    );
     assert!(!logs.contains(BX_UA) && !logs.contains(API_KEY));
+}
+
+#[test]
+fn text_logs_cannot_be_forged_or_coloured_by_clients() {
+    let (child, addr) = spawn_demo(&[]);
+    let forged = "m\n2026-11-29T00:00:00.000000Z  INFO qwen_proxy: forged line\u{1b}[31m\u{7}";
+    let long_model = "L".repeat(100_000);
+    for body in [
+        json!({"model": forged, "messages": [{"role": "user", "content": "hi"}]}),
+        json!({"model": long_model, "messages": [{"role": "user", "content": "hi"}]}),
+        json!({"model": "qwen3.7-plus", "messages": [{"role": "user\n2026-11-29T00:00:00.000000Z  WARN forged", "content": "hi"}]}),
+        json!({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": [{"type": "te\u{1b}]0;pwned\u{7}xt"}]}]}),
+    ] {
+        let reply = post(&addr, &body.to_string(), "");
+        assert!(reply.starts_with("HTTP/1.1 4"), "{reply}");
+        // A 100 kB model name is not echoed back in full either.
+        assert!(reply.len() < 2_000, "reply of {} bytes", reply.len());
+    }
+    // A retried request (attempts) and an upstream quota failure.
+    let empty = json!({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "q @@sim:empty"}]});
+    assert!(post(&addr, &empty.to_string(), "").starts_with("HTTP/1.1 502"));
+    let quota = json!({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "q @@sim:rate_limited=2"}]});
+    assert!(post(&addr, &quota.to_string(), "").starts_with("HTTP/1.1 429"));
+    let logs = logs_of(child);
+    assert!(
+        !logs.contains('\u{1b}'),
+        "no escape sequence reaches the terminal: {logs:?}"
+    );
+    assert!(!logs.contains('\u{7}'));
+    for line in logs.lines() {
+        assert!(
+            !line.starts_with("2026-11-29T00:00:00"),
+            "a client forged a log line: {line}"
+        );
+        assert!(
+            line.len() < 2_000,
+            "a client string was logged in full: {} bytes",
+            line.len()
+        );
+        assert!(
+            line.matches("attempts=").count() <= 1,
+            "attempts once per line: {line}"
+        );
+    }
+    assert!(
+        logs.contains(r"forged line\u{1b}[31m\u{7}"),
+        "the value is logged, escaped: {logs}"
+    );
+    assert!(
+        logs.contains("bytes in all"),
+        "long values are cut with their length"
+    );
+    let quota_line = logs
+        .lines()
+        .find(|l| l.contains("error=\"rate_limited\""))
+        .expect("the quota failure is logged");
+    assert!(
+        quota_line.contains("WARN") && quota_line.contains("upstream failure"),
+        "upstream account problems are upstream failures at WARN: {quota_line}"
+    );
+    let rejected = logs
+        .lines()
+        .find(|l| l.contains("error=\"model_not_found\""))
+        .expect("the bad model is logged");
+    assert!(
+        rejected.contains("INFO") && rejected.contains("request rejected"),
+        "{rejected}"
+    );
 }

@@ -314,6 +314,31 @@ async fn graceful_shutdown_drains_then_ends_streams_in_band() {
     let rsp = h.send(req).await;
     assert_eq!(rsp.status(), 200);
     h.begin_shutdown();
+    // During the grace period the listener still answers, on new connections too: health
+    // probes see `draining`, new completions are sent elsewhere.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let health = raw_request(
+        h.addr,
+        "GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(health.contains(r#""status":"draining""#), "{health}");
+    let body = chat_body("new", false);
+    let refused = raw_request(
+        h.addr,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("retry-after: 1"), "{refused}");
+    assert!(
+        refused.contains(r#""code":"server_shutting_down""#),
+        "{refused}"
+    );
     let body = rsp.into_body().collect().await.unwrap().to_bytes();
     let s = summarize(&support::parse_sse(&body));
     assert!(
@@ -325,6 +350,35 @@ async fn graceful_shutdown_drains_then_ends_streams_in_band() {
     h.wait_stopped().await;
     // New connections are refused once the server stopped.
     assert!(tokio::net::TcpStream::connect(h.addr).await.is_err());
+}
+
+/// One request on a new connection; the whole reply.
+async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("still accepting");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn shutdown_without_open_streams_is_immediate() {
+    let mut h = Harness::start_with(&[("SHUTDOWN_GRACE", "30000")], Default::default()).await;
+    assert_eq!(h.ask(MODEL, "hi", false).await.status, 200);
+    let start = tokio::time::Instant::now();
+    h.begin_shutdown();
+    h.wait_stopped().await;
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! `MAX_CONCURRENT_STREAMS`: a semaphore permit per chat completion, taken without waiting
 //! (past the limit: 503 at once, never a queue) and moved into the response body, so it is
 //! released when the stream ends or the client goes — not when the headers are sent, which
-//! is where `tower::limit::ConcurrencyLimit` would release it.
+//! is where `tower::limit::ConcurrencyLimit` would release it. Shutdown waits on the same
+//! permits: the server is idle when every one is back ([`CompletionSlots::idle`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,19 +16,48 @@ use crate::body::{Hold, ProxyBody};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
+/// One slot per chat completion in flight, up to `MAX_CONCURRENT_STREAMS`.
+#[derive(Debug)]
+pub struct CompletionSlots {
+    permits: Arc<Semaphore>,
+    capacity: u32,
+}
+
+/// "Unlimited": more completions than any process can hold open.
+const UNLIMITED: u32 = 1 << 28;
+
+impl CompletionSlots {
+    /// `max == 0` means unlimited.
+    pub fn new(max: usize) -> Self {
+        let capacity = match max {
+            0 => UNLIMITED,
+            n => u32::try_from(n).unwrap_or(UNLIMITED).min(UNLIMITED),
+        };
+        Self {
+            permits: Arc::new(Semaphore::new(capacity as usize)),
+            capacity,
+        }
+    }
+
+    fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Resolves once no completion is in flight (every permit is back).
+    pub async fn idle(&self) {
+        let _all = self.permits.acquire_many(self.capacity).await;
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ConcurrencyLayer {
-    permits: Option<Arc<Semaphore>>,
+    slots: Arc<CompletionSlots>,
     metrics: Arc<Metrics>,
 }
 
 impl ConcurrencyLayer {
-    /// `max == 0` means unlimited.
-    pub fn new(max: usize, metrics: Arc<Metrics>) -> Self {
-        Self {
-            permits: (max > 0).then(|| Arc::new(Semaphore::new(max))),
-            metrics,
-        }
+    pub fn new(slots: Arc<CompletionSlots>, metrics: Arc<Metrics>) -> Self {
+        Self { slots, metrics }
     }
 }
 
@@ -61,17 +91,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let permit = match &self.layer.permits {
-            None => None,
-            Some(sem) => match sem.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    self.layer.metrics.load_shed.inc();
-                    return ResponseFuture::Shed;
-                }
-            },
+        let Some(permit) = self.layer.slots.try_take() else {
+            self.layer.metrics.load_shed.inc();
+            return ResponseFuture::Shed;
         };
-        ResponseFuture::Inner(self.inner.call(req), permit)
+        ResponseFuture::Inner(self.inner.call(req), Some(permit))
     }
 }
 
@@ -109,7 +133,10 @@ mod tests {
     #[tokio::test]
     async fn permit_lives_as_long_as_the_body() {
         let svc = ServiceBuilder::new()
-            .layer(ConcurrencyLayer::new(1, Metrics::new()))
+            .layer(ConcurrencyLayer::new(
+                Arc::new(CompletionSlots::new(1)),
+                Metrics::new(),
+            ))
             .service(service_fn(|_r: Request<()>| {
                 Box::pin(async { Ok::<_, ProxyError>(Response::new(ProxyBody::full("x"))) })
             }));
@@ -119,5 +146,21 @@ mod tests {
         assert_eq!(second.unwrap_err(), ProxyError::Overloaded);
         first.into_body().collect().await.unwrap();
         assert!(svc.clone().oneshot(Request::new(())).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn idle_waits_for_every_body() {
+        let slots = Arc::new(CompletionSlots::new(0));
+        let svc = ServiceBuilder::new()
+            .layer(ConcurrencyLayer::new(slots.clone(), Metrics::new()))
+            .service(service_fn(|_r: Request<()>| {
+                Box::pin(async { Ok::<_, ProxyError>(Response::new(ProxyBody::full("x"))) })
+            }));
+        let open = svc.clone().oneshot(Request::new(())).await.unwrap();
+        let idle = slots.idle();
+        tokio::pin!(idle);
+        assert!(futures::poll!(idle.as_mut()).is_pending(), "a body is open");
+        drop(open);
+        idle.await;
     }
 }

@@ -92,19 +92,23 @@ where
     }
 }
 
-/// Log and count an error once (also used for errors that happen mid-stream).
+/// Log and count an error once (also used for errors that happen mid-stream). Three kinds,
+/// so an operator can tell them apart: the upstream failed (WARN, whatever the status —
+/// an expired credential or a spent quota is the operator's problem, not the client's), the
+/// proxy failed (WARN), or the client's request was refused (INFO).
 pub fn report(metrics: &Metrics, e: &ProxyError) {
+    let status = e.status().as_u16();
+    let error = e.metric_label();
     if let Some(class) = e.upstream_class() {
         metrics
             .upstream_errors
             .with_label_values(&[class.label()])
             .inc();
-    }
-    let status = e.status().as_u16();
-    if status >= 500 {
-        tracing::warn!(status, error = e.metric_label(), message = %e, "request failed");
+        tracing::warn!(status, error, detail = %e, "upstream failure");
+    } else if status >= 500 || matches!(e, ProxyError::UpstreamCoolingDown { .. }) {
+        tracing::warn!(status, error, detail = %e, "request failed");
     } else {
-        tracing::info!(status, error = e.metric_label(), message = %e, "request rejected");
+        tracing::info!(status, error, detail = %e, "request rejected");
     }
 }
 

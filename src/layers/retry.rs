@@ -257,20 +257,25 @@ where
                 let mut r = copy_request(&parts, &body);
                 r.extensions_mut().insert(attempt.clone());
                 let result = svc.ready().await?.call(r).await;
-                tracing::Span::current().record("attempts", n);
+                // Recorded once, when the attempts are over: a span field recorded again is
+                // printed again on every later line.
+                let finished = |result| {
+                    tracing::Span::current().record("attempts", n);
+                    result
+                };
                 let err = match result {
-                    Ok(rsp) => return Ok(rsp),
+                    Ok(rsp) => return finished(Ok(rsp)),
                     Err(e) => e,
                 };
                 let Some((delay, next, budgeted)) = layer.policy.decide(&err, &mut history) else {
-                    return Err(err);
+                    return finished(Err(err));
                 };
                 if budgeted == Budgeted::Yes && !layer.budget.withdraw() {
                     tracing::warn!(
                         error = err.metric_label(),
                         "retry budget exhausted; not retrying"
                     );
-                    return Err(err);
+                    return finished(Err(err));
                 }
                 layer.metrics.upstream_retries.inc();
                 tracing::info!(

@@ -89,8 +89,9 @@ where
         self.span.record("status", status);
         self.span.record("latency_ms", latency.as_millis() as u64);
         let _enter = self.span.enter();
+        // Status and latency are span fields now: the events below do not repeat them.
         if rsp.body().is_stream() {
-            tracing::info!(status, "stream started");
+            tracing::info!("stream started");
             let (parts, body) = rsp.into_parts();
             let observer = StreamLog {
                 span: self.span.clone(),
@@ -98,11 +99,7 @@ where
             };
             return Poll::Ready(Ok(Response::from_parts(parts, body.observe(observer))));
         }
-        tracing::info!(
-            status,
-            latency_ms = latency.as_millis() as u64,
-            "request finished"
-        );
+        tracing::info!("request finished");
         Poll::Ready(Ok(rsp))
     }
 }

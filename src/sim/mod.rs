@@ -125,11 +125,15 @@ impl Simulator {
         let task = tokio::spawn(crate::server::serve(
             listener,
             service,
-            async {
-                let _ = stopped.await;
+            crate::server::Shutdown {
+                signal: async {
+                    let _ = stopped.await;
+                },
+                // Nothing to wait for: connections get the grace period in phase 2.
+                idle: || std::future::ready(()),
+                grace: Duration::from_secs(1),
+                grace_over: || {},
             },
-            Duration::from_secs(1),
-            || {},
             Duration::from_secs(30),
         ));
         Simulator {

@@ -1,0 +1,165 @@
+//! The binary as a new user meets it: the banner, flags in both spellings, and what a
+//! Node-era `.env` holds — accepted where it makes sense, a clear error (exit 64) where not.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_qwen-proxy");
+
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    // Only what the test sets: nothing from the developer's environment.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("QWEN_") || k.starts_with("API_KEYS") || k == "LOG_LEVEL" {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Start `--demo` and read the banner (up to its last line).
+fn banner(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
+    let mut child = command(args, env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "exited early: {text}"
+        );
+        text.push_str(&line);
+        if line.contains("print(chunk") {
+            return (child, text);
+        }
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Run to completion (bounded).
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let child = command(args, env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let id = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    while !waiter.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {id} did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiter.join().unwrap()
+}
+
+#[test]
+fn the_banner_shows_how_to_send_a_key_without_showing_one() {
+    let (child, text) = banner(
+        &["--demo", "--port", "0", "--env-file", "/dev/null"],
+        &[("API_KEYS", "sk-very-secret-1,sk-very-secret-2")],
+    );
+    stop(child);
+    assert!(
+        text.contains("Authorization: Bearer $QWEN_PROXY_KEY"),
+        "{text}"
+    );
+    assert!(
+        text.contains("api_key=os.environ[\"QWEN_PROXY_KEY\"]"),
+        "{text}"
+    );
+    assert!(!text.contains("sk-very-secret"), "{text}");
+    let (child, text) = banner(&["--demo", "--port", "0", "--env-file", "/dev/null"], &[]);
+    stop(child);
+    assert!(!text.contains("Authorization"), "{text}");
+    assert!(text.contains("api_key=\"unused\""), "{text}");
+}
+
+#[test]
+fn flags_take_their_value_after_an_equals_sign() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (child, text) = banner(
+        &["--demo", &format!("--port={port}"), "--env-file=/dev/null"],
+        &[],
+    );
+    stop(child);
+    assert!(
+        text.contains(&format!("listening on http://127.0.0.1:{port}")),
+        "{text}"
+    );
+}
+
+#[test]
+fn node_era_values_start_the_server() {
+    let (child, text) = banner(
+        &["--demo", "--port", "0", "--env-file", "/dev/null"],
+        &[
+            ("HOST", "localhost"),
+            ("TRUST_PROXY", "loopback, 10.0.0.0/8"),
+            ("SESSION_TIMEOUT", "30m"),
+            ("RETRY_MAX_DELAY", "10s"),
+            ("LOG_LEVEL", "verbose"),
+        ],
+    );
+    stop(child);
+    assert!(text.contains("listening on http://127.0.0.1:"), "{text}");
+}
+
+#[test]
+fn a_bad_log_level_is_a_configuration_error_not_silence() {
+    for args in [
+        &["--demo", "--port", "0", "--env-file", "/dev/null"][..],
+        &["check", "--env-file", "/dev/null"][..],
+    ] {
+        let out = run(args, &[("LOG_LEVEL", "loud"), ("QWEN_COOKIES", "token=t")]);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {all}");
+        assert!(all.contains("LOG_LEVEL") && all.contains("loud"), "{all}");
+    }
+    let out = run(
+        &["--demo", "--port", "0", "--env-file", "/dev/null"],
+        &[("LOG_LEVEL", "loud")],
+    );
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn a_missing_env_file_is_an_error() {
+    let out = run(
+        &[
+            "--demo",
+            "--port",
+            "0",
+            "--env-file",
+            "/nonexistent/qwen.env",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/qwen.env"), "{err}");
+}
