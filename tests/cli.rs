@@ -22,14 +22,26 @@ fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// A running binary, killed (and reaped) when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Start `--demo` and read the banner (up to its last line).
-fn banner(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
-    let mut child = command(args, env)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("binary starts");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+fn banner(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
+    let mut running = Running(
+        command(args, env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("binary starts"),
+    );
+    let mut out = BufReader::new(running.0.stdout.take().unwrap());
     let mut text = String::new();
     loop {
         let mut line = String::new();
@@ -39,14 +51,9 @@ fn banner(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
         );
         text.push_str(&line);
         if line.contains("print(chunk") {
-            return (child, text);
+            return (running, text);
         }
     }
-}
-
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Run to completion (bounded).
@@ -75,7 +82,7 @@ fn the_banner_shows_how_to_send_a_key_without_showing_one() {
         &["--demo", "--port", "0", "--env-file", "/dev/null"],
         &[("API_KEYS", "sk-very-secret-1,sk-very-secret-2")],
     );
-    stop(child);
+    drop(child);
     assert!(
         text.contains("Authorization: Bearer $QWEN_PROXY_KEY"),
         "{text}"
@@ -86,7 +93,7 @@ fn the_banner_shows_how_to_send_a_key_without_showing_one() {
     );
     assert!(!text.contains("sk-very-secret"), "{text}");
     let (child, text) = banner(&["--demo", "--port", "0", "--env-file", "/dev/null"], &[]);
-    stop(child);
+    drop(child);
     assert!(!text.contains("Authorization"), "{text}");
     assert!(text.contains("api_key=\"unused\""), "{text}");
 }
@@ -102,7 +109,7 @@ fn flags_take_their_value_after_an_equals_sign() {
         &["--demo", &format!("--port={port}"), "--env-file=/dev/null"],
         &[],
     );
-    stop(child);
+    drop(child);
     assert!(
         text.contains(&format!("listening on http://127.0.0.1:{port}")),
         "{text}"
@@ -121,7 +128,7 @@ fn node_era_values_start_the_server() {
             ("LOG_LEVEL", "verbose"),
         ],
     );
-    stop(child);
+    drop(child);
     assert!(text.contains("listening on http://127.0.0.1:"), "{text}");
 }
 
