@@ -119,6 +119,8 @@ pub enum ProxyError {
     MethodNotAllowed { allow: &'static str },
     /// The request body exceeds the configured limit.
     PayloadTooLarge { limit: usize },
+    /// The request header block exceeds 64 KiB or 128 fields.
+    HeadersTooLarge { count: usize, bytes: usize },
     /// `content-type` is not JSON.
     UnsupportedMediaType,
     /// The body is compressed (`Content-Encoding`); only identity bodies are accepted.
@@ -188,6 +190,7 @@ impl ProxyError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             ProxyError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::ContextLengthExceeded { .. } => StatusCode::BAD_REQUEST,
             ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
             ProxyError::RateLimited { .. }
@@ -238,6 +241,7 @@ impl ProxyError {
             ProxyError::UnsupportedMediaType => Some("unsupported_media_type"),
             ProxyError::UnsupportedEncoding { .. } => Some("unsupported_content_encoding"),
             ProxyError::RequestTimeout { .. } => Some("request_timeout"),
+            ProxyError::HeadersTooLarge { .. } => Some("request_headers_too_large"),
             ProxyError::ContextLengthExceeded { .. } => Some("context_length_exceeded"),
             ProxyError::InvalidApiKey => Some("invalid_api_key"),
             ProxyError::AuthThrottled { .. } => Some("too_many_authentication_failures"),
@@ -330,6 +334,7 @@ impl ProxyError {
             ProxyError::UnsupportedMediaType => "unsupported_media_type",
             ProxyError::UnsupportedEncoding { .. } => "unsupported_encoding",
             ProxyError::RequestTimeout { .. } => "request_timeout",
+            ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ProxyError::InvalidApiKey => "invalid_api_key",
             ProxyError::AuthThrottled { .. } => "auth_throttled",
@@ -370,6 +375,10 @@ impl ProxyError {
             ProxyError::UnsupportedEncoding { encoding } => format!(
                 "Compressed request bodies are not accepted (Content-Encoding: {}); send the JSON uncompressed.",
                 Untrusted(encoding)
+            ),
+            ProxyError::HeadersTooLarge { count, bytes } => format!(
+                "The request headers are too large ({count} fields, {bytes} bytes; the limits \
+                 are 128 fields and 65536 bytes)."
             ),
             ProxyError::RequestTimeout { after } => format!(
                 "The request body did not arrive within {} s (BODY_READ_TIMEOUT).",

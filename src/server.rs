@@ -22,6 +22,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
+use crate::layers::header_limits::{HYPER_MAX_BUF, HYPER_MAX_HEADERS};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The peer address, put in request extensions for layers that need it.
@@ -76,9 +78,10 @@ pub async fn serve<S, B, Signal, Idle, IdleFut, Over>(
         // Slowloris: the whole header block must arrive within this time.
         .header_read_timeout(header_read_timeout)
         .keep_alive(true)
-        // Caps the header block (and read buffer); bodies are limited by the validate layer.
-        .max_buf_size(64 * 1024)
-        .max_headers(128);
+        // hyper's caps on the header block sit above ours, which the header-limit layer
+        // enforces with a proper error body (hyper's own rejection has none).
+        .max_buf_size(HYPER_MAX_BUF)
+        .max_headers(HYPER_MAX_HEADERS);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -7,19 +7,20 @@
 //! | 3 | trace (`layers::trace`) | one span per request (method, route, request id; model, stream, attempts, status, latency recorded later); logs the end of streams |
 //! | 4 | metrics (`layers::metrics`) | `http_requests_total` and `http_request_duration_seconds`, recorded when the body ends or is dropped |
 //! | 5 | error-map (`layers::error_map`) | every `ProxyError` from inside becomes its OpenAI response (`ProxyError::into_response`, the one mapping), logged and counted once; outside, the stack is infallible |
-//! | 6 | CORS (tower-http, when `CORS_ENABLED`) | answers preflights; adds CORS headers |
-//! | 7 | auth (`layers::auth`) | parses the credential once and adds `ClientIdentity` (a key fingerprint, or anonymous) to extensions; with `API_KEYS`, `/v1/*` needs a valid key (401 + `WWW-Authenticate`); repeated failures lock the address out (429) |
-//! | 8 | rate-limit (`layers::rate_limit`, when `RATE_LIMIT_RPM` > 0) | token bucket per `ClientIdentity` key, else per client IP (`TRUST_PROXY`), for `/v1/*`; 429 at once with `Retry-After` and `x-ratelimit-*`; never queues |
-//! | 9 | router (`router.rs`) | routes; `/v1/chat/completions` goes into the chat stack below |
+//! | 6 | header limits (`layers::header_limits`) | more than 128 header fields or 64 KiB of headers: 431 in the OpenAI shape (hyper accepts up to twice that, then answers with its own bare 431) |
+//! | 7 | CORS (tower-http, when `CORS_ENABLED`) | answers preflights; adds CORS headers |
+//! | 8 | auth (`layers::auth`) | parses the credential once and adds `ClientIdentity` (a key fingerprint, or anonymous) to extensions; with `API_KEYS`, `/v1/*` needs a valid key (401 + `WWW-Authenticate`); repeated failures lock the address out (429) |
+//! | 9 | rate-limit (`layers::rate_limit`, when `RATE_LIMIT_RPM` > 0) | token bucket per `ClientIdentity` key, else per client IP (`TRUST_PROXY`), for `/v1/*`; 429 at once with `Retry-After` and `x-ratelimit-*`; never queues |
+//! | 10 | router (`router.rs`) | routes; `/v1/chat/completions` goes into the chat stack below |
 //!
 //! The chat stack (only `POST /v1/chat/completions`):
 //!
 //! | # | layer | contract |
 //! |---|---|---|
-//! | 10 | concurrency (`layers::concurrency`) | `MAX_CONCURRENT_STREAMS` permits, 503 at once past it; the permit travels in the response body |
-//! | 11 | validate (`layers::validate`) | content type, body size (413), JSON → `Arc<ChatRequest>` as the request body (400s name the `param`) |
-//! | 12 | retry (`layers::retry`) | backoff with full jitter and a budget, per error class; shares an `Attempt` with the core |
-//! | 13 | core (`chat::ChatCore`) | plan → chat → completion → primed stream or aggregated JSON |
+//! | 11 | concurrency (`layers::concurrency`) | `MAX_CONCURRENT_STREAMS` permits, 503 at once past it; the permit travels in the response body |
+//! | 12 | validate (`layers::validate`) | content type, no `Content-Encoding` (415), body size (413), body read deadline (408), JSON → `Arc<ChatRequest>` as the request body (400s name the `param`) |
+//! | 13 | retry (`layers::retry`) | backoff with full jitter and a budget, per error class; shares an `Attempt` with the core |
+//! | 14 | core (`chat::ChatCore`) | plan → chat → completion → primed stream or aggregated JSON |
 //!
 //! Timeouts: the upstream response-header timeout is in the client (`qwen::client`); the
 //! idle timeout between upstream events and the SSE keep-alives are in the streaming body
@@ -45,6 +46,7 @@ use crate::error::ProxyError;
 use crate::layers::auth::AuthLayer;
 use crate::layers::concurrency::ConcurrencyLayer;
 use crate::layers::error_map::ErrorMapLayer;
+use crate::layers::header_limits::HeaderLimitLayer;
 use crate::layers::metrics::MetricsLayer;
 use crate::layers::rate_limit::{LocalBuckets, RateLimitLayer, RateLimitStore, RedisBuckets};
 use crate::layers::request_id::RequestIdLayer;
@@ -105,7 +107,7 @@ fn cors_layer(state: &AppState) -> Option<CorsLayer> {
     })
 }
 
-/// The chat route's stack (layers 10–13).
+/// The chat route's stack (layers 11–14).
 pub fn chat_stack(state: &Arc<AppState>) -> ChatStack {
     let cfg = &state.config;
     let svc = ServiceBuilder::new()
@@ -125,7 +127,7 @@ pub fn chat_stack(state: &Arc<AppState>) -> ChatStack {
     BoxCloneService::new(svc)
 }
 
-/// The whole stack (layers 1–9).
+/// The whole stack (layers 1–10).
 pub fn build(state: Arc<AppState>) -> HttpService {
     let cfg = &state.config;
     let rate_limit = (cfg.rate_limit_rpm > 0).then(|| {
@@ -145,6 +147,7 @@ pub fn build(state: Arc<AppState>) -> HttpService {
         .layer(TraceLayer)
         .layer(MetricsLayer::new(state.metrics.clone()))
         .layer(ErrorMapLayer::new(state.metrics.clone()))
+        .layer(HeaderLimitLayer)
         .option_layer(cors_layer(&state))
         .layer(AuthLayer::new(
             &cfg.api_keys,

@@ -403,3 +403,70 @@ async fn after_a_challenge_the_upstream_is_left_alone_for_the_cooldown() {
     let left: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!((115..=120).contains(&left), "{line}");
 }
+
+// === 10. the HTTP library's own rejections ===
+
+/// A raw request on a new connection; the reply as text.
+async fn raw(h: &Harness, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_in_the_openai_shape() {
+    let h = Harness::start_with(&[], sim()).await;
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let big = format!("x-big: {}\r\n", "v".repeat(70 * 1024));
+    for headers in [many, big] {
+        let reply = raw(
+            &h,
+            format!("GET /v1/models HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(
+            reply.starts_with("HTTP/1.1 431"),
+            "{}",
+            &reply[..reply.len().min(200)]
+        );
+        assert!(
+            reply.contains(r#""code":"request_headers_too_large""#),
+            "{reply}"
+        );
+        assert!(
+            reply.contains(r#""type":"invalid_request_error""#),
+            "{reply}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn what_hyper_rejects_itself_is_still_a_clean_400() {
+    let h = Harness::start_with(&[], sim()).await;
+    // hyper reads the body lazily: a bad chunk size reaches our body reader, which answers
+    // in the OpenAI shape.
+    let reply = raw(
+        &h,
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+          transfer-encoding: chunked\r\n\r\nzz\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
+    assert!(
+        reply.contains("Could not read the request body"),
+        "{reply:?}"
+    );
+    // Conflicting lengths and control characters in a header never reach a service: hyper
+    // answers them itself, with a bare 400 (documented in README "Errors").
+    for request in [
+        &b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello"[..],
+        &b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-bad: a\x01b\r\n\r\n"[..],
+    ] {
+        let reply = raw(&h, request).await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
+    }
+}

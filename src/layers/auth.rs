@@ -15,9 +15,7 @@
 //! instance.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,6 +23,7 @@ use std::time::Duration;
 use hyper::{Request, Response};
 use tokio::time::Instant;
 
+use super::reject::ResponseFuture;
 use crate::body::ProxyBody;
 use crate::config::Secret;
 use crate::error::ProxyError;
@@ -167,29 +166,7 @@ where
                 req.extensions_mut().insert(id);
                 ResponseFuture::Inner(self.inner.call(req))
             }
-            Err(e) => ResponseFuture::Rejected(Some(e)),
-        }
-    }
-}
-
-pub enum ResponseFuture<F> {
-    Inner(F),
-    Rejected(Option<ProxyError>),
-}
-
-impl<F> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ProxyBody>, ProxyError>> + Unpin,
-{
-    type Output = Result<Response<ProxyBody>, ProxyError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            ResponseFuture::Inner(f) => Pin::new(f).poll(cx),
-            ResponseFuture::Rejected(e) => match e.take() {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
+            Err(e) => ResponseFuture::reject(e),
         }
     }
 }

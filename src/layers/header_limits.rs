@@ -1,0 +1,104 @@
+//! The request header limits (64 KiB, 128 headers), enforced here so that an oversized
+//! header block gets `431` in the OpenAI error shape.
+//!
+//! hyper rejects what it cannot parse before any service runs, with an empty body and no
+//! hook to change it. So the server lets hyper accept up to twice these limits
+//! ([`HYPER_MAX_BUF`], [`HYPER_MAX_HEADERS`]) and this layer answers everything between
+//! ours and hyper's with a JSON error; only blocks beyond hyper's own caps (and requests
+//! hyper cannot parse at all: conflicting `Content-Length`/`Transfer-Encoding`, bad chunk
+//! sizes, control characters) still get hyper's bare status (README "Errors").
+
+use std::task::{Context, Poll};
+
+use hyper::{Request, Response};
+
+use super::reject::ResponseFuture;
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+
+/// Largest accepted header block (names, values and their separators).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most accepted header fields.
+pub const MAX_HEADERS: usize = 128;
+/// hyper's read buffer (and so its header block cap): room above ours.
+pub const HYPER_MAX_BUF: usize = 2 * MAX_HEADER_BYTES;
+/// hyper's header count cap: room above ours.
+pub const HYPER_MAX_HEADERS: usize = 2 * MAX_HEADERS;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeaderLimitLayer;
+
+impl<S> tower::Layer<S> for HeaderLimitLayer {
+    type Service = HeaderLimit<S>;
+    fn layer(&self, inner: S) -> HeaderLimit<S> {
+        HeaderLimit { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderLimit<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<Request<B>> for HeaderLimit<S>
+where
+    S: tower::Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>,
+    S::Future: Unpin,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let h = req.headers();
+        let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        if h.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+            return ResponseFuture::reject(ProxyError::HeadersTooLarge {
+                count: h.len(),
+                bytes,
+            });
+        }
+        ResponseFuture::Inner(self.inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    async fn status(req: Request<()>) -> u16 {
+        let svc = ServiceBuilder::new()
+            .layer(HeaderLimitLayer)
+            .service(service_fn(|_r: Request<()>| {
+                Box::pin(async { Ok::<_, ProxyError>(Response::new(ProxyBody::empty())) })
+            }));
+        match svc.oneshot(req).await {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.status().as_u16(),
+        }
+    }
+
+    #[tokio::test]
+    async fn too_many_or_too_big_headers_are_431() {
+        let mut many = Request::builder();
+        for i in 0..=MAX_HEADERS {
+            many = many.header(format!("x-h{i}"), "v");
+        }
+        assert_eq!(status(many.body(()).unwrap()).await, 431);
+        let big = Request::builder()
+            .header("x-big", "v".repeat(MAX_HEADER_BYTES))
+            .body(())
+            .unwrap();
+        assert_eq!(status(big).await, 431);
+        let fine = Request::builder()
+            .header("x-ok", "v".repeat(MAX_HEADER_BYTES / 2))
+            .body(())
+            .unwrap();
+        assert_eq!(status(fine).await, 200);
+    }
+}
