@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The single entry point for every test: Rust unit and integration tests, the bench
-# targets in test mode, and the real-client suites (official `openai` Python SDK against
-# the running binary). Installs what it needs; starts what it needs on free ports.
+# The single entry point for every test: formatting and lints, Rust unit and integration
+# tests, the bench targets in test mode, the real-client suites against the running binary
+# (official `openai` Python SDK; openai-node and the Vercel AI SDK under Node's test runner)
+# and the deployment files. Installs what it needs; starts what it needs on free ports and
+# leaves the host's own services alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,9 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# Node.js and npm for the Node client suite (the machine image brings Node 20 and npm 11).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]}"
   SUDO=""
@@ -28,6 +33,10 @@ fi
 
 step "fetching crates"
 cargo fetch --locked
+
+step "formatting (cargo fmt --check) and lints (cargo clippy, warnings are errors)"
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
 
 step "Rust unit and integration tests"
 cargo test --locked --lib --bins --tests
@@ -43,6 +52,16 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 QWEN_PROXY_BIN="$PWD/target/debug/qwen-proxy" "$VENV/bin/python" -m pytest -q tests/clients
+
+step "real-client suite: openai-node and the Vercel AI SDK (node --test)"
+# npm ci installs exactly package-lock.json (and empties node_modules first); skipped while
+# node_modules holds the stamp of an install from the same package.json and lock.
+NODE_SUITE=tests/clients-node
+if ! cat "$NODE_SUITE/package.json" "$NODE_SUITE/package-lock.json" | cmp -s - "$NODE_SUITE/node_modules/.installed-from"; then
+  (cd "$NODE_SUITE" && npm ci --no-audit --no-fund)
+  cat "$NODE_SUITE/package.json" "$NODE_SUITE/package-lock.json" >"$NODE_SUITE/node_modules/.installed-from"
+fi
+QWEN_PROXY_BIN="$PWD/target/debug/qwen-proxy" npm --prefix "$NODE_SUITE" test
 
 step "deployment files: compose commands (sh -n), Dockerfile, systemd unit (systemd-analyze verify)"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/deploy/requirements.txt
