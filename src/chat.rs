@@ -3,12 +3,9 @@
 //! pipeline. `Ok` is returned only once the stream is primed (first meaningful upstream
 //! event), so every `Err` happens before the first byte and the retry layer may retry it.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Request, Response};
@@ -16,6 +13,8 @@ use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::body::{BodyObserver, Hold, ProxyBody};
+use crate::common::epoch_secs;
+use crate::common::BoxFuture;
 use crate::conversation::store::Session;
 use crate::conversation::{ChatLock, Conversations, Prepared};
 use crate::error::ProxyError;
@@ -53,12 +52,10 @@ impl ChatCore {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl tower::Service<Request<Arc<ChatRequest>>> for ChatCore {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
-    type Future = BoxFuture<Result<Response<ProxyBody>, ProxyError>>;
+    type Future = BoxFuture<'static, Result<Response<ProxyBody>, ProxyError>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
@@ -377,12 +374,6 @@ impl BodyObserver for StreamMetrics {
             .with_label_values(&[outcome])
             .observe(self.start.elapsed().as_secs_f64());
     }
-}
-
-fn epoch_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 pub fn json_response(body: Vec<u8>) -> Response<ProxyBody> {

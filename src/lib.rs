@@ -12,6 +12,7 @@ pub mod app;
 pub mod body;
 pub mod chat;
 pub mod cli;
+pub mod common;
 pub mod config;
 pub mod conversation;
 pub mod error;

@@ -266,9 +266,7 @@ fn check(a: ServeArgs) -> ExitCode {
     let mut ok = true;
     match token.as_deref().and_then(jwt_expiry) {
         Some(exp) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = qwen_proxy::common::epoch_secs();
             if exp <= now {
                 ok = false;
                 println!(
@@ -314,29 +312,7 @@ fn check(a: ServeArgs) -> ExitCode {
 /// The `exp` claim of a JWT (payload is unverified: this only informs the operator).
 fn jwt_expiry(token: &str) -> Option<u64> {
     let payload = token.split('.').nth(1)?;
-    let bytes = base64url_decode(payload)?;
+    let bytes = qwen_proxy::common::base64url_decode(payload)?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     v.get("exp")?.as_u64()
-}
-
-fn base64url_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
 }

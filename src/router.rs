@@ -1,8 +1,6 @@
 //! Routes a request to its handler. The chat route has its own sub-stack (concurrency →
 //! validate → retry → core, see `stack.rs`); the other routes are small handlers here.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -15,6 +13,7 @@ use tower::ServiceExt;
 use crate::app::AppState;
 use crate::body::ProxyBody;
 use crate::chat::json_response;
+use crate::common::BoxFuture;
 use crate::error::ProxyError;
 use crate::identity::presented_credential;
 use crate::layers::auth::constant_time_eq;
@@ -46,12 +45,10 @@ impl Router {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl tower::Service<Request<Incoming>> for Router {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
-    type Future = BoxFuture<Result<Response<ProxyBody>, ProxyError>>;
+    type Future = BoxFuture<'static, Result<Response<ProxyBody>, ProxyError>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))

@@ -22,9 +22,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
+use crate::common::BoxError;
 use crate::layers::header_limits::{HYPER_MAX_BUF, HYPER_MAX_HEADERS};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The peer address, put in request extensions for layers that need it.
 #[derive(Debug, Clone, Copy)]

@@ -42,6 +42,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::app::AppState;
 use crate::body::ProxyBody;
 use crate::chat::ChatCore;
+use crate::common::BoxError;
 use crate::error::ProxyError;
 use crate::layers::auth::AuthLayer;
 use crate::layers::concurrency::ConcurrencyLayer;
@@ -55,7 +56,6 @@ use crate::layers::trace::TraceLayer;
 use crate::layers::validate::ValidateLayer;
 use crate::router::Router;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The response body at the top of the stack (boxed once, by catch-panic).
 pub type HttpBody = tower_http::body::UnsyncBoxBody<Bytes, BoxError>;
 pub type HttpService = BoxCloneService<Request<Incoming>, Response<HttpBody>, Infallible>;

@@ -5,8 +5,6 @@
 //! last use of every chat is tracked so `CHAT_CLEANUP=delete` can delete abandoned chats.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -30,7 +28,7 @@ impl std::fmt::Display for StoreError {
     }
 }
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::common::BoxFuture;
 
 pub trait SessionStore: Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Session>, StoreError>>;

@@ -26,8 +26,6 @@
 //! The layer and the core share an [`Attempt`] in request extensions: the core records what
 //! it sent, the layer says how the next attempt must differ ([`Next`]).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -37,6 +35,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::ServiceExt;
 
 use crate::body::ProxyBody;
+use crate::common::BoxFuture;
 use crate::config::RetryConfig;
 use crate::conversation::Prepared;
 use crate::error::{ProxyError, UpstreamClass as C};
@@ -206,8 +205,6 @@ pub struct Retry<S> {
     layer: RetryLayer,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 /// A request is `Parts` + `Arc<ChatRequest>`; `Parts` is not `Clone`, so copy it by hand.
 fn copy_request(
     parts: &hyper::http::request::Parts,
@@ -235,7 +232,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
-    type Future = BoxFuture<Result<Response<ProxyBody>, ProxyError>>;
+    type Future = BoxFuture<'static, Result<Response<ProxyBody>, ProxyError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)

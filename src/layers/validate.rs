@@ -5,8 +5,6 @@
 //! holding a connection forever), and JSON → typed [`ChatRequest`] with precise 400s. The parsed request becomes the request
 //! body as an `Arc`, so retries re-send it without re-reading anything.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,6 +16,7 @@ use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response};
 
 use crate::body::ProxyBody;
+use crate::common::BoxFuture;
 use crate::error::ProxyError;
 use crate::openai::request::ChatRequest;
 use crate::untrusted::Untrusted;
@@ -53,8 +52,6 @@ pub struct Validate<S> {
     limits: ValidateLayer,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, B> tower::Service<Request<B>> for Validate<S>
 where
     S: tower::Service<
@@ -71,7 +68,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
-    type Future = BoxFuture<Result<Response<ProxyBody>, ProxyError>>;
+    type Future = BoxFuture<'static, Result<Response<ProxyBody>, ProxyError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -226,7 +223,7 @@ mod tests {
         type Data = Bytes;
         type Error = std::convert::Infallible;
         fn poll_frame(
-            mut self: Pin<&mut Self>,
+            mut self: std::pin::Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
             match self.0.take() {

@@ -6,7 +6,7 @@
 //! in the streaming path.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -23,6 +23,7 @@ use super::classify::{body_error, frame_error};
 use super::frame::Frame;
 use super::headers::{HeaderSet, Page};
 use super::request::{NewChatBody, Turn};
+use crate::common::{epoch_millis, epoch_secs};
 use crate::config::UpstreamConfig;
 use crate::error::{ProxyError, UpstreamClass, UpstreamError};
 use crate::metrics::Metrics;
@@ -123,7 +124,7 @@ impl QwenClient {
             models: [model],
             chat_mode: "normal",
             chat_type,
-            timestamp: now_millis(),
+            timestamp: epoch_millis(),
             project_id: "",
         };
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
@@ -157,7 +158,7 @@ impl QwenClient {
     }
 
     async fn start_completion_inner(&self, turn: &Turn<'_>) -> Result<Incoming, ProxyError> {
-        let body = Bytes::from(turn.body(now_millis() / 1000));
+        let body = Bytes::from(turn.body(epoch_secs()));
         let path = format!("/api/v2/chat/completions?chat_id={}", turn.chat_id);
         let rsp = self
             .send(Method::POST, &path, Page::Chat(turn.chat_id), true, body)
@@ -292,10 +293,4 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
         src = s.source();
     }
     msg
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

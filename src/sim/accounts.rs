@@ -8,9 +8,11 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+
+use crate::common::{base64url_decode, base64url_encode, epoch_secs};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -41,49 +43,6 @@ fn sha256_hex(data: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn b64url(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(data.len() * 4 / 3 + 4);
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-fn b64url_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Accounts {
@@ -135,16 +94,16 @@ impl Accounts {
     }
 
     fn issue(&self, a: &Account) -> String {
-        let header = b64url(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let payload = b64url(
+        let header = base64url_encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let payload = base64url_encode(
             format!(
                 r#"{{"id":"{}","last_password_change":0,"exp":{}}}"#,
                 a.id,
-                now_secs() + self.token_ttl.as_secs()
+                epoch_secs() + self.token_ttl.as_secs()
             )
             .as_bytes(),
         );
-        let sig = b64url(&Sha256::digest(
+        let sig = base64url_encode(&Sha256::digest(
             format!("{}.{header}.{payload}", self.secret).as_bytes(),
         ));
         format!("{header}.{payload}.{sig}")
@@ -158,17 +117,17 @@ impl Accounts {
         else {
             return Err(TokenError::Invalid);
         };
-        let expected = b64url(&Sha256::digest(
+        let expected = base64url_encode(&Sha256::digest(
             format!("{}.{h}.{p}", self.secret).as_bytes(),
         ));
         if expected != s {
             return Err(TokenError::Invalid);
         }
         let payload: serde_json::Value =
-            serde_json::from_slice(&b64url_decode(p).ok_or(TokenError::Invalid)?)
+            serde_json::from_slice(&base64url_decode(p).ok_or(TokenError::Invalid)?)
                 .map_err(|_| TokenError::Invalid)?;
         let exp = payload["exp"].as_u64().ok_or(TokenError::Invalid)?;
-        if exp <= now_secs() {
+        if exp <= epoch_secs() {
             return Err(TokenError::Expired);
         }
         payload["id"]
@@ -226,7 +185,7 @@ mod tests {
     #[test]
     fn base64url_roundtrip() {
         for data in [&b""[..], b"f", b"fo", b"foo", b"foob", b"{\"exp\":1}"] {
-            assert_eq!(b64url_decode(&b64url(data)).unwrap(), data);
+            assert_eq!(base64url_decode(&base64url_encode(data)).unwrap(), data);
         }
     }
 }

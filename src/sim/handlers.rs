@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -23,6 +22,7 @@ use super::script::{self, Generation, Step};
 use super::state::{lock, Chat, SimState, TurnRecord};
 use super::wire;
 use super::{Gate, SimConfig};
+use crate::common::epoch_secs;
 
 /// Response body of the simulator: canned bytes or a scripted stream.
 pub enum SimBody {
@@ -131,12 +131,6 @@ fn auth_token(h: &HeaderMap) -> (Option<String>, bool) {
         .map(str::to_owned);
     let cookie_present = from_cookie.is_some();
     (from_cookie.or(bearer), cookie_present)
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl SimService {
@@ -292,7 +286,7 @@ impl SimService {
             return match accounts.sign_in(email, password) {
                 Some((a, token)) => json_ok(
                     json!({"id": a.id, "email": a.email, "name": a.email, "role": "user",
-                    "token": token, "token_type": "Bearer", "expires_at": now_secs() + 30 * 86_400}),
+                    "token": token, "token_type": "Bearer", "expires_at": epoch_secs() + 30 * 86_400}),
                 ),
                 None => respond(
                     StatusCode::BAD_REQUEST,
@@ -305,7 +299,7 @@ impl SimService {
         let token = format!("sim-{}", account_id(email));
         json_ok(
             json!({"id": account_id(email), "email": email, "name": email, "role": "user",
-                       "token": token, "token_type": "Bearer", "expires_at": now_secs() + 30 * 86_400}),
+                       "token": token, "token_type": "Bearer", "expires_at": epoch_secs() + 30 * 86_400}),
         )
     }
 
@@ -540,7 +534,7 @@ impl SimService {
                     search,
                     scenario: &scenario,
                     timing: &self.config.timing,
-                    now_secs: now_secs(),
+                    now_secs: epoch_secs(),
                 });
                 (steps, "text/event-stream; charset=utf-8")
             }
