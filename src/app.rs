@@ -9,7 +9,6 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::conversation::key::fingerprint;
-use crate::conversation::redis::{RedisClient, RedisStore, RedisUrl};
 use crate::conversation::store::{MemoryStore, SessionStore};
 use crate::conversation::{Conversations, Settings};
 use crate::layers::concurrency::CompletionSlots;
@@ -17,6 +16,8 @@ use crate::metrics::Metrics;
 use crate::qwen::client::QwenClient;
 use crate::qwen::cooldown::ChallengeCooldown;
 use crate::qwen::models::ModelCache;
+use crate::redis::sessions::RedisStore;
+use crate::redis::RedisClient;
 
 #[derive(Debug)]
 pub struct AppState {
@@ -57,8 +58,7 @@ impl AppState {
         let models = ModelCache::new(client.clone(), config.models_cache_duration);
         let redis = config
             .redis_url
-            .as_ref()
-            .and_then(|u| RedisUrl::parse(u.expose()).ok())
+            .clone()
             .map(|url| Arc::new(RedisClient::new(url)));
         let conversations = build_conversations(&config, redis.clone(), metrics.clone());
         Arc::new(AppState {

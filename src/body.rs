@@ -15,8 +15,18 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::Response;
 
 use crate::translate::body::TranslateBody;
+
+/// A complete JSON response.
+pub fn json_response(body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut rsp = Response::new(ProxyBody::full(body));
+    rsp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    rsp
+}
 
 /// Hooks on a response body's life. Dropping the observer releases what it holds.
 pub trait BodyObserver: Send + 'static {

@@ -12,7 +12,7 @@ use hyper::{Request, Response};
 use tokio::time::Instant;
 
 use crate::app::AppState;
-use crate::body::{BodyObserver, Hold, ProxyBody};
+use crate::body::{json_response, BodyObserver, Hold, ProxyBody};
 use crate::common::epoch_secs;
 use crate::common::BoxFuture;
 use crate::conversation::store::Session;
@@ -20,7 +20,6 @@ use crate::conversation::{ChatLock, Conversations, Prepared};
 use crate::error::ProxyError;
 use crate::error::UpstreamClass;
 use crate::identity::ClientIdentity;
-use crate::layers::error_map::report;
 use crate::layers::retry::Attempt;
 use crate::layers::retry::Next;
 use crate::metrics::Metrics;
@@ -243,7 +242,7 @@ async fn respond(
                 }
                 StreamEnd::Failed(e) => {
                     flag.store(true, Ordering::Relaxed);
-                    report(&m, e);
+                    e.report(&m);
                     if e.upstream_class() == Some(UpstreamClass::Challenge) {
                         challenged.challenge.trigger();
                     }
@@ -374,11 +373,4 @@ impl BodyObserver for StreamMetrics {
             .with_label_values(&[outcome])
             .observe(self.start.elapsed().as_secs_f64());
     }
-}
-
-pub fn json_response(body: Vec<u8>) -> Response<ProxyBody> {
-    let mut rsp = Response::new(ProxyBody::full(body));
-    rsp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    rsp
 }

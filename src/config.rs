@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use hyper::Uri;
 
+pub use crate::common::Secret;
 use crate::forwarded::TrustProxy;
-use crate::layers::auth::FailurePolicy;
+use crate::redis::RedisUrl;
 
 /// Where raw values come from. `Env` in production, a map in tests.
 pub trait Source {
@@ -106,24 +107,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// A secret string: never printed by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
+/// Failed-authentication throttling (`AUTH_FAILURE_LIMIT` per `AUTH_FAILURE_WINDOW`).
+#[derive(Debug, Clone, Copy)]
+pub struct FailurePolicy {
+    /// Failures per window that lock an address out; 0 turns throttling off.
+    pub limit: u32,
+    pub window: Duration,
 }
 
 /// Everything the Qwen client needs.
@@ -185,7 +174,8 @@ pub struct Config {
     pub api_keys: Vec<Secret>,
     /// Invalid keys per address and window before the address is locked out.
     pub auth_failures: FailurePolicy,
-    pub redis_url: Option<Secret>,
+    /// `REDIS_URL`, parsed (its password never prints).
+    pub redis_url: Option<RedisUrl>,
     pub max_body_bytes: usize,
     /// The whole request body must arrive within this (after the headers).
     pub body_read_timeout: Duration,
@@ -458,10 +448,10 @@ impl Config {
         }
         let upstream = UpstreamConfig {
             base_url,
-            cookies: cookies.map(Secret),
-            auth_token: auth_token.map(Secret),
-            bx_umidtoken: r.raw("QWEN_TOKEN").map(Secret),
-            bx_ua: r.raw("QWEN_BX_UA").map(Secret),
+            cookies: cookies.map(Secret::new),
+            auth_token: auth_token.map(Secret::new),
+            bx_umidtoken: r.raw("QWEN_TOKEN").map(Secret::new),
+            bx_ua: r.raw("QWEN_BX_UA").map(Secret::new),
             bx_v: r.raw("QWEN_BX_V").unwrap_or_else(|| "2.5.36".to_owned()),
             user_agent: r
                 .raw("QWEN_USER_AGENT")
@@ -512,18 +502,20 @@ impl Config {
                     text.lines()
                         .map(str::trim)
                         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        .map(|l| Secret(l.to_owned())),
+                        .map(Secret::new),
                 ),
                 Err(e) => r.errors.push(format!("API_KEYS_FILE={path:?}: {e}")),
             }
         }
 
-        let redis_url = r.raw("REDIS_URL");
-        if let Some(u) = &redis_url {
-            if let Err(e) = crate::conversation::redis::RedisUrl::parse(u) {
+        let redis_url = match r.raw("REDIS_URL").map(|u| RedisUrl::parse(&u)) {
+            None => None,
+            Some(Ok(url)) => Some(url),
+            Some(Err(e)) => {
                 r.errors.push(e);
+                None
             }
-        }
+        };
         let continue_chats = match r
             .raw("CONVERSATION_MODE")
             .map(|v| v.to_ascii_lowercase())
@@ -588,7 +580,7 @@ impl Config {
             rate_limit_rpm,
             rate_limit_burst,
             max_concurrent_streams: r.parse("MAX_CONCURRENT_STREAMS", 1024, "a whole number"),
-            metrics_token: r.raw("METRICS_TOKEN").map(Secret),
+            metrics_token: r.raw("METRICS_TOKEN").map(Secret::new),
             conversations,
             host,
             port,
@@ -605,7 +597,7 @@ impl Config {
             trust_proxy,
             auth_failures,
             api_keys,
-            redis_url: redis_url.map(Secret),
+            redis_url,
             max_body_bytes: r.parse("MAX_BODY_BYTES", 4 << 20, "a number of bytes"),
             body_read_timeout: r.millis("BODY_READ_TIMEOUT", 30_000, false),
             upstream_body_limit: r.parse(
@@ -638,8 +630,8 @@ impl Config {
     /// Point the upstream at a local simulator with a demo credential (`--demo`).
     pub fn use_simulator(&mut self, base_url: Uri) {
         self.upstream.base_url = base_url;
-        self.upstream.cookies = Some(Secret("token=demo-token".to_owned()));
-        self.upstream.auth_token = Some(Secret("demo-token".to_owned()));
+        self.upstream.cookies = Some(Secret::new("token=demo-token"));
+        self.upstream.auth_token = Some(Secret::new("demo-token"));
     }
 }
 
@@ -647,7 +639,7 @@ fn split_keys(v: &str) -> Vec<Secret> {
     v.split(',')
         .map(str::trim)
         .filter(|k| !k.is_empty())
-        .map(|k| Secret(k.to_owned()))
+        .map(Secret::new)
         .collect()
 }
 

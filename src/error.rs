@@ -9,11 +9,12 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use hyper::{Response, StatusCode};
+use hyper::header::{HeaderMap, HeaderValue, ALLOW, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::StatusCode;
 use serde::Serialize;
 
-use crate::body::ProxyBody;
+use crate::metrics::Metrics;
+use crate::rate::RateDecision;
 use crate::untrusted::Untrusted;
 
 /// What went wrong upstream, at the granularity the client and the retry policy care about.
@@ -134,8 +135,9 @@ pub enum ProxyError {
     InvalidApiKey,
     /// Too many invalid keys from this address: locked out for a while.
     AuthThrottled { retry_after_secs: u64 },
-    /// The proxy's own rate limiter (`RATE_LIMIT_RPM`) rejected the request.
-    RateLimited { retry_after_secs: u64 },
+    /// The proxy's own rate limiter (`RATE_LIMIT_RPM`) rejected the request; the decision
+    /// gives the `x-ratelimit-*` headers.
+    RateLimited { decision: RateDecision },
     /// `MAX_CONCURRENT_STREAMS` is reached: shed load at once.
     Overloaded,
     /// The server is shutting down.
@@ -283,8 +285,8 @@ impl ProxyError {
     /// retries wait instead of hammering.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ProxyError::RateLimited { retry_after_secs }
-            | ProxyError::AuthThrottled { retry_after_secs }
+            ProxyError::RateLimited { decision } => Some(decision.retry_after_secs()),
+            ProxyError::AuthThrottled { retry_after_secs }
             | ProxyError::UpstreamCoolingDown { retry_after_secs } => {
                 Some((*retry_after_secs).max(1))
             }
@@ -402,8 +404,9 @@ impl ProxyError {
                  upstream calls for another {retry_after_secs} s (CHALLENGE_COOLDOWN) instead of \
                  deepening the block. If it persists, refresh QWEN_COOKIES from a browser."
             ),
-            ProxyError::RateLimited { retry_after_secs } => format!(
-                "Rate limit reached for this client; retry in {retry_after_secs} s."
+            ProxyError::RateLimited { decision } => format!(
+                "Rate limit reached for this client; retry in {} s.",
+                decision.retry_after_secs()
             ),
             ProxyError::Overloaded => {
                 "The proxy is at its concurrent stream limit (MAX_CONCURRENT_STREAMS); retry shortly."
@@ -480,13 +483,9 @@ impl ProxyError {
         Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
     }
 
-    /// The one place an error becomes an HTTP response.
-    pub fn into_response(self) -> Response<ProxyBody> {
-        let mut rsp = Response::new(ProxyBody::full(self.to_json()));
-        *rsp.status_mut() = self.status();
-        rsp.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let h = rsp.headers_mut();
+    /// The headers that go with this error's response: `Retry-After`, `x-should-retry`,
+    /// `WWW-Authenticate`, `Allow`, `x-ratelimit-*`.
+    pub fn write_headers(&self, h: &mut HeaderMap) {
         if let Some(secs) = self.retry_after() {
             h.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -496,23 +495,38 @@ impl ProxyError {
                 HeaderValue::from_static(if retry { "true" } else { "false" }),
             );
         }
-        match &self {
+        match self {
             ProxyError::InvalidApiKey => {
                 h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ProxyError::MethodNotAllowed { allow } => {
                 h.insert(ALLOW, HeaderValue::from_static(allow));
             }
+            ProxyError::RateLimited { decision } => decision.write_headers(h),
             _ => {}
         }
-        rsp.extensions_mut().insert(ErrorLabel(self.metric_label()));
-        rsp
+    }
+
+    /// Log and count an error once (also errors that happen mid-stream). Three kinds, so
+    /// an operator can tell them apart: the upstream failed (WARN, whatever the status —
+    /// an expired credential or a spent quota is the operator's problem, not the
+    /// client's), the proxy failed (WARN), or the client's request was refused (INFO).
+    pub fn report(&self, metrics: &Metrics) {
+        let status = self.status().as_u16();
+        let error = self.metric_label();
+        if let Some(class) = self.upstream_class() {
+            metrics
+                .upstream_errors
+                .with_label_values(&[class.label()])
+                .inc();
+            tracing::warn!(status, error, detail = %self, "upstream failure");
+        } else if status >= 500 || matches!(self, ProxyError::UpstreamCoolingDown { .. }) {
+            tracing::warn!(status, error, detail = %self, "request failed");
+        } else {
+            tracing::info!(status, error, detail = %self, "request rejected");
+        }
     }
 }
-
-/// Put in response extensions so outer layers can label a failure without parsing the body.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorLabel(pub &'static str);
 
 impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -534,8 +548,10 @@ mod tests {
         assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.retry_after(), Some(14_400));
         assert_eq!(e.error_type(), "rate_limit_error");
-        let rsp = e.into_response();
-        assert_eq!(rsp.headers()[RETRY_AFTER], "14400");
+        let mut h = HeaderMap::new();
+        e.write_headers(&mut h);
+        assert_eq!(h[RETRY_AFTER], "14400");
+        assert_eq!(h["x-should-retry"], "false");
     }
 
     #[test]

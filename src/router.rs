@@ -8,30 +8,19 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
+use tower::util::BoxCloneService;
 use tower::ServiceExt;
 
 use crate::app::AppState;
-use crate::body::ProxyBody;
-use crate::chat::json_response;
+use crate::body::{json_response, ProxyBody};
 use crate::common::BoxFuture;
 use crate::error::ProxyError;
 use crate::identity::presented_credential;
 use crate::layers::auth::constant_time_eq;
 use crate::openai::response::ModelList;
-use crate::stack::ChatStack;
 
-/// Low-cardinality route label for logs and metrics.
-pub fn route_template(path: &str) -> &'static str {
-    match path.trim_end_matches('/') {
-        "/v1/chat/completions" => "/v1/chat/completions",
-        "/v1/models" => "/v1/models",
-        p if p.starts_with("/v1/models/") => "/v1/models/{id}",
-        "/health" => "/health",
-        "/metrics" => "/metrics",
-        "" => "/",
-        _ => "other",
-    }
-}
+/// The chat route's sub-stack (`stack::chat_stack`), type-erased once.
+pub type ChatStack = BoxCloneService<Request<Incoming>, Response<ProxyBody>, ProxyError>;
 
 #[derive(Clone)]
 pub struct Router {

@@ -23,7 +23,15 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::common::BoxError;
-use crate::layers::header_limits::{HYPER_MAX_BUF, HYPER_MAX_HEADERS};
+
+/// Largest accepted (by `layers::header_limits`, which answers in the OpenAI shape) header block (names, values and their separators).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most accepted header fields.
+pub const MAX_HEADERS: usize = 128;
+/// hyper's read buffer (and so its header block cap): room above ours.
+pub const HYPER_MAX_BUF: usize = 2 * MAX_HEADER_BYTES;
+/// hyper's header count cap: room above ours.
+pub const HYPER_MAX_HEADERS: usize = 2 * MAX_HEADERS;
 
 /// The peer address, put in request extensions for layers that need it.
 #[derive(Debug, Clone, Copy)]

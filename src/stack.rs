@@ -40,7 +40,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::AppState;
-use crate::body::ProxyBody;
 use crate::chat::ChatCore;
 use crate::common::BoxError;
 use crate::error::ProxyError;
@@ -49,17 +48,18 @@ use crate::layers::concurrency::ConcurrencyLayer;
 use crate::layers::error_map::ErrorMapLayer;
 use crate::layers::header_limits::HeaderLimitLayer;
 use crate::layers::metrics::MetricsLayer;
-use crate::layers::rate_limit::{LocalBuckets, RateLimitLayer, RateLimitStore, RedisBuckets};
+use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::retry::{RetryLayer, RetryPolicy};
 use crate::layers::trace::TraceLayer;
 use crate::layers::validate::ValidateLayer;
-use crate::router::Router;
+use crate::rate::{LocalBuckets, RateLimitStore};
+use crate::redis::rate_limit::RedisBuckets;
+use crate::router::{ChatStack, Router};
 
 /// The response body at the top of the stack (boxed once, by catch-panic).
 pub type HttpBody = tower_http::body::UnsyncBoxBody<Bytes, BoxError>;
 pub type HttpService = BoxCloneService<Request<Incoming>, Response<HttpBody>, Infallible>;
-pub type ChatStack = BoxCloneService<Request<Incoming>, Response<ProxyBody>, ProxyError>;
 
 fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<http_body_util::Full<Bytes>> {
     let detail = err
@@ -174,7 +174,7 @@ mod tests {
                 if true {
                     panic!("boom");
                 }
-                Ok::<_, Infallible>(Response::new(ProxyBody::empty()))
+                Ok::<_, Infallible>(Response::new(crate::body::ProxyBody::empty()))
             }));
         let rsp = svc.oneshot(Request::new(())).await.unwrap();
         assert_eq!(rsp.status(), 500);

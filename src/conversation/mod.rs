@@ -22,7 +22,6 @@
 //! `/health` and in metrics, and Redis is tried again after a short pause.
 
 pub mod key;
-pub mod redis;
 pub mod store;
 
 use std::collections::HashMap;

@@ -25,20 +25,12 @@ use tokio::time::Instant;
 
 use super::reject::ResponseFuture;
 use crate::body::ProxyBody;
-use crate::config::Secret;
+use crate::config::{FailurePolicy, Secret};
 use crate::error::ProxyError;
 use crate::forwarded::TrustProxy;
 use crate::identity::{presented_credential, ClientIdentity, KeyFingerprint};
 use crate::metrics::Metrics;
 use crate::server::PeerAddr;
-
-/// Failed-authentication throttling (`AUTH_FAILURE_LIMIT` per `AUTH_FAILURE_WINDOW`).
-#[derive(Debug, Clone, Copy)]
-pub struct FailurePolicy {
-    /// Failures per window that lock an address out; 0 turns throttling off.
-    pub limit: u32,
-    pub window: Duration,
-}
 
 #[derive(Clone)]
 pub struct AuthLayer {

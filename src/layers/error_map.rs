@@ -1,6 +1,7 @@
 //! The error boundary: every `ProxyError` from the layers inside becomes its OpenAI error
-//! response here (via `ProxyError::into_response`, the single mapping), is logged once, and
-//! is counted by class. Outside this layer the stack is infallible.
+//! response here ([`error_response`], the one place an error becomes an HTTP response), is
+//! logged and counted once (`ProxyError::report`). Outside this layer the stack is
+//! infallible.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +11,7 @@ use std::task::{Context, Poll};
 
 use hyper::{Request, Response};
 
-use crate::body::ProxyBody;
+use crate::body::{json_response, ProxyBody};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
@@ -85,31 +86,20 @@ where
         match std::task::ready!(Pin::new(&mut self.inner).poll(cx)) {
             Ok(rsp) => Poll::Ready(Ok(rsp)),
             Err(e) => {
-                report(&self.metrics, &e);
-                Poll::Ready(Ok(e.into_response()))
+                e.report(&self.metrics);
+                Poll::Ready(Ok(error_response(&e)))
             }
         }
     }
 }
 
-/// Log and count an error once (also used for errors that happen mid-stream). Three kinds,
-/// so an operator can tell them apart: the upstream failed (WARN, whatever the status —
-/// an expired credential or a spent quota is the operator's problem, not the client's), the
-/// proxy failed (WARN), or the client's request was refused (INFO).
-pub fn report(metrics: &Metrics, e: &ProxyError) {
-    let status = e.status().as_u16();
-    let error = e.metric_label();
-    if let Some(class) = e.upstream_class() {
-        metrics
-            .upstream_errors
-            .with_label_values(&[class.label()])
-            .inc();
-        tracing::warn!(status, error, detail = %e, "upstream failure");
-    } else if status >= 500 || matches!(e, ProxyError::UpstreamCoolingDown { .. }) {
-        tracing::warn!(status, error, detail = %e, "request failed");
-    } else {
-        tracing::info!(status, error, detail = %e, "request rejected");
-    }
+/// The one place an error becomes an HTTP response: status, the OpenAI error body
+/// `{"error":{"message","type","param","code"}}` and the error's headers.
+pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
+    let mut rsp = json_response(e.to_json());
+    *rsp.status_mut() = e.status();
+    e.write_headers(rsp.headers_mut());
+    rsp
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //!
 //! hyper rejects what it cannot parse before any service runs, with an empty body and no
 //! hook to change it. So the server lets hyper accept up to twice these limits
-//! ([`HYPER_MAX_BUF`], [`HYPER_MAX_HEADERS`]) and this layer answers everything between
+//! (`server::HYPER_MAX_BUF`, `server::HYPER_MAX_HEADERS`) and this layer answers everything between
 //! ours and hyper's with a JSON error; only blocks beyond hyper's own caps (and requests
 //! hyper cannot parse at all: conflicting `Content-Length`/`Transfer-Encoding`, bad chunk
 //! sizes, control characters) still get hyper's bare status (README "Errors").
@@ -15,15 +15,7 @@ use hyper::{Request, Response};
 use super::reject::ResponseFuture;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-
-/// Largest accepted header block (names, values and their separators).
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Most accepted header fields.
-pub const MAX_HEADERS: usize = 128;
-/// hyper's read buffer (and so its header block cap): room above ours.
-pub const HYPER_MAX_BUF: usize = 2 * MAX_HEADER_BYTES;
-/// hyper's header count cap: room above ours.
-pub const HYPER_MAX_HEADERS: usize = 2 * MAX_HEADERS;
+use crate::server::{MAX_HEADERS, MAX_HEADER_BYTES};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HeaderLimitLayer;

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::body::{BodyObserver, ProxyBody};
 use crate::metrics::Metrics;
-use crate::router::route_template;
+use crate::routes::route_template;
 
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {

@@ -1,190 +1,28 @@
 //! Per-client rate limiting: a token bucket per client identity (the API key's fingerprint
-//! that the auth layer established), or per client IP when keys are off, `RATE_LIMIT_RPM` tokens a minute up to `RATE_LIMIT_BURST`. Over the limit the
-//! request is rejected at once with 429, `Retry-After` and `x-ratelimit-*` headers; it is
-//! never queued. Bucket state lives behind `Arc` in a [`RateLimitStore`], because hyper
-//! clones the whole stack per request (state kept in the service struct would be per
-//! request — the `tower::limit::RateLimit` trap). The store is a trait so a shared backend
-//! (Redis) can plug in.
+//! that the auth layer established), or per client IP when keys are off, `RATE_LIMIT_RPM`
+//! tokens a minute up to `RATE_LIMIT_BURST`. Over the limit the request is rejected at once
+//! with `ProxyError::RateLimited` carrying the decision (429, `Retry-After` and
+//! `x-ratelimit-*`, mapped by the error-map layer like every other error); it is never
+//! queued. Allowed responses get the `x-ratelimit-*` headers too. Bucket state lives behind
+//! `Arc` in a [`RateLimitStore`] (`crate::rate`; Redis in `crate::redis::rate_limit`),
+//! because hyper clones the whole stack per request (state kept in the service struct would
+//! be per request — the `tower::limit::RateLimit` trap).
 //!
 //! Client IP: as `TRUST_PROXY` resolves it ([`TrustProxy`]).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Request, Response};
-use tokio::time::Instant;
 
 use crate::body::ProxyBody;
-use crate::conversation::redis::{RedisClient, Reply, RATE_LIMIT_SCRIPT};
-use crate::conversation::store::BoxFuture;
+use crate::common::BoxFuture;
 use crate::error::ProxyError;
 use crate::forwarded::TrustProxy;
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
+use crate::rate::RateLimitStore;
 use crate::server::PeerAddr;
-
-/// The outcome of taking one token.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateDecision {
-    pub allowed: bool,
-    pub limit: u32,
-    pub remaining: u32,
-    /// Denied: time until a token is available. Allowed: time until the bucket is full.
-    pub reset_after: Duration,
-}
-
-pub trait RateLimitStore: Send + Sync + 'static {
-    /// Take one token for `key`. Never fails: a shared backend that cannot answer falls
-    /// back to local buckets (limits then hold per instance).
-    fn acquire<'a>(&'a self, key: &'a str) -> BoxFuture<'a, RateDecision>;
-}
-
-/// In-process token buckets.
-#[derive(Debug)]
-pub struct LocalBuckets {
-    per_sec: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
-/// Above this many buckets, full (idle) ones are dropped on the next acquire.
-const SWEEP_THRESHOLD: usize = 10_000;
-
-impl LocalBuckets {
-    pub fn new(per_minute: u32, burst: u32) -> Self {
-        Self {
-            per_sec: f64::from(per_minute) / 60.0,
-            burst: f64::from(burst.max(1)),
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Take a token at `now` (explicit for tests with paused time).
-    pub fn acquire_at(&self, key: &str, now: Instant) -> RateDecision {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() > SWEEP_THRESHOLD {
-            let (per_sec, burst) = (self.per_sec, self.burst);
-            buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.updated).as_secs_f64() * per_sec < burst
-            });
-        }
-        let b = buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
-        let elapsed = now.duration_since(b.updated).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * self.per_sec).min(self.burst);
-        b.updated = now;
-        let allowed = b.tokens >= 1.0;
-        if allowed {
-            b.tokens -= 1.0;
-        }
-        decision(allowed, b.tokens, self.per_sec, self.burst)
-    }
-}
-
-fn decision(allowed: bool, tokens: f64, per_sec: f64, burst: f64) -> RateDecision {
-    let reset_secs = if allowed {
-        (burst - tokens) / per_sec
-    } else {
-        (1.0 - tokens) / per_sec
-    };
-    RateDecision {
-        allowed,
-        limit: burst as u32,
-        remaining: tokens.floor().max(0.0) as u32,
-        reset_after: Duration::from_secs_f64(reset_secs.max(0.0)),
-    }
-}
-
-impl RateLimitStore for LocalBuckets {
-    fn acquire<'a>(&'a self, key: &'a str) -> BoxFuture<'a, RateDecision> {
-        Box::pin(std::future::ready(self.acquire_at(key, Instant::now())))
-    }
-}
-
-/// Buckets in Redis, shared by every instance (one atomic Lua script per request).
-pub struct RedisBuckets {
-    client: Arc<RedisClient>,
-    per_minute: u32,
-    burst: u32,
-    local: LocalBuckets,
-    degraded: AtomicBool,
-}
-
-impl RedisBuckets {
-    pub fn new(client: Arc<RedisClient>, per_minute: u32, burst: u32) -> Self {
-        Self {
-            client,
-            per_minute,
-            burst,
-            local: LocalBuckets::new(per_minute, burst),
-            degraded: AtomicBool::new(false),
-        }
-    }
-}
-
-impl RateLimitStore for RedisBuckets {
-    fn acquire<'a>(&'a self, key: &'a str) -> BoxFuture<'a, RateDecision> {
-        Box::pin(async move {
-            let k = format!("qp:rl:{key}");
-            let rate = (f64::from(self.per_minute) / 60.0).to_string();
-            let burst = self.burst.max(1).to_string();
-            let reply = self
-                .client
-                .cmd(&[
-                    b"EVAL",
-                    RATE_LIMIT_SCRIPT.as_bytes(),
-                    b"1",
-                    k.as_bytes(),
-                    rate.as_bytes(),
-                    burst.as_bytes(),
-                ])
-                .await;
-            let parsed = match reply {
-                Ok(Reply::Array(Some(items))) => match items.as_slice() {
-                    [Reply::Int(allowed), Reply::Bulk(Some(tokens))] => std::str::from_utf8(tokens)
-                        .ok()
-                        .and_then(|t| t.parse::<f64>().ok())
-                        .map(|t| (*allowed == 1, t)),
-                    _ => None,
-                },
-                _ => None,
-            };
-            match parsed {
-                Some((allowed, tokens)) => {
-                    if self.degraded.swap(false, Ordering::Relaxed) {
-                        tracing::info!("rate limiting is shared through Redis again");
-                    }
-                    decision(
-                        allowed,
-                        tokens,
-                        f64::from(self.per_minute) / 60.0,
-                        f64::from(self.burst.max(1)),
-                    )
-                }
-                None => {
-                    if !self.degraded.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            "Redis unavailable for rate limiting; limits now hold per instance"
-                        );
-                    }
-                    self.local.acquire_at(key, Instant::now())
-                }
-            }
-        })
-    }
-}
 
 #[derive(Clone)]
 pub struct RateLimitLayer {
@@ -238,21 +76,6 @@ impl<S> RateLimit<S> {
     }
 }
 
-fn headers_for(d: &RateDecision, h: &mut HeaderMap) {
-    let reset = d.reset_after.as_secs_f64().ceil() as u64;
-    h.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
-    h.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
-    h.insert("x-ratelimit-reset", HeaderValue::from(reset));
-    h.insert("x-ratelimit-limit-requests", HeaderValue::from(d.limit));
-    h.insert(
-        "x-ratelimit-remaining-requests",
-        HeaderValue::from(d.remaining),
-    );
-    if let Ok(v) = HeaderValue::from_str(&format!("{reset}s")) {
-        h.insert("x-ratelimit-reset-requests", v);
-    }
-}
-
 impl<S, B> tower::Service<Request<B>> for RateLimit<S>
 where
     S: tower::Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>
@@ -270,6 +93,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    // Boxed: the store's answer (Redis) is awaited before the inner call.
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if !req.uri().path().starts_with("/v1/") {
             return Box::pin(self.inner.call(req));
@@ -282,15 +106,10 @@ where
             let d = layer.store.acquire(&key).await;
             if !d.allowed {
                 layer.metrics.rate_limited.inc();
-                let mut rsp = ProxyError::RateLimited {
-                    retry_after_secs: d.reset_after.as_secs_f64().ceil().max(1.0) as u64,
-                }
-                .into_response();
-                headers_for(&d, rsp.headers_mut());
-                return Ok(rsp);
+                return Err(ProxyError::RateLimited { decision: d });
             }
             let mut rsp = inner.call(req).await?;
-            headers_for(&d, rsp.headers_mut());
+            d.write_headers(rsp.headers_mut());
             Ok(rsp)
         })
     }
@@ -299,26 +118,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::error_map::ErrorMapLayer;
+    use crate::rate::LocalBuckets;
+    use std::convert::Infallible;
     use std::net::SocketAddr;
     use tower::{service_fn, ServiceBuilder, ServiceExt};
 
-    #[tokio::test(start_paused = true)]
-    async fn bucket_refills_over_time() {
-        let s = LocalBuckets::new(60, 2); // 1 token/s, burst 2
-        let t = Instant::now();
-        assert!(s.acquire_at("a", t).allowed);
-        assert!(s.acquire_at("a", t).allowed);
-        let denied = s.acquire_at("a", t);
-        assert!(!denied.allowed);
-        assert_eq!(denied.reset_after, Duration::from_secs(1));
-        assert!(s.acquire_at("b", t).allowed, "buckets are per key");
-        assert!(s.acquire_at("a", t + Duration::from_millis(1000)).allowed);
-        assert!(!s.acquire_at("a", t + Duration::from_millis(1500)).allowed);
-    }
-
+    /// The layer behind the error map, as in the stack: its errors become responses.
     fn svc(
         trust_proxy: bool,
-    ) -> impl tower::Service<Request<()>, Response = Response<ProxyBody>, Error = ProxyError> + Clone
+    ) -> impl tower::Service<Request<()>, Response = Response<ProxyBody>, Error = Infallible> + Clone
     {
         let trust = if trust_proxy {
             TrustProxy::OneProxy
@@ -326,7 +135,9 @@ mod tests {
             TrustProxy::Off
         };
         let layer = RateLimitLayer::new(Arc::new(LocalBuckets::new(60, 1)), trust, Metrics::new());
+        let metrics = Metrics::new();
         ServiceBuilder::new()
+            .layer(ErrorMapLayer::new(metrics))
             .layer(layer)
             .service(service_fn(|_r: Request<()>| {
                 Box::pin(async { Ok::<_, ProxyError>(Response::new(ProxyBody::empty())) })
@@ -357,7 +168,7 @@ mod tests {
 
     async fn status<S>(s: &S, peer: &str, xff: &str) -> u16
     where
-        S: tower::Service<Request<()>, Response = Response<ProxyBody>, Error = ProxyError> + Clone,
+        S: tower::Service<Request<()>, Response = Response<ProxyBody>, Error = Infallible> + Clone,
     {
         s.clone()
             .oneshot(req(peer, Some(xff)))

@@ -14,7 +14,7 @@ use tracing::{Instrument, Span};
 
 use super::request_id::RequestId;
 use crate::body::{BodyObserver, ProxyBody};
-use crate::router::route_template;
+use crate::routes::route_template;
 
 #[derive(Debug, Clone, Default)]
 pub struct TraceLayer;

@@ -1,27 +1,43 @@
-//! A small Redis client (RESP2 over TCP, a pool of connections, per-command timeouts) and the
-//! Redis [`SessionStore`]. Only what the proxy needs: strings with expiry, an owner-checked
-//! lock release, a sorted set of chat last-use times, and scripts.
+//! Redis, for state shared by several instances: a small client (RESP2 over TCP, a pool of
+//! connections, per-command timeouts; only what the proxy needs — strings with expiry,
+//! scripts, a sorted set), the session store (`sessions`) and the rate-limit buckets
+//! (`rate_limit`) that use it.
 //!
 //! Keys (prefix `qp:`): `qp:s:<conversation key>` → session JSON (PX = `SESSION_TIMEOUT`,
 //! refreshed on use); `qp:lock:<chat_id>` → owner token (SET NX PX); `qp:chats` → sorted set
 //! chat_id → last use (ms), for `CHAT_CLEANUP=delete`; `qp:rl:<client>` → rate-limit bucket.
 
+pub mod rate_limit;
+pub mod sessions;
+
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 
-use super::store::{BoxFuture, Session, SessionStore, StoreError};
+use crate::common::{BoxFuture, Secret};
 
-/// Parsed `redis://[[user]:password@]host[:port][/db]`.
+/// A failed Redis operation (connection, timeout, protocol or an error reply).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisError(pub String);
+
+impl std::fmt::Display for RedisError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis: {}", self.0)
+    }
+}
+
+impl std::error::Error for RedisError {}
+
+/// Parsed `redis://[[user]:password@]host[:port][/db]` (the password never prints).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisUrl {
     pub host: String,
     pub port: u16,
     pub db: u32,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
 }
 
 impl RedisUrl {
@@ -56,8 +72,8 @@ impl RedisUrl {
         let (username, password) = match auth {
             None => (None, None),
             Some(a) => match a.split_once(':') {
-                Some((u, p)) => ((!u.is_empty()).then(|| u.to_owned()), Some(p.to_owned())),
-                None => (None, Some(a.to_owned())),
+                Some((u, p)) => ((!u.is_empty()).then(|| u.to_owned()), Some(Secret::new(p))),
+                None => (None, Some(Secret::new(a))),
             },
         };
         Ok(Self {
@@ -106,8 +122,8 @@ impl std::fmt::Debug for RedisClient {
     }
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(format!("redis: {e}"))
+fn err(e: impl std::fmt::Display) -> RedisError {
+    RedisError(e.to_string())
 }
 
 impl RedisClient {
@@ -119,7 +135,7 @@ impl RedisClient {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, StoreError> {
+    async fn connect(&self) -> Result<Conn, RedisError> {
         let tcp = TcpStream::connect((self.url.host.as_str(), self.url.port))
             .await
             .map_err(err)?;
@@ -130,7 +146,7 @@ impl RedisClient {
             if let Some(u) = &self.url.username {
                 args.push(u.as_bytes());
             }
-            args.push(pw.as_bytes());
+            args.push(pw.expose().as_bytes());
             expect_ok(roundtrip(&mut conn, &args).await?)?;
         }
         if self.url.db != 0 {
@@ -141,7 +157,7 @@ impl RedisClient {
     }
 
     /// Run one command on a pooled connection, within the timeout.
-    pub async fn cmd(&self, args: &[&[u8]]) -> Result<Reply, StoreError> {
+    pub async fn cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
         let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let work = async {
             let mut conn = match pooled {
@@ -164,7 +180,7 @@ impl RedisClient {
     }
 }
 
-fn expect_ok(r: Reply) -> Result<(), StoreError> {
+pub(crate) fn expect_ok(r: Reply) -> Result<(), RedisError> {
     match r {
         Reply::Simple(_) => Ok(()),
         Reply::Error(e) => Err(err(e)),
@@ -172,7 +188,7 @@ fn expect_ok(r: Reply) -> Result<(), StoreError> {
     }
 }
 
-async fn roundtrip(conn: &mut Conn, args: &[&[u8]]) -> Result<Reply, StoreError> {
+async fn roundtrip(conn: &mut Conn, args: &[&[u8]]) -> Result<Reply, RedisError> {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for a in args {
@@ -185,7 +201,7 @@ async fn roundtrip(conn: &mut Conn, args: &[&[u8]]) -> Result<Reply, StoreError>
     read_reply(conn).await
 }
 
-fn read_reply(conn: &mut Conn) -> BoxFuture<'_, Result<Reply, StoreError>> {
+fn read_reply(conn: &mut Conn) -> BoxFuture<'_, Result<Reply, RedisError>> {
     Box::pin(async move {
         let mut line = Vec::new();
         let n = conn.read_until(b'\n', &mut line).await.map_err(err)?;
@@ -224,173 +240,6 @@ fn read_reply(conn: &mut Conn) -> BoxFuture<'_, Result<Reply, StoreError>> {
     })
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Sessions, locks and chat last-use times in Redis.
-#[derive(Debug)]
-pub struct RedisStore {
-    client: std::sync::Arc<RedisClient>,
-    ttl: Duration,
-}
-
-/// Take the lock if free, or extend it if `owner` already holds it (renewal).
-const LOCK: &str = "local v = redis.call('get', KEYS[1]) \
-    if v == false then return redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
-    elseif v == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return redis.status_reply('OK') \
-    else return false end";
-const UNLOCK: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
-const TAKE_IDLE: &str =
-    "local c = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100) \
-    if #c > 0 then redis.call('zrem', KEYS[1], unpack(c)) end return c";
-
-impl RedisStore {
-    pub fn new(client: std::sync::Arc<RedisClient>, ttl: Duration) -> Self {
-        Self { client, ttl }
-    }
-
-    async fn touch_chat(&self, chat_id: &str) -> Result<(), StoreError> {
-        let now = now_ms().to_string();
-        self.client
-            .cmd(&[b"ZADD", b"qp:chats", now.as_bytes(), chat_id.as_bytes()])
-            .await
-            .map(|_| ())
-    }
-}
-
-impl SessionStore for RedisStore {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
-        Box::pin(async move {
-            let k = format!("qp:s:{key}");
-            let ttl = self.ttl.as_millis().to_string();
-            let reply = self
-                .client
-                .cmd(&[b"GETEX", k.as_bytes(), b"PX", ttl.as_bytes()])
-                .await?;
-            let Some(json) = reply.into_string() else {
-                return Ok(None);
-            };
-            let session: Session = serde_json::from_str(&json).map_err(err)?;
-            self.touch_chat(&session.chat_id).await?;
-            Ok(Some(session))
-        })
-    }
-
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        session: &'a Session,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let k = format!("qp:s:{key}");
-            let json = serde_json::to_string(session).map_err(err)?;
-            let ttl = self.ttl.as_millis().to_string();
-            expect_ok(
-                self.client
-                    .cmd(&[b"SET", k.as_bytes(), json.as_bytes(), b"PX", ttl.as_bytes()])
-                    .await?,
-            )?;
-            self.touch_chat(&session.chat_id).await
-        })
-    }
-
-    fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let k = format!("qp:s:{key}");
-            self.client.cmd(&[b"DEL", k.as_bytes()]).await.map(|_| ())
-        })
-    }
-
-    fn try_lock<'a>(
-        &'a self,
-        chat_id: &'a str,
-        owner: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async move {
-            let k = format!("qp:lock:{chat_id}");
-            let ttl = ttl.as_millis().max(1).to_string();
-            let r = self
-                .client
-                .cmd(&[
-                    b"EVAL",
-                    LOCK.as_bytes(),
-                    b"1",
-                    k.as_bytes(),
-                    owner.as_bytes(),
-                    ttl.as_bytes(),
-                ])
-                .await?;
-            Ok(matches!(r, Reply::Simple(_)))
-        })
-    }
-
-    fn unlock<'a>(
-        &'a self,
-        chat_id: &'a str,
-        owner: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let k = format!("qp:lock:{chat_id}");
-            self.client
-                .cmd(&[
-                    b"EVAL",
-                    UNLOCK.as_bytes(),
-                    b"1",
-                    k.as_bytes(),
-                    owner.as_bytes(),
-                ])
-                .await
-                .map(|_| ())
-        })
-    }
-
-    fn take_idle_chats<'a>(
-        &'a self,
-        idle: Duration,
-    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
-        Box::pin(async move {
-            let cutoff = now_ms().saturating_sub(idle.as_millis() as u64).to_string();
-            let r = self
-                .client
-                .cmd(&[
-                    b"EVAL",
-                    TAKE_IDLE.as_bytes(),
-                    b"1",
-                    b"qp:chats",
-                    cutoff.as_bytes(),
-                ])
-                .await?;
-            Ok(match r {
-                Reply::Array(Some(items)) => {
-                    items.into_iter().filter_map(Reply::into_string).collect()
-                }
-                _ => Vec::new(),
-            })
-        })
-    }
-
-    fn sweep(&self) -> BoxFuture<'_, Result<Option<usize>, StoreError>> {
-        // Redis expires sessions itself; a PING tells whether it is reachable.
-        Box::pin(async move { self.client.cmd(&[b"PING"]).await.map(|_| None) })
-    }
-}
-
-/// Token bucket in Redis (one Lua script, atomic across instances; Redis's clock).
-pub const RATE_LIMIT_SCRIPT: &str = "\
-local rate = tonumber(ARGV[1]) local burst = tonumber(ARGV[2]) \
-local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) \
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts') \
-local tokens = tonumber(b[1]) or burst local ts = tonumber(b[2]) or now \
-tokens = math.min(burst, tokens + (now - ts) / 1000 * rate) \
-local allowed = 0 if tokens >= 1 then tokens = tokens - 1 allowed = 1 end \
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now) \
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000) \
-return {allowed, tostring(tokens)}";
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,12 +248,17 @@ mod tests {
     fn url_forms() {
         let u = RedisUrl::parse("redis://127.0.0.1:6390/2").unwrap();
         assert_eq!(
-            (u.host.as_str(), u.port, u.db, u.password),
-            ("127.0.0.1", 6390, 2, None)
+            (u.host.as_str(), u.port, u.db, u.password.is_none()),
+            ("127.0.0.1", 6390, 2, true)
         );
         let u = RedisUrl::parse("redis://:pw@cache").unwrap();
         assert_eq!(
-            (u.host.as_str(), u.port, u.password.as_deref(), u.username),
+            (
+                u.host.as_str(),
+                u.port,
+                u.password.as_ref().map(Secret::expose),
+                u.username
+            ),
             ("cache", 6379, Some("pw"), None)
         );
         let u = RedisUrl::parse("redis://me:pw@[::1]:7000").unwrap();
