@@ -17,8 +17,10 @@ use qwen_proxy::openai::encoder::ChunkEncoder;
 use qwen_proxy::qwen::frame::Frame;
 use qwen_proxy::qwen::sse::SseDecoder;
 use qwen_proxy::sim::wire;
-use qwen_proxy::translate::limits::{FinishReason, Limits};
+use qwen_proxy::translate::body::Render;
+use qwen_proxy::translate::limits::Limits;
 use qwen_proxy::translate::pipeline::{Pipeline, Progress};
+use qwen_proxy::translate::state::FinishReason;
 use qwen_proxy::translate::state::{Emit, Flow, Translator, Usage};
 
 struct Input {

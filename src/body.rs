@@ -1,7 +1,9 @@
 //! The one response body type of the proxy: a complete buffer (JSON answers, errors), a
-//! translated upstream stream, or either of those observed by a layer. A concrete enum
-//! instead of a boxed body keeps the hot path free of dynamic dispatch per frame; boxing
-//! happens once, where the stack meets hyper.
+//! translated upstream stream, or either of those observed by a layer. An enum, as
+//! tower-http's bodies are, so layers can wrap and inspect it without boxing each time. The
+//! stream itself is boxed once, by the core that builds it (`translate::body::TranslateBody`
+//! with the core's stages and owner): one indirect call per frame, and this module needs
+//! to know neither — which keeps it below the core in the module graph.
 //!
 //! `Observed` is how limits and measurements that must cover the whole stream travel
 //! inside the body: the concurrency permit, stream metrics, the end-of-stream log line.
@@ -14,11 +16,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Response;
-
-use crate::translate::body::TranslateBody;
 
 /// A complete JSON response.
 pub fn json_response(body: impl Into<Bytes>) -> Response<ProxyBody> {
@@ -41,9 +41,12 @@ pub struct Hold<T: Send + 'static>(pub T);
 
 impl<T: Send + 'static> BodyObserver for Hold<T> {}
 
+/// A translated stream, type-erased.
+pub type StreamBody = Pin<Box<dyn Body<Data = Bytes, Error = Infallible> + Send>>;
+
 pub enum ProxyBody {
     Full(Full<Bytes>),
-    Stream(Box<TranslateBody<Incoming>>),
+    Stream(StreamBody),
     Observed(Box<Observed>),
 }
 
@@ -118,7 +121,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             ProxyBody::Full(b) => Pin::new(b).poll_frame(cx),
-            ProxyBody::Stream(s) => Pin::new(s.as_mut()).poll_frame(cx),
+            ProxyBody::Stream(s) => s.as_mut().poll_frame(cx),
             ProxyBody::Observed(o) => {
                 let polled = Pin::new(&mut o.inner).poll_frame(cx);
                 match &polled {

@@ -17,7 +17,7 @@ use crate::common::BoxFuture;
 use crate::error::ProxyError;
 use crate::identity::presented_credential;
 use crate::layers::auth::constant_time_eq;
-use crate::openai::response::ModelList;
+use crate::openai::response::{ModelList, ModelObject};
 
 /// The chat route's sub-stack (`stack::chat_stack`), type-erased once.
 pub type ChatStack = BoxCloneService<Request<Incoming>, Response<ProxyBody>, ProxyError>;
@@ -58,7 +58,11 @@ impl tower::Service<Request<Incoming>> for Router {
                     let catalog = state.models.get().await?;
                     let list = ModelList {
                         object: "list",
-                        data: &catalog.openai,
+                        data: catalog
+                            .listed
+                            .iter()
+                            .map(|m| ModelObject::new(&m.id, m.created))
+                            .collect(),
                     };
                     Ok(json_response(serde_json::to_vec(&list).unwrap_or_default()))
                 }
@@ -66,10 +70,13 @@ impl tower::Service<Request<Incoming>> for Router {
                     let id = &p["/v1/models/".len()..];
                     let catalog = state.models.get().await?;
                     catalog
-                        .openai
+                        .listed
                         .iter()
                         .find(|m| m.id.eq_ignore_ascii_case(id))
-                        .map(|m| json_response(serde_json::to_vec(m).unwrap_or_default()))
+                        .map(|m| {
+                            let object = ModelObject::new(&m.id, m.created);
+                            json_response(serde_json::to_vec(&object).unwrap_or_default())
+                        })
                         .ok_or_else(|| ProxyError::ModelNotFound {
                             model: id.to_owned(),
                         })

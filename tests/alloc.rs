@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use qwen_proxy::openai::encoder::ChunkEncoder;
 use qwen_proxy::sim::wire;
+use qwen_proxy::translate::body::Render;
 use qwen_proxy::translate::limits::Limits;
 use qwen_proxy::translate::pipeline::{Pipeline, Progress};
 

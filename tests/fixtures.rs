@@ -8,8 +8,10 @@ use bytes::Bytes;
 use qwen_proxy::error::UpstreamClass;
 use qwen_proxy::openai::encoder::ChunkEncoder;
 use qwen_proxy::translate::aggregate::Collected;
-use qwen_proxy::translate::limits::{FinishReason, Limits};
+use qwen_proxy::translate::body::Render;
+use qwen_proxy::translate::limits::Limits;
 use qwen_proxy::translate::pipeline::{Pipeline, Progress};
+use qwen_proxy::translate::state::FinishReason;
 use qwen_proxy::translate::state::Usage;
 use support::{fixture, parse_sse, sse_payloads, summarize};
 

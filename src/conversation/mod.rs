@@ -23,6 +23,7 @@
 
 pub mod key;
 pub mod store;
+pub mod transcript;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +35,7 @@ use tokio::time::Instant;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::openai::request::{ChatRequest, Role};
-use crate::translate::mapping::{fold, fold_turns, ChatTarget};
+use crate::translate::mapping::{fold, fold_turns};
 use key::{Key, KeyBuilder};
 use store::{MemoryStore, Session, SessionStore, StoreError};
 
@@ -59,6 +60,18 @@ macro_rules! with_store {
             ok => ok,
         }
     }};
+}
+
+/// Where the turn goes upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatTarget {
+    /// Create a chat first (`chats/new`), then send with `parent_id: null`.
+    NewChat,
+    /// Continue an existing chat after `parent_id` (the previous `response_id`).
+    Existing {
+        chat_id: String,
+        parent_id: Option<String>,
+    },
 }
 
 /// What one request sends upstream.

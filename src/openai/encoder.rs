@@ -10,8 +10,8 @@ use std::fmt::Write as _;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::ProxyError;
-use crate::translate::limits::FinishReason;
-use crate::translate::state::{Emit, Usage};
+use crate::translate::body::Render;
+use crate::translate::state::{Emit, FinishReason, Usage};
 
 #[derive(Debug)]
 pub struct ChunkEncoder {
@@ -42,15 +42,6 @@ impl ChunkEncoder {
             buf: BytesMut::with_capacity(1024),
             role_sent: false,
         }
-    }
-
-    /// Bytes written since the last call, as one body frame.
-    pub fn take(&mut self) -> Option<Bytes> {
-        (!self.buf.is_empty()).then(|| self.buf.split().freeze())
-    }
-
-    pub fn has_output(&self) -> bool {
-        !self.buf.is_empty()
     }
 
     /// The first chunk: `delta: {"role":"assistant","content":""}` (sent once, lazily).
@@ -98,9 +89,15 @@ impl ChunkEncoder {
         self.close_choice(None);
     }
 
+    fn done(&mut self) {
+        self.buf.put_slice(b"data: [DONE]\n\n");
+    }
+}
+
+impl Render for ChunkEncoder {
     /// The last choice chunk: empty delta with the finish reason; then the usage chunk when
     /// `include_usage` was requested; then `[DONE]`.
-    pub fn finish(&mut self, reason: FinishReason, usage: Usage) {
+    fn finish(&mut self, reason: FinishReason, usage: Usage) {
         self.ensure_role();
         self.open_choice();
         self.buf.put_slice(b"{}");
@@ -116,7 +113,7 @@ impl ChunkEncoder {
     }
 
     /// An error after the stream started: an OpenAI error event, then `[DONE]`.
-    pub fn error(&mut self, err: &ProxyError) {
+    fn error(&mut self, err: &ProxyError) {
         self.buf.put_slice(b"data: ");
         self.buf.put_slice(&err.to_json());
         self.buf.put_slice(b"\n\n");
@@ -124,12 +121,17 @@ impl ChunkEncoder {
     }
 
     /// An SSE comment that keeps idle connections (nginx, clients) open.
-    pub fn keep_alive(&mut self) {
+    fn keep_alive(&mut self) {
         self.buf.put_slice(b": keep-alive\n\n");
     }
 
-    fn done(&mut self) {
-        self.buf.put_slice(b"data: [DONE]\n\n");
+    /// Bytes written since the last call, as one body frame.
+    fn take(&mut self) -> Option<Bytes> {
+        (!self.buf.is_empty()).then(|| self.buf.split().freeze())
+    }
+
+    fn has_output(&self) -> bool {
+        !self.buf.is_empty()
     }
 }
 

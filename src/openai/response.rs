@@ -33,15 +33,26 @@ pub struct AssistantMessage<'a> {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ModelObject {
-    pub id: String,
+pub struct ModelObject<'a> {
+    pub id: &'a str,
     pub object: &'static str,
     pub created: u64,
     pub owned_by: &'static str,
 }
 
+impl<'a> ModelObject<'a> {
+    pub fn new(id: &'a str, created: u64) -> Self {
+        ModelObject {
+            id,
+            object: "model",
+            created,
+            owned_by: "qwen",
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct ModelList<'a> {
     pub object: &'static str,
-    pub data: &'a [ModelObject],
+    pub data: Vec<ModelObject<'a>>,
 }

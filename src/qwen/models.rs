@@ -11,7 +11,6 @@ use tokio::time::Instant;
 
 use super::client::QwenClient;
 use crate::error::ProxyError;
-use crate::openai::response::ModelObject;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamModel {
@@ -80,7 +79,16 @@ const SUFFIXES: [(&str, Variant); 6] = [
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     pub models: Vec<UpstreamModel>,
-    pub openai: Vec<ModelObject>,
+    /// Every name we offer (`GET /v1/models`): the ids and their variants.
+    pub listed: Vec<ListedModel>,
+}
+
+/// A model name clients may ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedModel {
+    pub id: String,
+    /// Unix seconds, from the upstream's catalogue.
+    pub created: u64,
 }
 
 impl Catalog {
@@ -88,14 +96,12 @@ impl Catalog {
     pub fn from_json(v: &Value) -> Self {
         let list = find_model_array(v).unwrap_or(&[]);
         let models: Vec<UpstreamModel> = list.iter().filter_map(parse_model).collect();
-        let mut openai = Vec::new();
+        let mut listed = Vec::new();
         for m in &models {
             let mut push = |id: String| {
-                openai.push(ModelObject {
+                listed.push(ListedModel {
                     id,
-                    object: "model",
                     created: m.created,
-                    owned_by: "qwen",
                 })
             };
             push(m.id.clone());
@@ -109,7 +115,7 @@ impl Catalog {
                 push(format!("{}-search", m.id));
             }
         }
-        Catalog { models, openai }
+        Catalog { models, listed }
     }
 
     /// Resolve a requested name: exact id first, then a known suffix on an id or display
@@ -269,7 +275,7 @@ mod tests {
 
     #[test]
     fn variants_follow_capabilities() {
-        let ids: Vec<_> = catalog().openai.into_iter().map(|m| m.id).collect();
+        let ids: Vec<_> = catalog().listed.into_iter().map(|m| m.id).collect();
         assert_eq!(
             ids,
             [

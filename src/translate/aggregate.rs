@@ -6,8 +6,8 @@ use bytes::Bytes;
 use hyper::body::Body;
 
 use super::body::{Step, UpstreamStream};
-use super::limits::FinishReason;
-use super::state::{Emit, Usage};
+use super::stage::Stage;
+use super::state::{Emit, FinishReason, Usage};
 use crate::error::ProxyError;
 
 /// The collected assistant message.
@@ -30,13 +30,14 @@ impl Emit for Collected {
 /// Read the upstream to the end. Any upstream error — also one after partial content —
 /// fails the whole request: a non-streaming client must never get a truncated answer
 /// presented as complete.
-pub async fn collect<B>(
-    stream: &mut UpstreamStream<B>,
+pub async fn collect<B, S>(
+    stream: &mut UpstreamStream<B, S>,
     on_first_output: impl FnOnce(),
 ) -> Result<(Collected, FinishReason, Usage), ProxyError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
+    S: Stage,
 {
     let mut out = Collected::default();
     let mut on_first_output = Some(on_first_output);

@@ -1,13 +1,28 @@
-//! The async edge of the streaming core.
+//! The async edge of the streaming core, and the one place where a stream's end is decided.
 //!
 //! [`UpstreamStream`] polls the upstream body directly and feeds each chunk through the
-//! pure [`Pipeline`]. [`TranslateBody`] is the `hyper::body::Body` the client reads: no
-//! spawned task and no channel, so backpressure flows end to end and dropping the body
-//! (client gone) drops the upstream response, which closes the upstream connection.
+//! pure [`Pipeline`]; an idle timer, re-armed on every chunk, turns silence into a timeout.
+//! [`TranslateBody`] is the `hyper::body::Body` the client reads. No spawned task and no
+//! channel: backpressure flows end to end, and dropping the body (client gone) drops the
+//! upstream response, which closes the upstream connection.
 //!
-//! An idle timer is re-armed on every upstream chunk; when it fires the stream ends with a
-//! timeout error (in-band once streaming). While the upstream is silent but not yet timed
-//! out, the body emits `: keep-alive` comments so proxies and clients keep the connection.
+//! The body's life is a state machine ([`Phase`]):
+//!
+//! ```text
+//!   Streaming ──upstream answer complete──▶ Ended(reason) ──owner told──▶ Settling ──▶ Done
+//!       │                                                                    (then the finish
+//!       └──upstream failure / shutdown──▶ owner told, error event written ──▶ Done   chunks, [DONE])
+//! ```
+//!
+//! How it ended is reported exactly once, as an [`Outcome`], to the body's owner
+//! ([`StreamEnd`]): `Completed`, `Failed` (also written in-band: an error event, then
+//! `[DONE]`), or `Cancelled` when the client drops the body first. A completed stream's
+//! owner may return work ([`Settle`]) that finishes before the final chunks and `[DONE]` go
+//! out — remembering the conversation, so a client that sends the next turn at once finds
+//! it. While the upstream is silent, `: keep-alive` comments keep proxies and clients from
+//! timing out.
+//!
+//! The body writes through a [`Render`]: the client API's encoder (OpenAI chunks today).
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -19,11 +34,11 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::limits::FinishReason;
 use super::pipeline::{Pipeline, Progress};
-use super::state::{Emit, ResponseRef, Usage};
+use super::stage::Stage;
+use super::state::{Emit, FinishReason, Usage};
+use crate::common::BoxFuture;
 use crate::error::{ProxyError, UpstreamClass, UpstreamError};
-use crate::openai::encoder::ChunkEncoder;
 
 /// Outcome of one poll of the upstream.
 #[derive(Debug)]
@@ -34,20 +49,21 @@ pub enum Step {
     Failed(UpstreamError),
 }
 
-pub struct UpstreamStream<B> {
+pub struct UpstreamStream<B, S> {
     body: B,
-    pipeline: Pipeline,
+    pipeline: Pipeline<S>,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
     finished: bool,
 }
 
-impl<B> UpstreamStream<B>
+impl<B, S> UpstreamStream<B, S>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
+    S: Stage,
 {
-    pub fn new(body: B, pipeline: Pipeline, idle_timeout: Duration) -> Self {
+    pub fn new(body: B, pipeline: Pipeline<S>, idle_timeout: Duration) -> Self {
         Self {
             body,
             pipeline,
@@ -57,11 +73,11 @@ where
         }
     }
 
-    pub fn pipeline(&self) -> &Pipeline {
+    pub fn pipeline(&self) -> &Pipeline<S> {
         &self.pipeline
     }
 
-    pub fn pipeline_mut(&mut self) -> &mut Pipeline {
+    pub fn pipeline_mut(&mut self) -> &mut Pipeline<S> {
         &mut self.pipeline
     }
 
@@ -118,59 +134,94 @@ where
     }
 }
 
-/// How a stream ended, for the owner's bookkeeping (metrics, logs, conversations).
+/// How a stream ended: the one value the core, the conversation store, the chat lock and
+/// the metrics learn it from.
 #[derive(Debug)]
-pub enum StreamEnd<'a> {
-    Completed {
+pub enum Outcome<'a> {
+    /// The upstream answer ended (naturally, or cut short by a stage).
+    Completed { reason: FinishReason, usage: Usage },
+    /// An upstream failure, a timeout or the shutdown ended it; the client gets it in-band.
+    Failed(&'a ProxyError),
+    /// The client went away first.
+    Cancelled,
+}
+
+/// Work that must finish before the client sees the end of a completed stream.
+pub type Settle = BoxFuture<'static, ()>;
+
+/// Whoever answers for a stream; told once how it ended.
+pub trait StreamEnd<S>: Send + 'static {
+    /// `pipeline` shows what the stream produced (the upstream response, the stages'
+    /// state). For `Completed`, the returned work runs before the final chunks.
+    fn ended(self, outcome: Outcome<'_>, pipeline: &mut Pipeline<S>) -> Option<Settle>;
+}
+
+/// How a client API writes a stream: the translated deltas (`Emit`), then its end.
+pub trait Render: Emit {
+    /// The final chunks of a completed answer, then the stream terminator.
+    fn finish(&mut self, reason: FinishReason, usage: Usage);
+    /// An in-band error event, then the terminator.
+    fn error(&mut self, e: &ProxyError);
+    /// A comment that keeps an idle connection open.
+    fn keep_alive(&mut self);
+    /// Bytes written since the last call, as one body frame.
+    fn take(&mut self) -> Option<Bytes>;
+    fn has_output(&self) -> bool;
+}
+
+type AbortSignal = BoxFuture<'static, ()>;
+
+/// Where the body is in its life.
+enum Phase {
+    /// Translating upstream events.
+    Streaming,
+    /// The upstream answer is complete; the owner is told on the next poll.
+    Ended(FinishReason),
+    /// The owner's work runs; then the final chunks are written.
+    Settling {
+        work: Option<Settle>,
         reason: FinishReason,
         usage: Usage,
-        /// The upstream response that was streamed (for continuing the chat).
-        response: ResponseRef,
-        /// The conversation key including this reply, if it ended naturally.
-        reply_key: Option<String>,
     },
-    Failed(&'a ProxyError),
+    /// The end is written; the body ends once the renderer is drained.
+    Done,
 }
 
-/// Work that must finish before the client sees the end of the stream (e.g. remembering
-/// the conversation, so a client that immediately sends the next turn finds it).
-pub type Settle = Pin<Box<dyn Future<Output = ()> + Send>>;
-type EndHook = Box<dyn FnOnce(StreamEnd<'_>) -> Option<Settle> + Send>;
-type AbortSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// The streaming response body: OpenAI SSE chunks translated on the fly.
-pub struct TranslateBody<B> {
-    stream: UpstreamStream<B>,
-    encoder: ChunkEncoder,
-    keep_alive: Option<(Pin<Box<Sleep>>, Duration)>,
-    /// Resolves when the server gives up on open streams (end of the shutdown grace).
-    abort: Option<AbortSignal>,
-    on_end: Option<EndHook>,
-    /// Completed, waiting for `settling` before writing the final chunks and `[DONE]`.
-    pending_finish: Option<(FinishReason, Usage)>,
-    settling: Option<Settle>,
-    done: bool,
-}
-
-impl<B> TranslateBody<B>
+/// The streaming response body: client chunks translated on the fly.
+pub struct TranslateBody<B, S, R, O>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
+    S: Stage,
+    R: Render,
+    O: StreamEnd<S>,
 {
-    pub fn new(
-        stream: UpstreamStream<B>,
-        encoder: ChunkEncoder,
-        keep_alive: Option<Duration>,
-    ) -> Self {
+    stream: UpstreamStream<B, S>,
+    render: R,
+    phase: Phase,
+    /// Told once; `None` before [`TranslateBody::owned_by`] and after it was told.
+    owner: Option<O>,
+    keep_alive: Option<(Pin<Box<Sleep>>, Duration)>,
+    /// Resolves when the server gives up on open streams (end of the shutdown grace).
+    abort: Option<AbortSignal>,
+}
+
+impl<B, S, R, O> TranslateBody<B, S, R, O>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+    S: Stage,
+    R: Render,
+    O: StreamEnd<S>,
+{
+    pub fn new(stream: UpstreamStream<B, S>, render: R, keep_alive: Option<Duration>) -> Self {
         Self {
             stream,
-            encoder,
+            render,
+            phase: Phase::Streaming,
+            owner: None,
             keep_alive: keep_alive.map(|d| (Box::pin(tokio::time::sleep(d)), d)),
             abort: None,
-            on_end: None,
-            pending_finish: None,
-            settling: None,
-            done: false,
         }
     }
 
@@ -180,13 +231,10 @@ where
         self
     }
 
-    /// Called once when the stream completes or fails (not when the client drops it). A
-    /// returned future is awaited before the final chunks and `[DONE]` are sent.
-    pub fn on_end(
-        mut self,
-        hook: impl FnOnce(StreamEnd<'_>) -> Option<Settle> + Send + 'static,
-    ) -> Self {
-        self.on_end = Some(Box::new(hook));
+    /// Who is told how the stream ends. Attached once primed: a failure before the first
+    /// byte is not a stream's end but the caller's error (an HTTP status, maybe a retry).
+    pub fn owned_by(mut self, owner: O) -> Self {
+        self.owner = Some(owner);
         self
     }
 
@@ -197,51 +245,48 @@ where
             if self.stream.pipeline().emitted_anything() {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(self.stream.poll_step(cx, &mut self.encoder)) {
+            match ready!(self.stream.poll_step(cx, &mut self.render)) {
                 Step::Progress => continue,
                 Step::Done(r) => {
-                    self.finish(r);
+                    self.phase = Phase::Ended(r);
                     return Poll::Ready(Ok(()));
                 }
-                Step::Failed(e) => return Poll::Ready(Err(e.into())),
+                Step::Failed(e) => {
+                    self.phase = Phase::Done;
+                    return Poll::Ready(Err(e.into()));
+                }
             }
         })
         .await
     }
 
-    fn finish(&mut self, reason: FinishReason) {
+    /// The upstream answer is complete: tell the owner, start its work.
+    fn complete(&mut self, reason: FinishReason) {
         let usage = self.stream.usage();
-        self.pending_finish = Some((reason, usage));
-        if let Some(hook) = self.on_end.take() {
-            let response = self.stream.pipeline().response().clone();
-            let reply_key = self.stream.pipeline_mut().take_reply_key();
-            self.settling = hook(StreamEnd::Completed {
-                reason,
-                usage,
-                response,
-                reply_key,
-            });
-        }
-        if self.settling.is_none() {
-            self.write_finish();
-        }
+        let work = self.owner.take().and_then(|o| {
+            o.ended(
+                Outcome::Completed { reason, usage },
+                self.stream.pipeline_mut(),
+            )
+        });
+        self.phase = Phase::Settling {
+            work,
+            reason,
+            usage,
+        };
     }
 
-    fn write_finish(&mut self) {
-        if let Some((reason, usage)) = self.pending_finish.take() {
-            self.encoder.finish(reason, usage);
-        }
-        self.done = true;
-    }
-
+    /// The stream failed: tell the owner, write the error in-band.
     fn fail(&mut self, e: ProxyError) {
-        self.encoder.error(&e);
-        self.done = true;
-        if let Some(hook) = self.on_end.take() {
-            let _ = hook(StreamEnd::Failed(&e));
+        if let Some(o) = self.owner.take() {
+            // Only completed streams settle.
+            let _ = o.ended(Outcome::Failed(&e), self.stream.pipeline_mut());
         }
+        self.render.error(&e);
+        self.phase = Phase::Done;
     }
 
+    /// While the upstream is silent: a keep-alive comment when one is due.
     fn poll_keep_alive(&mut self, cx: &mut Context<'_>) -> bool {
         let Some((sleep, every)) = &mut self.keep_alive else {
             return false;
@@ -249,7 +294,7 @@ where
         if sleep.as_mut().poll(cx).is_ready() {
             let next = Instant::now() + *every;
             sleep.as_mut().reset(next);
-            self.encoder.keep_alive();
+            self.render.keep_alive();
             return true;
         }
         false
@@ -263,10 +308,13 @@ where
     }
 }
 
-impl<B> Body for TranslateBody<B>
+impl<B, S, R, O> Body for TranslateBody<B, S, R, O>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
+    S: Stage + Unpin,
+    R: Render + Unpin,
+    O: StreamEnd<S> + Unpin,
 {
     type Data = Bytes;
     type Error = Infallible;
@@ -277,18 +325,31 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         loop {
-            if let Some(bytes) = this.encoder.take() {
+            if let Some(bytes) = this.render.take() {
                 this.rearm_keep_alive();
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
-            if let Some(settling) = &mut this.settling {
-                ready!(settling.as_mut().poll(cx));
-                this.settling = None;
-                this.write_finish();
-                continue;
-            }
-            if this.done {
-                return Poll::Ready(None);
+            match &mut this.phase {
+                Phase::Done => return Poll::Ready(None),
+                Phase::Ended(reason) => {
+                    let reason = *reason;
+                    this.complete(reason);
+                    continue;
+                }
+                Phase::Settling {
+                    work,
+                    reason,
+                    usage,
+                } => {
+                    if let Some(w) = work {
+                        ready!(w.as_mut().poll(cx));
+                    }
+                    let (reason, usage) = (*reason, *usage);
+                    this.render.finish(reason, usage);
+                    this.phase = Phase::Done;
+                    continue;
+                }
+                Phase::Streaming => {}
             }
             if let Some(abort) = &mut this.abort {
                 if abort.as_mut().poll(cx).is_ready() {
@@ -297,28 +358,44 @@ where
                     continue;
                 }
             }
-            let step = match this.stream.poll_step(cx, &mut this.encoder) {
-                Poll::Ready(step) => step,
+            match this.stream.poll_step(cx, &mut this.render) {
+                Poll::Ready(Step::Progress) => {}
+                Poll::Ready(Step::Done(r)) => this.phase = Phase::Ended(r),
+                Poll::Ready(Step::Failed(e)) => this.fail(e.into()),
                 Poll::Pending => {
                     if this.poll_keep_alive(cx) {
                         continue;
                     }
                     return Poll::Pending;
                 }
-            };
-            match step {
-                Step::Progress => {}
-                Step::Done(r) => this.finish(r),
-                Step::Failed(e) => this.fail(e.into()),
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && !self.encoder.has_output()
+        matches!(self.phase, Phase::Done) && !self.render.has_output()
     }
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
     }
 }
+
+impl<B, S, R, O> Drop for TranslateBody<B, S, R, O>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+    S: Stage,
+    R: Render,
+    O: StreamEnd<S>,
+{
+    /// Dropped with the owner still untold: the client went away first.
+    fn drop(&mut self) {
+        if let Some(o) = self.owner.take() {
+            let _ = o.ended(Outcome::Cancelled, self.stream.pipeline_mut());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,5 @@
 //! Client-side output limits the upstream has no notion of: `stop` sequences and
-//! `max_tokens`. Both sit between the translator and the sink and only touch content.
+//! `max_tokens`. A pipeline [`Stage`]; it only touches content.
 //!
 //! * Stop: text that could be the start of a stop sequence is held back until it either
 //!   completes a match (the output ends before it, `finish_reason:"stop"`) or can no longer
@@ -9,23 +9,8 @@
 //!   characters or one other character per token — because the upstream's tokenizer is not
 //!   available and its usage arrives only after the frame it counts.
 
-use super::state::Emit;
-use crate::conversation::key::KeyBuilder;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    Stop,
-    Length,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        }
-    }
-}
+use super::stage::Stage;
+use super::state::{Emit, FinishReason, Usage};
 
 /// Token estimate in quarter tokens, so ASCII can count 1/4 each without floats.
 pub fn estimate_quarter_tokens(text: &str) -> u64 {
@@ -45,8 +30,6 @@ pub struct Limits {
     max_quarters: Option<u64>,
     used_quarters: u64,
     finish: Option<FinishReason>,
-    /// The conversation key, fed with exactly the content the client receives.
-    transcript: Option<KeyBuilder>,
 }
 
 impl Limits {
@@ -57,51 +40,12 @@ impl Limits {
             max_quarters: max_tokens.map(|t| t.saturating_mul(4)),
             used_quarters: 0,
             finish: None,
-            transcript: None,
         }
-    }
-
-    /// Hash the content that passes into `key` (already at the start of the reply).
-    pub fn with_transcript(mut self, key: KeyBuilder) -> Self {
-        self.transcript = Some(key);
-        self
-    }
-
-    /// The key of the conversation including the reply — only when the reply ended
-    /// naturally upstream (a cut reply differs from what the upstream chat holds).
-    pub fn take_reply_key(&mut self) -> Option<String> {
-        if self.finish.is_some() {
-            return None;
-        }
-        let mut t = self.transcript.take()?;
-        t.end();
-        Some(t.finish())
-    }
-
-    /// Set once a limit ended the output; nothing more is emitted after that.
-    pub fn finish_reason(&self) -> Option<FinishReason> {
-        self.finish
     }
 
     /// Estimated tokens of the content that passed.
     pub fn emitted_tokens(&self) -> u64 {
         self.used_quarters.div_ceil(4)
-    }
-
-    /// A view that applies the limits in front of `inner`.
-    pub fn wrap<'a, E: Emit>(&'a mut self, inner: &'a mut E) -> Limited<'a, E> {
-        Limited {
-            limits: self,
-            inner,
-        }
-    }
-
-    /// End of the upstream answer: release held-back text (it did not complete a match).
-    pub fn flush(&mut self, inner: &mut impl Emit) {
-        if self.finish.is_none() && !self.held.is_empty() {
-            let held = std::mem::take(&mut self.held);
-            self.pass_budget(&held, inner);
-        }
     }
 
     fn on_content(&mut self, text: &str, inner: &mut impl Emit) {
@@ -157,9 +101,6 @@ impl Limits {
             return;
         }
         let Some(max) = self.max_quarters else {
-            if let Some(t) = &mut self.transcript {
-                t.text(text);
-            }
             inner.content(text);
             return;
         };
@@ -174,9 +115,6 @@ impl Limits {
             self.used_quarters += cost;
         }
         if cut > 0 {
-            if let Some(t) = &mut self.transcript {
-                t.text(&text[..cut]);
-            }
             inner.content(&text[..cut]);
         }
         if self.used_quarters >= max {
@@ -185,21 +123,40 @@ impl Limits {
     }
 }
 
-/// `Emit` adapter that applies [`Limits`] to content and passes reasoning through.
-pub struct Limited<'a, E> {
-    limits: &'a mut Limits,
-    inner: &'a mut E,
-}
-
-impl<E: Emit> Emit for Limited<'_, E> {
-    fn reasoning(&mut self, text: &str) {
-        if self.limits.finish.is_none() {
-            self.inner.reasoning(text);
+impl Stage for Limits {
+    fn reasoning(&mut self, text: &str, next: &mut impl Emit) {
+        if self.finish.is_none() {
+            next.reasoning(text);
         }
     }
 
-    fn content(&mut self, text: &str) {
-        self.limits.on_content(text, self.inner);
+    fn content(&mut self, text: &str, next: &mut impl Emit) {
+        self.on_content(text, next);
+    }
+
+    /// End of the upstream answer: release held-back text (it did not complete a match).
+    fn flush(&mut self, next: &mut impl Emit) {
+        if self.finish.is_none() && !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            self.pass_budget(&held, next);
+        }
+    }
+
+    fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// Without upstream usage, completion tokens are the estimate of what passed; when
+    /// `max_tokens` cut the answer, they count what was actually sent (the upstream counts
+    /// what it generated).
+    fn account(&self, usage: &mut Usage, reported: bool) {
+        let emitted = self.emitted_tokens();
+        if !reported {
+            usage.completion_tokens = emitted;
+        }
+        if self.finish == Some(FinishReason::Length) {
+            usage.completion_tokens = usage.reasoning_tokens.unwrap_or(0) + emitted;
+        }
     }
 }
 
@@ -219,7 +176,7 @@ mod tests {
     fn run(limits: &mut Limits, pieces: &[&str]) -> String {
         let mut out = Out::default();
         for p in pieces {
-            limits.wrap(&mut out).content(p);
+            limits.content(p, &mut out);
         }
         limits.flush(&mut out);
         out.0

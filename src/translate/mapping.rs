@@ -3,7 +3,7 @@
 //!
 //! Where a turn goes — a fresh chat with the whole conversation folded into one message, or
 //! an existing upstream chat with only the new messages — is decided by the conversation
-//! store (`conversation::Conversations::prepare`), expressed as a [`ChatTarget`].
+//! store (`conversation::Conversations::prepare`), expressed as a `conversation::ChatTarget`.
 //!
 //! Fold format (documented in README, tested below):
 //! * a single user message and nothing else is sent verbatim;
@@ -16,18 +16,6 @@ use crate::error::ProxyError;
 use crate::openai::request::{ChatRequest, Message, ReasoningEffort, ResponseFormat, Role};
 use crate::qwen::models::{Catalog, UpstreamModel, Variant};
 use crate::qwen::request::{FeatureConfig, Thinking};
-
-/// Where the turn goes upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChatTarget {
-    /// Create a chat first (`chats/new`), then send with `parent_id: null`.
-    NewChat,
-    /// Continue an existing chat after `parent_id` (the previous `response_id`).
-    Existing {
-        chat_id: String,
-        parent_id: Option<String>,
-    },
-}
 
 /// The upstream side of one request (where it goes and what text it sends is decided by
 /// the conversation store: `conversation::Conversations::prepare`).

@@ -1,10 +1,11 @@
-//! Upstream bytes → semantic deltas: SSE decoder, translator and output limits chained.
-//! Pure and synchronous; the async adapters in `body.rs` and `aggregate.rs` drive it.
+//! Upstream bytes → semantic deltas: the SSE decoder, the translator and the stages chained
+//! (`stage.rs`). Pure and synchronous; the async adapters in `body.rs` and `aggregate.rs`
+//! drive it.
 
 use bytes::Bytes;
 
-use super::limits::{FinishReason, Limits};
-use super::state::{Emit, Flow, ResponseRef, Translator, Usage};
+use super::stage::{Stage, Through};
+use super::state::{Emit, FinishReason, Flow, ResponseRef, Translator, Usage};
 use crate::error::{UpstreamClass, UpstreamError};
 use crate::qwen::sse::SseDecoder;
 
@@ -15,25 +16,25 @@ pub enum Progress {
 }
 
 #[derive(Debug)]
-pub struct Pipeline {
+pub struct Pipeline<S> {
     decoder: SseDecoder,
     translator: Translator,
-    limits: Limits,
+    stages: S,
     /// Used when the upstream reports no usage at all.
     prompt_tokens_estimate: u64,
 }
 
-impl Pipeline {
-    pub fn new(limits: Limits, prompt_tokens_estimate: u64) -> Self {
+impl<S: Stage> Pipeline<S> {
+    pub fn new(stages: S, prompt_tokens_estimate: u64) -> Self {
         Self {
             decoder: SseDecoder::default(),
             translator: Translator::new(),
-            limits,
+            stages,
             prompt_tokens_estimate,
         }
     }
 
-    /// Feed one upstream chunk; deltas go to `out`.
+    /// Feed one upstream chunk; deltas go through the stages to `out`.
     pub fn feed(&mut self, chunk: Bytes, out: &mut impl Emit) -> Result<Progress, UpstreamError> {
         self.decoder.push(chunk);
         loop {
@@ -42,7 +43,11 @@ impl Pipeline {
             let Some(data) = self.decoder.next_data_ref().map_err(protocol)? else {
                 return Ok(Progress::Continue);
             };
-            let flow = self.translator.on_data(data, &mut self.limits.wrap(out))?;
+            let mut through = Through {
+                stage: &mut self.stages,
+                next: out,
+            };
+            let flow = self.translator.on_data(data, &mut through)?;
             if let Progress::Done(r) = self.after_event(flow, out) {
                 return Ok(Progress::Done(r));
             }
@@ -52,9 +57,13 @@ impl Pipeline {
     /// The upstream closed the stream.
     pub fn end_of_input(&mut self, out: &mut impl Emit) -> Result<FinishReason, UpstreamError> {
         if let Some(data) = self.decoder.finish_ref().map_err(protocol)? {
+            let mut through = Through {
+                stage: &mut self.stages,
+                next: out,
+            };
             let flow = self
                 .translator
-                .on_data(data, &mut self.limits.wrap(out))
+                .on_data(data, &mut through)
                 .map_err(|e| match e.class {
                     // An unterminated last event that is not JSON was cut mid-event.
                     UpstreamClass::Protocol => UpstreamError::new(
@@ -68,18 +77,18 @@ impl Pipeline {
             }
         }
         self.translator.on_eof()?;
-        self.limits.flush(out);
-        Ok(self.limits.finish_reason().unwrap_or(FinishReason::Stop))
+        self.stages.flush(out);
+        Ok(self.stages.finish_reason().unwrap_or(FinishReason::Stop))
     }
 
-    /// After one event: has a limit or the upstream ended the answer?
+    /// After one event: has a stage or the upstream ended the answer?
     fn after_event(&mut self, flow: Flow, out: &mut impl Emit) -> Progress {
-        if let Some(r) = self.limits.finish_reason() {
+        if let Some(r) = self.stages.finish_reason() {
             return Progress::Done(r);
         }
         if flow == Flow::Finished {
-            self.limits.flush(out);
-            return Progress::Done(self.limits.finish_reason().unwrap_or(FinishReason::Stop));
+            self.stages.flush(out);
+            return Progress::Done(self.stages.finish_reason().unwrap_or(FinishReason::Stop));
         }
         Progress::Continue
     }
@@ -89,27 +98,28 @@ impl Pipeline {
         self.translator.emitted_anything()
     }
 
+    /// The upstream response that was streamed (for continuing the chat).
     pub fn response(&self) -> &ResponseRef {
         self.translator.response()
     }
 
-    /// The conversation key after this reply (see `Limits::take_reply_key`).
-    pub fn take_reply_key(&mut self) -> Option<String> {
-        self.limits.take_reply_key()
+    pub fn stages(&self) -> &S {
+        &self.stages
     }
 
-    /// Final usage: the upstream's last cumulative numbers, or estimates when it sent none.
-    /// When `max_tokens` cut the answer, completion tokens count what was actually sent.
+    pub fn stages_mut(&mut self) -> &mut S {
+        &mut self.stages
+    }
+
+    /// Final usage: the upstream's last cumulative numbers (or estimates when it sent
+    /// none), corrected by the stages for what they let through.
     pub fn usage(&self) -> Usage {
-        let emitted = self.limits.emitted_tokens();
-        let mut usage = self.translator.usage().unwrap_or(Usage {
+        let reported = self.translator.usage();
+        let mut usage = reported.unwrap_or(Usage {
             prompt_tokens: self.prompt_tokens_estimate,
-            completion_tokens: emitted,
             ..Usage::default()
         });
-        if self.limits.finish_reason() == Some(FinishReason::Length) {
-            usage.completion_tokens = usage.reasoning_tokens.unwrap_or(0) + emitted;
-        }
+        self.stages.account(&mut usage, reported.is_some());
         usage
     }
 }

@@ -1,0 +1,206 @@
+//! The core service of `POST /v1/chat/completions`: validated request → upstream turn →
+//! streamed or aggregated OpenAI response.
+//!
+//! One call: the challenge cooldown (`qwen::cooldown`) → the model plan → where the turn
+//! goes (`conversation`: continue a remembered chat, or a fresh one with the history
+//! folded) → the size check against `UPSTREAM_BODY_LIMIT` → the chat lock → a new chat if
+//! needed → send and answer (`respond`). When the chosen chat cannot take the turn — busy,
+//! or gone upstream — the core falls back itself (`fallback`): that changes *what* is sent,
+//! which is not the retry layer's business. The end of the turn, streamed or not, goes
+//! through one [`turn::TurnEnd`].
+//!
+//! `Ok` is returned only once the answer has begun, so every `Err` happens before the
+//! first byte and the retry layer may retry it.
+
+mod fallback;
+mod respond;
+mod turn;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper::{Request, Response};
+use tokio::time::Instant;
+
+use crate::app::AppState;
+use crate::backoff::Backoff;
+use crate::body::ProxyBody;
+use crate::common::{epoch_secs, BoxFuture};
+use crate::conversation::{ChatTarget, Prepared};
+use crate::error::{ProxyError, UpstreamClass};
+use crate::identity::ClientIdentity;
+use crate::openai::request::ChatRequest;
+use crate::qwen::request::{Turn, CHAT_ID_PLACEHOLDER};
+use crate::server::RequestStart;
+use crate::translate::mapping::{self, Plan};
+use fallback::{Fallback, Fallbacks};
+use respond::Attempt;
+
+/// The innermost service of the chat route.
+#[derive(Clone, Debug)]
+pub struct ChatCore {
+    state: Arc<AppState>,
+}
+
+impl ChatCore {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+impl tower::Service<Request<Arc<ChatRequest>>> for ChatCore {
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    // Boxed once: the whole turn (catalogue, store, lock, upstream) is one async function.
+    type Future = BoxFuture<'static, Result<Response<ProxyBody>, ProxyError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Arc<ChatRequest>>) -> Self::Future {
+        let state = self.state.clone();
+        let start = req
+            .extensions()
+            .get::<RequestStart>()
+            .map_or_else(Instant::now, |s| s.0);
+        // Whose conversation this is, as the auth layer established it. Its absence is a
+        // wiring bug; failing closed keeps one tenant from ever continuing another's chat.
+        let Some(identity) = req.extensions().get::<ClientIdentity>().cloned() else {
+            return Box::pin(std::future::ready(Err(ProxyError::Internal(
+                "the request reached the core without a client identity".to_owned(),
+            ))));
+        };
+        Box::pin(complete(state, req.into_body(), identity, start))
+    }
+}
+
+/// One request, start to answer (or error).
+pub async fn complete(
+    state: Arc<AppState>,
+    req: Arc<ChatRequest>,
+    identity: ClientIdentity,
+    start: Instant,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    state.challenge.check()?;
+    let mut result = converse(&state, &req, &identity, start).await;
+    if let Err(ProxyError::Upstream(e)) = &mut result {
+        if e.class == UpstreamClass::Challenge {
+            // Keep `Retry-After` truthful: no upstream call before the pause ends.
+            if let Some(pause) = state.challenge.trigger() {
+                e.retry_after = Some(pause);
+            }
+        }
+    }
+    result
+}
+
+/// Resolve where the turn goes, send it, and fall back while the chosen chat cannot take it.
+async fn converse(
+    state: &Arc<AppState>,
+    req: &ChatRequest,
+    identity: &ClientIdentity,
+    start: Instant,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let catalog = state.models.get().await?;
+    let plan = mapping::plan(req, &catalog)?;
+    let conv = &state.conversations;
+    let identity = identity.as_str();
+    let mut prepared = if state.config.conversations.continue_chats {
+        conv.prepare(req, identity, &plan.model).await
+    } else {
+        conv.fresh(req, identity, &plan.model, "new")
+    };
+    let backoff = Backoff::from_config(&state.config.retry);
+    let mut fallbacks = Fallbacks::default();
+    loop {
+        let result = send(state, req, &plan, &mut prepared, start).await;
+        let Err(e) = result else {
+            return result;
+        };
+        if let (Some(class), Some(key)) = (e.upstream_class(), &prepared.continued_from) {
+            if matches!(
+                class,
+                UpstreamClass::ParentNotFound | UpstreamClass::ChatNotFound
+            ) {
+                // The remembered chat or parent is gone upstream: forget it.
+                conv.forget(key, class.label()).await;
+            }
+        }
+        let Some(fallback) = fallbacks.decide(&e, &backoff) else {
+            return Err(e);
+        };
+        tracing::info!(
+            error = e.metric_label(),
+            fallback = ?fallback,
+            "the chat cannot take the turn; falling back"
+        );
+        match fallback {
+            Fallback::SameChat(delay) => tokio::time::sleep(delay).await,
+            Fallback::FreshChat(delay) => {
+                tokio::time::sleep(delay).await;
+                prepared = conv.fresh(req, identity, &plan.model, "fallback");
+            }
+        }
+    }
+}
+
+/// One attempt: size check, chat lock, a new chat if needed, then send and answer. Leaves
+/// `prepared` pointing at the chat actually used (a busy chat is retried as it is).
+async fn send(
+    state: &Arc<AppState>,
+    req: &ChatRequest,
+    plan: &Plan,
+    prepared: &mut Prepared,
+    start: Instant,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    check_upstream_size(prepared, plan, state.config.upstream_body_limit)?;
+    // One generation per chat: wait (bounded) for other requests on this conversation.
+    let lock = match &prepared.target {
+        ChatTarget::Existing { chat_id, .. } => Some(state.conversations.lock(chat_id).await?),
+        ChatTarget::NewChat => None,
+    };
+    if prepared.target == ChatTarget::NewChat {
+        let chat_id = state
+            .client
+            .create_chat(&plan.model, plan.chat_type)
+            .await?;
+        prepared.target = ChatTarget::Existing {
+            chat_id,
+            parent_id: None,
+        };
+    }
+    Attempt {
+        state,
+        req,
+        plan,
+        prepared,
+        start,
+    }
+    .respond(lock)
+    .await
+}
+
+/// Refuse a turn whose upstream request would exceed `limit`: the upstream answers those
+/// with an anti-bot challenge that blocks the whole account (qwen-protocol §7.4), so no
+/// client may trigger one. Checked before a chat is created, on whatever this attempt
+/// sends (a continued chat's new messages, or the whole folded history).
+fn check_upstream_size(prepared: &Prepared, plan: &Plan, limit: usize) -> Result<(), ProxyError> {
+    let (chat_id, parent_id) = match &prepared.target {
+        ChatTarget::Existing { chat_id, parent_id } => (chat_id.as_str(), parent_id.as_deref()),
+        ChatTarget::NewChat => (CHAT_ID_PLACEHOLDER, None),
+    };
+    let turn = Turn {
+        chat_id,
+        parent_id,
+        model: &plan.model,
+        chat_type: plan.chat_type,
+        content: &prepared.content,
+        features: plan.features,
+    };
+    let size = turn.body_len(epoch_secs());
+    if size > limit {
+        return Err(ProxyError::ContextLengthExceeded { size, limit });
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Send a prepared turn upstream and answer the client: a primed stream of OpenAI chunks,
+//! or one `chat.completion` JSON. Both run the same pipeline and end through the same
+//! [`TurnEnd`].
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::Response;
+use tokio::time::Instant;
+
+use super::turn::{TurnEnd, TurnStages};
+use crate::app::AppState;
+use crate::body::{json_response, ProxyBody};
+use crate::common::epoch_secs;
+use crate::conversation::transcript::Transcript;
+use crate::conversation::{ChatLock, ChatTarget, Prepared};
+use crate::error::ProxyError;
+use crate::openai::encoder::{ChunkEncoder, UsageJson};
+use crate::openai::request::ChatRequest;
+use crate::openai::response::{AssistantMessage, ChatCompletion, Choice};
+use crate::qwen::request::Turn;
+use crate::translate::aggregate;
+use crate::translate::body::{Outcome, StreamEnd, TranslateBody, UpstreamStream};
+use crate::translate::limits::{estimate_tokens, Limits};
+use crate::translate::mapping::Plan;
+use crate::translate::pipeline::Pipeline;
+
+/// What one attempt sends and how it answers.
+pub struct Attempt<'a> {
+    pub state: &'a Arc<AppState>,
+    pub req: &'a ChatRequest,
+    pub plan: &'a Plan,
+    pub prepared: &'a Prepared,
+    /// When the request arrived (time to first token, stream duration).
+    pub start: Instant,
+}
+
+type Upstream = UpstreamStream<Incoming, TurnStages>;
+
+impl Attempt<'_> {
+    /// Send the prepared turn and build the response. `Ok` only once the answer has begun
+    /// (streaming) or is complete (not streaming): every `Err` happens before the first
+    /// byte reaches the client.
+    pub async fn respond(self, lock: Option<ChatLock>) -> Result<Response<ProxyBody>, ProxyError> {
+        let ChatTarget::Existing { chat_id, parent_id } = &self.prepared.target else {
+            return Err(ProxyError::Internal(
+                "chat not resolved before sending".to_owned(),
+            ));
+        };
+        let turn = Turn {
+            chat_id,
+            parent_id: parent_id.as_deref(),
+            model: &self.plan.model,
+            chat_type: self.plan.chat_type,
+            content: &self.prepared.content,
+            features: self.plan.features,
+        };
+        let upstream = self.state.client.start_completion(&turn).await?;
+        let transcript = self
+            .state
+            .config
+            .conversations
+            .continue_chats
+            .then(|| Transcript::new(self.prepared.reply_key.clone()));
+        let stages = (
+            Limits::new(self.req.stop.clone(), self.req.max_tokens),
+            transcript,
+        );
+        let pipeline = Pipeline::new(stages, estimate_tokens(&self.prepared.content));
+        let stream =
+            UpstreamStream::new(upstream, pipeline, self.state.config.upstream.idle_timeout);
+        let end = TurnEnd::new(
+            self.state.clone(),
+            self.plan.model.clone(),
+            chat_id.clone(),
+            lock,
+        );
+        let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+        if self.req.stream {
+            self.stream(stream, end, &id).await
+        } else {
+            self.complete(stream, end, &id).await
+        }
+    }
+
+    /// A primed SSE response; the body answers for the rest of the stream.
+    async fn stream(
+        self,
+        stream: Upstream,
+        end: TurnEnd,
+        id: &str,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let state = self.state;
+        let encoder = ChunkEncoder::new(id, epoch_secs(), &self.req.model, self.req.include_usage);
+        let mut body = TranslateBody::new(stream, encoder, Some(state.config.sse_keepalive))
+            .abort_on(state.stream_abort_signal());
+        // A failure here drops `end` untold (its lock is released): it is this request's
+        // error, for the retry layer and the error map.
+        body.prime().await?;
+        state
+            .metrics
+            .ttft
+            .with_label_values(&[&self.plan.model, "true"])
+            .observe(self.start.elapsed().as_secs_f64());
+        let body = body.owned_by(end.streaming(self.start));
+        let mut rsp = Response::new(ProxyBody::Stream(Box::pin(body)));
+        let h = rsp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        Ok(rsp)
+    }
+
+    /// The whole answer as one `chat.completion`. Any upstream error — also one after
+    /// partial content — fails the request: never a truncated answer presented as complete.
+    async fn complete(
+        self,
+        mut stream: Upstream,
+        end: TurnEnd,
+        id: &str,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let ttft = self
+            .state
+            .metrics
+            .ttft
+            .with_label_values(&[&self.plan.model, "false"]);
+        let collected = aggregate::collect(&mut stream, || {
+            ttft.observe(self.start.elapsed().as_secs_f64())
+        })
+        .await;
+        let (message, reason, usage) = match collected {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = end.ended(Outcome::Failed(&e), stream.pipeline_mut());
+                return Err(e);
+            }
+        };
+        if let Some(settle) = end.ended(Outcome::Completed { reason, usage }, stream.pipeline_mut())
+        {
+            settle.await;
+        }
+        let body = ChatCompletion {
+            id,
+            object: "chat.completion",
+            created: epoch_secs(),
+            model: &self.req.model,
+            choices: [Choice {
+                index: 0,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: &message.content,
+                    reasoning_content: (!message.reasoning.is_empty())
+                        .then_some(message.reasoning.as_str()),
+                    refusal: None,
+                },
+                logprobs: None,
+                finish_reason: reason.as_str(),
+            }],
+            usage: UsageJson::from(usage),
+            system_fingerprint: None,
+        };
+        Ok(json_response(serde_json::to_vec(&body).unwrap_or_default()))
+    }
+}

@@ -1,0 +1,150 @@
+//! The end of a turn, streamed or not: one [`Outcome`] in, every consumer served — token
+//! and stream metrics, the conversation store (remember the turn), the chat lock (release
+//! it), and the challenge cooldown (a challenge that arrives mid-stream).
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::app::AppState;
+use crate::conversation::store::Session;
+use crate::conversation::transcript::Transcript;
+use crate::conversation::ChatLock;
+use crate::error::UpstreamClass;
+use crate::translate::body::{Outcome, Settle, StreamEnd};
+use crate::translate::limits::Limits;
+use crate::translate::pipeline::Pipeline;
+use crate::translate::stage::Stage;
+use crate::translate::state::Usage;
+
+/// The core's pipeline stages: output limits, then the transcript (conversations on).
+pub type TurnStages = (Limits, Option<Transcript>);
+
+/// Whoever answers for one upstream turn.
+pub struct TurnEnd {
+    state: Arc<AppState>,
+    /// The resolved upstream model (metric label).
+    model: String,
+    chat_id: String,
+    /// Held until the turn is remembered (or dropped, which releases it in the background).
+    lock: Option<ChatLock>,
+    /// Streams: when the request arrived (the active-stream gauge counts this one).
+    stream_started: Option<Instant>,
+}
+
+impl TurnEnd {
+    pub fn new(
+        state: Arc<AppState>,
+        model: String,
+        chat_id: String,
+        lock: Option<ChatLock>,
+    ) -> Self {
+        Self {
+            state,
+            model,
+            chat_id,
+            lock,
+            stream_started: None,
+        }
+    }
+
+    /// This turn is streamed: count it as active from now, and its end as a stream's.
+    pub fn streaming(mut self, request_start: Instant) -> Self {
+        self.state.metrics.active_streams.inc();
+        self.stream_started = Some(request_start);
+        self
+    }
+
+    fn record_tokens(&self, u: Usage) {
+        let m = &self.state.metrics;
+        m.tokens
+            .with_label_values(&[&self.model, "prompt"])
+            .inc_by(u.prompt_tokens);
+        m.tokens
+            .with_label_values(&[&self.model, "completion"])
+            .inc_by(u.completion_tokens);
+        if let Some(r) = u.reasoning_tokens {
+            m.tokens
+                .with_label_values(&[&self.model, "reasoning"])
+                .inc_by(r);
+        }
+    }
+
+    fn stream_ended(&mut self, outcome: &'static str) {
+        let Some(start) = self.stream_started.take() else {
+            return;
+        };
+        let m = &self.state.metrics;
+        m.active_streams.dec();
+        m.streams.with_label_values(&[outcome]).inc();
+        m.stream_duration
+            .with_label_values(&[outcome])
+            .observe(start.elapsed().as_secs_f64());
+    }
+
+    /// Remember the completed turn, then release the chat lock: a reply is complete only
+    /// once the next turn can find its chat and take the lock — even if this instance dies
+    /// right after answering.
+    fn remember(mut self, response_id: Option<String>, reply_key: Option<String>) -> Settle {
+        let conversations = self.state.conversations.clone();
+        let chat_id = std::mem::take(&mut self.chat_id);
+        let lock = self.lock.take();
+        Box::pin(async move {
+            if let (Some(key), Some(parent_id)) = (reply_key, response_id) {
+                conversations
+                    .remember(&key, Session { chat_id, parent_id })
+                    .await;
+            }
+            if let Some(lock) = lock {
+                lock.release().await;
+            }
+        })
+    }
+}
+
+impl StreamEnd<TurnStages> for TurnEnd {
+    fn ended(
+        mut self,
+        outcome: Outcome<'_>,
+        pipeline: &mut Pipeline<TurnStages>,
+    ) -> Option<Settle> {
+        match outcome {
+            Outcome::Completed { usage, .. } => {
+                self.record_tokens(usage);
+                self.stream_ended("completed");
+                // A reply cut on our side (stop, max_tokens) differs from what the upstream
+                // chat holds: it is not remembered.
+                let (limits, transcript) = pipeline.stages_mut();
+                let reply_key = match limits.finish_reason() {
+                    None => transcript.take().map(Transcript::into_key),
+                    Some(_) => None,
+                };
+                let response_id = pipeline.response().response_id.clone();
+                Some(self.remember(response_id, reply_key))
+            }
+            Outcome::Failed(e) => {
+                // A failure before the first byte is the request's error (reported by the
+                // error map, handled by `chat::complete`); mid-stream it is reported here.
+                if self.stream_started.is_some() {
+                    e.report(&self.state.metrics);
+                    if e.upstream_class() == Some(UpstreamClass::Challenge) {
+                        self.state.challenge.trigger();
+                    }
+                }
+                self.stream_ended("error");
+                None
+            }
+            Outcome::Cancelled => {
+                self.stream_ended("cancelled");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for TurnEnd {
+    /// Never told (a bug upstream of here, or a panic): keep the gauge true.
+    fn drop(&mut self) {
+        self.stream_ended("cancelled");
+    }
+}
