@@ -17,7 +17,6 @@ use hyper::Uri;
 
 pub use crate::common::Secret;
 use crate::forwarded::TrustProxy;
-use crate::redis::RedisUrl;
 
 /// Where raw values come from. `Env` in production, a map in tests.
 pub trait Source {
@@ -113,6 +112,65 @@ pub struct FailurePolicy {
     /// Failures per window that lock an address out; 0 turns throttling off.
     pub limit: u32,
     pub window: Duration,
+}
+
+/// Parsed `redis://[[user]:password@]host[:port][/db]` (the password never prints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub host: String,
+    pub port: u16,
+    pub db: u32,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+impl RedisUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("redis://").ok_or_else(|| {
+            "REDIS_URL must start with redis:// (TLS rediss:// is not supported yet)".to_owned()
+        })?;
+        let (auth, hostpart) = match rest.rsplit_once('@') {
+            Some((a, h)) => (Some(a), h),
+            None => (None, rest),
+        };
+        let (hostport, db) = match hostpart.split_once('/') {
+            Some((h, d)) if !d.is_empty() => (
+                h,
+                d.parse()
+                    .map_err(|_| format!("REDIS_URL database `{d}` is not a number"))?,
+            ),
+            Some((h, _)) => (h, 0),
+            None => (hostpart, 0),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse()
+                    .map_err(|_| format!("REDIS_URL port `{p}` is not a number"))?,
+            ),
+            None => (hostport, 6379),
+        };
+        if host.is_empty() {
+            return Err("REDIS_URL has no host".to_owned());
+        }
+        let (username, password) = match auth {
+            None => (None, None),
+            Some(a) => match a.split_once(':') {
+                Some((u, p)) => ((!u.is_empty()).then(|| u.to_owned()), Some(Secret::new(p))),
+                None => (None, Some(Secret::new(a))),
+            },
+        };
+        Ok(Self {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+            db,
+            username,
+            password,
+        })
+    }
 }
 
 /// Everything the Qwen client needs.
@@ -775,6 +833,32 @@ mod tests {
             .unwrap_err()
             .contains("qwen-proxy.env"));
         assert!(Env::load(missing, false).is_ok());
+    }
+
+    #[test]
+    fn url_forms() {
+        let u = RedisUrl::parse("redis://127.0.0.1:6390/2").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.db, u.password.is_none()),
+            ("127.0.0.1", 6390, 2, true)
+        );
+        let u = RedisUrl::parse("redis://:pw@cache").unwrap();
+        assert_eq!(
+            (
+                u.host.as_str(),
+                u.port,
+                u.password.as_ref().map(Secret::expose),
+                u.username
+            ),
+            ("cache", 6379, Some("pw"), None)
+        );
+        let u = RedisUrl::parse("redis://me:pw@[::1]:7000").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.username.as_deref()),
+            ("::1", 7000, Some("me"))
+        );
+        assert!(RedisUrl::parse("rediss://x").is_err());
+        assert!(RedisUrl::parse("redis://x:port").is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Request flow (README "Architecture" maps it to files):
 //! `server` (accept loop) → `stack` (tower layers) → `router` → chat stack (`layers::*`) →
-//! `chat` core → `translate::mapping` (model, features) + `conversation` (continue a chat or
+//! `chat` core → `openai::mapping` (model, features) + `conversation` (continue a chat or
 //! fold into a fresh one) → `qwen::client` (upstream) → `translate::body` (`qwen::sse`
 //! decoder → `translate::state` translator → `openai::encoder`) → client.
 

@@ -168,9 +168,10 @@ async fn expired_sessions_chats_are_deleted_upstream() {
 
 #[tokio::test]
 async fn redis_locks_are_owned_renewable_and_expire() {
+    use qwen_proxy::config::RedisUrl;
     use qwen_proxy::conversation::store::SessionStore;
     use qwen_proxy::redis::sessions::RedisStore;
-    use qwen_proxy::redis::{RedisClient, RedisUrl};
+    use qwen_proxy::redis::RedisClient;
     let redis = RedisServer::start().await;
     let client = std::sync::Arc::new(RedisClient::new(RedisUrl::parse(&redis.url()).unwrap()));
     let store = RedisStore::new(client, Duration::from_secs(60));

@@ -29,10 +29,10 @@ use crate::common::{epoch_secs, BoxFuture};
 use crate::conversation::{ChatTarget, Prepared};
 use crate::error::{ProxyError, UpstreamClass};
 use crate::identity::ClientIdentity;
+use crate::openai::mapping::{self, Plan};
 use crate::openai::request::ChatRequest;
 use crate::qwen::request::{Turn, CHAT_ID_PLACEHOLDER};
 use crate::server::RequestStart;
-use crate::translate::mapping::{self, Plan};
 use fallback::{Fallback, Fallbacks};
 use respond::Attempt;
 

@@ -17,13 +17,13 @@ use crate::conversation::transcript::Transcript;
 use crate::conversation::{ChatLock, ChatTarget, Prepared};
 use crate::error::ProxyError;
 use crate::openai::encoder::{ChunkEncoder, UsageJson};
+use crate::openai::mapping::Plan;
 use crate::openai::request::ChatRequest;
 use crate::openai::response::{AssistantMessage, ChatCompletion, Choice};
 use crate::qwen::request::Turn;
 use crate::translate::aggregate;
 use crate::translate::body::{Outcome, StreamEnd, TranslateBody, UpstreamStream};
 use crate::translate::limits::{estimate_tokens, Limits};
-use crate::translate::mapping::Plan;
 use crate::translate::pipeline::Pipeline;
 
 /// What one attempt sends and how it answers.

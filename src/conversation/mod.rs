@@ -34,8 +34,8 @@ use tokio::time::Instant;
 
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::openai::mapping::{fold, fold_turns};
 use crate::openai::request::{ChatRequest, Role};
-use crate::translate::mapping::{fold, fold_turns};
 use key::{Key, KeyBuilder};
 use store::{MemoryStore, Session, SessionStore, StoreError};
 

@@ -37,17 +37,6 @@ pub struct Frame<'a> {
     pub details: Option<Text<'a>>,
 }
 
-impl<'a> Frame<'a> {
-    /// Parse one SSE data payload: the hand-written reader takes the hot shapes
-    /// ([`super::scan`]), `serde_json` everything else and is the authority on errors.
-    pub fn parse(data: &'a [u8]) -> Result<Self, serde_json::Error> {
-        match super::scan::frame(data) {
-            Ok(frame) => Ok(frame),
-            Err(super::scan::Unsupported) => serde_json::from_slice(data),
-        }
-    }
-}
-
 #[derive(Debug, Default, Deserialize)]
 pub struct Created<'a> {
     #[serde(borrow, default)]

@@ -17,6 +17,18 @@ use std::borrow::Cow;
 
 use super::frame::{Choice, Created, Delta, Extra, Frame, Image, Text, TextList, UsageFrame};
 
+impl<'a> Frame<'a> {
+    /// Parse one SSE data payload: the hand-written reader here takes the hot shapes,
+    /// `serde_json` everything else and is the authority on errors. (Defined here, not in
+    /// `frame.rs`, so the frame types do not depend on their reader.)
+    pub fn parse(data: &'a [u8]) -> Result<Self, serde_json::Error> {
+        match frame(data) {
+            Ok(frame) => Ok(frame),
+            Err(Unsupported) => serde_json::from_slice(data),
+        }
+    }
+}
+
 /// The fast path declined; `serde_json` decides (it may accept, skip or reject the frame).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unsupported;

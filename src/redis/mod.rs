@@ -16,7 +16,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 
-use crate::common::{BoxFuture, Secret};
+use crate::common::BoxFuture;
+use crate::config::RedisUrl;
 
 /// A failed Redis operation (connection, timeout, protocol or an error reply).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,65 +30,6 @@ impl std::fmt::Display for RedisError {
 }
 
 impl std::error::Error for RedisError {}
-
-/// Parsed `redis://[[user]:password@]host[:port][/db]` (the password never prints).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisUrl {
-    pub host: String,
-    pub port: u16,
-    pub db: u32,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-}
-
-impl RedisUrl {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("redis://").ok_or_else(|| {
-            "REDIS_URL must start with redis:// (TLS rediss:// is not supported yet)".to_owned()
-        })?;
-        let (auth, hostpart) = match rest.rsplit_once('@') {
-            Some((a, h)) => (Some(a), h),
-            None => (None, rest),
-        };
-        let (hostport, db) = match hostpart.split_once('/') {
-            Some((h, d)) if !d.is_empty() => (
-                h,
-                d.parse()
-                    .map_err(|_| format!("REDIS_URL database `{d}` is not a number"))?,
-            ),
-            Some((h, _)) => (h, 0),
-            None => (hostpart, 0),
-        };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse()
-                    .map_err(|_| format!("REDIS_URL port `{p}` is not a number"))?,
-            ),
-            None => (hostport, 6379),
-        };
-        if host.is_empty() {
-            return Err("REDIS_URL has no host".to_owned());
-        }
-        let (username, password) = match auth {
-            None => (None, None),
-            Some(a) => match a.split_once(':') {
-                Some((u, p)) => ((!u.is_empty()).then(|| u.to_owned()), Some(Secret::new(p))),
-                None => (None, Some(Secret::new(a))),
-            },
-        };
-        Ok(Self {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port,
-            db,
-            username,
-            password,
-        })
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -238,35 +180,4 @@ fn read_reply(conn: &mut Conn) -> BoxFuture<'_, Result<Reply, RedisError>> {
             other => return Err(err(format!("unknown reply type {}", other as char))),
         })
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn url_forms() {
-        let u = RedisUrl::parse("redis://127.0.0.1:6390/2").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.db, u.password.is_none()),
-            ("127.0.0.1", 6390, 2, true)
-        );
-        let u = RedisUrl::parse("redis://:pw@cache").unwrap();
-        assert_eq!(
-            (
-                u.host.as_str(),
-                u.port,
-                u.password.as_ref().map(Secret::expose),
-                u.username
-            ),
-            ("cache", 6379, Some("pw"), None)
-        );
-        let u = RedisUrl::parse("redis://me:pw@[::1]:7000").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.username.as_deref()),
-            ("::1", 7000, Some("me"))
-        );
-        assert!(RedisUrl::parse("rediss://x").is_err());
-        assert!(RedisUrl::parse("redis://x:port").is_err());
-    }
 }

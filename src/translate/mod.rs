@@ -1,5 +1,5 @@
-//! Qwen → client translation, independent of the client API: request mapping and the fold
-//! format (`mapping`), the pure stream state machine (`state`), pipeline stages (`stage`,
+//! Qwen → client translation, independent of the client API: the pure stream state machine
+//! (`state`), pipeline stages (`stage`,
 //! with the output limits in `limits`), decoder + translator + stages (`pipeline`), and the
 //! async adapters — the streaming body with its lifecycle (`body`), non-stream aggregation
 //! (`aggregate`). The client API's encoder plugs in as a `body::Render`.
@@ -7,7 +7,6 @@
 pub mod aggregate;
 pub mod body;
 pub mod limits;
-pub mod mapping;
 pub mod pipeline;
 pub mod stage;
 pub mod state;

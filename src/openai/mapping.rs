@@ -12,8 +12,8 @@
 //!   own line followed by the text. All system/developer messages are merged into one
 //!   `[System]` section at the top, so the instructions come first.
 
+use super::request::{ChatRequest, Message, ReasoningEffort, ResponseFormat, Role};
 use crate::error::ProxyError;
-use crate::openai::request::{ChatRequest, Message, ReasoningEffort, ResponseFormat, Role};
 use crate::qwen::models::{Catalog, UpstreamModel, Variant};
 use crate::qwen::request::{FeatureConfig, Thinking};
 
