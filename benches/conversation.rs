@@ -7,6 +7,9 @@
 //! `cargo bench --bench conversation` runs the full measurement (30 conversations per mode);
 //! under `cargo test` (no `--bench` argument) it runs a quick smoke version.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;

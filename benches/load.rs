@@ -23,6 +23,11 @@
 //! Under `cargo test` (no `--bench`) it runs a quick correctness smoke test: all streams
 //! complete, zero errors, every answer equals the simulator's deterministic text.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// getrlimit/setrlimit, declared directly: raising the open-file limit needs no crate.
+#![allow(unsafe_code)]
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,21 +45,18 @@ use tokio::time::Instant;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-const BIN: &str = env!("CARGO_BIN_EXE_qwen-proxy");
+// The same launcher as the tests (a bench target cannot name tests/support otherwise).
+#[path = "../tests/support/process.rs"]
+#[allow(dead_code)] // the tests use all of it; the load tool, part
+mod process;
+
+use process::{Running, BIN};
 const FRAMES: usize = 20;
 const CHUNK_CHARS: usize = 4;
 
 /// Every stream's answer: the simulator's `long=80` filler, 20 frames of 4 characters.
 fn expected_answer() -> String {
     qwen_proxy::sim::answer::long_answer(FRAMES * CHUNK_CHARS)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn pinned(cpu: &str, program: &str) -> Command {
@@ -69,24 +71,15 @@ fn pinned(cpu: &str, program: &str) -> Command {
     }
 }
 
+/// nginx, stopped with SIGTERM (its master then stops its workers; SIGKILL would orphan
+/// them).
 struct Proc {
     child: Child,
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // SIGTERM first: nginx's master then stops its workers (SIGKILL would orphan them).
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        process::terminate(&mut self.child);
     }
 }
 
@@ -101,17 +94,11 @@ async fn wait_port(port: u16) {
     }
 }
 
-async fn start_sim(port: u16, frame_delay_ms: u64) -> Proc {
-    let child = pinned("1", BIN)
-        .args([
-            "sim",
-            "--port",
-            &port.to_string(),
-            "--ttft-ms",
-            "50",
-            "--delay-ms",
-            &frame_delay_ms.to_string(),
-        ])
+/// The simulator on a port it binds itself.
+fn start_sim(frame_delay_ms: u64) -> Running {
+    let mut cmd = pinned("1", BIN);
+    cmd.args(["sim", "--port", "0", "--ttft-ms", "50", "--delay-ms"])
+        .arg(frame_delay_ms.to_string())
         .args([
             "--chunk-chars",
             &CHUNK_CHARS.to_string(),
@@ -120,37 +107,30 @@ async fn start_sim(port: u16, frame_delay_ms: u64) -> Proc {
             "--gate",
             "none",
         ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("simulator starts");
-    wait_port(port).await;
-    Proc { child }
+        .stderr(Stdio::null());
+    process::start(cmd)
 }
 
-async fn start_proxy(port: u16, sim: u16) -> Proc {
-    let child = pinned("1", BIN)
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--env-file",
-            "/dev/null",
-        ])
-        .env("QWEN_BASE_URL", format!("http://127.0.0.1:{sim}"))
-        .env("QWEN_COOKIES", "token=load")
-        .env("UPSTREAM_HTTP2", "true")
-        .env("MAX_CONCURRENT_STREAMS", "0")
-        .env("CONVERSATION_MODE", "stateless")
-        .env("LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("proxy starts");
-    wait_port(port).await;
-    Proc { child }
+/// The proxy in front of the simulator on `sim`, on a port it binds itself.
+fn start_proxy(sim: u16) -> Running {
+    let mut cmd = pinned("1", BIN);
+    cmd.args([
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--env-file",
+        "/dev/null",
+    ])
+    .env("QWEN_BASE_URL", format!("http://127.0.0.1:{sim}"))
+    .env("QWEN_COOKIES", "token=load")
+    .env("UPSTREAM_HTTP2", "true")
+    .env("MAX_CONCURRENT_STREAMS", "0")
+    .env("CONVERSATION_MODE", "stateless")
+    .env("LOG_LEVEL", "warn")
+    .stderr(Stdio::null());
+    process::start(cmd)
 }
 
 async fn start_nginx(port: u16, sim: u16, dir: &Path) -> Option<Proc> {
@@ -680,9 +660,11 @@ fn main() {
         Vec::new()
     } else {
         rt.block_on(async {
-        let (sim_port, proxy_port, nginx_port) = (free_port(), free_port(), free_port());
-        let sim = start_sim(sim_port, frame_delay_ms).await;
-        let proxy = if ways.contains(&Way::Proxy) { Some(start_proxy(proxy_port, sim_port).await) } else { None };
+        let sim = start_sim(frame_delay_ms);
+        let sim_port = sim.addr.port();
+        let proxy = ways.contains(&Way::Proxy).then(|| start_proxy(sim_port));
+        // nginx binds the port it is given: the only one picked in advance.
+        let nginx_port = process::free_port();
         let nginx_dir = std::env::temp_dir().join(format!("qwen-load-nginx-{}", std::process::id()));
         let nginx = if ways.contains(&Way::Nginx) { start_nginx(nginx_port, sim_port, &nginx_dir).await } else { None };
         let mut rows = Vec::new();
@@ -690,9 +672,9 @@ fn main() {
             let mut direct_p99 = None;
             for &way in &ways {
                 let (port, work) = match way {
-                    Way::Direct => (sim_port, vec![sim.child.id()]),
+                    Way::Direct => (sim_port, vec![sim.pid()]),
                     Way::Proxy => match &proxy {
-                        Some(p) => (proxy_port, vec![p.child.id()]),
+                        Some(p) => (p.addr.port(), vec![p.pid()]),
                         None => continue,
                     },
                     Way::Nginx => match &nginx {

@@ -5,6 +5,9 @@
 //! baseline (parse into `serde_json::Value`, build the chunk as a `Value`, `to_string`,
 //! `format!`) so the report reads as a ratio against it.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::path::Path;
 

@@ -130,10 +130,16 @@ fn serve(a: ServeArgs) -> ExitCode {
                 ..SimConfig::default()
             };
             match Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), sim_config).await {
-                Ok(sim) => {
-                    config.use_simulator(sim.base_url().parse().expect("simulator URL is valid"));
-                    _sim = Some(sim);
-                }
+                Ok(sim) => match sim.base_url().parse() {
+                    Ok(url) => {
+                        config.use_simulator(url);
+                        _sim = Some(sim);
+                    }
+                    Err(e) => {
+                        eprintln!("error: the demo simulator's address is not a URL: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
                 Err(e) => {
                     eprintln!("error: cannot start the demo simulator: {e}");
                     return ExitCode::FAILURE;

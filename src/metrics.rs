@@ -40,6 +40,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 impl Metrics {
+    // Start-up only: the metric definitions are constants, so a failure here is a bug that
+    // every test run would hit, never something input can reach.
+    #[allow(clippy::expect_used)]
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {

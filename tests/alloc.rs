@@ -2,6 +2,11 @@
 //! counts only on the measuring thread. Budget: at most 2 per event (issue 5). Deterministic,
 //! so it is a test, not a benchmark.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A global allocator that counts is `unsafe impl GlobalAlloc` by definition.
+#![allow(unsafe_code)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};

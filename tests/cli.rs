@@ -1,54 +1,25 @@
 //! The binary as a new user meets it: the banner, flags in both spellings, and what a
 //! Node-era `.env` holds — accepted where it makes sense, a clear error (exit 64) where not.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_qwen-proxy");
+mod support;
 
-fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args);
-    // Only what the test sets: nothing from the developer's environment.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("QWEN_") || k.starts_with("API_KEYS") || k == "LOG_LEVEL" {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-/// A running binary, killed (and reaped) when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::process::{self, Running};
 
 /// Start `--demo` and read the banner (up to its last line).
 fn banner(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
-    let mut running = Running(
-        command(args, env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("binary starts"),
-    );
-    let mut out = BufReader::new(running.0.stdout.take().unwrap());
-    let mut text = String::new();
+    let mut cmd = process::command(args, env);
+    cmd.stderr(Stdio::null());
+    let mut running = process::start(cmd);
+    let mut text = format!("listening on http://{}\n", running.addr);
     loop {
-        let mut line = String::new();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "exited early: {text}"
-        );
+        let line = running.read_line();
+        assert!(!line.is_empty(), "the banner ended early: {text}");
         text.push_str(&line);
         if line.contains("print(chunk") {
             return (running, text);
@@ -58,7 +29,7 @@ fn banner(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
 
 /// Run to completion (bounded).
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let child = command(args, env)
+    let child = process::command(args, env)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

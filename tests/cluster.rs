@@ -2,74 +2,46 @@
 //! on free loopback ports: a conversation alternating instances continues one upstream
 //! chat, and killing and restarting an instance mid-conversation loses nothing.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{expected_answer, free_port, start_nginx, Harness, RedisServer};
+use support::process::{self, Running};
+use support::{expected_answer, start_nginx, Harness, RedisServer};
 
 use qwen_proxy::sim::SimConfig;
 
-/// A proxy process on a fixed port (so nginx's upstream list stays valid across restarts).
-struct Instance {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Instance {
-    fn start(port: u16, sim: &str, redis: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qwen-proxy"))
-            .args([
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--env-file",
-                "/dev/null",
-            ])
-            .env("QWEN_BASE_URL", sim)
-            .env("QWEN_COOKIES", "token=cluster-token")
-            .env("REDIS_URL", redis)
-            .env("RETRY_INITIAL_DELAY", "10")
-            .env("RETRY_MAX_DELAY", "40")
-            .env("SHUTDOWN_GRACE", "0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("binary starts");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                out.read_line(&mut line).unwrap() > 0,
-                "proxy exited before listening"
-            );
-            if line.contains("listening on") {
-                break;
-            }
-        }
-        Instance {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A proxy process; restarted on the port it first bound (so nginx's upstream list stays
+/// valid across restarts).
+fn instance(port: u16, sim: &str, redis: &str) -> Running {
+    let port = port.to_string();
+    let mut cmd = process::command(
+        &[
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--env-file",
+            "/dev/null",
+        ],
+        &[
+            ("QWEN_BASE_URL", sim),
+            ("QWEN_COOKIES", "token=cluster-token"),
+            ("REDIS_URL", redis),
+            ("RETRY_INITIAL_DELAY", "10"),
+            ("RETRY_MAX_DELAY", "40"),
+            ("SHUTDOWN_GRACE", "0"),
+        ],
+    );
+    cmd.stderr(Stdio::null());
+    process::start(cmd)
 }
 
 fn requests_served(metrics: &str) -> u64 {
@@ -90,9 +62,9 @@ async fn conversation_survives_alternating_and_restarted_instances() {
     // The harness provides the simulator and an HTTP client; its in-process proxy is unused.
     let h = Harness::start_with(&[], sim_config).await;
     let sim_url = h.sim.base_url();
-    let (p1, p2) = (free_port(), free_port());
-    let a = Instance::start(p1, &sim_url, &redis.url());
-    let mut b = Instance::start(p2, &sim_url, &redis.url());
+    let a = instance(0, &sim_url, &redis.url());
+    let mut b = instance(0, &sim_url, &redis.url());
+    let p2 = b.addr.port();
     let nginx = start_nginx(&[a.addr, b.addr]).await;
     let through_nginx = SocketAddr::from(([127, 0, 0, 1], nginx.port));
 
@@ -101,7 +73,7 @@ async fn conversation_survives_alternating_and_restarted_instances() {
         if k == 4 {
             // Mid-conversation: one instance dies and comes back on the same port.
             b.kill();
-            b = Instance::start(p2, &sim_url, &redis.url());
+            b = instance(p2, &sim_url, &redis.url());
         }
         let q = format!("message {k}");
         messages.push(json!({"role": "user", "content": q}));

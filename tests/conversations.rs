@@ -2,6 +2,9 @@
 //! right parent chain and only the new message; divergence gets a fresh chat; lost chats
 //! recover; concurrent requests on one conversation are queued.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

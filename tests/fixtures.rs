@@ -2,6 +2,9 @@
 //! split at every byte offset and one byte per chunk gives identical events and identical
 //! OpenAI output, and the output is what the fixture README states.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use bytes::Bytes;

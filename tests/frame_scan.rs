@@ -4,6 +4,9 @@
 //! and build the identical `Frame`. The reader must also actually take the hot path on the
 //! captured token frames (otherwise the benchmark would measure the fallback).
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use qwen_proxy::qwen::frame::Frame;

@@ -2,6 +2,9 @@
 //! through the real stack over HTTP against the simulator: client identity, key guessing,
 //! request limits, honesty about broken upstream answers, and input that must be refused.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

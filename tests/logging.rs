@@ -2,13 +2,17 @@
 //! object per line, and configured secrets (cookies, tokens, API keys) never appear, even
 //! at `trace` level.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
+use support::process::{self, Running};
 use support::Harness;
 
 const COOKIE_TOKEN: &str = "SECRET-COOKIE-TOKEN-4242";
@@ -105,31 +109,15 @@ async fn secrets_never_reach_the_logs_even_at_trace() {
     );
 }
 
-/// `qwen-proxy --demo` with `env`, stderr captured; returns the process and its address.
-fn spawn_demo(env: &[(&str, &str)]) -> (std::process::Child, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qwen-proxy"));
-    cmd.args(["--demo", "--port", "0", "--env-file", "/dev/null"])
-        .env("RETRY_INITIAL_DELAY", "10")
-        .env("RETRY_MAX_DELAY", "40")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "binary exited early"
-        );
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    (child, addr)
+/// `qwen-proxy --demo` with `env`, stderr captured.
+fn spawn_demo(env: &[(&str, &str)]) -> (Running, String) {
+    let mut vars = vec![("RETRY_INITIAL_DELAY", "10"), ("RETRY_MAX_DELAY", "40")];
+    vars.extend_from_slice(env);
+    let mut cmd = process::command(&["--demo", "--port", "0", "--env-file", "/dev/null"], &vars);
+    cmd.stderr(Stdio::piped());
+    let running = process::start(cmd);
+    let addr = running.addr.to_string();
+    (running, addr)
 }
 
 /// One raw HTTP/1.1 POST of `body` (curl-like); the whole reply.
@@ -147,10 +135,8 @@ fn post(addr: &str, body: &str, extra_headers: &str) -> String {
 }
 
 /// Stop the process; its stderr.
-fn logs_of(mut child: std::process::Child) -> String {
-    child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stderr).unwrap()
+fn logs_of(running: Running) -> String {
+    running.stop_and_read_stderr()
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! simulator: chunks arrive incrementally through nginx — the first content chunk reaches
 //! the client while the upstream generation is still running — and the stream is complete.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! conversation continues across instances, locks and rate limits hold across them, and a
 //! Redis outage degrades to local state and recovers by itself.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

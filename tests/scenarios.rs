@@ -1,5 +1,8 @@
 //! The real stack against the simulator, every scenario streamed and not streamed.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use serde_json::{json, Value};

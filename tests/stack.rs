@@ -1,6 +1,9 @@
 //! The whole middleware stack over real HTTP: request ids, rate limiting, load shedding,
 //! metrics (checked by `promtool`), CORS, and graceful shutdown.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! JWT-shaped tokens and per-account quota — and how the proxy and `qwen-proxy check` report
 //! each of them.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::sync::Arc;

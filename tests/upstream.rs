@@ -1,6 +1,9 @@
 //! The upstream client against the simulator: chat state errors (E2–E5), the header gate,
 //! and SSE keep-alives through the stack.
 
+// Tests and benches: a failed unwrap is a failure with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::HashMap;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -464,24 +466,9 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM makes the master stop its workers; SIGKILL would orphan them, still
         // listening and holding upstream connections.
-        terminate(&mut self.child);
+        process::terminate(&mut self.child);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// SIGTERM, a bounded wait, then SIGKILL.
-pub fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    for _ in 0..100 {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn nginx_binary() -> String {
@@ -493,13 +480,7 @@ fn nginx_binary() -> String {
     })
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use process::free_port;
 
 /// nginx in front of `upstreams` (round-robin, as the upstream block lists them).
 pub async fn start_nginx(upstreams: &[SocketAddr]) -> Nginx {
