@@ -37,6 +37,8 @@ impl Router {
 impl tower::Service<Request<Incoming>> for Router {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
+    // Boxed: each route is an async handler (the model cache, the health probe, the chat
+    // stack); one allocation per request, never per frame.
     type Future = BoxFuture<'static, Result<Response<ProxyBody>, ProxyError>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {

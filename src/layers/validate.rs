@@ -68,6 +68,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
+    // Boxed: reading the body is async and the inner call follows it.
     type Future = BoxFuture<'static, Result<Response<ProxyBody>, ProxyError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {

@@ -1,7 +1,6 @@
 //! Simulator endpoints (`qwen-protocol.md` §9.2) and the completion algorithm (§9.3).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,7 +21,7 @@ use super::script::{self, Generation, Step};
 use super::state::{lock, Chat, SimState, TurnRecord};
 use super::wire;
 use super::{Gate, SimConfig};
-use crate::common::epoch_secs;
+use crate::common::{epoch_secs, BoxFuture};
 
 /// Response body of the simulator: canned bytes or a scripted stream.
 pub enum SimBody {
@@ -63,7 +62,7 @@ pub struct SimService {
 impl tower::Service<Request<Incoming>> for SimService {
     type Response = Rsp;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Rsp, Infallible>> + Send>>;
+    type Future = BoxFuture<'static, Result<Rsp, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
