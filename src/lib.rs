@@ -1,10 +1,13 @@
 //! qwen-proxy: an OpenAI-compatible API in front of the Qwen chat web service.
 //!
-//! Request flow (README "Architecture" maps it to files):
-//! `server` (accept loop) → `stack` (tower layers) → `router` → chat stack (`layers::*`) →
-//! `chat` core → `openai::mapping` (model, features) + `conversation` (continue a chat or
-//! fold into a fresh one) → `qwen::client` (upstream) → `translate::body` (`qwen::sse`
-//! decoder → `translate::state` translator → `openai::encoder`) → client.
+//! The request path (README "Architecture" maps it to files): `server` (accept loop) →
+//! `stack` (tower layers: `layers::*`) → `router` → the chat stack (concurrency → validate →
+//! retry) → `chat` (the core: `openai::mapping` plans the upstream turn, `conversation`
+//! decides continue-or-fold, `qwen::client` sends it) → the stream: `qwen::sse` decoder →
+//! `qwen::scan` frames → `translate::state` translator → `translate::stage` stages (output
+//! limits, the conversation transcript) → `openai::encoder`, all inside one poll-driven
+//! `translate::body::TranslateBody`, whose lifecycle reports one `Outcome` to
+//! `chat::turn::TurnEnd`.
 
 #![forbid(unsafe_code)]
 

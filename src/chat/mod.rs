@@ -7,7 +7,7 @@
 //! needed → send and answer (`respond`). When the chosen chat cannot take the turn — busy,
 //! or gone upstream — the core falls back itself (`fallback`): that changes *what* is sent,
 //! which is not the retry layer's business. The end of the turn, streamed or not, goes
-//! through one [`turn::TurnEnd`].
+//! through one `turn::TurnEnd`.
 //!
 //! `Ok` is returned only once the answer has begun, so every `Err` happens before the
 //! first byte and the retry layer may retry it.

@@ -6,7 +6,7 @@
 //! channel: backpressure flows end to end, and dropping the body (client gone) drops the
 //! upstream response, which closes the upstream connection.
 //!
-//! The body's life is a state machine ([`Phase`]):
+//! The body's life is a state machine (`Phase`):
 //!
 //! ```text
 //!   Streaming ──upstream answer complete──▶ Ended(reason) ──owner told──▶ Settling ──▶ Done
