@@ -42,14 +42,7 @@ impl Stage for Transcript {
 mod tests {
     use super::*;
 
-    #[derive(Default)]
-    struct Out(String);
-    impl Emit for Out {
-        fn reasoning(&mut self, _: &str) {}
-        fn content(&mut self, t: &str) {
-            self.0.push_str(t);
-        }
-    }
+    use crate::translate::testing::Recorder;
 
     #[test]
     fn the_key_covers_the_reply_as_streamed() {
@@ -59,12 +52,12 @@ mod tests {
             k
         };
         let mut t = Transcript::new(base());
-        let mut out = Out::default();
+        let mut out = Recorder::default();
         for piece in ["Hel", "lo ", "there"] {
             t.content(piece, &mut out);
         }
         t.reasoning("not part of it", &mut out);
-        assert_eq!(out.0, "Hello there");
+        assert_eq!(out.content, "Hello there");
         let mut whole = base();
         whole.message(Role::Assistant, None, "Hello there");
         assert_eq!(t.into_key(), whole.finish());

@@ -164,22 +164,15 @@ impl Stage for Limits {
 mod tests {
     use super::*;
 
-    #[derive(Default)]
-    struct Out(String);
-    impl Emit for Out {
-        fn reasoning(&mut self, _: &str) {}
-        fn content(&mut self, t: &str) {
-            self.0.push_str(t);
-        }
-    }
+    use crate::translate::testing::Recorder;
 
     fn run(limits: &mut Limits, pieces: &[&str]) -> String {
-        let mut out = Out::default();
+        let mut out = Recorder::default();
         for p in pieces {
             limits.content(p, &mut out);
         }
         limits.flush(&mut out);
-        out.0
+        out.content
     }
 
     #[test]

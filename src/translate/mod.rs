@@ -10,3 +10,29 @@ pub mod limits;
 pub mod pipeline;
 pub mod stage;
 pub mod state;
+
+/// What the engine emits, recorded for unit tests of the translator and the stages.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::state::Emit;
+
+    #[derive(Debug, Default)]
+    pub struct Recorder {
+        pub content: String,
+        pub reasoning: String,
+        /// Every delta in order: `r:<reasoning>` or `c:<content>`.
+        pub pieces: Vec<String>,
+    }
+
+    impl Emit for Recorder {
+        fn reasoning(&mut self, text: &str) {
+            self.reasoning.push_str(text);
+            self.pieces.push(format!("r:{text}"));
+        }
+
+        fn content(&mut self, text: &str) {
+            self.content.push_str(text);
+            self.pieces.push(format!("c:{text}"));
+        }
+    }
+}

@@ -123,16 +123,7 @@ impl<A: Stage, B: Stage> Stage for (A, B) {
 mod tests {
     use super::*;
 
-    #[derive(Default)]
-    struct Out(Vec<String>);
-    impl Emit for Out {
-        fn reasoning(&mut self, t: &str) {
-            self.0.push(format!("r:{t}"));
-        }
-        fn content(&mut self, t: &str) {
-            self.0.push(format!("c:{t}"));
-        }
-    }
+    use crate::translate::testing::Recorder;
 
     /// Upper-cases content; holds the last piece back until flushed.
     #[derive(Default)]
@@ -157,15 +148,15 @@ mod tests {
     fn stages_compose_in_order_and_flush_through_the_rest() {
         // The second stage sees the first one's output, also what the first flushes.
         let mut stages = (Shout::default(), (Shout::default(), ()));
-        let mut out = Out::default();
+        let mut out = Recorder::default();
         stages.reasoning("think", &mut out);
         for piece in ["a", "b", "c"] {
             stages.content(piece, &mut out);
         }
         stages.flush(&mut out);
-        assert_eq!(out.0, ["r:think", "c:A", "c:B", "c:C"]);
+        assert_eq!(out.pieces, ["r:think", "c:A", "c:B", "c:C"]);
         let mut off: Option<Shout> = None;
         off.content("x", &mut out);
-        assert_eq!(out.0.last().map(String::as_str), Some("c:x"));
+        assert_eq!(out.pieces.last().map(String::as_str), Some("c:x"));
     }
 }

@@ -307,22 +307,7 @@ fn non_empty<'s>(v: &'s Option<Text<'_>>) -> Option<&'s str> {
 mod tests {
     use super::*;
 
-    #[derive(Default)]
-    struct Collect {
-        content: String,
-        reasoning: String,
-        reasoning_pieces: Vec<String>,
-    }
-
-    impl Emit for Collect {
-        fn reasoning(&mut self, text: &str) {
-            self.reasoning.push_str(text);
-            self.reasoning_pieces.push(text.to_owned());
-        }
-        fn content(&mut self, text: &str) {
-            self.content.push_str(text);
-        }
-    }
+    use crate::translate::testing::Recorder;
 
     fn thinking_frame(paragraphs: &[&str]) -> String {
         let list: Vec<String> = paragraphs.iter().map(|p| format!("{p:?}")).collect();
@@ -335,7 +320,7 @@ mod tests {
     #[test]
     fn summary_append_mode_emits_each_paragraph_once() {
         let mut t = Translator::new();
-        let mut out = Collect::default();
+        let mut out = Recorder::default();
         for frame in [
             thinking_frame(&["A"]),
             thinking_frame(&["A", "B"]),
@@ -344,13 +329,13 @@ mod tests {
             t.on_data(frame.as_bytes(), &mut out).unwrap();
         }
         assert_eq!(out.reasoning, "A\n\nB");
-        assert_eq!(out.reasoning_pieces, vec!["A", "\n\nB"]);
+        assert_eq!(out.pieces, ["r:A", "r:\n\nB"]);
     }
 
     #[test]
     fn summary_last_element_growth_mode() {
         let mut t = Translator::new();
-        let mut out = Collect::default();
+        let mut out = Recorder::default();
         for frame in [
             thinking_frame(&["Th"]),
             thinking_frame(&["Thin"]),
@@ -364,7 +349,7 @@ mod tests {
     #[test]
     fn summary_rewrite_is_not_duplicated() {
         let mut t = Translator::new();
-        let mut out = Collect::default();
+        let mut out = Recorder::default();
         t.on_data(thinking_frame(&["Alpha"]).as_bytes(), &mut out)
             .unwrap();
         t.on_data(thinking_frame(&["Alps"]).as_bytes(), &mut out)
@@ -377,7 +362,7 @@ mod tests {
     #[test]
     fn thinking_finished_is_not_the_end() {
         let mut t = Translator::new();
-        let mut out = Collect::default();
+        let mut out = Recorder::default();
         let f = br#"{"choices":[{"delta":{"content":"","phase":"thinking_summary","status":"finished"}}]}"#;
         assert_eq!(t.on_data(f, &mut out), Ok(Flow::Continue));
     }
@@ -385,7 +370,7 @@ mod tests {
     #[test]
     fn finished_without_content_is_an_empty_stream() {
         let mut t = Translator::new();
-        let mut out = Collect::default();
+        let mut out = Recorder::default();
         let f = br#"{"choices":[{"delta":{"content":"","phase":"answer","status":"finished"}}]}"#;
         assert_eq!(
             t.on_data(f, &mut out).unwrap_err().class,
@@ -403,7 +388,7 @@ mod tests {
     #[test]
     fn a_v2_stream_closed_before_its_finished_frame_was_truncated() {
         let mut t = Translator::new();
-        let mut out = Collect::default();
+        let mut out = Recorder::default();
         t.on_data(CREATED, &mut out).unwrap();
         t.on_data(HI, &mut out).unwrap();
         assert_eq!(t.on_eof().unwrap_err().class, UpstreamClass::Truncated);
@@ -421,7 +406,7 @@ mod tests {
     #[test]
     fn a_v1_stream_may_end_at_eof() {
         let mut t = Translator::new();
-        let mut out = Collect::default();
+        let mut out = Recorder::default();
         t.on_data(HI, &mut out).unwrap();
         assert_eq!(t.on_eof(), Ok(()));
     }
@@ -429,7 +414,7 @@ mod tests {
     #[test]
     fn missing_phase_is_answer_and_done_ends() {
         let mut t = Translator::new();
-        let mut out = Collect::default();
+        let mut out = Recorder::default();
         t.on_data(br#"{"choices":[{"delta":{"content":"x"}}]}"#, &mut out)
             .unwrap();
         assert_eq!(t.on_data(b"[DONE]", &mut out), Ok(Flow::Finished));
@@ -439,7 +424,7 @@ mod tests {
     #[test]
     fn garbage_is_a_protocol_error_but_unknown_shapes_are_skipped() {
         let mut t = Translator::new();
-        let mut out = Collect::default();
+        let mut out = Recorder::default();
         assert_eq!(
             t.on_data(br#"{"choices":"odd"}"#, &mut out),
             Ok(Flow::Continue)
