@@ -7,33 +7,13 @@
 
 mod support;
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
-use support::{expected_answer, summarize, Harness};
-
-use qwen_proxy::sim::SimConfig;
+use support::{assistant, expected_answer, quick_sim, summarize, user, Harness};
 
 const MODEL: &str = "qwen3.7-plus";
 
-fn sim() -> SimConfig {
-    // A short linger keeps "chat in progress" retries brief in tests.
-    SimConfig {
-        linger: Duration::from_millis(20),
-        ..SimConfig::default()
-    }
-}
-
 async fn harness(env: &[(&str, &str)]) -> Harness {
-    Harness::start_with(env, sim()).await
-}
-
-fn user(text: &str) -> Value {
-    json!({"role": "user", "content": text})
-}
-
-fn assistant(text: &str) -> Value {
-    json!({"role": "assistant", "content": text})
+    Harness::start_with(env, quick_sim()).await
 }
 
 /// Send `messages`; return the assistant's answer.

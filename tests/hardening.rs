@@ -10,26 +10,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{Harness, Reply};
-
-use qwen_proxy::sim::SimConfig;
+use support::{assistant, quick_sim, user, Harness, Reply};
 
 const MODEL: &str = "qwen3.7-plus";
-
-fn sim() -> SimConfig {
-    SimConfig {
-        linger: Duration::from_millis(20),
-        ..SimConfig::default()
-    }
-}
-
-fn user(text: &str) -> Value {
-    json!({"role": "user", "content": text})
-}
-
-fn assistant(text: &str) -> Value {
-    json!({"role": "assistant", "content": text})
-}
 
 async fn chat_with(h: &Harness, messages: &[Value], headers: &[(&str, &str)]) -> Reply {
     let body = json!({"model": MODEL, "messages": messages}).to_string();
@@ -37,40 +20,40 @@ async fn chat_with(h: &Harness, messages: &[Value], headers: &[(&str, &str)]) ->
         .await
 }
 
-fn answer(r: &Reply) -> String {
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 // === 1. one client identity, parsed once ===
 
 #[tokio::test]
 async fn the_bearer_scheme_in_any_case_keeps_tenants_apart() {
-    let h = Harness::start_with(&[("API_KEYS", "k1,k2")], sim()).await;
-    let a1 = answer(&chat_with(&h, &[user("one")], &[("authorization", "bearer k1")]).await);
+    let h = Harness::start_with(&[("API_KEYS", "k1,k2")], quick_sim()).await;
+    let a1 = chat_with(&h, &[user("one")], &[("authorization", "bearer k1")])
+        .await
+        .message_content();
     // Tenant k2 sends k1's history: it must not continue k1's upstream chat.
     let history = [user("one"), assistant(&a1), user("two")];
-    answer(&chat_with(&h, &history, &[("authorization", "BEARER k2")]).await);
+    chat_with(&h, &history, &[("authorization", "BEARER k2")])
+        .await
+        .message_content();
     assert_eq!(
         h.sim_stats().await["chats_created"],
         2,
         "k2 got its own chat"
     );
     // k1, in yet another spelling of the scheme, continues its own.
-    answer(&chat_with(&h, &history, &[("authorization", "Bearer k1")]).await);
+    chat_with(&h, &history, &[("authorization", "Bearer k1")])
+        .await
+        .message_content();
     assert_eq!(h.sim_stats().await["chats_created"], 2, "k1 continued");
 }
 
 #[tokio::test]
 async fn with_both_headers_authorization_decides_the_identity() {
-    let h = Harness::start_with(&[("API_KEYS", "k1,k2")], sim()).await;
-    let a1 = answer(&chat_with(&h, &[user("one")], &[("x-api-key", "k2")]).await);
+    let h = Harness::start_with(&[("API_KEYS", "k1,k2")], quick_sim()).await;
+    let a1 = chat_with(&h, &[user("one")], &[("x-api-key", "k2")])
+        .await
+        .message_content();
     let history = [user("one"), assistant(&a1), user("two")];
     let both = [("authorization", "bearer k1"), ("x-api-key", "k2")];
-    answer(&chat_with(&h, &history, &both).await);
+    chat_with(&h, &history, &both).await.message_content();
     assert_eq!(h.sim_stats().await["chats_created"], 2, "k1 is not k2");
     // A valid x-api-key does not rescue an invalid bearer key.
     let r = chat_with(
@@ -90,7 +73,7 @@ async fn the_rate_limit_is_per_key_whatever_the_scheme_spelling() {
             ("RATE_LIMIT_RPM", "60"),
             ("RATE_LIMIT_BURST", "1"),
         ],
-        sim(),
+        quick_sim(),
     )
     .await;
     let status = |r: Reply| r.status.as_u16();
@@ -117,7 +100,11 @@ async fn the_rate_limit_is_per_key_whatever_the_scheme_spelling() {
 
 #[tokio::test]
 async fn repeated_wrong_keys_lock_the_address_out() {
-    let h = Harness::start_with(&[("API_KEYS", "right"), ("AUTH_FAILURE_LIMIT", "3")], sim()).await;
+    let h = Harness::start_with(
+        &[("API_KEYS", "right"), ("AUTH_FAILURE_LIMIT", "3")],
+        quick_sim(),
+    )
+    .await;
     for i in 0..3 {
         let r = chat_with(
             &h,
@@ -148,7 +135,7 @@ async fn repeated_wrong_keys_lock_the_address_out() {
 
 #[tokio::test]
 async fn a_prompt_too_big_for_the_upstream_is_refused_before_any_upstream_call() {
-    let h = Harness::start_with(&[], sim()).await;
+    let h = Harness::start_with(&[], quick_sim()).await;
     // 120,000 characters: over the default UPSTREAM_BODY_LIMIT (112 KiB), under the
     // request body limit (4 MiB), and over the upstream's anti-bot wall once sent.
     let big = "x".repeat(120_000);
@@ -186,7 +173,7 @@ async fn a_prompt_too_big_for_the_upstream_is_refused_before_any_upstream_call()
 #[tokio::test]
 async fn a_stalled_request_body_gets_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let h = Harness::start_with(&[("BODY_READ_TIMEOUT", "300")], sim()).await;
+    let h = Harness::start_with(&[("BODY_READ_TIMEOUT", "300")], quick_sim()).await;
     let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
     // Complete headers, then 10 of the 81 announced body bytes, then nothing.
     s.write_all(
@@ -227,7 +214,7 @@ fn truncated_capture(extra: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_truncated_stream_ends_with_an_error_not_a_stop() {
-    let h = Harness::start_with(&[], sim()).await;
+    let h = Harness::start_with(&[], quick_sim()).await;
     // Cut in the middle of the next event: "Hi" has reached the client when the
     // connection closes.
     h.sim_replay(truncated_capture(40), 0).await;
@@ -246,16 +233,16 @@ async fn a_truncated_stream_ends_with_an_error_not_a_stop() {
 
 #[tokio::test]
 async fn a_truncated_answer_is_retried_or_a_502_when_not_streaming() {
-    let h = Harness::start_with(&[("RETRY_MAX_ATTEMPTS", "1")], sim()).await;
+    let h = Harness::start_with(&[("RETRY_MAX_ATTEMPTS", "1")], quick_sim()).await;
     h.sim_replay(truncated_capture(0), 0).await;
     let r = h.ask(MODEL, "hello", false).await;
     assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.error()["code"], "upstream_incomplete_response");
     // With retries, the next (complete) generation is the answer.
-    let h = Harness::start_with(&[], sim()).await;
+    let h = Harness::start_with(&[], quick_sim()).await;
     h.sim_replay(truncated_capture(0), 0).await;
     let r = h.ask(MODEL, "hello", false).await;
-    assert_eq!(answer(&r), support::expected_answer("hello"));
+    assert_eq!((r).message_content(), support::expected_answer("hello"));
     // The same when streaming: the cut is found before anything reached the client.
     h.sim_replay(truncated_capture(0), 0).await;
     let r = h.ask(MODEL, "hello", true).await;
@@ -269,7 +256,7 @@ async fn a_truncated_answer_is_retried_or_a_502_when_not_streaming() {
 
 #[tokio::test]
 async fn invalid_parameters_are_400s_naming_the_parameter() {
-    let h = Harness::start_with(&[], sim()).await;
+    let h = Harness::start_with(&[], quick_sim()).await;
     let tool = json!({"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}});
     for (extra, param) in [
         (json!({"tools": "x"}), "tools"),
@@ -292,13 +279,13 @@ async fn invalid_parameters_are_400s_naming_the_parameter() {
     let r = h
         .chat(json!({"model": MODEL, "messages": [user("hi")], "tools": [tool], "tool_choice": "none"}))
         .await;
-    assert_eq!(answer(&r), support::expected_answer("hi"));
+    assert_eq!((r).message_content(), support::expected_answer("hi"));
     assert_eq!(h.sim_stats().await["completion_requests"], 1);
 }
 
 #[tokio::test]
 async fn a_compressed_body_is_415_not_a_json_error() {
-    let h = Harness::start_with(&[], sim()).await;
+    let h = Harness::start_with(&[], quick_sim()).await;
     let r = h
         .post_raw(
             "/v1/chat/completions",
@@ -315,7 +302,7 @@ async fn a_compressed_body_is_415_not_a_json_error() {
 
 #[tokio::test]
 async fn busy_chat_waits_survive_a_spent_retry_budget() {
-    let h = Harness::start_with(&[("RETRY_MAX_ATTEMPTS", "3")], sim()).await;
+    let h = Harness::start_with(&[("RETRY_MAX_ATTEMPTS", "3")], quick_sim()).await;
     // A fault-heavy period: empty answers, each retried twice, until the shared budget is
     // spent (a final faulty request then gets no retry at all).
     let prompts: Vec<String> = (0..40).map(|i| format!("fault {i} @@sim:empty")).collect();
@@ -332,14 +319,14 @@ async fn busy_chat_waits_survive_a_spent_retry_budget() {
     assert_eq!(after - before, 1, "the budget is spent: no retry");
     // A busy chat is still waited out.
     let r = h.ask(MODEL, "busy @@sim:in_progress=2", false).await;
-    assert_eq!(answer(&r), support::expected_answer("busy"));
+    assert_eq!((r).message_content(), support::expected_answer("busy"));
 }
 
 // === 7. errors a client must not retry, and the pause after a challenge ===
 
 #[tokio::test]
 async fn account_failures_tell_clients_not_to_retry() {
-    let h = Harness::start_with(&[("CHALLENGE_COOLDOWN", "0")], sim()).await;
+    let h = Harness::start_with(&[("CHALLENGE_COOLDOWN", "0")], quick_sim()).await;
     for (directive, status, retry_after) in [
         ("rate_limited=2", 429, Some("7200")),
         ("unauthorized", 401, None),
@@ -366,7 +353,7 @@ async fn account_failures_tell_clients_not_to_retry() {
 
 #[tokio::test]
 async fn after_a_challenge_the_upstream_is_left_alone_for_the_cooldown() {
-    let h = Harness::start_with(&[("CHALLENGE_COOLDOWN", "120000")], sim()).await;
+    let h = Harness::start_with(&[("CHALLENGE_COOLDOWN", "120000")], quick_sim()).await;
     let r = h.ask(MODEL, "q @@sim:punish", false).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.error()["code"], "upstream_challenge");
@@ -421,7 +408,7 @@ async fn raw(h: &Harness, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn oversized_headers_get_431_in_the_openai_shape() {
-    let h = Harness::start_with(&[], sim()).await;
+    let h = Harness::start_with(&[], quick_sim()).await;
     let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
     let big = format!("x-big: {}\r\n", "v".repeat(70 * 1024));
     for headers in [many, big] {
@@ -449,7 +436,7 @@ async fn oversized_headers_get_431_in_the_openai_shape() {
 
 #[tokio::test]
 async fn what_hyper_rejects_itself_is_still_a_clean_400() {
-    let h = Harness::start_with(&[], sim()).await;
+    let h = Harness::start_with(&[], quick_sim()).await;
     // hyper reads the body lazily: a bad chunk size reaches our body reader, which answers
     // in the OpenAI shape.
     let reply = raw(

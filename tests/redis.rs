@@ -10,43 +10,22 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{expected_answer, Harness, RedisServer};
-
-use qwen_proxy::sim::SimConfig;
+use support::{assistant, expected_answer, quick_sim, user, Harness, RedisServer};
 
 const MODEL: &str = "qwen3.7-plus";
-
-fn user(text: &str) -> Value {
-    json!({"role": "user", "content": text})
-}
-
-fn assistant(text: &str) -> Value {
-    json!({"role": "assistant", "content": text})
-}
-
-fn sim() -> SimConfig {
-    SimConfig {
-        linger: Duration::from_millis(20),
-        ..SimConfig::default()
-    }
-}
 
 async fn answer(h: &Harness, addr: std::net::SocketAddr, messages: &[Value]) -> String {
     let r = h
         .chat_at(addr, json!({"model": MODEL, "messages": messages}))
         .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    r.message_content()
 }
 
 #[tokio::test]
 async fn a_conversation_continues_across_instances() {
     let redis = RedisServer::start().await;
     let url = redis.url();
-    let h = Harness::start_with(&[("REDIS_URL", &url)], sim()).await;
+    let h = Harness::start_with(&[("REDIS_URL", &url)], quick_sim()).await;
     let b = h.another_proxy(&[("REDIS_URL", &url)]).await;
     let instances = [h.addr, b.addr];
     let mut messages = Vec::new();
@@ -70,7 +49,7 @@ async fn a_conversation_continues_across_instances() {
 async fn locks_and_rate_limits_hold_across_instances() {
     let redis = RedisServer::start().await;
     let url = redis.url();
-    let h = Harness::start_with(&[("REDIS_URL", &url)], sim()).await;
+    let h = Harness::start_with(&[("REDIS_URL", &url)], quick_sim()).await;
     let b = h.another_proxy(&[("REDIS_URL", &url)]).await;
     let a1 = answer(&h, h.addr, &[user("one")]).await;
     let history = vec![user("one"), assistant(&a1), user("two @@sim:delay=5")];
@@ -108,7 +87,7 @@ async fn locks_and_rate_limits_hold_across_instances() {
 async fn redis_outage_degrades_then_recovers() {
     let mut redis = RedisServer::start().await;
     let url = redis.url();
-    let h = Harness::start_with(&[("REDIS_URL", &url)], sim()).await;
+    let h = Harness::start_with(&[("REDIS_URL", &url)], quick_sim()).await;
     let a1 = answer(&h, h.addr, &[user("one")]).await;
     redis.stop();
     // Requests keep working (local state), the degradation is visible.
@@ -151,7 +130,7 @@ async fn expired_sessions_chats_are_deleted_upstream() {
         if redis {
             env.push(("REDIS_URL", &url));
         }
-        let h = Harness::start_with(&env, sim()).await;
+        let h = Harness::start_with(&env, quick_sim()).await;
         answer(&h, h.addr, &[user("one")]).await;
         assert_eq!(h.sim_stats().await["chats"].as_object().unwrap().len(), 1);
         let stats = h

@@ -170,6 +170,15 @@ impl Reply {
     pub fn error(&self) -> Value {
         self.json()["error"].clone()
     }
+
+    /// The answer of a successful non-streaming completion.
+    pub fn message_content(&self) -> String {
+        assert_eq!(self.status, 200, "{}", String::from_utf8_lossy(&self.body));
+        self.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("a string message content")
+            .to_owned()
+    }
 }
 
 pub fn parse_sse(body: &[u8]) -> Vec<Value> {
@@ -253,6 +262,22 @@ pub fn summarize(events: &[Value]) -> StreamSummary {
         }
     }
     s
+}
+
+/// The simulator with a short linger: "chat in progress" waits stay brief in tests.
+pub fn quick_sim() -> SimConfig {
+    SimConfig {
+        linger: Duration::from_millis(20),
+        ..SimConfig::default()
+    }
+}
+
+pub fn user(text: &str) -> Value {
+    json!({"role": "user", "content": text})
+}
+
+pub fn assistant(text: &str) -> Value {
+    json!({"role": "assistant", "content": text})
 }
 
 /// The simulator's documented default answer (README "Simulator"), written out here
