@@ -33,6 +33,7 @@ pub mod routes;
 pub mod server;
 pub mod sim;
 pub mod stack;
+pub mod tools;
 pub mod translate;
 pub mod untrusted;
 

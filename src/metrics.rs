@@ -25,6 +25,7 @@ pub struct Metrics {
     pub active_streams: IntGauge,
     pub rate_limited: IntCounter,
     pub auth_failures: IntCounterVec,
+    pub tool_calls: IntCounterVec,
     pub upstream_cooldown: IntGauge,
     pub load_shed: IntCounter,
     pub conversation_turns: IntCounterVec,
@@ -125,6 +126,11 @@ impl Metrics {
             auth_failures: counter_vec(
                 "auth_failures_total",
                 "Requests refused for their API key: invalid_key (401), or throttled (429 while the address is locked out after repeated failures).",
+                &["outcome"],
+            ),
+            tool_calls: counter_vec(
+                "tool_calls_total",
+                "Function-calling emulation: calls emitted to clients, blocks with a name the request does not offer (unknown_name) or that did not parse (invalid), and answers asked again with a hint (retried).",
                 &["outcome"],
             ),
             upstream_cooldown: {

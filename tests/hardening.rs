@@ -460,3 +460,42 @@ async fn what_hyper_rejects_itself_is_still_a_clean_400() {
         assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
     }
 }
+
+// === 13. a small index, and methods the routes take ===
+
+#[tokio::test]
+async fn the_root_describes_the_api_and_wrong_methods_say_what_is_allowed() {
+    let h = Harness::start_with(&[], quick_sim()).await;
+    let root = h.get("/").await;
+    assert_eq!(root.status, 200);
+    let index = root.json();
+    assert_eq!(index["name"], "qwen-proxy");
+    assert_eq!(
+        index["endpoints"]["chat_completions"],
+        "POST /v1/chat/completions"
+    );
+    assert_eq!(index["endpoints"]["models"], "GET /v1/models");
+    for (method, path, allow) in [
+        ("GET", "/v1/chat/completions", "POST"),
+        ("POST", "/v1/models", "GET"),
+        ("DELETE", "/v1/models/qwen3.7-plus", "GET"),
+        ("POST", "/health", "GET"),
+    ] {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(h.url(path))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let r = Harness::read(h.send(req).await).await;
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.headers["allow"], allow, "{method} {path}");
+        assert_eq!(r.error()["code"], "method_not_allowed");
+    }
+    // An unknown /v1 route says which routes exist.
+    let r = h
+        .post_raw("/v1/responses", "application/json", "{}", &[])
+        .await;
+    assert_eq!(r.status, 404);
+    let message = r.error()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("POST /v1/chat/completions"), "{message}");
+}

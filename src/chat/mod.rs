@@ -34,7 +34,7 @@ use crate::openai::request::ChatRequest;
 use crate::qwen::request::{Turn, CHAT_ID_PLACEHOLDER};
 use crate::server::RequestStart;
 use fallback::{Fallback, Fallbacks};
-use respond::Attempt;
+use respond::{Answered, Attempt};
 
 /// The innermost service of the chat route.
 #[derive(Clone, Debug)]
@@ -113,10 +113,32 @@ async fn converse(
     };
     let backoff = Backoff::from_config(&state.config.retry);
     let mut fallbacks = Fallbacks::default();
+    let mut tool_retry = true;
     loop {
-        let result = send(state, req, &plan, &mut prepared, start).await;
-        let Err(e) = result else {
-            return result;
+        let result = send(state, req, &plan, &mut prepared, start, tool_retry).await;
+        let e = match result {
+            Ok(Answered::Response(rsp)) => return Ok(rsp),
+            Ok(Answered::RetryWithHint(hint)) => {
+                // Once: the model gets the hint, in a fresh chat with the whole history (the
+                // client never sees the first answer or the hint).
+                tracing::info!(
+                    hint = hint.label(),
+                    "the answer did not satisfy the tools; asking again"
+                );
+                state
+                    .metrics
+                    .tool_calls
+                    .with_label_values(&["retried"])
+                    .inc();
+                tool_retry = false;
+                prepared = conv.fresh(req, identity, &plan.model, "fallback");
+                if let Some(tools) = req.tools.as_deref() {
+                    prepared.content.push_str("\n\n");
+                    prepared.content.push_str(&hint.text(tools));
+                }
+                continue;
+            }
+            Err(e) => e,
         };
         if let (Some(class), Some(key)) = (e.upstream_class(), &prepared.continued_from) {
             if matches!(
@@ -153,7 +175,8 @@ async fn send(
     plan: &Plan,
     prepared: &mut Prepared,
     start: Instant,
-) -> Result<Response<ProxyBody>, ProxyError> {
+    tool_retry: bool,
+) -> Result<Answered, ProxyError> {
     check_upstream_size(prepared, plan, state.config.upstream_body_limit)?;
     // One generation per chat: wait (bounded) for other requests on this conversation.
     let lock = match &prepared.target {
@@ -176,6 +199,7 @@ async fn send(
         plan,
         prepared,
         start,
+        tool_retry,
     }
     .respond(lock)
     .await

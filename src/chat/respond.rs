@@ -16,11 +16,15 @@ use crate::common::epoch_secs;
 use crate::conversation::transcript::Transcript;
 use crate::conversation::{ChatLock, ChatTarget, Prepared};
 use crate::error::ProxyError;
-use crate::openai::encoder::{ChunkEncoder, UsageJson};
+use crate::openai::encoder::{call_id, ChunkEncoder, UsageJson};
 use crate::openai::mapping::Plan;
 use crate::openai::request::ChatRequest;
-use crate::openai::response::{AssistantMessage, ChatCompletion, Choice};
+use crate::openai::response::{
+    AssistantMessage, ChatCompletion, Choice, FunctionJson, ToolCallJson,
+};
 use crate::qwen::request::Turn;
+use crate::tools::prompt::Hint;
+use crate::tools::scan::{ScanConfig, ToolScan};
 use crate::translate::aggregate;
 use crate::translate::body::{Outcome, StreamEnd, TranslateBody, UpstreamStream};
 use crate::translate::limits::{estimate_tokens, Limits};
@@ -34,6 +38,16 @@ pub struct Attempt<'a> {
     pub prepared: &'a Prepared,
     /// When the request arrived (time to first token, stream duration).
     pub start: Instant,
+    /// The tool-call scanner may ask for one retry with a hint (first attempt only).
+    pub tool_retry: bool,
+}
+
+/// What an attempt came to.
+pub enum Answered {
+    Response(Response<ProxyBody>),
+    /// The model's answer does not satisfy the request's tools, and nothing of it reached
+    /// the client: ask once more, with this hint.
+    RetryWithHint(Hint),
 }
 
 type Upstream = UpstreamStream<Incoming, TurnStages>;
@@ -42,7 +56,7 @@ impl Attempt<'_> {
     /// Send the prepared turn and build the response. `Ok` only once the answer has begun
     /// (streaming) or is complete (not streaming): every `Err` happens before the first
     /// byte reaches the client.
-    pub async fn respond(self, lock: Option<ChatLock>) -> Result<Response<ProxyBody>, ProxyError> {
+    pub async fn respond(self, lock: Option<ChatLock>) -> Result<Answered, ProxyError> {
         let ChatTarget::Existing { chat_id, parent_id } = &self.prepared.target else {
             return Err(ProxyError::Internal(
                 "chat not resolved before sending".to_owned(),
@@ -63,9 +77,19 @@ impl Attempt<'_> {
             .conversations
             .continue_chats
             .then(|| Transcript::new(self.prepared.reply_key.clone()));
+        let scan = self.req.tools.as_ref().map(|set| {
+            ToolScan::new(ScanConfig {
+                set: set.clone(),
+                retry_allowed: self.tool_retry,
+                streaming: self.req.stream,
+            })
+        });
         let stages = (
-            Limits::new(self.req.stop.clone(), self.req.max_tokens),
-            transcript,
+            scan,
+            (
+                Limits::new(self.req.stop.clone(), self.req.max_tokens),
+                transcript,
+            ),
         );
         let pipeline = Pipeline::new(stages, estimate_tokens(&self.prepared.content));
         let stream =
@@ -90,7 +114,7 @@ impl Attempt<'_> {
         stream: Upstream,
         end: TurnEnd,
         id: &str,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Answered, ProxyError> {
         let state = self.state;
         let encoder = ChunkEncoder::new(id, epoch_secs(), &self.req.model, self.req.include_usage);
         let mut body = TranslateBody::new(stream, encoder, Some(state.config.sse_keepalive))
@@ -98,6 +122,9 @@ impl Attempt<'_> {
         // A failure here drops `end` untold (its lock is released): it is this request's
         // error, for the retry layer and the error map.
         body.prime().await?;
+        if let Some(hint) = tool_retry(body.pipeline()) {
+            return Ok(Answered::RetryWithHint(hint));
+        }
         state
             .metrics
             .ttft
@@ -109,7 +136,7 @@ impl Attempt<'_> {
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        Ok(rsp)
+        Ok(Answered::Response(rsp))
     }
 
     /// The whole answer as one `chat.completion`. Any upstream error — also one after
@@ -119,7 +146,7 @@ impl Attempt<'_> {
         mut stream: Upstream,
         end: TurnEnd,
         id: &str,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Answered, ProxyError> {
         let ttft = self
             .state
             .metrics
@@ -136,6 +163,9 @@ impl Attempt<'_> {
                 return Err(e);
             }
         };
+        if let Some(hint) = tool_retry(stream.pipeline()) {
+            return Ok(Answered::RetryWithHint(hint));
+        }
         if let Some(settle) = end.ended(Outcome::Completed { reason, usage }, stream.pipeline_mut())
         {
             settle.await;
@@ -149,9 +179,19 @@ impl Attempt<'_> {
                 index: 0,
                 message: AssistantMessage {
                     role: "assistant",
-                    content: &message.content,
+                    content: (!message.content.is_empty() || message.tool_calls.is_empty())
+                        .then_some(message.content.as_str()),
                     reasoning_content: (!message.reasoning.is_empty())
                         .then_some(message.reasoning.as_str()),
+                    tool_calls: message
+                        .tool_calls
+                        .iter()
+                        .map(|(name, arguments)| ToolCallJson {
+                            id: call_id(),
+                            kind: "function",
+                            function: FunctionJson { name, arguments },
+                        })
+                        .collect(),
                     refusal: None,
                 },
                 logprobs: None,
@@ -160,6 +200,13 @@ impl Attempt<'_> {
             usage: UsageJson::from(usage),
             system_fingerprint: None,
         };
-        Ok(json_response(serde_json::to_vec(&body).unwrap_or_default()))
+        Ok(Answered::Response(json_response(
+            serde_json::to_vec(&body).unwrap_or_default(),
+        )))
     }
+}
+
+/// The scanner's request for a retry, if any.
+fn tool_retry(pipeline: &Pipeline<TurnStages>) -> Option<Hint> {
+    pipeline.stages().0.as_ref().and_then(ToolScan::retry)
 }

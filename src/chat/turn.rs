@@ -11,14 +11,16 @@ use crate::conversation::store::Session;
 use crate::conversation::transcript::Transcript;
 use crate::conversation::ChatLock;
 use crate::error::UpstreamClass;
+use crate::tools::scan::{ScanStats, ToolScan};
 use crate::translate::body::{Outcome, Settle, StreamEnd};
 use crate::translate::limits::Limits;
 use crate::translate::pipeline::Pipeline;
 use crate::translate::stage::Stage;
 use crate::translate::state::Usage;
 
-/// The core's pipeline stages: output limits, then the transcript (conversations on).
-pub type TurnStages = (Limits, Option<Transcript>);
+/// The core's pipeline stages: the tool-call scanner (function calling), the output
+/// limits, then the transcript (conversations on).
+pub type TurnStages = (Option<ToolScan>, (Limits, Option<Transcript>));
 
 /// Whoever answers for one upstream turn.
 pub struct TurnEnd {
@@ -70,6 +72,16 @@ impl TurnEnd {
         }
     }
 
+    fn record_tool_calls(&self, s: ScanStats) {
+        let m = &self.state.metrics.tool_calls;
+        m.with_label_values(&["emitted"])
+            .inc_by(u64::from(s.emitted));
+        m.with_label_values(&["unknown_name"])
+            .inc_by(u64::from(s.unknown_name));
+        m.with_label_values(&["invalid"])
+            .inc_by(u64::from(s.invalid));
+    }
+
     fn stream_ended(&mut self, outcome: &'static str) {
         let Some(start) = self.stream_started.take() else {
             return;
@@ -112,9 +124,12 @@ impl StreamEnd<TurnStages> for TurnEnd {
             Outcome::Completed { usage, .. } => {
                 self.record_tokens(usage);
                 self.stream_ended("completed");
+                let (scan, (limits, transcript)) = pipeline.stages_mut();
+                if let Some(scan) = scan {
+                    self.record_tool_calls(scan.stats());
+                }
                 // A reply cut on our side (stop, max_tokens) differs from what the upstream
                 // chat holds: it is not remembered.
-                let (limits, transcript) = pipeline.stages_mut();
                 let reply_key = match limits.finish_reason() {
                     None => transcript.take().map(Transcript::into_key),
                     Some(_) => None,

@@ -10,7 +10,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::openai::request::Role;
+use crate::openai::request::{Message, Role};
 
 #[derive(Clone)]
 pub struct KeyBuilder {
@@ -89,6 +89,31 @@ impl KeyBuilder {
         self.begin(role, name);
         self.text(text);
         self.end();
+    }
+
+    /// A message of the request's history: its text, then the calls it made (an assistant),
+    /// exactly as the transcript hashed them when we sent them; a tool result under the call
+    /// it answers.
+    pub fn history_message(&mut self, m: &Message) {
+        self.begin(m.role, m.result_label());
+        self.text(&m.content);
+        for call in &m.tool_calls {
+            self.tool_call(&call.name, &call.arguments);
+        }
+        self.end();
+    }
+
+    /// A tool call of the message being hashed. Arguments count as the JSON they are, not
+    /// as text: a client that re-serialises them (`{"a": 1}` for `{"a":1}`) keeps its chat.
+    pub fn tool_call(&mut self, name: &str, arguments: &str) {
+        self.hasher.update([0xFD]);
+        self.hasher.update(name.as_bytes());
+        self.hasher.update([0xFC]);
+        match serde_json::from_str::<serde_json::Value>(arguments) {
+            Ok(v) => self.hasher.update(v.to_string().as_bytes()),
+            Err(_) => self.hasher.update(arguments.as_bytes()),
+        }
+        self.pending_space = false;
     }
 
     pub fn finish(&self) -> Key {

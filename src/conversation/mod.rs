@@ -36,6 +36,7 @@ use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::openai::mapping::{fold, fold_turns};
 use crate::openai::request::{ChatRequest, Role};
+use crate::tools::prompt::tools_section;
 use key::{Key, KeyBuilder};
 use store::{MemoryStore, Session, SessionStore, StoreError};
 
@@ -214,7 +215,7 @@ impl Conversations {
                 chat_id: s.chat_id,
                 parent_id: Some(s.parent_id),
             },
-            content: fold_turns(&req.messages[split..]),
+            content: fold_turns(req, split),
             reply_key,
             continued_from: Some(prefix_key),
         }
@@ -255,7 +256,7 @@ impl Conversations {
             .iter()
             .filter(|m| m.role != Role::System)
         {
-            kb.message(m.role, m.name.as_deref(), &m.content);
+            kb.history_message(m);
         }
         (prefix_key, split, kb)
     }
@@ -267,6 +268,10 @@ impl Conversations {
         for m in req.messages.iter().filter(|m| m.role == Role::System) {
             kb.message(Role::System, None, &m.content);
         }
+        // The tools are part of what the upstream chat was told: other tools, another chat.
+        if let Some(tools) = req.tools.as_deref() {
+            kb.message(Role::System, None, &tools_section(tools));
+        }
         let split = req
             .messages
             .iter()
@@ -276,7 +281,7 @@ impl Conversations {
             .iter()
             .filter(|m| m.role != Role::System)
         {
-            kb.message(m.role, m.name.as_deref(), &m.content);
+            kb.history_message(m);
         }
         (kb, split)
     }

@@ -5,7 +5,7 @@
 use super::key::{Key, KeyBuilder};
 use crate::openai::request::Role;
 use crate::translate::stage::Stage;
-use crate::translate::state::Emit;
+use crate::translate::state::{Emit, ToolCall};
 
 #[derive(Debug)]
 pub struct Transcript {
@@ -35,6 +35,11 @@ impl Stage for Transcript {
     fn content(&mut self, text: &str, next: &mut impl Emit) {
         self.key.text(text);
         next.content(text);
+    }
+
+    fn tool_call(&mut self, call: &ToolCall<'_>, next: &mut impl Emit) {
+        self.key.tool_call(call.name, call.arguments);
+        next.tool_call(call);
     }
 }
 

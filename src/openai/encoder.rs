@@ -4,6 +4,11 @@
 //! per stream into `head`; a content chunk then costs one `put_slice` of the head, a
 //! `serde_json` string escape of the text, and a few literal slices. `take()` hands the
 //! bytes written so far to the body as one frame.
+//!
+//! Tool calls follow the rules real client parsers enforce (tool-calling.md §1.3): per call
+//! one chunk with `index`, `id`, `type`, `function.name` and `arguments: ""`, then the
+//! arguments in slices of at most [`ARGUMENT_SLICE`] bytes, each chunk carrying only `index`
+//! and `function.arguments`; indices contiguous from 0; ids unique.
 
 use std::fmt::Write as _;
 
@@ -11,7 +16,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::ProxyError;
 use crate::translate::body::Render;
-use crate::translate::state::{Emit, FinishReason, Usage};
+use crate::translate::state::{Emit, FinishReason, ToolCall, Usage};
+
+/// The longest `arguments` piece in one chunk.
+pub const ARGUMENT_SLICE: usize = 4096;
 
 #[derive(Debug)]
 pub struct ChunkEncoder {
@@ -20,6 +28,8 @@ pub struct ChunkEncoder {
     include_usage: bool,
     buf: BytesMut,
     role_sent: bool,
+    /// Tool calls written so far (the next one's index).
+    calls: usize,
 }
 
 impl ChunkEncoder {
@@ -41,6 +51,7 @@ impl ChunkEncoder {
             // reclaimed once the body has written it (the buffer is then unique again).
             buf: BytesMut::with_capacity(1024),
             role_sent: false,
+            calls: 0,
         }
     }
 
@@ -143,6 +154,58 @@ impl Emit for ChunkEncoder {
     fn content(&mut self, text: &str) {
         self.delta(b"content", text);
     }
+
+    fn tool_call(&mut self, call: &ToolCall<'_>) {
+        self.ensure_role();
+        let index = self.calls;
+        self.calls += 1;
+        // The header: everything a parser needs to open the call, and empty arguments (never
+        // a placeholder such as `{}`, which the AI SDK would take for the whole call).
+        self.open_choice();
+        let _ = write!(
+            self.buf,
+            "{{\"tool_calls\":[{{\"index\":{index},\"id\":\"{}\"",
+            call_id()
+        );
+        self.buf
+            .put_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+        write_json_str(&mut self.buf, call.name);
+        self.buf.put_slice(b",\"arguments\":\"\"}}]}");
+        self.close_choice(None);
+        let mut rest = call.arguments;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(ARGUMENT_SLICE);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (slice, tail) = rest.split_at(cut);
+            self.open_choice();
+            let _ = write!(
+                self.buf,
+                "{{\"tool_calls\":[{{\"index\":{index},\"function\":{{\"arguments\":"
+            );
+            write_json_str(&mut self.buf, slice);
+            self.buf.put_slice(b"}}]}");
+            self.close_choice(None);
+            rest = tail;
+        }
+    }
+}
+
+/// `call_` and 24 random letters and digits, as OpenAI's ids look.
+pub fn call_id() -> String {
+    const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut id = String::with_capacity(29);
+    id.push_str("call_");
+    // Twelve letters from each of two random UUIDs (122 random bits each; 62^12 < 2^71).
+    for _ in 0..2 {
+        let mut n = uuid::Uuid::new_v4().as_u128();
+        for _ in 0..12 {
+            id.push(char::from(ALPHABET[(n % 62) as usize]));
+            n /= 62;
+        }
+    }
+    id
 }
 
 fn write_json_str(buf: &mut BytesMut, s: &str) {
@@ -204,6 +267,61 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn tool_calls_open_with_a_header_then_argument_slices() {
+        let mut e = ChunkEncoder::new("chatcmpl-1", 7, "m", false);
+        e.content("Let me check.");
+        let long = format!("{{\"content\":\"{}\"}}", "é".repeat(3000));
+        e.tool_call(&ToolCall {
+            name: "write_file",
+            arguments: &long,
+        });
+        e.tool_call(&ToolCall {
+            name: "get_weather",
+            arguments: "{\"city\":\"Paris\"}",
+        });
+        e.finish(FinishReason::ToolCalls, Usage::default());
+        let evs = events(&e.take().unwrap());
+        let deltas: Vec<&Value> = evs[..evs.len() - 1]
+            .iter()
+            .map(|ev| &ev["choices"][0]["delta"])
+            .collect();
+        assert_eq!(deltas[1]["content"], "Let me check.");
+        let first = &deltas[2]["tool_calls"];
+        assert_eq!(first.as_array().unwrap().len(), 1);
+        assert_eq!(first[0]["index"], 0);
+        assert_eq!(first[0]["type"], "function");
+        assert_eq!(first[0]["function"]["name"], "write_file");
+        assert_eq!(first[0]["function"]["arguments"], "");
+        let id0 = first[0]["id"].as_str().unwrap().to_owned();
+        assert!(id0.starts_with("call_") && id0.len() == 29, "{id0}");
+        // 6,000+ bytes of arguments: two slices, each only index and arguments.
+        let mut args = String::new();
+        let mut i = 3;
+        while deltas[i]["tool_calls"][0].get("id").is_none() {
+            let entry = deltas[i]["tool_calls"][0].as_object().unwrap();
+            assert_eq!(entry.len(), 2, "{entry:?}");
+            assert_eq!(entry["index"], 0);
+            args.push_str(entry["function"]["arguments"].as_str().unwrap());
+            assert_eq!(entry["function"].as_object().unwrap().len(), 1);
+            i += 1;
+        }
+        assert_eq!(i, 5, "two slices");
+        assert_eq!(args, long);
+        let second = &deltas[i]["tool_calls"][0];
+        assert_eq!(second["index"], 1);
+        assert_ne!(second["id"].as_str().unwrap(), id0);
+        assert_eq!(
+            deltas[i + 1]["tool_calls"][0]["function"]["arguments"],
+            "{\"city\":\"Paris\"}"
+        );
+        assert_eq!(
+            evs[evs.len() - 2]["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
+        assert_eq!(evs.last().unwrap(), &Value::String("[DONE]".into()));
     }
 
     #[test]

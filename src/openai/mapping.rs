@@ -11,11 +11,24 @@
 //!   line: `[System]`, `[User]`, `[Assistant]`, `[Tool result: <name>]`, each label on its
 //!   own line followed by the text. All system/developer messages are merged into one
 //!   `[System]` section at the top, so the instructions come first.
+//! * with tools (function-calling emulation, `crate::tools`): the tools section closes the
+//!   `[System]` section; an assistant's calls follow its text as `[TOOL CALL #k]` blocks (no
+//!   call ids), results are `[TOOL RESULT #k: <name>]` … `[END TOOL RESULT]` blocks (`(empty)`
+//!   for an empty one), marker-like text in every message is defused, and a reminder of the
+//!   tools and of `tool_choice` ends the text. Without tools, calls and results in the
+//!   history are prose, so the model does not start writing markers.
 
-use super::request::{ChatRequest, Message, ReasoningEffort, ResponseFormat, Role};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use super::request::{CalledTool, ChatRequest, Message, ReasoningEffort, ResponseFormat, Role};
 use crate::error::ProxyError;
 use crate::qwen::models::{Catalog, UpstreamModel, Variant};
 use crate::qwen::request::{FeatureConfig, Thinking};
+use crate::tools::{neutralize, prompt, ToolSet, CALL_CLOSE, RESULT_CLOSE};
 
 /// The upstream side of one request (where it goes and what text it sends is decided by
 /// the conversation store: `conversation::Conversations::prepare`).
@@ -70,7 +83,7 @@ fn thinking_mode(req: &ChatRequest, model: &UpstreamModel, variant: Variant) -> 
     }
 }
 
-/// Fold the conversation into one message (format in the module docs).
+/// Fold the conversation into one message for a fresh chat (format in the module docs).
 pub fn fold(req: &ChatRequest) -> String {
     let mut system: Vec<&str> = req
         .messages
@@ -92,43 +105,171 @@ pub fn fold(req: &ChatRequest) -> String {
             system.push(&instruction);
         }
     }
-    fold_with(&system, &req.messages)
+    let tools_section = req.tools.as_deref().map(prompt::tools_section);
+    if let Some(section) = &tools_section {
+        system.push(section);
+    }
+    Fold::new(req).render(&system, 0)
 }
 
-/// Fold only `messages` (the new turns of a continued chat; system text is already there).
-pub fn fold_turns(messages: &[Message]) -> String {
-    fold_with(&[], messages)
+/// Fold only the messages from `from` on (the new turns of a continued chat; the system
+/// text and the tools section are in the chat already).
+pub fn fold_turns(req: &ChatRequest, from: usize) -> String {
+    Fold::new(req).render(&[], from)
 }
 
-fn fold_with(system: &[&str], messages: &[Message]) -> String {
-    let turns: Vec<&Message> = messages.iter().filter(|m| m.role != Role::System).collect();
-    if system.is_empty() && turns.len() == 1 && turns[0].role == Role::User {
-        return turns[0].content.clone();
+/// Folding one request: with tools (emulation) calls and results become marker blocks and
+/// untrusted text is defused; without, they are prose.
+struct Fold<'a> {
+    req: &'a ChatRequest,
+    tools: Option<&'a ToolSet>,
+    /// Call id → (ordinal in the whole history, client tool name).
+    calls: HashMap<&'a str, (usize, &'a str)>,
+}
+
+impl<'a> Fold<'a> {
+    fn new(req: &'a ChatRequest) -> Self {
+        let mut calls = HashMap::new();
+        let all = req.messages.iter().flat_map(|m| m.tool_calls.iter());
+        for (k, call) in all.enumerate() {
+            calls
+                .entry(call.id.as_str())
+                .or_insert((k + 1, call.name.as_str()));
+        }
+        Fold {
+            req,
+            tools: req.tools.as_deref(),
+            calls,
+        }
     }
-    let mut out = String::new();
-    if !system.is_empty() {
-        out.push_str("[System]\n");
-        out.push_str(&system.join("\n\n"));
+
+    fn text(&self, text: &'a str) -> Cow<'a, str> {
+        match self.tools {
+            Some(_) => neutralize(text),
+            None => Cow::Borrowed(text),
+        }
     }
-    for m in turns {
-        if !out.is_empty() {
+
+    /// The name the model knows a client tool by.
+    fn model_name<'n>(&'n self, name: &'n str) -> &'n str {
+        self.tools.map_or(name, |t| t.aliases.to_model(name))
+    }
+
+    fn render(&self, system: &[&str], from: usize) -> String {
+        let turns: Vec<(usize, &Message)> = self
+            .req
+            .messages
+            .iter()
+            .enumerate()
+            .skip(from)
+            .filter(|(_, m)| m.role != Role::System)
+            .collect();
+        if self.tools.is_none()
+            && system.is_empty()
+            && turns.len() == 1
+            && turns[0].1.role == Role::User
+        {
+            return turns[0].1.content.clone();
+        }
+        let mut out = String::new();
+        if !system.is_empty() {
+            out.push_str("[System]\n");
+            out.push_str(&system.join("\n\n"));
+        }
+        let mut ordinal = self
+            .req
+            .messages
+            .iter()
+            .take(from)
+            .map(|m| m.tool_calls.len())
+            .sum::<usize>();
+        for (_, m) in turns {
+            if !out.is_empty() {
+                out.push_str("\n\n");
+            }
+            match m.role {
+                Role::Tool => self.result(&mut out, m),
+                Role::Assistant => {
+                    out.push_str("[Assistant]");
+                    if !m.content.is_empty() {
+                        out.push('\n');
+                        out.push_str(&self.text(&m.content));
+                    }
+                    for call in &m.tool_calls {
+                        ordinal += 1;
+                        self.call(&mut out, ordinal, call);
+                    }
+                }
+                role => {
+                    out.push('[');
+                    out.push_str(role.label());
+                    out.push_str("]\n");
+                    out.push_str(&self.text(&m.content));
+                }
+            }
+        }
+        if let Some(tools) = self.tools {
             out.push_str("\n\n");
+            out.push_str(&prompt::reminder(tools));
         }
-        match (m.role, &m.name) {
-            (Role::Tool, Some(name)) => {
-                out.push_str("[Tool result: ");
-                out.push_str(name);
-                out.push_str("]\n");
-            }
-            (role, _) => {
-                out.push('[');
-                out.push_str(role.label());
-                out.push_str("]\n");
-            }
-        }
-        out.push_str(&m.content);
+        out
     }
-    out
+
+    fn call(&self, out: &mut String, ordinal: usize, call: &CalledTool) {
+        let args: Value = serde_json::from_str(&call.arguments)
+            .unwrap_or_else(|_| Value::String(call.arguments.clone()));
+        match self.tools {
+            Some(_) => {
+                // No call id: ids written into history teach the model to mangle markers.
+                let block = format!(
+                    "{{\"name\": {}, \"arguments\": {args}}}",
+                    Value::String(self.model_name(&call.name).to_owned())
+                );
+                let _ = write!(
+                    out,
+                    "\n[TOOL CALL #{ordinal}]\n{}\n{CALL_CLOSE}",
+                    neutralize(&block)
+                );
+            }
+            None => {
+                let _ = write!(
+                    out,
+                    "\nThe assistant called the tool \"{}\" with these arguments: {args}",
+                    call.name
+                );
+            }
+        }
+    }
+
+    fn result(&self, out: &mut String, m: &Message) {
+        let known = m
+            .tool_call_id
+            .as_deref()
+            .and_then(|id| self.calls.get(id).copied());
+        let name = known
+            .map(|(_, n)| n)
+            .or(m.name.as_deref())
+            .or(m.tool_call_id.as_deref())
+            .unwrap_or("tool");
+        match self.tools {
+            Some(_) => {
+                let body = if m.content.trim().is_empty() {
+                    Cow::Borrowed("(empty)")
+                } else {
+                    self.text(&m.content)
+                };
+                let number = known.map_or(String::new(), |(k, _)| format!("#{k}: "));
+                let _ = write!(
+                    out,
+                    "[TOOL RESULT {number}{}]\n{body}\n{RESULT_CLOSE}",
+                    self.model_name(name)
+                );
+            }
+            None => {
+                let _ = write!(out, "[Tool result: {name}]\n{}", m.content);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,3 +7,4 @@ pub mod encoder;
 pub mod mapping;
 pub mod request;
 pub mod response;
+pub mod tools;

@@ -7,7 +7,11 @@
 
 use serde_json::{Map, Value};
 
+use std::sync::Arc;
+
+use super::tools;
 use crate::error::ProxyError;
+use crate::tools::ToolSet;
 use crate::untrusted::clip;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,10 +36,31 @@ impl Role {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub role: Role,
-    /// Text content (parts joined by newlines; assistant tool calls rendered as text).
+    /// Text content (parts joined by newlines).
     pub content: String,
-    /// `name` for tool/function messages, used as the label of a tool result.
+    /// `name` of a tool result (or of a legacy `function` message).
     pub name: Option<String>,
+    /// The calls an assistant message made.
+    pub tool_calls: Vec<CalledTool>,
+    /// The call a tool result answers.
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    /// What names a tool result in the conversation key and the fold: the call it answers,
+    /// else the tool's name.
+    pub fn result_label(&self) -> Option<&str> {
+        self.tool_call_id.as_deref().or(self.name.as_deref())
+    }
+}
+
+/// A call in an assistant message of the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalledTool {
+    pub id: String,
+    pub name: String,
+    /// The arguments as the client sent them back (a string of JSON, usually).
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +92,8 @@ pub struct ChatRequest {
     pub reasoning_effort: Option<ReasoningEffort>,
     pub enable_thinking: Option<bool>,
     pub response_format: ResponseFormat,
+    /// Function calling (emulated upstream); `None` for plain text.
+    pub tools: Option<Arc<ToolSet>>,
 }
 
 fn bad(message: impl Into<String>, param: &str) -> ProxyError {
@@ -221,17 +248,7 @@ impl ChatRequest {
         };
         let enable_thinking = opt_bool(obj, "enable_thinking")?;
 
-        let tools = ToolRequest::parse(obj)?;
-        if tools.wants_calls() {
-            return Err(bad(
-                format!(
-                    "`{}` (function calling) is not supported by this proxy yet; send \
-                     tool_choice \"none\" to answer without tools.",
-                    tools.param
-                ),
-                tools.param,
-            ));
-        }
+        let tools = tools::parse(obj)?.map(Arc::new);
 
         let response_format = match obj.get("response_format") {
             None | Some(Value::Null) => ResponseFormat::Text,
@@ -269,169 +286,9 @@ impl ChatRequest {
             reasoning_effort,
             enable_thinking,
             response_format,
+            tools,
         })
     }
-}
-
-/// `tools` / `tool_choice` (or the deprecated `functions` / `function_call`), checked the way
-/// OpenAI checks them.
-#[derive(Debug, Default)]
-struct ToolRequest {
-    /// Declared function names.
-    names: Vec<String>,
-    /// `tool_choice: "none"` (or `function_call: "none"`): answer without tools.
-    none: bool,
-    /// The parameter the tools came in (`tools` or `functions`).
-    param: &'static str,
-}
-
-impl ToolRequest {
-    fn parse(obj: &Map<String, Value>) -> Result<Self, ProxyError> {
-        let present = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
-        let list_key = if present("functions") && !present("tools") {
-            "functions"
-        } else {
-            "tools"
-        };
-        let choice_key = if present("function_call") && !present("tool_choice") {
-            "function_call"
-        } else {
-            "tool_choice"
-        };
-        let names = match obj.get(list_key) {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, t)| tool_name(t, list_key, i))
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(bad(format!("`{list_key}` must be an array."), list_key)),
-        };
-        let choice = obj.get(choice_key);
-        let mut none = false;
-        match choice {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) => match s.as_str() {
-                "none" => none = true,
-                "auto" | "required" if !names.is_empty() || s == "auto" => {}
-                "required" => {
-                    return Err(bad(
-                        "`tool_choice` \"required\" needs at least one tool in `tools`.",
-                        choice_key,
-                    ))
-                }
-                _ => {
-                    return Err(bad(
-                        format!("`{choice_key}` must be \"none\", \"auto\", \"required\" or an object naming a function."),
-                        choice_key,
-                    ))
-                }
-            },
-            Some(Value::Object(o)) => {
-                let name = o
-                    .get("function")
-                    .and_then(|f| f.get("name"))
-                    .or_else(|| o.get("name"))
-                    .and_then(Value::as_str);
-                match name {
-                    Some(n) if names.iter().any(|t| t == n) => {}
-                    Some(n) => {
-                        return Err(bad(
-                            format!(
-                                "`{choice_key}` names the function `{}`, which is not in `{list_key}`.",
-                                clip(n)
-                            ),
-                            choice_key,
-                        ))
-                    }
-                    // `allowed_tools` and other forms without one name: checked when tools are used.
-                    None if o.contains_key("allowed_tools") || o.get("type").and_then(Value::as_str) == Some("allowed_tools") => {}
-                    None => {
-                        return Err(bad(
-                            format!("`{choice_key}` must name a function: {{\"type\": \"function\", \"function\": {{\"name\": …}}}}."),
-                            choice_key,
-                        ))
-                    }
-                }
-            }
-            Some(_) => {
-                return Err(bad(
-                    format!("`{choice_key}` must be a string or an object."),
-                    choice_key,
-                ))
-            }
-        }
-        Ok(ToolRequest {
-            names,
-            none,
-            param: list_key,
-        })
-    }
-
-    /// Whether the client asks for function calling (tools, and not `none`).
-    fn wants_calls(&self) -> bool {
-        !self.names.is_empty() && !self.none
-    }
-}
-
-/// The function name of `tools[i]` (`{"type":"function","function":{"name":…}}`) or
-/// `functions[i]` (`{"name":…}`).
-fn tool_name(t: &Value, list_key: &str, i: usize) -> Result<String, ProxyError> {
-    let param = format!("{list_key}[{i}]");
-    let Value::Object(o) = t else {
-        return Err(bad("Each tool must be an object.", &param));
-    };
-    let function = if list_key == "tools" {
-        match o.get("type").and_then(Value::as_str) {
-            Some("function") => {}
-            Some(other) => {
-                return Err(bad(
-                    format!(
-                        "Tool type `{}` is not supported; use \"function\".",
-                        clip(other)
-                    ),
-                    &format!("{param}.type"),
-                ))
-            }
-            None => {
-                return Err(bad(
-                    "Each tool needs `type`: \"function\".",
-                    &format!("{param}.type"),
-                ))
-            }
-        }
-        o.get("function")
-            .and_then(Value::as_object)
-            .ok_or_else(|| {
-                bad(
-                    "A function tool needs a `function` object.",
-                    &format!("{param}.function"),
-                )
-            })?
-    } else {
-        o
-    };
-    let fparam = if list_key == "tools" {
-        format!("{param}.function.name")
-    } else {
-        format!("{param}.name")
-    };
-    match function.get("name").and_then(Value::as_str) {
-        Some(n) if valid_function_name(n) => Ok(n.to_owned()),
-        Some(_) => Err(bad(
-            "A function name must be 1 to 64 characters of a-z, A-Z, 0-9, underscores, dashes, dots or colons.",
-            &fparam,
-        )),
-        None => Err(bad("Each function needs a string `name`.", &fparam)),
-    }
-}
-
-/// OpenAI's rule for function names (`^[a-zA-Z0-9_-]{1,64}$`), plus the dots and colons that
-/// MCP tool names carry.
-fn valid_function_name(n: &str) -> bool {
-    (1..=64).contains(&n.len())
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
 fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, ProxyError> {
@@ -481,9 +338,9 @@ fn parse_message(i: usize, m: &Value) -> Result<Message, ProxyError> {
         }
     };
     let param = format!("messages[{i}].content");
-    let mut content = match m.get("content") {
+    let content = match m.get("content") {
         Some(Value::String(s)) => s.clone(),
-        None | Some(Value::Null) if role == Role::Assistant => String::new(),
+        None | Some(Value::Null) if matches!(role, Role::Assistant | Role::Tool) => String::new(),
         None | Some(Value::Null) => {
             return Err(bad(
                 format!(
@@ -501,35 +358,60 @@ fn parse_message(i: usize, m: &Value) -> Result<Message, ProxyError> {
             ))
         }
     };
-    if role == Role::Assistant {
-        if let Some(Value::Array(calls)) = m.get("tool_calls") {
-            for call in calls {
-                let f = call.get("function");
-                let name = f
-                    .and_then(|f| f.get("name"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("?");
-                let args = f
-                    .and_then(|f| f.get("arguments"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                if !content.is_empty() {
-                    content.push('\n');
-                }
-                content.push_str(&format!("[called tool {name} with {args}]"));
-            }
-        }
-    }
-    let name = m
-        .get("name")
-        .or_else(|| m.get("tool_call_id"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let tool_calls = if role == Role::Assistant {
+        called_tools(m, i)?
+    } else {
+        Vec::new()
+    };
+    let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
     Ok(Message {
         role,
         content,
-        name,
+        name: text("name"),
+        tool_calls,
+        tool_call_id: text("tool_call_id"),
     })
+}
+
+/// `tool_calls` of an assistant message (or its legacy `function_call`). Arguments may be a
+/// string (the norm) or an object (some clients re-serialise); both are kept as JSON text.
+fn called_tools(m: &Map<String, Value>, i: usize) -> Result<Vec<CalledTool>, ProxyError> {
+    let one = |call: &Value, param: &str| -> Result<CalledTool, ProxyError> {
+        let f = call.get("function").unwrap_or(call);
+        let name = f
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("A tool call needs `function.name`.", param))?;
+        let arguments = match f.get("arguments") {
+            None | Some(Value::Null) => "{}".to_owned(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        };
+        Ok(CalledTool {
+            id: call
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            name: name.to_owned(),
+            arguments,
+        })
+    };
+    match (m.get("tool_calls"), m.get("function_call")) {
+        (Some(Value::Array(calls)), _) => calls
+            .iter()
+            .enumerate()
+            .map(|(j, c)| one(c, &format!("messages[{i}].tool_calls[{j}]")))
+            .collect(),
+        (None | Some(Value::Null), Some(f @ Value::Object(_))) => {
+            Ok(vec![one(f, &format!("messages[{i}].function_call"))?])
+        }
+        (None | Some(Value::Null), _) => Ok(Vec::new()),
+        (Some(_), _) => Err(bad(
+            "`tool_calls` must be an array.",
+            &format!("messages[{i}].tool_calls"),
+        )),
+    }
 }
 
 fn parse_parts(parts: &[Value], param: &str) -> Result<String, ProxyError> {
@@ -668,8 +550,6 @@ mod tests {
                 r#""functions":[{"name":"f"}],"function_call":{"name":"g"}"#.to_owned(),
                 "function_call",
             ),
-            // Function calling itself is not available yet.
-            (format!(r#""tools":[{tool}]"#), "tools"),
         ] {
             assert_eq!(err_param(&with(&extra)).as_deref(), Some(param), "{extra}");
         }
@@ -677,6 +557,7 @@ mod tests {
             format!(r#""tools":[{tool}],"tool_choice":"none""#),
             r#""tools":[],"tool_choice":"auto""#.to_owned(),
             r#""functions":[{"name":"f"}],"function_call":"none""#.to_owned(),
+            format!(r#""tools":[{tool}]"#),
         ] {
             assert!(
                 ChatRequest::from_slice(with(&ok).as_bytes()).is_ok(),

@@ -26,10 +26,28 @@ pub struct Choice<'a> {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage<'a> {
     pub role: &'static str,
-    pub content: &'a str,
+    /// `null` when the reply is only tool calls.
+    pub content: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallJson<'a>>,
     pub refusal: Option<()>,
+}
+
+/// One call of a non-streaming answer: `arguments` is a string of JSON, never an object.
+#[derive(Debug, Serialize)]
+pub struct ToolCallJson<'a> {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionJson<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FunctionJson<'a> {
+    pub name: &'a str,
+    pub arguments: &'a str,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

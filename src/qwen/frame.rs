@@ -67,6 +67,26 @@ pub struct Delta<'a> {
     pub reasoning_content: Option<Text<'a>>,
     #[serde(borrow, default)]
     pub extra: Option<Extra<'a>>,
+    /// `"assistant"`, or `"function"` on the platform's result frames.
+    #[serde(borrow, default)]
+    pub role: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    pub function_call: Option<FunctionCall<'a>>,
+    /// Set on the platform's own tools (web search, …), absent on intercepted client calls.
+    #[serde(borrow, default)]
+    pub function_id: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    pub name: Option<Text<'a>>,
+}
+
+/// `delta.function_call`: the platform's function machinery (its own tools, or a native
+/// call it intercepted); `arguments` is a cumulative snapshot.
+#[derive(Debug, Default, Deserialize)]
+pub struct FunctionCall<'a> {
+    #[serde(borrow, default)]
+    pub name: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    pub arguments: Option<Text<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,13 +2,12 @@
 //! *complete* set, so every request carries all of it, with a fresh `x-request-id`, the
 //! current `timezone` and a per-endpoint `Referer`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use hyper::header::{
     HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCEPT_LANGUAGE, AUTHORIZATION, CONNECTION,
     CONTENT_TYPE, COOKIE, ORIGIN, REFERER, USER_AGENT,
 };
 
+use crate::common::epoch_secs;
 use crate::config::UpstreamConfig;
 
 /// Which page the browser would be on when making the call (drives `Referer`/`Accept`).
@@ -93,7 +92,7 @@ impl HeaderSet {
             HeaderName::from_static("x-request-id"),
             value(&uuid::Uuid::new_v4().to_string()),
         );
-        h.insert("timezone", value(&browser_date(SystemTime::now())));
+        h.insert("timezone", value(&browser_date(epoch_secs())));
         if stream {
             h.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -108,9 +107,8 @@ impl HeaderSet {
 }
 
 /// JavaScript `Date.toString()` without the localized zone name (ASCII only), in UTC:
-/// `Tue Sep 22 2026 04:13:35 GMT+0000`.
-pub fn browser_date(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+/// `Tue Sep 22 2026 04:13:35 GMT+0000`, for `secs` since the Unix epoch.
+pub fn browser_date(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
@@ -147,16 +145,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn browser_date_format() {
         // 2026-09-22T04:13:35Z was a Tuesday.
-        let t = UNIX_EPOCH + Duration::from_secs(1_790_050_415);
-        assert_eq!(browser_date(t), "Tue Sep 22 2026 04:13:35 GMT+0000");
         assert_eq!(
-            browser_date(UNIX_EPOCH),
-            "Thu Jan 01 1970 00:00:00 GMT+0000"
+            browser_date(1_790_050_415),
+            "Tue Sep 22 2026 04:13:35 GMT+0000"
         );
+        assert_eq!(browser_date(0), "Thu Jan 01 1970 00:00:00 GMT+0000");
     }
 }

@@ -15,7 +15,9 @@
 
 use std::borrow::Cow;
 
-use super::frame::{Choice, Created, Delta, Extra, Frame, Image, Text, TextList, UsageFrame};
+use super::frame::{
+    Choice, Created, Delta, Extra, Frame, FunctionCall, Image, Text, TextList, UsageFrame,
+};
 
 impl<'a> Frame<'a> {
     /// Parse one SSE data payload: the hand-written reader here takes the hot shapes,
@@ -118,6 +120,13 @@ fn delta<'a>(r: &mut Reader<'a>, d: &mut Delta<'a>) -> Scan<()> {
                 seen.once(4)?;
                 return r.fill(&mut d.extra, extra);
             }
+            b"role" => (5, &mut d.role),
+            b"function_id" => (6, &mut d.function_id),
+            b"name" => (7, &mut d.name),
+            b"function_call" => {
+                seen.once(8)?;
+                return r.fill(&mut d.function_call, function_call);
+            }
             _ => return r.unknown(key),
         };
         seen.once(bit)?;
@@ -179,6 +188,20 @@ fn image<'a>(r: &mut Reader<'a>, i: &mut Image<'a>) -> Scan<()> {
         } else {
             r.unknown(key)
         }
+    })
+}
+
+fn function_call<'a>(r: &mut Reader<'a>, f: &mut FunctionCall<'a>) -> Scan<()> {
+    let mut seen = Seen::default();
+    r.object(|r, key| {
+        let (bit, slot) = match key {
+            b"name" => (0, &mut f.name),
+            b"arguments" => (1, &mut f.arguments),
+            _ => return r.unknown(key),
+        };
+        seen.once(bit)?;
+        *slot = r.opt_text()?;
+        Ok(())
     })
 }
 

@@ -7,7 +7,7 @@ use hyper::body::Body;
 
 use super::body::{Step, UpstreamStream};
 use super::stage::Stage;
-use super::state::{Emit, FinishReason, Usage};
+use super::state::{Emit, FinishReason, ToolCall, Usage};
 use crate::error::ProxyError;
 
 /// The collected assistant message.
@@ -15,6 +15,8 @@ use crate::error::ProxyError;
 pub struct Collected {
     pub content: String,
     pub reasoning: String,
+    /// Tool calls in order: (name, arguments as JSON).
+    pub tool_calls: Vec<(String, String)>,
 }
 
 impl Emit for Collected {
@@ -24,6 +26,11 @@ impl Emit for Collected {
 
     fn content(&mut self, text: &str) {
         self.content.push_str(text);
+    }
+
+    fn tool_call(&mut self, call: &ToolCall<'_>) {
+        self.tool_calls
+            .push((call.name.to_owned(), call.arguments.to_owned()));
     }
 }
 

@@ -231,6 +231,11 @@ where
         self
     }
 
+    /// What the stream has produced so far.
+    pub fn pipeline(&self) -> &Pipeline<S> {
+        self.stream.pipeline()
+    }
+
     /// Who is told how the stream ends. Attached once primed: a failure before the first
     /// byte is not a stream's end but the caller's error (an HTTP status, maybe a retry).
     pub fn owned_by(mut self, owner: O) -> Self {
@@ -242,7 +247,9 @@ where
     /// before any content becomes a proper HTTP status (and can still be retried).
     pub async fn prime(&mut self) -> Result<(), ProxyError> {
         poll_fn(|cx| loop {
-            if self.stream.pipeline().emitted_anything() {
+            // Primed once something is written for the client: a stage may hold the
+            // translator's first output back (a tool call being read).
+            if self.render.has_output() {
                 return Poll::Ready(Ok(()));
             }
             match ready!(self.stream.poll_step(cx, &mut self.render)) {
@@ -359,7 +366,13 @@ where
                 }
             }
             match this.stream.poll_step(cx, &mut this.render) {
-                Poll::Ready(Step::Progress) => {}
+                // The upstream talks but nothing is for the client yet (a stage holds it
+                // back, a tool call being read): keep the connection alive all the same.
+                Poll::Ready(Step::Progress) => {
+                    if !this.render.has_output() {
+                        this.poll_keep_alive(cx);
+                    }
+                }
                 Poll::Ready(Step::Done(r)) => this.phase = Phase::Ended(r),
                 Poll::Ready(Step::Failed(e)) => this.fail(e.into()),
                 Poll::Pending => {

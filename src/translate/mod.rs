@@ -20,7 +20,9 @@ pub(crate) mod testing {
     pub struct Recorder {
         pub content: String,
         pub reasoning: String,
-        /// Every delta in order: `r:<reasoning>` or `c:<content>`.
+        /// Tool calls: (name, arguments).
+        pub calls: Vec<(String, String)>,
+        /// Every delta in order: `r:<reasoning>`, `c:<content>` or `t:<name> <arguments>`.
         pub pieces: Vec<String>,
     }
 
@@ -33,6 +35,13 @@ pub(crate) mod testing {
         fn content(&mut self, text: &str) {
             self.content.push_str(text);
             self.pieces.push(format!("c:{text}"));
+        }
+
+        fn tool_call(&mut self, call: &super::state::ToolCall<'_>) {
+            self.calls
+                .push((call.name.to_owned(), call.arguments.to_owned()));
+            self.pieces
+                .push(format!("t:{} {}", call.name, call.arguments));
         }
     }
 }

@@ -10,11 +10,17 @@
 //! The order in the chat core: translator → output limits → transcript → encoder, so the
 //! transcript hashes exactly what the client receives.
 
-use super::state::{Emit, FinishReason, Usage};
+use super::state::{Emit, FinishReason, PlatformFrame, ToolCall, Usage};
 
 pub trait Stage {
     fn reasoning(&mut self, text: &str, next: &mut impl Emit);
     fn content(&mut self, text: &str, next: &mut impl Emit);
+    fn tool_call(&mut self, call: &ToolCall<'_>, next: &mut impl Emit) {
+        next.tool_call(call);
+    }
+    fn platform_call(&mut self, frame: PlatformFrame<'_>, next: &mut impl Emit) {
+        next.platform_call(frame);
+    }
     /// The upstream answer is complete: pass on anything held back.
     fn flush(&mut self, next: &mut impl Emit) {
         let _ = next;
@@ -45,6 +51,14 @@ impl<S: Stage, E: Emit> Emit for Through<'_, S, E> {
     fn content(&mut self, text: &str) {
         self.stage.content(text, self.next);
     }
+
+    fn tool_call(&mut self, call: &ToolCall<'_>) {
+        self.stage.tool_call(call, self.next);
+    }
+
+    fn platform_call(&mut self, frame: PlatformFrame<'_>) {
+        self.stage.platform_call(frame, self.next);
+    }
 }
 
 /// The empty stage: everything passes.
@@ -71,6 +85,20 @@ impl<S: Stage> Stage for Option<S> {
         match self {
             Some(s) => s.content(text, next),
             None => next.content(text),
+        }
+    }
+
+    fn tool_call(&mut self, call: &ToolCall<'_>, next: &mut impl Emit) {
+        match self {
+            Some(s) => s.tool_call(call, next),
+            None => next.tool_call(call),
+        }
+    }
+
+    fn platform_call(&mut self, frame: PlatformFrame<'_>, next: &mut impl Emit) {
+        match self {
+            Some(s) => s.platform_call(frame, next),
+            None => next.platform_call(frame),
         }
     }
 
@@ -101,6 +129,16 @@ impl<A: Stage, B: Stage> Stage for (A, B) {
     fn content(&mut self, text: &str, next: &mut impl Emit) {
         let (a, b) = self;
         a.content(text, &mut Through { stage: b, next });
+    }
+
+    fn tool_call(&mut self, call: &ToolCall<'_>, next: &mut impl Emit) {
+        let (a, b) = self;
+        a.tool_call(call, &mut Through { stage: b, next });
+    }
+
+    fn platform_call(&mut self, frame: PlatformFrame<'_>, next: &mut impl Emit) {
+        let (a, b) = self;
+        a.platform_call(frame, &mut Through { stage: b, next });
     }
 
     fn flush(&mut self, next: &mut impl Emit) {

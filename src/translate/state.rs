@@ -29,6 +29,33 @@ use crate::qwen::frame::{Frame, Text, UsageFrame};
 pub trait Emit {
     fn reasoning(&mut self, text: &str);
     fn content(&mut self, text: &str);
+    /// A validated tool call (function-calling emulation: `tools::scan`).
+    fn tool_call(&mut self, call: &ToolCall<'_>) {
+        let _ = call;
+    }
+    /// A frame of the platform's own function machinery. Only the tool-call scanner acts on
+    /// these (it harvests intercepted calls); everything else ignores them, so the
+    /// platform's "Tool X does not exists" never reaches a client.
+    fn platform_call(&mut self, frame: PlatformFrame<'_>) {
+        let _ = frame;
+    }
+}
+
+/// A tool call for the client: its name and its arguments as compact JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolCall<'a> {
+    pub name: &'a str,
+    pub arguments: &'a str,
+}
+
+/// One platform frame, as the translator reports it (answer phase, no `function_id`: the
+/// platform's own tools never get here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlatformFrame<'a> {
+    /// A snapshot of a call: its name and the arguments so far.
+    Call { name: &'a str, arguments: &'a str },
+    /// The platform answered a call by that name.
+    Result { name: &'a str },
 }
 
 /// Whether the upstream response is complete.
@@ -43,6 +70,8 @@ pub enum Flow {
 pub enum FinishReason {
     Stop,
     Length,
+    /// The answer is tool calls (function-calling emulation).
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -50,6 +79,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -148,6 +178,28 @@ impl Translator {
         };
         let phase = delta.phase.as_deref().unwrap_or("answer");
         let finished = delta.status.as_deref() == Some("finished");
+        // The platform's function machinery. Its own tools (a `function_id`, or a phase of
+        // their own) are skipped with their phase below; in the answer phase it is a call the
+        // platform intercepted, reported for the tool-call scanner. A result frame's text
+        // ("Tool X does not exists.") is never content.
+        if phase == "answer" && delta.function_id.is_none() {
+            if let Some(call) = &delta.function_call {
+                if let Some(name) = non_empty(&call.name) {
+                    out.platform_call(PlatformFrame::Call {
+                        name,
+                        arguments: call.arguments.as_deref().unwrap_or(""),
+                    });
+                }
+            }
+        }
+        if delta.role.as_deref() == Some("function") {
+            if let (Some(name), "answer", None) =
+                (non_empty(&delta.name), phase, &delta.function_id)
+            {
+                out.platform_call(PlatformFrame::Result { name });
+            }
+            return Ok(Flow::Continue);
+        }
         match phase {
             "answer" => {
                 if let Some(text) = non_empty(&delta.content) {

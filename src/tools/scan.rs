@@ -1,0 +1,826 @@
+//! The tool-call scanner (tool-calling.md §5.4): a pipeline stage over the answer text that
+//! passes prose through as it arrives and turns call blocks into validated calls.
+//!
+//! States: `Text` (prose; scanning for an opener outside code) → `Tail` (after an opener:
+//! the payload's `{` or `<function=` within a short window) → `Json` / `Xml` (the payload,
+//! braces balanced outside strings, raw control characters in strings repaired) → `Close`
+//! (stray `}`/`]` and the closer skipped) → `After` (whitespace; another call, or anything
+//! else ends the answer for the client: `Drain`). What the model writes after its last call
+//! — narration, a fabricated result — never reaches the client, and the upstream is no
+//! longer read.
+//!
+//! Hold-back is bounded: in `Text`, only a tail that may still become an opener (at most
+//! [`markers::OPEN_MAX`] bytes) or a candidate bare payload (up to [`NAME_WINDOW`]); a
+//! payload at most [`SPAN_MAX`], then it is released as text. With `tool_choice` required or
+//! named, prose is held until the first call (it is then released before the call) or the
+//! end (a retry with a hint, or the prose after all).
+//!
+//! The platform's intercepted native calls (`native`) are harvested into the same index
+//! space; once each one the platform opened has its result frame, the answer is over.
+//!
+//! One instance per upstream answer; streaming and non-streaming run the same machine.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::markers::{self, Match};
+use super::native::Harvester;
+use super::prompt::Hint;
+use super::validate::{self, Invalid, ValidCall};
+use super::ToolSet;
+use crate::translate::stage::Stage;
+use crate::translate::state::{Emit, FinishReason, PlatformFrame, ToolCall};
+
+/// Characters from an opener to its payload's `{`.
+pub const PAYLOAD_WINDOW: usize = 128;
+/// A payload larger than this is given up on and released as text.
+pub const SPAN_MAX: usize = 1 << 20;
+/// Stray `}` / `]` skipped between a payload and its closer.
+const DEBRIS_MAX: u8 = 8;
+/// How far a bare `{` is looked into for a `"name"` key before it counts as prose.
+pub const NAME_WINDOW: usize = 256;
+
+/// What the request allows the scanner to do.
+#[derive(Debug, Clone)]
+pub struct ScanConfig {
+    pub set: Arc<ToolSet>,
+    /// This attempt may ask for one retry with a hint (the first attempt only).
+    pub retry_allowed: bool,
+    /// Reasoning reaches the client as it comes (a stream): once some has, a retry would
+    /// show.
+    pub streaming: bool,
+}
+
+/// Counts for metrics and logs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScanStats {
+    pub emitted: u32,
+    pub unknown_name: u32,
+    pub invalid: u32,
+}
+
+pub struct ToolScan {
+    config: ScanConfig,
+    /// Answer text not yet released or consumed.
+    pending: String,
+    state: State,
+    /// Where the released text stands: code context, line start, prose.
+    at: Position,
+    /// Prose held until the first call (`required`, named).
+    held: String,
+    /// Something reached the next stage: text, a call, or (streaming) reasoning.
+    released: bool,
+    stats: ScanStats,
+    /// The first thing in the answer was a call that did not validate.
+    bad_first: bool,
+    thinking: ThinkingWatch,
+    harvester: Harvester,
+    /// The platform intercepted a call that could not be recovered.
+    lost_native: bool,
+    retry: Option<Hint>,
+    finish: Option<FinishReason>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    Text,
+    /// `pending` starts with an opener of this many bytes.
+    Tail {
+        opener: usize,
+    },
+    /// A JSON payload is being read (`pending` holds its opener and tail before it).
+    Json {
+        scan: JsonScan,
+    },
+    /// `pending[start..]` is a `<function=…>` payload.
+    Xml {
+        start: usize,
+    },
+    /// A call went out; stray brackets and the closer are skipped.
+    Close {
+        debris: u8,
+    },
+    /// Between calls.
+    After,
+    /// The answer is over for the client.
+    Drain,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct JsonScan {
+    /// Next byte of `pending` to read.
+    pos: usize,
+    depth: u32,
+    in_string: bool,
+    escape: bool,
+    /// The payload as read, control characters inside strings escaped.
+    repaired: Vec<u8>,
+    /// No opener: a bare `{"name": …}` at the answer's start or a line's start.
+    synthetic: bool,
+}
+
+impl JsonScan {
+    /// Read on from `pos`; the end of the payload (exclusive) once its braces balance.
+    fn read(&mut self, bytes: &[u8]) -> Option<usize> {
+        while self.pos < bytes.len() {
+            let b = bytes[self.pos];
+            self.pos += 1;
+            if self.in_string {
+                match b {
+                    _ if self.escape => {
+                        self.escape = false;
+                        self.repaired.push(b);
+                    }
+                    b'\\' => {
+                        self.escape = true;
+                        self.repaired.push(b);
+                    }
+                    b'"' => {
+                        self.in_string = false;
+                        self.repaired.push(b);
+                    }
+                    0x00..=0x1f => push_escaped(&mut self.repaired, b),
+                    _ => self.repaired.push(b),
+                }
+                continue;
+            }
+            self.repaired.push(b);
+            match b {
+                b'"' => self.in_string = true,
+                b'{' => self.depth += 1,
+                b'}' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        return Some(self.pos);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+/// The code context and line position of released text (markers inside code are
+/// documentation, not calls): a fence is a line that starts (after indentation) with three
+/// or more backticks; inline code is an odd number of backticks so far on a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    in_fence: bool,
+    /// Backticks on the current line so far (outside a fence).
+    ticks: u32,
+    /// Backticks at the start of the current line (after indentation).
+    lead: u32,
+    /// Still in the line's indentation and leading backticks.
+    leading: bool,
+    line_start: bool,
+    prose: bool,
+}
+
+impl Position {
+    fn new() -> Self {
+        Position {
+            in_fence: false,
+            ticks: 0,
+            lead: 0,
+            leading: true,
+            line_start: true,
+            prose: false,
+        }
+    }
+
+    fn in_code(&self) -> bool {
+        self.in_fence || self.ticks % 2 == 1 || self.lead >= 3
+    }
+
+    fn step(&mut self, c: char) {
+        match c {
+            '\n' => {
+                if self.lead >= 3 {
+                    self.in_fence = !self.in_fence;
+                }
+                self.ticks = 0;
+                self.lead = 0;
+                self.leading = true;
+                self.line_start = true;
+                return;
+            }
+            '`' => {
+                if !self.in_fence {
+                    self.ticks += 1;
+                }
+                if self.leading {
+                    self.lead += 1;
+                }
+            }
+            ' ' | '\t' | '\r' if self.leading && self.lead == 0 => {}
+            _ => self.leading = false,
+        }
+        if !c.is_whitespace() {
+            self.prose = true;
+            self.line_start = false;
+        }
+    }
+
+    fn advance(&mut self, text: &str) {
+        for c in text.chars() {
+            self.step(c);
+        }
+    }
+}
+
+/// Whether the thinking text wrote a call block (it does not count there).
+#[derive(Debug, Default)]
+struct ThinkingWatch {
+    tail: String,
+    opener: bool,
+    call: bool,
+}
+
+impl ThinkingWatch {
+    fn feed(&mut self, text: &str) {
+        if self.call {
+            return;
+        }
+        self.tail.push_str(text);
+        let lower = self.tail.to_ascii_lowercase();
+        self.opener = self.opener || lower.contains("[tool call") || lower.contains("<tool_call");
+        self.call = self.opener && lower.contains("\"name\"");
+        // Keep enough to see a marker or the key split across pieces.
+        let keep_from = (self.tail.len().saturating_sub(32)..=self.tail.len())
+            .find(|&i| self.tail.is_char_boundary(i))
+            .unwrap_or(self.tail.len());
+        self.tail.drain(..keep_from);
+    }
+}
+
+impl ToolScan {
+    pub fn new(config: ScanConfig) -> Self {
+        ToolScan {
+            config,
+            pending: String::new(),
+            state: State::Text,
+            at: Position::new(),
+            held: String::new(),
+            released: false,
+            stats: ScanStats::default(),
+            bad_first: false,
+            thinking: ThinkingWatch::default(),
+            harvester: Harvester::default(),
+            lost_native: false,
+            retry: None,
+            finish: None,
+        }
+    }
+
+    pub fn stats(&self) -> ScanStats {
+        self.stats
+    }
+
+    /// The answer did not satisfy the request, and nothing of it reached the client: the
+    /// core should ask again once, with this hint.
+    pub fn retry(&self) -> Option<Hint> {
+        self.retry
+    }
+
+    fn holds_prose(&self) -> bool {
+        !matches!(self.config.set.choice, super::Choice::Auto) && self.stats.emitted == 0
+    }
+
+    fn can_retry(&self) -> bool {
+        self.config.retry_allowed && !self.released && self.stats.emitted == 0
+    }
+
+    /// Release answer text to the client (or to the held prose).
+    fn release(&mut self, text: &str, next: &mut impl Emit) {
+        if text.is_empty() {
+            return;
+        }
+        self.at.advance(text);
+        if self.holds_prose() {
+            self.held.push_str(text);
+        } else {
+            self.released = true;
+            next.content(text);
+        }
+    }
+
+    /// Release the first `n` bytes of `pending`.
+    fn release_pending(&mut self, n: usize, next: &mut impl Emit) {
+        let text: String = self.pending.drain(..n).collect();
+        self.release(&text, next);
+    }
+
+    fn emit(&mut self, call: ValidCall, next: &mut impl Emit) {
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            self.released = true;
+            next.content(&held);
+        }
+        self.released = true;
+        self.stats.emitted += 1;
+        next.tool_call(&ToolCall {
+            name: &call.name,
+            arguments: &call.arguments,
+        });
+    }
+
+    /// A payload that is not a call: counted; retried when it was the first thing in the
+    /// answer and a retry is possible, else shown as the text it was.
+    fn reject(&mut self, why: Invalid, raw: &str, synthetic: bool, next: &mut impl Emit) {
+        match &why {
+            Invalid::UnknownName(name) => {
+                self.stats.unknown_name += 1;
+                tracing::info!(name = %crate::untrusted::Untrusted(name), "the model called a tool the request does not offer");
+            }
+            _ => {
+                self.stats.invalid += 1;
+                tracing::info!(?why, "the model wrote a tool call that is not valid");
+            }
+        }
+        if !synthetic && !self.at.prose && self.can_retry() {
+            self.bad_first = true;
+            self.retry = Some(Hint::BadCall);
+            self.finish = Some(FinishReason::Stop);
+            self.state = State::Drain;
+            self.pending.clear();
+            return;
+        }
+        // Shown as text, and not scanned again.
+        self.release(raw, next);
+        self.state = State::Text;
+    }
+
+    /// Run the machine over `pending` as far as it goes. `eof`: no more text will come.
+    fn run(&mut self, next: &mut impl Emit, eof: bool) {
+        loop {
+            let moved = match self.state {
+                State::Text => self.text(next, eof),
+                State::Tail { .. } => self.tail(next, eof),
+                State::Json { .. } => self.json(next, eof),
+                State::Xml { .. } => self.xml(next, eof),
+                State::Close { .. } => self.close(eof),
+                State::After => self.after(eof),
+                State::Drain => {
+                    self.pending.clear();
+                    false
+                }
+            };
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Prose: release it up to an opener (or a bare payload) outside code.
+    fn text(&mut self, next: &mut impl Emit, eof: bool) -> bool {
+        let mut at = self.at;
+        let mut i = 0;
+        while i < self.pending.len() {
+            let rest = &self.pending[i..];
+            let Some(c) = rest.chars().next() else {
+                break;
+            };
+            if !at.in_code() {
+                match c {
+                    '[' | '<' => match markers::open(rest) {
+                        Match::Full(n) => {
+                            self.release_pending(i, next);
+                            self.state = State::Tail { opener: n };
+                            return true;
+                        }
+                        Match::Partial if !eof && rest.len() <= markers::OPEN_MAX => {
+                            self.release_pending(i, next);
+                            return false;
+                        }
+                        _ => {}
+                    },
+                    '{' if !at.prose || at.line_start => match bare_payload(rest, eof) {
+                        Some(true) => {
+                            self.release_pending(i, next);
+                            self.state = State::Json {
+                                scan: JsonScan {
+                                    synthetic: true,
+                                    ..JsonScan::default()
+                                },
+                            };
+                            return true;
+                        }
+                        None => {
+                            self.release_pending(i, next);
+                            return false;
+                        }
+                        Some(false) => {}
+                    },
+                    _ => {}
+                }
+            }
+            at.step(c);
+            i += c.len_utf8();
+        }
+        let all = self.pending.len();
+        self.release_pending(all, next);
+        false
+    }
+
+    /// After an opener: find the payload within the window.
+    fn tail(&mut self, next: &mut impl Emit, eof: bool) -> bool {
+        let State::Tail { opener } = self.state else {
+            return false;
+        };
+        let mut prev = '\0';
+        for (j, c) in self.pending[opener..].char_indices() {
+            let at = opener + j;
+            if j > PAYLOAD_WINDOW {
+                break;
+            }
+            if c == '{' {
+                self.state = State::Json {
+                    scan: JsonScan {
+                        pos: at,
+                        ..JsonScan::default()
+                    },
+                };
+                return true;
+            }
+            if self.pending[at..].starts_with("<function=") {
+                self.state = State::Xml { start: at };
+                return true;
+            }
+            if prev == ']' && c == '(' {
+                // `[tool calls](https://…)`: a markdown link.
+                self.release_pending(at + 1, next);
+                self.state = State::Text;
+                return true;
+            }
+            prev = c;
+        }
+        let window_over = self.pending.len() > opener + PAYLOAD_WINDOW;
+        if window_over || eof {
+            tracing::debug!("a tool-call opener without a payload; shown as text");
+            let end = if window_over {
+                (opener + PAYLOAD_WINDOW..=self.pending.len())
+                    .find(|&k| self.pending.is_char_boundary(k))
+                    .unwrap_or(self.pending.len())
+            } else {
+                self.pending.len()
+            };
+            self.release_pending(end, next);
+            self.state = State::Text;
+            return !eof;
+        }
+        false
+    }
+
+    /// A JSON payload: balanced braces outside strings.
+    fn json(&mut self, next: &mut impl Emit, eof: bool) -> bool {
+        let State::Json { mut scan, .. } = std::mem::replace(&mut self.state, State::Text) else {
+            return false;
+        };
+        let done = scan.read(self.pending.as_bytes());
+        match done {
+            Some(end) => {
+                let payload = String::from_utf8(scan.repaired).unwrap_or_default();
+                let raw: String = self.pending.drain(..end).collect();
+                match validate::json_payload(&payload, &self.config.set) {
+                    Ok(call) => {
+                        self.emit(call, next);
+                        self.state = State::Close { debris: 0 };
+                    }
+                    Err(why) => self.reject(why, &raw, scan.synthetic, next),
+                }
+                true
+            }
+            None if scan.repaired.len() > SPAN_MAX => {
+                tracing::warn!("a tool-call payload over 1 MiB; shown as text");
+                // Released as it is, without scanning it again.
+                let text = std::mem::take(&mut self.pending);
+                self.release(&text, next);
+                false
+            }
+            None if eof => self.unfinished(next),
+            None => {
+                self.state = State::Json { scan };
+                false
+            }
+        }
+    }
+
+    /// The Qwen3-Coder form: `<function=NAME>`, `<parameter=KEY>` … `</parameter>`,
+    /// `</function>`, structural tags at line starts.
+    fn xml(&mut self, next: &mut impl Emit, eof: bool) -> bool {
+        let State::Xml { start } = self.state else {
+            return false;
+        };
+        let body = &self.pending[start..];
+        let end = body
+            .match_indices("</function>")
+            .find(|(i, _)| *i == 0 || body[..*i].ends_with('\n'))
+            .map(|(i, m)| start + i + m.len());
+        let Some(end) = end else {
+            if self.pending.len() - start > SPAN_MAX {
+                let all = self.pending.len();
+                let text: String = self.pending.drain(..all).collect();
+                self.state = State::Text;
+                self.release(&text, next);
+                return false;
+            }
+            return if eof { self.unfinished(next) } else { false };
+        };
+        let parsed = xml_call(&self.pending[start..end], &self.config.set);
+        let raw: String = self.pending.drain(..end).collect();
+        match parsed {
+            Ok(call) => {
+                self.emit(call, next);
+                self.state = State::Close { debris: 0 };
+            }
+            Err(why) => self.reject(why, &raw, false, next),
+        }
+        true
+    }
+
+    /// The text ended inside a payload: never a truncated call. Shown as text if nothing of
+    /// this answer was a call, else dropped.
+    fn unfinished(&mut self, next: &mut impl Emit) -> bool {
+        let all = self.pending.len();
+        if self.stats.emitted == 0 {
+            let text: String = self.pending.drain(..all).collect();
+            self.release(&text, next);
+        } else {
+            tracing::info!("the answer ended inside a second tool call; dropped");
+            self.pending.clear();
+        }
+        self.state = State::Text;
+        false
+    }
+
+    /// After a call: whitespace, up to [`DEBRIS_MAX`] stray `}`/`]`, then a closer if there
+    /// is one.
+    fn close(&mut self, eof: bool) -> bool {
+        let State::Close { mut debris } = self.state else {
+            return false;
+        };
+        loop {
+            let Some(c) = self.pending.chars().next() else {
+                self.state = State::Close { debris };
+                if eof {
+                    self.state = State::After;
+                }
+                return false;
+            };
+            if c.is_whitespace() {
+                self.pending.drain(..c.len_utf8());
+                continue;
+            }
+            if matches!(c, '}' | ']') && debris < DEBRIS_MAX {
+                debris += 1;
+                self.pending.drain(..1);
+                continue;
+            }
+            match markers::close(&self.pending) {
+                Match::Full(n) => {
+                    self.pending.drain(..n);
+                }
+                Match::Partial if !eof && self.pending.len() <= markers::CLOSE_MAX => {
+                    self.state = State::Close { debris };
+                    return false;
+                }
+                _ => {}
+            }
+            self.state = State::After;
+            return true;
+        }
+    }
+
+    /// Between calls: another call, or the end of the answer for the client.
+    fn after(&mut self, eof: bool) -> bool {
+        let ws = self.pending.len() - self.pending.trim_start().len();
+        self.pending.drain(..ws);
+        if self.pending.is_empty() {
+            return false;
+        }
+        let parallel = self.config.set.parallel;
+        match markers::open(&self.pending) {
+            Match::Full(n) if parallel => {
+                self.state = State::Tail { opener: n };
+                return true;
+            }
+            Match::Partial if !eof && self.pending.len() <= markers::OPEN_MAX => return false,
+            _ => {}
+        }
+        if parallel && self.pending.starts_with('{') {
+            match bare_payload(&self.pending, eof) {
+                Some(true) => {
+                    self.state = State::Json {
+                        scan: JsonScan {
+                            synthetic: true,
+                            ..JsonScan::default()
+                        },
+                    };
+                    return true;
+                }
+                None => return false,
+                Some(false) => {}
+            }
+        }
+        // Narration, a fabricated result, a call beyond `parallel_tool_calls: false`: the
+        // client's answer is the calls.
+        self.state = State::Drain;
+        self.finish = Some(FinishReason::ToolCalls);
+        self.pending.clear();
+        false
+    }
+
+    fn harvest(&mut self, frame: PlatformFrame<'_>, next: &mut impl Emit) {
+        let Some(closed) = self.harvester.feed(frame) else {
+            return;
+        };
+        self.take_harvested(&closed.name, &closed.arguments, next);
+        if self.harvester.all_answered() && self.stats.emitted > 0 {
+            // Every call the platform intercepted is out: what the model writes next
+            // answers the platform's "does not exist", not the client.
+            self.state = State::Drain;
+            self.pending.clear();
+            self.finish = Some(FinishReason::ToolCalls);
+        }
+    }
+
+    fn take_harvested(&mut self, name: &str, arguments: &str, next: &mut impl Emit) {
+        match validate::call(name, Value::String(arguments.to_owned()), &self.config.set) {
+            Ok(call) => self.emit(call, next),
+            Err(why) => {
+                match why {
+                    Invalid::UnknownName(_) => self.stats.unknown_name += 1,
+                    _ => self.stats.invalid += 1,
+                }
+                self.lost_native = true;
+            }
+        }
+    }
+}
+
+impl Stage for ToolScan {
+    fn reasoning(&mut self, text: &str, next: &mut impl Emit) {
+        self.thinking.feed(text);
+        if self.config.streaming {
+            self.released = true;
+        }
+        next.reasoning(text);
+    }
+
+    fn content(&mut self, text: &str, next: &mut impl Emit) {
+        if self.state == State::Drain {
+            return;
+        }
+        self.pending.push_str(text);
+        self.run(next, false);
+    }
+
+    fn tool_call(&mut self, call: &ToolCall<'_>, next: &mut impl Emit) {
+        next.tool_call(call);
+    }
+
+    fn platform_call(&mut self, frame: PlatformFrame<'_>, next: &mut impl Emit) {
+        if self.state != State::Drain {
+            self.harvest(frame, next);
+        }
+    }
+
+    fn flush(&mut self, next: &mut impl Emit) {
+        self.run(next, true);
+        if self.state == State::Drain && self.retry.is_some() {
+            return;
+        }
+        // Calls the platform opened but never answered: the stream ended first.
+        for open in self.harvester.take_open() {
+            self.take_harvested(&open.name, &open.arguments, next);
+        }
+        if self.stats.emitted > 0 {
+            self.finish = Some(FinishReason::ToolCalls);
+            return;
+        }
+        let hint = if self.thinking.call {
+            Some(Hint::CallInThinking)
+        } else if self.lost_native {
+            Some(Hint::Intercepted)
+        } else if self.holds_prose() {
+            Some(Hint::NoCall)
+        } else {
+            None
+        };
+        if let (Some(hint), true) = (hint, self.can_retry()) {
+            self.retry = Some(hint);
+            return;
+        }
+        // No retry left: the prose, after all.
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            self.released = true;
+            next.content(&held);
+        }
+    }
+
+    fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish
+    }
+}
+
+/// A bare `{` that may be a payload: `Some(true)` when a `"name"` key shows within
+/// [`NAME_WINDOW`], `None` when the text ends before that can be told, `Some(false)` prose.
+fn bare_payload(rest: &str, eof: bool) -> Option<bool> {
+    let window = match rest.char_indices().nth(NAME_WINDOW) {
+        Some((i, _)) => &rest[..i],
+        None => rest,
+    };
+    if window.contains("\"name\"") {
+        return Some(true);
+    }
+    if window.len() < rest.len() || eof {
+        return Some(false);
+    }
+    None
+}
+
+/// A control character inside a JSON string, written as its escape.
+fn push_escaped(out: &mut Vec<u8>, b: u8) {
+    match b {
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x0c => out.extend_from_slice(b"\\f"),
+        _ => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+    }
+}
+
+/// Parse the XML form into a call. The structural tags are read with `xmlparser`, after
+/// `<function=NAME>` and `<parameter=KEY>` are written as the attributes they mean; the
+/// values in between are raw text (code, with `<` and `&` in it), converted by the schema.
+fn xml_call(block: &str, set: &ToolSet) -> Result<ValidCall, Invalid> {
+    let mut lines = block.split_inclusive('\n');
+    let first = lines.next().ok_or(Invalid::NotJson)?;
+    let name = tag_name(first, "function").ok_or(Invalid::NoName)?;
+    let schema = validate::resolve(&name, set).map(|s| s.parameters.clone());
+    let mut args = serde_json::Map::new();
+    let mut current: Option<(String, String)> = None;
+    let finish = |current: &mut Option<(String, String)>,
+                  args: &mut serde_json::Map<String, Value>| {
+        if let Some((key, value)) = current.take() {
+            let prop = schema
+                .as_ref()
+                .and_then(|s| s.get("properties"))
+                .and_then(|p| p.get(&key));
+            args.insert(key, validate::xml_value(&value, prop));
+        }
+    };
+    for line in lines {
+        let trimmed = line.trim();
+        if let Some(key) = tag_name(line, "parameter") {
+            finish(&mut current, &mut args);
+            current = Some((key, String::new()));
+            continue;
+        }
+        if trimmed == "</parameter>" || trimmed == "</function>" {
+            finish(&mut current, &mut args);
+            continue;
+        }
+        if let Some((_, value)) = &mut current {
+            value.push_str(line);
+        }
+    }
+    finish(&mut current, &mut args);
+    validate::call(&name, Value::Object(args), set)
+}
+
+/// `NAME` of a structural `<TAG=NAME>` line, read with `xmlparser` as `<TAG name="NAME">`.
+fn tag_name(line: &str, tag: &str) -> Option<String> {
+    let inner = line
+        .trim()
+        .strip_prefix('<')?
+        .strip_prefix(tag)?
+        .strip_prefix('=')?
+        .strip_suffix('>')?;
+    let escaped = inner
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;");
+    let doc = format!("<{tag} name=\"{escaped}\"/>");
+    xmlparser::Tokenizer::from(doc.as_str()).find_map(|t| match t {
+        Ok(xmlparser::Token::Attribute { local, value, .. }) if local.as_str() == "name" => {
+            Some(unescape(value.as_str()))
+        }
+        _ => None,
+    })
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&")
+        .trim()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,475 @@
+//! The scanner against the cases of tool-calling.md §6 (numbers in the test names). Every
+//! case runs the same upstream text whole, one character per piece, and in seeded random
+//! splits, and must give the identical result each way (chunk invariance, §6.5).
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::*;
+use crate::tools::{Choice, ToolSpec};
+use crate::translate::testing::Recorder;
+
+fn set_with(choice: Choice, parallel: bool) -> ToolSet {
+    let tool = |name: &str, params: serde_json::Value| ToolSpec {
+        name: name.to_owned(),
+        description: None,
+        parameters: params,
+    };
+    let mut tools = vec![
+        tool(
+            "get_weather",
+            json!({"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"}},"required":["city"]}),
+        ),
+        tool(
+            "write_file",
+            json!({"type":"object","properties":{"path":{"type":"string"},"content":{"type":"string"}}}),
+        ),
+        tool(
+            "Write",
+            json!({"type":"object","properties":{"path":{"type":"string"}}}),
+        ),
+    ];
+    if let Choice::Named(n) = &choice {
+        tools.retain(|t| t.name == *n);
+    }
+    ToolSet::new(tools, choice, parallel, &["Write".to_owned()])
+}
+
+fn auto() -> ToolSet {
+    set_with(Choice::Auto, true)
+}
+
+#[derive(Debug, PartialEq)]
+struct Out {
+    content: String,
+    reasoning: String,
+    calls: Vec<(String, String)>,
+    finish: Option<FinishReason>,
+    retry: Option<Hint>,
+}
+
+fn run_pieces(set: &ToolSet, retry: bool, pieces: &[&str], reasoning: &[&str]) -> Out {
+    let mut scan = ToolScan::new(ScanConfig {
+        set: Arc::new(set.clone()),
+        retry_allowed: retry,
+        streaming: false,
+    });
+    let mut out = Recorder::default();
+    for r in reasoning {
+        scan.reasoning(r, &mut out);
+    }
+    for p in pieces {
+        scan.content(p, &mut out);
+    }
+    scan.flush(&mut out);
+    Out {
+        content: out.content,
+        reasoning: out.reasoning,
+        calls: out.calls,
+        finish: scan.finish_reason(),
+        retry: scan.retry(),
+    }
+}
+
+/// The text split at the given character counts.
+fn split_at_chars(text: &str, mut sizes: impl FnMut() -> usize) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let n = sizes().max(1);
+        let cut = rest.char_indices().nth(n).map_or(rest.len(), |(i, _)| i);
+        pieces.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    pieces
+}
+
+/// Run `upstream` whole, a character at a time and in random splits; all must agree.
+fn scan_with(set: &ToolSet, retry: bool, upstream: &str) -> Out {
+    let whole = run_pieces(set, retry, &[upstream], &[]);
+    let by_char = run_pieces(set, retry, &split_at_chars(upstream, || 1), &[]);
+    assert_eq!(by_char, whole, "one character per piece");
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..20 {
+        let pieces = split_at_chars(upstream, || {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            ((seed >> 33) % 12) as usize
+        });
+        assert_eq!(
+            run_pieces(set, retry, &pieces, &[]),
+            whole,
+            "random split {round}: {pieces:?}"
+        );
+    }
+    whole
+}
+
+fn scan(upstream: &str) -> Out {
+    scan_with(&auto(), false, upstream)
+}
+
+fn call(name: &str, args: &str) -> (String, String) {
+    (name.to_owned(), args.to_owned())
+}
+
+const PARIS: &str =
+    "[TOOL CALL]\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}\n[END TOOL CALL]";
+
+#[test]
+fn c04_a_single_call() {
+    let out = scan(PARIS);
+    assert_eq!(out.calls, [call("get_weather", r#"{"city":"Paris"}"#)]);
+    assert_eq!(out.content, "");
+    assert_eq!(out.finish, Some(FinishReason::ToolCalls));
+}
+
+#[test]
+fn c05_splits_inside_markers_strings_and_multibyte_characters() {
+    let out = scan("[TOOL CALL]\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Besançon é\"}}\n[END TOOL CALL]");
+    assert_eq!(out.calls, [call("get_weather", r#"{"city":"Besançon é"}"#)]);
+}
+
+#[test]
+fn c06_prose_before_a_call_streams_first() {
+    let out = scan(&format!("Let me check.\n{PARIS}"));
+    assert_eq!(out.content, "Let me check.\n");
+    assert_eq!(out.calls.len(), 1);
+    assert_eq!(out.finish, Some(FinishReason::ToolCalls));
+}
+
+#[test]
+fn c07_two_calls_back_to_back() {
+    let out = scan(&format!(
+        "{PARIS}\n[TOOL CALL]\n{{\"name\":\"write_file\",\"arguments\":{{\"path\":\"a\",\"content\":\"b\"}}}}\n[END TOOL CALL]"
+    ));
+    assert_eq!(
+        out.calls,
+        [
+            call("get_weather", r#"{"city":"Paris"}"#),
+            call("write_file", r#"{"path":"a","content":"b"}"#)
+        ]
+    );
+}
+
+#[test]
+fn c08_parallel_false_keeps_the_first_call_only() {
+    let set = set_with(Choice::Auto, false);
+    let out = scan_with(&set, false, &format!("{PARIS}\n{PARIS}"));
+    assert_eq!(out.calls.len(), 1);
+    assert_eq!(out.finish, Some(FinishReason::ToolCalls));
+}
+
+#[test]
+fn c09_c10_nothing_after_the_calls_reaches_the_client() {
+    for tail in [
+        "\nThe weather is sunny.",
+        "\n[TOOL RESULT #1: get_weather]\n22°C\n[END TOOL RESULT]",
+    ] {
+        let out = scan(&format!("{PARIS}{tail}"));
+        assert_eq!(out.calls.len(), 1);
+        assert_eq!(out.content, "", "{tail}");
+        assert_eq!(out.finish, Some(FinishReason::ToolCalls));
+    }
+}
+
+#[test]
+fn c11_the_native_tag_family_and_names_from_the_payload_only() {
+    let payload = r#"{"name":"get_weather","arguments":{"city":"Paris"}}"#;
+    for text in [
+        format!("<tool_call>\n{payload}\n</tool_call>"),
+        format!("<tool_call name=\"get_weather\">\n{payload}\n</tool_call>"),
+        format!("<tool_call\n>{payload}</tool_call＞"),
+        format!("<tool_call bash>{payload}"),
+    ] {
+        let out = scan(&text);
+        assert_eq!(
+            out.calls,
+            [call("get_weather", r#"{"city":"Paris"}"#)],
+            "{text}"
+        );
+        assert_eq!(out.content, "", "{text}");
+    }
+}
+
+#[test]
+fn c12_a_missing_closer() {
+    let out = scan("[TOOL CALL]\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}}");
+    assert_eq!(out.calls, [call("get_weather", r#"{"city":"Oslo"}"#)]);
+}
+
+#[test]
+fn c13_a_missing_opener_at_the_start_of_the_answer() {
+    let out = scan("{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Rome\"}}\n[END TOOL CALL]");
+    assert_eq!(out.calls, [call("get_weather", r#"{"city":"Rome"}"#)]);
+    assert_eq!(out.content, "", "the closer is not content");
+}
+
+#[test]
+fn c14_bare_json_in_the_middle_of_a_line_is_prose() {
+    let text = r#"Example: {"name":"get_weather","arguments":{}}"#;
+    let out = scan(text);
+    assert_eq!(out.content, text);
+    assert!(out.calls.is_empty());
+    assert_eq!(out.finish, None);
+}
+
+#[test]
+fn c15_markers_in_code_are_documentation() {
+    for text in [
+        format!("```\n{PARIS}\n```\nThat is the format."),
+        "Write `[TOOL CALL]` then the JSON.".to_owned(),
+        format!("  ```json\n{PARIS}\n  ```"),
+    ] {
+        let out = scan(&text);
+        assert!(out.calls.is_empty(), "{text}");
+        assert_eq!(out.content, text);
+    }
+}
+
+#[test]
+fn c16_a_markdown_link_is_prose() {
+    let text = "See [tool calls](https://x.y) for details.";
+    assert_eq!(scan(text).content, text);
+}
+
+#[test]
+fn c17_a_partial_opener_at_the_end() {
+    let out = scan("Use [TOO");
+    assert_eq!(out.content, "Use [TOO");
+    assert_eq!(out.finish, None);
+}
+
+#[test]
+fn c18_debris_before_the_closer() {
+    let out = scan("[TOOL CALL]\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}}}\n[END TOOL CALL]");
+    assert_eq!(out.calls.len(), 1);
+    assert_eq!(out.content, "");
+}
+
+#[test]
+fn c19_markers_and_braces_inside_strings() {
+    let out = scan("[TOOL CALL]\n{\"name\":\"write_file\",\"arguments\":{\"path\":\"a\",\"content\":\"a } [END TOOL CALL] { <tool_call>\"}}\n[END TOOL CALL]");
+    assert_eq!(
+        out.calls,
+        [call(
+            "write_file",
+            r#"{"path":"a","content":"a } [END TOOL CALL] { <tool_call>"}"#
+        )]
+    );
+}
+
+#[test]
+fn c20_raw_control_characters_in_strings_are_repaired() {
+    let out = scan("[TOOL CALL]\n{\"name\":\"write_file\",\"arguments\":{\"path\":\"a\",\"content\":\"line1\nline2\tend\"}}\n[END TOOL CALL]");
+    assert_eq!(
+        out.calls,
+        [call(
+            "write_file",
+            r#"{"path":"a","content":"line1\nline2\tend"}"#
+        )]
+    );
+}
+
+#[test]
+fn c21_string_arguments_and_key_aliases() {
+    let out = scan("[TOOL CALL]\n{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}\n[END TOOL CALL]");
+    assert_eq!(out.calls, [call("get_weather", r#"{"city":"Paris"}"#)]);
+    let out = scan("[TOOL CALL]\n{\"tool\":\"get_weather\",\"parameters\":{\"city\":\"Paris\"}}\n[END TOOL CALL]");
+    assert_eq!(out.calls, [call("get_weather", r#"{"city":"Paris"}"#)]);
+}
+
+#[test]
+fn c22_schema_coercion() {
+    let out = scan("[TOOL CALL]\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"3\",\"days\":\"3\"}}\n[END TOOL CALL]");
+    assert_eq!(out.calls, [call("get_weather", r#"{"city":"3","days":3}"#)]);
+}
+
+#[test]
+fn c23_the_qwen3_coder_xml_form() {
+    let out = scan("[TOOL CALL]\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n<parameter=days>\n2\n</parameter>\n</function>\n[END TOOL CALL]");
+    assert_eq!(
+        out.calls,
+        [call("get_weather", r#"{"city":"Paris","days":2}"#)]
+    );
+    assert_eq!(out.content, "");
+    // Code with `<` and `&` in a value, and a missing `</parameter>`.
+    let out = scan("<tool_call>\n<function=write_file>\n<parameter=path>\na.rs\n<parameter=content>\nif a < b && c {}\n</parameter>\n</function>\n</tool_call>");
+    assert_eq!(
+        out.calls,
+        [call(
+            "write_file",
+            r#"{"path":"a.rs","content":"if a < b && c {}"}"#
+        )]
+    );
+}
+
+#[test]
+fn c24_an_unknown_name_is_never_a_call() {
+    let block = "[TOOL CALL]\n{\"name\":\"delete_everything\",\"arguments\":{}}\n[END TOOL CALL]";
+    // After prose (auto): the block is shown as the text it was.
+    let out = scan(&format!("Sure.\n{block}"));
+    assert!(out.calls.is_empty());
+    assert!(out.content.contains("delete_everything"), "{}", out.content);
+    assert_eq!(out.finish, None);
+    // First thing in the answer, a retry possible: asked again, nothing shown.
+    let out = scan_with(&auto(), true, block);
+    assert_eq!(out.retry, Some(Hint::BadCall));
+    assert_eq!(out.content, "");
+    assert!(out.calls.is_empty());
+}
+
+#[test]
+fn c25_aliases_are_reversed() {
+    let out = scan(
+        "[TOOL CALL]\n{\"name\":\"fs_put_file\",\"arguments\":{\"path\":\"x\"}}\n[END TOOL CALL]",
+    );
+    assert_eq!(out.calls, [call("Write", r#"{"path":"x"}"#)]);
+}
+
+#[test]
+fn c26_an_unbalanced_payload_is_given_up_on_at_the_span_cap() {
+    let text = format!(
+        "[TOOL CALL]\n{{\"name\":\"write_file\",\"arguments\":{{\"content\":\"{}",
+        "x".repeat(SPAN_MAX + 200_000)
+    );
+    let out = run_pieces(&auto(), false, &split_at_chars(&text, || 4096), &[]);
+    assert!(out.calls.is_empty());
+    assert_eq!(out.content, text, "released as text, nothing lost");
+}
+
+#[test]
+fn c27_a_truncated_payload_is_not_a_call() {
+    let text =
+        "[TOOL CALL]\n{\"name\":\"write_file\",\"arguments\":{\"path\":\"a\",\"content\":\"abc";
+    let out = scan(text);
+    assert!(out.calls.is_empty());
+    // Nothing of the answer was a call: the text is shown rather than lost.
+    assert_eq!(out.content, text);
+    // After a call, an unfinished second one is dropped.
+    let out = scan(&format!("{PARIS}\n{text}"));
+    assert_eq!(out.calls.len(), 1);
+    assert_eq!(out.content, "");
+}
+
+#[test]
+fn c28_intercepted_native_calls_are_harvested() {
+    let set = auto();
+    let mut scan = ToolScan::new(ScanConfig {
+        set: Arc::new(set),
+        retry_allowed: false,
+        streaming: true,
+    });
+    let mut out = Recorder::default();
+    for args in ["{\"ci", "{\"city\":\"Paris\"}", "{\"city\":\"Paris\"}"] {
+        scan.platform_call(
+            PlatformFrame::Call {
+                name: "get_weather",
+                arguments: args,
+            },
+            &mut out,
+        );
+    }
+    assert!(out.calls.is_empty(), "not before the platform closes it");
+    scan.platform_call(
+        PlatformFrame::Result {
+            name: "get_weather",
+        },
+        &mut out,
+    );
+    assert_eq!(out.calls, [call("get_weather", r#"{"city":"Paris"}"#)]);
+    assert_eq!(scan.finish_reason(), Some(FinishReason::ToolCalls));
+    // What the model says next (about the platform's "does not exists") is not the client's.
+    scan.content("Sorry, the tool does not exist.", &mut out);
+    scan.flush(&mut out);
+    assert_eq!(out.content, "");
+}
+
+#[test]
+fn c40_required_holds_prose_and_asks_again_once() {
+    let set = set_with(Choice::Required, true);
+    let out = scan_with(&set, true, "I think it is sunny.");
+    assert_eq!(out.retry, Some(Hint::NoCall));
+    assert_eq!(out.content, "", "nothing shown before the retry");
+    // The retry (no retry left) answers prose again: shown, once.
+    let out = scan_with(&set, false, "I think it is sunny.");
+    assert_eq!(out.retry, None);
+    assert_eq!(out.content, "I think it is sunny.");
+    assert_eq!(out.finish, None);
+    // Prose then a call: the prose is released before the call.
+    let out = scan_with(&set, true, &format!("Checking.\n{PARIS}"));
+    assert_eq!(out.content, "Checking.\n");
+    assert_eq!(out.calls.len(), 1);
+    assert_eq!(out.retry, None);
+}
+
+#[test]
+fn c41_a_named_choice_accepts_only_that_tool() {
+    let set = set_with(Choice::Named("write_file".into()), true);
+    let out = scan_with(&set, true, PARIS);
+    assert_eq!(out.retry, Some(Hint::BadCall));
+    assert!(out.calls.is_empty());
+    let out = scan_with(&set, false, PARIS);
+    assert!(out.calls.is_empty());
+    assert!(
+        out.content.contains("get_weather"),
+        "shown as text: {}",
+        out.content
+    );
+}
+
+#[test]
+fn a_call_written_only_while_thinking_asks_again() {
+    let out = run_pieces(
+        &auto(),
+        true,
+        &["I cannot check the weather."],
+        &[
+            "I should call [TOOL CALL]",
+            "\n{\"name\":\"get_weather\"...",
+        ],
+    );
+    // Prose was released (auto), so no retry is possible: the answer stands.
+    assert_eq!(out.retry, None);
+    let required = set_with(Choice::Required, true);
+    let out = run_pieces(
+        &required,
+        true,
+        &["I cannot check the weather."],
+        &[
+            "I should call [TOOL CALL]",
+            "\n{\"name\":\"get_weather\"...",
+        ],
+    );
+    assert_eq!(out.retry, Some(Hint::CallInThinking));
+    assert!(
+        out.reasoning.contains("[TOOL CALL]"),
+        "reasoning passes through"
+    );
+}
+
+#[test]
+fn plain_prose_passes_at_once_with_bounded_hold_back() {
+    // Every piece of prose without a `[`, `<` or line-start `{` is released as it arrives.
+    let mut scan = ToolScan::new(ScanConfig {
+        set: Arc::new(auto()),
+        retry_allowed: false,
+        streaming: true,
+    });
+    let mut out = Recorder::default();
+    for piece in ["Hello", " world", ", how", " are you?"] {
+        scan.content(piece, &mut out);
+        assert!(
+            out.content.ends_with(piece),
+            "released at once: {:?}",
+            out.content
+        );
+    }
+    scan.content(" See [T", &mut out);
+    assert!(
+        out.content.ends_with(" See "),
+        "only the possible opener is held"
+    );
+    scan.content("he docs].", &mut out);
+    assert!(out.content.ends_with("See [The docs]."));
+}

@@ -1,0 +1,398 @@
+//! A completed payload → a call the client may receive (tool-calling.md §5.8): parsed (after a
+//! small, deterministic repair), keys read under their usual aliases, the name resolved
+//! against the request's tools (an unknown name is never emitted), the arguments an object
+//! (double-encoded strings decoded), values coerced where the schema is unambiguous, and
+//! serialised compactly in the model's key order.
+
+use serde_json::{Map, Value};
+
+use super::{ToolSet, ToolSpec};
+
+/// A call ready for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidCall {
+    /// The client's name for the tool (aliases reversed).
+    pub name: String,
+    /// Compact JSON of an object.
+    pub arguments: String,
+}
+
+/// Why a payload is not a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// Not JSON, even after repair.
+    NotJson,
+    /// No string under any name key.
+    NoName,
+    /// A name the request does not offer.
+    UnknownName(String),
+    /// The arguments are not (and do not decode to) a JSON object.
+    ArgumentsNotObject,
+}
+
+impl Invalid {
+    /// Metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Invalid::UnknownName(_) => "unknown_name",
+            _ => "invalid",
+        }
+    }
+}
+
+/// Validate a JSON payload `{"name": …, "arguments": {…}}`.
+pub fn json_payload(payload: &str, set: &ToolSet) -> Result<ValidCall, Invalid> {
+    let value = parse_lenient(payload).ok_or(Invalid::NotJson)?;
+    let Value::Object(mut obj) = value else {
+        return Err(Invalid::NotJson);
+    };
+    let name = take_name(&mut obj).ok_or(Invalid::NoName)?;
+    let args = ["arguments", "parameters", "args", "input"]
+        .iter()
+        .find_map(|k| obj.remove(*k))
+        .unwrap_or_else(|| Value::Object(Map::new()));
+    call(&name, args, set)
+}
+
+/// Validate a call given as a name and raw arguments (native frames, the XML form).
+pub fn call(name: &str, args: Value, set: &ToolSet) -> Result<ValidCall, Invalid> {
+    let client = resolve_name(name, set).ok_or_else(|| Invalid::UnknownName(name.to_owned()))?;
+    let mut args = as_object(args).ok_or(Invalid::ArgumentsNotObject)?;
+    let spec = set.spec(&client);
+    if let Some(schema) = spec.map(|s| &s.parameters) {
+        coerce_object(&mut args, schema);
+        let missing: Vec<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|k| !args.contains_key(*k))
+            .collect();
+        if !missing.is_empty() {
+            // Still emitted: the client's error about it is useful feedback to the model.
+            tracing::warn!(tool = %client, ?missing, "tool call without required arguments");
+        }
+    }
+    Ok(ValidCall {
+        name: client,
+        arguments: Value::Object(args).to_string(),
+    })
+}
+
+/// A raw parameter value of the XML form, converted by the tool's schema (§4.2).
+pub fn xml_value(raw: &str, schema: Option<&Value>) -> Value {
+    let text = raw.strip_prefix('\n').unwrap_or(raw);
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let kinds = schema.map(types).unwrap_or_default();
+    if kinds.contains(&"string") || kinds.is_empty() && schema.is_some() {
+        return Value::String(text.to_owned());
+    }
+    let t = text.trim();
+    if matches!(t, "null" | "None") && (kinds.is_empty() || kinds.contains(&"null")) {
+        return Value::Null;
+    }
+    serde_json::from_str(t).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+/// The name under `name`, `tool`, `function` (a string) or `function.name`.
+fn take_name(obj: &mut Map<String, Value>) -> Option<String> {
+    for key in ["name", "tool", "function"] {
+        match obj.get(key) {
+            Some(Value::String(s)) => return Some(s.clone()),
+            Some(Value::Object(f)) if key == "function" => {
+                let name = f.get("name").and_then(Value::as_str)?.to_owned();
+                // `{"function": {"name", "arguments"}}`: lift the arguments too.
+                if let Some(Value::Object(mut f)) = obj.remove("function") {
+                    if let Some(a) = f.remove("arguments") {
+                        obj.insert("arguments".to_owned(), a);
+                    }
+                }
+                return Some(name);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The offered tool a model-side name stands for.
+pub fn resolve<'a>(name: &str, set: &'a ToolSet) -> Option<&'a ToolSpec> {
+    let client = resolve_name(name, set)?;
+    set.spec(&client)
+}
+
+/// Exact model-side name (an alias, or the client's own name), then a normalised match
+/// (lower-case ASCII letters and digits only).
+fn resolve_name(name: &str, set: &ToolSet) -> Option<String> {
+    let name = name.trim();
+    if let Some(client) = set.aliases.to_client(name) {
+        return Some(client.to_owned());
+    }
+    let model_names = || set.tools.iter().map(|t| (t, set.aliases.to_model(&t.name)));
+    if let Some((t, _)) = model_names().find(|(_, m)| *m == name) {
+        return Some(t.name.clone());
+    }
+    let norm = |s: &str| -> String {
+        s.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let wanted = norm(name);
+    if wanted.is_empty() {
+        return None;
+    }
+    model_names()
+        .find(|(_, m)| norm(m) == wanted)
+        .map(|(t, _)| t.name.clone())
+}
+
+/// An object, or a string that decodes to one (at most twice: double-encoded arguments).
+fn as_object(v: Value) -> Option<Map<String, Value>> {
+    match v {
+        Value::Object(o) => Some(o),
+        Value::Null => Some(Map::new()),
+        Value::String(s) => {
+            let inner: Value = parse_lenient(&s)?;
+            match inner {
+                Value::Object(o) => Some(o),
+                Value::String(s2) => match parse_lenient(&s2)? {
+                    Value::Object(o) => Some(o),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The schema's type names (`"type": "x"` or `["x", "null"]`).
+fn types(schema: &Value) -> Vec<&str> {
+    match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Strings that the schema says are numbers, booleans, objects or arrays — and that parse
+/// as such — become them; nothing else changes.
+fn coerce_object(args: &mut Map<String, Value>, schema: &Value) {
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    for (key, value) in args.iter_mut() {
+        let Some(prop) = props.get(key) else {
+            continue;
+        };
+        let kinds = types(prop);
+        if let Value::String(s) = value {
+            if kinds.contains(&"string") || kinds.is_empty() {
+                continue;
+            }
+            let t = s.trim();
+            let parsed = if kinds.contains(&"boolean") {
+                match t {
+                    "true" | "True" => Some(Value::Bool(true)),
+                    "false" | "False" => Some(Value::Bool(false)),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            let parsed = parsed.or_else(|| {
+                let v: Value = serde_json::from_str(t).ok()?;
+                let fits = match &v {
+                    Value::Number(n) => {
+                        kinds.contains(&"number")
+                            || kinds.contains(&"integer") && n.is_i64()
+                            || kinds.contains(&"integer") && n.is_u64()
+                    }
+                    Value::Object(_) => kinds.contains(&"object"),
+                    Value::Array(_) => kinds.contains(&"array"),
+                    Value::Null => kinds.contains(&"null"),
+                    _ => false,
+                };
+                fits.then_some(v)
+            });
+            if let Some(v) = parsed {
+                *value = v;
+            }
+        } else if let (Value::Object(inner), true) = (&mut *value, kinds.contains(&"object")) {
+            coerce_object(inner, prop);
+        }
+    }
+}
+
+/// JSON, or JSON with trailing commas removed (the one repair that is always safe).
+fn parse_lenient(text: &str) -> Option<Value> {
+    serde_json::from_str(text)
+        .ok()
+        .or_else(|| serde_json::from_str(&strip_trailing_commas(text)).ok())
+}
+
+fn strip_trailing_commas(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escape) = (false, false);
+    let chars: Vec<char> = text.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if in_string {
+            out.push(c);
+            match (escape, c) {
+                (true, _) => escape = false,
+                (false, '\\') => escape = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+        }
+        if c == ',' {
+            let next = chars[i + 1..].iter().find(|c| !c.is_whitespace());
+            if matches!(next, Some('}' | ']')) {
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::Choice;
+    use serde_json::json;
+
+    fn set() -> ToolSet {
+        let tool = |name: &str, params: Value| ToolSpec {
+            name: name.to_owned(),
+            description: None,
+            parameters: params,
+        };
+        ToolSet::new(
+            vec![
+                tool(
+                    "get_weather",
+                    json!({"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"},"metric":{"type":["boolean","null"]}},"required":["city"]}),
+                ),
+                tool(
+                    "write_file",
+                    json!({"type":"object","properties":{"path":{"type":"string"},"content":{"type":"string"}}}),
+                ),
+                tool("Write", json!({"type":"object"})),
+            ],
+            Choice::Auto,
+            true,
+            &["Write".to_owned()],
+        )
+    }
+
+    fn ok(payload: &str) -> (String, String) {
+        let c = json_payload(payload, &set()).unwrap();
+        (c.name, c.arguments)
+    }
+
+    #[test]
+    fn plain_and_aliased_keys() {
+        assert_eq!(
+            ok(r#"{"name":"get_weather","arguments":{"city":"Paris"}}"#),
+            ("get_weather".into(), r#"{"city":"Paris"}"#.into())
+        );
+        assert_eq!(
+            ok(r#"{"tool":"get_weather","parameters":{"city":"Paris"}}"#).1,
+            r#"{"city":"Paris"}"#
+        );
+        assert_eq!(
+            ok(r#"{"function":{"name":"get_weather","arguments":{"city":"X"}}}"#).1,
+            r#"{"city":"X"}"#
+        );
+        assert_eq!(ok(r#"{"name":"get_weather"}"#).1, "{}");
+    }
+
+    #[test]
+    fn double_encoded_arguments_and_coercion() {
+        assert_eq!(
+            ok(r#"{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}"#).1,
+            r#"{"city":"Paris"}"#
+        );
+        assert_eq!(
+            ok(r#"{"name":"get_weather","arguments":"\"{\\\"city\\\":\\\"P\\\"}\""}"#).1,
+            r#"{"city":"P"}"#
+        );
+        // Integer from a string; a string-typed value that looks like a number stays.
+        assert_eq!(
+            ok(r#"{"name":"get_weather","arguments":{"city":"3","days":"3","metric":"true"}}"#).1,
+            r#"{"city":"3","days":3,"metric":true}"#
+        );
+        assert_eq!(
+            ok(r#"{"name":"get_weather","arguments":{"city":"x","days":"soon"}}"#).1,
+            r#"{"city":"x","days":"soon"}"#
+        );
+    }
+
+    #[test]
+    fn names_resolve_through_aliases_and_normalisation_only_to_offered_tools() {
+        assert_eq!(ok(r#"{"name":"fs_put_file","arguments":{}}"#).0, "Write");
+        assert_eq!(
+            ok(r#"{"name":"Get-Weather","arguments":{"city":"a"}}"#).0,
+            "get_weather"
+        );
+        assert_eq!(
+            json_payload(r#"{"name":"delete_everything","arguments":{}}"#, &set()),
+            Err(Invalid::UnknownName("delete_everything".into()))
+        );
+        // The client name of an aliased tool is not what the model was told: not offered.
+        assert!(json_payload(r#"{"name":"Write","arguments":{}}"#, &set()).is_err());
+    }
+
+    #[test]
+    fn repairs_and_refusals() {
+        assert_eq!(
+            ok(r#"{"name":"get_weather","arguments":{"city":"a",},}"#).1,
+            r#"{"city":"a"}"#
+        );
+        assert_eq!(json_payload("{oops", &set()), Err(Invalid::NotJson));
+        assert_eq!(
+            json_payload(r#"{"arguments":{}}"#, &set()),
+            Err(Invalid::NoName)
+        );
+        assert_eq!(
+            json_payload(r#"{"name":"get_weather","arguments":[1]}"#, &set()),
+            Err(Invalid::ArgumentsNotObject)
+        );
+    }
+
+    #[test]
+    fn key_order_is_the_models() {
+        assert_eq!(
+            ok(r#"{"name":"write_file","arguments":{"path":"a","content":"b"}}"#).1,
+            r#"{"path":"a","content":"b"}"#
+        );
+        assert_eq!(
+            ok(r#"{"name":"write_file","arguments":{"content":"b","path":"a"}}"#).1,
+            r#"{"content":"b","path":"a"}"#
+        );
+    }
+
+    #[test]
+    fn xml_values_follow_the_schema() {
+        let int = json!({"type":"integer"});
+        let text = json!({"type":"string"});
+        assert_eq!(xml_value("\n2\n", Some(&int)), json!(2));
+        assert_eq!(xml_value("\n2\n", Some(&text)), json!("2"));
+        assert_eq!(
+            xml_value("\nline1\nline2\n", Some(&text)),
+            json!("line1\nline2")
+        );
+        assert_eq!(
+            xml_value("[1, 2]", Some(&json!({"type":"array"}))),
+            json!([1, 2])
+        );
+        assert_eq!(xml_value("abc", None), json!("abc"));
+    }
+}
