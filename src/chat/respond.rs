@@ -16,12 +16,13 @@ use crate::common::epoch_secs;
 use crate::conversation::transcript::Transcript;
 use crate::conversation::{ChatLock, ChatTarget, Prepared};
 use crate::error::ProxyError;
-use crate::openai::encoder::{call_id, ChunkEncoder, UsageJson};
+use crate::openai::encoder::{call_id, finish_reason, ChunkEncoder, UsageJson};
 use crate::openai::mapping::Plan;
 use crate::openai::request::ChatRequest;
 use crate::openai::response::{
     AssistantMessage, ChatCompletion, Choice, FunctionJson, ToolCallJson,
 };
+use crate::openai::tools::CallShape;
 use crate::qwen::request::Turn;
 use crate::tools::prompt::Hint;
 use crate::tools::scan::{ScanConfig, ToolScan};
@@ -116,7 +117,8 @@ impl Attempt<'_> {
         id: &str,
     ) -> Result<Answered, ProxyError> {
         let state = self.state;
-        let encoder = ChunkEncoder::new(id, epoch_secs(), &self.req.model, self.req.include_usage);
+        let encoder = ChunkEncoder::new(id, epoch_secs(), &self.req.model, self.req.include_usage)
+            .with_call_shape(self.req.call_shape);
         let mut body = TranslateBody::new(stream, encoder, Some(state.config.sse_keepalive))
             .abort_on(state.stream_abort_signal());
         // A failure here drops `end` untold (its lock is released): it is this request's
@@ -170,6 +172,23 @@ impl Attempt<'_> {
         {
             settle.await;
         }
+        let mut calls = message
+            .tool_calls
+            .iter()
+            .map(|(name, arguments)| FunctionJson { name, arguments });
+        let (tool_calls, function_call) = match self.req.call_shape {
+            CallShape::ToolCalls => (
+                calls
+                    .map(|function| ToolCallJson {
+                        id: call_id(),
+                        kind: "function",
+                        function,
+                    })
+                    .collect(),
+                None,
+            ),
+            CallShape::FunctionCall => (Vec::new(), calls.next()),
+        };
         let body = ChatCompletion {
             id,
             object: "chat.completion",
@@ -183,19 +202,12 @@ impl Attempt<'_> {
                         .then_some(message.content.as_str()),
                     reasoning_content: (!message.reasoning.is_empty())
                         .then_some(message.reasoning.as_str()),
-                    tool_calls: message
-                        .tool_calls
-                        .iter()
-                        .map(|(name, arguments)| ToolCallJson {
-                            id: call_id(),
-                            kind: "function",
-                            function: FunctionJson { name, arguments },
-                        })
-                        .collect(),
+                    tool_calls,
+                    function_call,
                     refusal: None,
                 },
                 logprobs: None,
-                finish_reason: reason.as_str(),
+                finish_reason: finish_reason(reason, self.req.call_shape),
             }],
             usage: UsageJson::from(usage),
             system_fingerprint: None,

@@ -91,12 +91,15 @@ impl KeyBuilder {
         self.end();
     }
 
-    /// A message of the request's history: its text, then the calls it made (an assistant),
+    /// A message of the request's history: its text, or the calls it made (an assistant),
     /// exactly as the transcript hashed them when we sent them; a tool result under the call
-    /// it answers.
+    /// it answers. The prose of a turn that made calls does not count: agents send it back
+    /// trimmed, rewritten or empty (Roo Code sends `""`), and the calls identify the turn.
     pub fn history_message(&mut self, m: &Message) {
         self.begin(m.role, m.result_label());
-        self.text(&m.content);
+        if m.tool_calls.is_empty() {
+            self.text(&m.content);
+        }
         for call in &m.tool_calls {
             self.tool_call(&call.name, &call.arguments);
         }

@@ -8,12 +8,15 @@
 //! Tool calls follow the rules real client parsers enforce (tool-calling.md §1.3): per call
 //! one chunk with `index`, `id`, `type`, `function.name` and `arguments: ""`, then the
 //! arguments in slices of at most [`ARGUMENT_SLICE`] bytes, each chunk carrying only `index`
-//! and `function.arguments`; indices contiguous from 0; ids unique.
+//! and `function.arguments`; indices contiguous from 0; ids unique. A request that used the
+//! deprecated `functions` gets its one call as `delta.function_call` (name first, then the
+//! argument slices) and the finish reason `function_call`.
 
 use std::fmt::Write as _;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::tools::CallShape;
 use crate::error::ProxyError;
 use crate::translate::body::Render;
 use crate::translate::state::{Emit, FinishReason, ToolCall, Usage};
@@ -30,6 +33,7 @@ pub struct ChunkEncoder {
     role_sent: bool,
     /// Tool calls written so far (the next one's index).
     calls: usize,
+    call_shape: CallShape,
 }
 
 impl ChunkEncoder {
@@ -52,7 +56,14 @@ impl ChunkEncoder {
             buf: BytesMut::with_capacity(1024),
             role_sent: false,
             calls: 0,
+            call_shape: CallShape::ToolCalls,
         }
+    }
+
+    /// Write calls in this shape (the default is `tool_calls`).
+    pub fn with_call_shape(mut self, shape: CallShape) -> Self {
+        self.call_shape = shape;
+        self
     }
 
     /// The first chunk: `delta: {"role":"assistant","content":""}` (sent once, lazily).
@@ -112,7 +123,7 @@ impl Render for ChunkEncoder {
         self.ensure_role();
         self.open_choice();
         self.buf.put_slice(b"{}");
-        self.close_choice(Some(reason.as_str()));
+        self.close_choice(Some(finish_reason(reason, self.call_shape)));
         if self.include_usage {
             self.buf.put_slice(&self.head);
             self.buf.put_slice(b"[],\"usage\":");
@@ -162,15 +173,24 @@ impl Emit for ChunkEncoder {
         // The header: everything a parser needs to open the call, and empty arguments (never
         // a placeholder such as `{}`, which the AI SDK would take for the whole call).
         self.open_choice();
-        let _ = write!(
-            self.buf,
-            "{{\"tool_calls\":[{{\"index\":{index},\"id\":\"{}\"",
-            call_id()
-        );
-        self.buf
-            .put_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+        let legacy = self.call_shape == CallShape::FunctionCall;
+        if legacy {
+            self.buf.put_slice(b"{\"function_call\":{\"name\":");
+        } else {
+            let _ = write!(
+                self.buf,
+                "{{\"tool_calls\":[{{\"index\":{index},\"id\":\"{}\"",
+                call_id()
+            );
+            self.buf
+                .put_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+        }
         write_json_str(&mut self.buf, call.name);
-        self.buf.put_slice(b",\"arguments\":\"\"}}]}");
+        self.buf.put_slice(if legacy {
+            b",\"arguments\":\"\"}}".as_slice()
+        } else {
+            b",\"arguments\":\"\"}}]}"
+        });
         self.close_choice(None);
         let mut rest = call.arguments;
         while !rest.is_empty() {
@@ -180,15 +200,28 @@ impl Emit for ChunkEncoder {
             }
             let (slice, tail) = rest.split_at(cut);
             self.open_choice();
-            let _ = write!(
-                self.buf,
-                "{{\"tool_calls\":[{{\"index\":{index},\"function\":{{\"arguments\":"
-            );
+            if legacy {
+                self.buf.put_slice(b"{\"function_call\":{\"arguments\":");
+            } else {
+                let _ = write!(
+                    self.buf,
+                    "{{\"tool_calls\":[{{\"index\":{index},\"function\":{{\"arguments\":"
+                );
+            }
             write_json_str(&mut self.buf, slice);
-            self.buf.put_slice(b"}}]}");
+            self.buf
+                .put_slice(if legacy { b"}}".as_slice() } else { b"}}]}" });
             self.close_choice(None);
             rest = tail;
         }
+    }
+}
+
+/// The finish reason as the client's API names it.
+pub fn finish_reason(reason: FinishReason, shape: CallShape) -> &'static str {
+    match (reason, shape) {
+        (FinishReason::ToolCalls, CallShape::FunctionCall) => "function_call",
+        _ => reason.as_str(),
     }
 }
 
@@ -322,6 +355,35 @@ mod tests {
             "tool_calls"
         );
         assert_eq!(evs.last().unwrap(), &Value::String("[DONE]".into()));
+    }
+
+    #[test]
+    fn the_deprecated_functions_api_gets_function_call_deltas() {
+        let mut e =
+            ChunkEncoder::new("chatcmpl-1", 7, "m", false).with_call_shape(CallShape::FunctionCall);
+        e.tool_call(&ToolCall {
+            name: "get_weather",
+            arguments: "{\"city\":\"Paris\"}",
+        });
+        e.finish(FinishReason::ToolCalls, Usage::default());
+        let evs = events(&e.take().unwrap());
+        let deltas: Vec<&Value> = evs[..evs.len() - 1]
+            .iter()
+            .map(|ev| &ev["choices"][0]["delta"])
+            .collect();
+        assert_eq!(
+            deltas[1],
+            &serde_json::json!({"function_call": {"name": "get_weather", "arguments": ""}})
+        );
+        assert_eq!(
+            deltas[2],
+            &serde_json::json!({"function_call": {"arguments": "{\"city\":\"Paris\"}"}})
+        );
+        assert!(deltas.iter().all(|d| d.get("tool_calls").is_none()));
+        assert_eq!(
+            evs[evs.len() - 2]["choices"][0]["finish_reason"],
+            "function_call"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use std::sync::Arc;
 
-use super::tools;
+use super::tools::{self, CallShape};
 use crate::error::ProxyError;
 use crate::tools::ToolSet;
 use crate::untrusted::clip;
@@ -94,6 +94,8 @@ pub struct ChatRequest {
     pub response_format: ResponseFormat,
     /// Function calling (emulated upstream); `None` for plain text.
     pub tools: Option<Arc<ToolSet>>,
+    /// `tool_calls`, or `function_call` for the deprecated `functions` API.
+    pub call_shape: CallShape,
 }
 
 fn bad(message: impl Into<String>, param: &str) -> ProxyError {
@@ -249,6 +251,7 @@ impl ChatRequest {
         let enable_thinking = opt_bool(obj, "enable_thinking")?;
 
         let tools = tools::parse(obj)?.map(Arc::new);
+        let call_shape = tools::call_shape(obj);
 
         let response_format = match obj.get("response_format") {
             None | Some(Value::Null) => ResponseFormat::Text,
@@ -287,6 +290,7 @@ impl ChatRequest {
             enable_thinking,
             response_format,
             tools,
+            call_shape,
         })
     }
 }

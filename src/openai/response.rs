@@ -32,6 +32,9 @@ pub struct AssistantMessage<'a> {
     pub reasoning_content: Option<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallJson<'a>>,
+    /// The deprecated `functions` API's one call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<FunctionJson<'a>>,
     pub refusal: Option<()>,
 }
 

@@ -12,14 +12,30 @@ fn bad(message: impl Into<String>, param: &str) -> ProxyError {
     ProxyError::bad_request(message, Some(param))
 }
 
+/// How calls are written back: `tool_calls`, or the deprecated single `function_call` for
+/// a request that used `functions` (clients of that API read only `function_call`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CallShape {
+    #[default]
+    ToolCalls,
+    FunctionCall,
+}
+
+/// The request's call shape: `function_call` when it offers `functions` and no `tools`.
+pub fn call_shape(obj: &Map<String, Value>) -> CallShape {
+    let present = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+    if present("functions") && !present("tools") {
+        CallShape::FunctionCall
+    } else {
+        CallShape::ToolCalls
+    }
+}
+
 /// Parse the tool fields of a request body.
 pub fn parse(obj: &Map<String, Value>) -> Result<Option<ToolSet>, ProxyError> {
     let present = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
-    let list_key = if present("functions") && !present("tools") {
-        "functions"
-    } else {
-        "tools"
-    };
+    let legacy = call_shape(obj) == CallShape::FunctionCall;
+    let list_key = if legacy { "functions" } else { "tools" };
     let choice_key = if present("function_call") && !present("tool_choice") {
         "function_call"
     } else {
@@ -89,7 +105,8 @@ pub fn parse(obj: &Map<String, Value>) -> Result<Option<ToolSet>, ProxyError> {
             ))
         }
     };
-    let parallel = parallel(obj)?;
+    // The deprecated API has room for one call per reply.
+    let parallel = parallel(obj)? && !legacy;
     let (Some(choice), false) = (choice, specs.is_empty()) else {
         return Ok(None);
     };

@@ -6,12 +6,19 @@
 //! * `long=N`: exactly N characters of a fixed filler text, cycled.
 //! * thinking paragraphs and titles: fixed sentences around the same last line.
 
-/// The last non-empty line, trimmed, at most 200 characters.
+/// The last line that says something, trimmed, at most 200 characters. The proxy's
+/// per-turn tool reminder and retry hint, and the closing markers of folded calls and
+/// results, are not what the user said.
 pub fn last_line(prompt: &str) -> String {
     let line = prompt
         .lines()
         .map(str::trim)
-        .rfind(|l| !l.is_empty())
+        .rfind(|l| {
+            !l.is_empty()
+                && !l.starts_with("(Tools:")
+                && !l.starts_with("Your previous ")
+                && !matches!(*l, "[END TOOL RESULT]" | "[END TOOL CALL]")
+        })
         .unwrap_or("");
     line.chars().take(200).collect()
 }
@@ -61,6 +68,14 @@ mod tests {
         assert_eq!(
             answer("a\n\n  hello there  \n"),
             "Simulated answer — 模拟回答: you said \"hello there\"."
+        );
+        assert_eq!(
+            last_line("what is up?\n(Tools: a, b. Call a tool only when it helps.)"),
+            "what is up?"
+        );
+        assert_eq!(
+            last_line("[TOOL RESULT #1: a]\nsunny\n[END TOOL RESULT]\n"),
+            "sunny"
         );
         assert_eq!(long_answer(5), "Lorem");
         assert_eq!(long_answer(200).chars().count(), 200);

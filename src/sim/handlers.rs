@@ -19,6 +19,7 @@ use super::body::{ScriptBody, StreamGuard};
 use super::scenario::{self, Fault};
 use super::script::{self, Generation, Step};
 use super::state::{lock, Chat, SimState, TurnRecord};
+use super::tools as sim_tools;
 use super::wire;
 use super::{Gate, SimConfig};
 use crate::common::{epoch_secs, BoxFuture};
@@ -253,6 +254,7 @@ impl SimService {
                 attempts: 0,
                 last_parent_id: None,
                 turns: Vec::new(),
+                tools: Vec::new(),
             },
         );
         self.state.chats_created.fetch_add(1, Ordering::Relaxed);
@@ -388,7 +390,11 @@ impl SimService {
                 .join("\n"),
             _ => String::new(),
         };
-        let (scenario, prompt) = scenario::parse(&content);
+        let (mut scenario, prompt) = scenario::parse(&content);
+        if sim_tools::hinted(&prompt) {
+            scenario.obey_hint();
+        }
+        let tools;
         if !scenario.unknown.is_empty() {
             let details = format!(
                 "unknown simulator directive(s): {}",
@@ -487,6 +493,10 @@ impl SimService {
                 }
                 _ => {}
             }
+            if let Some(described) = sim_tools::catalogue(&content) {
+                chat.tools = described;
+            }
+            tools = chat.tools.clone();
             chat.nodes.insert(user_node.clone());
             chat.nodes.insert(response_id.clone());
             chat.in_flight = true;
@@ -532,6 +542,7 @@ impl SimService {
                     thinking,
                     search,
                     scenario: &scenario,
+                    tools: &tools,
                     timing: &self.config.timing,
                     now_secs: epoch_secs(),
                 });

@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod scenario;
 pub mod script;
 mod state;
+pub mod tools;
 pub mod wire;
 
 use std::net::SocketAddr;

@@ -17,8 +17,44 @@ pub struct Scenario {
     pub in_progress: u32,
     pub stall: Option<Duration>,
     pub done: bool,
+    /// `reply=B64`: the answer phase is exactly these bytes.
+    pub reply: Option<String>,
+    /// `think_reply=B64`: the thinking phase is exactly these bytes.
+    pub think_reply: Option<String>,
+    /// `call[=NAME[,ARGS_B64]]`: the model calls tools in the proxy's marker format.
+    pub calls: Vec<SimCall>,
+    /// `native_call[=NAME[,ARGS_B64]]`: the model calls natively and the platform
+    /// intercepts it (function frames, a "does not exists" result, more text).
+    pub native_calls: Vec<SimCall>,
+    /// `stubborn`: the model ignores the proxy's retry hint (by default it obeys it).
+    pub stubborn: bool,
     /// Directives that were not recognised (reported, never silently ignored).
     pub unknown: Vec<String>,
+}
+
+impl Scenario {
+    /// The proxy's retry hint asked for a call in the answer: an obedient model writes
+    /// exactly one proper call, to its first tool with arguments its schema accepts.
+    pub fn obey_hint(&mut self) {
+        if self.stubborn {
+            return;
+        }
+        self.calls = vec![SimCall {
+            name: None,
+            arguments: None,
+        }];
+        self.native_calls.clear();
+        self.think_reply = None;
+        self.reply = None;
+    }
+}
+
+/// A tool call the simulated model makes: a tool of the request's catalogue (the first one
+/// when `name` is `None`) with these arguments (built from its schema when `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimCall {
+    pub name: Option<String>,
+    pub arguments: Option<String>,
 }
 
 /// What goes wrong, if anything.
@@ -47,6 +83,11 @@ pub enum Fault {
     Reset,
 }
 
+/// base64url → UTF-8 text.
+fn decode(b64: &str) -> Option<String> {
+    String::from_utf8(crate::common::base64url_decode(b64)?).ok()
+}
+
 /// Parse and strip the directives of `text`.
 pub fn parse(text: &str) -> (Scenario, String) {
     let mut s = Scenario::default();
@@ -58,7 +99,10 @@ pub fn parse(text: &str) -> (Scenario, String) {
         let end = after
             .find(|c: char| c.is_whitespace())
             .unwrap_or(after.len());
-        apply(&mut s, &after[..end]);
+        // A call that was answered already (its result is in the prompt after the
+        // directive, as in a folded history) is not made again: agent loops end.
+        let answered = after[end..].contains("[TOOL RESULT");
+        apply(&mut s, &after[..end], answered);
         rest = &after[end..];
         // Drop the whitespace the directive was separated by, keep the text tidy.
         if kept.ends_with(' ') && rest.starts_with(' ') {
@@ -69,7 +113,7 @@ pub fn parse(text: &str) -> (Scenario, String) {
     (s, kept.trim().to_owned())
 }
 
-fn apply(s: &mut Scenario, directive: &str) {
+fn apply(s: &mut Scenario, directive: &str, answered: bool) {
     let (name, arg) = match directive.split_once('=') {
         Some((n, a)) => (n, Some(a)),
         None => (directive, None),
@@ -86,6 +130,7 @@ fn apply(s: &mut Scenario, directive: &str) {
         "ttft" => s.ttft = Some(ms(500)),
         "split" => s.split = true,
         "done" => s.done = true,
+        "stubborn" => s.stubborn = true,
         "stall" => s.stall = Some(ms(5000)),
         "in_progress" => s.in_progress = arg.and_then(|a| a.parse().ok()).unwrap_or(1),
         "rate_limited" => s.fault = Some(Fault::RateLimited(num(4.0))),
@@ -104,6 +149,36 @@ fn apply(s: &mut Scenario, directive: &str) {
         "invalid_input" => s.fault = Some(Fault::InvalidInput),
         "empty" => s.fault = Some(Fault::Empty),
         "reset" => s.fault = Some(Fault::Reset),
+        "reply" => match arg.and_then(decode) {
+            Some(text) => s.reply = Some(text),
+            None => s.unknown.push(directive.to_owned()),
+        },
+        "think_reply" => match arg.and_then(decode) {
+            Some(text) => s.think_reply = Some(text),
+            None => s.unknown.push(directive.to_owned()),
+        },
+        "call" | "native_call" => {
+            let call = match arg.map(|a| a.split_once(',').unwrap_or((a, ""))) {
+                None => Some(SimCall {
+                    name: None,
+                    arguments: None,
+                }),
+                Some((name, "")) => Some(SimCall {
+                    name: (!name.is_empty()).then(|| name.to_owned()),
+                    arguments: None,
+                }),
+                Some((name, args)) => decode(args).map(|a| SimCall {
+                    name: (!name.is_empty()).then(|| name.to_owned()),
+                    arguments: Some(a),
+                }),
+            };
+            match (call, answered) {
+                (None, _) => s.unknown.push(directive.to_owned()),
+                (Some(_), true) => {}
+                (Some(c), false) if name == "call" => s.calls.push(c),
+                (Some(c), false) => s.native_calls.push(c),
+            }
+        }
         other => s.unknown.push(other.to_owned()),
     }
 }
@@ -120,6 +195,35 @@ mod tests {
         assert_eq!(s.delay, Some(Duration::from_millis(5)));
         assert_eq!(s.fault, Some(Fault::RateLimited(2.0)));
         assert_eq!(parse("Hello world").1, "Hello world");
+    }
+
+    #[test]
+    fn replies_and_calls() {
+        // "Hi!\n" and {"city":"Oslo"} in base64url.
+        let (s, text) = parse("q @@sim:reply=SGkhCg @@sim:call=get_weather,eyJjaXR5IjoiT3NsbyJ9 @@sim:call @@sim:native_call=read_file");
+        assert_eq!(text, "q");
+        assert_eq!(s.reply.as_deref(), Some("Hi!\n"));
+        assert_eq!(
+            s.calls,
+            [
+                SimCall {
+                    name: Some("get_weather".into()),
+                    arguments: Some("{\"city\":\"Oslo\"}".into())
+                },
+                SimCall {
+                    name: None,
+                    arguments: None
+                }
+            ]
+        );
+        assert_eq!(s.native_calls.len(), 1);
+        // Answered already: the call is not made again.
+        let (s, _) = parse(
+            "q @@sim:call=get_weather\n[TOOL RESULT #1: get_weather]\nsunny\n[END TOOL RESULT]",
+        );
+        assert!(s.calls.is_empty());
+        assert!(s.unknown.is_empty());
+        assert_eq!(parse("@@sim:reply=!!").0.unknown, ["reply=!!"]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::answer;
 use super::scenario::{Fault, Scenario};
+use super::tools::{self, SimTool};
 use super::wire::{self, Usage};
 use super::SimTiming;
 use crate::translate::limits::estimate_quarter_tokens;
@@ -31,6 +32,8 @@ pub struct Generation<'a> {
     pub thinking: bool,
     pub search: bool,
     pub scenario: &'a Scenario,
+    /// The tools the chat's prompt described (remembered across turns).
+    pub tools: &'a [SimTool],
     pub timing: &'a SimTiming,
     pub now_secs: u64,
 }
@@ -73,8 +76,15 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
 
     let mut reasoning_tokens = None;
     let mut first_pause = ttft;
-    if g.thinking {
-        let (titles, thoughts) = answer::thinking(g.prompt);
+    if g.thinking || sc.think_reply.is_some() {
+        let (titles, thoughts) = match &sc.think_reply {
+            // Paragraphs arrive one by one, as the cumulative summary list grows.
+            Some(text) => {
+                let thoughts: Vec<String> = text.split("\n\n").map(str::to_owned).collect();
+                (vec!["Thinking".to_owned(); thoughts.len()], thoughts)
+            }
+            None => answer::thinking(g.prompt),
+        };
         let mut r = 0;
         for n in 1..=thoughts.len() {
             r += answer::tokens(&thoughts[n - 1]) * 40;
@@ -102,10 +112,7 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
         }
     }
 
-    let mut text = match sc.long {
-        Some(n) => answer::long_answer(n),
-        None => answer::answer(g.prompt),
-    };
+    let mut text = answer_text(g);
     if g.search {
         text.push_str("[[1]]");
     }
@@ -182,6 +189,34 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
             }
         }
     }
+    if !sc.native_calls.is_empty() {
+        for call in &sc.native_calls {
+            let (name, arguments) = tools::resolve(call, g.tools);
+            for snapshot in snapshots(&arguments) {
+                frames.push((
+                    wire::intercepted_call(g.response_id, &name, snapshot, ts),
+                    delay,
+                ));
+            }
+            frames.push((wire::intercepted_result(g.response_id, &name, ts), delay));
+        }
+        // The model goes on with the platform's "does not exists" in its context.
+        for (i, piece) in chunk_chars(AFTER_INTERCEPTION, g.timing.chunk_chars)
+            .iter()
+            .enumerate()
+        {
+            sent_quarters += estimate_quarter_tokens(piece);
+            let usage = Usage {
+                input,
+                output: base + sent_quarters.div_ceil(4),
+                reasoning: None,
+            };
+            frames.push((
+                wire::delta(g.response_id, "answer", piece, usage, i, ts),
+                delay,
+            ));
+        }
+    }
     let usage = Usage {
         input,
         output: base + sent_quarters.div_ceil(4),
@@ -203,6 +238,44 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
         frames.push(("data: [DONE]\n\n".to_owned(), Duration::ZERO));
     }
     into_steps(frames, sc, g.prompt)
+}
+
+/// What the model says after the platform answered its native call.
+pub const AFTER_INTERCEPTION: &str =
+    "It seems the tool is not available right now, so I will answer without it.";
+
+/// The answer phase's text: the scripted reply or the derived answer, then the calls.
+fn answer_text(g: &Generation<'_>) -> String {
+    let sc = g.scenario;
+    let mut text = match (&sc.reply, sc.long) {
+        (Some(reply), _) => reply.clone(),
+        (None, _) if !sc.calls.is_empty() => "I will use a tool for this.\n".to_owned(),
+        (None, _) if !sc.native_calls.is_empty() => "Let me check that.\n".to_owned(),
+        (None, Some(n)) => answer::long_answer(n),
+        (None, None) => answer::answer(g.prompt),
+    };
+    for call in &sc.calls {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let (name, arguments) = tools::resolve(call, g.tools);
+        text.push_str(&tools::call_block(&name, &arguments));
+        text.push('\n');
+    }
+    text
+}
+
+/// Cumulative snapshots of a native call's arguments, the last one repeated (§3.7).
+fn snapshots(arguments: &str) -> Vec<&str> {
+    let cuts: Vec<usize> = arguments.char_indices().map(|(i, _)| i).collect();
+    let mut out: Vec<&str> = [1, 2]
+        .iter()
+        .filter_map(|k| cuts.get(cuts.len() * k / 3).map(|&at| &arguments[..at]))
+        .filter(|s| !s.is_empty())
+        .collect();
+    out.push(arguments);
+    out.push(arguments);
+    out
 }
 
 /// Split text into pieces of `n` characters (never inside a character).

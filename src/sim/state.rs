@@ -20,6 +20,8 @@ pub struct Chat {
     pub last_parent_id: Option<String>,
     /// Every accepted completion, in order.
     pub turns: Vec<TurnRecord>,
+    /// The tools the chat's prompt described, as the model remembers them.
+    pub tools: Vec<super::tools::SimTool>,
 }
 
 /// What one completion sent and got (for tests: parent chains, body sizes).

@@ -124,6 +124,25 @@ pub fn long_answer_events(n: usize) -> Vec<String> {
     out
 }
 
+/// A tool call the platform intercepted in the answer phase: one cumulative snapshot of
+/// its arguments (no `function_id`: that marks the platform's own tools).
+pub fn intercepted_call(response_id: &str, name: &str, arguments: &str, ts: u64) -> String {
+    event(&format!(
+        "{{\"choices\": [{{\"delta\": {{\"role\": \"assistant\", \"content\": \"\", \"phase\": \"answer\", \"status\": \"typing\", \"function_call\": {{\"name\": {}, \"arguments\": {}}}}}}}], \"response_id\": \"{response_id}\", \"timestamp\": {ts}}}",
+        js(name),
+        js(arguments)
+    ))
+}
+
+/// The platform's result for an intercepted call: it has no such tool.
+pub fn intercepted_result(response_id: &str, name: &str, ts: u64) -> String {
+    event(&format!(
+        "{{\"choices\": [{{\"delta\": {{\"role\": \"function\", \"content\": {}, \"phase\": \"answer\", \"status\": \"typing\", \"name\": {}}}}}], \"response_id\": \"{response_id}\", \"timestamp\": {ts}}}",
+        js(&format!("Tool {name} does not exists.")),
+        js(name)
+    ))
+}
+
 /// The built-in web search tool call and its result frame.
 pub fn web_search(response_id: &str, query: &str, ts: u64) -> [String; 2] {
     let args = js(&format!("{{\"queries\": [{}]}}", js(query)));

@@ -288,8 +288,13 @@ impl ToolScan {
         !matches!(self.config.set.choice, super::Choice::Auto) && self.stats.emitted == 0
     }
 
+    /// A retry replaces the whole answer, so it is possible while the client has seen
+    /// nothing of it: always for a non-streaming answer (collected, then discarded), and
+    /// while nothing was released for a streaming one.
     fn can_retry(&self) -> bool {
-        self.config.retry_allowed && !self.released && self.stats.emitted == 0
+        self.config.retry_allowed
+            && (!self.config.streaming || !self.released)
+            && self.stats.emitted == 0
     }
 
     /// Release answer text to the client (or to the held prose).

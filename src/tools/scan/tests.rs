@@ -50,10 +50,20 @@ struct Out {
 }
 
 fn run_pieces(set: &ToolSet, retry: bool, pieces: &[&str], reasoning: &[&str]) -> Out {
+    run_pieces_in(false, set, retry, pieces, reasoning)
+}
+
+fn run_pieces_in(
+    streaming: bool,
+    set: &ToolSet,
+    retry: bool,
+    pieces: &[&str],
+    reasoning: &[&str],
+) -> Out {
     let mut scan = ToolScan::new(ScanConfig {
         set: Arc::new(set.clone()),
         retry_allowed: retry,
-        streaming: false,
+        streaming,
     });
     let mut out = Recorder::default();
     for r in reasoning {
@@ -420,17 +430,18 @@ fn c41_a_named_choice_accepts_only_that_tool() {
 
 #[test]
 fn a_call_written_only_while_thinking_asks_again() {
-    let out = run_pieces(
-        &auto(),
-        true,
-        &["I cannot check the weather."],
-        &[
-            "I should call [TOOL CALL]",
-            "\n{\"name\":\"get_weather\"...",
-        ],
-    );
-    // Prose was released (auto), so no retry is possible: the answer stands.
+    let thinking = [
+        "I should call [TOOL CALL]",
+        "\n{\"name\":\"get_weather\"...",
+    ];
+    let answer = ["I cannot check the weather."];
+    // Not streaming, nothing reached the client yet: ask again.
+    let out = run_pieces(&auto(), true, &answer, &thinking);
+    assert_eq!(out.retry, Some(Hint::CallInThinking));
+    // Streaming, the thinking and the prose went out as they came (auto): the answer stands.
+    let out = run_pieces_in(true, &auto(), true, &answer, &thinking);
     assert_eq!(out.retry, None);
+    assert_eq!(out.content, "I cannot check the weather.");
     let required = set_with(Choice::Required, true);
     let out = run_pieces(
         &required,

@@ -1,0 +1,181 @@
+//! The simulated model's side of tool calling: it reads the tools a prompt describes (the
+//! `# Tools` section, one JSON line per tool), remembers them for the chat as a real model
+//! remembers its context, and writes the calls the `call` / `native_call` directives ask
+//! for. Arguments it was not given are sampled from the tool's schema, so a test can make
+//! a valid call to any client tool without spelling its arguments out.
+//!
+//! The marker format is written here as the model learned it from the prompt, not taken
+//! from the proxy's constants: if the proxy's prompt and its scanner ever disagree with
+//! what a model writes, tests see it.
+
+use serde_json::{Map, Value};
+
+use super::scenario::SimCall;
+
+/// One tool as the prompt describes it (the name is the one the model was shown).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimTool {
+    pub name: String,
+    pub parameters: Value,
+}
+
+/// The tools of a prompt's `# Tools` section, or `None` when it has none.
+pub fn catalogue(prompt: &str) -> Option<Vec<SimTool>> {
+    let at = prompt.find("# Tools\n")?;
+    let tools: Vec<SimTool> = prompt[at..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("## "))
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            Some(SimTool {
+                name: v.get("name")?.as_str()?.to_owned(),
+                parameters: v.get("parameters").cloned().unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    Some(tools)
+}
+
+/// The retry hint of the proxy asks for a call in the answer; an obedient model complies.
+pub fn hinted(prompt: &str) -> bool {
+    prompt.contains("Write the call now in the answer")
+}
+
+/// The name and argument text of a call: as given, or the first tool and arguments that
+/// satisfy its schema.
+pub fn resolve(call: &SimCall, tools: &[SimTool]) -> (String, String) {
+    let tool = match &call.name {
+        Some(name) => tools.iter().find(|t| &t.name == name),
+        None => tools.first(),
+    };
+    let name = call
+        .name
+        .clone()
+        .or_else(|| tools.first().map(|t| t.name.clone()))
+        .unwrap_or_else(|| "sim_tool".to_owned());
+    let arguments = call.arguments.clone().unwrap_or_else(|| {
+        tool.map_or_else(|| "{}".to_owned(), |t| sample(&t.parameters).to_string())
+    });
+    (name, arguments)
+}
+
+/// A call in the marker format the prompt teaches.
+pub fn call_block(name: &str, arguments: &str) -> String {
+    format!("[TOOL CALL]\n{{\"name\": \"{name}\", \"arguments\": {arguments}}}\n[END TOOL CALL]")
+}
+
+/// A value the schema accepts: its default, its first enum value or constant, else a
+/// plain value of its type; objects get their required properties.
+pub fn sample(schema: &Value) -> Value {
+    let Some(s) = schema.as_object() else {
+        return Value::Object(Map::new());
+    };
+    if let Some(v) = s.get("default").or_else(|| s.get("const")) {
+        return v.clone();
+    }
+    if let Some(first) = s
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return first.clone();
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        if let Some(first) = s.get(key).and_then(Value::as_array).and_then(|e| e.first()) {
+            return sample(first);
+        }
+    }
+    let ty = match s.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null"),
+        _ if s.contains_key("properties") => "object",
+        _ => "string",
+    };
+    match ty {
+        "string" => Value::String("sim".to_owned()),
+        "integer" | "number" => Value::from(1),
+        "boolean" => Value::Bool(true),
+        "array" => Value::Array(Vec::new()),
+        "null" => Value::Null,
+        _ => {
+            let props = s.get("properties").and_then(Value::as_object);
+            let required = s.get("required").and_then(Value::as_array);
+            let mut out = Map::new();
+            for name in required.into_iter().flatten().filter_map(Value::as_str) {
+                let prop = props.and_then(|p| p.get(name)).unwrap_or(&Value::Null);
+                out.insert(name.to_owned(), sample(prop));
+            }
+            Value::Object(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_catalogue_is_read_from_the_tools_section() {
+        let prompt = "You are terse.\n\n# Tools\nYou can use the tools below.\n\
+            {\"name\":\"get_weather\",\"parameters\":{\"type\":\"object\"}}\n\
+            {\"name\":\"fs_put_file\",\"description\":\"d\",\"parameters\":{}}\n\n\
+            ## Calling a tool\n{\"name\": \"<tool name>\"}\n";
+        let tools = catalogue(prompt).unwrap();
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["get_weather", "fs_put_file"]);
+        assert_eq!(catalogue("no tools here"), None);
+    }
+
+    #[test]
+    fn arguments_are_sampled_from_the_schema() {
+        let schema = json!({"type": "object", "properties": {
+            "city": {"type": "string"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            "days": {"type": ["integer", "null"]},
+            "opts": {"type": "object", "properties": {"deep": {"type": "boolean"}}, "required": ["deep"]},
+            "tags": {"type": "array"},
+            "optional": {"type": "string"}
+        }, "required": ["city", "unit", "days", "opts", "tags"]});
+        assert_eq!(
+            sample(&schema),
+            json!({"city": "sim", "unit": "celsius", "days": 1, "opts": {"deep": true}, "tags": []})
+        );
+        assert_eq!(sample(&json!({"default": 7})), json!(7));
+        assert_eq!(sample(&json!({"anyOf": [{"type": "number"}]})), json!(1));
+    }
+
+    #[test]
+    fn calls_resolve_to_a_name_and_arguments() {
+        let tools = vec![SimTool {
+            name: "get_weather".into(),
+            parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+        }];
+        let default = SimCall {
+            name: None,
+            arguments: None,
+        };
+        assert_eq!(
+            resolve(&default, &tools),
+            ("get_weather".to_owned(), r#"{"city":"sim"}"#.to_owned())
+        );
+        let given = SimCall {
+            name: Some("other".into()),
+            arguments: Some("{\"x\":1}".into()),
+        };
+        assert_eq!(
+            resolve(&given, &tools),
+            ("other".to_owned(), "{\"x\":1}".to_owned())
+        );
+        assert_eq!(
+            call_block("a", "{}"),
+            "[TOOL CALL]\n{\"name\": \"a\", \"arguments\": {}}\n[END TOOL CALL]"
+        );
+    }
+}
