@@ -201,7 +201,12 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
             frames.push((wire::intercepted_result(g.response_id, &name, ts), delay));
         }
         // The model goes on with the platform's "does not exists" in its context.
-        for (i, piece) in chunk_chars(AFTER_INTERCEPTION, g.timing.chunk_chars)
+        let last = sc.native_calls.last().map(|c| tools::resolve(c, g.tools).0);
+        let after = format!(
+            "Tool {} does not exists. {AFTER_INTERCEPTION}",
+            last.unwrap_or_default()
+        );
+        for (i, piece) in chunk_chars(&after, g.timing.chunk_chars)
             .iter()
             .enumerate()
         {
@@ -240,7 +245,7 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
     into_steps(frames, sc, g.prompt)
 }
 
-/// What the model says after the platform answered its native call.
+/// What the model says after repeating the platform's answer to its native call.
 pub const AFTER_INTERCEPTION: &str =
     "It seems the tool is not available right now, so I will answer without it.";
 
