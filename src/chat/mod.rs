@@ -16,6 +16,9 @@ mod fallback;
 mod respond;
 mod turn;
 
+/// The stage chain of one answer (for benchmarks of the production chain).
+pub use turn::TurnStages;
+
 use std::sync::Arc;
 use std::task::{Context, Poll};
 

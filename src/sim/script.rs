@@ -206,10 +206,7 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
             "Tool {} does not exists. {AFTER_INTERCEPTION}",
             last.unwrap_or_default()
         );
-        for (i, piece) in chunk_chars(&after, g.timing.chunk_chars)
-            .iter()
-            .enumerate()
-        {
+        for (i, piece) in chunk_chars(&after, g.timing.chunk_chars).iter().enumerate() {
             sent_quarters += estimate_quarter_tokens(piece);
             let usage = Usage {
                 input,

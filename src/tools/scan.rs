@@ -313,8 +313,12 @@ impl ToolScan {
 
     /// Release the first `n` bytes of `pending`.
     fn release_pending(&mut self, n: usize, next: &mut impl Emit) {
-        let text: String = self.pending.drain(..n).collect();
-        self.release(&text, next);
+        // Borrowed out and put back: releasing is on the path of every answer byte, and
+        // must not allocate (`release` never touches `pending`).
+        let pending = std::mem::take(&mut self.pending);
+        self.release(&pending[..n], next);
+        self.pending = pending;
+        self.pending.drain(..n);
     }
 
     fn emit(&mut self, call: ValidCall, next: &mut impl Emit) {
