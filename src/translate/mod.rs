@@ -24,6 +24,8 @@ pub(crate) mod testing {
         pub calls: Vec<(String, String)>,
         /// Every delta in order: `r:<reasoning>`, `c:<content>` or `t:<name> <arguments>`.
         pub pieces: Vec<String>,
+        /// The platform's function frames: `call:<name> <arguments>` or `result:<name>`.
+        pub platform: Vec<String>,
     }
 
     impl Emit for Recorder {
@@ -42,6 +44,15 @@ pub(crate) mod testing {
                 .push((call.name.to_owned(), call.arguments.to_owned()));
             self.pieces
                 .push(format!("t:{} {}", call.name, call.arguments));
+        }
+
+        fn platform_call(&mut self, frame: super::state::PlatformFrame<'_>) {
+            self.platform.push(match frame {
+                super::state::PlatformFrame::Call { name, arguments } => {
+                    format!("call:{name} {arguments}")
+                }
+                super::state::PlatformFrame::Result { name } => format!("result:{name}"),
+            });
         }
     }
 }

@@ -456,6 +456,31 @@ mod tests {
     }
 
     #[test]
+    fn c28_c29_intercepted_calls_are_reported_and_platform_tools_are_not() {
+        let mut t = Translator::new();
+        let mut out = Recorder::default();
+        let frames: [&[u8]; 6] = [
+            CREATED,
+            // §6 test 29: the platform's own tool (a `function_id`, its own phase).
+            br#"{"choices":[{"delta":{"role":"assistant","content":"","phase":"web_search","status":"typing","function_call":{"name":"web_search","arguments":"{}"},"function_id":"call_1"}}],"response_id":"r"}"#,
+            br#"{"choices":[{"delta":{"role":"function","content":"results","phase":"web_search","status":"finished","name":"web_search","function_id":"call_1"}}],"response_id":"r"}"#,
+            // §6 test 28: the model's call, intercepted in the answer phase.
+            br#"{"choices":[{"delta":{"role":"assistant","content":"","phase":"answer","status":"typing","function_call":{"name":"get_weather","arguments":"{\"ci"}}}],"response_id":"r"}"#,
+            br#"{"choices":[{"delta":{"role":"function","content":"Tool get_weather does not exists.","phase":"answer","status":"typing","name":"get_weather"}}],"response_id":"r"}"#,
+            HI,
+        ];
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(t.on_data(f, &mut out), Ok(Flow::Continue), "frame {i}");
+        }
+        assert_eq!(
+            out.platform,
+            [r#"call:get_weather {"ci"#, "result:get_weather"]
+        );
+        // The platform's texts are never content; the answer after them is.
+        assert_eq!(out.content, "Hi");
+    }
+
+    #[test]
     fn a_v1_stream_may_end_at_eof() {
         let mut t = Translator::new();
         let mut out = Recorder::default();
