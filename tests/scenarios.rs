@@ -773,3 +773,33 @@ async fn upstream_bad_request_internal_error_is_502() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_json_answer_loses_its_markdown_fence() {
+    // tool-calling.md §6 test 45: clients parse JSON-mode content as JSON.
+    let h = Harness::start().await;
+    let fenced = "```json\n{\"a\":1}\n```";
+    let prompt = format!(
+        "Give JSON @@sim:split @@sim:reply={}",
+        qwen_proxy::common::base64url_encode(fenced.as_bytes())
+    );
+    for format in [
+        json!({"type": "json_object"}),
+        json!({"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}),
+    ] {
+        for stream in [true, false] {
+            let r = h
+                .chat(
+                    json!({"model": MODEL, "stream": stream, "response_format": format,
+                    "messages": [{"role": "user", "content": prompt}]}),
+                )
+                .await;
+            let (content, finish) = content_and_finish(&r, stream);
+            assert_eq!(content, "{\"a\":1}", "{format} stream={stream}");
+            assert_eq!(finish, "stop");
+        }
+    }
+    // Plain text requests get what the model wrote.
+    let (s, _) = both(&h, &prompt, MODEL).await;
+    assert_eq!(assert_ok_stream(&s).content, fenced);
+}

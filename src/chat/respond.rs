@@ -18,7 +18,7 @@ use crate::conversation::{ChatLock, ChatTarget, Prepared};
 use crate::error::ProxyError;
 use crate::openai::encoder::{call_id, finish_reason, ChunkEncoder, UsageJson};
 use crate::openai::mapping::Plan;
-use crate::openai::request::ChatRequest;
+use crate::openai::request::{ChatRequest, ResponseFormat};
 use crate::openai::response::{
     AssistantMessage, ChatCompletion, Choice, FunctionJson, ToolCallJson,
 };
@@ -28,6 +28,7 @@ use crate::tools::prompt::Hint;
 use crate::tools::scan::{ScanConfig, ToolScan};
 use crate::translate::aggregate;
 use crate::translate::body::{Outcome, StreamEnd, TranslateBody, UpstreamStream};
+use crate::translate::fence::JsonFence;
 use crate::translate::limits::{estimate_tokens, Limits};
 use crate::translate::pipeline::Pipeline;
 
@@ -85,11 +86,18 @@ impl Attempt<'_> {
                 streaming: self.req.stream,
             })
         });
+        // A JSON answer loses its Markdown fence (not with tools: there the answer is the
+        // model's prose around calls).
+        let fence = (self.req.response_format != ResponseFormat::Text && scan.is_none())
+            .then(JsonFence::default);
         let stages = (
             scan,
             (
-                Limits::new(self.req.stop.clone(), self.req.max_tokens),
-                transcript,
+                fence,
+                (
+                    Limits::new(self.req.stop.clone(), self.req.max_tokens),
+                    transcript,
+                ),
             ),
         );
         let pipeline = Pipeline::new(stages, estimate_tokens(&self.prepared.content));

@@ -13,14 +13,19 @@ use crate::conversation::ChatLock;
 use crate::error::UpstreamClass;
 use crate::tools::scan::{ScanStats, ToolScan};
 use crate::translate::body::{Outcome, Settle, StreamEnd};
+use crate::translate::fence::JsonFence;
 use crate::translate::limits::Limits;
 use crate::translate::pipeline::Pipeline;
 use crate::translate::stage::Stage;
 use crate::translate::state::Usage;
 
-/// The core's pipeline stages: the tool-call scanner (function calling), the output
-/// limits, then the transcript (conversations on).
-pub type TurnStages = (Option<ToolScan>, (Limits, Option<Transcript>));
+/// The core's pipeline stages: the tool-call scanner (function calling), the JSON fence
+/// remover (`response_format` JSON), the output limits, then the transcript (conversations
+/// on), so the transcript hashes exactly what the client receives.
+pub type TurnStages = (
+    Option<ToolScan>,
+    (Option<JsonFence>, (Limits, Option<Transcript>)),
+);
 
 /// Whoever answers for one upstream turn.
 pub struct TurnEnd {
@@ -124,7 +129,7 @@ impl StreamEnd<TurnStages> for TurnEnd {
             Outcome::Completed { usage, .. } => {
                 self.record_tokens(usage);
                 self.stream_ended("completed");
-                let (scan, (limits, transcript)) = pipeline.stages_mut();
+                let (scan, (_, (limits, transcript))) = pipeline.stages_mut();
                 if let Some(scan) = scan {
                     self.record_tool_calls(scan.stats());
                 }

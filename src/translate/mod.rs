@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod body;
+pub mod fence;
 pub mod limits;
 pub mod pipeline;
 pub mod stage;

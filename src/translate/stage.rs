@@ -7,8 +7,9 @@
 //! hot path has no dynamic dispatch. `Option<S>` is a stage that may be off, `()` the empty
 //! stage.
 //!
-//! The order in the chat core: translator → output limits → transcript → encoder, so the
-//! transcript hashes exactly what the client receives.
+//! The order in the chat core (`chat::TurnStages`): translator → tool-call scanner → JSON
+//! fence remover → output limits → transcript → encoder, so the transcript hashes exactly
+//! what the client receives.
 
 use super::state::{Emit, FinishReason, PlatformFrame, ToolCall, Usage};
 
