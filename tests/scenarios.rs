@@ -803,3 +803,14 @@ async fn a_json_answer_loses_its_markdown_fence() {
     let (s, _) = both(&h, &prompt, MODEL).await;
     assert_eq!(assert_ok_stream(&s).content, fenced);
 }
+
+#[tokio::test]
+async fn logprobs_are_accepted_and_answered_with_null() {
+    // tool-calling.md §6 test 44: the upstream has no log probabilities.
+    let h = Harness::start().await;
+    let body = json!({"model": MODEL, "logprobs": true, "top_logprobs": 2,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let choice = message(&h.chat(body).await);
+    assert_eq!(choice["logprobs"], Value::Null);
+    assert_eq!(choice["message"]["content"], expected_answer("hi"));
+}
