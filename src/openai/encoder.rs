@@ -302,6 +302,14 @@ mod tests {
             .collect()
     }
 
+    /// The `delta` of every chunk before `[DONE]`.
+    fn deltas(evs: &[Value]) -> Vec<&Value> {
+        evs[..evs.len() - 1]
+            .iter()
+            .map(|ev| &ev["choices"][0]["delta"])
+            .collect()
+    }
+
     #[test]
     fn tool_calls_open_with_a_header_then_argument_slices() {
         let mut e = ChunkEncoder::new("chatcmpl-1", 7, "m", false);
@@ -317,10 +325,7 @@ mod tests {
         });
         e.finish(FinishReason::ToolCalls, Usage::default());
         let evs = events(&e.take().unwrap());
-        let deltas: Vec<&Value> = evs[..evs.len() - 1]
-            .iter()
-            .map(|ev| &ev["choices"][0]["delta"])
-            .collect();
+        let deltas = deltas(&evs);
         assert_eq!(deltas[1]["content"], "Let me check.");
         let first = &deltas[2]["tool_calls"];
         assert_eq!(first.as_array().unwrap().len(), 1);
@@ -367,10 +372,7 @@ mod tests {
         });
         e.finish(FinishReason::ToolCalls, Usage::default());
         let evs = events(&e.take().unwrap());
-        let deltas: Vec<&Value> = evs[..evs.len() - 1]
-            .iter()
-            .map(|ev| &ev["choices"][0]["delta"])
-            .collect();
+        let deltas = deltas(&evs);
         assert_eq!(
             deltas[1],
             &serde_json::json!({"function_call": {"name": "get_weather", "arguments": ""}})

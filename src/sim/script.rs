@@ -119,20 +119,15 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
     let alt = answer::alternative_answer(g.prompt);
     let pieces = chunk_chars(&text, g.timing.chunk_chars);
     let alt_pieces = chunk_chars(&alt, g.timing.chunk_chars);
-    let base = reasoning_tokens.unwrap_or(0);
-    // Running estimate in quarter tokens: recounting the whole text per frame would make
-    // long answers quadratic.
-    let mut sent_quarters = 0;
+    let mut meter = AnswerUsage {
+        input,
+        reasoning: reasoning_tokens.unwrap_or(0),
+        quarters: 0,
+    };
     let partial_limit = 2;
     for (i, piece) in pieces.iter().enumerate() {
-        sent_quarters += estimate_quarter_tokens(piece);
-        let usage = Usage {
-            input,
-            output: base + sent_quarters.div_ceil(4),
-            reasoning: None,
-        };
         frames.push((
-            wire::delta(g.response_id, "answer", piece, usage, i, ts),
+            wire::delta(g.response_id, "answer", piece, meter.add(piece), i, ts),
             first_pause,
         ));
         first_pause = delay;
@@ -207,23 +202,13 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
             last.unwrap_or_default()
         );
         for (i, piece) in chunk_chars(&after, g.timing.chunk_chars).iter().enumerate() {
-            sent_quarters += estimate_quarter_tokens(piece);
-            let usage = Usage {
-                input,
-                output: base + sent_quarters.div_ceil(4),
-                reasoning: None,
-            };
             frames.push((
-                wire::delta(g.response_id, "answer", piece, usage, i, ts),
+                wire::delta(g.response_id, "answer", piece, meter.add(piece), i, ts),
                 delay,
             ));
         }
     }
-    let usage = Usage {
-        input,
-        output: base + sent_quarters.div_ceil(4),
-        reasoning: None,
-    };
+    let usage = meter.now();
     frames.push((wire::empty_typing(g.response_id, usage, ts), delay));
     frames.push((wire::empty_typing(g.response_id, usage, ts), Duration::ZERO));
     if sc.dual {
@@ -240,6 +225,30 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
         frames.push(("data: [DONE]\n\n".to_owned(), Duration::ZERO));
     }
     into_steps(frames, sc, g.prompt)
+}
+
+/// The cumulative usage of an answer as it is written, in quarter tokens: recounting the
+/// whole text per frame would make long answers quadratic.
+struct AnswerUsage {
+    input: u64,
+    /// Tokens of the thinking before the answer.
+    reasoning: u64,
+    quarters: u64,
+}
+
+impl AnswerUsage {
+    fn add(&mut self, piece: &str) -> Usage {
+        self.quarters += estimate_quarter_tokens(piece);
+        self.now()
+    }
+
+    fn now(&self) -> Usage {
+        Usage {
+            input: self.input,
+            output: self.reasoning + self.quarters.div_ceil(4),
+            reasoning: None,
+        }
+    }
 }
 
 /// What the model says after repeating the platform's answer to its native call.
