@@ -61,6 +61,12 @@ def b64(args):
     return base64.urlsafe_b64encode(json.dumps(args).encode()).decode().rstrip("=")
 
 
+def fast(prompt):
+    """No pacing (frames still 4 characters each): most tests need no realistic timing; the
+    streaming tests without it keep the demo's 150 ms to the first token, 25 ms per frame."""
+    return prompt + " @@sim:delay=0 @@sim:ttft=0"
+
+
 def call(name, args=None):
     return f"@@sim:call={name}" + ("" if args is None else f",{b64(args)}")
 
@@ -150,7 +156,7 @@ def test_stream_parallel_calls(client):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_parallel_tool_calls_false_keeps_the_first(client, stream):
-    prompt = "two calls " + call("get_time", {"tz": "UTC", "precise": True}) + " " + call("get_weather")
+    prompt = fast("two calls " + call("get_time", {"tz": "UTC", "precise": True}) + " " + call("get_weather"))
     rsp = client.chat.completions.create(
         model=MODEL, stream=stream, tools=TOOLS, parallel_tool_calls=False,
         messages=[{"role": "user", "content": prompt}],
@@ -163,7 +169,7 @@ def test_parallel_tool_calls_false_keeps_the_first(client, stream):
 
 
 def test_non_stream_call_has_null_content(client):
-    prompt = "Weather in Lima? @@sim:reply= " + call("get_weather", {"city": "Lima", "unit": "celsius"})
+    prompt = fast("Weather in Lima? @@sim:reply= " + call("get_weather", {"city": "Lima", "unit": "celsius"}))
     rsp = client.chat.completions.create(model=MODEL, tools=TOOLS, messages=[{"role": "user", "content": prompt}])
     choice = rsp.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -213,7 +219,7 @@ def test_parse_with_a_pydantic_tool_and_schema_built_arguments(client):
     rsp = sdk_helper(client, "parse")(
         model=MODEL,
         tools=[openai.pydantic_function_tool(GetForecast)],
-        messages=[{"role": "user", "content": "Any forecast. " + call("GetForecast")}],
+        messages=[{"role": "user", "content": fast("Any forecast. " + call("GetForecast"))}],
     )
     assert rsp.choices[0].finish_reason == "tool_calls"
     [tc] = rsp.choices[0].message.tool_calls
@@ -228,7 +234,7 @@ def test_tool_choice_required_retries_with_a_hint(client, demo):
     before = sim_stats(demo)
     rsp = client.chat.completions.create(
         model=MODEL, tools=TOOLS, tool_choice="required",
-        messages=[{"role": "user", "content": "Tell me something nice."}],
+        messages=[{"role": "user", "content": fast("Tell me something nice.")}],
     )
     after = sim_stats(demo)
     assert after["completions"] - before["completions"] == 2, "one answer without a call, one retry"
@@ -243,7 +249,7 @@ def test_tool_choice_named_streams_the_named_tool(client):
     stream = client.chat.completions.create(
         model=MODEL, stream=True, tools=TOOLS,
         tool_choice={"type": "function", "function": {"name": "get_time"}},
-        messages=[{"role": "user", "content": "Just chatting."}],
+        messages=[{"role": "user", "content": fast("Just chatting.")}],
     )
     final, _ = accumulate(stream, TOOLS)
     assert final.choices[0].finish_reason == "tool_calls"
@@ -259,7 +265,7 @@ def test_tool_choice_allowed_tools_required(client):
             "type": "allowed_tools",
             "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "get_time"}}]},
         },
-        messages=[{"role": "user", "content": "Only the clock."}],
+        messages=[{"role": "user", "content": fast("Only the clock.")}],
     )
     assert [c.function.name for c in rsp.choices[0].message.tool_calls] == ["get_time"]
 
@@ -270,6 +276,7 @@ def test_tool_choice_required_with_a_stubborn_model_streams_the_prose_once(clien
         messages=[{"role": "user", "content": "I refuse tools @@sim:stubborn"}],
     )
     final, chunks = accumulate(stream, TOOLS)
+    assert not any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
     assert final.choices[0].finish_reason == "stop"
     assert final.choices[0].message.tool_calls is None
     assert final.choices[0].message.content == 'Simulated answer — 模拟回答: you said "I refuse tools".'
@@ -279,7 +286,7 @@ def test_tool_choice_required_with_a_stubborn_model_streams_the_prose_once(clien
 def test_tool_choice_none_answers_in_plain_text(client, stream):
     rsp = client.chat.completions.create(
         model=MODEL, stream=stream, tools=TOOLS, tool_choice="none",
-        messages=[{"role": "user", "content": "No tools today."}],
+        messages=[{"role": "user", "content": fast("No tools today.")}],
     )
     final = accumulate(rsp, TOOLS)[0] if stream else rsp
     assert final.choices[0].finish_reason == "stop"
@@ -292,7 +299,7 @@ def test_deprecated_functions_get_function_call(client):
         model=MODEL,
         functions=[WEATHER["function"], TIME["function"]],
         function_call={"name": "get_time"},
-        messages=[{"role": "user", "content": "Clock? @@sim:reply= " + call("get_time", {"tz": "UTC", "precise": True})}],
+        messages=[{"role": "user", "content": fast("Clock? @@sim:reply= " + call("get_time", {"tz": "UTC", "precise": True}))}],
     )
     choice = rsp.choices[0]
     assert choice.finish_reason == "function_call"
@@ -323,7 +330,7 @@ def test_manual_agent_loop_stays_on_one_upstream_chat(client, demo):
     ]
     messages = [
         {"role": "system", "content": "You are an order bot."},
-        {"role": "user", "content": "Close order 17.\n" + call("lookup", {"q": "order 17"})},
+        {"role": "user", "content": fast("Close order 17.\n" + call("lookup", {"q": "order 17"}))},
     ]
     before = sim_stats(demo)
     for step, (want_calls, results) in enumerate(script):
@@ -337,7 +344,9 @@ def test_manual_agent_loop_stays_on_one_upstream_chat(client, demo):
         assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == want_calls, f"step {step}"
         messages.append({
             "role": "assistant",
-            "content": message.content,
+            # Agents send a calling turn's prose back as they like (Roo Code sends ""): the
+            # proxy must recognise the turn by its calls alone.
+            "content": message.content if step % 2 == 0 else "",
             "tool_calls": [
                 {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
                 for c in calls
@@ -376,7 +385,7 @@ def test_langchain_invoke_agent_loop(demo):
     ran = []
     add = _langchain_add_tool(ran)
     llm = ChatOpenAI(base_url=demo["base_url"], api_key="k", model=MODEL, max_retries=0, timeout=30).bind_tools([add])
-    messages = [HumanMessage("Add 2+3 and 10+20. " + call("add", {"a": 2, "b": 3}) + " " + call("add", {"a": 10, "b": 20}))]
+    messages = [HumanMessage(fast("Add 2+3 and 10+20. " + call("add", {"a": 2, "b": 3}) + " " + call("add", {"a": 10, "b": 20})))]
     before = sim_stats(demo)
     for _ in range(4):
         ai = llm.invoke(messages)
@@ -459,7 +468,7 @@ def test_langgraph_prebuilt_react_agent(demo):
         agent = create_react_agent(
             ChatOpenAI(base_url=demo["base_url"], api_key="k", model=MODEL, max_retries=0, timeout=30), [multiply]
         )
-    out = agent.invoke({"messages": [("user", "6 times 7? " + call("multiply", {"a": 6, "b": 7}))]})
+    out = agent.invoke({"messages": [("user", fast("6 times 7? " + call("multiply", {"a": 6, "b": 7})))]})
     msgs = out["messages"]
     assert [type(m) for m in msgs] == [HumanMessage, AIMessage, ToolMessage, AIMessage]
     assert [(tc["name"], tc["args"]) for tc in msgs[1].tool_calls] == [("multiply", {"a": 6, "b": 7})]
@@ -493,7 +502,7 @@ def test_openai_agents_sdk_runner(demo):
         ),
     )
     result = asyncio.run(
-        Runner.run(agent, "Capital of Australia? " + call("get_capital", {"country": "Australia"}), max_turns=4)
+        Runner.run(agent, fast("Capital of Australia? " + call("get_capital", {"country": "Australia"})), max_turns=4)
     )
     assert ran == ["Australia"]
     assert result.final_output == 'Simulated answer — 模拟回答: you said "The capital of Australia is Canberra.".'

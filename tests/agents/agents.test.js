@@ -1,0 +1,482 @@
+// Real coding-agent CLIs, headless, against `qwen-proxy --demo` (proxy + in-process simulator).
+//
+// For each agent (Qwen Code, the Cline CLI): its own proxy, its own scratch HOME (the user's
+// real configuration is never read or written), configuration through the agent's own
+// mechanisms (settings files in the scratch HOME, environment, flags), telemetry and update
+// checks off, proxy variables removed from the agent's environment (Qwen Code would route even
+// loopback traffic through HTTPS_PROXY). The prompt carries an `@@sim:call=NAME,ARGS_B64`
+// directive, so the simulated model calls one of the agent's real tools; the agent runs it,
+// sends the result back, and the model answers with the last line of that result.
+//
+// Every process a test starts is found again by its scratch HOME (scanning /proc environ: the
+// HOME is a fresh mkdtemp path, so nothing else can match) and stopped by pid — this includes
+// the hub daemon that the Cline CLI leaves running after it exits.
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import { MODEL, startProxy } from '../clients-node/proxy.js';
+
+const require = createRequire(import.meta.url);
+const QWEN_CLI = path.join(path.dirname(require.resolve('@qwen-code/qwen-code/package.json')), 'cli.js');
+const CLINE_CLI = path.join(path.dirname(require.resolve('cline/package.json')), 'bin', 'cline');
+
+const AGENT_TIMEOUT_MS = 120_000;
+const API_KEY = 'sk-agent-test';
+const PREFIX = 'Simulated answer — 模拟回答: you said "';
+
+/** base64url without padding, as the simulator's `@@sim:call=NAME,ARGS_B64` takes it. */
+function b64(value) {
+  return Buffer.from(JSON.stringify(value)).toString('base64url');
+}
+
+function token(label) {
+  return `${label}-${randomBytes(4).toString('hex')}`;
+}
+
+/** A scratch dir with a HOME of its own and a workspace. */
+async function scratch(label) {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), `qwen-proxy-agent-${label}-`));
+  const home = path.join(root, 'home');
+  const ws = path.join(root, 'ws');
+  await fs.mkdir(home, { recursive: true });
+  await fs.mkdir(ws, { recursive: true });
+  return { root, home, ws };
+}
+
+/**
+ * The agent's environment: a short whitelist of the caller's (never a proxy variable, an API
+ * key or another agent's setting), plus a HOME and XDG dirs inside the scratch dir.
+ */
+function agentEnv(s, extra) {
+  const keep = ['PATH', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TERM', 'TZ', 'SHELL', 'USER', 'LOGNAME', 'CI',
+    'SSL_CERT_FILE', 'SSL_CERT_DIR', 'NODE_EXTRA_CA_CERTS'];
+  const env = {};
+  for (const k of keep) if (process.env[k] !== undefined) env[k] = process.env[k];
+  Object.assign(env, {
+    HOME: s.home,
+    XDG_CONFIG_HOME: path.join(s.home, '.config'),
+    XDG_DATA_HOME: path.join(s.home, '.local', 'share'),
+    XDG_CACHE_HOME: path.join(s.home, '.cache'),
+    XDG_STATE_HOME: path.join(s.home, '.local', 'state'),
+    TMPDIR: path.join(s.root, 'tmp'),
+    NO_COLOR: '1',
+    ...extra,
+  });
+  for (const k of Object.keys(env)) if (/proxy/i.test(k)) delete env[k];
+  return env;
+}
+
+/** Runs one agent command to its end (or the timeout); never throws for a non-zero exit. */
+function run(cmd, args, { cwd, env, timeoutMs = AGENT_TIMEOUT_MS }) {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    // Own process group, so a timeout can take the agent's children along.
+    const child = spawn(cmd, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d) => (stderr += d));
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      try {
+        process.kill(-child.pid, 'SIGKILL'); // the leader is not reaped yet: the group is ours
+      } catch {}
+    }, timeoutMs);
+    child.once('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, timedOut, stdout, stderr, ms: Math.round(performance.now() - t0) });
+    });
+  });
+}
+
+function describeRun(r) {
+  return `exit ${r.code ?? r.signal}${r.timedOut ? ' (timed out)' : ''} after ${r.ms} ms\n` +
+    `--- stdout (tail) ---\n${r.stdout.slice(-6000)}\n--- stderr (tail) ---\n${r.stderr.slice(-4000)}`;
+}
+
+/** Pids of live processes whose environment has HOME=<home> (only this test's can). */
+async function processesWithHome(home) {
+  const needle = `HOME=${home}`;
+  const pids = [];
+  for (const name of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const pid = Number(name);
+    if (pid === process.pid) continue;
+    let environ;
+    try {
+      environ = await fs.readFile(`/proc/${pid}/environ`, 'utf8');
+    } catch {
+      continue; // gone, or a kernel thread
+    }
+    if (environ.split('\0').includes(needle)) pids.push(pid);
+  }
+  return pids;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Stops every process left with this scratch HOME, by pid: SIGTERM, then SIGKILL after 5 s.
+ * Repeats until two scans 300 ms apart find nothing (a daemon may still be forking).
+ * Returns the pids it stopped.
+ */
+async function stopLeftovers(home) {
+  const stopped = [];
+  let quiet = 0;
+  for (let round = 0; round < 20 && quiet < 2; round++) {
+    const pids = await processesWithHome(home);
+    if (pids.length === 0) {
+      quiet++;
+      await sleep(300);
+      continue;
+    }
+    quiet = 0;
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGTERM');
+        stopped.push(pid);
+      } catch {}
+    }
+    const deadline = Date.now() + 5000;
+    while (Date.now() < deadline) {
+      const alive = (await processesWithHome(home)).filter((p) => pids.includes(p));
+      if (alive.length === 0) break;
+      await sleep(100);
+    }
+    for (const pid of (await processesWithHome(home)).filter((p) => pids.includes(p))) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {}
+    }
+  }
+  return [...new Set(stopped)];
+}
+
+async function removeScratch(s) {
+  if (s) await fs.rm(s.root, { recursive: true, force: true, maxRetries: 3 });
+}
+
+/** The simulator's first-turn body sizes, for the diagnostics. */
+async function upstreamTurns(proxy) {
+  const stats = await proxy.stats();
+  return Object.values(stats.chats ?? {}).map((c) => (c.turns ?? []).map((t) => t.body_bytes));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Qwen Code
+// ---------------------------------------------------------------------------------------------
+
+describe('Qwen Code (@qwen-code/qwen-code) headless', () => {
+  let proxy;
+  let s;
+
+  before(async () => {
+    proxy = await startProxy();
+    s = await scratch('qwen');
+    await fs.mkdir(path.join(s.root, 'tmp'));
+    await fs.mkdir(path.join(s.home, '.qwen'));
+    // User settings (~/.qwen/settings.json): the OpenAI-compatible auth type and model;
+    // telemetry, usage statistics and auto-update (its update check) off. The "managed
+    // auto-memory" feature stays at its default (on), so the first request is the real ~78 KB
+    // one (its system prompt carries the memory instructions; after a plain answer, though not
+    // in these tool runs, Qwen Code also makes an extractor call of its own).
+    await fs.writeFile(
+      path.join(s.home, '.qwen', 'settings.json'),
+      JSON.stringify({
+        security: { auth: { selectedType: 'openai' } },
+        model: { name: MODEL },
+        privacy: { usageStatisticsEnabled: false },
+        telemetry: { enabled: false },
+        general: { enableAutoUpdate: false },
+      }, null, 2),
+    );
+  });
+
+  after(async () => {
+    try {
+      if (s) {
+        const left = await stopLeftovers(s.home);
+        assert.deepEqual(await processesWithHome(s.home), [], 'a Qwen Code process survived');
+        if (left.length) console.log(`# qwen: stopped leftover pids ${left.join(', ')}`);
+      }
+    } finally {
+      await removeScratch(s);
+      await proxy?.stop();
+    }
+  });
+
+  function qwen(prompt) {
+    const env = agentEnv(s, {
+      OPENAI_BASE_URL: proxy.baseURL,
+      OPENAI_API_KEY: API_KEY,
+      OPENAI_MODEL: MODEL,
+      QWEN_TELEMETRY_ENABLED: 'false',
+      // No system-wide settings (/etc/qwen-code/...) either.
+      QWEN_CODE_SYSTEM_SETTINGS_PATH: path.join(s.root, 'no-system-settings.json'),
+      QWEN_CODE_SYSTEM_DEFAULTS_PATH: path.join(s.root, 'no-system-defaults.json'),
+    });
+    return run(process.execPath, [
+      QWEN_CLI,
+      '--auth-type', 'openai',
+      '--model', MODEL,
+      '--approval-mode', 'yolo',
+      '--output-format', 'json',
+      prompt,
+    ], { cwd: s.ws, env });
+  }
+
+  /** Qwen Code's `--output-format json`: one JSON array of messages, printed at the end. */
+  function parse(r) {
+    const lines = r.stdout.split('\n').filter((l) => l.startsWith('['));
+    assert.ok(lines.length > 0, `no JSON array on stdout\n${describeRun(r)}`);
+    return JSON.parse(lines[lines.length - 1]);
+  }
+
+  function toolEvents(messages, name) {
+    const uses = messages.flatMap((m) => (m.type === 'assistant' ? m.message.content : []))
+      .filter((c) => c.type === 'tool_use' && c.name === name);
+    const results = messages.flatMap((m) => (m.type === 'user' && Array.isArray(m.message?.content) ? m.message.content : []))
+      .filter((c) => c.type === 'tool_result' && uses.some((u) => u.id === c.tool_use_id));
+    return { uses, results };
+  }
+
+  function finalResult(messages, r) {
+    const result = messages.find((m) => m.type === 'result');
+    assert.ok(result, `no result message\n${describeRun(r)}`);
+    assert.equal(result.subtype, 'success', describeRun(r));
+    assert.equal(result.is_error, false, describeRun(r));
+    return result;
+  }
+
+  test('read_file: the model calls the real tool, then answers with the file\'s last line', async (t) => {
+    const secret = token('qwen-read');
+    const file = path.join(s.ws, 'notes.txt');
+    await fs.writeFile(file, `Notes for the agent test\n${secret}\n`);
+    const before = await proxy.completionRequests();
+
+    const r = await qwen(`Read notes.txt @@sim:call=read_file,${b64({ file_path: file })}`);
+
+    assert.equal(r.timedOut, false, describeRun(r));
+    assert.equal(r.code, 0, describeRun(r));
+    const messages = parse(r);
+    const { uses, results } = toolEvents(messages, 'read_file');
+    assert.equal(uses.length, 1, `one read_file call expected\n${describeRun(r)}`);
+    assert.deepEqual(uses[0].input, { file_path: file });
+    assert.equal(results.length, 1, `no tool_result for read_file\n${describeRun(r)}`);
+    assert.equal(results[0].is_error, false);
+    assert.match(String(results[0].content), new RegExp(secret));
+    const result = finalResult(messages, r);
+    assert.equal(result.result.trim(), `${PREFIX}${secret}".`);
+    assert.ok((await proxy.completionRequests()) - before >= 2, 'the tool turn and the answer turn both reached the simulator');
+    t.diagnostic(`${r.ms} ms; upstream body bytes per chat turn: ${JSON.stringify(await upstreamTurns(proxy))}`);
+  });
+
+  test('write_file: the model calls the real tool and the file appears in the workspace', async (t) => {
+    const secret = token('qwen-write');
+    const file = path.join(s.ws, 'created-by-qwen.txt');
+    const content = `written by Qwen Code\n${secret}\n`;
+
+    const r = await qwen(`Create the file @@sim:call=write_file,${b64({ file_path: file, content })}`);
+
+    assert.equal(r.timedOut, false, describeRun(r));
+    assert.equal(r.code, 0, describeRun(r));
+    const messages = parse(r);
+    const { uses, results } = toolEvents(messages, 'write_file');
+    assert.equal(uses.length, 1, `one write_file call expected\n${describeRun(r)}`);
+    assert.equal(results.length, 1, `no tool_result for write_file\n${describeRun(r)}`);
+    assert.equal(results[0].is_error, false, JSON.stringify(results[0]));
+    assert.equal(await fs.readFile(file, 'utf8'), content);
+    const result = finalResult(messages, r);
+    // The answer quotes the last line of the tool's result text (Qwen Code's confirmation).
+    assert.ok(result.result.startsWith(PREFIX), result.result);
+    assert.match(result.result, /created-by-qwen\.txt/);
+    t.diagnostic(`${r.ms} ms; answer: ${result.result}`);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Cline CLI
+// ---------------------------------------------------------------------------------------------
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+describe('Cline CLI (cline) headless', () => {
+  let proxy;
+  let s;
+  let hubPort;
+
+  before(async () => {
+    proxy = await startProxy();
+    s = await scratch('cline');
+    await fs.mkdir(path.join(s.root, 'tmp'));
+    const settings = path.join(s.home, '.cline', 'data', 'settings');
+    await fs.mkdir(settings, { recursive: true });
+    // What `cline auth -p openai-compatible -k KEY -b URL -m MODEL` writes.
+    await fs.writeFile(
+      path.join(settings, 'providers.json'),
+      JSON.stringify({
+        version: 1,
+        lastUsedProvider: 'openai-compatible',
+        modes: {},
+        providers: {
+          'openai-compatible': {
+            settings: { provider: 'openai-compatible', apiKey: API_KEY, model: MODEL, baseUrl: proxy.baseURL },
+            updatedAt: new Date().toISOString(),
+            tokenSource: 'manual',
+          },
+        },
+      }, null, 2),
+    );
+    // Telemetry off, auto-update (and its check) off.
+    await fs.writeFile(
+      path.join(settings, 'global-settings.json'),
+      JSON.stringify({ telemetryOptOut: true, autoUpdateEnabled: false }, null, 2),
+    );
+    // The hub daemon listens on a fixed port (25463) by default and a CLI may adopt any hub
+    // it finds there; a port of its own keeps this run away from any other Cline on the host.
+    hubPort = await freePort();
+  });
+
+  after(async () => {
+    try {
+      if (s) {
+        // The CLI leaves its hub daemon running; its discovery record names the pid.
+        let recorded;
+        try {
+          const rec = JSON.parse(await fs.readFile(path.join(s.home, '.cline', 'data', 'locks', 'hub', 'production.json'), 'utf8'));
+          recorded = `${rec.pid} (${rec.url})`;
+        } catch {}
+        const left = await stopLeftovers(s.home);
+        assert.deepEqual(await processesWithHome(s.home), [], 'a Cline process (hub daemon?) survived');
+        console.log(`# cline: hub daemon pid from its record: ${recorded ?? 'none'}; stopped pids: ${left.join(', ') || 'none'}`);
+      }
+    } finally {
+      await removeScratch(s);
+      await proxy?.stop();
+    }
+  });
+
+  function cline(prompt) {
+    const env = agentEnv(s, { CLINE_HUB_PORT: String(hubPort) });
+    return run(process.execPath, [
+      CLINE_CLI,
+      '--json',
+      '--auto-approve', 'true',
+      '--cwd', s.ws,
+      '--provider', 'openai-compatible',
+      '--model', MODEL,
+      prompt,
+    ], { cwd: s.ws, env });
+  }
+
+  /** `cline --json`: one JSON object per line. */
+  function parse(r) {
+    const events = [];
+    for (const line of r.stdout.split('\n')) {
+      const l = line.trim();
+      if (!l.startsWith('{')) continue;
+      try {
+        events.push(JSON.parse(l));
+      } catch {
+        assert.fail(`unparsable --json line: ${l.slice(0, 300)}\n${describeRun(r)}`);
+      }
+    }
+    return events;
+  }
+
+  /** How the last CLI run was routed, from Cline's own log: 'hub <url>' or 'local'. */
+  async function lastRoute() {
+    let log = '';
+    try {
+      log = await fs.readFile(path.join(s.home, '.cline', 'data', 'logs', 'cline.log'), 'utf8');
+    } catch {}
+    const routes = log.split('\n').filter((l) => l.includes('CLI core runtime routing selected'));
+    const last = routes.length ? JSON.parse(routes[routes.length - 1]) : undefined;
+    return last ? (last.rpcAddress ? `hub ${last.rpcAddress}` : 'local') : 'unknown';
+  }
+
+  function toolOutputs(events, name) {
+    return events
+      .filter((e) => e.type === 'agent_event' && e.event?.type === 'content_end' && e.event.contentType === 'tool' && e.event.toolName === name)
+      .map((e) => e.event);
+  }
+
+  function finalResult(events, r) {
+    const errors = events.filter((e) => e.type === 'error' || e.event?.type === 'error');
+    assert.deepEqual(errors, [], `error events\n${describeRun(r)}`);
+    const result = events.find((e) => e.type === 'run_result');
+    assert.ok(result, `no run_result\n${describeRun(r)}`);
+    assert.equal(result.finishReason, 'completed', describeRun(r));
+    return result;
+  }
+
+  test('read_files: the model calls the real tool, then answers quoting its result', async (t) => {
+    const secret = token('cline-read');
+    const file = path.join(s.ws, 'notes.txt');
+    await fs.writeFile(file, `Notes for the agent test\n${secret}\n`);
+    const before = await proxy.completionRequests();
+
+    const r = await cline(`Read notes.txt @@sim:call=read_files,${b64({ files: [{ path: file }] })}`);
+
+    assert.equal(r.timedOut, false, describeRun(r));
+    assert.equal(r.code, 0, describeRun(r));
+    const events = parse(r);
+    const outputs = toolOutputs(events, 'read_files');
+    assert.equal(outputs.length, 1, `one read_files result expected\n${describeRun(r)}`);
+    const out = outputs[0].output;
+    assert.ok(Array.isArray(out) && out.length === 1 && out[0].success === true, JSON.stringify(out));
+    assert.match(out[0].result, new RegExp(secret));
+    const result = finalResult(events, r);
+    // Cline sends the tool result as one line of JSON, so the answer quotes all of it.
+    assert.ok(result.text.startsWith(PREFIX) && result.text.endsWith('".'), result.text);
+    assert.match(result.text, new RegExp(secret));
+    assert.ok((await proxy.completionRequests()) - before >= 2, 'the tool turn and the answer turn both reached the simulator');
+    t.diagnostic(`${r.ms} ms; route: ${await lastRoute()}; upstream body bytes per chat turn: ${JSON.stringify(await upstreamTurns(proxy))}`);
+  });
+
+  test('editor: the model creates a file with the real tool (second run: through the hub daemon when it is up)', async (t) => {
+    // The first run leaves a hub daemon behind; give it a moment to publish itself, so this
+    // run takes Cline's other route (the session runs inside the daemon).
+    const record = path.join(s.home, '.cline', 'data', 'locks', 'hub', 'production.json');
+    for (let i = 0; i < 30 && !existsSync(record); i++) await sleep(100);
+
+    const secret = token('cline-write');
+    const file = path.join(s.ws, 'created-by-cline.txt');
+    const content = `written by Cline\n${secret}\n`;
+
+    const r = await cline(`Create the file @@sim:call=editor,${b64({ path: file, new_text: content })}`);
+
+    assert.equal(r.timedOut, false, describeRun(r));
+    assert.equal(r.code, 0, describeRun(r));
+    const events = parse(r);
+    const outputs = toolOutputs(events, 'editor');
+    assert.equal(outputs.length, 1, `one editor result expected\n${describeRun(r)}`);
+    assert.equal(await fs.readFile(file, 'utf8'), content);
+    const result = finalResult(events, r);
+    assert.ok(result.text.startsWith(PREFIX) && result.text.endsWith('".'), result.text);
+    t.diagnostic(`${r.ms} ms; route: ${await lastRoute()}; answer: ${result.text}`);
+  });
+});
