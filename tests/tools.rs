@@ -202,11 +202,18 @@ async fn a_call_streams_as_a_header_then_its_arguments_and_ends_with_tool_calls(
     let (message, _) = completed(&h.chat(request(&only_call, false, json!({}))).await);
     assert_eq!(message["content"], Value::Null, "{message}");
     assert_eq!(message_calls(&message).len(), 1);
+    // Streamed, the role chunk says so too (as OpenAI's streams do).
+    let r = h.chat(request(&only_call, true, json!({}))).await;
+    assert_eq!(
+        r.events()[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": null})
+    );
+    assert_eq!(streamed(&r).calls.len(), 1);
 
     let m = metrics(&h).await;
     assert_eq!(
         counter(&m, "tool_calls_total{outcome=\"emitted\"}"),
-        3.0,
+        4.0,
         "{m}"
     );
 }

@@ -66,13 +66,18 @@ impl ChunkEncoder {
         self
     }
 
-    /// The first chunk: `delta: {"role":"assistant","content":""}` (sent once, lazily).
+    /// The first chunk: `delta: {"role":"assistant","content":""}` (sent once, lazily), with
+    /// `"content":null` when the reply opens with a call, as OpenAI sends it (accumulating
+    /// SDKs then end with `content: None` for a reply that is only calls).
     fn ensure_role(&mut self) {
+        self.ensure_role_with(b"{\"role\":\"assistant\",\"content\":\"\"}");
+    }
+
+    fn ensure_role_with(&mut self, delta: &[u8]) {
         if !self.role_sent {
             self.role_sent = true;
             self.open_choice();
-            self.buf
-                .put_slice(b"{\"role\":\"assistant\",\"content\":\"\"}");
+            self.buf.put_slice(delta);
             self.close_choice(None);
         }
     }
@@ -167,7 +172,7 @@ impl Emit for ChunkEncoder {
     }
 
     fn tool_call(&mut self, call: &ToolCall<'_>) {
-        self.ensure_role();
+        self.ensure_role_with(b"{\"role\":\"assistant\",\"content\":null}");
         let index = self.calls;
         self.calls += 1;
         // The header: everything a parser needs to open the call, and empty arguments (never
@@ -382,6 +387,11 @@ mod tests {
             &serde_json::json!({"function_call": {"arguments": "{\"city\":\"Paris\"}"}})
         );
         assert!(deltas.iter().all(|d| d.get("tool_calls").is_none()));
+        // A reply that opens with a call has no content, not an empty one.
+        assert_eq!(
+            deltas[0],
+            &serde_json::json!({"role": "assistant", "content": null})
+        );
         assert_eq!(
             evs[evs.len() - 2]["choices"][0]["finish_reason"],
             "function_call"
