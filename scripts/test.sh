@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The single entry point for every test: formatting and lints, Rust unit and integration
 # tests, the bench targets in test mode, the real-client suites against the running binary
-# (official `openai` Python SDK; openai-node and the Vercel AI SDK under Node's test runner)
-# and the deployment files. Installs what it needs; starts what it needs on free ports and
+# (official `openai` Python SDK, LangChain, the OpenAI Agents SDK; openai-node and the
+# Vercel AI SDK under Node's test runner), real coding agents run headless (Qwen Code, the
+# Cline CLI) and the deployment files. Installs what it needs; starts what it needs on free ports and
 # leaves the host's own services alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +63,16 @@ if ! cat "$NODE_SUITE/package.json" "$NODE_SUITE/package-lock.json" | cmp -s - "
   cat "$NODE_SUITE/package.json" "$NODE_SUITE/package-lock.json" >"$NODE_SUITE/node_modules/.installed-from"
 fi
 QWEN_PROXY_BIN="$PWD/target/debug/qwen-proxy" npm --prefix "$NODE_SUITE" test
+
+step "real coding agents, headless: Qwen Code and the Cline CLI (node --test)"
+# Each agent gets a scratch HOME, no proxy variables and a 120 s budget; the suite stops the
+# processes it started (Cline's daemon included) by pid. Installed as the suite above.
+AGENT_SUITE=tests/agents
+if ! cat "$AGENT_SUITE/package.json" "$AGENT_SUITE/package-lock.json" | cmp -s - "$AGENT_SUITE/node_modules/.installed-from"; then
+  (cd "$AGENT_SUITE" && npm ci --no-audit --no-fund)
+  cat "$AGENT_SUITE/package.json" "$AGENT_SUITE/package-lock.json" >"$AGENT_SUITE/node_modules/.installed-from"
+fi
+QWEN_PROXY_BIN="$PWD/target/debug/qwen-proxy" npm --prefix "$AGENT_SUITE" test
 
 step "deployment files: compose commands (sh -n), Dockerfile, systemd unit (systemd-analyze verify)"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/deploy/requirements.txt
