@@ -106,6 +106,10 @@ fn layers_stay_out_of_the_router_and_the_core_and_the_other_way_round() {
     // The engine knows no client API; the client API knows the engine.
     assert!(!g["translate"].contains("openai"), "translate uses openai");
     assert!(!g["qwen"].contains("openai"), "qwen uses openai");
+    // Function calling is part of the engine: an Anthropic encoder renders the same events.
+    for api in ["openai", "qwen", "chat", "conversation"] {
+        assert!(!g["tools"].contains(api), "tools uses {api}");
+    }
 }
 
 #[test]
