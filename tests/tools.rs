@@ -672,3 +672,94 @@ async fn malformed_tool_fields_are_refused_with_the_parameter_named() {
         assert_eq!(e["param"], param, "{extra}: {e}");
     }
 }
+
+#[tokio::test]
+async fn a_retry_in_a_continued_chat_stays_in_that_chat() {
+    // The hint goes into the same chat as a second answer to the same turn: the history is
+    // not folded into a fresh chat again (which may not fit the upstream's size limit).
+    let h = Harness::start_with(&[], quick_sim()).await;
+    let first = format!(
+        "Weather? @@sim:call=get_weather,{}",
+        b64(r#"{"city":"Oslo"}"#)
+    );
+    let mut messages = vec![json!({"role": "user", "content": first})];
+    let body = json!({"model": MODEL, "tools": tools(), "messages": messages});
+    let (message, _) = completed(&h.chat(body).await);
+    let call = message_calls(&message).remove(0);
+    messages.push(
+        json!({"role": "assistant", "content": message["content"], "tool_calls": [{
+        "id": call.id, "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments}}]}),
+    );
+    // The result has no directive: the model answers in prose, which `required` refuses.
+    messages.push(json!({"role": "tool", "tool_call_id": call.id, "content": "rain"}));
+    let body = json!({"model": MODEL, "tools": tools(), "tool_choice": "required",
+        "messages": messages});
+    let (message, finish) = completed(&h.chat(body).await);
+    assert_eq!(finish, "tool_calls");
+    assert_eq!(message_calls(&message)[0].args(), json!({"city": "sim"}));
+    let stats = h.sim_stats().await;
+    assert_eq!(stats["chats_created"], 1, "{stats}");
+    let turns = stats["chats"].as_object().unwrap().values().next().unwrap()["turns"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(turns.len(), 3);
+    assert_eq!(
+        turns[1]["parent_id"], turns[2]["parent_id"],
+        "the retry answers the same turn"
+    );
+}
+
+#[tokio::test]
+async fn a_call_read_for_longer_than_the_keepalive_interval_gets_headers_and_keepalives_first() {
+    // Clients and nginx time out on a response without headers; a large call (a whole
+    // file written) takes the model a long time to write.
+    let h = Harness::start_with(&[("SSE_KEEPALIVE_INTERVAL", "150ms")], quick_sim()).await;
+    let prompt = format!(
+        "Write it @@sim:delay=30 @@sim:reply= @@sim:call=write_file,{}",
+        b64(r#"{"path":"a.txt","content":"a long file, written slowly by the model"}"#)
+    );
+    let r = h.chat(request(&prompt, true, json!({}))).await;
+    let body = String::from_utf8(r.body.to_vec()).unwrap();
+    let keepalive = body.find(": keep-alive").expect("a keep-alive comment");
+    let call = body.find("\"tool_calls\"").expect("the call");
+    assert!(keepalive < call, "{body}");
+    let s = streamed(&r);
+    assert_eq!(s.calls.len(), 1);
+    assert_eq!(s.finish.as_deref(), Some("tool_calls"));
+
+    // Prose held for `required` past that point can no longer be asked for again: it is
+    // the answer, delivered once.
+    let before = h.sim_stats().await["chats_created"].as_u64().unwrap();
+    let slow = "Just chat @@sim:delay=30 @@sim:stubborn";
+    let r = h
+        .chat(request(slow, true, json!({"tool_choice": "required"})))
+        .await;
+    let s = streamed(&r);
+    assert!(s.calls.is_empty());
+    assert_eq!(s.content, expected_answer("Just chat"));
+    assert_eq!(s.finish.as_deref(), Some("stop"));
+    let after = h.sim_stats().await["chats_created"].as_u64().unwrap();
+    assert_eq!(after - before, 1, "no retry once the headers went out");
+}
+
+#[tokio::test]
+async fn the_upstream_is_closed_as_soon_as_the_calls_are_out() {
+    // What the model writes after its call (narration, an invented result) is not the
+    // client's, and the upstream generation is stopped rather than read to its end.
+    let h = Harness::start_with(&[], quick_sim()).await;
+    let answer = format!(
+        "[TOOL CALL]\n{{\"name\": \"get_weather\", \"arguments\": {{\"city\": \"Paris\"}}}}\n[END TOOL CALL]\n[TOOL RESULT #1: get_weather]\nsunny\n[END TOOL RESULT]\n{}",
+        "The weather in Paris is sunny. ".repeat(40)
+    );
+    let prompt = format!("Weather? @@sim:delay=20 @@sim:reply={}", b64(&answer));
+    let s = streamed(&h.chat(request(&prompt, true, json!({}))).await);
+    assert_eq!(s.calls.len(), 1);
+    assert_eq!(s.content, "");
+    assert_eq!(s.finish.as_deref(), Some("tool_calls"));
+    let stats = h
+        .wait_for_stats(|s| s["aborted_streams"].as_u64() >= Some(1))
+        .await;
+    assert_eq!(stats["aborted_streams"], 1, "{stats}");
+}

@@ -36,6 +36,7 @@ use crate::openai::mapping::{self, Plan};
 use crate::openai::request::ChatRequest;
 use crate::qwen::request::{Turn, CHAT_ID_PLACEHOLDER};
 use crate::server::RequestStart;
+use crate::tools::prompt::Hint;
 use fallback::{Fallback, Fallbacks};
 use respond::{Answered, Attempt};
 
@@ -116,16 +117,21 @@ async fn converse(
     };
     let backoff = Backoff::from_config(&state.config.retry);
     let mut fallbacks = Fallbacks::default();
-    let mut tool_retry = true;
+    // The hint of the one retry a tool-calling answer may get; it stays in the turn
+    // whatever chat the turn ends up in.
+    let mut hint: Option<Hint> = None;
     loop {
-        let result = send(state, req, &plan, &mut prepared, start, tool_retry).await;
+        let result = send(state, req, &plan, &mut prepared, start, hint.is_none()).await;
         let e = match result {
             Ok(Answered::Response(rsp)) => return Ok(rsp),
-            Ok(Answered::RetryWithHint(hint)) => {
-                // Once: the model gets the hint, in a fresh chat with the whole history (the
-                // client never sees the first answer or the hint).
+            Ok(Answered::RetryWithHint(h)) => {
+                // Once, and the client never sees the first answer or the hint. A continued
+                // chat gets the same turn again, with the hint, as a sibling of the first
+                // answer: a fresh chat would fold the whole history again, which costs the
+                // upstream a new chat and may not fit its size limit. A new chat's turn is
+                // the whole history anyway, and goes to another fresh chat.
                 tracing::info!(
-                    hint = hint.label(),
+                    hint = h.label(),
                     "the answer did not satisfy the tools; asking again"
                 );
                 state
@@ -133,12 +139,11 @@ async fn converse(
                     .tool_calls
                     .with_label_values(&["retried"])
                     .inc();
-                tool_retry = false;
-                prepared = conv.fresh(req, identity, &plan.model, "fallback");
-                if let Some(tools) = req.tools.as_deref() {
-                    prepared.content.push_str("\n\n");
-                    prepared.content.push_str(&hint.text(tools));
+                hint = Some(h);
+                if prepared.continued_from.is_none() {
+                    prepared = conv.fresh(req, identity, &plan.model, "fallback");
                 }
+                append_hint(&mut prepared, req, hint);
                 continue;
             }
             Err(e) => e,
@@ -165,8 +170,17 @@ async fn converse(
             Fallback::FreshChat(delay) => {
                 tokio::time::sleep(delay).await;
                 prepared = conv.fresh(req, identity, &plan.model, "fallback");
+                append_hint(&mut prepared, req, hint);
             }
         }
+    }
+}
+
+/// The retry hint, appended to the last user-side turn of what is sent.
+fn append_hint(prepared: &mut Prepared, req: &ChatRequest, hint: Option<Hint>) {
+    if let (Some(hint), Some(tools)) = (hint, req.tools.as_deref()) {
+        prepared.content.push_str("\n\n");
+        prepared.content.push_str(&hint.text(tools));
     }
 }
 

@@ -130,8 +130,19 @@ impl Attempt<'_> {
         let mut body = TranslateBody::new(stream, encoder, Some(state.config.sse_keepalive))
             .abort_on(state.stream_abort_signal());
         // A failure here drops `end` untold (its lock is released): it is this request's
-        // error, for the retry layer and the error map.
-        body.prime().await?;
+        // error, for the retry layer and the error map. The wait is bounded: a tool call
+        // being read (or prose held under `required`) may keep the first output back for
+        // minutes, and the client and nginx want headers and keep-alives long before that.
+        // Past the bound the answer stands as it comes: it can no longer be asked again.
+        let keepalive = state.config.sse_keepalive;
+        match tokio::time::timeout(keepalive, body.prime()).await {
+            Ok(primed) => primed?,
+            Err(_) => {
+                if let Some(scan) = body.pipeline_mut().stages_mut().0.as_mut() {
+                    scan.forbid_retry();
+                }
+            }
+        }
         if let Some(hint) = tool_retry(body.pipeline()) {
             return Ok(Answered::RetryWithHint(hint));
         }

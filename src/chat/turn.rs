@@ -134,7 +134,10 @@ impl StreamEnd<TurnStages> for TurnEnd {
                     self.record_tool_calls(scan.stats());
                 }
                 // A reply cut on our side (stop, max_tokens) differs from what the upstream
-                // chat holds: it is not remembered.
+                // chat holds: it is not remembered. A reply the tool-call scanner ended after
+                // its calls is, although the upstream may hold text after them the client
+                // never saw (narration, an invented result): agent loops live on continuing
+                // their chat, and the next turn's real results supersede that text.
                 let reply_key = match limits.finish_reason() {
                     None => transcript.take().map(Transcript::into_key),
                     Some(_) => None,

@@ -33,13 +33,13 @@ impl Harvester {
         match frame {
             PlatformFrame::Call { name, arguments } => {
                 match self.open.last_mut() {
-                    // The same call growing (or its final snapshot repeated): replace.
-                    Some(last)
-                        if last.name == name
-                            && (arguments.starts_with(last.arguments.as_str())
-                                || last.arguments.starts_with(arguments)) =>
-                    {
-                        if arguments.len() >= last.arguments.len() {
+                    // The same call growing, its final snapshot repeated, or rewritten before
+                    // it was complete: replace. A new call starts only on a clear boundary
+                    // (another name, a complete snapshot followed by a different one, or
+                    // empty arguments after some).
+                    Some(last) if last.name == name && same_call(&last.arguments, arguments) => {
+                        let shrinks = last.arguments.starts_with(arguments);
+                        if !shrinks || arguments.len() >= last.arguments.len() {
                             last.arguments = arguments.to_owned();
                         }
                     }
@@ -76,6 +76,15 @@ impl Harvester {
     pub fn take_open(&mut self) -> Vec<Harvested> {
         std::mem::take(&mut self.open)
     }
+}
+
+/// Whether `next` is a snapshot of the call whose last snapshot was `last`.
+fn same_call(last: &str, next: &str) -> bool {
+    if next.is_empty() && !last.is_empty() {
+        return false;
+    }
+    let grows = next.starts_with(last) || last.starts_with(next);
+    grows || serde_json::from_str::<serde::de::IgnoredAny>(last).is_err()
 }
 
 #[cfg(test)]

@@ -116,22 +116,56 @@ impl Hint {
 }
 
 /// The schema without the noise that costs prompt space and teaches nothing: `strict`,
-/// `$schema`, `additionalProperties: false`, titles.
+/// `$schema`, `additionalProperties: false`, titles. Only schema keywords are removed:
+/// the names under `properties` (a parameter may be called `title`) and values such as
+/// `enum`, `const` or `default` are data and stay as they are.
 fn clean_schema(schema: &Value) -> Value {
-    match schema {
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .filter(|(k, v)| {
-                    let noise = matches!(k.as_str(), "strict" | "$schema" | "title")
-                        || (k.as_str() == "additionalProperties" && **v == Value::Bool(false));
-                    !noise
-                })
-                .map(|(k, v)| (k.clone(), clean_schema(v)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(clean_schema).collect()),
-        other => other.clone(),
-    }
+    let Value::Object(o) = schema else {
+        return schema.clone();
+    };
+    let kept = o.iter().filter(|(k, v)| {
+        let noise = matches!(k.as_str(), "strict" | "$schema" | "title")
+            || (k.as_str() == "additionalProperties" && **v == Value::Bool(false));
+        !noise
+    });
+    Value::Object(
+        kept.map(|(k, v)| {
+            let cleaned = match k.as_str() {
+                // Maps from names to schemas.
+                "properties" | "patternProperties" | "$defs" | "definitions"
+                | "dependentSchemas" => match v {
+                    Value::Object(m) => Value::Object(
+                        m.iter()
+                            .map(|(name, s)| (name.clone(), clean_schema(s)))
+                            .collect(),
+                    ),
+                    other => other.clone(),
+                },
+                // A schema, or a list of them.
+                "items"
+                | "additionalProperties"
+                | "not"
+                | "if"
+                | "then"
+                | "else"
+                | "contains"
+                | "propertyNames"
+                | "additionalItems"
+                | "unevaluatedItems"
+                | "unevaluatedProperties"
+                | "anyOf"
+                | "oneOf"
+                | "allOf"
+                | "prefixItems" => match v {
+                    Value::Array(list) => Value::Array(list.iter().map(clean_schema).collect()),
+                    other => clean_schema(other),
+                },
+                _ => v.clone(),
+            };
+            (k.clone(), cleaned)
+        })
+        .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -172,6 +206,31 @@ mod tests {
         assert!(s.contains("[TOOL CALL]\n{\"name\": \"<tool name>\""));
         assert!(s.contains("Several independent calls"));
         assert!(tools_section(&set(Choice::Auto, false)).contains("at most one call"));
+    }
+
+    #[test]
+    fn schema_keywords_go_but_parameters_with_their_names_stay() {
+        let schema = json!({"type": "object", "title": "Issue", "strict": true,
+            "properties": {
+                "title": {"type": "string", "title": "Title"},
+                "strict": {"type": "boolean"},
+                "labels": {"type": "array", "items": {"type": "string", "title": "Label"}},
+                "meta": {"anyOf": [{"type": "object", "additionalProperties": false}, {"type": "null"}]}
+            },
+            "required": ["title", "strict"], "additionalProperties": false,
+            "default": {"title": "kept: data"}});
+        assert_eq!(
+            clean_schema(&schema),
+            json!({"type": "object",
+                "properties": {
+                    "title": {"type": "string"},
+                    "strict": {"type": "boolean"},
+                    "labels": {"type": "array", "items": {"type": "string"}},
+                    "meta": {"anyOf": [{"type": "object"}, {"type": "null"}]}
+                },
+                "required": ["title", "strict"],
+                "default": {"title": "kept: data"}})
+        );
     }
 
     #[test]

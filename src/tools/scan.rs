@@ -72,8 +72,6 @@ pub struct ToolScan {
     /// Something reached the next stage: text, a call, or (streaming) reasoning.
     released: bool,
     stats: ScanStats,
-    /// The first thing in the answer was a call that did not validate.
-    bad_first: bool,
     thinking: ThinkingWatch,
     harvester: Harvester,
     /// The platform intercepted a call that could not be recovered.
@@ -96,6 +94,8 @@ enum State {
     /// `pending[start..]` is a `<function=…>` payload.
     Xml {
         start: usize,
+        /// How far into the payload the closer was looked for already.
+        searched: usize,
     },
     /// A call went out; stray brackets and the closer are skipped.
     Close {
@@ -230,25 +230,50 @@ impl Position {
     }
 }
 
-/// Whether the thinking text wrote a call block (it does not count there).
+/// Whether the thinking wrote a whole call block — an opener, a `"name"` key, a closer, in
+/// that order — which does not count there. A model that only mentions or starts a call
+/// while deciding is not asked again.
 #[derive(Debug, Default)]
 struct ThinkingWatch {
+    /// The last bytes seen, lowercased: a marker or the key may be split across pieces.
     tail: String,
-    opener: bool,
+    /// How far the block got: 0 nothing, 1 opener, 2 name, 3 closer.
+    progress: u8,
     call: bool,
 }
 
 impl ThinkingWatch {
+    /// Markers and keys in the order a block has them.
+    const STEPS: [&'static [&'static str]; 3] = [
+        &["[tool call", "<tool_call"],
+        &["\"name\""],
+        &["[end tool call", "</tool_call"],
+    ];
+
     fn feed(&mut self, text: &str) {
         if self.call {
             return;
         }
-        self.tail.push_str(text);
-        let lower = self.tail.to_ascii_lowercase();
-        self.opener = self.opener || lower.contains("[tool call") || lower.contains("<tool_call");
-        self.call = self.opener && lower.contains("\"name\"");
-        // Keep enough to see a marker or the key split across pieces.
-        let keep_from = (self.tail.len().saturating_sub(32)..=self.tail.len())
+        self.tail
+            .extend(text.chars().map(|c| c.to_ascii_lowercase()));
+        // `tail` starts after the last step found, so each step is looked for only in the
+        // text after the one before it.
+        let mut searched = 0;
+        while let Some(wanted) = Self::STEPS.get(usize::from(self.progress)) {
+            let rest = &self.tail[searched..];
+            let Some((at, len)) = wanted
+                .iter()
+                .filter_map(|w| rest.find(w).map(|at| (at, w.len())))
+                .min()
+            else {
+                break;
+            };
+            searched += at + len;
+            self.progress += 1;
+        }
+        self.call = self.progress == 3;
+        // Keep what a marker split across pieces needs, never text before the last step.
+        let keep_from = (searched.max(self.tail.len().saturating_sub(16))..=self.tail.len())
             .find(|&i| self.tail.is_char_boundary(i))
             .unwrap_or(self.tail.len());
         self.tail.drain(..keep_from);
@@ -265,7 +290,6 @@ impl ToolScan {
             held: String::new(),
             released: false,
             stats: ScanStats::default(),
-            bad_first: false,
             thinking: ThinkingWatch::default(),
             harvester: Harvester::default(),
             lost_native: false,
@@ -276,6 +300,12 @@ impl ToolScan {
 
     pub fn stats(&self) -> ScanStats {
         self.stats
+    }
+
+    /// The client is waiting on this answer (its headers went out): it stands as it comes,
+    /// prose held for a call included, and is not asked for again.
+    pub fn forbid_retry(&mut self) {
+        self.config.retry_allowed = false;
     }
 
     /// The answer did not satisfy the request, and nothing of it reached the client: the
@@ -348,8 +378,10 @@ impl ToolScan {
                 tracing::info!(?why, "the model wrote a tool call that is not valid");
             }
         }
+        if self.end_after_calls() {
+            return;
+        }
         if !synthetic && !self.at.prose && self.can_retry() {
-            self.bad_first = true;
             self.retry = Some(Hint::BadCall);
             self.finish = Some(FinishReason::Stop);
             self.state = State::Drain;
@@ -359,6 +391,18 @@ impl ToolScan {
         // Shown as text, and not scanned again.
         self.release(raw, next);
         self.state = State::Text;
+    }
+
+    /// Once a call is out, whatever is not another valid call ends the client's answer:
+    /// an invalid second payload, an opener without one, text after them.
+    fn end_after_calls(&mut self) -> bool {
+        if self.stats.emitted == 0 {
+            return false;
+        }
+        self.state = State::Drain;
+        self.finish = Some(FinishReason::ToolCalls);
+        self.pending.clear();
+        true
     }
 
     /// Run the machine over `pending` as far as it goes. `eof`: no more text will come.
@@ -454,11 +498,17 @@ impl ToolScan {
                 return true;
             }
             if self.pending[at..].starts_with("<function=") {
-                self.state = State::Xml { start: at };
+                self.state = State::Xml {
+                    start: at,
+                    searched: 0,
+                };
                 return true;
             }
             if prev == ']' && c == '(' {
                 // `[tool calls](https://…)`: a markdown link.
+                if self.end_after_calls() {
+                    return false;
+                }
                 self.release_pending(at + 1, next);
                 self.state = State::Text;
                 return true;
@@ -467,6 +517,9 @@ impl ToolScan {
         }
         let window_over = self.pending.len() > opener + PAYLOAD_WINDOW;
         if window_over || eof {
+            if self.end_after_calls() {
+                return false;
+            }
             tracing::debug!("a tool-call opener without a payload; shown as text");
             let end = if window_over {
                 (opener + PAYLOAD_WINDOW..=self.pending.len())
@@ -477,7 +530,8 @@ impl ToolScan {
             };
             self.release_pending(end, next);
             self.state = State::Text;
-            return !eof;
+            // At the end too: the rest of the text is released by `text`.
+            return true;
         }
         false
     }
@@ -503,6 +557,9 @@ impl ToolScan {
             }
             None if scan.repaired.len() > SPAN_MAX => {
                 tracing::warn!("a tool-call payload over 1 MiB; shown as text");
+                if self.end_after_calls() {
+                    return false;
+                }
                 // Released as it is, without scanning it again.
                 let text = std::mem::take(&mut self.pending);
                 self.release(&text, next);
@@ -519,16 +576,31 @@ impl ToolScan {
     /// The Qwen3-Coder form: `<function=NAME>`, `<parameter=KEY>` … `</parameter>`,
     /// `</function>`, structural tags at line starts.
     fn xml(&mut self, next: &mut impl Emit, eof: bool) -> bool {
-        let State::Xml { start } = self.state else {
+        let State::Xml { start, searched } = self.state else {
             return false;
         };
+        const CLOSE: &str = "</function>";
         let body = &self.pending[start..];
-        let end = body
-            .match_indices("</function>")
+        let end = body[searched..]
+            .match_indices(CLOSE)
+            .map(|(i, m)| (searched + i, m))
             .find(|(i, _)| *i == 0 || body[..*i].ends_with('\n'))
             .map(|(i, m)| start + i + m.len());
         let Some(end) = end else {
+            // Never scan the same bytes twice: the next search starts where a closer
+            // could still begin (a line break before it included).
+            let resume = body.len().saturating_sub(CLOSE.len() + 1);
+            let resume = (resume..=body.len())
+                .find(|&k| body.is_char_boundary(k))
+                .unwrap_or(body.len());
+            self.state = State::Xml {
+                start,
+                searched: resume,
+            };
             if self.pending.len() - start > SPAN_MAX {
+                if self.end_after_calls() {
+                    return false;
+                }
                 let all = self.pending.len();
                 let text: String = self.pending.drain(..all).collect();
                 self.state = State::Text;
@@ -646,16 +718,37 @@ impl ToolScan {
             return;
         };
         self.take_harvested(&closed.name, &closed.arguments, next);
-        if self.harvester.all_answered() && self.stats.emitted > 0 {
-            // Every call the platform intercepted is out: what the model writes next
-            // answers the platform's "does not exist", not the client.
-            self.state = State::Drain;
-            self.pending.clear();
-            self.finish = Some(FinishReason::ToolCalls);
+        if !self.harvester.all_answered() {
+            return;
         }
+        // Every call the platform intercepted is answered: what the model writes next
+        // answers the platform's "does not exist", not the client — whether or not the
+        // calls could be recovered.
+        if self.stats.emitted > 0 {
+            self.finish = Some(FinishReason::ToolCalls);
+        } else if self.lost_native {
+            if self.can_retry() {
+                self.retry = Some(Hint::Intercepted);
+            }
+            self.finish = Some(FinishReason::Stop);
+        } else {
+            return;
+        }
+        self.state = State::Drain;
+        self.pending.clear();
     }
 
     fn take_harvested(&mut self, name: &str, arguments: &str, next: &mut impl Emit) {
+        if !self.config.set.parallel && self.stats.emitted > 0 {
+            tracing::info!("a second intercepted call with parallel_tool_calls off; dropped");
+            return;
+        }
+        // A tool without arguments is called with an empty snapshot.
+        let arguments = if arguments.trim().is_empty() {
+            "{}"
+        } else {
+            arguments
+        };
         match validate::call(name, Value::String(arguments.to_owned()), &self.config.set) {
             Ok(call) => self.emit(call, next),
             Err(why) => {
@@ -785,9 +878,17 @@ fn xml_call(block: &str, set: &ToolSet) -> Result<ValidCall, Invalid> {
     };
     for line in lines {
         let trimmed = line.trim();
-        if let Some(key) = tag_name(line, "parameter") {
+        // `<parameter=KEY>` on its own line, or with the value after it on the same line
+        // (`<parameter=city>Paris</parameter>`).
+        if let Some((key, value)) = parameter_open(line) {
             finish(&mut current, &mut args);
-            current = Some((key, String::new()));
+            match value.trim_end().strip_suffix("</parameter>") {
+                Some(whole) => {
+                    current = Some((key, whole.to_owned()));
+                    finish(&mut current, &mut args);
+                }
+                None => current = Some((key, value.trim_start_matches('\n').to_owned())),
+            }
             continue;
         }
         if trimmed == "</parameter>" || trimmed == "</function>" {
@@ -800,6 +901,14 @@ fn xml_call(block: &str, set: &ToolSet) -> Result<ValidCall, Invalid> {
     }
     finish(&mut current, &mut args);
     validate::call(&name, Value::Object(args), set)
+}
+
+/// A line that opens a parameter: its key, and the rest of the line after the tag.
+fn parameter_open(line: &str) -> Option<(String, &str)> {
+    let start = line.len() - line.trim_start().len();
+    let tag_end = start + line[start..].find('>')? + 1;
+    let key = tag_name(&line[start..tag_end], "parameter")?;
+    Some((key, &line[tag_end..]))
 }
 
 /// `NAME` of a structural `<TAG=NAME>` line, read with `xmlparser` as `<TAG name="NAME">`.

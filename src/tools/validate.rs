@@ -7,6 +7,7 @@
 use serde_json::{Map, Value};
 
 use super::{ToolSet, ToolSpec};
+use crate::untrusted::Untrusted;
 
 /// A call ready for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,16 +31,6 @@ pub enum Invalid {
     ArgumentsNotObject,
 }
 
-impl Invalid {
-    /// Metric label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Invalid::UnknownName(_) => "unknown_name",
-            _ => "invalid",
-        }
-    }
-}
-
 /// Validate a JSON payload `{"name": …, "arguments": {…}}`.
 pub fn json_payload(payload: &str, set: &ToolSet) -> Result<ValidCall, Invalid> {
     let value = parse_lenient(payload).ok_or(Invalid::NotJson)?;
@@ -47,10 +38,19 @@ pub fn json_payload(payload: &str, set: &ToolSet) -> Result<ValidCall, Invalid> 
         return Err(Invalid::NotJson);
     };
     let name = take_name(&mut obj).ok_or(Invalid::NoName)?;
-    let args = ["arguments", "parameters", "args", "input"]
+    let args = match ["arguments", "parameters", "args", "input"]
         .iter()
         .find_map(|k| obj.remove(*k))
-        .unwrap_or_else(|| Value::Object(Map::new()));
+    {
+        Some(args) => args,
+        // No arguments key: the other keys are the arguments (`{"name": "f", "city": "x"}`).
+        None => {
+            for key in ["name", "tool", "function"] {
+                obj.shift_remove(key);
+            }
+            Value::Object(obj)
+        }
+    };
     call(&name, args, set)
 }
 
@@ -71,7 +71,12 @@ pub fn call(name: &str, args: Value, set: &ToolSet) -> Result<ValidCall, Invalid
             .collect();
         if !missing.is_empty() {
             // Still emitted: the client's error about it is useful feedback to the model.
-            tracing::warn!(tool = %client, ?missing, "tool call without required arguments");
+            let missing = missing.join(", ");
+            tracing::warn!(
+                tool = %Untrusted(&client),
+                missing = %Untrusted(&missing),
+                "tool call without required arguments"
+            );
         }
     }
     Ok(ValidCall {
@@ -312,6 +317,11 @@ mod tests {
             r#"{"city":"X"}"#
         );
         assert_eq!(ok(r#"{"name":"get_weather"}"#).1, "{}");
+        // Arguments written next to the name.
+        assert_eq!(
+            ok(r#"{"name":"get_weather","city":"Oslo","days":2}"#).1,
+            r#"{"city":"Oslo","days":2}"#
+        );
     }
 
     #[test]

@@ -50,7 +50,10 @@ pub enum Step {
 }
 
 pub struct UpstreamStream<B, S> {
-    body: B,
+    /// Dropped as soon as the answer is decided: once a stage ends it early (after a tool
+    /// call, at a stop sequence), the upstream connection closes at once rather than when
+    /// the client has read the end.
+    body: Option<B>,
     pipeline: Pipeline<S>,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
@@ -65,7 +68,7 @@ where
 {
     pub fn new(body: B, pipeline: Pipeline<S>, idle_timeout: Duration) -> Self {
         Self {
-            body,
+            body: Some(body),
             pipeline,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
@@ -87,11 +90,11 @@ where
 
     /// Advance by at most one upstream chunk. After `Done`/`Failed`, stays `Done`.
     pub fn poll_step(&mut self, cx: &mut Context<'_>, out: &mut impl Emit) -> Poll<Step> {
-        if self.finished {
+        let (false, Some(body)) = (self.finished, self.body.as_mut()) else {
             return Poll::Ready(Step::Done(FinishReason::Stop));
-        }
+        };
         let step = loop {
-            match Pin::new(&mut self.body).poll_frame(cx) {
+            match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else {
                         continue; // trailers carry nothing for us
@@ -129,6 +132,7 @@ where
         };
         if !matches!(step, Step::Progress) {
             self.finished = true;
+            self.body = None;
         }
         Poll::Ready(step)
     }
@@ -234,6 +238,10 @@ where
     /// What the stream has produced so far.
     pub fn pipeline(&self) -> &Pipeline<S> {
         self.stream.pipeline()
+    }
+
+    pub fn pipeline_mut(&mut self) -> &mut Pipeline<S> {
+        self.stream.pipeline_mut()
     }
 
     /// Who is told how the stream ends. Attached once primed: a failure before the first

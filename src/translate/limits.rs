@@ -10,7 +10,7 @@
 //!   available and its usage arrives only after the frame it counts.
 
 use super::stage::Stage;
-use super::state::{Emit, FinishReason, Usage};
+use super::state::{Emit, FinishReason, ToolCall, Usage};
 
 /// Token estimate in quarter tokens, so ASCII can count 1/4 each without floats.
 pub fn estimate_quarter_tokens(text: &str) -> u64 {
@@ -135,6 +135,19 @@ impl Stage for Limits {
     }
 
     /// End of the upstream answer: release held-back text (it did not complete a match).
+    /// A call ends the prose before it: what was held back for a possible stop sequence
+    /// goes out first, so the client sees the answer in its order. Nothing passes once the
+    /// answer was cut.
+    fn tool_call(&mut self, call: &ToolCall<'_>, next: &mut impl Emit) {
+        if self.finish.is_none() && !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            self.pass_budget(&held, next);
+        }
+        if self.finish.is_none() {
+            next.tool_call(call);
+        }
+    }
+
     fn flush(&mut self, next: &mut impl Emit) {
         if self.finish.is_none() && !self.held.is_empty() {
             let held = std::mem::take(&mut self.held);
@@ -180,6 +193,21 @@ mod tests {
         let mut l = Limits::new(vec!["END".into()], None);
         assert_eq!(run(&mut l, &["hello E", "N", "D tail"]), "hello ");
         assert_eq!(l.finish_reason(), Some(FinishReason::Stop));
+    }
+
+    #[test]
+    fn held_text_goes_out_before_a_call() {
+        let mut l = Limits::new(vec!["Observation:".into()], None);
+        let mut out = Recorder::default();
+        l.content("Let me check. Obs", &mut out);
+        l.tool_call(
+            &ToolCall {
+                name: "f",
+                arguments: "{}",
+            },
+            &mut out,
+        );
+        assert_eq!(out.pieces, ["c:Let me check. ", "c:Obs", "t:f {}"]);
     }
 
     #[test]

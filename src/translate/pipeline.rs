@@ -84,7 +84,11 @@ impl<S: Stage> Pipeline<S> {
     /// After one event: has a stage or the upstream ended the answer?
     fn after_event(&mut self, flow: Flow, out: &mut impl Emit) -> Progress {
         if let Some(r) = self.stages.finish_reason() {
-            return Progress::Done(r);
+            // A stage ended the answer early: the stages pass on what they still hold (a
+            // call harvested but not yet out, prose a later stage held back). The stage that
+            // ended it has nothing more to give.
+            self.stages.flush(out);
+            return Progress::Done(self.stages.finish_reason().unwrap_or(r));
         }
         if flow == Flow::Finished {
             self.stages.flush(out);

@@ -432,7 +432,7 @@ fn c41_a_named_choice_accepts_only_that_tool() {
 fn a_call_written_only_while_thinking_asks_again() {
     let thinking = [
         "I should call [TOOL CALL]",
-        "\n{\"name\":\"get_weather\"...",
+        "\n{\"name\":\"get_weather\"}\n[END TOOL CALL]",
     ];
     let answer = ["I cannot check the weather."];
     // Not streaming, nothing reached the client yet: ask again.
@@ -449,7 +449,7 @@ fn a_call_written_only_while_thinking_asks_again() {
         &["I cannot check the weather."],
         &[
             "I should call [TOOL CALL]",
-            "\n{\"name\":\"get_weather\"...",
+            "\n{\"name\":\"get_weather\"}\n[END TOOL CALL]",
         ],
     );
     assert_eq!(out.retry, Some(Hint::CallInThinking));
@@ -483,4 +483,118 @@ fn plain_prose_passes_at_once_with_bounded_hold_back() {
     );
     scan.content("he docs].", &mut out);
     assert!(out.content.ends_with("See [The docs]."));
+}
+
+// Review findings, each a case the §6 list does not spell out.
+
+#[test]
+fn after_a_call_an_invalid_second_block_and_what_follows_are_not_shown() {
+    let bad = "[TOOL CALL]\n{\"name\":\"nope\",\"arguments\":{}}\n[END TOOL CALL]";
+    let out = scan(&format!("{PARIS}\n{bad}\nThe weather is 22°C."));
+    assert_eq!(out.calls, [call("get_weather", r#"{"city":"Paris"}"#)]);
+    assert_eq!(out.content, "");
+    assert_eq!(out.finish, Some(FinishReason::ToolCalls));
+    // An opener without a payload after a call: the same.
+    let out = scan(&format!("{PARIS}\n[TOOL CALL] and then nothing"));
+    assert_eq!(out.calls.len(), 1);
+    assert_eq!(out.content, "");
+}
+
+#[test]
+fn an_opener_without_a_payload_at_the_end_is_shown_whole() {
+    let text = format!("Hi [TOOL CALL] {}", "a".repeat(200));
+    let out = scan(&text);
+    assert!(out.calls.is_empty());
+    assert_eq!(out.content, text);
+}
+
+#[test]
+fn xml_parameters_on_one_line() {
+    let out = scan("[TOOL CALL]\n<function=get_weather>\n<parameter=city>Paris</parameter>\n<parameter=days>3\n</parameter>\n</function>\n[END TOOL CALL]");
+    assert_eq!(
+        out.calls,
+        [call("get_weather", r#"{"city":"Paris","days":3}"#)]
+    );
+}
+
+fn native(scan: &mut ToolScan, out: &mut Recorder, name: &str, snapshots: &[&str]) {
+    for args in snapshots {
+        scan.platform_call(
+            PlatformFrame::Call {
+                name,
+                arguments: args,
+            },
+            out,
+        );
+    }
+    scan.platform_call(PlatformFrame::Result { name }, out);
+}
+
+fn scanner(set: ToolSet, retry: bool) -> ToolScan {
+    ToolScan::new(ScanConfig {
+        set: Arc::new(set),
+        retry_allowed: retry,
+        streaming: false,
+    })
+}
+
+#[test]
+fn an_intercepted_call_that_cannot_be_recovered_hides_the_aftermath_and_asks_again() {
+    // The model called the client name of an aliased tool natively: not a call we can emit.
+    let mut s = scanner(auto(), true);
+    let mut out = Recorder::default();
+    native(&mut s, &mut out, "Write", &["{\"path\":\"a\"}"]);
+    s.content("Sorry, that tool does not exist.", &mut out);
+    s.flush(&mut out);
+    assert!(out.calls.is_empty());
+    assert_eq!(out.content, "");
+    assert_eq!(s.retry(), Some(Hint::Intercepted));
+    // Without a retry left, the aftermath is still not the client's answer.
+    let mut s = scanner(auto(), false);
+    let mut out = Recorder::default();
+    native(&mut s, &mut out, "Write", &["{\"path\":\"a\"}"]);
+    s.content("Sorry, that tool does not exist.", &mut out);
+    s.flush(&mut out);
+    assert_eq!(out.content, "");
+    assert_eq!(s.finish_reason(), Some(FinishReason::Stop));
+}
+
+#[test]
+fn native_calls_respect_parallel_off_rewrites_and_empty_arguments() {
+    let mut s = scanner(set_with(Choice::Auto, false), false);
+    let mut out = Recorder::default();
+    // A snapshot rewritten before it was complete JSON is the same call.
+    native(
+        &mut s,
+        &mut out,
+        "get_weather",
+        &["{\"ci", "{\"city\":\"Pa", "{\"city\": \"Paris\"}"],
+    );
+    native(&mut s, &mut out, "write_file", &[""]);
+    assert_eq!(out.calls, [call("get_weather", r#"{"city":"Paris"}"#)]);
+    // With parallel calls on, the second (argument-less) call is made with `{}`.
+    let mut s = scanner(auto(), false);
+    let mut out = Recorder::default();
+    native(&mut s, &mut out, "write_file", &[""]);
+    assert_eq!(out.calls, [call("write_file", "{}")]);
+}
+
+#[test]
+fn only_a_whole_call_block_in_the_thinking_asks_again() {
+    let answer = ["I can answer without tools."];
+    let deciding = [
+        "Should I use [TOOL CALL] with \"name\"",
+        "? No, I know this.",
+    ];
+    assert_eq!(run_pieces(&auto(), true, &answer, &deciding).retry, None);
+    let wrote = [
+        "[TOOL",
+        " CALL]\n{\"na",
+        "me\": \"get_weather\"}\n[END TOOL",
+        " CALL]",
+    ];
+    assert_eq!(
+        run_pieces(&auto(), true, &answer, &wrote).retry,
+        Some(Hint::CallInThinking)
+    );
 }
