@@ -202,6 +202,18 @@ fn print_banner(bound: SocketAddr, sim: Option<String>, keys: bool) {
     } else {
         ("", "", "", "\"unused\"")
     };
+    // In the demo, the simulated model calls tools on request (README, "Simulator").
+    let tools_demo = if sim.is_some() {
+        format!(
+            "
+A tool call (`@@sim:call` makes the simulated model call the first tool):
+  curl -N {base}/v1/chat/completions -H 'content-type: application/json'{auth_header} \\
+    -d '{{\"model\":\"qwen3.7-plus\",\"stream\":true,\"tools\":[{{\"type\":\"function\",\"function\":{{\"name\":\"get_weather\",\"parameters\":{{\"type\":\"object\",\"properties\":{{\"city\":{{\"type\":\"string\"}}}},\"required\":[\"city\"]}}}}}}],\"messages\":[{{\"role\":\"user\",\"content\":\"Weather in Paris? @@sim:call\"}}]}}'
+"
+        )
+    } else {
+        String::new()
+    };
     let banner = format!(
         "qwen-proxy {} listening on {base}{mode}
 
@@ -215,7 +227,7 @@ Or with the OpenAI Python SDK (pip install openai):
   stream = client.chat.completions.create(model=\"qwen3.7-plus\", stream=True, messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}])
   for chunk in stream:
       print(chunk.choices[0].delta.content or \"\", end=\"\", flush=True)
-",
+{tools_demo}",
         env!("CARGO_PKG_VERSION")
     );
     // A closed stdout (piped into `head`, a supervisor that went away) must not kill the

@@ -11,7 +11,7 @@ mod support;
 
 use support::process::{self, Running};
 
-/// Start `--demo` and read the banner (up to its last line).
+/// Start `--demo` and read the banner (up to its last line: the tool-call example).
 fn banner(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
     let mut cmd = process::command(args, env);
     cmd.stderr(Stdio::null());
@@ -21,7 +21,7 @@ fn banner(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
         let line = running.read_line();
         assert!(!line.is_empty(), "the banner ended early: {text}");
         text.push_str(&line);
-        if line.contains("print(chunk") {
+        if line.contains("@@sim:call\"") {
             return (running, text);
         }
     }
@@ -63,6 +63,13 @@ fn the_banner_shows_how_to_send_a_key_without_showing_one() {
         "{text}"
     );
     assert!(!text.contains("sk-very-secret"), "{text}");
+    // Both curl examples, the tool call's too, send the key.
+    assert_eq!(
+        text.matches("Authorization: Bearer $QWEN_PROXY_KEY")
+            .count(),
+        2,
+        "{text}"
+    );
     let (child, text) = banner(&["--demo", "--port", "0", "--env-file", "/dev/null"], &[]);
     drop(child);
     assert!(!text.contains("Authorization"), "{text}");
