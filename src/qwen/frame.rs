@@ -67,14 +67,18 @@ pub struct Delta<'a> {
     pub reasoning_content: Option<Text<'a>>,
     #[serde(borrow, default)]
     pub extra: Option<Extra<'a>>,
-    /// `"assistant"`, or `"function"` on the platform's result frames.
+    /// `role` is `"function"`: the platform's result frames. Only that is kept — every token
+    /// frame carries `"role": "assistant"`, and a flag costs less than a string to read.
+    #[serde(rename = "role", default, deserialize_with = "is_function_role")]
+    pub function_role: bool,
+    /// Boxed: rare (the platform's function frames), and every token frame's `Delta` is
+    /// built and moved — its size is paid per event.
     #[serde(borrow, default)]
-    pub role: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    pub function_call: Option<FunctionCall<'a>>,
-    /// Set on the platform's own tools (web search, …), absent on intercepted client calls.
-    #[serde(borrow, default)]
-    pub function_id: Option<Text<'a>>,
+    pub function_call: Option<Box<FunctionCall<'a>>>,
+    /// A `function_id` is present: set on the platform's own tools (web search, …), absent
+    /// on intercepted client calls. Only its presence matters.
+    #[serde(rename = "function_id", default, deserialize_with = "is_present")]
+    pub platform_function: bool,
     #[serde(borrow, default)]
     pub name: Option<Text<'a>>,
 }
@@ -148,6 +152,18 @@ impl std::ops::Deref for Text<'_> {
     fn deref(&self) -> &str {
         &self.0
     }
+}
+
+/// A string that is there (`null` is not).
+fn is_present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let id: Option<Text<'de>> = Deserialize::deserialize(d)?;
+    Ok(id.is_some())
+}
+
+/// `role` as a flag (`Frame::parse`'s fast reader decides the same way, in `scan.rs`).
+fn is_function_role<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let role: Option<Text<'de>> = Deserialize::deserialize(d)?;
+    Ok(role.is_some_and(|r| &*r == "function"))
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {

@@ -120,12 +120,22 @@ fn delta<'a>(r: &mut Reader<'a>, d: &mut Delta<'a>) -> Scan<()> {
                 seen.once(4)?;
                 return r.fill(&mut d.extra, extra);
             }
-            b"role" => (5, &mut d.role),
-            b"function_id" => (6, &mut d.function_id),
+            b"role" => {
+                seen.once(5)?;
+                d.function_role = r.opt_flag(|raw| raw == b"function")?;
+                return Ok(());
+            }
+            b"function_id" => {
+                seen.once(6)?;
+                d.platform_function = r.opt_flag(|_| true)?;
+                return Ok(());
+            }
             b"name" => (7, &mut d.name),
             b"function_call" => {
                 seen.once(8)?;
-                return r.fill(&mut d.function_call, function_call);
+                return r.fill(&mut d.function_call, |r, f: &mut Box<FunctionCall<'_>>| {
+                    function_call(r, f)
+                });
             }
             _ => return r.unknown(key),
         };
@@ -405,6 +415,23 @@ impl<'a> Reader<'a> {
             return Ok(None);
         }
         self.text().map(Some)
+    }
+
+    /// A string read as a flag (`role` is `"function"`, a `function_id` is there), decided
+    /// on its raw bytes: no decoding for the `"assistant"` of every token frame. `null` is
+    /// `false`; escaped spellings and invalid UTF-8 go to serde.
+    fn opt_flag(&mut self, test: impl FnOnce(&[u8]) -> bool) -> Scan<bool> {
+        if self.null()? {
+            return Ok(false);
+        }
+        self.eat(b'"')?;
+        match self.string_body()? {
+            (_, true) => Err(Unsupported),
+            (raw, false) if !raw.is_ascii() && std::str::from_utf8(raw).is_err() => {
+                Err(Unsupported)
+            }
+            (raw, false) => Ok(test(raw)),
+        }
     }
 
     fn opt_u64(&mut self) -> Scan<Option<u64>> {

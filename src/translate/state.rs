@@ -182,7 +182,7 @@ impl Translator {
         // their own) are skipped with their phase below; in the answer phase it is a call the
         // platform intercepted, reported for the tool-call scanner. A result frame's text
         // ("Tool X does not exists.") is never content.
-        if phase == "answer" && delta.function_id.is_none() {
+        if phase == "answer" && !delta.platform_function {
             if let Some(call) = &delta.function_call {
                 if let Some(name) = non_empty(&call.name) {
                     out.platform_call(PlatformFrame::Call {
@@ -192,9 +192,9 @@ impl Translator {
                 }
             }
         }
-        if delta.role.as_deref() == Some("function") {
-            if let (Some(name), "answer", None) =
-                (non_empty(&delta.name), phase, &delta.function_id)
+        if delta.function_role {
+            if let (Some(name), "answer", false) =
+                (non_empty(&delta.name), phase, delta.platform_function)
             {
                 out.platform_call(PlatformFrame::Result { name });
             }
