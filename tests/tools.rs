@@ -9,7 +9,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{expected_answer, quick_sim, Harness, Reply};
+use support::{expected_answer, quick_sim, summarize, Harness, Reply};
 
 use qwen_proxy::common::base64url_encode;
 
@@ -76,26 +76,22 @@ fn streamed(r: &Reply) -> Streamed {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.headers["content-type"], "text/event-stream");
     let events = r.events();
-    assert_eq!(events.last(), Some(&Value::String("[DONE]".into())));
-    let mut s = Streamed::default();
+    // The chunk rules every stream keeps (role once, one id, `[DONE]`) and its text.
+    let summary = summarize(&events);
+    assert!(summary.error.is_none(), "error event: {:?}", summary.error);
+    let mut s = Streamed {
+        content: summary.content,
+        reasoning: summary.reasoning,
+        calls: Vec::new(),
+        finish: summary.finish_reason,
+    };
+    let mut finishes = 0;
     for ev in &events[..events.len() - 1] {
-        assert!(ev.get("error").is_none(), "error event: {ev}");
-        assert_eq!(ev["object"], "chat.completion.chunk");
         let Some(choice) = ev["choices"].as_array().unwrap().first() else {
             continue;
         };
-        let delta = &choice["delta"];
-        if let Some(c) = delta["content"].as_str() {
-            s.content.push_str(c);
-        }
-        if let Some(c) = delta["reasoning_content"].as_str() {
-            s.reasoning.push_str(c);
-        }
-        if let Some(f) = choice["finish_reason"].as_str() {
-            assert!(s.finish.is_none(), "one finish reason");
-            s.finish = Some(f.to_owned());
-        }
-        let Some(entries) = delta.get("tool_calls") else {
+        finishes += usize::from(choice["finish_reason"].is_string());
+        let Some(entries) = choice["delta"].get("tool_calls") else {
             continue;
         };
         let entries = entries.as_array().unwrap();
@@ -122,6 +118,7 @@ fn streamed(r: &Reply) -> Streamed {
                 .push_str(e["function"]["arguments"].as_str().unwrap());
         }
     }
+    assert!(finishes <= 1, "one finish reason");
     let ids: std::collections::HashSet<&str> = s.calls.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids.len(), s.calls.len(), "ids are unique");
     s

@@ -29,6 +29,16 @@ pub struct RedisStore {
     ttl: Duration,
 }
 
+/// The Redis key of a conversation's session.
+fn session_key(key: &str) -> String {
+    format!("qp:s:{key}")
+}
+
+/// The Redis key of a chat's lock.
+fn lock_key(chat_id: &str) -> String {
+    format!("qp:lock:{chat_id}")
+}
+
 /// Take the lock if free, or extend it if `owner` already holds it (renewal).
 const LOCK: &str = "local v = redis.call('get', KEYS[1]) \
     if v == false then return redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
@@ -57,7 +67,7 @@ impl RedisStore {
 impl SessionStore for RedisStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
         Box::pin(async move {
-            let k = format!("qp:s:{key}");
+            let k = session_key(key);
             let ttl = self.ttl.as_millis().to_string();
             let reply = self
                 .client
@@ -78,7 +88,7 @@ impl SessionStore for RedisStore {
         session: &'a Session,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let k = format!("qp:s:{key}");
+            let k = session_key(key);
             let json = serde_json::to_string(session).map_err(err)?;
             let ttl = self.ttl.as_millis().to_string();
             expect_ok(
@@ -92,7 +102,7 @@ impl SessionStore for RedisStore {
 
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let k = format!("qp:s:{key}");
+            let k = session_key(key);
             self.client
                 .cmd(&[b"DEL", k.as_bytes()])
                 .await
@@ -108,7 +118,7 @@ impl SessionStore for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
-            let k = format!("qp:lock:{chat_id}");
+            let k = lock_key(chat_id);
             let ttl = ttl.as_millis().max(1).to_string();
             let r = self
                 .client
@@ -131,7 +141,7 @@ impl SessionStore for RedisStore {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let k = format!("qp:lock:{chat_id}");
+            let k = lock_key(chat_id);
             self.client
                 .cmd(&[
                     b"EVAL",

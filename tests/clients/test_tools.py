@@ -227,6 +227,26 @@ def test_parse_with_a_pydantic_tool_and_schema_built_arguments(client):
     assert tc.function.parsed_arguments == GetForecast(city="sim", unit="celsius", days=1)
 
 
+def test_stream_helper_with_a_response_format_model_gets_unfenced_json(client):
+    # tool-calling.md §6 test 45: the model fences its JSON; the SDK parses every prefix of
+    # the content while streaming and the whole of it at the end.
+    fenced = '```json\n{"city": "Oslo", "unit": "celsius", "days": 2}\n```'
+    reply = base64.urlsafe_b64encode(fenced.encode()).decode().rstrip("=")
+    prompt = fast(f"Forecast as JSON. @@sim:reply={reply}")
+    with sdk_helper(client, "stream")(
+        model=MODEL, response_format=GetForecast, messages=[{"role": "user", "content": prompt}]
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_completion()
+
+    content = "".join(e.delta for e in events if e.type == "content.delta")
+    assert content == '{"city": "Oslo", "unit": "celsius", "days": 2}'
+    [done] = [e for e in events if e.type == "content.done"]
+    assert done.parsed == GetForecast(city="Oslo", unit="celsius", days=2)
+    assert final.choices[0].message.parsed == GetForecast(city="Oslo", unit="celsius", days=2)
+    assert final.choices[0].finish_reason == "stop"
+
+
 # --- tool_choice -------------------------------------------------------------------------
 
 
