@@ -2,10 +2,18 @@
 //! the real proxy stack against the simulator with `chats/new` latency 300 ms.
 //!
 //! * time to first token of turn 2 (streaming), continuation vs `CONVERSATION_MODE=stateless`;
-//! * upstream request bytes per turn over a 20-turn conversation, both ways.
+//! * upstream request bytes per turn over a 20-turn conversation, both ways;
+//! * an agent loop: 10 steps, each sent the moment the previous answer ended (as agents send
+//!   tool results), while the upstream keeps each chat busy for a linger of 0.3–5 s after an
+//!   answer and `chats/new` takes 0.3–0.6 s. Per step: continuation that waits out the busy
+//!   window (`BUSY_CHAT_POLICY=wait`), a fresh chat with the folded history every turn
+//!   (`CONVERSATION_MODE=stateless`), and the default (`adaptive`: the faster of the two
+//!   from the learned estimates), with the simulator's busy refusals counted.
 //!
 //! `cargo bench --bench conversation` runs the full measurement (30 conversations per mode);
-//! under `cargo test` (no `--bench` argument) it runs a quick smoke version.
+//! under `cargo test` (no `--bench` argument) it runs a quick smoke version, which asserts
+//! that the agent loop's answers are all complete and that the learned window spares the
+//! later steps a busy refusal.
 
 // Tests and benches: a failed unwrap is a failure with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -30,16 +38,25 @@ type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Ful
 const LINGER: Duration = Duration::from_millis(50);
 
 async fn start(mode: &str) -> (Simulator, SocketAddr) {
+    start_with(mode, "adaptive", Duration::from_millis(300), LINGER).await
+}
+
+async fn start_with(
+    mode: &str,
+    busy_policy: &str,
+    chat_latency: Duration,
+    linger: Duration,
+) -> (Simulator, SocketAddr) {
     let sim = Simulator::start(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         SimConfig {
             timing: SimTiming {
-                chat_latency: Duration::from_millis(300),
+                chat_latency,
                 ttft: Duration::from_millis(20),
                 frame_delay: Duration::from_millis(2),
                 chunk_chars: 8,
             },
-            linger: LINGER,
+            linger,
             ..SimConfig::default()
         },
     )
@@ -49,6 +66,7 @@ async fn start(mode: &str) -> (Simulator, SocketAddr) {
         ("QWEN_BASE_URL", sim.base_url()),
         ("QWEN_COOKIES", "token=bench".to_owned()),
         ("CONVERSATION_MODE", mode.to_owned()),
+        ("BUSY_CHAT_POLICY", busy_policy.to_owned()),
         ("LOG_LEVEL", "error".to_owned()),
     ]
     .into_iter()
@@ -178,6 +196,100 @@ async fn bytes_per_turn(mode: &str, turns: usize) -> Vec<u64> {
     }
 }
 
+/// What one agent loop cost: per-step latency (request to the answer's end) and the
+/// simulator's busy refusals.
+struct AgentLoop {
+    steps: Vec<Duration>,
+    busy_refusals: u64,
+    chats_created: u64,
+}
+
+/// One `steps`-step agent loop, each request sent as soon as the previous answer ended.
+async fn agent_loop(
+    mode: &str,
+    policy: &str,
+    chat_latency: Duration,
+    linger: Duration,
+    steps: usize,
+) -> AgentLoop {
+    let (sim, addr) = start_with(mode, policy, chat_latency, linger).await;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut messages = vec![json!({"role": "user", "content": "step 0: read the file"})];
+    let mut out = Vec::new();
+    for k in 0..steps {
+        let began = Instant::now();
+        let (_, answer) = turn(&client, addr, &messages).await;
+        out.push(began.elapsed());
+        assert!(!answer.is_empty(), "step {k} answered nothing");
+        messages.push(json!({"role": "assistant", "content": answer}));
+        messages.push(
+            json!({"role": "user", "content": format!("step {}: the result is ok, go on", k + 1)}),
+        );
+    }
+    let s = stats(&client, &sim).await;
+    AgentLoop {
+        steps: out,
+        busy_refusals: s["busy_refusals"].as_u64().expect("busy_refusals"),
+        chats_created: s["chats_created"].as_u64().expect("chats_created"),
+    }
+}
+
+fn mean_ms(v: &[Duration]) -> f64 {
+    v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len().max(1) as f64 * 1e3
+}
+
+/// The agent-loop table: steps 2..N (step 1 opens a chat in every way).
+async fn agent_loops(full: bool) {
+    let (lingers, latencies, steps): (&[u64], &[u64], usize) = if full {
+        (&[300, 1_000, 2_000, 5_000], &[300, 600], 10)
+    } else {
+        (&[300], &[300], 4)
+    };
+    println!("agent loop: {steps} steps, each sent when the previous answer ended; mean step time over steps 2..{steps} (busy refusals, upstream chats)");
+    println!("  linger  chats/new   continue+wait              fresh chat per step        adaptive (default)");
+    for &linger in lingers {
+        for &latency in latencies {
+            let (linger_d, latency_d) = (
+                Duration::from_millis(linger),
+                Duration::from_millis(latency),
+            );
+            let wait = agent_loop("continue", "wait", latency_d, linger_d, steps).await;
+            let fresh = agent_loop("stateless", "adaptive", latency_d, linger_d, steps).await;
+            let adaptive = agent_loop("continue", "adaptive", latency_d, linger_d, steps).await;
+            let cell = |l: &AgentLoop| {
+                format!(
+                    "{:>7.0} ms ({:>2} busy, {:>2} chats)",
+                    mean_ms(&l.steps[1..]),
+                    l.busy_refusals,
+                    l.chats_created
+                )
+            };
+            println!(
+                "  {:>5} ms  {:>5} ms   {}   {}   {}",
+                linger,
+                latency,
+                cell(&wait),
+                cell(&fresh),
+                cell(&adaptive)
+            );
+            if !full {
+                // The first continued step meets the busy window unknown and learns it in
+                // three refusals (0 → 100 → 200 → 400 ms); later steps wait it out.
+                assert!(
+                    adaptive.busy_refusals <= 3,
+                    "{} busy refusals",
+                    adaptive.busy_refusals
+                );
+                assert!(
+                    wait.busy_refusals <= 3,
+                    "{} busy refusals",
+                    wait.busy_refusals
+                );
+            }
+        }
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (n, turns) = if full { (30, 20) } else { (2, 3) };
@@ -213,5 +325,6 @@ fn main() {
             c.iter().sum::<u64>(),
             f.iter().sum::<u64>()
         );
+        agent_loops(full).await;
     });
 }

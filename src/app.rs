@@ -186,6 +186,7 @@ fn build_conversations(
             lock_ttl: Duration::from_secs(30),
             queue_timeout: config.conversations.queue_timeout,
             queue_max: config.conversations.queue_max,
+            busy_policy: config.conversations.busy_policy,
         },
         metrics,
     )

@@ -32,6 +32,7 @@ SIM OPTIONS:
     --ttft-ms N            Delay before the first content frame (default 0).
     --delay-ms N           Delay between frames (default 0).
     --chunk-chars N        Answer characters per frame (default 4).
+    --backlog N            Listen backlog (default 1024; capped by net.core.somaxconn).
     --linger-ms N          How long a chat stays busy after a generation (default 300).
     --body-limit N         Anti-bot request body limit in bytes (default 131072).
     --gate LEVEL           Header strictness: none, 2026-06, 2026-09 (default), 2026-10.
@@ -148,6 +149,12 @@ fn parse_sim(args: &[&str]) -> Result<SimArgs, String> {
             "--delay-ms" => out.config.timing.frame_delay = ms(num(a, value(a, &mut it)?)?),
             "--chunk-chars" => {
                 out.config.timing.chunk_chars = num(a, value(a, &mut it)?)?.max(1) as usize
+            }
+            "--backlog" => {
+                let v = value(a, &mut it)?;
+                out.config.backlog = v.parse().ok().filter(|b| *b > 0).ok_or_else(|| {
+                    format!("--backlog expects a whole number of connections, got `{v}`")
+                })?;
             }
             "--linger-ms" => out.config.linger = ms(num(a, value(a, &mut it)?)?),
             "--body-limit" => out.config.body_limit = num(a, value(a, &mut it)?)? as usize,

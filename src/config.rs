@@ -217,6 +217,8 @@ pub struct CorsConfig {
 pub struct Config {
     pub host: IpAddr,
     pub port: u16,
+    /// Pending connections the kernel queues before `accept` (capped by `somaxconn`).
+    pub listen_backlog: u32,
     pub upstream: UpstreamConfig,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -256,6 +258,16 @@ pub struct Config {
     pub conversations: ConversationConfig,
 }
 
+/// Whether a turn whose chat is still busy may go to a fresh chat (`BUSY_CHAT_POLICY`;
+/// `conversation::busy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyPolicy {
+    /// The faster of waiting and a fresh chat, from the learned estimates.
+    Adaptive,
+    /// Always continue the chat, waiting out the window (fewer upstream chats).
+    Wait,
+}
+
 /// Conversation continuation and the session store.
 #[derive(Debug, Clone)]
 pub struct ConversationConfig {
@@ -267,6 +279,8 @@ pub struct ConversationConfig {
     pub delete_chats: bool,
     pub queue_timeout: Duration,
     pub queue_max: usize,
+    /// `BUSY_CHAT_POLICY`: may a turn whose chat is still busy go to a fresh chat?
+    pub busy_policy: BusyPolicy,
 }
 
 /// All problems found, one line each.
@@ -434,6 +448,15 @@ impl Config {
             }),
         };
         let port: u16 = r.parse("PORT", 3000, "a port number (0-65535)");
+        let listen_backlog: u32 = r.parse(
+            "LISTEN_BACKLOG",
+            crate::server::DEFAULT_LISTEN_BACKLOG,
+            "a whole number of connections",
+        );
+        if listen_backlog == 0 {
+            r.errors
+                .push("LISTEN_BACKLOG must be at least 1".to_owned());
+        }
 
         let base_url = match r.raw("QWEN_BASE_URL") {
             None => Uri::from_static("https://chat.qwen.ai"),
@@ -601,7 +624,21 @@ impl Config {
                 false
             }
         };
+        let busy_policy = match r
+            .raw("BUSY_CHAT_POLICY")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("adaptive") => BusyPolicy::Adaptive,
+            Some("wait") => BusyPolicy::Wait,
+            Some(v) => {
+                r.errors
+                    .push(format!("BUSY_CHAT_POLICY={v:?} must be adaptive or wait"));
+                BusyPolicy::Adaptive
+            }
+        };
         let conversations = ConversationConfig {
+            busy_policy,
             continue_chats,
             max_sessions: r.parse("SESSION_MAX_ENTRIES", 10_000, "a whole number"),
             delete_chats,
@@ -642,6 +679,7 @@ impl Config {
             conversations,
             host,
             port,
+            listen_backlog,
             upstream,
             log_level,
             log_format,

@@ -147,7 +147,7 @@ fn serve(a: ServeArgs) -> ExitCode {
             }
         }
         let addr = SocketAddr::new(config.host, config.port);
-        let listener = match tokio::net::TcpListener::bind(addr).await {
+        let listener = match qwen_proxy::server::bind(addr, config.listen_backlog) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("error: cannot listen on {addr}: {e}");

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Debug)]
@@ -32,6 +32,7 @@ pub struct Metrics {
     pub conversation_fallbacks: IntCounterVec,
     pub sessions_live: IntGauge,
     pub session_store_up: IntGauge,
+    pub chat_busy_window: Gauge,
     pub chats_deleted: IntCounterVec,
 }
 
@@ -148,7 +149,7 @@ impl Metrics {
             ),
             conversation_turns: counter_vec(
                 "conversation_turns_total",
-                "Chat turns by how they reached the upstream: continued (same chat), new (fresh chat), fallback (fresh chat after a lost one).",
+                "Chat turns by how they reached the upstream: continued (same chat), new (fresh chat), fallback (fresh chat after a lost one), busy (fresh chat because the continued one would stay busy longer than a new chat takes).",
                 &["mode"],
             ),
             conversation_fallbacks: counter_vec(
@@ -170,6 +171,15 @@ impl Metrics {
                 .expect("valid metric");
                 registry.register(Box::new(g.clone())).expect("registered once");
                 g.set(1);
+                g
+            },
+            chat_busy_window: {
+                let g = Gauge::new(
+                    "chat_busy_window_seconds",
+                    "How long the upstream is estimated to keep a chat busy after an answer (learned from busy answers).",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("registered once");
                 g
             },
             chats_deleted: counter_vec(

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::common::BoxError;
 
@@ -32,6 +32,25 @@ pub const MAX_HEADERS: usize = 128;
 pub const HYPER_MAX_BUF: usize = 2 * MAX_HEADER_BYTES;
 /// hyper's header count cap: room above ours.
 pub const HYPER_MAX_HEADERS: usize = 2 * MAX_HEADERS;
+
+/// Default listen backlog (`LISTEN_BACKLOG`, `qwen-proxy sim --backlog`). The kernel caps
+/// it at `net.core.somaxconn` (4096 on current Linux, 128 or 511 on older systems). The
+/// old 128 (tokio's default, like std's) overflowed when a thousand clients connected at
+/// once: a dropped SYN costs the client a one-second retransmit.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
+
+/// Bind `addr` with `SO_REUSEADDR` (a restart need not wait for `TIME_WAIT`) and listen
+/// with `backlog` pending connections.
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
 
 /// The peer address, put in request extensions for layers that need it.
 #[derive(Debug, Clone, Copy)]

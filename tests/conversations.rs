@@ -290,3 +290,66 @@ async fn conversations_are_per_api_key() {
     ask("key-a", vec![user("one"), assistant(&a1), user("two")]).await;
     assert_eq!(h.sim_stats().await["chats_created"], 2);
 }
+
+/// An agent loop: each turn sent the moment the previous answer ended, through a simulator
+/// that keeps chats busy for `linger_ms` and takes `chat_ms` to create a chat.
+async fn agent_loop(env: &[(&str, &str)], linger_ms: u64, chat_ms: u64, turns: usize) -> Value {
+    let mut sim = quick_sim();
+    sim.linger = std::time::Duration::from_millis(linger_ms);
+    sim.timing.chat_latency = std::time::Duration::from_millis(chat_ms);
+    let h = Harness::start_with(env, sim).await;
+    let mut messages = vec![];
+    for k in 1..=turns {
+        let question = format!("step {k}: here is the tool result");
+        messages.push(user(&question));
+        let answer = turn(&h, &messages, true).await;
+        assert_eq!(answer, expected_answer(&question), "step {k}");
+        messages.push(assistant(&answer));
+    }
+    let mut stats = h.sim_stats().await;
+    stats["metrics"] = String::from_utf8(h.get("/metrics").await.body.to_vec())
+        .unwrap()
+        .into();
+    stats
+}
+
+#[tokio::test]
+async fn an_agent_loop_waits_out_the_learned_busy_window_in_its_chat() {
+    // Creating a chat (600 ms) costs more than the rest of a 300 ms window: wait and stay.
+    let stats = agent_loop(&[], 300, 600, 6).await;
+    assert_eq!(stats["chats_created"], 1, "{stats}");
+    // Without the learned window every continued turn hits the busy chat at least once
+    // (5 here); the first busy answers teach it (three: 0 → 100 → 200 → 300 ms), later
+    // turns wait it out.
+    let refused = stats["busy_refusals"].as_u64().unwrap();
+    assert!(refused <= 4, "{refused} busy refusals: {stats}");
+    let metrics = stats["metrics"].as_str().unwrap();
+    let window: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chat_busy_window_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Near the simulator's 300 ms (counted from when the proxy saw the answer end, a little
+    // after the simulator did).
+    assert!((0.2..0.7).contains(&window), "learned window {window} s");
+}
+
+#[tokio::test]
+async fn a_long_busy_window_sends_the_next_turn_to_a_fresh_chat_unless_told_to_wait() {
+    // A 2 s window against 50 ms to create a chat: the adaptive default leaves the chat.
+    let stats = agent_loop(&[], 2_000, 50, 4).await;
+    let metrics = stats["metrics"].as_str().unwrap();
+    let busy_turns: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("conversation_turns_total{mode=\"busy\"} "))
+        .unwrap_or("0")
+        .parse()
+        .unwrap();
+    assert!(busy_turns >= 1, "{metrics}");
+    assert!(stats["chats_created"].as_u64().unwrap() >= 2, "{stats}");
+
+    // BUSY_CHAT_POLICY=wait: one chat, however long the wait.
+    let stats = agent_loop(&[("BUSY_CHAT_POLICY", "wait")], 2_000, 50, 3).await;
+    assert_eq!(stats["chats_created"], 1, "{stats}");
+}

@@ -2,9 +2,11 @@
 //! cannot take the turn. A pure policy; the core (`chat::complete`) acts on it.
 //!
 //! * "The chat is in progress!" → wait and send the same turn into the same chat again (up
-//!   to [`MAX_BUSY_WAITS`] times, each at least half the backoff: the upstream keeps a chat
-//!   busy for seconds after a generation, and giving up early would abandon a continued
-//!   conversation), then once into a fresh chat with the whole history folded.
+//!   to [`MAX_BUSY_WAITS`] times: the upstream keeps a chat busy for seconds after a
+//!   generation, and giving up early would abandon a continued conversation), then once
+//!   into a fresh chat with the whole history folded. For a chat whose last answer time is
+//!   known, the learned busy window (`conversation::busy`) says how long to wait, or that a
+//!   fresh chat is faster; otherwise each wait is at least half the backoff.
 //! * The remembered chat or its parent is gone upstream (deleted, another account) → once,
 //!   at once, a fresh chat with the whole history: sending only the new turn without its
 //!   parent would give the upstream a context that differs from what the client sent.
@@ -15,10 +17,15 @@
 use std::time::Duration;
 
 use crate::backoff::Backoff;
+use crate::conversation::busy::Route;
 use crate::error::{ProxyError, UpstreamClass as C};
 
 /// Same-chat waits for a busy chat before falling back to a fresh chat.
 pub const MAX_BUSY_WAITS: u32 = 5;
+/// Same-chat waits the learned busy window may set. Each busy answer at least doubles the
+/// window, so these find a window of up to ~50 s; a chat busy for longer than that is
+/// stuck and gets the plain waits, then a fresh chat.
+pub const MAX_LEARNED_WAITS: u32 = 10;
 
 /// What the next attempt of this request does instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,20 +40,39 @@ pub enum Fallback {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Fallbacks {
     busy_waits: u32,
+    learned_waits: u32,
     fresh_chat: bool,
 }
 
 impl Fallbacks {
-    pub fn decide(&mut self, e: &ProxyError, backoff: &Backoff) -> Option<Fallback> {
+    /// `learned`: for a busy chat whose last answer time is known, where the busy window
+    /// estimate (already updated with this busy answer) sends the turn now.
+    pub fn decide(
+        &mut self,
+        e: &ProxyError,
+        backoff: &Backoff,
+        learned: Option<Route>,
+    ) -> Option<Fallback> {
         match e.upstream_class()? {
-            C::ChatInProgress if self.busy_waits < MAX_BUSY_WAITS => {
-                self.busy_waits += 1;
-                Some(Fallback::SameChat(backoff.equal(self.busy_waits)))
-            }
-            C::ChatInProgress if !self.fresh_chat => {
+            C::ChatInProgress if learned == Some(Route::Fresh) && !self.fresh_chat => {
                 self.fresh_chat = true;
-                Some(Fallback::FreshChat(backoff.full(1)))
+                Some(Fallback::FreshChat(Duration::ZERO))
             }
+            C::ChatInProgress => match learned {
+                Some(Route::After(left)) if self.learned_waits < MAX_LEARNED_WAITS => {
+                    self.learned_waits += 1;
+                    Some(Fallback::SameChat(left))
+                }
+                _ if self.busy_waits < MAX_BUSY_WAITS => {
+                    self.busy_waits += 1;
+                    Some(Fallback::SameChat(backoff.equal(self.busy_waits)))
+                }
+                _ if !self.fresh_chat => {
+                    self.fresh_chat = true;
+                    Some(Fallback::FreshChat(backoff.full(1)))
+                }
+                _ => None,
+            },
             C::ParentNotFound | C::ChatNotFound if !self.fresh_chat => {
                 self.fresh_chat = true;
                 Some(Fallback::FreshChat(Duration::ZERO))
@@ -78,7 +104,8 @@ mod tests {
         let mut f = Fallbacks::default();
         let busy = e(C::ChatInProgress);
         let ms = |d: Duration| d.as_millis() as u64;
-        let got: Vec<Option<Fallback>> = (0..7).map(|_| f.decide(&busy, &backoff())).collect();
+        let got: Vec<Option<Fallback>> =
+            (0..7).map(|_| f.decide(&busy, &backoff(), None)).collect();
         // Equal jitter with the full delay: 100, 200, then capped at 250.
         let waits: Vec<u64> = got[..5]
             .iter()
@@ -100,10 +127,10 @@ mod tests {
         for class in [C::ParentNotFound, C::ChatNotFound] {
             let mut f = Fallbacks::default();
             assert_eq!(
-                f.decide(&e(class), &backoff()),
+                f.decide(&e(class), &backoff(), None),
                 Some(Fallback::FreshChat(Duration::ZERO))
             );
-            assert_eq!(f.decide(&e(class), &backoff()), None);
+            assert_eq!(f.decide(&e(class), &backoff(), None), None);
         }
     }
 
@@ -111,8 +138,40 @@ mod tests {
     fn everything_else_is_not_a_conversation_matter() {
         let mut f = Fallbacks::default();
         for class in [C::ServerError, C::Challenge, C::RateLimited, C::Connect] {
-            assert_eq!(f.decide(&e(class), &backoff()), None, "{class:?}");
+            assert_eq!(f.decide(&e(class), &backoff(), None), None, "{class:?}");
         }
-        assert_eq!(f.decide(&ProxyError::Overloaded, &backoff()), None);
+        assert_eq!(f.decide(&ProxyError::Overloaded, &backoff(), None), None);
+    }
+
+    #[test]
+    fn a_learned_window_sets_the_wait_or_sends_the_turn_to_a_fresh_chat_once() {
+        let mut f = Fallbacks::default();
+        let busy = e(C::ChatInProgress);
+        let left = Duration::from_millis(420);
+        assert_eq!(
+            f.decide(&busy, &backoff(), Some(Route::After(left))),
+            Some(Fallback::SameChat(left))
+        );
+        assert_eq!(
+            f.decide(&busy, &backoff(), Some(Route::Fresh)),
+            Some(Fallback::FreshChat(Duration::ZERO))
+        );
+        // The fresh chat was used: from now on only waits (the backoff's, with no window).
+        assert_eq!(
+            f.decide(&busy, &backoff(), Some(Route::Fresh)),
+            Some(Fallback::SameChat(Duration::from_millis(100)))
+        );
+        // Learned waits are bounded too.
+        let mut f = Fallbacks::default();
+        for _ in 0..MAX_LEARNED_WAITS {
+            assert_eq!(
+                f.decide(&busy, &backoff(), Some(Route::After(left))),
+                Some(Fallback::SameChat(left))
+            );
+        }
+        assert_eq!(
+            f.decide(&busy, &backoff(), Some(Route::After(left))),
+            Some(Fallback::SameChat(Duration::from_millis(100)))
+        );
     }
 }

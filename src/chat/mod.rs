@@ -4,7 +4,10 @@
 //! One call: the challenge cooldown (`qwen::cooldown`) → the model plan → where the turn
 //! goes (`conversation`: continue a remembered chat, or a fresh one with the history
 //! folded) → the size check against `UPSTREAM_BODY_LIMIT` → the chat lock → a new chat if
-//! needed → send and answer (`respond`). When the chosen chat cannot take the turn — busy,
+//! needed → send and answer (`respond`). A continued chat that is probably still busy with
+//! its last answer is waited for (after taking its lock, so turns keep their order) or left
+//! for a fresh chat, whichever the learned busy window says is faster
+//! (`conversation::busy`). When the chosen chat cannot take the turn — busy,
 //! or gone upstream — the core falls back itself (`fallback`): that changes *what* is sent,
 //! which is not the retry layer's business. The end of the turn, streamed or not, goes
 //! through one `turn::TurnEnd`.
@@ -21,6 +24,7 @@ pub use turn::TurnStages;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::{Request, Response};
 use tokio::time::Instant;
@@ -29,6 +33,7 @@ use crate::app::AppState;
 use crate::backoff::Backoff;
 use crate::body::ProxyBody;
 use crate::common::{epoch_secs, BoxFuture};
+use crate::conversation::busy::Route;
 use crate::conversation::{ChatTarget, Prepared};
 use crate::error::{ProxyError, UpstreamClass};
 use crate::identity::ClientIdentity;
@@ -120,8 +125,33 @@ async fn converse(
     // The hint of the one retry a tool-calling answer may get; it stays in the turn
     // whatever chat the turn ends up in.
     let mut hint: Option<Hint> = None;
+    let mut wait = match prepared.since_answer().map(|since| conv.route(since)) {
+        Some(Route::After(left)) => left,
+        Some(Route::Fresh) => {
+            leave_busy_chat(state, req, identity, &plan, &mut prepared);
+            Duration::ZERO
+        }
+        Some(Route::Now) | None => Duration::ZERO,
+    };
     loop {
-        let result = send(state, req, &plan, &mut prepared, start, hint.is_none()).await;
+        // When this attempt reaches a continued chat, relative to its last answer.
+        let sent_since = prepared.since_answer().map(|since| since + wait);
+        let result = send(
+            state,
+            req,
+            &plan,
+            &mut prepared,
+            start,
+            hint.is_none(),
+            wait,
+        )
+        .await;
+        wait = Duration::ZERO;
+        let busy =
+            matches!(&result, Err(e) if e.upstream_class() == Some(UpstreamClass::ChatInProgress));
+        if let Some(since) = sent_since.filter(|_| busy || result.is_ok()) {
+            conv.saw_chat(since, busy);
+        }
         let e = match result {
             Ok(Answered::Response(rsp)) => return Ok(rsp),
             Ok(Answered::RetryWithHint(h)) => {
@@ -157,7 +187,13 @@ async fn converse(
                 conv.forget(key, class.label()).await;
             }
         }
-        let Some(fallback) = fallbacks.decide(&e, &backoff) else {
+        // For a continued chat, the window just learned says how long it stays busy.
+        let learned = if busy {
+            prepared.since_answer().map(|since| conv.route(since))
+        } else {
+            None
+        };
+        let Some(fallback) = fallbacks.decide(&e, &backoff, learned) else {
             return Err(e);
         };
         tracing::info!(
@@ -173,6 +209,24 @@ async fn converse(
                 append_hint(&mut prepared, req, hint);
             }
         }
+    }
+}
+
+/// The continued chat would stay busy longer than a new chat takes: fold the history into a
+/// fresh chat instead — if that fits the upstream's size limit (a long conversation may
+/// only fit as a continuation, which then waits).
+fn leave_busy_chat(
+    state: &AppState,
+    req: &ChatRequest,
+    identity: &str,
+    plan: &Plan,
+    prepared: &mut Prepared,
+) {
+    let fresh = state
+        .conversations
+        .fresh(req, identity, &plan.model, "busy");
+    if check_upstream_size(&fresh, plan, state.config.upstream_body_limit).is_ok() {
+        *prepared = fresh;
     }
 }
 
@@ -193,6 +247,7 @@ async fn send(
     prepared: &mut Prepared,
     start: Instant,
     tool_retry: bool,
+    busy_wait: Duration,
 ) -> Result<Answered, ProxyError> {
     check_upstream_size(prepared, plan, state.config.upstream_body_limit)?;
     // One generation per chat: wait (bounded) for other requests on this conversation.
@@ -200,11 +255,18 @@ async fn send(
         ChatTarget::Existing { chat_id, .. } => Some(state.conversations.lock(chat_id).await?),
         ChatTarget::NewChat => None,
     };
+    // The rest of the chat's busy window, waited with its lock held: no later turn of
+    // this conversation overtakes.
+    if !busy_wait.is_zero() {
+        tokio::time::sleep(busy_wait).await;
+    }
     if prepared.target == ChatTarget::NewChat {
+        let asked = Instant::now();
         let chat_id = state
             .client
             .create_chat(&plan.model, plan.chat_type)
             .await?;
+        state.conversations.chat_created_in(asked.elapsed());
         prepared.target = ChatTarget::Existing {
             chat_id,
             parent_id: None,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::app::AppState;
+use crate::common::epoch_millis;
 use crate::conversation::store::Session;
 use crate::conversation::transcript::Transcript;
 use crate::conversation::ChatLock;
@@ -109,7 +110,14 @@ impl TurnEnd {
         Box::pin(async move {
             if let (Some(key), Some(parent_id)) = (reply_key, response_id) {
                 conversations
-                    .remember(&key, Session { chat_id, parent_id })
+                    .remember(
+                        &key,
+                        Session {
+                            chat_id,
+                            parent_id,
+                            answered_at_ms: epoch_millis(),
+                        },
+                    )
                     .await;
             }
             if let Some(lock) = lock {

@@ -21,6 +21,7 @@
 //! a local memory store (fresh chats, local locks), the degradation is logged and shown on
 //! `/health` and in metrics, and Redis is tried again after a short pause.
 
+pub mod busy;
 pub mod key;
 pub mod store;
 pub mod transcript;
@@ -32,11 +33,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::common::epoch_millis;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::openai::mapping::{fold, fold_turns};
 use crate::openai::request::{ChatRequest, Role};
 use crate::tools::prompt::tools_section;
+use busy::{BusyPolicy, BusyWindow, Route};
 use key::{Key, KeyBuilder};
 use store::{MemoryStore, Session, SessionStore, StoreError};
 
@@ -85,6 +88,16 @@ pub struct Prepared {
     pub reply_key: KeyBuilder,
     /// The remembered key this request continued from (forgotten if the chat is gone).
     pub continued_from: Option<Key>,
+    /// When the continued chat's last answer ended (Unix ms), if known.
+    pub answered_at_ms: Option<u64>,
+}
+
+impl Prepared {
+    /// How long ago the continued chat's last answer ended, if known.
+    pub fn since_answer(&self) -> Option<Duration> {
+        let at = self.answered_at_ms.filter(|at| *at > 0)?;
+        Some(Duration::from_millis(epoch_millis().saturating_sub(at)))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +105,7 @@ pub struct Settings {
     pub lock_ttl: Duration,
     pub queue_timeout: Duration,
     pub queue_max: usize,
+    pub busy_policy: BusyPolicy,
 }
 
 /// How long to use the local store before trying a failed Redis again.
@@ -106,6 +120,8 @@ pub struct Conversations {
     account: String,
     settings: Settings,
     waiters: Mutex<HashMap<String, usize>>,
+    /// How long chats stay busy after an answer, as this process has seen it.
+    busy: Mutex<BusyWindow>,
     metrics: Arc<Metrics>,
 }
 
@@ -133,6 +149,7 @@ impl Conversations {
             account,
             settings,
             waiters: Mutex::new(HashMap::new()),
+            busy: Mutex::new(BusyWindow::default()),
             metrics,
         })
     }
@@ -218,6 +235,7 @@ impl Conversations {
             content: fold_turns(req, split),
             reply_key,
             continued_from: Some(prefix_key),
+            answered_at_ms: Some(s.answered_at_ms),
         }
     }
 
@@ -244,6 +262,7 @@ impl Conversations {
             content: fold(req),
             reply_key,
             continued_from: None,
+            answered_at_ms: None,
         }
     }
 
@@ -284,6 +303,35 @@ impl Conversations {
             kb.history_message(m);
         }
         (kb, split)
+    }
+
+    /// Where a continued turn goes, given how long ago its chat last answered.
+    pub fn route(&self, since_answer: Duration) -> Route {
+        let mut w = self.busy_window();
+        let route = w.route(since_answer, self.settings.busy_policy);
+        self.metrics.chat_busy_window.set(w.window().as_secs_f64());
+        route
+    }
+
+    /// A continued turn sent `since_answer` after its chat's last answer found it busy
+    /// (`true`) or went through.
+    pub fn saw_chat(&self, since_answer: Duration, busy: bool) {
+        let mut w = self.busy_window();
+        if busy {
+            w.saw_busy(since_answer);
+        } else {
+            w.saw_free(since_answer);
+        }
+        self.metrics.chat_busy_window.set(w.window().as_secs_f64());
+    }
+
+    /// `chats/new` answered after `took`.
+    pub fn chat_created_in(&self, took: Duration) {
+        self.busy_window().chat_created_in(took);
+    }
+
+    fn busy_window(&self) -> std::sync::MutexGuard<'_, BusyWindow> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Remember a completed turn under the key of the conversation including our reply.

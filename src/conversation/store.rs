@@ -17,6 +17,10 @@ pub struct Session {
     pub chat_id: String,
     /// The `response_id` of our last reply: the next turn's `parent_id`.
     pub parent_id: String,
+    /// When that reply ended (Unix ms; 0 when unknown, as in sessions stored before it was
+    /// recorded): the chat is busy upstream for a while after it (`busy`).
+    #[serde(default)]
+    pub answered_at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +255,7 @@ mod tests {
         Session {
             chat_id: chat.into(),
             parent_id: "p".into(),
+            answered_at_ms: 1,
         }
     }
 

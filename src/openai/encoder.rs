@@ -157,8 +157,8 @@ impl Render for ChunkEncoder {
         (!self.buf.is_empty()).then(|| self.buf.split().freeze())
     }
 
-    fn has_output(&self) -> bool {
-        !self.buf.is_empty()
+    fn buffered(&self) -> usize {
+        self.buf.len()
     }
 }
 

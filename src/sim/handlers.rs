@@ -448,6 +448,7 @@ impl SimService {
             chat.attempts += 1;
             let busy = chat.in_flight || chat.busy_until.is_some_and(|t| Instant::now() < t);
             if chat.attempts <= scenario.in_progress || busy {
+                self.state.busy_refusals.fetch_add(1, Ordering::Relaxed);
                 return app_error(400, "Bad_Request", "The chat is in progress!");
             }
             match scenario.fault {

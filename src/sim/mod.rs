@@ -86,6 +86,8 @@ pub struct SimConfig {
     pub gate: Gate,
     /// Strict mode: known accounts only, expiring tokens, per-account quota.
     pub accounts: Option<Arc<accounts::Accounts>>,
+    /// Listen backlog: the simulator must never be what a benchmark's herd overflows.
+    pub backlog: u32,
 }
 
 impl Default for SimConfig {
@@ -96,6 +98,7 @@ impl Default for SimConfig {
             body_limit: 128 * 1024,
             gate: Gate::Y2026M09,
             accounts: None,
+            backlog: crate::server::DEFAULT_LISTEN_BACKLOG,
         }
     }
 }
@@ -110,7 +113,7 @@ pub struct Simulator {
 impl Simulator {
     /// Bind `addr` (use port 0 for an ephemeral port) and serve in the background.
     pub async fn start(addr: SocketAddr, config: SimConfig) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::server::bind(addr, config.backlog)?;
         Ok(Self::serve(listener, config))
     }
 

@@ -43,6 +43,8 @@ pub struct SimState {
     pub completions: AtomicU64,
     pub completion_requests: AtomicU64,
     pub aborted_streams: AtomicU64,
+    /// Completions refused with "The chat is in progress!".
+    pub busy_refusals: AtomicU64,
     pub in_flight: AtomicI64,
 }
 
@@ -68,6 +70,7 @@ impl SimState {
             "completions": self.completions.load(Ordering::Relaxed),
             "completion_requests": self.completion_requests.load(Ordering::Relaxed),
             "aborted_streams": self.aborted_streams.load(Ordering::Relaxed),
+            "busy_refusals": self.busy_refusals.load(Ordering::Relaxed),
             "in_flight": self.in_flight.load(Ordering::Relaxed),
             "chats": per_chat,
         })

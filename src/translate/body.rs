@@ -170,10 +170,15 @@ pub trait Render: Emit {
     fn keep_alive(&mut self);
     /// Bytes written since the last call, as one body frame.
     fn take(&mut self) -> Option<Bytes>;
-    fn has_output(&self) -> bool;
+    /// How many bytes `take` would return.
+    fn buffered(&self) -> usize;
 }
 
 type AbortSignal = BoxFuture<'static, ()>;
+
+/// Coalesced output is sent once it reaches this size, even if more input is at hand: a
+/// frame's size stays bounded whatever the upstream delivers at once.
+const MAX_FRAME_BYTES: usize = 64 * 1024;
 
 /// Where the body is in its life.
 enum Phase {
@@ -257,7 +262,7 @@ where
         poll_fn(|cx| loop {
             // Primed once something is written for the client: a stage may hold the
             // translator's first output back (a tool call being read).
-            if self.render.has_output() {
+            if self.render.buffered() > 0 {
                 return Poll::Ready(Ok(()));
             }
             match ready!(self.stream.poll_step(cx, &mut self.render)) {
@@ -321,6 +326,18 @@ where
             sleep.as_mut().reset(next);
         }
     }
+
+    /// What was written since the last frame, as one frame; `Pending` when nothing was
+    /// (only called where the step that waits has registered the waker, or with output).
+    fn flush(&mut self) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.render.take() {
+            Some(bytes) => {
+                self.rearm_keep_alive();
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            None => Poll::Pending,
+        }
+    }
 }
 
 impl<B, S, R, O> Body for TranslateBody<B, S, R, O>
@@ -338,13 +355,17 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        // Output is coalesced: everything translated from the upstream bytes already at hand
+        // leaves as one frame, so one write. A frame goes out whenever the next step would
+        // wait (the upstream is pending, the owner's work is not done) or the batch is big,
+        // so no byte ever waits for more input.
         let this = self.get_mut();
         loop {
-            if let Some(bytes) = this.render.take() {
-                this.rearm_keep_alive();
-                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            if this.render.buffered() >= MAX_FRAME_BYTES {
+                return this.flush();
             }
             match &mut this.phase {
+                Phase::Done if this.render.buffered() > 0 => return this.flush(),
                 Phase::Done => return Poll::Ready(None),
                 Phase::Ended(reason) => {
                     let reason = *reason;
@@ -357,7 +378,9 @@ where
                     usage,
                 } => {
                     if let Some(w) = work {
-                        ready!(w.as_mut().poll(cx));
+                        if w.as_mut().poll(cx).is_pending() {
+                            return this.flush();
+                        }
                     }
                     let (reason, usage) = (*reason, *usage);
                     this.render.finish(reason, usage);
@@ -377,7 +400,7 @@ where
                 // The upstream talks but nothing is for the client yet (a stage holds it
                 // back, a tool call being read): keep the connection alive all the same.
                 Poll::Ready(Step::Progress) => {
-                    if !this.render.has_output() {
+                    if this.render.buffered() == 0 {
                         this.poll_keep_alive(cx);
                     }
                 }
@@ -387,14 +410,14 @@ where
                     if this.poll_keep_alive(cx) {
                         continue;
                     }
-                    return Poll::Pending;
+                    return this.flush();
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.phase, Phase::Done) && !self.render.has_output()
+        matches!(self.phase, Phase::Done) && self.render.buffered() == 0
     }
 
     fn size_hint(&self) -> SizeHint {
