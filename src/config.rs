@@ -193,9 +193,22 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
-    /// Speak HTTP/2 only (prior knowledge on `http://`): many streams share a few
-    /// connections instead of one connection each.
-    pub http2_only: bool,
+    /// Which HTTP version the upstream is spoken to in (`UPSTREAM_HTTP2`).
+    pub protocol: UpstreamProtocol,
+}
+
+/// Which HTTP version the upstream is spoken to in (`UPSTREAM_HTTP2`). HTTP/2 carries many
+/// streams over a few connections, and everything the upstream sent at once is read in one
+/// go (HTTP/1.1 responses reach the proxy one chunk at a time; BENCHMARKS §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// `auto` (default): HTTP/2 — by ALPN over TLS, by prior knowledge (h2c) on
+    /// `http://` — and HTTP/1.1 for good if a plain-HTTP upstream turns out not to speak it.
+    Auto,
+    /// `true`: HTTP/2 only.
+    Http2,
+    /// `false`: HTTP/1.1 on `http://`; over TLS whatever ALPN agrees.
+    Http1,
 }
 
 #[derive(Debug, Clone)]
@@ -542,7 +555,20 @@ impl Config {
             connect_timeout: r.millis("UPSTREAM_CONNECT_TIMEOUT", 10_000, false),
             header_timeout: r.millis("UPSTREAM_HEADER_TIMEOUT", 120_000, false),
             idle_timeout: r.millis("UPSTREAM_IDLE_TIMEOUT", 180_000, false),
-            http2_only: r.bool("UPSTREAM_HTTP2", false),
+            protocol: match r
+                .raw("UPSTREAM_HTTP2")
+                .map(|v| v.to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("auto") => UpstreamProtocol::Auto,
+                Some("true" | "1" | "yes" | "on") => UpstreamProtocol::Http2,
+                Some("false" | "0" | "no" | "off") => UpstreamProtocol::Http1,
+                Some(v) => {
+                    r.errors
+                        .push(format!("UPSTREAM_HTTP2={v:?} must be auto, true or false"));
+                    UpstreamProtocol::Auto
+                }
+            },
         };
 
         let retry = RetryConfig {

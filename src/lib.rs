@@ -79,7 +79,11 @@ impl App {
             grace: self.state.config.shutdown_grace,
             grace_over: move || aborting.abort_streams(),
         };
-        server::serve(listener, self.service, shutdown, header_read_timeout).await;
+        let options = server::ConnOptions {
+            header_read_timeout,
+            http1_only: false,
+        };
+        server::serve(listener, self.service, shutdown, options).await;
         housekeeping.abort();
     }
 }

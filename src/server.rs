@@ -77,13 +77,23 @@ pub struct Shutdown<Signal, Idle, Over> {
     pub grace_over: Over,
 }
 
+/// How connections are served.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnOptions {
+    /// The whole request header block must arrive within this (slowloris protection).
+    pub header_read_timeout: Duration,
+    /// Refuse HTTP/2 (h2c): what an HTTP/1.1-only server does (the simulator's
+    /// `--http1-only`, for testing clients that try HTTP/2 first).
+    pub http1_only: bool,
+}
+
 /// Serve `service` on `listener` until `shutdown.signal` resolves, then shut down in the
 /// two phases described above.
 pub async fn serve<S, B, Signal, Idle, IdleFut, Over>(
     listener: TcpListener,
     service: S,
     shutdown: Shutdown<Signal, Idle, Over>,
-    header_read_timeout: Duration,
+    options: ConnOptions,
 ) where
     Signal: Future<Output = ()>,
     Idle: FnOnce() -> IdleFut,
@@ -102,7 +112,7 @@ pub async fn serve<S, B, Signal, Idle, IdleFut, Over>(
         .http1()
         .timer(TokioTimer::new())
         // Slowloris: the whole header block must arrive within this time.
-        .header_read_timeout(header_read_timeout)
+        .header_read_timeout(options.header_read_timeout)
         .keep_alive(true)
         // hyper's caps on the header block sit above ours, which the header-limit layer
         // enforces with a proper error body (hyper's own rejection has none).
@@ -112,6 +122,9 @@ pub async fn serve<S, B, Signal, Idle, IdleFut, Over>(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(1024);
+    if options.http1_only {
+        builder = builder.http1_only();
+    }
     let graceful = GracefulShutdown::new();
     // The service is passed in, not captured: a captured borrow lives across the awaits
     // below, which would require the service to be `Sync`.

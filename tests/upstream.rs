@@ -175,3 +175,71 @@ async fn models_and_auth_probes() {
     assert!(models["data"].as_array().unwrap().len() >= 3);
     assert_eq!(client.check_auth().await.unwrap()["role"], "user");
 }
+
+/// One streamed completion through the stack against a simulator configured by `sim`, with
+/// the proxy's environment `env`; returns the simulator's stats.
+async fn protocol_run(env: &[(&str, &str)], sim: SimConfig) -> serde_json::Value {
+    let h = Harness::start_with(env, sim).await;
+    for k in 0..3 {
+        let question = format!("protocol question {k}");
+        let r = h
+            .chat(serde_json::json!({"model": "qwen3.7-plus", "stream": true,
+                "messages": [{"role": "user", "content": question}]}))
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            support::summarize(&r.events()).content,
+            support::expected_answer(&question)
+        );
+    }
+    h.sim_stats().await
+}
+
+#[tokio::test]
+async fn a_plain_http_upstream_is_spoken_to_in_http2_by_default() {
+    let stats = protocol_run(&[], SimConfig::default()).await;
+    // Three turns: chats/new and the completion each (the model list may come first).
+    assert!(stats["http2_requests"].as_u64().unwrap() >= 6, "{stats}");
+    // The one HTTP/1.1 request is the test's own stats request.
+    assert_eq!(stats["http1_requests"], 1, "{stats}");
+}
+
+#[tokio::test]
+async fn an_upstream_without_http2_gets_http1_after_one_refused_attempt() {
+    let sim = SimConfig {
+        http1_only: true,
+        ..SimConfig::default()
+    };
+    let stats = protocol_run(&[], sim).await;
+    // The h2c attempt never reaches a handler (the connection is refused as HTTP/2); from
+    // then on only HTTP/1.1, and every answer is complete.
+    assert_eq!(stats["http2_requests"], 0, "{stats}");
+    assert!(stats["http1_requests"].as_u64().unwrap() >= 6, "{stats}");
+    assert_eq!(stats["completions"], 3, "{stats}");
+}
+
+#[tokio::test]
+async fn upstream_http2_false_speaks_http1_and_true_only_http2() {
+    let stats = protocol_run(&[("UPSTREAM_HTTP2", "false")], SimConfig::default()).await;
+    assert_eq!(stats["http2_requests"], 0, "{stats}");
+    assert!(stats["http1_requests"].as_u64().unwrap() >= 6, "{stats}");
+    let stats = protocol_run(&[("UPSTREAM_HTTP2", "true")], SimConfig::default()).await;
+    assert_eq!(
+        stats["http1_requests"], 1,
+        "only the stats request: {stats}"
+    );
+    // HTTP/2 only against an HTTP/1.1-only upstream: an honest error, not a hang.
+    let h = Harness::start_with(
+        &[("UPSTREAM_HTTP2", "true")],
+        SimConfig {
+            http1_only: true,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let r = h
+        .chat(serde_json::json!({"model": "qwen3.7-plus", "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert!(r.status.is_server_error(), "{}", r.status);
+}

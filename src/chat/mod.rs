@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use crate::app::AppState;
 use crate::backoff::Backoff;
 use crate::body::ProxyBody;
-use crate::common::{epoch_secs, BoxFuture};
+use crate::common::{epoch_millis, epoch_secs, BoxFuture};
 use crate::conversation::busy::Route;
 use crate::conversation::{ChatTarget, Prepared};
 use crate::error::{ProxyError, UpstreamClass};
@@ -128,14 +128,15 @@ async fn converse(
     let mut wait = match prepared.since_answer().map(|since| conv.route(since)) {
         Some(Route::After(left)) => left,
         Some(Route::Fresh) => {
-            leave_busy_chat(state, req, identity, &plan, &mut prepared);
+            if let Some(fresh) = fresh_for_busy(state, req, identity, &plan) {
+                conv.count_turn("busy");
+                prepared = fresh;
+            }
             Duration::ZERO
         }
         Some(Route::Now) | None => Duration::ZERO,
     };
     loop {
-        // When this attempt reaches a continued chat, relative to its last answer.
-        let sent_since = prepared.since_answer().map(|since| since + wait);
         let result = send(
             state,
             req,
@@ -149,9 +150,6 @@ async fn converse(
         wait = Duration::ZERO;
         let busy =
             matches!(&result, Err(e) if e.upstream_class() == Some(UpstreamClass::ChatInProgress));
-        if let Some(since) = sent_since.filter(|_| busy || result.is_ok()) {
-            conv.saw_chat(since, busy);
-        }
         let e = match result {
             Ok(Answered::Response(rsp)) => return Ok(rsp),
             Ok(Answered::RetryWithHint(h)) => {
@@ -187,11 +185,18 @@ async fn converse(
                 conv.forget(key, class.label()).await;
             }
         }
-        // For a continued chat, the window just learned says how long it stays busy.
-        let learned = if busy {
-            prepared.since_answer().map(|since| conv.route(since))
-        } else {
-            None
+        // For a continued chat, the window just learned says how long it stays busy, or
+        // that a fresh chat is faster (if the folded history fits).
+        let mut leave_for = None;
+        let learned = match busy.then(|| prepared.since_answer()).flatten() {
+            Some(since) => match conv.route(since) {
+                Route::Fresh => {
+                    leave_for = fresh_for_busy(state, req, identity, &plan);
+                    leave_for.is_some().then_some(Route::Fresh)
+                }
+                route => Some(route),
+            },
+            None => None,
         };
         let Some(fallback) = fallbacks.decide(&e, &backoff, learned) else {
             return Err(e);
@@ -205,29 +210,34 @@ async fn converse(
             Fallback::SameChat(delay) => tokio::time::sleep(delay).await,
             Fallback::FreshChat(delay) => {
                 tokio::time::sleep(delay).await;
-                prepared = conv.fresh(req, identity, &plan.model, "fallback");
+                prepared = match leave_for {
+                    Some(fresh) => {
+                        conv.count_turn("busy");
+                        fresh
+                    }
+                    None => conv.fresh(req, identity, &plan.model, "fallback"),
+                };
                 append_hint(&mut prepared, req, hint);
             }
         }
     }
 }
 
-/// The continued chat would stay busy longer than a new chat takes: fold the history into a
-/// fresh chat instead — if that fits the upstream's size limit (a long conversation may
-/// only fit as a continuation, which then waits).
-fn leave_busy_chat(
+/// The continued chat would stay busy longer than a new chat takes: the turn in a fresh
+/// chat with the history folded — if that fits the upstream's size limit (a long
+/// conversation may only fit as a continuation, which then waits).
+fn fresh_for_busy(
     state: &AppState,
     req: &ChatRequest,
     identity: &str,
     plan: &Plan,
-    prepared: &mut Prepared,
-) {
-    let fresh = state
+) -> Option<Prepared> {
+    let limit = state.config.upstream_body_limit;
+    state
         .conversations
-        .fresh(req, identity, &plan.model, "busy");
-    if check_upstream_size(&fresh, plan, state.config.upstream_body_limit).is_ok() {
-        *prepared = fresh;
-    }
+        .fresh_for_busy(req, identity, &plan.model, |p| {
+            check_upstream_size(p, plan, limit).is_ok()
+        })
 }
 
 /// The retry hint, appended to the last user-side turn of what is sent.
@@ -255,11 +265,23 @@ async fn send(
         ChatTarget::Existing { chat_id, .. } => Some(state.conversations.lock(chat_id).await?),
         ChatTarget::NewChat => None,
     };
+    let conv = &state.conversations;
+    // Queued behind another turn of this chat, which has just ended: the chat's busy window
+    // starts now, not at the answer this request continues.
+    let busy_wait = match &lock {
+        Some(lock) if lock.waited() && prepared.answered_at_ms.is_some() => {
+            prepared.answered_at_ms = Some(epoch_millis());
+            conv.busy_left(Duration::ZERO)
+        }
+        _ => busy_wait,
+    };
     // The rest of the chat's busy window, waited with its lock held: no later turn of
     // this conversation overtakes.
     if !busy_wait.is_zero() {
         tokio::time::sleep(busy_wait).await;
     }
+    // When this attempt reaches a continued chat, relative to its last answer.
+    let sent_since = prepared.since_answer();
     if prepared.target == ChatTarget::NewChat {
         let asked = Instant::now();
         let chat_id = state
@@ -272,7 +294,7 @@ async fn send(
             parent_id: None,
         };
     }
-    Attempt {
+    let result = Attempt {
         state,
         req,
         plan,
@@ -281,7 +303,17 @@ async fn send(
         tool_retry,
     }
     .respond(lock)
-    .await
+    .await;
+    if let Some(since) = sent_since {
+        match &result {
+            Ok(_) => conv.saw_chat(since, false),
+            Err(e) if e.upstream_class() == Some(UpstreamClass::ChatInProgress) => {
+                conv.saw_chat(since, true);
+            }
+            Err(_) => {}
+        }
+    }
+    result
 }
 
 /// Refuse a turn whose upstream request would exceed `limit`: the upstream answers those

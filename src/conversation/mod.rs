@@ -252,11 +252,35 @@ impl Conversations {
         self.new_chat(req, reply_key, mode)
     }
 
+    /// A fresh chat for a turn leaving a busy chat, if `fits` accepts it (a long
+    /// conversation may fit the upstream's size limit only as a continuation). Not counted
+    /// until used ([`Conversations::count_turn`] with "busy").
+    pub fn fresh_for_busy(
+        &self,
+        req: &ChatRequest,
+        identity: &str,
+        model: &str,
+        fits: impl FnOnce(&Prepared) -> bool,
+    ) -> Option<Prepared> {
+        let (_, _, reply_key) = self.keys(req, identity, model);
+        Some(Self::folded(req, reply_key)).filter(|p| fits(p))
+    }
+
     fn new_chat(&self, req: &ChatRequest, reply_key: KeyBuilder, mode: &'static str) -> Prepared {
+        self.count_turn(mode);
+        Self::folded(req, reply_key)
+    }
+
+    /// Count a turn by how it reaches the upstream (`conversation_turns_total{mode}`).
+    pub fn count_turn(&self, mode: &'static str) {
         self.metrics
             .conversation_turns
             .with_label_values(&[mode])
             .inc();
+    }
+
+    /// A fresh chat with the whole history folded.
+    fn folded(req: &ChatRequest, reply_key: KeyBuilder) -> Prepared {
         Prepared {
             target: ChatTarget::NewChat,
             content: fold(req),
@@ -325,6 +349,11 @@ impl Conversations {
         self.metrics.chat_busy_window.set(w.window().as_secs_f64());
     }
 
+    /// How long a chat whose last answer ended `since_answer` ago is estimated to stay busy.
+    pub fn busy_left(&self, since_answer: Duration) -> Duration {
+        self.busy_window().window().saturating_sub(since_answer)
+    }
+
     /// `chats/new` answered after `took`.
     pub fn chat_created_in(&self, took: Duration) {
         self.busy_window().chat_created_in(took);
@@ -369,6 +398,7 @@ impl Conversations {
         let owner = uuid::Uuid::new_v4().to_string();
         let deadline = Instant::now() + self.settings.queue_timeout;
         let mut delay = Duration::from_millis(5);
+        let mut waited = false;
         loop {
             let got = with_store!(self, |s| s.try_lock(
                 chat_id,
@@ -394,6 +424,7 @@ impl Conversations {
                     chat_id: chat_id.to_owned(),
                     owner,
                     renew,
+                    waited,
                 });
             }
             if Instant::now() + delay > deadline {
@@ -401,6 +432,7 @@ impl Conversations {
                 return Err(ProxyError::ConversationBusy);
             }
             tracing::debug!(chat_id, "waiting for the conversation's chat lock");
+            waited = true;
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
         }
@@ -456,9 +488,16 @@ pub struct ChatLock {
     chat_id: String,
     owner: String,
     renew: tokio::task::JoinHandle<()>,
+    waited: bool,
 }
 
 impl ChatLock {
+    /// Whether another request held the lock when this one asked: that turn of the chat
+    /// has just ended.
+    pub fn waited(&self) -> bool {
+        self.waited
+    }
+
     /// Release now and wait until the store has it: a reply is complete only once the next
     /// turn can take the lock, even if this process dies right after answering.
     pub async fn release(mut self) {

@@ -1,10 +1,13 @@
-//! The pooled upstream client: hyper-util's legacy client over hyper-rustls (HTTP/1.1 and
-//! HTTP/2 by ALPN), with connect and response-header timeouts, the browser-like header set,
-//! and classification of every non-stream answer into an [`UpstreamError`].
+//! The pooled upstream client: hyper-util's legacy client over hyper-rustls (HTTP/2 or
+//! HTTP/1.1 by ALPN; on a plain-HTTP upstream HTTP/2 by prior knowledge until it turns out
+//! not to speak it — `UpstreamProtocol`), with connect and response-header timeouts, the
+//! browser-like header set, and classification of every non-stream answer into an
+//! [`UpstreamError`].
 //!
 //! We send no `Accept-Encoding`, so the upstream answers uncompressed and no decoder sits
 //! in the streaming path.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +27,7 @@ use super::frame::Frame;
 use super::headers::{HeaderSet, Page};
 use super::request::{NewChatBody, Turn};
 use crate::common::{epoch_millis, epoch_secs};
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::{ProxyError, UpstreamClass, UpstreamError};
 use crate::metrics::Metrics;
 
@@ -40,38 +43,63 @@ pub struct QwenClient {
 
 #[derive(Debug)]
 struct Inner {
+    /// HTTP/1.1 or what ALPN agrees (HTTP/2 only with `UPSTREAM_HTTP2=true`).
     http: HttpClient,
+    /// `auto` on a plain-HTTP upstream: HTTP/2 by prior knowledge, while it works.
+    h2c: Option<H2c>,
     base: String,
     headers: HeaderSet,
     header_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
+/// HTTP/2 by prior knowledge on a plain-HTTP upstream. The first answers decide: when a
+/// request fails over h2c and the same request then succeeds over HTTP/1.1, the upstream
+/// does not speak HTTP/2 and HTTP/1.1 is used from then on.
+#[derive(Debug)]
+struct H2c {
+    client: HttpClient,
+    state: AtomicU8,
+}
+
+const H2C_UNKNOWN: u8 = 0;
+const H2C_WORKS: u8 = 1;
+const H2C_REFUSED: u8 = 2;
+
+fn http_client(cfg: &UpstreamConfig, http2_only: bool) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    http.set_nodelay(true);
+    let tls = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        // Shorter than typical upstream keep-alive, so we rarely reuse a dying socket.
+        .pool_idle_timeout(Duration::from_secs(50))
+        // No cap below the concurrency: over HTTP/1.1 each open stream holds its own
+        // connection, and a cap (it was 256) closed the rest after every burst, so the next
+        // burst of 1,000 streams opened ~750 new connections at once (BENCHMARKS §4). Idle
+        // connections are bounded by the peak concurrency (itself bounded by
+        // MAX_CONCURRENT_STREAMS) and closed after the idle timeout.
+        .pool_max_idle_per_host(usize::MAX)
+        .http2_only(http2_only)
+        .build(tls)
+}
+
 impl QwenClient {
     pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
-        let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            // Shorter than typical upstream keep-alive, so we rarely reuse a dying socket.
-            .pool_idle_timeout(Duration::from_secs(50))
-            // No cap below the concurrency: over HTTP/1.1 each open stream holds its own
-            // connection, and a cap (it was 256) closed the rest after every burst, so the
-            // next burst of 1,000 streams opened ~750 new connections at once (BENCHMARKS
-            // §4). Idle connections are bounded by the peak concurrency (itself bounded by
-            // MAX_CONCURRENT_STREAMS) and closed after the idle timeout.
-            .pool_max_idle_per_host(usize::MAX)
-            .http2_only(cfg.http2_only)
-            .build(tls);
+        let plain = cfg.base_url.scheme_str() == Some("http");
+        let h2c = (plain && cfg.protocol == UpstreamProtocol::Auto).then(|| H2c {
+            client: http_client(cfg, true),
+            state: AtomicU8::new(H2C_UNKNOWN),
+        });
         QwenClient {
             inner: Arc::new(Inner {
-                http: client,
+                http: http_client(cfg, cfg.protocol == UpstreamProtocol::Http2),
+                h2c,
                 base: cfg.base_url.to_string().trim_end_matches('/').to_owned(),
                 headers: HeaderSet::new(cfg),
                 header_timeout: cfg.header_timeout,
@@ -98,13 +126,53 @@ impl QwenClient {
         stream: bool,
         body: Bytes,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.inner.base))
-            .body(Full::new(body))
-            .map_err(|e| ProxyError::Internal(format!("building upstream request: {e}")))?;
-        *req.headers_mut() = self.inner.headers.build(page, stream);
-        match tokio::time::timeout(self.inner.header_timeout, self.inner.http.request(req)).await {
+        let build = || {
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(format!("{}{path}", self.inner.base))
+                .body(Full::new(body.clone()))
+                .map_err(|e| ProxyError::Internal(format!("building upstream request: {e}")))?;
+            *req.headers_mut() = self.inner.headers.build(page, stream);
+            Ok::<_, ProxyError>(req)
+        };
+        let Some(h2c) = self
+            .inner
+            .h2c
+            .as_ref()
+            .filter(|h| h.state.load(Ordering::Relaxed) != H2C_REFUSED)
+        else {
+            return self.exchange(&self.inner.http, build()?).await;
+        };
+        match self.exchange(&h2c.client, build()?).await {
+            Ok(rsp) => {
+                h2c.state.store(H2C_WORKS, Ordering::Relaxed);
+                Ok(rsp)
+            }
+            // Not known to work yet, and the connection failed: ask again over HTTP/1.1.
+            Err(e)
+                if h2c.state.load(Ordering::Relaxed) == H2C_UNKNOWN
+                    && e.upstream_class() == Some(UpstreamClass::Connect) =>
+            {
+                let rsp = self.exchange(&self.inner.http, build()?).await?;
+                if h2c.state.swap(H2C_REFUSED, Ordering::Relaxed) != H2C_REFUSED {
+                    tracing::warn!(
+                        h2c_error = %e,
+                        "the upstream does not speak HTTP/2 without TLS; using HTTP/1.1 (UPSTREAM_HTTP2=false says so up front)"
+                    );
+                }
+                Ok(rsp)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One request on `client`, within the response-header timeout.
+    async fn exchange(
+        &self,
+        client: &HttpClient,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.inner.header_timeout, client.request(req)).await {
             Err(_) => Err(ProxyError::upstream(
                 UpstreamClass::Timeout,
                 format!(

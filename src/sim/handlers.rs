@@ -152,6 +152,12 @@ impl SimService {
     }
 
     async fn route(&self, req: Request<Incoming>) -> Rsp {
+        let version = if req.version() == hyper::Version::HTTP_2 {
+            &self.state.http2_requests
+        } else {
+            &self.state.http1_requests
+        };
+        version.fetch_add(1, Ordering::Relaxed);
         let path = req.uri().path().to_owned();
         match (req.method().clone(), path.as_str()) {
             (Method::POST, "/api/v2/chats/new") => self.new_chat(req).await,

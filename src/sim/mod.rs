@@ -88,6 +88,9 @@ pub struct SimConfig {
     pub accounts: Option<Arc<accounts::Accounts>>,
     /// Listen backlog: the simulator must never be what a benchmark's herd overflows.
     pub backlog: u32,
+    /// Speak HTTP/1.1 only (the real upstream speaks HTTP/2 too; this is for testing the
+    /// proxy's fallback when a plain-HTTP upstream does not).
+    pub http1_only: bool,
 }
 
 impl Default for SimConfig {
@@ -99,6 +102,7 @@ impl Default for SimConfig {
             gate: Gate::Y2026M09,
             accounts: None,
             backlog: crate::server::DEFAULT_LISTEN_BACKLOG,
+            http1_only: false,
         }
     }
 }
@@ -121,6 +125,7 @@ impl Simulator {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let http1_only = config.http1_only;
         let service = SimService {
             config: Arc::new(config),
             state: Arc::new(SimState::default()),
@@ -138,7 +143,10 @@ impl Simulator {
                 grace: Duration::from_secs(1),
                 grace_over: || {},
             },
-            Duration::from_secs(30),
+            crate::server::ConnOptions {
+                header_read_timeout: Duration::from_secs(30),
+                http1_only,
+            },
         ));
         Simulator {
             addr,

@@ -45,6 +45,9 @@ pub struct SimState {
     pub aborted_streams: AtomicU64,
     /// Completions refused with "The chat is in progress!".
     pub busy_refusals: AtomicU64,
+    /// Requests by HTTP version.
+    pub http1_requests: AtomicU64,
+    pub http2_requests: AtomicU64,
     pub in_flight: AtomicI64,
 }
 
@@ -71,6 +74,8 @@ impl SimState {
             "completion_requests": self.completion_requests.load(Ordering::Relaxed),
             "aborted_streams": self.aborted_streams.load(Ordering::Relaxed),
             "busy_refusals": self.busy_refusals.load(Ordering::Relaxed),
+            "http1_requests": self.http1_requests.load(Ordering::Relaxed),
+            "http2_requests": self.http2_requests.load(Ordering::Relaxed),
             "in_flight": self.in_flight.load(Ordering::Relaxed),
             "chats": per_chat,
         })
