@@ -1,782 +1,442 @@
-//! The load tool: N concurrent streaming chat requests, three ways, in one run.
+//! The load tool: concurrent streaming chat requests, four ways, against fresh servers.
 //!
-//! * `direct` — the client speaks the Qwen web protocol to the simulator itself
+//! Ways (`--ways`; all but `proxy-h1` by default):
+//! * `direct`   — the client speaks the Qwen web protocol to the simulator itself
 //!   (`chats/new`, then the completion): the baseline.
-//! * `proxy`  — OpenAI requests through `qwen-proxy` (a child process) to the simulator.
-//! * `nginx`  — the Qwen protocol through nginx proxying the simulator with buffering off:
-//!   the floor for a proxy that copies bytes without understanding them.
+//! * `proxy`    — OpenAI requests through `qwen-proxy` in its default configuration
+//!   (`UPSTREAM_HTTP2` unset: `auto`, h2c to the simulator since 40ed2f2; HTTP/1.1 before).
+//! * `proxy-h2` — the same with `UPSTREAM_HTTP2=true` (upstream streams multiplexed over a
+//!   few HTTP/2 connections).
+//! * `proxy-h1` — the same with `UPSTREAM_HTTP2=false` (HTTP/1.1 upstream).
+//! * `nginx`    — the Qwen protocol through nginx proxying the simulator with buffering off
+//!   (upstream keepalive 256): the floor for a proxy that copies bytes without understanding
+//!   them.
 //!
-//! The simulator runs as its own process with fixed timing (TTFT 50 ms, 20 answer frames
-//! 5 ms apart). Servers are pinned to CPU 1 and the client to CPU 0 when `taskset` exists.
-//! Per way and N it reports TTFT p50/p90/p99 and the TTFT added over `direct`, inter-chunk
-//! p99, requests/s, chunks/s, CPU seconds per 1,000 chunks of the middle process (proxy or
-//! nginx workers; the simulator for `direct`), its peak RSS and RSS per open stream, and
-//! errors; writes `docs/bench/load.json` (merged with earlier runs) and SVG charts into `docs/bench/`
-//! (`-- --charts-only` redraws the charts from that file).
+//! The simulator runs as its own process with fixed timing (TTFT 50 ms, 20 answer frames of
+//! 4 characters 5 ms apart). The servers are pinned to CPU 1 (when `taskset` exists and
+//! the machine has two CPUs online), the client to CPU 0 by `scripts/bench-load.sh`. All
+//! three servers listen with a backlog of 1024 (the proxy's and the simulator's default,
+//! and nginx's `backlog=` here), which the kernel caps at `net.core.somaxconn` (4096 on
+//! this machine), so no way gets a longer accept queue than another.
 //!
-//! `scripts/bench-load.sh` runs it (release build, raised fd limit, pinning):
-//!     cargo bench --bench load -- [--n 1,100,1000,10000] [--ways direct,proxy,nginx]
-//!         [--open-rate R --frame-delay-ms D]
-//! By default all N streams start at once (a herd). `--open-rate R` starts R streams per
-//! second instead, and `--frame-delay-ms D` slows the simulator's frames, so N streams are
-//! open together without saturating the machine (open mode).
-//! Under `cargo test` (no `--bench`) it runs a quick correctness smoke test: all streams
-//! complete, zero errors, every answer equals the simulator's deterministic text.
+//! Modes:
+//! * `first-herd` and `warm`: for every N and way the simulator and the middle process are
+//!   started anew, then R rounds (`--rounds`, default 3) each start N streams at once.
+//!   Round 1 is the first herd: nothing is pooled anywhere — the client is new and every
+//!   connection, the client's and the middle's to the simulator, is opened during the
+//!   herd, so the accept path and listen queues are measured. Rounds 2..R are `warm`,
+//!   pooled into one row (percentiles over all their streams): the client is the same one,
+//!   keeping up to N idle connections as an OpenAI SDK's keep-alive pool does, and the
+//!   servers keep theirs (the proxy's upstream pool keeps every idle connection; nginx's
+//!   `keepalive 256` keeps 256, so past 256 streams a warm herd through nginx still opens
+//!   some).
+//! * `first-open R/s` and `warm-open R/s`: the same with `--open-rate R` — streams start R
+//!   per second instead of all at once; with `--frame-delay-ms D` slowing the frames, N
+//!   streams are open together without saturating the machine.
+//! * `throughput c=C` (`--throughput SECS`, instead of the herds): the simulator answers
+//!   with no delay at all (TTFT 0, frames 0 ms apart) and C client loops (`--concurrency`,
+//!   default 50; a list runs each) send streaming requests back to back for SECS seconds,
+//!   after an unmeasured warm-up of a fifth of that (at most 1 s) on the same client.
+//!
+//! Per row: TTFT p50/p90/p99 and the added p50/p99 over `direct` (same N and mode, this run
+//! or else `load.json`), inter-chunk p99, requests/s, chunks/s, CPU seconds per 1,000
+//! chunks of the middle process (proxy; nginx master and worker; the simulator for
+//! `direct`) and of the simulator — the scheduler's run time of their threads, in
+//! nanoseconds, since 10 ms ticks are too coarse for a herd of 100 — the CPU use of the
+//! client and of the servers, how busy their two cores were by anyone (`/proc/stat`: a core
+//! shared with something else shows), the middle's peak RSS (per round: the peak is reset before each) and RSS per open
+//! stream over the fresh process's, errors by kind (connect, request, status, body) and
+//! wrong answers (every answer is compared byte for byte with the simulator's), the TCP
+//! counters `ListenOverflows`, `ListenDrops` and `TCPSynRetrans` (`/proc/net/netstat`)
+//! over the row's rounds — counters of the whole network namespace, ours alone while
+//! nothing else on the machine connects; a listen overflow costs a client a SYN
+//! retransmit, one second. A row is `saturated` when its baseline is (report::saturation):
+//! direct's TTFT p50 over twice the simulator's 50 ms, or the client's core or the
+//! servers' busy ≥ 90 % of direct's run; in throughput mode, where the servers' core is
+//! meant to be busy, when the client's core was during the row's own run.
+//!
+//! Bench mode writes `docs/bench/load.json` (merged with earlier runs, key = way, N, mode;
+//! the machine's facts once per file); `scripts/load_charts.py` draws the charts from it.
+//! `scripts/bench-load.sh` runs both (release build, raised fd limit, pinning):
+//!     cargo bench --bench load -- [--n 1,100,1000,10000]
+//!         [--ways direct,proxy,proxy-h2,proxy-h1,nginx] [--rounds 3]
+//!         [--open-rate R] [--frame-delay-ms D] [--throughput SECS [--concurrency C,…]]
+//! Under `cargo test` (no `--bench`) it is a quick correctness smoke test: N = 1 and 20,
+//! direct, proxy and proxy-h2, one round; every stream completes with the simulator's
+//! answer and no errors.
 
 // Tests and benches: a failed unwrap is a failure with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// getrlimit/setrlimit, declared directly: raising the open-file limit needs no crate.
-#![allow(unsafe_code)]
 
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 // The same launcher as the tests (a bench target cannot name tests/support otherwise).
 #[path = "../tests/support/process.rs"]
 #[allow(dead_code)] // the tests use all of it; the load tool, part
 mod process;
 
-use process::{Running, BIN};
-const FRAMES: usize = 20;
-const CHUNK_CHARS: usize = 4;
+#[path = "load_support/client.rs"]
+mod client;
+#[path = "load_support/measure.rs"]
+mod measure;
+#[path = "load_support/report.rs"]
+mod report;
+#[path = "load_support/servers.rs"]
+mod servers;
 
-/// Every stream's answer: the simulator's `long=80` filler, 20 frames of 4 characters.
-fn expected_answer() -> String {
-    qwen_proxy::sim::answer::long_answer(FRAMES * CHUNK_CHARS)
-}
+use client::{new_client, one_stream, HttpClient, Stream, StreamError};
+use measure::{measure, summarize, Opening, Round};
+use report::Row;
+use servers::{Servers, Timing, Way};
 
-fn pinned(cpu: &str, program: &str) -> Command {
-    if Path::new("/usr/bin/taskset").exists()
-        && std::thread::available_parallelism().map_or(1, |n| n.get()) > 1
-    {
-        let mut c = Command::new("/usr/bin/taskset");
-        c.args(["-c", cpu, program]);
-        c
-    } else {
-        Command::new(program)
-    }
-}
+/// The simulator's TTFT in the herd and open modes.
+const SIM_TTFT_MS: u64 = 50;
+/// Between rounds, so a round's CPU time and memory are its own: the servers finish
+/// closing the previous round's streams first.
+const PAUSE: Duration = Duration::from_millis(200);
+/// After the servers start, before their idle memory is read.
+const SETTLE: Duration = Duration::from_millis(100);
 
-/// nginx, stopped with SIGTERM (its master then stops its workers; SIGKILL would orphan
-/// them).
-struct Proc {
-    child: Child,
-}
+const USAGE: &str = "usage: cargo bench --bench load -- [--n 1,100,1000,10000] \
+    [--ways direct,proxy,proxy-h2,proxy-h1,nginx] [--rounds R] [--open-rate R] [--frame-delay-ms D] \
+    [--throughput SECS [--concurrency C,…]]";
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        process::terminate(&mut self.child);
-    }
-}
-
-async fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The simulator on a port it binds itself.
-fn start_sim(frame_delay_ms: u64) -> Running {
-    let mut cmd = pinned("1", BIN);
-    cmd.args(["sim", "--port", "0", "--ttft-ms", "50", "--delay-ms"])
-        .arg(frame_delay_ms.to_string())
-        .args([
-            "--chunk-chars",
-            &CHUNK_CHARS.to_string(),
-            "--linger-ms",
-            "0",
-            "--gate",
-            "none",
-        ])
-        .stderr(Stdio::null());
-    process::start(cmd)
-}
-
-/// The proxy in front of the simulator on `sim`, on a port it binds itself.
-fn start_proxy(sim: u16) -> Running {
-    let mut cmd = pinned("1", BIN);
-    cmd.args([
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--env-file",
-        "/dev/null",
-    ])
-    .env("QWEN_BASE_URL", format!("http://127.0.0.1:{sim}"))
-    .env("QWEN_COOKIES", "token=load")
-    .env("UPSTREAM_HTTP2", "true")
-    .env("MAX_CONCURRENT_STREAMS", "0")
-    .env("CONVERSATION_MODE", "stateless")
-    .env("LOG_LEVEL", "warn")
-    .stderr(Stdio::null());
-    process::start(cmd)
-}
-
-async fn start_nginx(port: u16, sim: u16, dir: &Path) -> Option<Proc> {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())?;
-    std::fs::create_dir_all(dir).ok()?;
-    let d = dir.display();
-    let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log error;\nworker_rlimit_nofile 20000;\n\
-         events {{ worker_connections 20000; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
-         fastcgi_temp_path {d}/f;\n uwsgi_temp_path {d}/u;\n scgi_temp_path {d}/s;\n\
-         upstream sim {{ server 127.0.0.1:{sim}; keepalive 256; }}\n\
-         server {{ listen 127.0.0.1:{port} backlog=16384; location / {{ proxy_pass http://sim; proxy_http_version 1.1;\n\
-         proxy_set_header Connection \"\"; proxy_buffering off; proxy_request_buffering off; proxy_read_timeout 600s; }} }}\n}}\n"
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).ok()?;
-    let child = pinned("1", nginx)
-        .args([
-            "-p",
-            &dir.to_string_lossy(),
-            "-c",
-            &dir.join("nginx.conf").to_string_lossy(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    wait_port(port).await;
-    Some(Proc { child })
-}
-
-/// utime + stime of `pid` and its child processes that are nginx workers, in seconds.
-fn cpu_seconds(pids: &[u32]) -> f64 {
-    let tck = 100.0; // `getconf CLK_TCK` on Linux
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .map(|stat| {
-            let after = stat.rsplit(')').next().unwrap_or("");
-            let f: Vec<&str> = after.split_whitespace().collect();
-            let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-            let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-            (ut + st) / tck
-        })
-        .sum()
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// The process that does the work: the proxy, nginx's workers, or the simulator. `taskset`
-/// execs into the program, so the child's pid is the program's pid.
-fn work_pids(root: u32, nginx: bool) -> Vec<u32> {
-    if !nginx {
-        return vec![root];
-    }
-    let mut pids = vec![root];
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                let after = stat.rsplit(')').next().unwrap_or("");
-                if after
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|p| p.parse::<u32>().ok())
-                    == Some(root)
-                {
-                    pids.push(pid);
-                }
-            }
-        }
-    }
-    pids
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Way {
-    Direct,
-    Proxy,
-    Nginx,
-}
-
-impl Way {
-    fn name(self) -> &'static str {
-        match self {
-            Way::Direct => "direct",
-            Way::Proxy => "proxy",
-            Way::Nginx => "nginx",
-        }
-    }
-}
-
-struct StreamResult {
-    ttft: Duration,
-    gaps: Vec<Duration>,
-    chunks: usize,
-    answer: String,
-}
-
-/// One stream. `qwen`: speak the Qwen protocol (direct, nginx); else OpenAI (proxy).
-async fn one_stream(
-    client: &HttpClient,
-    port: u16,
-    qwen: bool,
-    open: &AtomicUsize,
-) -> Result<StreamResult, String> {
-    let start = Instant::now();
-    let base = format!("http://127.0.0.1:{port}");
-    let req = if qwen {
-        let new = Request::post(format!("{base}/api/v2/chats/new"))
-            .header("cookie", "token=load")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(
-                b"{\"models\":[\"qwen3.7-plus\"],\"chat_type\":\"t2t\"}",
-            )))
-            .map_err(|e| e.to_string())?;
-        let rsp = client
-            .request(new)
-            .await
-            .map_err(|e| format!("chats/new: {e}"))?;
-        let body = rsp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        let chat = v["data"]["id"].as_str().ok_or("no chat id")?.to_owned();
-        let payload = serde_json::json!({"stream": true, "incremental_output": true, "chat_id": chat, "model": "qwen3.7-plus",
-            "parent_id": null, "messages": [{"role": "user", "content": "load @@sim:long=80", "feature_config": {"output_schema": "phase"}}]});
-        Request::post(format!("{base}/api/v2/chat/completions?chat_id={chat}"))
-            .header("cookie", "token=load")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(payload.to_string())))
-            .map_err(|e| e.to_string())?
-    } else {
-        let payload = serde_json::json!({"model": "qwen3.7-plus", "stream": true,
-            "messages": [{"role": "user", "content": "load @@sim:long=80"}]});
-        Request::post(format!("{base}/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(payload.to_string())))
-            .map_err(|e| e.to_string())?
-    };
-    let rsp = client
-        .request(req)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    if rsp.status() != 200 {
-        return Err(format!("status {}", rsp.status()));
-    }
-    open.fetch_add(1, Ordering::Relaxed);
-    let mut body = rsp.into_body();
-    let (mut ttft, mut last, mut gaps, mut chunks, mut answer) =
-        (None, None::<Instant>, Vec::new(), 0, String::new());
-    let mut pending = String::new();
-    let result = loop {
-        let Some(frame) = body.frame().await else {
-            break Ok(());
-        };
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => break Err(format!("body: {e}")),
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        pending.push_str(&String::from_utf8_lossy(&data));
-        while let Some(end) = pending.find("\n\n") {
-            let event: String = pending.drain(..end + 2).collect();
-            let Some(json) = event.trim().strip_prefix("data:") else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(json.trim()) else {
-                continue;
-            };
-            let text = if qwen {
-                let d = &v["choices"][0]["delta"];
-                (d["phase"] == "answer").then(|| d["content"].as_str().unwrap_or("").to_owned())
-            } else {
-                v["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(str::to_owned)
-            };
-            if let Some(t) = text.filter(|t| !t.is_empty()) {
-                let now = Instant::now();
-                ttft.get_or_insert(now - start);
-                if let Some(prev) = last {
-                    gaps.push(now - prev);
-                }
-                last = Some(now);
-                chunks += 1;
-                answer.push_str(&t);
-            }
-        }
-    };
-    open.fetch_sub(1, Ordering::Relaxed);
-    result?;
-    Ok(StreamResult {
-        ttft: ttft.ok_or("no content")?,
-        gaps,
-        chunks,
-        answer,
-    })
-}
-
-fn herd() -> String {
-    "herd".into()
-}
-
-#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
-struct Row {
-    way: String,
-    #[serde(default = "herd")]
-    mode: String,
-    n: usize,
-    ok: usize,
-    errors: usize,
-    wrong_answers: usize,
-    ttft_p50_ms: f64,
-    ttft_p90_ms: f64,
-    ttft_p99_ms: f64,
-    added_ttft_p99_ms: f64,
-    inter_chunk_p99_ms: f64,
-    requests_per_s: f64,
-    chunks_per_s: f64,
-    cpu_s_per_1000_chunks: f64,
-    peak_rss_mib: f64,
-    rss_per_open_stream_kib: f64,
-    max_open_streams: usize,
-    first_error: Option<String>,
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
-}
-
-/// How streams are started: all at once (`herd`), or `open_rate` per second (`open`).
-#[derive(Clone, Copy, Debug)]
-struct Load {
+struct Options {
+    /// `cargo bench` (`--bench`): measure and write `load.json`; else the smoke test.
+    full: bool,
+    ns: Vec<usize>,
+    ways: Vec<Way>,
+    rounds: usize,
     open_rate: f64,
+    frame_delay_ms: u64,
+    throughput: Option<f64>,
+    concurrency: Vec<usize>,
 }
 
-async fn run_way(way: Way, n: usize, port: u16, work: &[u32], load: Load) -> Row {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(n.max(1))
-        .build(connector);
-    let open = Arc::new(AtomicUsize::new(0));
-    let rss_base = work.iter().map(|p| status_kib(*p, "VmRSS:")).sum::<u64>();
-    let cpu_before = cpu_seconds(work);
-    let sampler = {
-        let (open, work) = (open.clone(), work.to_vec());
-        tokio::spawn(async move {
-            let mut best = (0u64, 0usize);
-            loop {
-                let o = open.load(Ordering::Relaxed);
-                let rss = work.iter().map(|p| status_kib(*p, "VmRSS:")).sum::<u64>();
-                if o > best.1 || (o == best.1 && rss > best.0) {
-                    best = (rss, o);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                if Arc::strong_count(&open) == 1 {
-                    return best;
-                }
-            }
+fn list<T: std::str::FromStr>(flag: &str, v: &str) -> Result<Vec<T>, String> {
+    v.split(',')
+        .map(|x| {
+            x.trim()
+                .parse()
+                .map_err(|_| format!("{flag}: bad value {x:?}"))
         })
-    };
-    let start = Instant::now();
-    let qwen = way != Way::Proxy;
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let (client, open) = (client.clone(), open.clone());
-            let at = if load.open_rate > 0.0 {
-                start + Duration::from_secs_f64(i as f64 / load.open_rate)
-            } else {
-                start
-            };
-            tokio::spawn(async move {
-                tokio::time::sleep_until(at).await;
-                one_stream(&client, port, qwen, &open).await
-            })
-        })
-        .collect();
-    let mut results = Vec::with_capacity(n);
-    for t in tasks {
-        results.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
-    }
-    let wall = start.elapsed();
-    drop(open);
-    let (_, streams_at_peak) = sampler.await.unwrap_or((0, 0));
-    let cpu = cpu_seconds(work) - cpu_before;
-    let want = expected_answer();
-    let mut row = Row {
-        way: way.name().into(),
-        mode: if load.open_rate > 0.0 {
-            format!("open {}/s", load.open_rate)
+        .collect()
+}
+
+fn one<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+    v.trim()
+        .parse()
+        .map_err(|_| format!("{flag}: bad value {v:?}"))
+}
+
+fn options() -> Result<Options, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let mut o = Options {
+        full,
+        ns: if full {
+            vec![1, 100, 1000, 10000]
         } else {
-            "herd".into()
+            vec![1, 20]
         },
-        n,
-        ..Row::default()
+        ways: if full {
+            Way::DEFAULT.to_vec()
+        } else {
+            vec![Way::Direct, Way::Proxy, Way::ProxyH2]
+        },
+        rounds: if full { 3 } else { 1 },
+        open_rate: 0.0,
+        frame_delay_ms: 5,
+        throughput: None,
+        concurrency: vec![50],
     };
-    let (mut ttfts, mut gaps, mut chunks) = (Vec::new(), Vec::new(), 0);
-    for r in results {
-        match r {
-            Ok(s) => {
-                row.ok += 1;
-                if s.answer != want {
-                    row.wrong_answers += 1;
-                }
-                ttfts.push(s.ttft);
-                gaps.extend(s.gaps);
-                chunks += s.chunks;
+    let mut it = args.iter().flat_map(|a| match a.split_once('=') {
+        Some((flag, value)) if flag.starts_with("--") => vec![flag.to_owned(), value.to_owned()],
+        _ => vec![a.clone()],
+    });
+    while let Some(flag) = it.next() {
+        let flag = flag.as_str();
+        let takes_value = [
+            "--n",
+            "--ways",
+            "--rounds",
+            "--open-rate",
+            "--frame-delay-ms",
+            "--throughput",
+            "--concurrency",
+        ];
+        if !takes_value.contains(&flag) {
+            // `--bench`; in test mode also whatever the test runner passes (`--nocapture`).
+            if full && flag != "--bench" {
+                return Err(format!("unknown argument {flag:?}"));
             }
-            Err(e) => {
-                row.errors += 1;
-                row.first_error.get_or_insert(e);
+            continue;
+        }
+        let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag {
+            "--n" => o.ns = list(flag, &v)?,
+            "--ways" => {
+                o.ways = v
+                    .split(',')
+                    .map(|w| Way::parse(w.trim()).ok_or_else(|| format!("--ways: no way {w:?}")))
+                    .collect::<Result<_, _>>()?
             }
+            "--rounds" => o.rounds = one(flag, &v)?,
+            "--open-rate" => o.open_rate = one(flag, &v)?,
+            "--frame-delay-ms" => o.frame_delay_ms = one(flag, &v)?,
+            "--throughput" => o.throughput = Some(one(flag, &v)?),
+            _ => o.concurrency = list(flag, &v)?,
         }
     }
-    ttfts.sort();
-    gaps.sort();
-    row.ttft_p50_ms = pct(&ttfts, 0.5);
-    row.ttft_p90_ms = pct(&ttfts, 0.9);
-    row.ttft_p99_ms = pct(&ttfts, 0.99);
-    row.inter_chunk_p99_ms = pct(&gaps, 0.99);
-    row.requests_per_s = row.ok as f64 / wall.as_secs_f64();
-    row.chunks_per_s = chunks as f64 / wall.as_secs_f64();
-    row.cpu_s_per_1000_chunks = if chunks > 0 {
-        cpu / chunks as f64 * 1000.0
-    } else {
-        0.0
-    };
-    row.peak_rss_mib = work.iter().map(|p| status_kib(*p, "VmHWM:")).sum::<u64>() as f64 / 1024.0;
-    // All N streams are in flight at the peak of a herd, so the memory they cost is the
-    // high-water mark over the resident size before the run, divided by N.
-    let hwm = work.iter().map(|p| status_kib(*p, "VmHWM:")).sum::<u64>();
-    // In open mode not all N are in flight at once: divide by the most that were.
-    let in_flight = if load.open_rate > 0.0 {
-        streams_at_peak
-    } else {
-        n
-    };
-    row.rss_per_open_stream_kib = hwm.saturating_sub(rss_base) as f64 / in_flight.max(1) as f64;
-    row.max_open_streams = streams_at_peak;
+    if o.rounds == 0 {
+        return Err("--rounds: at least 1".into());
+    }
+    // The baseline first, so the other ways' rows can be compared with it as they print.
+    o.ways.sort();
+    o.ways.dedup();
+    Ok(o)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Stamp, compare with the baseline, print, remember.
+fn emit(mut row: Row, known: &mut Vec<Row>, commit: &Option<String>) -> Row {
+    row.run_unix = now_unix();
+    row.commit.clone_from(commit);
+    report::relate(&mut row, known);
+    println!("{}", report::line(&row));
+    known.push(row.clone());
     row
 }
 
-fn svg_chart(title: &str, y_label: &str, series: &[(&str, Vec<(f64, f64)>)], path: &Path) {
-    let (w, h, m) = (640.0, 400.0, 60.0);
-    let xs: Vec<f64> = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|(x, _)| x.max(1.0).log10()))
-        .collect();
-    let ys: Vec<f64> = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
-        .collect();
-    if xs.is_empty() {
-        return;
-    }
-    let (x0, x1) = (
-        xs.iter().cloned().fold(f64::MAX, f64::min),
-        xs.iter().cloned().fold(f64::MIN, f64::max).max(0.1),
-    );
-    let y1 = ys.iter().cloned().fold(0.0, f64::max).max(1e-9) * 1.1;
-    let y0 = ys.iter().cloned().fold(0.0, f64::min) * 1.1;
-    let sx = |x: f64| m + (x.max(1.0).log10() - x0) / (x1 - x0).max(1e-9) * (w - 2.0 * m);
-    let sy = |y: f64| h - m - (y - y0) / (y1 - y0) * (h - 2.0 * m);
-    let colors = ["#1f77b4", "#d62728", "#2ca02c"];
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{title}</text>\n", w / 2.0);
-    let _ = writeln!(s, "<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>", h - m, w - m, h - m, h - m);
-    let _ = writeln!(
-        s,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">concurrent streams (log scale)</text>",
-        w / 2.0,
-        h - 15.0
-    );
-    let _ = writeln!(s, "<text x=\"15\" y=\"{}\" transform=\"rotate(-90 15 {})\" text-anchor=\"middle\">{y_label}</text>", h / 2.0, h / 2.0);
-    let _ = writeln!(s, "<line x1=\"{m}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#bbb\" stroke-dasharray=\"4\"/>", sy(0.0), w - m, sy(0.0));
-    for i in 0..=4 {
-        let y = y0 + (y1 - y0) * f64::from(i) / 4.0;
-        let _ = writeln!(
-            s,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.2}</text>",
-            m - 5.0,
-            sy(y) + 4.0,
-            y
-        );
-    }
-    for (i, (name, points)) in series.iter().enumerate() {
-        let c = colors[i % colors.len()];
-        let pts: Vec<String> = points
-            .iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+/// One round of `n` streams, all at once or `open_rate` per second.
+async fn herd_round(
+    client: &HttpClient,
+    servers: &Servers,
+    way: Way,
+    n: usize,
+    open_rate: f64,
+) -> Round {
+    let open = Arc::new(AtomicUsize::new(0));
+    let port = servers.port();
+    let work = async {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (client, open) = (client.clone(), open.clone());
+                let at = if open_rate > 0.0 {
+                    start + Duration::from_secs_f64(i as f64 / open_rate)
+                } else {
+                    start
+                };
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    one_stream(&client, port, way.qwen(), &open).await
+                })
+            })
             .collect();
-        let _ = writeln!(
-            s,
-            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
-            pts.join(" ")
-        );
-        for (x, y) in points {
-            let _ = writeln!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\">{}</text>", sx(*x), sy(*y), sx(*x) + 4.0, h - m + 14.0, x);
+        let mut streams = Vec::with_capacity(n);
+        for t in tasks {
+            streams.push(t.await.expect("a stream task panicked"));
         }
-        let _ = writeln!(
-            s,
-            "<text x=\"{}\" y=\"{}\" fill=\"{c}\">{name}</text>",
-            w - m - 100.0,
-            m + 16.0 * i as f64
-        );
-    }
-    s.push_str("</svg>\n");
-    let _ = std::fs::write(path, s);
+        streams
+    };
+    measure(servers, &open, work).await
 }
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-/// Raise the soft open-file limit to the hard limit, for this process and the servers it
-/// starts (they inherit it), so `cargo bench` works without `ulimit -n` first. Returns the
-/// limit in force, when it could be read. A direct `getrlimit`/`setrlimit` call: std links the C library anyway, and
-/// two declarations beat a crate for one call.
-#[cfg(target_os = "linux")]
-fn raise_fd_limit() -> Option<u64> {
-    #[repr(C)]
-    struct RLimit {
-        cur: u64,
-        max: u64,
-    }
-    const RLIMIT_NOFILE: i32 = 7;
-    extern "C" {
-        fn getrlimit(resource: i32, rlim: *mut RLimit) -> i32;
-        fn setrlimit(resource: i32, rlim: *const RLimit) -> i32;
-    }
-    let mut lim = RLimit { cur: 0, max: 0 };
-    // SAFETY: `lim` is a valid, writable `struct rlimit` (two 64-bit fields on Linux).
-    if unsafe { getrlimit(RLIMIT_NOFILE, &mut lim) } != 0 {
-        return None;
-    }
-    if lim.cur < lim.max {
-        let raised = RLimit {
-            cur: lim.max,
-            max: lim.max,
-        };
-        // SAFETY: as above; raising the soft limit up to the hard one needs no privilege.
-        if unsafe { setrlimit(RLIMIT_NOFILE, &raised) } == 0 {
-            return Some(lim.max);
+async fn run_herds(o: &Options, known: &mut Vec<Row>, commit: &Option<String>) -> Vec<Row> {
+    let timing = Timing {
+        ttft_ms: SIM_TTFT_MS,
+        frame_delay_ms: o.frame_delay_ms,
+    };
+    let (first, warm, opening) = if o.open_rate > 0.0 {
+        (
+            format!("first-open {}/s", o.open_rate),
+            format!("warm-open {}/s", o.open_rate),
+            Opening::Spread,
+        )
+    } else {
+        ("first-herd".to_owned(), "warm".to_owned(), Opening::Herd)
+    };
+    let mut rows = Vec::new();
+    for &n in &o.ns {
+        for &way in &o.ways {
+            let Some(servers) = Servers::start(way, timing).await else {
+                eprintln!("nginx not found: skipping the nginx way");
+                continue;
+            };
+            tokio::time::sleep(SETTLE).await;
+            let rss_base = servers::rss_kib(&servers.middle_pids());
+            let client = new_client(n);
+            let mut rounds = Vec::with_capacity(o.rounds);
+            for i in 0..o.rounds {
+                if i > 0 {
+                    tokio::time::sleep(PAUSE).await;
+                }
+                rounds.push(herd_round(&client, &servers, way, n, o.open_rate).await);
+            }
+            drop(client);
+            servers.stop();
+            let (round1, rest) = rounds.split_at(1);
+            let row = summarize(way, first.clone(), n, round1, opening, rss_base, timing);
+            rows.push(emit(row, known, commit));
+            if !rest.is_empty() {
+                let row = summarize(way, warm.clone(), n, rest, opening, rss_base, timing);
+                rows.push(emit(row, known, commit));
+            }
         }
     }
-    Some(lim.cur)
+    rows
 }
 
-#[cfg(not(target_os = "linux"))]
-fn raise_fd_limit() -> Option<u64> {
-    None
+/// `c` loops sending streams back to back until `secs` have passed.
+async fn loops(
+    client: &HttpClient,
+    port: u16,
+    way: Way,
+    c: usize,
+    secs: f64,
+    open: &Arc<AtomicUsize>,
+) -> Vec<Result<Stream, StreamError>> {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let tasks: Vec<_> = (0..c)
+        .map(|_| {
+            let (client, open) = (client.clone(), open.clone());
+            tokio::spawn(async move {
+                let mut streams = Vec::new();
+                while Instant::now() < end {
+                    streams.push(one_stream(&client, port, way.qwen(), &open).await);
+                }
+                streams
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    for t in tasks {
+        streams.extend(t.await.expect("a client loop panicked"));
+    }
+    streams
+}
+
+async fn run_throughput(
+    o: &Options,
+    secs: f64,
+    known: &mut Vec<Row>,
+    commit: &Option<String>,
+) -> Vec<Row> {
+    // No simulated latency: the servers' work per stream is all that paces the loops.
+    let timing = Timing {
+        ttft_ms: 0,
+        frame_delay_ms: 0,
+    };
+    let mut rows = Vec::new();
+    for &c in &o.concurrency {
+        for &way in &o.ways {
+            let Some(servers) = Servers::start(way, timing).await else {
+                eprintln!("nginx not found: skipping the nginx way");
+                continue;
+            };
+            tokio::time::sleep(SETTLE).await;
+            let rss_base = servers::rss_kib(&servers.middle_pids());
+            let client = new_client(c);
+            let open = Arc::new(AtomicUsize::new(0));
+            // Unmeasured: connections and pools filled, allocators grown.
+            loops(
+                &client,
+                servers.port(),
+                way,
+                c,
+                (secs / 5.0).min(1.0),
+                &open,
+            )
+            .await;
+            let work = loops(&client, servers.port(), way, c, secs, &open);
+            let round = measure(&servers, &open, work).await;
+            drop(client);
+            servers.stop();
+            let mode = format!("throughput c={c}");
+            let row = summarize(way, mode, c, &[round], Opening::Spread, rss_base, timing);
+            rows.push(emit(row, known, commit));
+        }
+    }
+    rows
 }
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    if full {
-        if let Some(limit) = raise_fd_limit() {
+    let o = options().unwrap_or_else(|e| {
+        eprintln!("{e}\n{USAGE}");
+        std::process::exit(2)
+    });
+    let fd_limit = if o.full {
+        let limit = servers::raise_fd_limit();
+        if let Some(limit) = limit {
             eprintln!("open-file limit: {limit}");
         }
-    }
-    let charts_only = std::env::args().any(|a| a == "--charts-only");
-    let load = Load {
-        open_rate: arg("--open-rate")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0),
+        limit
+    } else {
+        None
     };
-    let frame_delay_ms: u64 = arg("--frame-delay-ms")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let ns: Vec<usize> = arg("--n")
-        .unwrap_or_else(|| {
-            if full {
-                "1,100,1000,10000".into()
-            } else {
-                "1,20".into()
-            }
-        })
-        .split(',')
-        .filter_map(|v| v.trim().parse().ok())
-        .collect();
-    let ways: Vec<Way> = arg("--ways")
-        .unwrap_or_else(|| {
-            if full {
-                "direct,proxy,nginx".into()
-            } else {
-                "direct,proxy".into()
-            }
-        })
-        .split(',')
-        .filter_map(|w| match w.trim() {
-            "direct" => Some(Way::Direct),
-            "proxy" => Some(Way::Proxy),
-            "nginx" => Some(Way::Nginx),
-            _ => None,
-        })
-        .collect();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/bench/load.json");
+    // Earlier rows: merged into the file, and a baseline for ways measured without
+    // `direct` this time.
+    let old = if o.full {
+        report::read_rows(&path)
+    } else {
+        Vec::new()
+    };
+    let mut known = old.clone();
+    let commit = report::commit();
+    // Bench mode runs for minutes; a build of the binary meanwhile must not change it.
+    let frozen = if o.full {
+        servers::freeze_binary()
+    } else {
+        None
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
-    let rows = if charts_only {
-        Vec::new()
-    } else {
-        rt.block_on(async {
-        let sim = start_sim(frame_delay_ms);
-        let sim_port = sim.addr.port();
-        let proxy = ways.contains(&Way::Proxy).then(|| start_proxy(sim_port));
-        // nginx binds the port it is given: the only one picked in advance.
-        let nginx_port = process::free_port();
-        let nginx_dir = std::env::temp_dir().join(format!("qwen-load-nginx-{}", std::process::id()));
-        let nginx = if ways.contains(&Way::Nginx) { start_nginx(nginx_port, sim_port, &nginx_dir).await } else { None };
-        let mut rows = Vec::new();
-        for &n in &ns {
-            let mut direct_p99 = None;
-            for &way in &ways {
-                let (port, work) = match way {
-                    Way::Direct => (sim_port, vec![sim.pid()]),
-                    Way::Proxy => match &proxy {
-                        Some(p) => (p.addr.port(), vec![p.pid()]),
-                        None => continue,
-                    },
-                    Way::Nginx => match &nginx {
-                        Some(p) => (nginx_port, work_pids(p.child.id(), true)),
-                        None => {
-                            eprintln!("nginx not found: skipping the nginx way");
-                            continue;
-                        }
-                    },
-                };
-                let mut row = run_way(way, n, port, &work, load).await;
-                if way == Way::Direct {
-                    direct_p99 = Some(row.ttft_p99_ms);
-                }
-                row.added_ttft_p99_ms = direct_p99.map_or(0.0, |d| row.ttft_p99_ms - d);
-                println!(
-                    "{:<6} n={:<6} ok={:<6} err={:<4} ttft p50/p90/p99 {:>7.2}/{:>7.2}/{:>7.2} ms (+{:>6.2}) gap p99 {:>6.2} ms  {:>8.1} req/s {:>9.1} chunks/s  cpu {:>6.3} s/1k chunks  rss peak {:>6.1} MiB, {:>6.1} KiB/stream{}",
-                    row.way, n, row.ok, row.errors, row.ttft_p50_ms, row.ttft_p90_ms, row.ttft_p99_ms, row.added_ttft_p99_ms,
-                    row.inter_chunk_p99_ms, row.requests_per_s, row.chunks_per_s, row.cpu_s_per_1000_chunks, row.peak_rss_mib,
-                    row.rss_per_open_stream_kib,
-                    row.first_error.as_deref().map(|e| format!("  first error: {e}")).unwrap_or_default()
-                );
-                rows.push(row);
-            }
+    let rows = rt.block_on(async {
+        match o.throughput {
+            Some(secs) => run_throughput(&o, secs, &mut known, &commit).await,
+            None => run_herds(&o, &mut known, &commit).await,
         }
-        drop(nginx);
-        let _ = std::fs::remove_dir_all(&nginx_dir);
-        rows
-    })
-    };
-    if full {
-        let out = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let _ = std::fs::create_dir_all(out.join("docs/bench"));
-        // Merge with earlier runs (a run may cover only some N or ways): newer rows win.
-        let path = out.join("docs/bench/load.json");
-        let mut merged: Vec<Row> = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Vec<serde_json::Value>>(&b).ok())
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|v| serde_json::from_value::<Row>(v).ok())
-            .filter(|old| {
-                !rows
-                    .iter()
-                    .any(|r| r.way == old.way && r.n == old.n && r.mode == old.mode)
-            })
-            .collect();
-        merged.extend(rows.iter().cloned());
-        merged.sort_by(|a, b| (&a.mode, a.n, &a.way).cmp(&(&b.mode, b.n, &b.way)));
-        let rows = merged;
-        let _ = std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&rows).unwrap_or_default(),
-        );
-        let _ = std::fs::create_dir_all(out.join("docs/bench"));
-        let series =
-            |f: fn(&Row) -> f64, ways: &[&'static str]| -> Vec<(&'static str, Vec<(f64, f64)>)> {
-                ways.iter()
-                    .map(|w| {
-                        (
-                            *w,
-                            rows.iter()
-                                .filter(|r| r.way == *w && r.ok > 0 && r.mode == "herd")
-                                .map(|r| (r.n as f64, f(r)))
-                                .collect(),
-                        )
-                    })
-                    .collect()
-            };
-        svg_chart(
-            "Added TTFT p99 over direct (ms)",
-            "ms",
-            &series(|r| r.added_ttft_p99_ms, &["proxy", "nginx"]),
-            &out.join("docs/bench/added-ttft.svg"),
-        );
-        svg_chart(
-            "TTFT p99 (ms)",
-            "ms",
-            &series(|r| r.ttft_p99_ms, &["direct", "proxy", "nginx"]),
-            &out.join("docs/bench/ttft-p99.svg"),
-        );
-        svg_chart(
-            "RSS per open stream (KiB)",
-            "KiB",
-            &series(|r| r.rss_per_open_stream_kib, &["direct", "proxy", "nginx"]),
-            &out.join("docs/bench/rss-per-stream.svg"),
-        );
-        svg_chart(
-            "CPU seconds per 1,000 chunks",
-            "s",
-            &series(|r| r.cpu_s_per_1000_chunks, &["direct", "proxy", "nginx"]),
-            &out.join("docs/bench/cpu-per-1000-chunks.svg"),
-        );
+    });
+    if let Some(dir) = frozen {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if o.full {
+        let machine = report::machine_facts(fd_limit, servers::pinning());
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        match report::write_rows(&path, old, &rows, machine) {
+            Ok(()) => eprintln!("wrote {}", path.display()),
+            Err(e) => eprintln!("could not write {}: {e}", path.display()),
+        }
     } else {
         // Quick mode is a correctness smoke test: never a timing assertion.
+        assert!(!rows.is_empty(), "no rows");
         for r in &rows {
             assert_eq!(r.errors, 0, "{r:?}");
-            assert_eq!(r.ok, r.n, "{r:?}");
+            if o.throughput.is_none() {
+                assert_eq!(r.requests, r.n * r.rounds, "{r:?}");
+            }
+            assert_eq!(r.ok, r.requests, "{r:?}");
             assert_eq!(r.wrong_answers, 0, "{r:?}");
         }
         println!(
-            "load smoke test: {} runs, all streams complete and correct",
+            "load smoke test: {} rows, all streams complete and correct",
             rows.len()
         );
     }
