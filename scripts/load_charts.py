@@ -281,7 +281,7 @@ def throughput_chart(machine, rows):
     ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     for ax in (ax1, ax2):
         ax.set_xticks(xs)
-        ax.set_xticklabels(labels, fontsize=9)
+        ax.set_xticklabels(labels, fontsize=8, rotation=45, ha="right")
         ax.margins(y=0.1)
         ax.grid(True, axis="y", alpha=0.3)
     if any(r.get("saturated") for r in bars):

@@ -10,7 +10,7 @@ pub type Jitter = fn(Duration) -> Duration;
 
 /// Uniform in `[0, d]`, from the OS-seeded randomness uuid already uses.
 pub fn full_jitter(d: Duration) -> Duration {
-    let r = (uuid::Uuid::new_v4().as_u128() & 0xFFFF_FFFF) as f64 / f64::from(u32::MAX);
+    let r = (crate::common::random_u64() & 0xFFFF_FFFF) as f64 / f64::from(u32::MAX);
     d.mul_f64(r)
 }
 

@@ -26,6 +26,10 @@ pub struct Tcp {
     /// SYN retransmissions (`TCPSynRetrans`): each one is a client waiting 1 s or more to
     /// connect — what an overflow costs.
     pub syn_retrans: u64,
+    /// Connections accepted (`Tcp: PassiveOpens`, `/proc/net/snmp`): in a warm round the
+    /// client reuses its connections, so these are the middle process's new connections to
+    /// the simulator — what a connection pool saves.
+    pub passive_opens: u64,
 }
 
 impl Tcp {
@@ -44,10 +48,22 @@ impl Tcp {
                 .and_then(|(_, v)| v.parse().ok())
                 .unwrap_or(0)
         };
+        let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+        let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+        let passive_opens = match (tcp.next(), tcp.next()) {
+            (Some(names), Some(values)) => names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(k, _)| *k == "PassiveOpens")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0),
+            _ => 0,
+        };
         Tcp {
             listen_overflows: get("ListenOverflows"),
             listen_drops: get("ListenDrops"),
             syn_retrans: get("TCPSynRetrans"),
+            passive_opens,
         }
     }
 
@@ -58,6 +74,7 @@ impl Tcp {
                 .saturating_sub(before.listen_overflows),
             listen_drops: self.listen_drops.saturating_sub(before.listen_drops),
             syn_retrans: self.syn_retrans.saturating_sub(before.syn_retrans),
+            passive_opens: self.passive_opens.saturating_sub(before.passive_opens),
         }
     }
 }
@@ -256,6 +273,7 @@ pub fn summarize(
         row.listen_overflows += u.tcp.listen_overflows;
         row.listen_drops += u.tcp.listen_drops;
         row.syn_retrans += u.tcp.syn_retrans;
+        row.new_connections += u.tcp.passive_opens;
         for stream in &round.streams {
             row.requests += 1;
             match stream {

@@ -62,6 +62,9 @@ pub struct Row {
     pub listen_overflows: u64,
     pub listen_drops: u64,
     pub syn_retrans: u64,
+    /// Connections accepted by all servers over the rows' rounds (`PassiveOpens`).
+    #[serde(default)]
+    pub new_connections: u64,
     /// The baseline is saturated (see `saturation`), so TTFT here is mostly queueing.
     pub saturated: bool,
     pub saturated_why: Option<String>,
@@ -181,6 +184,7 @@ pub fn line(r: &Row) -> String {
         r.listen_drops,
         r.syn_retrans,
     );
+    s += &format!("  new connections {}", r.new_connections);
     if let Some(why) = &r.saturated_why {
         s += &format!("  SATURATED: {why}");
     }

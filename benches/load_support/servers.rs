@@ -90,7 +90,10 @@ pub fn freeze_binary() -> Option<PathBuf> {
     let dir = std::env::temp_dir().join(format!("qwen-load-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).ok()?;
     let copy = dir.join("qwen-proxy");
-    std::fs::copy(BIN, &copy).ok()?; // keeps the execute bit
+    // `LOAD_PROXY_BIN`: another build of qwen-proxy, to compare two builds in one session.
+    let source =
+        std::env::var_os("LOAD_PROXY_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from);
+    std::fs::copy(&source, &copy).ok()?; // keeps the execute bit
     FROZEN.set(copy).ok()?;
     Some(dir)
 }

@@ -109,7 +109,7 @@ impl Attempt<'_> {
             chat_id.clone(),
             lock,
         );
-        let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+        let id = format!("chatcmpl-{}", crate::common::random_uuid().simple());
         if self.req.stream {
             self.stream(stream, end, &id).await
         } else {

@@ -59,7 +59,7 @@ where
         let id = match req.headers().get(&X_REQUEST_ID) {
             Some(v) if acceptable(v) => v.clone(),
             _ => {
-                let minted = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                let minted = HeaderValue::from_str(&crate::common::random_uuid().to_string())
                     .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
                 req.headers_mut().insert(X_REQUEST_ID, minted.clone());
                 minted

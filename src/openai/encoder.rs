@@ -237,7 +237,7 @@ pub fn call_id() -> String {
     id.push_str("call_");
     // Twelve letters from each of two random UUIDs (122 random bits each; 62^12 < 2^71).
     for _ in 0..2 {
-        let mut n = uuid::Uuid::new_v4().as_u128();
+        let mut n = crate::common::random_uuid().as_u128();
         for _ in 0..12 {
             id.push(char::from(ALPHABET[(n % 62) as usize]));
             n /= 62;

@@ -90,7 +90,7 @@ impl HeaderSet {
         h.insert(REFERER, value(&referer));
         h.insert(
             HeaderName::from_static("x-request-id"),
-            value(&uuid::Uuid::new_v4().to_string()),
+            value(&crate::common::random_uuid().to_string()),
         );
         h.insert("timezone", value(&browser_date(epoch_secs())));
         if stream {

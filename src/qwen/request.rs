@@ -154,10 +154,10 @@ impl Turn<'_> {
             parentId: self.parent_id,
             messages: [UserMessage {
                 id: None,
-                fid: uuid::Uuid::new_v4().to_string(),
+                fid: crate::common::random_uuid().to_string(),
                 parentId: self.parent_id,
                 parent_id: self.parent_id,
-                childrenIds: [uuid::Uuid::new_v4().to_string()],
+                childrenIds: [crate::common::random_uuid().to_string()],
                 role: "user",
                 content: self.content,
                 user_action: "chat",
