@@ -170,6 +170,11 @@ async fn converse(
                 hint = Some(h);
                 if prepared.continued_from.is_none() {
                     prepared = conv.fresh(req, identity, &plan.model, "fallback");
+                } else {
+                    // The chat has just answered (the first answer): its busy window starts
+                    // now, and it is waited out rather than met as a busy answer.
+                    prepared.answered_at_ms = Some(epoch_millis());
+                    wait = conv.busy_left(Duration::ZERO);
                 }
                 append_hint(&mut prepared, req, hint);
                 continue;

@@ -48,6 +48,10 @@ export async function startProxy(env = {}) {
   const childEnv = Object.fromEntries(
     Object.entries(process.env).filter(([k]) => !k.startsWith('QWEN_') && !k.startsWith('API_KEYS')),
   );
+  // The suites check that agent loops continue one upstream chat; the demo's simulator
+  // creates chats instantly, so the default adaptive policy would rightly leave each busy chat
+  // for a fresh one. `wait` keeps the chat (the adaptive choice: tests/conversations.rs).
+  childEnv.BUSY_CHAT_POLICY = 'wait';
   Object.assign(childEnv, env);
   const child = spawn(BIN, ['--demo', '--port', '0', '--env-file', '/dev/null'], {
     env: childEnv,

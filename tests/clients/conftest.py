@@ -19,10 +19,15 @@ def demo():
         stderr=subprocess.DEVNULL,
         text=True,
         # One demo serves every test: the pause after a simulated challenge would fail the
-        # tests after it, so it is off here (tests/hardening.rs covers it).
+        # tests after it, so it is off here (tests/hardening.rs covers it). The suites check
+        # that conversations and agent loops continue one upstream chat; the demo's simulator
+        # creates chats instantly, so the default adaptive policy would rightly leave each
+        # busy chat for a fresh one — `wait` keeps the chat (the adaptive choice is tested in
+        # tests/conversations.rs and measured in BENCHMARKS §6).
         env={
             **{k: v for k, v in os.environ.items() if not k.startswith(("QWEN_", "API_KEYS"))},
             "CHALLENGE_COOLDOWN": "0",
+            "BUSY_CHAT_POLICY": "wait",
         },
     )
     try:
