@@ -102,6 +102,18 @@ const PAUSE: Duration = Duration::from_millis(200);
 /// After the servers start, before their idle memory is read.
 const SETTLE: Duration = Duration::from_millis(100);
 
+/// Fresh servers for `way`, settled, with the middle's resident size before any stream and a
+/// new client keeping up to `idle` connections. `None` (said once) when nginx is missing.
+async fn start_way(way: Way, timing: Timing, idle: usize) -> Option<(Servers, u64, HttpClient)> {
+    let Some(servers) = Servers::start(way, timing).await else {
+        eprintln!("nginx not found: skipping the nginx way");
+        return None;
+    };
+    tokio::time::sleep(SETTLE).await;
+    let rss_base = servers::rss_kib(&servers.middle_pids());
+    Some((servers, rss_base, new_client(idle)))
+}
+
 const USAGE: &str = "usage: cargo bench --bench load -- [--n 1,100,1000,10000] \
     [--ways direct,proxy,proxy-h2,proxy-h1,nginx] [--rounds R] [--open-rate R] [--frame-delay-ms D] \
     [--throughput SECS [--concurrency C,…]]";
@@ -270,13 +282,9 @@ async fn run_herds(o: &Options, known: &mut Vec<Row>, commit: &Option<String>) -
     let mut rows = Vec::new();
     for &n in &o.ns {
         for &way in &o.ways {
-            let Some(servers) = Servers::start(way, timing).await else {
-                eprintln!("nginx not found: skipping the nginx way");
+            let Some((servers, rss_base, client)) = start_way(way, timing, n).await else {
                 continue;
             };
-            tokio::time::sleep(SETTLE).await;
-            let rss_base = servers::rss_kib(&servers.middle_pids());
-            let client = new_client(n);
             let mut rounds = Vec::with_capacity(o.rounds);
             for i in 0..o.rounds {
                 if i > 0 {
@@ -341,13 +349,9 @@ async fn run_throughput(
     let mut rows = Vec::new();
     for &c in &o.concurrency {
         for &way in &o.ways {
-            let Some(servers) = Servers::start(way, timing).await else {
-                eprintln!("nginx not found: skipping the nginx way");
+            let Some((servers, rss_base, client)) = start_way(way, timing, c).await else {
                 continue;
             };
-            tokio::time::sleep(SETTLE).await;
-            let rss_base = servers::rss_kib(&servers.middle_pids());
-            let client = new_client(c);
             let open = Arc::new(AtomicUsize::new(0));
             // Unmeasured: connections and pools filled, allocators grown.
             loops(

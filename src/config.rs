@@ -357,6 +357,26 @@ impl Reader<'_> {
         }
     }
 
+    /// One of a few named values (case-insensitive); anything else is reported with the
+    /// names it may be.
+    fn choice<T: Copy>(&mut self, key: &str, options: &[(&str, T)], default: T) -> T {
+        let Some(v) = self.raw(key).map(|v| v.to_ascii_lowercase()) else {
+            return default;
+        };
+        if let Some((_, value)) = options.iter().find(|(name, _)| *name == v) {
+            return *value;
+        }
+        let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+        let (last, rest) = names.split_last().unwrap_or((&"", &[]));
+        let names = if rest.is_empty() {
+            (*last).to_owned()
+        } else {
+            format!("{} or {last}", rest.join(", "))
+        };
+        self.errors.push(format!("{key}={v:?} must be {names}"));
+        default
+    }
+
     /// A duration: plain milliseconds, or a number with a unit (`ms`, `s`, `m`, `h`, `d`);
     /// `> 0` unless `allow_zero`.
     fn millis(&mut self, key: &str, default_ms: u64, allow_zero: bool) -> Duration {
@@ -504,19 +524,11 @@ impl Config {
                     .to_owned(),
             );
         }
-        let log_format = match r
-            .raw("LOG_FORMAT")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(v) => {
-                r.errors
-                    .push(format!("LOG_FORMAT={v:?} must be text or json"));
-                LogFormat::Text
-            }
-        };
+        let log_format = r.choice(
+            "LOG_FORMAT",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            LogFormat::Text,
+        );
         let log_level = match r.raw("LOG_LEVEL").map(|v| parse_log_level(&v)) {
             None => "info".to_owned(),
             Some(Ok(filter)) => filter,
@@ -623,46 +635,20 @@ impl Config {
                 None
             }
         };
-        let continue_chats = match r
-            .raw("CONVERSATION_MODE")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("continue") => true,
-            Some("stateless") => false,
-            Some(v) => {
-                r.errors.push(format!(
-                    "CONVERSATION_MODE={v:?} must be continue or stateless"
-                ));
-                true
-            }
-        };
-        let delete_chats = match r
-            .raw("CHAT_CLEANUP")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("keep") => false,
-            Some("delete") => true,
-            Some(v) => {
-                r.errors
-                    .push(format!("CHAT_CLEANUP={v:?} must be keep or delete"));
-                false
-            }
-        };
-        let busy_policy = match r
-            .raw("BUSY_CHAT_POLICY")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("adaptive") => BusyPolicy::Adaptive,
-            Some("wait") => BusyPolicy::Wait,
-            Some(v) => {
-                r.errors
-                    .push(format!("BUSY_CHAT_POLICY={v:?} must be adaptive or wait"));
-                BusyPolicy::Adaptive
-            }
-        };
+        let continue_chats = r.choice(
+            "CONVERSATION_MODE",
+            &[("continue", true), ("stateless", false)],
+            true,
+        );
+        let delete_chats = r.choice("CHAT_CLEANUP", &[("keep", false), ("delete", true)], false);
+        let busy_policy = r.choice(
+            "BUSY_CHAT_POLICY",
+            &[
+                ("adaptive", BusyPolicy::Adaptive),
+                ("wait", BusyPolicy::Wait),
+            ],
+            BusyPolicy::Adaptive,
+        );
         let conversations = ConversationConfig {
             busy_policy,
             continue_chats,
