@@ -80,8 +80,8 @@ fn http_client(cfg: &UpstreamConfig, http2_only: bool) -> HttpClient {
         // Shorter than typical upstream keep-alive, so we rarely reuse a dying socket.
         .pool_idle_timeout(Duration::from_secs(50))
         // No cap below the concurrency: over HTTP/1.1 each open stream holds its own
-        // connection, and a cap (it was 256) closed the rest after every burst, so the next
-        // burst of 1,000 streams opened ~750 new connections at once (BENCHMARKS §4). Idle
+        // connection, and a cap (it was 256) closed the rest after every burst, so each
+        // burst of 1,000 streams reopened ~1,400 connections at once (BENCHMARKS §4). Idle
         // connections are bounded by the peak concurrency (itself bounded by
         // MAX_CONCURRENT_STREAMS) and closed after the idle timeout.
         .pool_max_idle_per_host(usize::MAX)
