@@ -29,7 +29,7 @@ pub fn epoch_secs() -> u64 {
 
 /// 64 random bits from a per-thread generator (wyrand) seeded once from the OS.
 ///
-/// For ids that must be unique and unpredictable to a client, not secret: request ids,
+/// Not a cryptographic generator: for ids that must be unique, not secret — request ids,
 /// completion and tool-call ids, the upstream's message ids, backoff jitter. `Uuid::new_v4`
 /// asks the OS on every call (a `getrandom` system call); a turn makes eight of them, which
 /// were ~2 % of the proxy's CPU samples at 5,000 requests/s. Lock owner tokens,

@@ -360,10 +360,13 @@ impl Reader<'_> {
     /// One of a few named values (case-insensitive); anything else is reported with the
     /// names it may be.
     fn choice<T: Copy>(&mut self, key: &str, options: &[(&str, T)], default: T) -> T {
-        let Some(v) = self.raw(key).map(|v| v.to_ascii_lowercase()) else {
+        let Some(v) = self.raw(key) else {
             return default;
         };
-        if let Some((_, value)) = options.iter().find(|(name, _)| *name == v) {
+        if let Some((_, value)) = options
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(&v))
+        {
             return *value;
         }
         let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
@@ -800,11 +803,43 @@ mod tests {
                 ("QWEN_BASE_URL", "ftp://x"),
                 ("QWEN_COOKIES", "a=1"),
                 ("SESSION_TIMEOUT", "0"),
+                ("LISTEN_BACKLOG", "0"),
+                ("BUSY_CHAT_POLICY", "Sometimes"),
+                ("UPSTREAM_HTTP2", "h3"),
             ]),
             false,
         )
         .unwrap_err();
-        assert_eq!(e.0.len(), 8, "{e}");
+        assert_eq!(e.0.len(), 11, "{e}");
+        let text = e.to_string();
+        for line in [
+            "LISTEN_BACKLOG must be at least 1",
+            "BUSY_CHAT_POLICY=\"Sometimes\" must be adaptive or wait",
+            "UPSTREAM_HTTP2=\"h3\" must be auto, true or false",
+            "LOG_FORMAT=\"xml\" must be text or json",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn new_settings_have_their_documented_defaults() {
+        let c = Config::from_source(&src(&[("QWEN_COOKIES", "token=abc")]), false).unwrap();
+        assert_eq!(c.listen_backlog, crate::server::DEFAULT_LISTEN_BACKLOG);
+        assert_eq!(c.listen_backlog, 1024);
+        assert_eq!(c.conversations.busy_policy, BusyPolicy::Adaptive);
+        assert_eq!(c.upstream.protocol, UpstreamProtocol::Auto);
+        let c = Config::from_source(
+            &src(&[
+                ("QWEN_COOKIES", "token=abc"),
+                ("UPSTREAM_HTTP2", "TRUE"),
+                ("BUSY_CHAT_POLICY", "Wait"),
+            ]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.upstream.protocol, UpstreamProtocol::Http2);
+        assert_eq!(c.conversations.busy_policy, BusyPolicy::Wait);
     }
 
     #[test]

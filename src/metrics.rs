@@ -149,7 +149,7 @@ impl Metrics {
             ),
             conversation_turns: counter_vec(
                 "conversation_turns_total",
-                "Chat turns by how they reached the upstream: continued (same chat), new (fresh chat), fallback (fresh chat after a lost one), busy (fresh chat because the continued one would stay busy longer than a new chat takes).",
+                "Chat turns by how they reached the upstream: continued (same chat), new (fresh chat), fallback (fresh chat after a lost one), busy (of the continued turns, those sent to a fresh chat instead because the chat would stay busy longer than a new chat takes).",
                 &["mode"],
             ),
             conversation_fallbacks: counter_vec(

@@ -198,24 +198,30 @@ async fn protocol_run(env: &[(&str, &str)], sim: SimConfig) -> serde_json::Value
 #[tokio::test]
 async fn a_plain_http_upstream_is_spoken_to_in_http2_by_default() {
     let stats = protocol_run(&[], SimConfig::default()).await;
-    // Three turns: chats/new and the completion each (the model list may come first).
-    assert!(stats["http2_requests"].as_u64().unwrap() >= 6, "{stats}");
+    // The h2c probe, the model list, then chats/new and the completion for each of three
+    // turns.
+    assert_eq!(stats["http2_requests"], 8, "{stats}");
     // The one HTTP/1.1 request is the test's own stats request.
     assert_eq!(stats["http1_requests"], 1, "{stats}");
 }
 
 #[tokio::test]
-async fn an_upstream_without_http2_gets_http1_after_one_refused_attempt() {
+async fn an_upstream_without_http2_gets_http1_after_one_refused_probe() {
     let sim = SimConfig {
         http1_only: true,
         ..SimConfig::default()
     };
     let stats = protocol_run(&[], sim).await;
-    // The h2c attempt never reaches a handler (the connection is refused as HTTP/2); from
-    // then on only HTTP/1.1, and every answer is complete.
+    // The h2c probe never reaches a handler (the connection is refused as HTTP/2); the
+    // same probe over HTTP/1.1 does, once — the verdict is kept, not probed per request —
+    // then the model list, three turns of two requests, and the test's stats request.
     assert_eq!(stats["http2_requests"], 0, "{stats}");
-    assert!(stats["http1_requests"].as_u64().unwrap() >= 6, "{stats}");
+    assert_eq!(stats["http1_requests"], 9, "{stats}");
     assert_eq!(stats["completions"], 3, "{stats}");
+    assert_eq!(
+        stats["completion_requests"], 3,
+        "no completion sent twice: {stats}"
+    );
 }
 
 #[tokio::test]
@@ -242,4 +248,28 @@ async fn upstream_http2_false_speaks_http1_and_true_only_http2() {
             "messages": [{"role": "user", "content": "hi"}]}))
         .await;
     assert!(r.status.is_server_error(), "{}", r.status);
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_share_one_h2c_probe() {
+    let h = Harness::start_with(
+        &[],
+        SimConfig {
+            http1_only: true,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let replies = futures::future::join_all((0..8).map(|k| {
+        h.chat(serde_json::json!({"model": "qwen3.7-plus",
+            "messages": [{"role": "user", "content": format!("at once {k}")}]}))
+    }))
+    .await;
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let stats = h.sim_stats().await;
+    // Eight completions, each sent once, all over HTTP/1.1.
+    assert_eq!(stats["completion_requests"], 8, "{stats}");
+    assert_eq!(stats["http2_requests"], 0, "{stats}");
 }

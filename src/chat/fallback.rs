@@ -23,8 +23,8 @@ use crate::error::{ProxyError, UpstreamClass as C};
 /// Same-chat waits for a busy chat before falling back to a fresh chat.
 pub const MAX_BUSY_WAITS: u32 = 5;
 /// Same-chat waits the learned busy window may set. Each busy answer at least doubles the
-/// window, so these find a window of up to ~50 s; a chat busy for longer than that is
-/// stuck and gets the plain waits, then a fresh chat.
+/// window (up to its 30 s cap), so these find any window it can hold; a chat still busy
+/// after them is stuck and gets the plain waits, then a fresh chat.
 pub const MAX_LEARNED_WAITS: u32 = 10;
 
 /// What the next attempt of this request does instead.

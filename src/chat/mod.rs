@@ -129,14 +129,19 @@ async fn converse(
         Some(Route::After(left)) => left,
         Some(Route::Fresh) => {
             if let Some(fresh) = fresh_for_busy(state, req, identity, &plan) {
-                conv.count_turn("busy");
+                conv.left_busy_chat();
                 prepared = fresh;
             }
             Duration::ZERO
         }
         Some(Route::Now) | None => Duration::ZERO,
     };
+    let mut first_attempt = true;
     loop {
+        let pace = Pace {
+            wait,
+            first_attempt,
+        };
         let result = send(
             state,
             req,
@@ -144,10 +149,11 @@ async fn converse(
             &mut prepared,
             start,
             hint.is_none(),
-            wait,
+            pace,
         )
         .await;
         wait = Duration::ZERO;
+        first_attempt = false;
         let busy =
             matches!(&result, Err(e) if e.upstream_class() == Some(UpstreamClass::ChatInProgress));
         let e = match result {
@@ -212,12 +218,13 @@ async fn converse(
             "the chat cannot take the turn; falling back"
         );
         match fallback {
-            Fallback::SameChat(delay) => tokio::time::sleep(delay).await,
+            // Waited in `send`, with the chat's lock held.
+            Fallback::SameChat(delay) => wait = delay,
             Fallback::FreshChat(delay) => {
                 tokio::time::sleep(delay).await;
                 prepared = match leave_for {
                     Some(fresh) => {
-                        conv.count_turn("busy");
+                        conv.left_busy_chat();
                         fresh
                     }
                     None => conv.fresh(req, identity, &plan.model, "fallback"),
@@ -226,6 +233,17 @@ async fn converse(
             }
         }
     }
+}
+
+/// When an attempt may be sent.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// The rest of the chat's busy window, to wait with its lock held.
+    wait: Duration,
+    /// The request's first attempt: if it had to queue for the chat's lock, another turn
+    /// of the chat has just ended. (A retry may find its own previous attempt's lock not
+    /// yet released, which says nothing about the chat.)
+    first_attempt: bool,
 }
 
 /// The continued chat would stay busy longer than a new chat takes: the turn in a fresh
@@ -262,7 +280,7 @@ async fn send(
     prepared: &mut Prepared,
     start: Instant,
     tool_retry: bool,
-    busy_wait: Duration,
+    pace: Pace,
 ) -> Result<Answered, ProxyError> {
     check_upstream_size(prepared, plan, state.config.upstream_body_limit)?;
     // One generation per chat: wait (bounded) for other requests on this conversation.
@@ -274,11 +292,11 @@ async fn send(
     // Queued behind another turn of this chat, which has just ended: the chat's busy window
     // starts now, not at the answer this request continues.
     let busy_wait = match &lock {
-        Some(lock) if lock.waited() && prepared.answered_at_ms.is_some() => {
+        Some(lock) if pace.first_attempt && lock.waited() && prepared.answered_at_ms.is_some() => {
             prepared.answered_at_ms = Some(epoch_millis());
             conv.busy_left(Duration::ZERO)
         }
-        _ => busy_wait,
+        _ => pace.wait,
     };
     // The rest of the chat's busy window, waited with its lock held: no later turn of
     // this conversation overtakes.

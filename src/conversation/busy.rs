@@ -47,6 +47,8 @@ const MAX_WINDOW: Duration = Duration::from_secs(30);
 /// How far above the floor the estimate settles: a window seen busy at the floor is
 /// usually a little longer.
 const FLOOR_MARGIN: Duration = Duration::from_millis(50);
+/// A busy answer later than twice the estimate plus this is not about the window.
+const OUTLIER_SLACK: Duration = Duration::from_secs(1);
 /// The least a busy answer moves the estimate past its time.
 const BUSY_STEP: Duration = Duration::from_millis(100);
 
@@ -76,11 +78,7 @@ impl Default for BusyWindow {
 
 impl BusyWindow {
     /// Where a turn on a chat whose last answer ended `since_answer` ago should go.
-    ///
-    /// A turn sent to a fresh chat teaches nothing about the window, so choosing one also
-    /// forgets a sixteenth of both estimates: a window that got shorter is tried again
-    /// eventually, instead of every turn going to a fresh chat for ever.
-    pub fn route(&mut self, since_answer: Duration, policy: BusyPolicy) -> Route {
+    pub fn route(&self, since_answer: Duration, policy: BusyPolicy) -> Route {
         let Some(left) = self
             .window
             .checked_sub(since_answer)
@@ -89,17 +87,32 @@ impl BusyWindow {
             return Route::Now;
         };
         if policy == BusyPolicy::Adaptive && left > self.new_chat + FRESH_MARGIN {
-            self.window -= self.window / 16;
-            self.floor -= self.floor / 16;
             Route::Fresh
         } else {
             Route::After(left)
         }
     }
 
+    /// A turn went to a fresh chat instead ([`Route::Fresh`] was taken). That teaches
+    /// nothing about the window, so both estimates lose a sixteenth: a window that got
+    /// shorter is tried again eventually, instead of every turn going to a fresh chat for
+    /// ever.
+    pub fn chose_fresh(&mut self) {
+        self.window -= self.window / 16;
+        self.floor -= self.floor / 16;
+    }
+
     /// A turn sent `since_answer` after the chat's last answer found it busy.
+    ///
+    /// A chat busy long past the estimate (more than twice it, plus a second) is busy for
+    /// another reason — an aborted stream the upstream still runs, another client's turn —
+    /// and says nothing about the window after an answer: it is ignored (the busy fallbacks
+    /// wait it out), so one such chat cannot make every other turn wait for it.
     pub fn saw_busy(&mut self, since_answer: Duration) {
-        self.floor = self.floor.max(since_answer);
+        if since_answer > self.window * 2 + OUTLIER_SLACK {
+            return;
+        }
+        self.floor = self.floor.max(since_answer).min(MAX_WINDOW);
         // Doubling: a window of seconds is found in a few busy answers.
         let past = since_answer + since_answer.max(BUSY_STEP);
         self.window = self.window.max(past).min(MAX_WINDOW);
@@ -149,7 +162,7 @@ mod tests {
 
     #[test]
     fn with_nothing_known_a_turn_goes_at_once() {
-        let mut w = BusyWindow::default();
+        let w = BusyWindow::default();
         assert_eq!(w.route(ms(0), BusyPolicy::Adaptive), Route::Now);
         assert_eq!(w.route(ms(0), BusyPolicy::Wait), Route::Now);
     }
@@ -228,6 +241,7 @@ mod tests {
     #[test]
     fn a_long_window_goes_to_a_fresh_chat_unless_told_to_wait() {
         let mut w = BusyWindow::default();
+        w.saw_busy(ms(900)); // window 1.8 s
         w.saw_busy(ms(1_500)); // window 3 s
         for _ in 0..20 {
             w.chat_created_in(ms(300));
@@ -235,8 +249,9 @@ mod tests {
         // 3 s left against ~0.3 s for chats/new (+0.2 s margin): a fresh chat.
         assert_eq!(w.route(ms(0), BusyPolicy::Wait), Route::After(ms(3_000)));
         assert_eq!(w.route(ms(0), BusyPolicy::Adaptive), Route::Fresh);
-        // Near the window's end waiting is shorter (the window shrank a sixteenth when a
-        // fresh chat was chosen).
+        // Near the window's end waiting is shorter (the window shrinks a sixteenth when a
+        // fresh chat is taken).
+        w.chose_fresh();
         assert_eq!(w.window(), ms(3_000) - ms(3_000) / 16);
         assert_eq!(
             w.route(ms(2_600), BusyPolicy::Adaptive),
@@ -247,9 +262,16 @@ mod tests {
     #[test]
     fn always_choosing_a_fresh_chat_probes_the_window_again_in_the_end() {
         let mut w = BusyWindow::default();
-        w.saw_busy(ms(1_500));
+        w.saw_busy(ms(900));
+        w.saw_busy(ms(1_500)); // window 3 s
         let fresh = (0..100)
-            .take_while(|_| w.route(ms(0), BusyPolicy::Adaptive) == Route::Fresh)
+            .take_while(|_| {
+                let fresh = w.route(ms(0), BusyPolicy::Adaptive) == Route::Fresh;
+                if fresh {
+                    w.chose_fresh();
+                }
+                fresh
+            })
             .count();
         // 3 s shrinks below 0.7 s (new chat 0.5 s + margin) in about 23 fresh chats.
         assert!((15..40).contains(&fresh), "{fresh}");
@@ -269,8 +291,26 @@ mod tests {
     #[test]
     fn the_window_estimate_is_capped() {
         let mut w = BusyWindow::default();
-        w.saw_busy(Duration::from_secs(100));
+        for s in [1, 3, 7, 15, 31, 63] {
+            w.saw_busy(Duration::from_secs(s));
+        }
         assert_eq!(w.window(), MAX_WINDOW);
+        assert!(w.floor <= MAX_WINDOW);
+    }
+
+    #[test]
+    fn a_chat_busy_long_after_its_answer_does_not_teach_the_window() {
+        let mut w = BusyWindow::default();
+        w.saw_busy(ms(150)); // window 300 ms
+                             // Busy a minute after its answer: an aborted stream still running, not the window.
+        w.saw_busy(Duration::from_secs(60));
+        assert_eq!(w.window(), ms(300));
+        assert_eq!(w.floor, ms(150));
+        // With nothing known, a busy answer more than a second after the answer is ignored
+        // too.
+        let mut w = BusyWindow::default();
+        w.saw_busy(ms(1_500));
+        assert_eq!(w.window(), Duration::ZERO);
     }
 
     #[test]

@@ -254,7 +254,7 @@ impl Conversations {
 
     /// A fresh chat for a turn leaving a busy chat, if `fits` accepts it (a long
     /// conversation may fit the upstream's size limit only as a continuation). Not counted
-    /// until used ([`Conversations::count_turn`] with "busy").
+    /// until used ([`Conversations::left_busy_chat`]).
     pub fn fresh_for_busy(
         &self,
         req: &ChatRequest,
@@ -272,7 +272,7 @@ impl Conversations {
     }
 
     /// Count a turn by how it reaches the upstream (`conversation_turns_total{mode}`).
-    pub fn count_turn(&self, mode: &'static str) {
+    fn count_turn(&self, mode: &'static str) {
         self.metrics
             .conversation_turns
             .with_label_values(&[mode])
@@ -331,10 +331,17 @@ impl Conversations {
 
     /// Where a continued turn goes, given how long ago its chat last answered.
     pub fn route(&self, since_answer: Duration) -> Route {
+        self.busy_window()
+            .route(since_answer, self.settings.busy_policy)
+    }
+
+    /// A continued turn goes to a fresh chat instead ([`Route::Fresh`] taken): counted as
+    /// `conversation_turns_total{mode="busy"}`, and the window estimate probes lower.
+    pub fn left_busy_chat(&self) {
+        self.count_turn("busy");
         let mut w = self.busy_window();
-        let route = w.route(since_answer, self.settings.busy_policy);
+        w.chose_fresh();
         self.metrics.chat_busy_window.set(w.window().as_secs_f64());
-        route
     }
 
     /// A continued turn sent `since_answer` after its chat's last answer found it busy

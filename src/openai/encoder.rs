@@ -235,7 +235,8 @@ pub fn call_id() -> String {
     const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut id = String::with_capacity(29);
     id.push_str("call_");
-    // Twelve letters from each of two random UUIDs (122 random bits each; 62^12 < 2^71).
+    // Twelve letters from each of two random UUIDs (122 bits of the per-thread generator's
+    // output each; 62^12 < 2^71).
     for _ in 0..2 {
         let mut n = crate::common::random_uuid().as_u128();
         for _ in 0..12 {

@@ -53,13 +53,20 @@ struct Inner {
     metrics: Arc<Metrics>,
 }
 
-/// HTTP/2 by prior knowledge on a plain-HTTP upstream. The first answers decide: when a
-/// request fails over h2c and the same request then succeeds over HTTP/1.1, the upstream
-/// does not speak HTTP/2 and HTTP/1.1 is used from then on.
+/// HTTP/2 by prior knowledge on a plain-HTTP upstream. Before the first request a probe
+/// decides — `GET /`, which is safe to send twice: if it gets any answer over h2c, h2c is
+/// used; if it fails there but gets an answer over HTTP/1.1, the upstream does not speak
+/// HTTP/2 and HTTP/1.1 is used from then on; if both fail (upstream down), the request goes
+/// over HTTP/1.1 and the next one probes again. No real request is ever sent twice.
 #[derive(Debug)]
 struct H2c {
     client: HttpClient,
     state: AtomicU8,
+    /// One probe at a time; the others wait for its verdict.
+    probing: tokio::sync::Mutex<()>,
+    /// How long a probe may take (the connect timeout: a server that neither answers nor
+    /// closes on HTTP/2's preface must not hold the first requests for the header timeout).
+    timeout: Duration,
 }
 
 const H2C_UNKNOWN: u8 = 0;
@@ -95,6 +102,8 @@ impl QwenClient {
         let h2c = (plain && cfg.protocol == UpstreamProtocol::Auto).then(|| H2c {
             client: http_client(cfg, true),
             state: AtomicU8::new(H2C_UNKNOWN),
+            probing: tokio::sync::Mutex::new(()),
+            timeout: cfg.connect_timeout,
         });
         QwenClient {
             inner: Arc::new(Inner {
@@ -135,35 +144,57 @@ impl QwenClient {
             *req.headers_mut() = self.inner.headers.build(page, stream);
             Ok::<_, ProxyError>(req)
         };
-        let Some(h2c) = self
-            .inner
-            .h2c
-            .as_ref()
-            .filter(|h| h.state.load(Ordering::Relaxed) != H2C_REFUSED)
-        else {
-            return self.exchange(&self.inner.http, build()?).await;
+        let client = match &self.inner.h2c {
+            Some(h2c) if self.h2c_usable(h2c).await => &h2c.client,
+            _ => &self.inner.http,
         };
-        match self.exchange(&h2c.client, build()?).await {
-            Ok(rsp) => {
-                h2c.state.store(H2C_WORKS, Ordering::Relaxed);
-                Ok(rsp)
-            }
-            // Not known to work yet, and the connection failed: ask again over HTTP/1.1.
-            Err(e)
-                if h2c.state.load(Ordering::Relaxed) == H2C_UNKNOWN
-                    && e.upstream_class() == Some(UpstreamClass::Connect) =>
-            {
-                let rsp = self.exchange(&self.inner.http, build()?).await?;
-                if h2c.state.swap(H2C_REFUSED, Ordering::Relaxed) != H2C_REFUSED {
-                    tracing::warn!(
-                        h2c_error = %e,
-                        "the upstream does not speak HTTP/2 without TLS; using HTTP/1.1 (UPSTREAM_HTTP2=false says so up front)"
-                    );
-                }
-                Ok(rsp)
-            }
-            Err(e) => Err(e),
+        self.exchange(client, build()?).await
+    }
+
+    /// Whether a plain-HTTP upstream speaks h2c, probing it the first time (see [`H2c`]).
+    async fn h2c_usable(&self, h2c: &H2c) -> bool {
+        let known = |h2c: &H2c| match h2c.state.load(Ordering::Acquire) {
+            H2C_WORKS => Some(true),
+            H2C_REFUSED => Some(false),
+            _ => None,
+        };
+        if let Some(usable) = known(h2c) {
+            return usable;
         }
+        let _probing = h2c.probing.lock().await;
+        if let Some(usable) = known(h2c) {
+            return usable;
+        }
+        let probe = || {
+            Request::get(format!("{}/", self.inner.base))
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| ProxyError::Internal(format!("building the h2c probe: {e}")))
+        };
+        let Ok(req) = probe() else {
+            return false;
+        };
+        let h2c_error =
+            match tokio::time::timeout(h2c.timeout, self.exchange(&h2c.client, req)).await {
+                Ok(Ok(_)) => {
+                    h2c.state.store(H2C_WORKS, Ordering::Release);
+                    return true;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer to the HTTP/2 preface".to_owned(),
+            };
+        let Ok(req) = probe() else {
+            return false;
+        };
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(h2c.timeout, self.exchange(&self.inner.http, req)).await
+        {
+            h2c.state.store(H2C_REFUSED, Ordering::Release);
+            tracing::warn!(
+                %h2c_error,
+                "the upstream does not speak HTTP/2 without TLS; using HTTP/1.1 (UPSTREAM_HTTP2=false says so up front)"
+            );
+        }
+        false
     }
 
     /// One request on `client`, within the response-header timeout.

@@ -407,7 +407,8 @@ where
                 Poll::Ready(Step::Done(r)) => this.phase = Phase::Ended(r),
                 Poll::Ready(Step::Failed(e)) => this.fail(e.into()),
                 Poll::Pending => {
-                    if this.poll_keep_alive(cx) {
+                    // A keep-alive only when nothing else is about to go out.
+                    if this.render.buffered() == 0 && this.poll_keep_alive(cx) {
                         continue;
                     }
                     return this.flush();
