@@ -156,6 +156,7 @@ fn serve(a: ServeArgs) -> ExitCode {
         };
         let bound = listener.local_addr().unwrap_or(addr);
         warn_about_exposure(&config, bound);
+        warn_about_backlog(config.listen_backlog);
         print_banner(
             bound,
             _sim.as_ref().map(Simulator::base_url),
@@ -165,6 +166,24 @@ fn serve(a: ServeArgs) -> ExitCode {
         App::new(config).serve(listener, shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// The kernel silently caps the listen backlog at `net.core.somaxconn`: say so when
+/// `LISTEN_BACKLOG` asks for more (Linux; elsewhere nothing is read).
+fn warn_about_backlog(backlog: u32) {
+    let Some(somaxconn) = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    if backlog > somaxconn {
+        tracing::warn!(
+            backlog,
+            somaxconn,
+            "LISTEN_BACKLOG is above net.core.somaxconn, which the kernel uses instead; raise it with `sysctl -w net.core.somaxconn=N` (DEPLOYMENT.md)"
+        );
+    }
 }
 
 fn warn_about_exposure(config: &Config, bound: SocketAddr) {

@@ -148,3 +148,29 @@ fn a_missing_env_file_is_an_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/qwen.env"), "{err}");
 }
+
+#[test]
+fn a_backlog_above_somaxconn_is_named_at_start() {
+    // Linux, as CI: the binary reads the same file.
+    let somaxconn: u64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("net.core.somaxconn is readable")
+        .trim()
+        .parse()
+        .expect("a number");
+    let too_big = (somaxconn + 1).to_string();
+    let mut cmd = process::command(&["--demo", "--port", "0"], &[("LISTEN_BACKLOG", &too_big)]);
+    cmd.stderr(Stdio::piped());
+    let running = process::start(cmd);
+    let err = running.stop_and_read_stderr();
+    assert!(
+        err.contains("LISTEN_BACKLOG is above net.core.somaxconn"),
+        "{err}"
+    );
+    // At the default (1,024 ≤ somaxconn here) nothing is said.
+    if somaxconn >= 1024 {
+        let mut cmd = process::command(&["--demo", "--port", "0"], &[]);
+        cmd.stderr(Stdio::piped());
+        let err = process::start(cmd).stop_and_read_stderr();
+        assert!(!err.contains("somaxconn"), "{err}");
+    }
+}
