@@ -34,6 +34,7 @@ SIM OPTIONS:
     --chunk-chars N        Answer characters per frame (default 4).
     --backlog N            Listen backlog (default 1024; capped by net.core.somaxconn).
     --http1-only           Refuse HTTP/2 (h2c), as an HTTP/1.1-only upstream would.
+    --lowercase-codes      Write the 401 code as `unauthorized` (the upstream since 2026-09).
     --linger-ms N          How long a chat stays busy after a generation (default 300).
     --body-limit N         Anti-bot request body limit in bytes (default 131072).
     --gate LEVEL           Header strictness: none, 2026-06, 2026-09 (default), 2026-10.
@@ -152,6 +153,7 @@ fn parse_sim(args: &[&str]) -> Result<SimArgs, String> {
                 out.config.timing.chunk_chars = num(a, value(a, &mut it)?)?.max(1) as usize
             }
             "--http1-only" => out.config.http1_only = true,
+            "--lowercase-codes" => out.config.lowercase_codes = true,
             "--backlog" => {
                 let v = value(a, &mut it)?;
                 out.config.backlog = v.parse().ok().filter(|b| *b > 0).ok_or_else(|| {

@@ -124,3 +124,35 @@ async fn expired_and_unknown_tokens_are_401_with_advice() {
     assert!(!ok);
     assert!(out.contains("expired"), "{out}");
 }
+
+#[tokio::test]
+async fn a_lower_case_unauthorized_code_is_still_an_expired_credential() {
+    // Since 2026-09 the upstream writes the 401 code as `unauthorized`.
+    let sim = SimConfig {
+        lowercase_codes: true,
+        ..strict(Duration::ZERO)
+    };
+    let h = Harness::start_with(&[], sim).await;
+    let (_, body) = sign_in(&h, "bob@example.com", "builder").await;
+    let cookies = format!("token={}", body["token"].as_str().unwrap());
+    let p = h.another_proxy(&[("QWEN_COOKIES", &cookies)]).await;
+    let r = h
+        .chat_at(
+            p.addr,
+            json!({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.error()["message"]
+        .as_str()
+        .unwrap()
+        .contains("QWEN_COOKIES"));
+    // The simulator really wrote it in lower case.
+    let req = Request::post(format!("{}/api/v2/chats/new", h.sim.base_url()))
+        .header("cookie", &cookies)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let raw = Harness::read(h.send(req).await).await;
+    assert_eq!(raw.json()["data"]["code"], "unauthorized", "{:?}", raw.body);
+}

@@ -102,17 +102,19 @@ pub fn classify_code(code: &str, details: &str, num: Option<f64>) -> UpstreamErr
     } else {
         format!("{code}: {details}")
     };
-    let class = match code {
-        "RateLimited" | "Too_Many_Requests" | "ParallelLimited" | "quotaLimited"
-        | "ExceedLimit" | "quota_exhausted" => C::RateLimited,
-        "Unauthorized" => C::AuthFailed,
-        "Forbidden" => C::Forbidden,
+    // Codes are compared in any case: the upstream has changed the case of some
+    // (`Unauthorized` → `unauthorized`, 2026-09).
+    let class = match code.to_ascii_lowercase().as_str() {
+        "ratelimited" | "too_many_requests" | "parallellimited" | "quotalimited"
+        | "exceedlimit" | "quota_exhausted" => C::RateLimited,
+        "unauthorized" => C::AuthFailed,
+        "forbidden" => C::Forbidden,
         "data_inspection_failed" => C::ContentFilter,
         "invalid_input" => C::InvalidInput,
-        "Not_Found" => C::ChatNotFound,
+        "not_found" => C::ChatNotFound,
         _ if has("chat is in progress") => C::ChatInProgress,
         _ if has("parent_id") && has("not exist") => C::ParentNotFound,
-        _ if has("not exist") || code == "CHAT_NOT_FOUND" => C::ChatNotFound,
+        _ if has("not exist") || code.eq_ignore_ascii_case("CHAT_NOT_FOUND") => C::ChatNotFound,
         _ if has("quota exceeded") || has("upper limit") => C::RateLimited,
         _ if has("token has expired") || has("unauthorized") || has("invalid token") => {
             C::AuthFailed
@@ -204,6 +206,27 @@ mod tests {
         .unwrap();
         assert_eq!(e.class, C::RateLimited);
         assert_eq!(e.retry_after, Some(Duration::from_secs(4 * 3600)));
+    }
+
+    #[test]
+    fn codes_are_matched_in_any_case() {
+        // Details that name nothing: only the code can classify these.
+        for (code, class) in [
+            ("unauthorized", C::AuthFailed),
+            ("UNAUTHORIZED", C::AuthFailed),
+            ("Unauthorized", C::AuthFailed),
+            ("ratelimited", C::RateLimited),
+            ("too_many_requests", C::RateLimited),
+            ("forbidden", C::Forbidden),
+            ("not_found", C::ChatNotFound),
+            ("chat_not_found", C::ChatNotFound),
+        ] {
+            assert_eq!(classify_code(code, "x", None).class, class, "{code}");
+        }
+        assert_eq!(
+            classify_code("Something_New", "x", None).class,
+            C::ServerError
+        );
     }
 
     #[test]

@@ -111,8 +111,19 @@ fn punish() -> Rsp {
     respond(StatusCode::OK, None, "application/json", wire::PUNISH_JSON)
 }
 
-fn unauthorized() -> Rsp {
-    app_error(401, "Unauthorized", "Token has expired or is invalid")
+fn unauthorized(lowercase_code: bool) -> Rsp {
+    auth_error(lowercase_code, "Token has expired or is invalid")
+}
+
+/// The upstream's 401 document. Its code was `Unauthorized`; since 2026-09 peers see it in
+/// lower case (`--lowercase-codes`).
+fn auth_error(lowercase_code: bool, details: &str) -> Rsp {
+    let code = if lowercase_code {
+        "unauthorized"
+    } else {
+        "Unauthorized"
+    };
+    app_error(401, code, details)
 }
 
 /// The account token: `Cookie: token=…` or `Authorization: Bearer …`.
@@ -137,16 +148,17 @@ impl SimService {
     /// Who is calling: the token itself out of the box; the account id in strict mode
     /// (`--accounts`), where unknown or expired tokens get the upstream's 401.
     fn identity(&self, h: &HeaderMap) -> Result<String, Box<Rsp>> {
+        let lowercase = self.config.lowercase_codes;
         let Some(token) = auth_token(h).0 else {
-            return Err(Box::new(unauthorized()));
+            return Err(Box::new(unauthorized(lowercase)));
         };
         let Some(accounts) = &self.config.accounts else {
             return Ok(token);
         };
         accounts.verify(&token).map_err(|e| {
             Box::new(match e {
-                TokenError::Expired => app_error(401, "Unauthorized", "Token has expired"),
-                TokenError::Invalid => app_error(401, "Unauthorized", "invalid token"),
+                TokenError::Expired => auth_error(lowercase, "Token has expired"),
+                TokenError::Invalid => auth_error(lowercase, "invalid token"),
             })
         })
     }
@@ -471,7 +483,7 @@ impl SimService {
                         wire::waf_html(),
                     )
                 }
-                Some(Fault::Unauthorized) => return unauthorized(),
+                Some(Fault::Unauthorized) => return unauthorized(self.config.lowercase_codes),
                 Some(Fault::Overload) => {
                     return respond(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -91,6 +91,9 @@ pub struct SimConfig {
     /// Speak HTTP/1.1 only (the real upstream speaks HTTP/2 too; this is for testing the
     /// proxy's fallback when a plain-HTTP upstream does not).
     pub http1_only: bool,
+    /// Write the 401 code in lower case (`unauthorized`), as peers report the upstream
+    /// doing since 2026-09; `Unauthorized` before.
+    pub lowercase_codes: bool,
 }
 
 impl Default for SimConfig {
@@ -103,6 +106,7 @@ impl Default for SimConfig {
             accounts: None,
             backlog: crate::server::DEFAULT_LISTEN_BACKLOG,
             http1_only: false,
+            lowercase_codes: false,
         }
     }
 }
