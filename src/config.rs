@@ -184,7 +184,9 @@ pub struct UpstreamConfig {
     /// `bx-umidtoken` header (`QWEN_TOKEN`).
     pub bx_umidtoken: Option<Secret>,
     pub bx_ua: Option<Secret>,
-    pub bx_v: String,
+    /// `bx-v` (`QWEN_BX_V`): sent only when set. The browser front end stopped sending the
+    /// `bx-*` headers, and stale copies of them now draw the anti-bot challenge (2026-09).
+    pub bx_v: Option<String>,
     pub user_agent: String,
     /// The front-end `version` header; its presence is required upstream.
     pub fe_version: String,
@@ -317,6 +319,9 @@ impl std::error::Error for ConfigErrors {}
 pub const DEFAULT_UPSTREAM_BODY_LIMIT: usize = 112 * 1024;
 /// `UPSTREAM_BODY_LIMIT` may be raised to this, never above (the challenge is certain there).
 pub const UPSTREAM_BODY_HARD_LIMIT: usize = 128 * 1024;
+
+/// The chat front end's version, sent as the `version` header (0.3.12 since 2026-09).
+pub const DEFAULT_FE_VERSION: &str = "0.3.12";
 
 pub const DEFAULT_USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/141.0.0.0 Safari/537.36";
 
@@ -561,11 +566,13 @@ impl Config {
             auth_token: auth_token.map(Secret::new),
             bx_umidtoken: r.raw("QWEN_TOKEN").map(Secret::new),
             bx_ua: r.raw("QWEN_BX_UA").map(Secret::new),
-            bx_v: r.raw("QWEN_BX_V").unwrap_or_else(|| "2.5.36".to_owned()),
+            bx_v: r.raw("QWEN_BX_V"),
             user_agent: r
                 .raw("QWEN_USER_AGENT")
                 .unwrap_or_else(|| DEFAULT_USER_AGENT.to_owned()),
-            fe_version: r.raw("QWEN_VERSION").unwrap_or_else(|| "0.2.87".to_owned()),
+            fe_version: r
+                .raw("QWEN_VERSION")
+                .unwrap_or_else(|| DEFAULT_FE_VERSION.to_owned()),
             send_bearer: r.bool("QWEN_SEND_BEARER", true),
             connect_timeout: r.millis("UPSTREAM_CONNECT_TIMEOUT", 10_000, false),
             header_timeout: r.millis("UPSTREAM_HEADER_TIMEOUT", 120_000, false),

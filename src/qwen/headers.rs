@@ -49,7 +49,11 @@ impl HeaderSet {
         h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
         h.insert("source", HeaderValue::from_static("web"));
         h.insert("version", value(&cfg.fe_version));
-        h.insert("bx-v", value(&cfg.bx_v));
+        // The `bx-*` headers only with values the operator captured: the browser no longer
+        // sends them, and stale ones draw the challenge.
+        if let Some(v) = &cfg.bx_v {
+            h.insert("bx-v", value(v));
+        }
         if let Some(ua) = &cfg.bx_ua {
             h.insert("bx-ua", secret(ua.expose()));
         }
@@ -145,6 +149,36 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    fn headers(vars: &[(&str, &str)]) -> HeaderMap {
+        let mut all: HashMap<String, String> =
+            HashMap::from([("QWEN_COOKIES".to_owned(), "token=t".to_owned())]);
+        for (k, v) in vars {
+            all.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let cfg = crate::config::Config::from_source(&all, false).unwrap();
+        HeaderSet::new(&cfg.upstream).build(Page::Home, false)
+    }
+
+    #[test]
+    fn bx_headers_only_when_the_operator_supplies_them() {
+        let h = headers(&[]);
+        for name in ["bx-v", "bx-ua", "bx-umidtoken"] {
+            assert!(!h.contains_key(name), "{name} sent without a value to send");
+        }
+        assert_eq!(h["version"], "0.3.12");
+        let h = headers(&[
+            ("QWEN_BX_V", "2.5.99"),
+            ("QWEN_BX_UA", "ua-token"),
+            ("QWEN_TOKEN", "umid"),
+            ("QWEN_VERSION", "0.3.20"),
+        ]);
+        assert_eq!(h["bx-v"], "2.5.99");
+        assert_eq!(h["bx-ua"], "ua-token");
+        assert_eq!(h["bx-umidtoken"], "umid");
+        assert_eq!(h["version"], "0.3.20");
+    }
 
     #[test]
     fn browser_date_format() {
