@@ -313,6 +313,15 @@ async fn agent_loop(env: &[(&str, &str)], linger_ms: u64, chat_ms: u64, turns: u
     stats
 }
 
+/// A sample's value in the proxy's metrics (kept in `stats["metrics"]` by `agent_loop`).
+fn metric(stats: &Value, sample: &str) -> Option<f64> {
+    stats["metrics"]
+        .as_str()?
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
 #[tokio::test]
 async fn an_agent_loop_waits_out_the_learned_busy_window_in_its_chat() {
     // Creating a chat (600 ms) costs more than the rest of a 300 ms window: wait and stay.
@@ -323,13 +332,7 @@ async fn an_agent_loop_waits_out_the_learned_busy_window_in_its_chat() {
     // turns wait it out.
     let refused = stats["busy_refusals"].as_u64().unwrap();
     assert!(refused <= 4, "{refused} busy refusals: {stats}");
-    let metrics = stats["metrics"].as_str().unwrap();
-    let window: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("chat_busy_window_seconds "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let window = metric(&stats, "chat_busy_window_seconds").unwrap();
     // Near the simulator's 300 ms (counted from when the proxy saw the answer end, a little
     // after the simulator did).
     assert!((0.2..0.7).contains(&window), "learned window {window} s");
@@ -339,14 +342,8 @@ async fn an_agent_loop_waits_out_the_learned_busy_window_in_its_chat() {
 async fn a_long_busy_window_sends_the_next_turn_to_a_fresh_chat_unless_told_to_wait() {
     // A 2 s window against 50 ms to create a chat: the adaptive default leaves the chat.
     let stats = agent_loop(&[], 2_000, 50, 4).await;
-    let metrics = stats["metrics"].as_str().unwrap();
-    let busy_turns: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("conversation_turns_total{mode=\"busy\"} "))
-        .unwrap_or("0")
-        .parse()
-        .unwrap();
-    assert!(busy_turns >= 1, "{metrics}");
+    let busy_turns = metric(&stats, "conversation_turns_total{mode=\"busy\"}").unwrap_or(0.0);
+    assert!(busy_turns >= 1.0, "{}", stats["metrics"]);
     assert!(stats["chats_created"].as_u64().unwrap() >= 2, "{stats}");
 
     // BUSY_CHAT_POLICY=wait: one chat, however long the wait.

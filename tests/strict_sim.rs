@@ -95,25 +95,29 @@ async fn sign_in_quota_and_the_proxy() {
     );
 }
 
+/// A proxy with `cookies` answers a completion with 401 and says what to refresh.
+async fn assert_refused_with_advice(h: &Harness, cookies: &str) {
+    let p = h.another_proxy(&[("QWEN_COOKIES", cookies)]).await;
+    let r = h
+        .chat_at(
+            p.addr,
+            json!({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.error()["message"]
+        .as_str()
+        .unwrap()
+        .contains("QWEN_COOKIES"));
+}
+
 #[tokio::test]
 async fn expired_and_unknown_tokens_are_401_with_advice() {
     let h = Harness::start_with(&[], strict(Duration::ZERO)).await;
     let (_, body) = sign_in(&h, "bob@example.com", "builder").await;
     let expired = body["token"].as_str().unwrap().to_owned();
     for token in [expired.as_str(), "not-a-token"] {
-        let cookies = format!("token={token}");
-        let p = h.another_proxy(&[("QWEN_COOKIES", &cookies)]).await;
-        let r = h
-            .chat_at(
-                p.addr,
-                json!({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]}),
-            )
-            .await;
-        assert_eq!(r.status, 401);
-        assert!(r.error()["message"]
-            .as_str()
-            .unwrap()
-            .contains("QWEN_COOKIES"));
+        assert_refused_with_advice(&h, &format!("token={token}")).await;
     }
     let (ok, out) = tokio::task::spawn_blocking({
         let url = h.sim.base_url();
@@ -135,18 +139,7 @@ async fn a_lower_case_unauthorized_code_is_still_an_expired_credential() {
     let h = Harness::start_with(&[], sim).await;
     let (_, body) = sign_in(&h, "bob@example.com", "builder").await;
     let cookies = format!("token={}", body["token"].as_str().unwrap());
-    let p = h.another_proxy(&[("QWEN_COOKIES", &cookies)]).await;
-    let r = h
-        .chat_at(
-            p.addr,
-            json!({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await;
-    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
-    assert!(r.error()["message"]
-        .as_str()
-        .unwrap()
-        .contains("QWEN_COOKIES"));
+    assert_refused_with_advice(&h, &cookies).await;
     // The simulator really wrote it in lower case.
     let req = Request::post(format!("{}/api/v2/chats/new", h.sim.base_url()))
         .header("cookie", &cookies)

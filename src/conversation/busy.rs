@@ -79,13 +79,10 @@ impl Default for BusyWindow {
 impl BusyWindow {
     /// Where a turn on a chat whose last answer ended `since_answer` ago should go.
     pub fn route(&self, since_answer: Duration, policy: BusyPolicy) -> Route {
-        let Some(left) = self
-            .window
-            .checked_sub(since_answer)
-            .filter(|d| !d.is_zero())
-        else {
+        let left = self.left(since_answer);
+        if left.is_zero() {
             return Route::Now;
-        };
+        }
         if policy == BusyPolicy::Adaptive && left > self.new_chat + FRESH_MARGIN {
             Route::Fresh
         } else {
@@ -144,6 +141,12 @@ impl BusyWindow {
             took
         };
         self.new_chat_measured = true;
+    }
+
+    /// How much longer a chat whose last answer ended `since_answer` ago is taken to be
+    /// busy.
+    pub fn left(&self, since_answer: Duration) -> Duration {
+        self.window.saturating_sub(since_answer)
     }
 
     /// The current window estimate.

@@ -358,7 +358,7 @@ impl Conversations {
 
     /// How long a chat whose last answer ended `since_answer` ago is estimated to stay busy.
     pub fn busy_left(&self, since_answer: Duration) -> Duration {
-        self.busy_window().window().saturating_sub(since_answer)
+        self.busy_window().left(since_answer)
     }
 
     /// `chats/new` answered after `took`.
