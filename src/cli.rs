@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::sim::{Gate, SimConfig};
+use crate::sim::{BxUaGate, Gate, SimConfig};
 
 pub const USAGE: &str = "\
 qwen-proxy — OpenAI-compatible API proxy for chat.qwen.ai
@@ -41,6 +41,11 @@ SIM OPTIONS:
     --accounts FILE        Strict mode: only these accounts (`email password [quota]` per line)
                            sign in; tokens expire; each account has a completion quota.
     --token-ttl-secs N     Lifetime of tokens issued in strict mode (default 2592000 = 30 d).
+    --signin-limit N       Sign-ins (v1 and v2) allowed per sliding 6 minutes before the WAF
+                           page (default 12).
+    --bx-ua-gate MODE      none (default) or stale: a completion or chats/new whose `bx-ua` is
+                           not a --fresh-bx-ua value draws the punish JSON.
+    --fresh-bx-ua VALUE    A `bx-ua` value that still passes --bx-ua-gate stale (repeatable).
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +172,9 @@ fn parse_sim(args: &[&str]) -> Result<SimArgs, String> {
             "--token-ttl-secs" => {
                 token_ttl = std::time::Duration::from_secs(num(a, value(a, &mut it)?)?)
             }
+            "--signin-limit" => out.config.signin_limit = num(a, value(a, &mut it)?)? as usize,
+            "--bx-ua-gate" => out.config.bx_ua_gate = value(a, &mut it)?.parse::<BxUaGate>()?,
+            "--fresh-bx-ua" => out.config.fresh_bx_ua.push(value(a, &mut it)?.to_owned()),
             other => return Err(format!("unknown argument `{other}` (see --help)")),
         }
     }
@@ -227,6 +235,20 @@ mod tests {
         assert_eq!(s.port, 9);
         assert_eq!(s.config.timing.ttft.as_millis(), 50);
         assert_eq!(s.config.gate, Gate::None);
+        assert_eq!(s.config.signin_limit, 12);
+        assert_eq!(s.config.bx_ua_gate, BxUaGate::Ignored);
+        assert!(s.config.fresh_bx_ua.is_empty());
+        let Command::Sim(s) = parse(&args(
+            "sim --signin-limit 3 --bx-ua-gate stale --fresh-bx-ua 231!a --fresh-bx-ua=231!b",
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.config.signin_limit, 3);
+        assert_eq!(s.config.bx_ua_gate, BxUaGate::Stale);
+        assert_eq!(s.config.fresh_bx_ua, ["231!a", "231!b"]);
+        assert!(parse(&args("sim --bx-ua-gate fresh")).is_err());
+        assert!(parse(&args("sim --signin-limit many")).is_err());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! The file has one account per line, `email password [quota]` (`#` comments allowed); the
 //! password is the plaintext, and sign-in expects its lowercase hex SHA-256 as the upstream
 //! does. Tokens look like the upstream's: a JWT (HS256-style, three base64url parts) whose
-//! payload is `{"id","last_password_change","exp"}`, so `qwen-proxy check` can read `exp`.
+//! payload is `{"id","last_password_change","exp","jti"}`, so `qwen-proxy check` can read
+//! `exp`. The `jti` makes every token new, even two issued in the same second: a revoked
+//! token (`@@sim:expire_token`) must not come back with the next sign-in.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -97,9 +99,10 @@ impl Accounts {
         let header = base64url_encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let payload = base64url_encode(
             format!(
-                r#"{{"id":"{}","last_password_change":0,"exp":{}}}"#,
+                r#"{{"id":"{}","last_password_change":0,"exp":{},"jti":"{}"}}"#,
                 a.id,
-                epoch_secs() + self.token_ttl.as_secs()
+                epoch_secs() + self.token_ttl.as_secs(),
+                uuid::Uuid::new_v4().simple()
             )
             .as_bytes(),
         );
@@ -111,29 +114,55 @@ impl Accounts {
 
     /// The account id of a valid token.
     pub fn verify(&self, token: &str) -> Result<String, TokenError> {
+        let (id, exp) = self.signed_claims(token).ok_or(TokenError::Invalid)?;
+        if exp <= epoch_secs() {
+            return Err(TokenError::Expired);
+        }
+        Ok(id)
+    }
+
+    /// The account id a token of ours names, whether or not it has expired (`None` for a
+    /// token this simulator did not sign): whose request an expired token was.
+    pub fn claimed_id(&self, token: &str) -> Option<String> {
+        self.signed_claims(token).map(|(id, _)| id)
+    }
+
+    /// `(id, exp)` of a token whose signature is ours.
+    fn signed_claims(&self, token: &str) -> Option<(String, u64)> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(TokenError::Invalid);
+            return None;
         };
         let expected = base64url_encode(&Sha256::digest(
             format!("{}.{h}.{p}", self.secret).as_bytes(),
         ));
         if expected != s {
-            return Err(TokenError::Invalid);
+            return None;
         }
-        let payload: serde_json::Value =
-            serde_json::from_slice(&base64url_decode(p).ok_or(TokenError::Invalid)?)
-                .map_err(|_| TokenError::Invalid)?;
-        let exp = payload["exp"].as_u64().ok_or(TokenError::Invalid)?;
-        if exp <= epoch_secs() {
-            return Err(TokenError::Expired);
-        }
-        payload["id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or(TokenError::Invalid)
+        let payload: serde_json::Value = serde_json::from_slice(&base64url_decode(p)?).ok()?;
+        let exp = payload["exp"].as_u64()?;
+        Some((payload["id"].as_str()?.to_owned(), exp))
+    }
+
+    /// A fresh token for a known account (a refresh of its session).
+    pub fn issue_for(&self, email: &str) -> Option<(Account, String)> {
+        let a = self.by_email.get(email)?;
+        Some((a.clone(), self.issue(a)))
+    }
+
+    /// The email of an account id.
+    pub fn email_of(&self, account_id: &str) -> Option<&str> {
+        self.by_email
+            .values()
+            .find(|a| a.id == account_id)
+            .map(|a| a.email.as_str())
+    }
+
+    /// How long issued tokens live (`--token-ttl-secs`).
+    pub fn token_ttl(&self) -> Duration {
+        self.token_ttl
     }
 
     /// Count one completion; `false` when the account's quota is used up.
@@ -179,6 +208,14 @@ mod tests {
         let expired = Accounts::parse("me@x.io pw", Duration::ZERO).unwrap();
         let (_, t) = expired.sign_in("me@x.io", &sha256_hex(b"pw")).unwrap();
         assert_eq!(expired.verify(&t), Err(TokenError::Expired));
+        // Whose it was is still known (the same email gives the same id).
+        assert_eq!(expired.claimed_id(&t), Some(a.id.clone()));
+        assert_eq!(acc.claimed_id("a.b.c"), None);
+        let (_, again) = acc.issue_for("me@x.io").unwrap();
+        assert_eq!(acc.verify(&again), Ok(a.id.clone()));
+        assert_ne!(again, token, "every token is new");
+        assert_eq!(acc.email_of(&a.id), Some("me@x.io"));
+        assert!(acc.issue_for("nobody@x.io").is_none());
         assert!(Accounts::parse("bad line here extra", Duration::ZERO).is_err());
     }
 

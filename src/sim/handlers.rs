@@ -1,4 +1,5 @@
-//! Simulator endpoints (`qwen-protocol.md` §9.2) and the completion algorithm (§9.3).
+//! Simulator endpoints (`qwen-protocol.md` §9.2) and the completion algorithm (§9.3);
+//! the sign-in endpoints are in `auth.rs`.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -16,13 +17,17 @@ use tokio::time::Instant;
 
 use super::accounts::TokenError;
 use super::body::{ScriptBody, StreamGuard};
-use super::scenario::{self, Fault};
+use super::catalogue::{guest_catalogue, model_meta};
+use super::penalties::Refusal;
+use super::scenario::{self, Fault, PunishAction};
 use super::script::{self, Generation, Step};
 use super::state::{lock, Chat, SimState, TurnRecord};
 use super::tools as sim_tools;
 use super::wire;
-use super::{Gate, SimConfig};
+use super::{BxUaGate, Gate, SimConfig};
 use crate::common::{epoch_secs, BoxFuture};
+
+pub use super::catalogue::catalogue;
 
 /// Response body of the simulator: canned bytes or a scripted stream.
 pub enum SimBody {
@@ -75,7 +80,7 @@ impl tower::Service<Request<Incoming>> for SimService {
     }
 }
 
-fn respond(
+pub(super) fn respond(
     status: StatusCode,
     actual: Option<u16>,
     content_type: &'static str,
@@ -92,7 +97,7 @@ fn respond(
     rsp
 }
 
-fn json_ok(v: Value) -> Rsp {
+pub(super) fn json_ok(v: Value) -> Rsp {
     respond(StatusCode::OK, None, "application/json", v.to_string())
 }
 
@@ -107,23 +112,86 @@ fn app_error(actual: u16, code: &str, details: &str) -> Rsp {
     )
 }
 
-fn punish() -> Rsp {
-    respond(StatusCode::OK, None, "application/json", wire::PUNISH_JSON)
+pub(super) fn punish() -> Rsp {
+    punish_with(PunishAction::Captcha)
+}
+
+fn punish_with(action: PunishAction) -> Rsp {
+    let body = match action {
+        PunishAction::Captcha => wire::PUNISH_JSON,
+        PunishAction::CaptchaConnect => wire::PUNISH_CAPTCHACONNECT_JSON,
+    };
+    respond(StatusCode::OK, None, "application/json", body)
+}
+
+pub(super) fn waf_page() -> Rsp {
+    respond(
+        StatusCode::OK,
+        None,
+        "text/html; charset=utf-8",
+        wire::waf_html(),
+    )
+}
+
+/// The daily-quota document (non-SSE), `num` = hours.
+fn rate_limited(hours: f64) -> Rsp {
+    let body = wire::rate_limited_json(&uuid::Uuid::new_v4().to_string(), hours);
+    respond(StatusCode::OK, None, "application/json", body)
+}
+
+fn account_disabled() -> Rsp {
+    respond(
+        StatusCode::FORBIDDEN,
+        None,
+        "application/json",
+        wire::ACCOUNT_DISABLED_JSON,
+    )
 }
 
 fn unauthorized(lowercase_code: bool) -> Rsp {
     auth_error(lowercase_code, "Token has expired or is invalid")
 }
 
-/// The upstream's 401 document. Its code was `Unauthorized`; since 2026-09 peers see it in
-/// lower case (`--lowercase-codes`).
-fn auth_error(lowercase_code: bool, details: &str) -> Rsp {
-    let code = if lowercase_code {
+/// The 401 code: `Unauthorized`; since 2026-09 peers see it in lower case
+/// (`--lowercase-codes`).
+pub(super) fn unauthorized_code(lowercase_code: bool) -> &'static str {
+    if lowercase_code {
         "unauthorized"
     } else {
         "Unauthorized"
-    };
-    app_error(401, code, details)
+    }
+}
+
+/// The upstream's 401 document.
+fn auth_error(lowercase_code: bool, details: &str) -> Rsp {
+    app_error(401, unauthorized_code(lowercase_code), details)
+}
+
+fn token_expired(lowercase_code: bool) -> Rsp {
+    auth_error(lowercase_code, "Token has expired")
+}
+
+/// The value of cookie `name` in the request's `Cookie` header(s).
+pub(super) fn cookie(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (n, v) = pair.trim().split_once('=')?;
+            (n.trim() == name && !v.trim().is_empty()).then(|| v.trim().to_owned())
+        })
+}
+
+/// Who sent a request.
+#[derive(Debug, Clone)]
+pub(super) struct Caller {
+    /// The access token it presented.
+    pub token: String,
+    /// Who owns chats and penalties: the account id in strict mode, the token otherwise.
+    pub account: String,
+    /// Its key in `/__sim/stats` `accounts`: the email in strict mode, the token otherwise.
+    pub label: String,
 }
 
 /// The account token: `Cookie: token=…` or `Authorization: Bearer …`.
@@ -146,21 +214,46 @@ fn auth_token(h: &HeaderMap) -> (Option<String>, bool) {
 
 impl SimService {
     /// Who is calling: the token itself out of the box; the account id in strict mode
-    /// (`--accounts`), where unknown or expired tokens get the upstream's 401.
-    fn identity(&self, h: &HeaderMap) -> Result<String, Box<Rsp>> {
+    /// (`--accounts`), where unknown or expired tokens get the upstream's 401. A token the
+    /// server revoked (`@@sim:expire_token`) has expired in either mode.
+    fn identity(&self, h: &HeaderMap) -> Result<Caller, Box<Rsp>> {
         let lowercase = self.config.lowercase_codes;
         let Some(token) = auth_token(h).0 else {
             return Err(Box::new(unauthorized(lowercase)));
         };
+        if lock(&self.state.sessions).is_revoked(&token) {
+            return Err(Box::new(token_expired(lowercase)));
+        }
         let Some(accounts) = &self.config.accounts else {
-            return Ok(token);
+            return Ok(Caller {
+                account: token.clone(),
+                label: token.clone(),
+                token,
+            });
         };
-        accounts.verify(&token).map_err(|e| {
-            Box::new(match e {
-                TokenError::Expired => auth_error(lowercase, "Token has expired"),
-                TokenError::Invalid => auth_error(lowercase, "invalid token"),
-            })
-        })
+        match accounts.verify(&token) {
+            Ok(id) => Ok(Caller {
+                label: accounts.email_of(&id).unwrap_or(&id).to_owned(),
+                account: id,
+                token,
+            }),
+            Err(TokenError::Expired) => Err(Box::new(token_expired(lowercase))),
+            Err(TokenError::Invalid) => Err(Box::new(auth_error(lowercase, "invalid token"))),
+        }
+    }
+
+    /// The stats key of the account whose token `identity` refused as expired or revoked
+    /// (`None` for no token or one that is nobody's).
+    fn refused_label(&self, h: &HeaderMap) -> Option<String> {
+        let token = auth_token(h).0?;
+        let revoked = lock(&self.state.sessions).is_revoked(&token);
+        match &self.config.accounts {
+            None => revoked.then_some(token),
+            Some(accounts) => {
+                let id = accounts.claimed_id(&token)?;
+                Some(accounts.email_of(&id).unwrap_or(&id).to_owned())
+            }
+        }
     }
 
     async fn route(&self, req: Request<Incoming>) -> Rsp {
@@ -174,7 +267,17 @@ impl SimService {
         match (req.method().clone(), path.as_str()) {
             (Method::POST, "/api/v2/chats/new") => self.new_chat(req).await,
             (Method::POST, "/api/v2/chat/completions") => self.completion(req).await,
-            (Method::GET, "/api/models") => json_ok(catalogue()),
+            (Method::GET, "/api/models") => {
+                if auth_token(req.headers()).0.is_some() {
+                    json_ok(catalogue())
+                } else {
+                    let n = self
+                        .state
+                        .guest_catalogue_calls
+                        .fetch_add(1, Ordering::Relaxed);
+                    json_ok(guest_catalogue(n))
+                }
+            }
             (Method::GET, "/api/v2/models" | "/api/v2/models/") => {
                 if let Err(rsp) = self.identity(req.headers()) {
                     return *rsp;
@@ -183,11 +286,13 @@ impl SimService {
                     json!({"success": true, "request_id": uuid::Uuid::new_v4().to_string(), "data": catalogue()}),
                 )
             }
-            (Method::POST, "/api/v1/auths/signin") => self.signin(req).await,
+            (Method::POST, "/api/v1/auths/signin") => self.signin_v1(req).await,
+            (Method::POST, "/api/v2/auths/signin") => self.signin_v2(req).await,
+            (Method::GET, "/api/v2/auths/refresh") => self.refresh(req.headers()),
             (Method::GET, "/api/v1/auths" | "/api/v1/auths/") => {
                 match self.identity(req.headers()) {
-                    Ok(t) => json_ok(
-                        json!({"id": account_id(&t), "email": "sim@example.com", "name": "sim", "role": "user"}),
+                    Ok(c) => json_ok(
+                        json!({"id": account_id(&c.account), "email": "sim@example.com", "name": "sim", "role": "user"}),
                     ),
                     Err(_) => respond(
                         StatusCode::UNAUTHORIZED,
@@ -197,12 +302,16 @@ impl SimService {
                     ),
                 }
             }
+            (Method::DELETE, "/api/v2/chats" | "/api/v2/chats/") => self.purge_chats(req.headers()),
             (Method::DELETE, p) if p.starts_with("/api/v2/chats/") => {
                 let id = p.trim_start_matches("/api/v2/chats/").trim_end_matches('/');
-                let token = self.identity(req.headers()).unwrap_or_default();
+                let owner = self
+                    .identity(req.headers())
+                    .map(|c| c.account)
+                    .unwrap_or_default();
                 let mut chats = lock(&self.state.chats);
                 match chats.get(id) {
-                    Some(c) if c.owner == token => {
+                    Some(c) if c.owner == owner => {
                         chats.remove(id);
                         json_ok(json!({"success": true, "data": {"status": true}}))
                     }
@@ -239,8 +348,26 @@ impl SimService {
         }
     }
 
+    /// `DELETE /api/v2/chats/`: every chat of the calling account goes.
+    fn purge_chats(&self, h: &HeaderMap) -> Rsp {
+        let caller = match self.identity(h) {
+            Ok(c) => c,
+            Err(rsp) => return *rsp,
+        };
+        let deleted = {
+            let mut chats = lock(&self.state.chats);
+            let before = chats.len();
+            chats.retain(|_, c| c.owner != caller.account);
+            before - chats.len()
+        };
+        self.state
+            .chats_purged
+            .fetch_add(deleted as u64, Ordering::Relaxed);
+        json_ok(json!({"success": true, "data": {"status": true, "deleted": deleted}}))
+    }
+
     /// Read the body; `None` when it exceeds the anti-bot size gate.
-    async fn read_body(&self, body: Incoming) -> Option<Bytes> {
+    pub(super) async fn read_body(&self, body: Incoming) -> Option<Bytes> {
         Limited::new(body, self.config.body_limit)
             .collect()
             .await
@@ -253,10 +380,16 @@ impl SimService {
         let Some(_body) = self.read_body(body).await else {
             return punish();
         };
-        let token = match self.identity(&parts.headers) {
-            Ok(t) => t,
+        if let Some(rsp) = self.bx_ua_gate(&parts.headers) {
+            return rsp;
+        }
+        let caller = match self.identity(&parts.headers) {
+            Ok(c) => c,
             Err(rsp) => return *rsp,
         };
+        if lock(&self.state.penalties).is_banned(&caller.account) {
+            return account_disabled();
+        }
         if !self.config.timing.chat_latency.is_zero() {
             tokio::time::sleep(self.config.timing.chat_latency).await;
         }
@@ -264,7 +397,7 @@ impl SimService {
         lock(&self.state.chats).insert(
             id.clone(),
             Chat {
-                owner: token,
+                owner: caller.account,
                 nodes: Default::default(),
                 in_flight: false,
                 busy_until: None,
@@ -276,49 +409,10 @@ impl SimService {
             },
         );
         self.state.chats_created.fetch_add(1, Ordering::Relaxed);
+        self.state
+            .count_account(&caller.label, |a| a.chats_created += 1);
         json_ok(
             json!({"success": true, "request_id": uuid::Uuid::new_v4().to_string(), "data": {"id": id}}),
-        )
-    }
-
-    async fn signin(&self, req: Request<Incoming>) -> Rsp {
-        let Some(body) = self.read_body(req.into_body()).await else {
-            return punish();
-        };
-        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let email = v.get("email").and_then(Value::as_str).unwrap_or("");
-        let password = v.get("password").and_then(Value::as_str).unwrap_or("");
-        // The upstream expects the lowercase hex SHA-256 of the password, never plaintext.
-        let hashed = password.len() == 64
-            && password
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if email.is_empty() || !hashed {
-            return respond(
-                StatusCode::BAD_REQUEST,
-                None,
-                "application/json",
-                r#"{"detail":"incorrect"}"#,
-            );
-        }
-        if let Some(accounts) = &self.config.accounts {
-            return match accounts.sign_in(email, password) {
-                Some((a, token)) => json_ok(
-                    json!({"id": a.id, "email": a.email, "name": a.email, "role": "user",
-                    "token": token, "token_type": "Bearer", "expires_at": epoch_secs() + 30 * 86_400}),
-                ),
-                None => respond(
-                    StatusCode::BAD_REQUEST,
-                    None,
-                    "application/json",
-                    r#"{"detail":"incorrect"}"#,
-                ),
-            };
-        }
-        let token = format!("sim-{}", account_id(email));
-        json_ok(
-            json!({"id": account_id(email), "email": email, "name": email, "role": "user",
-                       "token": token, "token_type": "Bearer", "expires_at": epoch_secs() + 30 * 86_400}),
         )
     }
 
@@ -348,14 +442,53 @@ impl SimService {
             }
         }
         if level >= Gate::Y2026M10 && !(h.contains_key("bx-ua") && h.contains_key("bx-umidtoken")) {
-            return Some(respond(
-                StatusCode::OK,
-                None,
-                "text/html; charset=utf-8",
-                wire::waf_html(),
-            ));
+            return Some(waf_page());
         }
-        None
+        self.bx_ua_gate(h)
+    }
+
+    /// `--bx-ua-gate stale`: a `bx-ua` that is not one of the fresh values draws the
+    /// challenge; no `bx-ua` at all is what the browser sends now and passes.
+    fn bx_ua_gate(&self, h: &HeaderMap) -> Option<Rsp> {
+        if self.config.bx_ua_gate != BxUaGate::Stale {
+            return None;
+        }
+        let sent = h.get("bx-ua")?;
+        let fresh = self
+            .config
+            .fresh_bx_ua
+            .iter()
+            .any(|v| v.as_bytes() == sent.as_bytes());
+        (!fresh).then(punish)
+    }
+
+    /// The account-level answer to a completion of `caller`, if it is refused: directives
+    /// of this completion first take effect, then the sticky penalties, then the quota of
+    /// the accounts file.
+    fn account_refusal(
+        &self,
+        caller: &Caller,
+        directives: &scenario::AccountDirectives,
+    ) -> Option<Rsp> {
+        if directives.expire_token {
+            lock(&self.state.sessions).revoke(&caller.token);
+            return Some(token_expired(self.config.lowercase_codes));
+        }
+        let refusal = {
+            let mut penalties = lock(&self.state.penalties);
+            let now = Instant::now();
+            penalties.impose(&caller.account, directives, now);
+            penalties.completion_refusal(&caller.account, now)
+        };
+        match refusal {
+            Some(Refusal::Banned) => return Some(account_disabled()),
+            Some(Refusal::Quota(hours)) => return Some(rate_limited(hours)),
+            Some(Refusal::Challenge) => return Some(punish()),
+            None => {}
+        }
+        let accounts = self.config.accounts.as_ref()?;
+        // The accounts file's quota: exhausted, the upstream says "wait 4 hours".
+        (!accounts.take_quota(&caller.account)).then(|| rate_limited(4.0))
     }
 
     async fn completion(&self, req: Request<Incoming>) -> Rsp {
@@ -370,16 +503,21 @@ impl SimService {
         if let Some(rsp) = self.gate(&parts.headers, cookie_present) {
             return rsp;
         }
-        let token = match self.identity(&parts.headers) {
-            Ok(t) => t,
-            Err(rsp) => return *rsp,
-        };
-        if let Some(accounts) = &self.config.accounts {
-            if !accounts.take_quota(&token) {
-                let body = wire::rate_limited_json(&uuid::Uuid::new_v4().to_string(), 4.0);
-                return respond(StatusCode::OK, None, "application/json", body);
+        let caller = match self.identity(&parts.headers) {
+            Ok(c) => c,
+            Err(rsp) => {
+                // An expired or revoked token still names its account: a refused completion.
+                if let Some(label) = self.refused_label(&parts.headers) {
+                    self.state.count_account(&label, |a| {
+                        a.completions += 1;
+                        a.refused += 1;
+                    });
+                }
+                return *rsp;
             }
-        }
+        };
+        self.state
+            .count_account(&caller.label, |a| a.completions += 1);
         let Ok(v) = serde_json::from_slice::<Value>(&body) else {
             return app_error(
                 400,
@@ -420,6 +558,10 @@ impl SimService {
             );
             return app_error(400, "Bad_Request", &details);
         }
+        if let Some(rsp) = self.account_refusal(&caller, &scenario.account) {
+            self.state.count_account(&caller.label, |a| a.refused += 1);
+            return rsp;
+        }
         let parent = v
             .get("parent_id")
             .and_then(Value::as_str)
@@ -451,7 +593,7 @@ impl SimService {
         {
             let mut chats = lock(&self.state.chats);
             let chat = match chats.get_mut(chat_id) {
-                Some(c) if c.owner == token => c,
+                Some(c) if c.owner == caller.account => c,
                 _ => return app_error(404, "Not_Found", &format!("Chat {chat_id} not exist")),
             };
             if let Some(p) = &parent {
@@ -470,19 +612,9 @@ impl SimService {
                 return app_error(400, "Bad_Request", "The chat is in progress!");
             }
             match scenario.fault {
-                Some(Fault::RateLimited(h)) => {
-                    let body = wire::rate_limited_json(&uuid::Uuid::new_v4().to_string(), h);
-                    return respond(StatusCode::OK, None, "application/json", body);
-                }
-                Some(Fault::Punish) => return punish(),
-                Some(Fault::Waf) => {
-                    return respond(
-                        StatusCode::OK,
-                        None,
-                        "text/html; charset=utf-8",
-                        wire::waf_html(),
-                    )
-                }
+                Some(Fault::RateLimited(h)) => return rate_limited(h),
+                Some(Fault::Punish(action)) => return punish_with(action),
+                Some(Fault::Waf) => return waf_page(),
                 Some(Fault::Unauthorized) => return unauthorized(self.config.lowercase_codes),
                 Some(Fault::Overload) => {
                     return respond(
@@ -602,60 +734,11 @@ fn replay_steps(bytes: Bytes, chunk: usize) -> (std::collections::VecDeque<Step>
     (steps, content_type)
 }
 
-fn account_id(seed: &str) -> String {
+/// A stable account id for out-of-the-box tokens and emails.
+pub(super) fn account_id(seed: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in seed.bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     format!("{h:016x}")
-}
-
-#[derive(Debug, Clone, Copy)]
-struct ModelMeta {
-    thinking: bool,
-    thinking_required: bool,
-}
-
-fn model_meta(id: &str) -> Option<ModelMeta> {
-    match id {
-        "qwen3.7-plus" => Some(ModelMeta {
-            thinking: true,
-            thinking_required: false,
-        }),
-        "qwen3.8-max" => Some(ModelMeta {
-            thinking: true,
-            thinking_required: true,
-        }),
-        "qwen3.5-omni-plus" => Some(ModelMeta {
-            thinking: false,
-            thinking_required: false,
-        }),
-        _ => None,
-    }
-}
-
-/// The static catalogue (§3.1): a thinking+search model, a model whose thinking cannot be
-/// skipped, and one without thinking.
-pub fn catalogue() -> Value {
-    json!({"object": "list", "data": [
-        {"id": "qwen3.7-plus", "name": "Qwen3.7-Plus", "object": "model", "owned_by": "qwen",
-         "info": {"id": "qwen3.7-plus", "name": "Qwen3.7-Plus", "is_active": true, "created_at": 1_780_000_000,
-                  "meta": {"capabilities": {"vision": true, "document": true, "thinking": true, "search": true, "thinking_budget": true, "citations": true},
-                           "abilities": {"vision": 1, "thinking": 1, "citations": 1},
-                           "max_context_length": 1_000_000, "max_generation_length": 65_536,
-                           "max_thinking_generation_length": 81_920, "max_summary_generation_length": 32_768,
-                           "chat_type": ["t2t", "t2v", "t2i", "image_edit", "search", "deep_research"],
-                           "modality": ["text", "image"], "think_skip": {"enable": true}}}},
-        {"id": "qwen3.8-max", "name": "Qwen3.8-Max", "object": "model", "owned_by": "qwen",
-         "info": {"id": "qwen3.8-max", "name": "Qwen3.8-Max", "is_active": true, "created_at": 1_785_000_000,
-                  "meta": {"capabilities": {"thinking": true, "search": false},
-                           "abilities": {"thinking": 1},
-                           "max_context_length": 1_000_000, "max_generation_length": 131_072,
-                           "chat_type": ["t2t"], "modality": ["text"], "think_skip": {"enable": false}}}},
-        {"id": "qwen3.5-omni-plus", "name": "Qwen3.5-Omni-Plus", "object": "model", "owned_by": "qwen",
-         "info": {"id": "qwen3.5-omni-plus", "name": "Qwen3.5-Omni-Plus", "is_active": true, "created_at": 1_775_000_000,
-                  "meta": {"capabilities": {"thinking": false, "vision": true},
-                           "max_context_length": 262_144, "max_generation_length": 65_536,
-                           "chat_type": ["t2t"], "modality": ["text", "image", "audio"]}}}
-    ]})
 }

@@ -2,14 +2,20 @@
 //! in-process by tests and benchmarks, standalone as `qwen-proxy sim`, and as the `--demo`
 //! upstream. Scenarios are chosen per completion by `@@sim:` directives (`scenario.rs`);
 //! frames are written as captured (`wire.rs`); streams are poll-driven scripts
-//! (`script.rs`, `body.rs`); `handlers.rs` holds the endpoints and validation.
+//! (`script.rs`, `body.rs`); `handlers.rs` holds the endpoints and validation, `auth.rs`
+//! the sign-in and refresh endpoints (chat.qwen.ai's v1 and auth.qwen.ai's v2).
 
 pub mod accounts;
 pub mod answer;
+mod auth;
 mod body;
+pub mod catalogue;
 pub mod handlers;
+mod penalties;
 pub mod scenario;
 pub mod script;
+mod sessions;
+mod signin_wall;
 mod state;
 pub mod tools;
 pub mod wire;
@@ -48,6 +54,29 @@ impl std::str::FromStr for Gate {
             _ => Err(format!(
                 "unknown header gate `{s}` (none, 2026-06, 2026-09, 2026-10)"
             )),
+        }
+    }
+}
+
+/// Whether a stale `bx-ua` header draws the challenge (`--bx-ua-gate`). The browser front
+/// end no longer sends the bx-* headers; a client replaying an old copy stands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BxUaGate {
+    /// bx-* headers are not looked at (beyond what `Gate::Y2026M10` requires).
+    #[default]
+    Ignored,
+    /// A `bx-ua` whose value is not one of `SimConfig::fresh_bx_ua` gets the punish JSON
+    /// (completions and `chats/new`); no `bx-ua` at all passes.
+    Stale,
+}
+
+impl std::str::FromStr for BxUaGate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(BxUaGate::Ignored),
+            "stale" => Ok(BxUaGate::Stale),
+            _ => Err(format!("unknown bx-ua gate `{s}` (none, stale)")),
         }
     }
 }
@@ -94,6 +123,11 @@ pub struct SimConfig {
     /// Write the 401 code in lower case (`unauthorized`), as peers report the upstream
     /// doing since 2026-09; `Unauthorized` before.
     pub lowercase_codes: bool,
+    /// Sign-ins allowed in the sliding six-minute window before the WAF page.
+    pub signin_limit: usize,
+    pub bx_ua_gate: BxUaGate,
+    /// `bx-ua` values that still pass `BxUaGate::Stale` (`--fresh-bx-ua`, repeatable).
+    pub fresh_bx_ua: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -107,6 +141,9 @@ impl Default for SimConfig {
             backlog: crate::server::DEFAULT_LISTEN_BACKLOG,
             http1_only: false,
             lowercase_codes: false,
+            signin_limit: signin_wall::DEFAULT_SIGNIN_LIMIT,
+            bx_ua_gate: BxUaGate::Ignored,
+            fresh_bx_ua: Vec::new(),
         }
     }
 }

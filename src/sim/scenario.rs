@@ -28,6 +28,9 @@ pub struct Scenario {
     pub native_calls: Vec<SimCall>,
     /// `stubborn`: the model ignores the proxy's retry hint (by default it obeys it).
     pub stubborn: bool,
+    /// Directives that change the server's state for the calling account (or for every
+    /// account), not just this completion's answer.
+    pub account: AccountDirectives,
     /// Directives that were not recognised (reported, never silently ignored).
     pub unknown: Vec<String>,
 }
@@ -57,6 +60,38 @@ pub struct SimCall {
     pub arguments: Option<String>,
 }
 
+/// Sticky server-side state a completion asks for (applied by `penalties.rs`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccountDirectives {
+    /// `expire_token`: the server revokes the token this request used.
+    pub expire_token: bool,
+    /// `account_quota=HOURS`: the account's daily quota is used up for HOURS.
+    pub quota: Option<QuotaHold>,
+    /// `account_challenge=SECS`: the account draws the challenge for SECS.
+    pub challenge: Option<Duration>,
+    /// `account_ban`: the account is disabled for good.
+    pub ban: bool,
+    /// `chat_challenge=SECS`: every account draws the challenge for SECS (it follows the
+    /// time of day, not the account).
+    pub chat_challenge: Option<Duration>,
+}
+
+/// A used-up daily quota: `hours` as the upstream writes it (`num`), `lasts` as a duration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuotaHold {
+    pub hours: f64,
+    pub lasts: Duration,
+}
+
+/// Which slider the punish document sends the browser to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PunishAction {
+    /// `action=captcha` (the long-standing variant).
+    Captcha,
+    /// `action=captchaconnect` (seen since the bx-ua headers were dropped).
+    CaptchaConnect,
+}
+
 /// What goes wrong, if anything.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fault {
@@ -66,7 +101,7 @@ pub enum Fault {
     RateLimitedFrame(f64),
     /// E1 after some content (the `quota-after-partial` capture).
     RateLimitedAfter(f64),
-    Punish,
+    Punish(PunishAction),
     Waf,
     Unauthorized,
     Overload,
@@ -113,6 +148,17 @@ pub fn parse(text: &str) -> (Scenario, String) {
     (s, kept.trim().to_owned())
 }
 
+/// A non-negative, finite number of seconds as a duration (`None` for anything else:
+/// negative, NaN, infinite or too large).
+fn duration_of(secs: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// The number argument of a directive, `default` without one; `None` when malformed.
+fn number_or(arg: Option<&str>, default: f64) -> Option<f64> {
+    arg.map_or(Some(default), |a| a.parse::<f64>().ok())
+}
+
 fn apply(s: &mut Scenario, directive: &str, answered: bool) {
     let (name, arg) = match directive.split_once('=') {
         Some((n, a)) => (n, Some(a)),
@@ -136,7 +182,31 @@ fn apply(s: &mut Scenario, directive: &str, answered: bool) {
         "rate_limited" => s.fault = Some(Fault::RateLimited(num(4.0))),
         "rate_limited_frame" => s.fault = Some(Fault::RateLimitedFrame(num(4.0))),
         "rate_limited_after" => s.fault = Some(Fault::RateLimitedAfter(num(4.0))),
-        "punish" => s.fault = Some(Fault::Punish),
+        "punish" => match arg {
+            None => s.fault = Some(Fault::Punish(PunishAction::Captcha)),
+            Some("captchaconnect") => s.fault = Some(Fault::Punish(PunishAction::CaptchaConnect)),
+            Some(_) => s.unknown.push(directive.to_owned()),
+        },
+        "expire_token" => s.account.expire_token = true,
+        "account_ban" => s.account.ban = true,
+        "account_quota" => {
+            let hold = number_or(arg, 4.0).and_then(|hours| {
+                let lasts = duration_of(hours * 3600.0)?;
+                Some(QuotaHold { hours, lasts })
+            });
+            match hold {
+                Some(h) => s.account.quota = Some(h),
+                None => s.unknown.push(directive.to_owned()),
+            }
+        }
+        "account_challenge" => match number_or(arg, 60.0).and_then(duration_of) {
+            Some(d) => s.account.challenge = Some(d),
+            None => s.unknown.push(directive.to_owned()),
+        },
+        "chat_challenge" => match number_or(arg, 30.0).and_then(duration_of) {
+            Some(d) => s.account.chat_challenge = Some(d),
+            None => s.unknown.push(directive.to_owned()),
+        },
         "waf" => s.fault = Some(Fault::Waf),
         "unauthorized" => s.fault = Some(Fault::Unauthorized),
         "overload" => s.fault = Some(Fault::Overload),
@@ -224,6 +294,65 @@ mod tests {
         assert!(s.calls.is_empty());
         assert!(s.unknown.is_empty());
         assert_eq!(parse("@@sim:reply=!!").0.unknown, ["reply=!!"]);
+    }
+
+    #[test]
+    fn account_directives_and_their_arguments() {
+        let (s, text) = parse(
+            "hi @@sim:expire_token @@sim:account_quota=0.001 @@sim:account_challenge=2.5 @@sim:account_ban @@sim:chat_challenge=7",
+        );
+        assert_eq!(text, "hi");
+        assert!(s.unknown.is_empty(), "{:?}", s.unknown);
+        assert_eq!(
+            s.account,
+            AccountDirectives {
+                expire_token: true,
+                quota: Some(QuotaHold {
+                    hours: 0.001,
+                    lasts: Duration::from_millis(3600)
+                }),
+                challenge: Some(Duration::from_millis(2500)),
+                ban: true,
+                chat_challenge: Some(Duration::from_secs(7)),
+            }
+        );
+        assert_eq!(s.fault, None, "account directives are not one-off faults");
+        // Defaults without an argument.
+        let (s, _) = parse("@@sim:account_quota @@sim:account_challenge @@sim:chat_challenge");
+        assert_eq!(s.account.quota.map(|q| q.hours), Some(4.0));
+        assert_eq!(s.account.challenge, Some(Duration::from_secs(60)));
+        assert_eq!(s.account.chat_challenge, Some(Duration::from_secs(30)));
+        // Malformed arguments are reported, never guessed.
+        let (s, _) = parse(
+            "@@sim:account_quota=soon @@sim:account_challenge=-1 @@sim:chat_challenge=inf @@sim:account_quota=NaN",
+        );
+        assert_eq!(
+            s.unknown,
+            [
+                "account_quota=soon",
+                "account_challenge=-1",
+                "chat_challenge=inf",
+                "account_quota=NaN"
+            ]
+        );
+        assert_eq!(s.account, AccountDirectives::default());
+    }
+
+    #[test]
+    fn punish_variants() {
+        assert_eq!(
+            parse("@@sim:punish").0.fault,
+            Some(Fault::Punish(PunishAction::Captcha))
+        );
+        assert_eq!(
+            parse("@@sim:punish=captchaconnect").0.fault,
+            Some(Fault::Punish(PunishAction::CaptchaConnect))
+        );
+        let (s, _) = parse("@@sim:punish=slider");
+        assert_eq!(
+            (s.fault, s.unknown),
+            (None, vec!["punish=slider".to_owned()])
+        );
     }
 
     #[test]

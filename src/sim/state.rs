@@ -1,4 +1,5 @@
-//! Simulator state: chats (owner, message nodes, lock), counters, the replay queue.
+//! Simulator state: chats (owner, message nodes, lock), sessions, account penalties, the
+//! sign-in wall, counters, the replay queue.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -35,6 +36,29 @@ pub struct TurnRecord {
     pub body_bytes: usize,
 }
 
+/// Counters of one account (stats key: its email in strict mode, its token out of the box).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct AccountCounters {
+    /// Completion requests that reached account resolution (answered or refused).
+    pub completions: u64,
+    /// Those answered with an account-level error document: quota, challenge, ban, expired.
+    pub refused: u64,
+    pub chats_created: u64,
+}
+
+/// Sign-ins and refreshes of the auth endpoints.
+#[derive(Debug, Default)]
+pub struct AuthCounters {
+    /// Sign-ins answered with a token.
+    pub signins: u64,
+    /// Sign-ins answered otherwise: the wall, missing headers, wrong credentials.
+    pub signins_refused: u64,
+    /// Unix ms of every sign-in attempt, in order.
+    pub signin_times_ms: Vec<u64>,
+    pub refreshes: u64,
+    pub refreshes_refused: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct SimState {
     pub chats: Mutex<HashMap<String, Chat>>,
@@ -49,6 +73,15 @@ pub struct SimState {
     pub http1_requests: AtomicU64,
     pub http2_requests: AtomicU64,
     pub in_flight: AtomicI64,
+    /// Chats removed by `DELETE /api/v2/chats/` (all of an account's chats at once).
+    pub chats_purged: AtomicU64,
+    /// Calls of `GET /api/models` without a token (they pick the guest catalogue's length).
+    pub guest_catalogue_calls: AtomicU64,
+    pub accounts: Mutex<HashMap<String, AccountCounters>>,
+    pub auth: Mutex<AuthCounters>,
+    pub sessions: Mutex<super::sessions::Sessions>,
+    pub penalties: Mutex<super::penalties::Penalties>,
+    pub signin_wall: Mutex<super::signin_wall::SigninWall>,
 }
 
 /// Lock a std mutex; a poisoned lock only means another handler panicked mid-update of
@@ -58,6 +91,16 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SimState {
+    /// Update the counters of the account with stats key `label`.
+    pub fn count_account(&self, label: &str, update: impl FnOnce(&mut AccountCounters)) {
+        let mut accounts = lock(&self.accounts);
+        // The key is copied once per account, not once per request.
+        match accounts.get_mut(label) {
+            Some(counters) => update(counters),
+            None => update(accounts.entry(label.to_owned()).or_default()),
+        }
+    }
+
     pub fn stats(&self) -> Value {
         let chats = lock(&self.chats);
         let mut per_chat = Map::new();
@@ -68,6 +111,9 @@ impl SimState {
                        "last_parent_id": c.last_parent_id, "turns": c.turns}),
             );
         }
+        drop(chats);
+        let accounts = lock(&self.accounts).clone();
+        let auth = lock(&self.auth);
         json!({
             "chats_created": self.chats_created.load(Ordering::Relaxed),
             "completions": self.completions.load(Ordering::Relaxed),
@@ -78,6 +124,13 @@ impl SimState {
             "http2_requests": self.http2_requests.load(Ordering::Relaxed),
             "in_flight": self.in_flight.load(Ordering::Relaxed),
             "chats": per_chat,
+            "chats_purged": self.chats_purged.load(Ordering::Relaxed),
+            "accounts": accounts,
+            "signins": auth.signins,
+            "signins_refused": auth.signins_refused,
+            "refreshes": auth.refreshes,
+            "refreshes_refused": auth.refreshes_refused,
+            "signin_times_ms": auth.signin_times_ms,
         })
     }
 }

@@ -171,6 +171,24 @@ pub fn bad_request_json(request_id: &str, code: &str, details: &str) -> String {
 
 pub const PUNISH_JSON: &str = "{\"ret\":[\"FAIL_SYS_USER_VALIDATE\",\"RGV587_ERROR::SM::哎哟喂,被挤爆啦,请稍后重试\"],\"data\":{\"url\":\"https://chat.qwen.ai:443//api/v2/chat/completions/_____tmd_____/punish?x5secdata=xg1ecsim__bx__chat.qwen.ai:443/api/v2/chat/completions&x5step=2&action=captcha&pureCaptcha=\"}}";
 
+/// The punish document's newer variant: its slider URL asks for `action=captchaconnect`.
+pub const PUNISH_CAPTCHACONNECT_JSON: &str = "{\"ret\":[\"FAIL_SYS_USER_VALIDATE\",\"RGV587_ERROR::SM::哎哟喂,被挤爆啦,请稍后重试\"],\"data\":{\"url\":\"https://chat.qwen.ai:443//api/v2/chat/completions/_____tmd_____/punish?x5secdata=xg1ecsim__bx__chat.qwen.ai:443/api/v2/chat/completions&x5step=2&action=captchaconnect&pureCaptcha=\"}}";
+
+/// A disabled (banned) account: wire 403.
+pub const ACCOUNT_DISABLED_JSON: &str =
+    "{\"success\":false,\"data\":{\"code\":\"Forbidden\",\"details\":\"account is disabled\"}}";
+
+/// auth.qwen.ai's answer to a request without its front-end headers: wire 400.
+pub const INVALID_REQUEST_HEADER_JSON: &str =
+    "{\"success\":false,\"data\":{\"code\":\"Bad_Request\",\"details\":\"Invalid request header\"}}";
+
+/// auth.qwen.ai's answer to an unknown or already used refresh token: wire 401.
+pub fn refresh_token_invalid_json(code: &str) -> String {
+    format!(
+        "{{\"success\":false,\"data\":{{\"code\":\"{code}\",\"details\":\"refresh token is invalid\"}}}}"
+    )
+}
+
 pub fn waf_html() -> String {
     let mut page = String::from(
         "<!doctypehtml><meta charset=\"UTF-8\"><meta name=\"aliyun_waf_aa\" content=\"ff926c7f07e45e2e487a29a6197d3460\"><meta name=\"aliyun_waf_bb\" content=\"eade71455e2ad9c6d08b82bc7d98df8c\"><title></title><script>",
