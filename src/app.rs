@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 
+use crate::accounts::{Pool, PoolSettings, ReloadSummary};
 use crate::config::Config;
 use crate::conversation::key::fingerprint;
 use crate::conversation::store::{MemoryStore, SessionStore};
@@ -14,8 +15,7 @@ use crate::conversation::{Conversations, Settings};
 use crate::layers::concurrency::CompletionSlots;
 use crate::metrics::Metrics;
 use crate::qwen::client::QwenClient;
-use crate::qwen::cooldown::ChallengeCooldown;
-use crate::qwen::models::ModelCache;
+use crate::qwen::models::{Catalog, ModelCache};
 use crate::redis::sessions::RedisStore;
 use crate::redis::RedisClient;
 
@@ -29,8 +29,8 @@ pub struct AppState {
     /// One slot per completion in flight (`MAX_CONCURRENT_STREAMS`); shutdown waits for
     /// all of them.
     pub slots: Arc<CompletionSlots>,
-    /// The pause of upstream completions after an anti-bot challenge.
-    pub challenge: ChallengeCooldown,
+    /// The Qwen accounts: selection, health, sign-in.
+    pub accounts: Arc<Pool>,
     /// The shared Redis connection pool, when `REDIS_URL` is set.
     pub redis: Option<Arc<RedisClient>>,
     pub started: Instant,
@@ -61,8 +61,22 @@ impl AppState {
             .clone()
             .map(|url| Arc::new(RedisClient::new(url)));
         let conversations = build_conversations(&config, redis.clone(), metrics.clone());
+        let accounts = Pool::new(
+            client.clone(),
+            PoolSettings {
+                flow: config.accounts.signin_flow,
+                signin_interval: config.accounts.signin_interval,
+                challenge_base: config.challenge_cooldown,
+                queue_timeout: config.accounts.queue_timeout,
+            },
+            config.accounts.specs.clone(),
+            metrics.clone(),
+            redis
+                .clone()
+                .map(crate::accounts::shared::SharedAccounts::new),
+        );
         Arc::new(AppState {
-            challenge: ChallengeCooldown::new(config.challenge_cooldown),
+            accounts,
             slots: Arc::new(CompletionSlots::new(config.max_concurrent_streams)),
             config: Arc::new(config),
             client,
@@ -98,6 +112,30 @@ impl AppState {
         }
     }
 
+    /// The model catalogue, fetched as an account (the guest catalogue varies).
+    pub async fn catalog(&self) -> Result<Arc<Catalog>, crate::error::ProxyError> {
+        self.models.get(self.accounts.any_caller()).await
+    }
+
+    /// Re-read `QWEN_ACCOUNTS_FILE` and swap the pool's accounts; open streams keep theirs.
+    pub fn reload_accounts(&self) -> Result<ReloadSummary, Vec<String>> {
+        let Some(path) = &self.config.accounts.file else {
+            return Err(vec![
+                "no QWEN_ACCOUNTS_FILE is configured: there is nothing to reload".to_owned(),
+            ]);
+        };
+        let specs = crate::accounts_file::load_file(path)?;
+        let summary = self.accounts.install(specs);
+        tracing::info!(
+            kept = summary.kept,
+            added = summary.added,
+            changed = summary.changed,
+            removed = summary.removed,
+            "accounts reloaded"
+        );
+        Ok(summary)
+    }
+
     /// Periodic housekeeping until the returned task is aborted: sweep expired sessions and,
     /// with `CHAT_CLEANUP=delete`, delete the upstream chats nobody uses any more, at a
     /// bounded rate.
@@ -113,17 +151,27 @@ impl AppState {
                 if !cfg.conversations.delete_chats {
                     continue;
                 }
-                for chat_id in state
+                for owned in state
                     .conversations
                     .take_idle_chats(cfg.session_timeout)
                     .await
                 {
-                    let outcome = match state.client.delete_chat(&chat_id).await {
-                        Ok(()) => "deleted",
-                        Err(e) => {
-                            tracing::debug!(error = %e, "deleting an expired chat failed");
-                            "failed"
-                        }
+                    // A chat belongs to the account that created it: only its token may
+                    // delete it. An account that is gone leaves its chats behind.
+                    let (account, chat_id) = crate::conversation::store::split_owned_chat(&owned);
+                    let caller = match account {
+                        Some(name) => state.accounts.get(name).and_then(|a| a.caller()),
+                        None => state.accounts.any_caller(),
+                    };
+                    let outcome = match caller {
+                        None => "failed",
+                        Some(who) => match state.client.delete_chat(&who, chat_id).await {
+                            Ok(()) => "deleted",
+                            Err(e) => {
+                                tracing::debug!(error = %e, "deleting an expired chat failed");
+                                "failed"
+                            }
+                        },
                     };
                     state
                         .metrics
@@ -146,9 +194,16 @@ impl AppState {
             }
         }
         let start = Instant::now();
-        let reachable = tokio::time::timeout(Duration::from_secs(5), self.client.fetch_models())
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let who = self.accounts.any_caller().unwrap_or_else(|| {
+            Arc::new(self.client.caller(
+                &crate::qwen::headers::Credentials::default(),
+                crate::qwen::client::Route::Direct,
+            ))
+        });
+        let reachable =
+            tokio::time::timeout(Duration::from_secs(5), self.client.fetch_models(&who))
+                .await
+                .is_ok_and(|r| r.is_ok());
         let h = UpstreamHealth {
             reachable,
             latency_ms: start.elapsed().as_millis() as u64,
@@ -171,11 +226,14 @@ fn build_conversations(
         Some(r) => (r, Some(memory)),
         None => (memory, None),
     };
-    let account = config
-        .upstream
-        .auth_token
-        .as_ref()
-        .map_or_else(|| "none".to_owned(), |t| fingerprint(t.expose()));
+    // The conversation keys' namespace: the single account's token as before (switching
+    // QWEN_COOKIES to another account starts conversations afresh); with an accounts file,
+    // the pool — each session records the account that owns its chat.
+    let account = match (&config.accounts.file, &config.upstream.auth_token) {
+        (Some(_), _) => "accounts-file".to_owned(),
+        (None, Some(t)) => fingerprint(t.expose()),
+        (None, None) => "none".to_owned(),
+    };
     Conversations::new(
         primary,
         fallback,

@@ -113,6 +113,14 @@ pub fn base64url_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The value of cookie `wanted` in a Cookie header (`None` when absent or empty).
+pub fn cookie_from(cookies: &str, wanted: &str) -> Option<String> {
+    cookies.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        (name.trim() == wanted && !value.trim().is_empty()).then(|| value.trim().to_owned())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

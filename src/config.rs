@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use hyper::Uri;
 
+use crate::accounts_file::AccountSpec;
 pub use crate::common::Secret;
 use crate::forwarded::TrustProxy;
 
@@ -177,6 +178,8 @@ impl RedisUrl {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub base_url: Uri,
+    /// Where sign-in and refresh go (`QWEN_AUTH_BASE_URL`, https://auth.qwen.ai).
+    pub auth_base_url: Uri,
     /// The full Cookie header (contains `token=`).
     pub cookies: Option<Secret>,
     /// The account JWT, taken from the `token=` cookie.
@@ -271,6 +274,10 @@ pub struct Config {
     /// Bearer token required on `/metrics` when set.
     pub metrics_token: Option<Secret>,
     pub conversations: ConversationConfig,
+    pub accounts: AccountsConfig,
+    /// `ADMIN_KEY`: the admin API (`/admin/accounts…`) answers only with this bearer key;
+    /// without it, the admin API is off (404).
+    pub admin_key: Option<Secret>,
 }
 
 /// Whether a turn whose chat is still busy may go to a fresh chat (`BUSY_CHAT_POLICY`;
@@ -296,6 +303,31 @@ pub struct ConversationConfig {
     pub queue_max: usize,
     /// `BUSY_CHAT_POLICY`: may a turn whose chat is still busy go to a fresh chat?
     pub busy_policy: BusyPolicy,
+}
+
+/// The account pool's configuration.
+#[derive(Debug, Clone)]
+pub struct AccountsConfig {
+    /// `QWEN_ACCOUNTS_FILE`, kept for reloads (`SIGHUP`, the admin API).
+    pub file: Option<std::path::PathBuf>,
+    /// The accounts: the file's, or the pool of one from `QWEN_COOKIES`.
+    pub specs: Vec<AccountSpec>,
+    /// `QWEN_SIGNIN_FLOW`: `auth` (auth.qwen.ai, default) or `legacy`.
+    pub signin_flow: SigninFlow,
+    /// `QWEN_SIGNIN_INTERVAL` (ms): least time between sign-ins from one address.
+    pub signin_interval: Duration,
+    /// `ACCOUNT_QUEUE_TIMEOUT` (ms): how long a turn waits for an account with room.
+    pub queue_timeout: Duration,
+}
+
+/// Which sign-in password accounts use (`QWEN_SIGNIN_FLOW`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigninFlow {
+    /// auth.qwen.ai: a short-lived access token and a refresh token rotated on every
+    /// refresh (the upstream since 2026-09-30).
+    Auth,
+    /// `/api/v1/auths/signin` on the chat domain: one long-lived token.
+    Legacy,
 }
 
 /// All problems found, one line each.
@@ -512,6 +544,30 @@ impl Config {
                 }
             },
         };
+        let auth_base_url = match r.raw("QWEN_AUTH_BASE_URL") {
+            None => Uri::from_static("https://auth.qwen.ai"),
+            Some(v) => match v.trim_end_matches('/').parse::<Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                    u
+                }
+                _ => {
+                    r.errors
+                        .push(format!("QWEN_AUTH_BASE_URL={v:?} is not an http(s) URL"));
+                    Uri::from_static("https://auth.qwen.ai")
+                }
+            },
+        };
+        let accounts_file = r.raw("QWEN_ACCOUNTS_FILE").map(std::path::PathBuf::from);
+        let file_specs = match &accounts_file {
+            Some(path) => match crate::accounts_file::load_file(path) {
+                Ok(specs) => specs,
+                Err(errors) => {
+                    r.errors.extend(errors);
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
         let cookies = r.raw("QWEN_COOKIES");
         let auth_token = cookies.as_deref().and_then(token_from_cookies);
         if let Some(c) = &cookies {
@@ -525,9 +581,9 @@ impl Config {
                 r.errors
                     .push("QWEN_COOKIES contains control characters".to_owned());
             }
-        } else if !demo {
+        } else if !demo && accounts_file.is_none() {
             r.errors.push(
-                "no Qwen credentials: set QWEN_COOKIES to the Cookie header (with token=…) of a logged-in \
+                "no Qwen credentials: set QWEN_ACCOUNTS_FILE (README \"Accounts\") or QWEN_COOKIES to the Cookie header (with token=…) of a logged-in \
                  chat.qwen.ai browser session, or run `qwen-proxy --demo` to try the proxy against the built-in simulator"
                     .to_owned(),
             );
@@ -562,6 +618,7 @@ impl Config {
         }
         let upstream = UpstreamConfig {
             base_url,
+            auth_base_url,
             cookies: cookies.map(Secret::new),
             auth_token: auth_token.map(Secret::new),
             bx_umidtoken: r.raw("QWEN_TOKEN").map(Secret::new),
@@ -693,7 +750,40 @@ impl Config {
             limit: r.parse("AUTH_FAILURE_LIMIT", 10, "a whole number (0 turns it off)"),
             window: r.millis("AUTH_FAILURE_WINDOW", 300_000, false),
         };
+        let specs = match (&accounts_file, &upstream.cookies, &upstream.auth_token) {
+            (Some(_), cookies, _) => {
+                if cookies.is_some() {
+                    r.errors.push(
+                        "set QWEN_ACCOUNTS_FILE or QWEN_COOKIES, not both: add the browser \
+                         session to the file as an entry with `cookies`"
+                            .to_owned(),
+                    );
+                }
+                file_specs
+            }
+            (None, Some(cookies), Some(token)) => vec![crate::accounts_file::from_env(
+                cookies,
+                token,
+                upstream.bx_ua.as_ref(),
+                upstream.bx_umidtoken.as_ref(),
+                r.raw("QWEN_USER_AGENT").as_deref(),
+            )],
+            _ => Vec::new(),
+        };
+        let accounts = AccountsConfig {
+            file: accounts_file,
+            specs,
+            signin_flow: r.choice(
+                "QWEN_SIGNIN_FLOW",
+                &[("auth", SigninFlow::Auth), ("legacy", SigninFlow::Legacy)],
+                SigninFlow::Auth,
+            ),
+            signin_interval: r.millis("QWEN_SIGNIN_INTERVAL", 30_000, true),
+            queue_timeout: r.millis("ACCOUNT_QUEUE_TIMEOUT", 30_000, true),
+        };
         let config = Config {
+            accounts,
+            admin_key: r.raw("ADMIN_KEY").map(Secret::new),
             rate_limit_rpm,
             rate_limit_burst,
             max_concurrent_streams: r.parse("MAX_CONCURRENT_STREAMS", 1024, "a whole number"),
@@ -748,8 +838,18 @@ impl Config {
     /// Point the upstream at a local simulator with a demo credential (`--demo`).
     pub fn use_simulator(&mut self, base_url: Uri) {
         self.upstream.base_url = base_url;
+        self.upstream.auth_base_url = self.upstream.base_url.clone();
         self.upstream.cookies = Some(Secret::new("token=demo-token"));
         self.upstream.auth_token = Some(Secret::new("demo-token"));
+        if self.accounts.file.is_none() {
+            self.accounts.specs = vec![crate::accounts_file::from_env(
+                &Secret::new("token=demo-token"),
+                &Secret::new("demo-token"),
+                None,
+                None,
+                None,
+            )];
+        }
     }
 }
 
@@ -763,10 +863,7 @@ fn split_keys(v: &str) -> Vec<Secret> {
 
 /// The value of the `token` cookie in a Cookie header.
 pub fn token_from_cookies(cookies: &str) -> Option<String> {
-    cookies.split(';').find_map(|pair| {
-        let (name, value) = pair.trim().split_once('=')?;
-        (name.trim() == "token" && !value.trim().is_empty()).then(|| value.trim().to_owned())
-    })
+    crate::common::cookie_from(cookies, "token")
 }
 
 #[cfg(test)]

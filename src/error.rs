@@ -133,6 +133,8 @@ pub enum ProxyError {
     ContextLengthExceeded { size: usize, limit: usize },
     /// `API_KEYS` is set and the request has no valid key.
     InvalidApiKey,
+    /// The admin API's key (`ADMIN_KEY`) is missing or wrong.
+    InvalidAdminKey,
     /// Too many invalid keys from this address: locked out for a while.
     AuthThrottled { retry_after_secs: u64 },
     /// The proxy's own rate limiter (`RATE_LIMIT_RPM`) rejected the request; the decision
@@ -149,6 +151,15 @@ pub enum ProxyError {
     /// The upstream challenged the account recently: no upstream call until the
     /// `CHALLENGE_COOLDOWN` is over (hammering a challenged account deepens the block).
     UpstreamCoolingDown { retry_after_secs: u64 },
+    /// Every usable account is at its in-flight limit or minimum interval, past
+    /// `ACCOUNT_QUEUE_TIMEOUT`.
+    AccountsBusy { retry_after_secs: u64 },
+    /// No account can take turns, and none comes back by itself (invalid, forbidden,
+    /// disabled, or still signing in): `summary` counts them by state.
+    NoUsableAccount {
+        summary: String,
+        retry_after_secs: Option<u64>,
+    },
     /// Our own bug (including a caught panic).
     Internal(String),
 }
@@ -194,13 +205,15 @@ impl ProxyError {
             ProxyError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::ContextLengthExceeded { .. } => StatusCode::BAD_REQUEST,
-            ProxyError::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            ProxyError::InvalidApiKey | ProxyError::InvalidAdminKey => StatusCode::UNAUTHORIZED,
             ProxyError::RateLimited { .. }
             | ProxyError::AuthThrottled { .. }
             | ProxyError::ConversationBusy => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Overloaded
             | ProxyError::ShuttingDown
-            | ProxyError::UpstreamCoolingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::UpstreamCoolingDown { .. }
+            | ProxyError::NoUsableAccount { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::AccountsBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Upstream(e) => match e.class {
                 C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -246,12 +259,15 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => Some("request_headers_too_large"),
             ProxyError::ContextLengthExceeded { .. } => Some("context_length_exceeded"),
             ProxyError::InvalidApiKey => Some("invalid_api_key"),
+            ProxyError::InvalidAdminKey => Some("invalid_admin_key"),
             ProxyError::AuthThrottled { .. } => Some("too_many_authentication_failures"),
             ProxyError::UpstreamCoolingDown { .. } => Some("upstream_challenge_cooldown"),
             ProxyError::RateLimited { .. } => Some("rate_limit_exceeded"),
             ProxyError::Overloaded => Some("server_overloaded"),
             ProxyError::ShuttingDown => Some("server_shutting_down"),
             ProxyError::ConversationBusy => Some("conversation_busy"),
+            ProxyError::AccountsBusy { .. } => Some("accounts_busy"),
+            ProxyError::NoUsableAccount { .. } => Some("no_usable_account"),
             ProxyError::Internal(_) => Some("internal_error"),
             ProxyError::Upstream(e) => Some(match e.class {
                 C::RateLimited => "upstream_rate_limited",
@@ -287,9 +303,11 @@ impl ProxyError {
         match self {
             ProxyError::RateLimited { decision } => Some(decision.retry_after_secs()),
             ProxyError::AuthThrottled { retry_after_secs }
-            | ProxyError::UpstreamCoolingDown { retry_after_secs } => {
-                Some((*retry_after_secs).max(1))
-            }
+            | ProxyError::UpstreamCoolingDown { retry_after_secs }
+            | ProxyError::AccountsBusy { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            ProxyError::NoUsableAccount {
+                retry_after_secs, ..
+            } => retry_after_secs.map(|s| s.max(1)),
             ProxyError::Overloaded | ProxyError::ShuttingDown | ProxyError::ConversationBusy => {
                 Some(1)
             }
@@ -313,7 +331,9 @@ impl ProxyError {
     /// 429s and 5xx (and openai-node waits out a `Retry-After` of hours).
     pub fn client_should_retry(&self) -> Option<bool> {
         match self {
-            ProxyError::UpstreamCoolingDown { .. } => Some(false),
+            ProxyError::UpstreamCoolingDown { .. } | ProxyError::NoUsableAccount { .. } => {
+                Some(false)
+            }
             ProxyError::Upstream(e) => match e.class {
                 UpstreamClass::AuthFailed
                 | UpstreamClass::Forbidden
@@ -339,12 +359,15 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => "headers_too_large",
             ProxyError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ProxyError::InvalidApiKey => "invalid_api_key",
+            ProxyError::InvalidAdminKey => "invalid_admin_key",
             ProxyError::AuthThrottled { .. } => "auth_throttled",
             ProxyError::UpstreamCoolingDown { .. } => "upstream_cooldown",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::Overloaded => "overloaded",
             ProxyError::ShuttingDown => "shutting_down",
             ProxyError::ConversationBusy => "conversation_busy",
+            ProxyError::AccountsBusy { .. } => "accounts_busy",
+            ProxyError::NoUsableAccount { .. } => "no_usable_account",
             ProxyError::Internal(_) => "internal",
             ProxyError::Upstream(e) => e.class.label(),
         }
@@ -396,13 +419,16 @@ impl ProxyError {
                  with one of the keys configured in API_KEYS."
                     .to_owned()
             }
+            ProxyError::InvalidAdminKey => {
+                "Missing or invalid admin key: send `Authorization: Bearer <ADMIN_KEY>`.".to_owned()
+            }
             ProxyError::AuthThrottled { retry_after_secs } => format!(
                 "Too many invalid API keys from this address; try again in {retry_after_secs} s."
             ),
             ProxyError::UpstreamCoolingDown { retry_after_secs } => format!(
-                "Qwen's anti-bot protection challenged the account recently; the proxy pauses \
-                 upstream calls for another {retry_after_secs} s (CHALLENGE_COOLDOWN) instead of \
-                 deepening the block. If it persists, refresh QWEN_COOKIES from a browser."
+                "Qwen's anti-bot protection challenged the account(s) recently; the proxy pauses \
+                 their upstream calls for another {retry_after_secs} s (CHALLENGE_COOLDOWN) instead \
+                 of deepening the block. If it persists, refresh the accounts' cookies from a browser."
             ),
             ProxyError::RateLimited { decision } => format!(
                 "Rate limit reached for this client; retry in {} s.",
@@ -417,6 +443,14 @@ impl ProxyError {
                 "Other requests of this conversation are still running; retry when they finish."
                     .to_owned()
             }
+            ProxyError::AccountsBusy { retry_after_secs } => format!(
+                "Every Qwen account is at its limit of turns in flight or its pacing interval; \
+                 retry in {retry_after_secs} s (or add accounts to QWEN_ACCOUNTS_FILE)."
+            ),
+            ProxyError::NoUsableAccount { summary, .. } => format!(
+                "No Qwen account can take requests ({summary}). GET /health or the admin API \
+                 shows each account's state and reason."
+            ),
             ProxyError::Internal(m) => format!("Internal proxy error: {m}"),
             ProxyError::Upstream(e) => {
                 let d = &e.detail;

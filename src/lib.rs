@@ -11,6 +11,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounts;
+pub mod accounts_file;
+pub mod admin;
 pub mod app;
 pub mod backoff;
 pub mod body;
@@ -70,6 +73,7 @@ impl App {
         let (draining, idle, aborting) =
             (self.state.clone(), self.state.clone(), self.state.clone());
         let housekeeping = self.state.spawn_housekeeping();
+        let renewals = self.state.accounts.spawn_renewals();
         let shutdown = server::Shutdown {
             signal: async move {
                 shutdown.await;
@@ -85,5 +89,6 @@ impl App {
         };
         server::serve(listener, self.service, shutdown, options).await;
         housekeeping.abort();
+        renewals.abort();
     }
 }

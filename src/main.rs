@@ -163,8 +163,35 @@ fn serve(a: ServeArgs) -> ExitCode {
             !config.api_keys.is_empty(),
         );
         tracing::info!(%bound, demo = a.demo, upstream = %config.upstream.base_url, "qwen-proxy listening");
-        App::new(config).serve(listener, shutdown_signal()).await;
+        let app = App::new(config);
+        let reloads = reload_on_hangup(app.state.clone());
+        app.serve(listener, shutdown_signal()).await;
+        reloads.abort();
         ExitCode::SUCCESS
+    })
+}
+
+/// `SIGHUP` re-reads `QWEN_ACCOUNTS_FILE` (as `POST /admin/accounts/reload`); open
+/// streams keep their accounts.
+fn reload_on_hangup(state: std::sync::Arc<qwen_proxy::AppState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                if let Err(errors) = state.reload_accounts() {
+                    tracing::error!(
+                        errors = %errors.join("; "),
+                        "SIGHUP: the accounts file was not reloaded; the accounts in use stay"
+                    );
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        drop(state);
     })
 }
 
@@ -295,61 +322,74 @@ fn check(a: ServeArgs) -> ExitCode {
     };
     println!("{:<14} ok", "configuration");
     println!("{:<14} {}", "upstream", config.upstream.base_url);
-    let token = config
-        .upstream
-        .auth_token
-        .as_ref()
-        .map(|t| t.expose().to_owned());
-    let mut ok = true;
-    match token.as_deref().and_then(jwt_expiry) {
-        Some(exp) => {
-            let now = qwen_proxy::common::epoch_secs();
-            if exp <= now {
-                ok = false;
-                println!(
-                    "{:<14} FAIL: the token in QWEN_COOKIES expired; copy a fresh Cookie header",
-                    "token"
-                );
-            } else {
-                println!("{:<14} ok (expires in {} h)", "token", (exp - now) / 3600);
-            }
-        }
-        None => println!(
-            "{:<14} present (not a JWT with `exp`; expiry unknown)",
-            "token"
-        ),
-    }
-    runtime().block_on(async {
-        let client = qwen_proxy::qwen::client::QwenClient::new(
-            &config.upstream,
-            qwen_proxy::metrics::Metrics::new(),
-        );
-        match client.fetch_models().await {
+    runtime().block_on(async move {
+        let app = App::new(config);
+        let state = app.state.clone();
+        let mut ok = true;
+        match state.client.fetch_models(&guest(&state)).await {
             Ok(_) => println!("{:<14} ok", "reachable"),
             Err(e) => {
                 ok = false;
                 println!("{:<14} FAIL: {e}", "reachable");
             }
         }
-        match client.check_auth().await {
-            Ok(_) => println!("{:<14} ok", "credentials"),
-            Err(e) => {
-                ok = false;
-                println!("{:<14} FAIL: {e}", "credentials");
-            }
+        // Password accounts sign in (paced, as in service); then every account's token is
+        // checked against the upstream.
+        state.accounts.renew_due().await;
+        println!();
+        println!(
+            "{:<20} {:<9} {:<12} {:<22} detail",
+            "account", "kind", "state", "token expires"
+        );
+        let now = qwen_proxy::common::epoch_secs();
+        for account in state.accounts.list().iter() {
+            let view = state.accounts.view(account);
+            let expires = match view.token_expires {
+                Some(exp) if exp <= now => "expired".to_owned(),
+                Some(exp) => format!(
+                    "in {}",
+                    qwen_proxy::accounts::health::human((exp - now) * 1000)
+                ),
+                None if account.caller().is_some() => "unknown (not a JWT)".to_owned(),
+                None => "-".to_owned(),
+            };
+            let detail = match account.caller() {
+                Some(who) => match state.client.check_auth(&who).await {
+                    Ok(_) => "token accepted".to_owned(),
+                    Err(e) => {
+                        ok = false;
+                        format!("FAIL: {e}")
+                    }
+                },
+                None => {
+                    ok = false;
+                    format!(
+                        "FAIL: {}",
+                        view.reason.unwrap_or_else(|| "no token".to_owned())
+                    )
+                }
+            };
+            println!(
+                "{:<20} {:<9} {:<12} {:<22} {}",
+                qwen_proxy::untrusted::Untrusted(&view.name).to_string(),
+                view.kind,
+                view.state,
+                expires,
+                detail
+            );
         }
-    });
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
 }
 
-/// The `exp` claim of a JWT (payload is unverified: this only informs the operator).
-fn jwt_expiry(token: &str) -> Option<u64> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = qwen_proxy::common::base64url_decode(payload)?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("exp")?.as_u64()
+/// A caller without credentials (the model list answers guests too).
+fn guest(state: &qwen_proxy::AppState) -> qwen_proxy::qwen::client::Caller {
+    state.client.caller(
+        &qwen_proxy::qwen::headers::Credentials::default(),
+        qwen_proxy::qwen::client::Route::Direct,
+    )
 }

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 #[derive(Debug)]
@@ -34,6 +34,10 @@ pub struct Metrics {
     pub session_store_up: IntGauge,
     pub chat_busy_window: Gauge,
     pub chats_deleted: IntCounterVec,
+    pub accounts: IntGaugeVec,
+    pub account_cooldowns: IntCounterVec,
+    pub account_signins: IntCounterVec,
+    pub account_turns: IntCounterVec,
 }
 
 /// Buckets from 5 ms to ~2 min: first tokens of thinking models take seconds.
@@ -182,6 +186,33 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("registered once");
                 g
             },
+            accounts: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "upstream_accounts",
+                        "Upstream accounts by state (ready, signing_in, cooling, quarantined, invalid, forbidden, disabled).",
+                    ),
+                    &["state"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            account_cooldowns: counter_vec(
+                "upstream_account_cooldowns_total",
+                "Accounts paused or taken out, by reason: rate_limited (daily quota), challenge (quarantine), chat_challenge (every account paused, nobody blamed), forbidden (403), invalid (credentials refused), disabled (operator).",
+                &["reason"],
+            ),
+            account_signins: counter_vec(
+                "upstream_account_signins_total",
+                "Token renewals by kind: signin and refresh (succeeded), refused (credentials refused: the account becomes invalid), failed (passing: tried again later).",
+                &["kind"],
+            ),
+            account_turns: counter_vec(
+                "upstream_account_turns_total",
+                "Upstream turns started, by account name, and turns moved off an account (moved=\"true\"): a quota, challenge or ban before the answer began.",
+                &["account", "moved"],
+            ),
             chats_deleted: counter_vec(
                 "upstream_chats_deleted_total",
                 "Upstream chats of expired sessions deleted (CHAT_CLEANUP=delete), by outcome.",

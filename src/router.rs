@@ -57,7 +57,7 @@ impl tower::Service<Request<Incoming>> for Router {
                 }
                 (Method::POST, "/v1/chat/completions") => chat.oneshot(req).await,
                 (Method::GET, "/v1/models") => {
-                    let catalog = state.models.get().await?;
+                    let catalog = state.catalog().await?;
                     let list = ModelList {
                         object: "list",
                         data: catalog
@@ -70,7 +70,7 @@ impl tower::Service<Request<Incoming>> for Router {
                 }
                 (Method::GET, p) if p.starts_with("/v1/models/") => {
                     let id = &p["/v1/models/".len()..];
-                    let catalog = state.models.get().await?;
+                    let catalog = state.catalog().await?;
                     catalog
                         .listed
                         .iter()
@@ -82,6 +82,9 @@ impl tower::Service<Request<Incoming>> for Router {
                         .ok_or_else(|| ProxyError::ModelNotFound {
                             model: id.to_owned(),
                         })
+                }
+                (_, p) if crate::admin::is_admin_path(p) => {
+                    crate::admin::handle(&state, &req, p).await
                 }
                 (Method::GET, "") => Ok(index()),
                 (Method::GET, "/health") => Ok(health(&state).await),
@@ -121,11 +124,13 @@ async fn health(state: &AppState) -> Response<ProxyBody> {
     let upstream = state.upstream_health().await;
     let store_degraded = !state.conversations.probe().await;
     let cooldown = state
-        .challenge
-        .remaining()
+        .accounts
+        .challenge_pause()
         .map(|d| d.as_secs_f64().ceil() as u64);
+    let accounts = state.accounts.counts();
     // Why the instance is degraded, in words an operator can act on (never a secret).
     let mut reasons = Vec::new();
+
     if !upstream.reachable {
         reasons.push("the upstream is unreachable".to_owned());
     }
@@ -134,8 +139,15 @@ async fn health(state: &AppState) -> Response<ProxyBody> {
     }
     if let Some(left) = cooldown {
         reasons.push(format!(
-            "the upstream challenged the account (anti-bot); completions are paused for {left} s \
+            "the upstream challenged the account(s) (anti-bot); completions are paused for {left} s \
              (CHALLENGE_COOLDOWN)"
+        ));
+    }
+    // (A challenge pause says more than "nothing is usable".)
+    if accounts.usable == 0 && cooldown.is_none() {
+        reasons.push(format!(
+            "no upstream account can take requests ({})",
+            accounts.describe()
         ));
     }
     let status = if state.is_draining() {
@@ -154,6 +166,15 @@ async fn health(state: &AppState) -> Response<ProxyBody> {
             "reachable": upstream.reachable,
             "latency_ms": upstream.latency_ms,
             "challenge_cooldown_seconds": cooldown.unwrap_or(0),
+        },
+        "accounts": {
+            "counts": accounts,
+            "list": state
+                .accounts
+                .views()
+                .into_iter()
+                .map(|v| json!({"name": v.name, "state": v.state, "reason": v.reason, "until_ms": v.until_ms, "inflight": v.inflight}))
+                .collect::<Vec<_>>(),
         },
         "session_store": {
             "backend": if state.conversations.has_shared_store() { "redis" } else { "memory" },
@@ -177,9 +198,10 @@ fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response<ProxyBo
     }
     // A gauge of time left, so it is computed when scraped.
     let cooldown = state
-        .challenge
-        .remaining()
+        .accounts
+        .challenge_pause()
         .map_or(0, |d| d.as_secs_f64().ceil() as i64);
+    state.accounts.publish_gauges();
     state.metrics.upstream_cooldown.set(cooldown);
     let mut rsp = Response::new(ProxyBody::full(state.metrics.render()));
     rsp.headers_mut().insert(

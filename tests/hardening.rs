@@ -326,7 +326,6 @@ async fn busy_chat_waits_survive_a_spent_retry_budget() {
 
 #[tokio::test]
 async fn account_failures_tell_clients_not_to_retry() {
-    let h = Harness::start_with(&[("CHALLENGE_COOLDOWN", "0")], quick_sim()).await;
     for (directive, status, retry_after) in [
         ("rate_limited=2", 429, Some("7200")),
         ("unauthorized", 401, None),
@@ -335,6 +334,9 @@ async fn account_failures_tell_clients_not_to_retry() {
         ("waf", 503, Some("300")),
     ] {
         for stream in [false, true] {
+            // A fresh proxy each: the answer takes the only account out of rotation
+            // (cooling, invalid, forbidden), which a later request would meet instead.
+            let h = Harness::start_with(&[("CHALLENGE_COOLDOWN", "0")], quick_sim()).await;
             let r = h.ask(MODEL, &format!("q @@sim:{directive}"), stream).await;
             assert_eq!(r.status, status, "{directive}");
             assert_eq!(r.headers["x-should-retry"], "false", "{directive}");
@@ -346,6 +348,7 @@ async fn account_failures_tell_clients_not_to_retry() {
         }
     }
     // Transient failures leave the decision to the client.
+    let h = Harness::start_with(&[("CHALLENGE_COOLDOWN", "0")], quick_sim()).await;
     let r = h.ask(MODEL, "q @@sim:overload", false).await;
     assert_eq!(r.status, 503);
     assert!(r.headers.get("x-should-retry").is_none());

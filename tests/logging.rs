@@ -63,9 +63,10 @@ async fn secrets_never_reach_the_logs_even_at_trace() {
     for (prompt, stream) in [
         ("hello", true),
         ("hello", false),
-        ("q @@sim:unauthorized", false),
         ("q @@sim:internal_error", true),
         ("q @@sim:empty", false),
+        // Last: it takes the only account out of rotation.
+        ("q @@sim:unauthorized", false),
     ] {
         let r = h
             .post_raw(

@@ -270,11 +270,19 @@ async fn assert_error_both(
     (s, n)
 }
 
+/// An account failure, streamed and not, each on a fresh proxy (the answer takes the only
+/// account out of rotation; what later requests meet is `the_single_account_...`'s).
+async fn assert_account_error(prompt: &str, status: u16, kind: &str, code: &str) -> (Reply, Reply) {
+    let s = Harness::start().await.ask(MODEL, prompt, true).await;
+    let n = Harness::start().await.ask(MODEL, prompt, false).await;
+    assert_error(&s, status, kind, code);
+    assert_error(&n, status, kind, code);
+    (s, n)
+}
+
 #[tokio::test]
 async fn rate_limited_json_body_is_429_with_retry_after() {
-    let h = Harness::start().await;
-    let (s, _) = assert_error_both(
-        &h,
+    let (s, n) = assert_account_error(
         "q @@sim:rate_limited=2",
         429,
         "rate_limit_error",
@@ -282,8 +290,8 @@ async fn rate_limited_json_body_is_429_with_retry_after() {
     )
     .await;
     assert_eq!(s.headers["retry-after"], "7200");
-    let (s, _) = assert_error_both(
-        &h,
+    assert_eq!(n.headers["retry-after"], "7200");
+    let (s, _) = assert_account_error(
         "q @@sim:rate_limited_frame=3",
         429,
         "rate_limit_error",
@@ -294,10 +302,45 @@ async fn rate_limited_json_body_is_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn the_single_account_rests_after_its_quota_a_ban_or_a_refused_token() {
+    for (prompt, status, code) in [
+        ("q @@sim:rate_limited=2", 429, "upstream_rate_limited"),
+        ("q @@sim:forbidden", 403, "upstream_forbidden"),
+        ("q @@sim:unauthorized", 401, "upstream_auth_failed"),
+    ] {
+        let h = Harness::start().await;
+        assert_eq!(h.ask(MODEL, prompt, false).await.status, status, "{prompt}");
+        let calls = h.sim_stats().await["completion_requests"].clone();
+        // The next request is answered without calling the upstream with that account.
+        let r = h.ask(MODEL, "a normal question", true).await;
+        assert_eq!(
+            h.sim_stats().await["completion_requests"],
+            calls,
+            "{prompt}"
+        );
+        if code == "upstream_rate_limited" {
+            assert_error(&r, 429, "rate_limit_error", code);
+            let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((7190..=7200).contains(&wait), "the time left: {wait}");
+        } else {
+            assert_error(&r, 503, "server_error", "no_usable_account");
+            let message = r.error()["message"].as_str().unwrap().to_owned();
+            let state = if status == 403 {
+                "forbidden"
+            } else {
+                "invalid"
+            };
+            assert!(message.contains(&format!("1 {state}")), "{message}");
+            assert!(message.contains("default"), "names the account: {message}");
+        }
+        let health = h.get("/health").await.json();
+        assert_eq!(health["accounts"]["counts"]["usable"], 0, "{health}");
+    }
+}
+
+#[tokio::test]
 async fn auth_failure_says_to_refresh_cookies() {
-    let h = Harness::start().await;
-    let (s, _) = assert_error_both(
-        &h,
+    let (s, _) = assert_account_error(
         "q @@sim:unauthorized",
         401,
         "authentication_error",
@@ -470,9 +513,9 @@ async fn internal_error_midstream() {
 
 #[tokio::test]
 async fn quota_midstream() {
-    let h = Harness::start().await;
+    // A fresh proxy each: the quota cools the only account.
     assert_midstream_error(
-        &h,
+        &Harness::start().await,
         "q @@sim:quota_midstream",
         "rate_limit_error",
         "upstream_rate_limited",
@@ -480,7 +523,7 @@ async fn quota_midstream() {
     )
     .await;
     assert_midstream_error(
-        &h,
+        &Harness::start().await,
         "q @@sim:rate_limited_after=4",
         "rate_limit_error",
         "upstream_rate_limited",
@@ -540,8 +583,9 @@ async fn short_stall_within_timeout_is_fine() {
 
 #[tokio::test]
 async fn replayed_fixtures_through_the_stack() {
-    let h = Harness::start().await;
     for stream in [true, false] {
+        // A fresh proxy each: the quota at the end cools the only account.
+        let h = Harness::start().await;
         h.sim_replay(support::fixture("thinking-answer.sse"), 7)
             .await;
         let r = h.ask(MODEL, "whatever", stream).await;
@@ -750,9 +794,7 @@ async fn client_disconnect_aborts_the_upstream_stream() {
 
 #[tokio::test]
 async fn forbidden_account_is_403() {
-    let h = Harness::start().await;
-    assert_error_both(
-        &h,
+    assert_account_error(
         "q @@sim:forbidden",
         403,
         "permission_error",

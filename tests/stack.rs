@@ -149,7 +149,6 @@ async fn metrics_after_traffic_pass_promtool() {
     let h = Harness::start().await;
     h.ask(MODEL, "one", true).await;
     h.ask("qwen3.7-plus-thinking", "two", false).await;
-    h.ask(MODEL, "q @@sim:unauthorized", false).await;
     h.ask(MODEL, "q @@sim:empty", true).await;
     h.ask(MODEL, "q @@sim:internal_error", true).await;
     // A cancelled stream counts too.
@@ -164,6 +163,8 @@ async fn metrics_after_traffic_pass_promtool() {
     body.frame().await.unwrap().unwrap();
     drop(body);
     h.wait_for_stats(|s| s["aborted_streams"] == 1).await;
+    // Last: a refused token takes the only account out of rotation.
+    h.ask(MODEL, "q @@sim:unauthorized", false).await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let text = loop {
@@ -194,6 +195,16 @@ async fn metrics_after_traffic_pass_promtool() {
         1.0
     );
     assert_eq!(metric(&text, "chat_streams_total{outcome=\"error\"}"), 1.0);
+    // The accounts: the pool of one, now invalid; its turns counted by name.
+    assert_eq!(metric(&text, "upstream_accounts{state=\"invalid\"}"), 1.0);
+    assert_eq!(metric(&text, "upstream_accounts{state=\"ready\"}"), 0.0);
+    assert_eq!(
+        metric(
+            &text,
+            "upstream_account_cooldowns_total{reason=\"invalid\"}"
+        ),
+        1.0
+    );
     assert_eq!(
         metric(&text, "chat_streams_total{outcome=\"cancelled\"}"),
         1.0

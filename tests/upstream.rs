@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use qwen_proxy::error::{ProxyError, UpstreamClass};
-use qwen_proxy::qwen::client::QwenClient;
+use qwen_proxy::qwen::client::{Caller, QwenClient, Route};
+use qwen_proxy::qwen::headers::Credentials;
 use qwen_proxy::qwen::request::{FeatureConfig, Thinking, Turn};
 use qwen_proxy::sim::{Gate, SimConfig, Simulator};
 use qwen_proxy::translate::aggregate;
@@ -21,17 +22,48 @@ use qwen_proxy::translate::pipeline::Pipeline;
 use qwen_proxy::Config;
 use support::Harness;
 
-async fn client_for(sim: &Simulator, extra: &[(&str, &str)]) -> QwenClient {
+/// The client with one account's side of the requests (`token=acct-1`).
+struct AccountClient {
+    client: QwenClient,
+    who: Caller,
+}
+
+impl AccountClient {
+    async fn start_completion(&self, t: &Turn<'_>) -> Result<hyper::body::Incoming, ProxyError> {
+        self.client.start_completion(&self.who, t).await
+    }
+    async fn create_chat(&self, model: &str, chat_type: &str) -> Result<String, ProxyError> {
+        self.client.create_chat(&self.who, model, chat_type).await
+    }
+    async fn delete_chat(&self, id: &str) -> Result<(), ProxyError> {
+        self.client.delete_chat(&self.who, id).await
+    }
+    async fn fetch_models(&self) -> Result<serde_json::Value, ProxyError> {
+        self.client.fetch_models(&self.who).await
+    }
+    async fn check_auth(&self) -> Result<serde_json::Value, ProxyError> {
+        self.client.check_auth(&self.who).await
+    }
+}
+
+async fn client_for(sim: &Simulator, extra: &[(&str, &str)]) -> AccountClient {
     let mut vars: HashMap<String, String> = HashMap::new();
     vars.insert("QWEN_BASE_URL".into(), sim.base_url());
     vars.insert("QWEN_COOKIES".into(), "token=acct-1".into());
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());
     }
-    QwenClient::new(
-        &Config::from_source(&vars, false).unwrap().upstream,
-        qwen_proxy::metrics::Metrics::new(),
-    )
+    let config = Config::from_source(&vars, false).unwrap();
+    let client = QwenClient::new(&config.upstream, qwen_proxy::metrics::Metrics::new());
+    let who = client.caller(
+        &Credentials {
+            cookies: config.upstream.cookies.clone(),
+            token: config.upstream.auth_token.clone(),
+            ..Credentials::default()
+        },
+        Route::Direct,
+    );
+    AccountClient { client, who }
 }
 
 fn turn<'a>(chat_id: &'a str, parent: Option<&'a str>, content: &'a str) -> Turn<'a> {
@@ -46,7 +78,7 @@ fn turn<'a>(chat_id: &'a str, parent: Option<&'a str>, content: &'a str) -> Turn
 }
 
 /// Send one turn and read it to the end; returns the upstream response id.
-async fn complete(client: &QwenClient, t: &Turn<'_>) -> Result<String, ProxyError> {
+async fn complete(client: &AccountClient, t: &Turn<'_>) -> Result<String, ProxyError> {
     let body = client.start_completion(t).await?;
     let mut stream = UpstreamStream::new(
         body,

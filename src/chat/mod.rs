@@ -29,6 +29,7 @@ use std::time::Duration;
 use hyper::{Request, Response};
 use tokio::time::Instant;
 
+use crate::accounts::{Blame, Used};
 use crate::app::AppState;
 use crate::backoff::Backoff;
 use crate::body::ProxyBody;
@@ -91,17 +92,92 @@ pub async fn complete(
     identity: ClientIdentity,
     start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    state.challenge.check()?;
+    state.accounts.global.check()?;
     let mut result = converse(&state, &req, &identity, start).await;
     if let Err(ProxyError::Upstream(e)) = &mut result {
         if e.class == UpstreamClass::Challenge {
             // Keep `Retry-After` truthful: no upstream call before the pause ends.
-            if let Some(pause) = state.challenge.trigger() {
-                e.retry_after = Some(pause);
+            if let Some(pause) = state.accounts.challenge_pause() {
+                e.retry_after = Some(Duration::from_secs(pause.as_secs_f64().ceil() as u64));
             }
         }
     }
     result
+}
+
+/// The accounts side of one request: which accounts it has tried, and the one renewal of
+/// an expired token it may do.
+#[derive(Debug, Default)]
+struct AccountTrail {
+    /// Accounts this request left (quota, challenge, ban): not tried again.
+    left: Vec<String>,
+    renewed: bool,
+    /// A challenge moved the request once; a second one is not the account's doing.
+    moved_on_challenge: bool,
+    /// The account and token of the last attempt.
+    last: Option<Used>,
+}
+
+/// What to do after an attempt failed on an account.
+enum AccountMove {
+    /// The failure says nothing about the account: the usual fallbacks decide.
+    Stay,
+    /// Same chat, same account, new token.
+    Again,
+    /// A fresh chat on another account.
+    Elsewhere,
+    /// Give up with this error.
+    Fail(ProxyError),
+}
+
+/// Blame the account of the failed attempt and decide whether the turn moves.
+async fn account_move(state: &AppState, trail: &mut AccountTrail, e: &ProxyError) -> AccountMove {
+    let Some(used) = trail.last.take() else {
+        return AccountMove::Stay;
+    };
+    let pool = &state.accounts;
+    let name = used.account.name().to_owned();
+    let blame = pool.blame(&used.account, e);
+    let moved = |trail: &mut AccountTrail| {
+        trail.left.push(name.clone());
+        if pool.can_move(&trail.left) {
+            state
+                .metrics
+                .account_turns
+                .with_label_values(&[&name, "true"])
+                .inc();
+            tracing::info!(
+                account = %crate::untrusted::Untrusted(&name),
+                error = e.metric_label(),
+                "moving the turn to another account"
+            );
+            AccountMove::Elsewhere
+        } else {
+            AccountMove::Stay
+        }
+    };
+    match blame {
+        Blame::None | Blame::ChatChallenge => AccountMove::Stay,
+        Blame::Quota => match moved(trail) {
+            // Every account is cooling: the earliest return, not this one's.
+            AccountMove::Stay => AccountMove::Fail(pool.unavailable()),
+            m => m,
+        },
+        Blame::Forbidden => moved(trail),
+        Blame::Challenged if !trail.moved_on_challenge => {
+            trail.moved_on_challenge = true;
+            moved(trail)
+        }
+        Blame::Challenged => AccountMove::Stay,
+        Blame::Expired if !trail.renewed => {
+            trail.renewed = true;
+            match pool.renew(&used.account, Some(&used.caller)).await {
+                Ok(()) => AccountMove::Again,
+                Err(_) => moved(trail),
+            }
+        }
+        Blame::Expired => AccountMove::Stay,
+    }
 }
 
 /// Resolve where the turn goes, send it, and fall back while the chosen chat cannot take it.
@@ -111,7 +187,7 @@ async fn converse(
     identity: &ClientIdentity,
     start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let catalog = state.models.get().await?;
+    let catalog = state.catalog().await?;
     let plan = mapping::plan(req, &catalog)?;
     let conv = &state.conversations;
     let identity = identity.as_str();
@@ -137,6 +213,7 @@ async fn converse(
         Some(Route::Now) | None => Duration::ZERO,
     };
     let mut first_attempt = true;
+    let mut trail = AccountTrail::default();
     loop {
         let pace = Pace {
             wait,
@@ -150,6 +227,7 @@ async fn converse(
             start,
             hint.is_none(),
             pace,
+            &mut trail,
         )
         .await;
         wait = Duration::ZERO;
@@ -187,6 +265,18 @@ async fn converse(
             }
             Err(e) => e,
         };
+        match account_move(state, &mut trail, &e).await {
+            AccountMove::Stay => {}
+            AccountMove::Again => continue,
+            AccountMove::Fail(e) => return Err(e),
+            AccountMove::Elsewhere => {
+                // The chat belongs to the account left behind: a fresh one elsewhere,
+                // with the history folded.
+                prepared = conv.fresh(req, identity, &plan.model, "account");
+                append_hint(&mut prepared, req, hint);
+                continue;
+            }
+        }
         if let (Some(class), Some(key)) = (e.upstream_class(), &prepared.continued_from) {
             if matches!(
                 class,
@@ -271,8 +361,10 @@ fn append_hint(prepared: &mut Prepared, req: &ChatRequest, hint: Option<Hint>) {
     }
 }
 
-/// One attempt: size check, chat lock, a new chat if needed, then send and answer. Leaves
-/// `prepared` pointing at the chat actually used (a busy chat is retried as it is).
+/// One attempt: size check, chat lock, an account, a new chat if needed, then send and
+/// answer. Leaves `prepared` pointing at the chat actually used (a busy chat is retried
+/// as it is) and `trail.last` at the account used.
+#[allow(clippy::too_many_arguments)]
 async fn send(
     state: &Arc<AppState>,
     req: &ChatRequest,
@@ -281,6 +373,7 @@ async fn send(
     start: Instant,
     tool_retry: bool,
     pace: Pace,
+    trail: &mut AccountTrail,
 ) -> Result<Answered, ProxyError> {
     check_upstream_size(prepared, plan, state.config.upstream_body_limit)?;
     // One generation per chat: wait (bounded) for other requests on this conversation.
@@ -303,20 +396,44 @@ async fn send(
     if !busy_wait.is_zero() {
         tokio::time::sleep(busy_wait).await;
     }
+    // The account: the chat's owner for a continued chat (if it cannot take turns now,
+    // the chat is as good as gone: the fallback moves the conversation to a fresh chat),
+    // the best account otherwise.
+    let pool = &state.accounts;
+    let lease = match (&prepared.target, prepared.account.as_deref()) {
+        (ChatTarget::Existing { .. }, Some(owner)) => match pool.acquire_on(owner).await {
+            Some(lease) => lease?,
+            None => {
+                return Err(ProxyError::upstream(
+                    UpstreamClass::ChatNotFound,
+                    "the account that owns the chat cannot take turns now",
+                ))
+            }
+        },
+        _ => pool.acquire(&trail.left).await?,
+    };
+    trail.last = Some(lease.used());
+    state
+        .metrics
+        .account_turns
+        .with_label_values(&[lease.name(), "false"])
+        .inc();
     // When this attempt reaches a continued chat, relative to its last answer.
     let sent_since = prepared.since_answer();
     if prepared.target == ChatTarget::NewChat {
         let asked = Instant::now();
         let chat_id = state
             .client
-            .create_chat(&plan.model, plan.chat_type)
+            .create_chat(lease.caller(), &plan.model, plan.chat_type)
             .await?;
         state.conversations.chat_created_in(asked.elapsed());
         prepared.target = ChatTarget::Existing {
             chat_id,
             parent_id: None,
         };
+        prepared.account = Some(lease.name().to_owned());
     }
+    let account = lease.account().clone();
     let result = Attempt {
         state,
         req,
@@ -325,8 +442,11 @@ async fn send(
         start,
         tool_retry,
     }
-    .respond(lock)
+    .respond(lock, lease)
     .await;
+    if result.is_ok() {
+        pool.answered(&account);
+    }
     if let Some(since) = sent_since {
         match &result {
             Ok(_) => conv.saw_chat(since, false),

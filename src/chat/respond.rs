@@ -10,6 +10,7 @@ use hyper::Response;
 use tokio::time::Instant;
 
 use super::turn::{TurnEnd, TurnStages};
+use crate::accounts::Lease;
 use crate::app::AppState;
 use crate::body::{json_response, ProxyBody};
 use crate::common::epoch_secs;
@@ -58,7 +59,11 @@ impl Attempt<'_> {
     /// Send the prepared turn and build the response. `Ok` only once the answer has begun
     /// (streaming) or is complete (not streaming): every `Err` happens before the first
     /// byte reaches the client.
-    pub async fn respond(self, lock: Option<ChatLock>) -> Result<Answered, ProxyError> {
+    pub async fn respond(
+        self,
+        lock: Option<ChatLock>,
+        lease: Lease,
+    ) -> Result<Answered, ProxyError> {
         let ChatTarget::Existing { chat_id, parent_id } = &self.prepared.target else {
             return Err(ProxyError::Internal(
                 "chat not resolved before sending".to_owned(),
@@ -72,7 +77,11 @@ impl Attempt<'_> {
             content: &self.prepared.content,
             features: self.plan.features,
         };
-        let upstream = self.state.client.start_completion(&turn).await?;
+        let upstream = self
+            .state
+            .client
+            .start_completion(lease.caller(), &turn)
+            .await?;
         let transcript = self
             .state
             .config
@@ -108,6 +117,7 @@ impl Attempt<'_> {
             self.plan.model.clone(),
             chat_id.clone(),
             lock,
+            lease,
         );
         let id = format!("chatcmpl-{}", crate::common::random_uuid().simple());
         if self.req.stream {

@@ -1,17 +1,17 @@
 //! The end of a turn, streamed or not: one [`Outcome`] in, every consumer served — token
 //! and stream metrics, the conversation store (remember the turn), the chat lock (release
-//! it), and the challenge cooldown (a challenge that arrives mid-stream).
+//! it), and the account (a quota or challenge that arrives mid-stream; its slot).
 
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::accounts::Lease;
 use crate::app::AppState;
 use crate::common::epoch_millis;
 use crate::conversation::store::Session;
 use crate::conversation::transcript::Transcript;
 use crate::conversation::ChatLock;
-use crate::error::UpstreamClass;
 use crate::tools::scan::{ScanStats, ToolScan};
 use crate::translate::body::{Outcome, Settle, StreamEnd};
 use crate::translate::fence::JsonFence;
@@ -38,6 +38,8 @@ pub struct TurnEnd {
     lock: Option<ChatLock>,
     /// Streams: when the request arrived (the active-stream gauge counts this one).
     stream_started: Option<Instant>,
+    /// The account's slot, held until the turn ends; a failure is blamed on it.
+    lease: Lease,
 }
 
 impl TurnEnd {
@@ -46,6 +48,7 @@ impl TurnEnd {
         model: String,
         chat_id: String,
         lock: Option<ChatLock>,
+        lease: Lease,
     ) -> Self {
         Self {
             state,
@@ -53,6 +56,7 @@ impl TurnEnd {
             chat_id,
             lock,
             stream_started: None,
+            lease,
         }
     }
 
@@ -107,6 +111,7 @@ impl TurnEnd {
         let conversations = self.state.conversations.clone();
         let chat_id = std::mem::take(&mut self.chat_id);
         let lock = self.lock.take();
+        let account = self.lease.name().to_owned();
         Box::pin(async move {
             if let (Some(key), Some(parent_id)) = (reply_key, response_id) {
                 conversations
@@ -116,6 +121,7 @@ impl TurnEnd {
                             chat_id,
                             parent_id,
                             answered_at_ms: epoch_millis(),
+                            account,
                         },
                     )
                     .await;
@@ -158,9 +164,9 @@ impl StreamEnd<TurnStages> for TurnEnd {
                 // error map, handled by `chat::complete`); mid-stream it is reported here.
                 if self.stream_started.is_some() {
                     e.report(&self.state.metrics);
-                    if e.upstream_class() == Some(UpstreamClass::Challenge) {
-                        self.state.challenge.trigger();
-                    }
+                    // The quota or a challenge after the answer began: the account is
+                    // paused all the same (the client got an in-band error).
+                    self.state.accounts.blame(self.lease.account(), e);
                 }
                 self.stream_ended("error");
                 None

@@ -90,6 +90,9 @@ pub struct Prepared {
     pub continued_from: Option<Key>,
     /// When the continued chat's last answer ended (Unix ms), if known.
     pub answered_at_ms: Option<u64>,
+    /// The account that owns the continued chat (only its token may use the chat); `None`
+    /// for a new chat (any account) and for sessions from before accounts.
+    pub account: Option<String>,
 }
 
 impl Prepared {
@@ -236,6 +239,7 @@ impl Conversations {
             reply_key,
             continued_from: Some(prefix_key),
             answered_at_ms: Some(s.answered_at_ms),
+            account: (!s.account.is_empty()).then_some(s.account),
         }
     }
 
@@ -287,6 +291,7 @@ impl Conversations {
             reply_key,
             continued_from: None,
             answered_at_ms: None,
+            account: None,
         }
     }
 

@@ -21,6 +21,30 @@ pub struct Session {
     /// recorded): the chat is busy upstream for a while after it (`busy`).
     #[serde(default)]
     pub answered_at_ms: u64,
+    /// The account that owns the chat (empty in sessions stored before accounts: the
+    /// single account's).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub account: String,
+}
+
+impl Session {
+    /// The chat with its owner, as tracked for `CHAT_CLEANUP=delete`:
+    /// `<account>/<chat_id>`, or the bare chat id for the single account.
+    pub fn owned_chat(&self) -> String {
+        if self.account.is_empty() {
+            self.chat_id.clone()
+        } else {
+            format!("{}/{}", self.account, self.chat_id)
+        }
+    }
+}
+
+/// `(account, chat_id)` of a tracked chat (account names never contain `/`).
+pub fn split_owned_chat(owned: &str) -> (Option<&str>, &str) {
+    match owned.split_once('/') {
+        Some((account, chat)) => (Some(account), chat),
+        None => (None, owned),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +146,7 @@ impl MemoryStore {
         e.last_used = now;
         let session = e.session.clone();
         inner.order.push_back((tick, key.to_owned()));
-        inner.chats.insert(session.chat_id.clone(), now);
+        inner.chats.insert(session.owned_chat(), now);
         Some(session)
     }
 
@@ -141,7 +165,7 @@ impl MemoryStore {
             },
         );
         inner.order.push_back((tick, key.to_owned()));
-        inner.chats.insert(session.chat_id.clone(), now);
+        inner.chats.insert(session.owned_chat(), now);
         while inner.sessions.len() > self.max_entries {
             let Some((t, k)) = inner.order.pop_front() else {
                 break;
@@ -256,6 +280,7 @@ mod tests {
             chat_id: chat.into(),
             parent_id: "p".into(),
             answered_at_ms: 1,
+            account: String::new(),
         }
     }
 

@@ -17,14 +17,15 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use super::classify::{body_error, frame_error};
 use super::frame::Frame;
-use super::headers::{HeaderSet, Page};
+use super::headers::{Credentials, HeaderSet, Page};
 use super::request::{NewChatBody, Turn};
 use crate::common::{epoch_millis, epoch_secs};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
@@ -35,6 +36,25 @@ use crate::metrics::Metrics;
 const ERROR_BODY_LIMIT: usize = 256 * 1024;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// Through an outbound proxy: an HTTP CONNECT tunnel, then TLS (or not) inside it.
+type TunnelClient = Client<HttpsConnector<Tunnel<HttpConnector>>, Full<Bytes>>;
+
+/// One account's side of every upstream request: its header set (cookie jar, token,
+/// browser values) and its way out (direct, or its own outbound proxy). Built by
+/// `accounts` and replaced when the token changes.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    headers: HeaderSet,
+    route: Route,
+}
+
+/// The way out of one account: direct (the shared pools), or through its proxy (a pool of
+/// its own: connections through one proxy are never shared with another account).
+#[derive(Debug, Clone)]
+pub enum Route {
+    Direct,
+    Proxy(Box<TunnelClient>),
+}
 
 #[derive(Clone, Debug)]
 pub struct QwenClient {
@@ -48,7 +68,9 @@ struct Inner {
     /// `auto` on a plain-HTTP upstream: HTTP/2 by prior knowledge, while it works.
     h2c: Option<H2c>,
     base: String,
-    headers: HeaderSet,
+    /// Where sign-in and refresh go (`QWEN_AUTH_BASE_URL`, auth.qwen.ai).
+    pub(super) auth_base: String,
+    cfg: UpstreamConfig,
     header_timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -73,17 +95,26 @@ const H2C_UNKNOWN: u8 = 0;
 const H2C_WORKS: u8 = 1;
 const H2C_REFUSED: u8 = 2;
 
-fn http_client(cfg: &UpstreamConfig, http2_only: bool) -> HttpClient {
+fn tcp_connector(cfg: &UpstreamConfig) -> HttpConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(cfg.connect_timeout));
     http.set_nodelay(true);
+    http
+}
+
+fn http_client(cfg: &UpstreamConfig, http2_only: bool) -> HttpClient {
     let tls = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_all_versions()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
+        .wrap_connector(tcp_connector(cfg));
+    pooled(http2_only).build(tls)
+}
+
+fn pooled(http2_only: bool) -> hyper_util::client::legacy::Builder {
+    let mut b = Client::builder(TokioExecutor::new());
+    b
         // Shorter than typical upstream keep-alive, so we rarely reuse a dying socket.
         .pool_idle_timeout(Duration::from_secs(50))
         // No cap below the concurrency: over HTTP/1.1 each open stream holds its own
@@ -92,8 +123,8 @@ fn http_client(cfg: &UpstreamConfig, http2_only: bool) -> HttpClient {
         // connections are bounded by the peak concurrency (itself bounded by
         // MAX_CONCURRENT_STREAMS) and closed after the idle timeout.
         .pool_max_idle_per_host(usize::MAX)
-        .http2_only(http2_only)
-        .build(tls)
+        .http2_only(http2_only);
+    b
 }
 
 impl QwenClient {
@@ -110,11 +141,78 @@ impl QwenClient {
                 http: http_client(cfg, cfg.protocol == UpstreamProtocol::Http2),
                 h2c,
                 base: cfg.base_url.to_string().trim_end_matches('/').to_owned(),
-                headers: HeaderSet::new(cfg),
+                auth_base: cfg
+                    .auth_base_url
+                    .to_string()
+                    .trim_end_matches('/')
+                    .to_owned(),
+                cfg: cfg.clone(),
                 header_timeout: cfg.header_timeout,
                 metrics,
             }),
         }
+    }
+
+    /// The way out through an outbound proxy (`http://[user:pass@]host:port`, CONNECT).
+    /// HTTP/1.1 or what ALPN agrees inside the tunnel; no h2c through a proxy.
+    pub fn proxy_route(&self, proxy: &hyper::Uri) -> Route {
+        let target = hyper::Uri::builder()
+            .scheme("http")
+            .authority(
+                proxy
+                    .host()
+                    .map(|h| match proxy.port_u16() {
+                        Some(p) => format!("{h}:{p}"),
+                        None => format!("{h}:80"),
+                    })
+                    .unwrap_or_default(),
+            )
+            .path_and_query("/")
+            .build()
+            .unwrap_or_else(|_| proxy.clone());
+        let mut tunnel = Tunnel::new(target, tcp_connector(&self.inner.cfg));
+        if let Some(userinfo) = proxy
+            .authority()
+            .and_then(|a| a.as_str().rsplit_once('@'))
+            .map(|(u, _)| u)
+        {
+            let encoded = base64_standard(userinfo.as_bytes());
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("Basic {encoded}")) {
+                tunnel = tunnel.with_auth(v);
+            }
+        }
+        let tls = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(tunnel);
+        Route::Proxy(Box::new(
+            pooled(self.inner.cfg.protocol == UpstreamProtocol::Http2).build(tls),
+        ))
+    }
+
+    /// One account's side of its requests.
+    pub fn caller(&self, who: &Credentials, route: Route) -> Caller {
+        Caller {
+            headers: HeaderSet::new(&self.inner.cfg, who),
+            route,
+        }
+    }
+
+    pub(super) fn auth_base(&self) -> &str {
+        &self.inner.auth_base
+    }
+
+    pub(super) fn chat_base(&self) -> &str {
+        &self.inner.base
+    }
+
+    pub(super) fn record_call<T>(
+        &self,
+        endpoint: &str,
+        r: Result<T, ProxyError>,
+    ) -> Result<T, ProxyError> {
+        self.record(endpoint, r)
     }
 
     /// Count one upstream call by endpoint and outcome (`ok` or the error class).
@@ -127,28 +225,44 @@ impl QwenClient {
         r
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
+        who: &Caller,
         method: Method,
         path: &str,
         page: Page<'_>,
         stream: bool,
         body: Bytes,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let build = || {
-            let mut req = Request::builder()
-                .method(method.clone())
-                .uri(format!("{}{path}", self.inner.base))
-                .body(Full::new(body.clone()))
-                .map_err(|e| ProxyError::Internal(format!("building upstream request: {e}")))?;
-            *req.headers_mut() = self.inner.headers.build(page, stream);
-            Ok::<_, ProxyError>(req)
-        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.inner.base))
+            .body(Full::new(body))
+            .map_err(|e| ProxyError::Internal(format!("building upstream request: {e}")))?;
+        *req.headers_mut() = who.headers.build(page, stream);
+        self.dispatch(who, req).await
+    }
+
+    /// Send a built request the caller's way.
+    pub(super) async fn dispatch(
+        &self,
+        who: &Caller,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        if let Route::Proxy(client) = &who.route {
+            return self.exchange(client, req).await;
+        }
         let client = match &self.inner.h2c {
             Some(h2c) if self.h2c_usable(h2c).await => &h2c.client,
             _ => &self.inner.http,
         };
-        self.exchange(client, build()?).await
+        self.exchange(client, req).await
+    }
+
+    /// The caller's header set (sign-in and refresh adapt it to the auth domain).
+    pub(super) fn headers_of<'a>(&self, who: &'a Caller) -> &'a HeaderSet {
+        &who.headers
     }
 
     /// Whether a plain-HTTP upstream speaks h2c, probing it the first time (see [`H2c`]).
@@ -198,11 +312,14 @@ impl QwenClient {
     }
 
     /// One request on `client`, within the response-header timeout.
-    async fn exchange(
+    async fn exchange<C>(
         &self,
-        client: &HttpClient,
+        client: &Client<C, Full<Bytes>>,
         req: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Incoming>, ProxyError>
+    where
+        C: Connect + Clone + Send + Sync + 'static,
+    {
         match tokio::time::timeout(self.inner.header_timeout, client.request(req)).await {
             Err(_) => Err(ProxyError::upstream(
                 UpstreamClass::Timeout,
@@ -217,12 +334,22 @@ impl QwenClient {
     }
 
     /// `POST /api/v2/chats/new` → the new chat id.
-    pub async fn create_chat(&self, model: &str, chat_type: &str) -> Result<String, ProxyError> {
-        let r = self.create_chat_inner(model, chat_type).await;
+    pub async fn create_chat(
+        &self,
+        who: &Caller,
+        model: &str,
+        chat_type: &str,
+    ) -> Result<String, ProxyError> {
+        let r = self.create_chat_inner(who, model, chat_type).await;
         self.record("chats_new", r)
     }
 
-    async fn create_chat_inner(&self, model: &str, chat_type: &str) -> Result<String, ProxyError> {
+    async fn create_chat_inner(
+        &self,
+        who: &Caller,
+        model: &str,
+        chat_type: &str,
+    ) -> Result<String, ProxyError> {
         let body = NewChatBody {
             title: "New Chat",
             models: [model],
@@ -234,6 +361,7 @@ impl QwenClient {
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
         let rsp = self
             .send(
+                who,
                 Method::POST,
                 "/api/v2/chats/new",
                 Page::NewChat,
@@ -256,16 +384,31 @@ impl QwenClient {
     /// Errors that the headers (or a short non-stream body) already reveal are returned
     /// here; errors inside a 200 body (JSON error documents, error frames) are found by the
     /// stream pipeline, which treats a bare JSON body as one event.
-    pub async fn start_completion(&self, turn: &Turn<'_>) -> Result<Incoming, ProxyError> {
-        let r = self.start_completion_inner(turn).await;
+    pub async fn start_completion(
+        &self,
+        who: &Caller,
+        turn: &Turn<'_>,
+    ) -> Result<Incoming, ProxyError> {
+        let r = self.start_completion_inner(who, turn).await;
         self.record("completions", r)
     }
 
-    async fn start_completion_inner(&self, turn: &Turn<'_>) -> Result<Incoming, ProxyError> {
+    async fn start_completion_inner(
+        &self,
+        who: &Caller,
+        turn: &Turn<'_>,
+    ) -> Result<Incoming, ProxyError> {
         let body = Bytes::from(turn.body(epoch_secs()));
         let path = format!("/api/v2/chat/completions?chat_id={}", turn.chat_id);
         let rsp = self
-            .send(Method::POST, &path, Page::Chat(turn.chat_id), true, body)
+            .send(
+                who,
+                Method::POST,
+                &path,
+                Page::Chat(turn.chat_id),
+                true,
+                body,
+            )
             .await?;
         let status = effective_status(&rsp);
         let content_type = header_str(&rsp, CONTENT_TYPE).to_ascii_lowercase();
@@ -281,11 +424,19 @@ impl QwenClient {
         Err(err.into())
     }
 
-    /// `GET /api/models` (works without credentials).
-    pub async fn fetch_models(&self) -> Result<Value, ProxyError> {
+    /// `GET /api/models`. It answers without credentials too, but then with the guest
+    /// catalogue, which varies in length: fetch it as an account.
+    pub async fn fetch_models(&self, who: &Caller) -> Result<Value, ProxyError> {
         let r = async {
             let rsp = self
-                .send(Method::GET, "/api/models", Page::Home, false, Bytes::new())
+                .send(
+                    who,
+                    Method::GET,
+                    "/api/models",
+                    Page::Home,
+                    false,
+                    Bytes::new(),
+                )
                 .await?;
             json_or_error(rsp).await
         }
@@ -294,9 +445,10 @@ impl QwenClient {
     }
 
     /// `GET /api/v1/auths/`: are the credentials accepted?
-    pub async fn check_auth(&self) -> Result<Value, ProxyError> {
+    pub async fn check_auth(&self, who: &Caller) -> Result<Value, ProxyError> {
         let rsp = self
             .send(
+                who,
                 Method::GET,
                 "/api/v1/auths/",
                 Page::Home,
@@ -308,10 +460,20 @@ impl QwenClient {
     }
 
     /// `DELETE /api/v2/chats/{id}`; a chat that is already gone counts as deleted.
-    pub async fn delete_chat(&self, chat_id: &str) -> Result<(), ProxyError> {
+    ///
+    /// Without an id the same path deletes *every* chat of the account (2026-09), so an
+    /// empty or path-like id is refused here rather than sent.
+    pub async fn delete_chat(&self, who: &Caller, chat_id: &str) -> Result<(), ProxyError> {
+        if chat_id.is_empty() || chat_id.contains(['/', '?', '#']) {
+            return Err(ProxyError::Internal(
+                "refusing to delete a chat without a proper id (that would delete them all)"
+                    .to_owned(),
+            ));
+        }
         let path = format!("/api/v2/chats/{chat_id}");
         let rsp = self
             .send(
+                who,
                 Method::DELETE,
                 &path,
                 Page::Chat(chat_id),
@@ -325,6 +487,46 @@ impl QwenClient {
             Err(e) => Err(e),
         }
     }
+
+    /// `DELETE /api/v2/chats/`: every chat of the account, at once. Only the operator's
+    /// explicit cleanup (admin API) calls this. Returns how many the upstream says it
+    /// deleted, when it says.
+    pub async fn purge_chats(&self, who: &Caller) -> Result<Option<u64>, ProxyError> {
+        let rsp = self
+            .send(
+                who,
+                Method::DELETE,
+                "/api/v2/chats/",
+                Page::Home,
+                false,
+                Bytes::new(),
+            )
+            .await?;
+        let v = json_or_error(rsp).await?;
+        Ok(v.pointer("/data/deleted").and_then(Value::as_u64))
+    }
+}
+
+/// Standard base64 (with padding), for `Proxy-Authorization: Basic`.
+fn base64_standard(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The logical status: `x-actual-status-code` overrides a wire 200.
@@ -365,7 +567,7 @@ async fn read_limited(body: Incoming) -> Result<Bytes, ProxyError> {
 }
 
 /// A JSON API answer (`chats/new`, models, auth): the document, or its classified error.
-async fn json_or_error(rsp: Response<Incoming>) -> Result<Value, ProxyError> {
+pub(super) async fn json_or_error(rsp: Response<Incoming>) -> Result<Value, ProxyError> {
     let status = effective_status(&rsp);
     let content_type = header_str(&rsp, CONTENT_TYPE).to_ascii_lowercase();
     let retry = retry_after(&rsp);

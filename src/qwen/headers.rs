@@ -7,7 +7,7 @@ use hyper::header::{
     CONTENT_TYPE, COOKIE, ORIGIN, REFERER, USER_AGENT,
 };
 
-use crate::common::epoch_secs;
+use crate::common::{epoch_secs, Secret};
 use crate::config::UpstreamConfig;
 
 /// Which page the browser would be on when making the call (drives `Referer`/`Accept`).
@@ -16,6 +16,20 @@ pub enum Page<'a> {
     NewChat,
     Chat(&'a str),
     Home,
+}
+
+/// Whose browser session a request comes from: one account's cookie jar, token and
+/// captured browser values (`accounts` builds it; it changes when the token does).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// The Cookie header (with `token=`).
+    pub cookies: Option<Secret>,
+    /// The account token, also sent as `Authorization: Bearer` unless turned off.
+    pub token: Option<Secret>,
+    pub bx_ua: Option<Secret>,
+    pub bx_umidtoken: Option<Secret>,
+    /// The account's own User-Agent; the configured default otherwise.
+    pub user_agent: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -36,10 +50,13 @@ fn secret(s: &str) -> HeaderValue {
 }
 
 impl HeaderSet {
-    pub fn new(cfg: &UpstreamConfig) -> Self {
+    pub fn new(cfg: &UpstreamConfig, who: &Credentials) -> Self {
         let origin = cfg.base_url.to_string().trim_end_matches('/').to_owned();
         let mut h = HeaderMap::new();
-        h.insert(USER_AGENT, value(&cfg.user_agent));
+        h.insert(
+            USER_AGENT,
+            value(who.user_agent.as_deref().unwrap_or(&cfg.user_agent)),
+        );
         h.insert(
             ACCEPT_LANGUAGE,
             HeaderValue::from_static("zh-CN,zh;q=0.9,en;q=0.8"),
@@ -54,10 +71,10 @@ impl HeaderSet {
         if let Some(v) = &cfg.bx_v {
             h.insert("bx-v", value(v));
         }
-        if let Some(ua) = &cfg.bx_ua {
+        if let Some(ua) = &who.bx_ua {
             h.insert("bx-ua", secret(ua.expose()));
         }
-        if let Some(t) = &cfg.bx_umidtoken {
+        if let Some(t) = &who.bx_umidtoken {
             h.insert("bx-umidtoken", secret(t.expose()));
         }
         h.insert(
@@ -74,10 +91,10 @@ impl HeaderSet {
         h.insert("sec-fetch-dest", HeaderValue::from_static("empty"));
         h.insert("sec-fetch-mode", HeaderValue::from_static("cors"));
         h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
-        if let Some(c) = &cfg.cookies {
+        if let Some(c) = &who.cookies {
             h.insert(COOKIE, secret(c.expose()));
         }
-        if let (true, Some(t)) = (cfg.send_bearer, &cfg.auth_token) {
+        if let (true, Some(t)) = (cfg.send_bearer, &who.token) {
             h.insert(AUTHORIZATION, secret(&format!("Bearer {}", t.expose())));
         }
         Self { base: h, origin }
@@ -158,7 +175,12 @@ mod tests {
             all.insert((*k).to_owned(), (*v).to_owned());
         }
         let cfg = crate::config::Config::from_source(&all, false).unwrap();
-        HeaderSet::new(&cfg.upstream).build(Page::Home, false)
+        let who = Credentials {
+            bx_ua: cfg.upstream.bx_ua.clone(),
+            bx_umidtoken: cfg.upstream.bx_umidtoken.clone(),
+            ..Credentials::default()
+        };
+        HeaderSet::new(&cfg.upstream, &who).build(Page::Home, false)
     }
 
     #[test]

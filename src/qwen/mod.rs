@@ -1,5 +1,6 @@
 //! The upstream side: chat.qwen.ai's private web API (`qwen-protocol.md`).
 
+pub mod auth;
 pub mod classify;
 pub mod client;
 pub mod cooldown;

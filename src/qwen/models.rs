@@ -9,7 +9,8 @@ use serde_json::Value;
 use tokio::sync::{Mutex, RwLock};
 use tokio::time::Instant;
 
-use super::client::QwenClient;
+use super::client::{Caller, QwenClient};
+use super::headers::Credentials;
 use crate::error::ProxyError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,7 +228,9 @@ impl ModelCache {
         }
     }
 
-    pub async fn get(&self) -> Result<Arc<Catalog>, ProxyError> {
+    /// The catalogue, fetched as `who` when it is stale (`None`: as a guest, whose
+    /// catalogue may be shorter).
+    pub async fn get(&self, who: Option<Arc<Caller>>) -> Result<Arc<Catalog>, ProxyError> {
         if let Some(c) = self.fresh().await {
             return Ok(c);
         }
@@ -235,7 +238,13 @@ impl ModelCache {
         if let Some(c) = self.fresh().await {
             return Ok(c);
         }
-        match self.client.fetch_models().await {
+        let who = who.unwrap_or_else(|| {
+            Arc::new(
+                self.client
+                    .caller(&Credentials::default(), super::client::Route::Direct),
+            )
+        });
+        match self.client.fetch_models(&who).await {
             Ok(json) => {
                 let catalog = Arc::new(Catalog::from_json(&json));
                 *self.current.write().await = Some((Instant::now(), catalog.clone()));

@@ -77,7 +77,7 @@ impl SessionStore for RedisStore {
                 return Ok(None);
             };
             let session: Session = serde_json::from_str(&json).map_err(err)?;
-            self.touch_chat(&session.chat_id).await?;
+            self.touch_chat(&session.owned_chat()).await?;
             Ok(Some(session))
         })
     }
@@ -96,7 +96,7 @@ impl SessionStore for RedisStore {
                     .cmd(&[b"SET", k.as_bytes(), json.as_bytes(), b"PX", ttl.as_bytes()])
                     .await?,
             )?;
-            self.touch_chat(&session.chat_id).await
+            self.touch_chat(&session.owned_chat()).await
         })
     }
 

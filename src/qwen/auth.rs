@@ -1,0 +1,230 @@
+//! Sign-in and refresh (qwen-protocol §2.3): the legacy `POST /api/v1/auths/signin` on the
+//! chat domain (a 30-day JWT in the body), and the auth-domain flow
+//! (`QWEN_AUTH_BASE_URL`, auth.qwen.ai, since 2026-09-30): `POST /api/v2/auths/signin`
+//! gives a short-lived access token (≈ 900 s) and a refresh token, and
+//! `GET /api/v2/auths/refresh` trades the refresh token for new ones — the refresh token
+//! is rotated every time, so the new one must be kept.
+//!
+//! Passwords go out as the lowercase hex SHA-256 the web front end sends; the plaintext
+//! never leaves the process.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, AUTHORIZATION, COOKIE, SET_COOKIE};
+use hyper::{Method, Request};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::client::{json_or_error, Caller, QwenClient};
+use super::headers::Page;
+use crate::common::Secret;
+use crate::error::{ProxyError, UpstreamClass};
+
+pub use crate::config::SigninFlow;
+
+/// What a sign-in or refresh yields.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub access: Secret,
+    /// Only the auth-domain flow has one; store the newest, the old one is spent.
+    pub refresh: Option<Secret>,
+}
+
+/// Lowercase hex SHA-256, as the front end hashes passwords.
+pub fn password_digest(password: &str) -> String {
+    Sha256::digest(password.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl QwenClient {
+    /// Sign in with email and password.
+    pub async fn sign_in(
+        &self,
+        who: &Caller,
+        flow: SigninFlow,
+        email: &str,
+        password: &Secret,
+    ) -> Result<Tokens, ProxyError> {
+        let r = self.sign_in_inner(who, flow, email, password).await;
+        self.record_call("signin", r)
+    }
+
+    async fn sign_in_inner(
+        &self,
+        who: &Caller,
+        flow: SigninFlow,
+        email: &str,
+        password: &Secret,
+    ) -> Result<Tokens, ProxyError> {
+        let body = serde_json::json!({
+            "email": email,
+            "password": password_digest(password.expose()),
+        });
+        let (base, path) = match flow {
+            SigninFlow::Auth => (self.auth_base(), "/api/v2/auths/signin"),
+            SigninFlow::Legacy => (self.chat_base(), "/api/v1/auths/signin"),
+        };
+        let req = self.auth_request(
+            who,
+            Method::POST,
+            format!("{base}{path}"),
+            None,
+            Bytes::from(body.to_string()),
+        )?;
+        let rsp = self.dispatch(who, req).await?;
+        let cookies = set_cookies(rsp.headers());
+        let status = rsp.status().as_u16();
+        let json = json_or_error(rsp)
+            .await
+            .map_err(|e| signin_refusal(status, e))?;
+        let access = json
+            .pointer("/data/access_token")
+            .or_else(|| json.get("token"))
+            .or_else(|| json.pointer("/data/token"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| cookie_value(&cookies, "token"))
+            .ok_or_else(|| {
+                ProxyError::upstream(UpstreamClass::Protocol, "sign-in answered without a token")
+            })?;
+        let refresh = json
+            .pointer("/data/refresh_token")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| cookie_value(&cookies, "refresh_token"));
+        Ok(Tokens {
+            access: Secret::new(access),
+            refresh: refresh.map(Secret::new),
+        })
+    }
+
+    /// Trade a refresh token for new tokens (auth-domain flow). The answer's refresh token
+    /// replaces the one sent, which is spent.
+    pub async fn refresh(&self, who: &Caller, refresh: &Secret) -> Result<Tokens, ProxyError> {
+        let r = async {
+            let cookie = format!("refresh_token={}", refresh.expose());
+            let req = self.auth_request(
+                who,
+                Method::GET,
+                format!("{}/api/v2/auths/refresh", self.auth_base()),
+                Some(cookie),
+                Bytes::new(),
+            )?;
+            let rsp = self.dispatch(who, req).await?;
+            let cookies = set_cookies(rsp.headers());
+            let json = json_or_error(rsp).await?;
+            let access = json
+                .pointer("/data/access_token")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    ProxyError::upstream(
+                        UpstreamClass::Protocol,
+                        "refresh answered without an access token",
+                    )
+                })?;
+            let new_refresh = json
+                .pointer("/data/refresh_token")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or_else(|| cookie_value(&cookies, "refresh_token"));
+            Ok(Tokens {
+                access: Secret::new(access),
+                // Not rotated this time: the one sent stays valid.
+                refresh: Some(new_refresh.map_or_else(|| refresh.clone(), Secret::new)),
+            })
+        }
+        .await;
+        self.record_call("refresh", r)
+    }
+
+    /// The account's browser headers, without its old token, as the auth pages send them.
+    fn auth_request(
+        &self,
+        who: &Caller,
+        method: Method,
+        uri: String,
+        cookie: Option<String>,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, ProxyError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Full::new(body))
+            .map_err(|e| ProxyError::Internal(format!("building a sign-in request: {e}")))?;
+        let mut h = self.headers_of(who).build(Page::Home, false);
+        h.remove(AUTHORIZATION);
+        h.remove(COOKIE);
+        if let Some(c) = cookie {
+            let mut v = HeaderValue::from_str(&c).map_err(|_| {
+                ProxyError::Internal("a refresh token that is not a header value".to_owned())
+            })?;
+            v.set_sensitive(true);
+            h.insert(COOKIE, v);
+        }
+        // The auth domain refuses requests without these ("Invalid request header").
+        h.insert("x-request-origin", HeaderValue::from_static("web"));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
+        *req.headers_mut() = h;
+        Ok(req)
+    }
+}
+
+/// A refused password (400/401/403 with `{"detail":"incorrect"}` and the like) is the
+/// account's fault, not a passing upstream failure; the sign-in wall's WAF page stays a
+/// challenge (try later, from elsewhere).
+fn signin_refusal(status: u16, e: ProxyError) -> ProxyError {
+    let challenge = e.upstream_class() == Some(UpstreamClass::Challenge);
+    if matches!(status, 400 | 401 | 403) && !challenge {
+        return ProxyError::upstream(
+            UpstreamClass::AuthFailed,
+            format!("sign-in refused (HTTP {status}): wrong email or password"),
+        );
+    }
+    e
+}
+
+fn set_cookies(h: &hyper::HeaderMap) -> Vec<String> {
+    h.get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The value of cookie `name` among `Set-Cookie` headers.
+fn cookie_value(set_cookies: &[String], name: &str) -> Option<String> {
+    set_cookies.iter().find_map(|c| {
+        let first = c.split(';').next()?;
+        let (k, v) = first.split_once('=')?;
+        (k.trim() == name && !v.trim().is_empty()).then(|| v.trim().to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_sent_as_lowercase_hex_sha256() {
+        assert_eq!(
+            password_digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn cookie_values_come_from_the_first_attribute_only() {
+        let c = vec![
+            "refresh_token=r1; Path=/; HttpOnly".to_owned(),
+            "token=t1; Path=/".to_owned(),
+            "other=; Path=/".to_owned(),
+        ];
+        assert_eq!(cookie_value(&c, "refresh_token").as_deref(), Some("r1"));
+        assert_eq!(cookie_value(&c, "token").as_deref(), Some("t1"));
+        assert_eq!(cookie_value(&c, "other"), None);
+        assert_eq!(cookie_value(&c, "Path"), None);
+    }
+}
