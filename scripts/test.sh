@@ -43,7 +43,7 @@ step "Rust unit and integration tests"
 cargo test --locked --lib --bins --tests
 
 step "benchmarks compile and run once (test mode)"
-cargo test --locked --bench pipeline --bench tool_scan --bench conversation --bench load
+cargo test --locked --bench pipeline --bench tool_scan --bench conversation --bench load --bench accounts
 
 step "real-client suite: official openai Python SDK"
 cargo build --locked --bin qwen-proxy

@@ -46,7 +46,11 @@ impl Proxy {
     pub async fn start(sim_url: &str, env: &[(&str, &str)]) -> Self {
         let mut vars: HashMap<String, String> = HashMap::new();
         vars.insert("QWEN_BASE_URL".into(), sim_url.to_owned());
-        vars.insert("QWEN_COOKIES".into(), "token=test-token; other=1".into());
+        vars.insert("QWEN_AUTH_BASE_URL".into(), sim_url.to_owned());
+        // The pool of one, unless the test brings an accounts file.
+        if !env.iter().any(|(k, _)| *k == "QWEN_ACCOUNTS_FILE") {
+            vars.insert("QWEN_COOKIES".into(), "token=test-token; other=1".into());
+        }
         // Real backoff shape, short delays: tests stay fast.
         vars.insert("RETRY_INITIAL_DELAY".into(), "10".into());
         vars.insert("RETRY_MAX_DELAY".into(), "40".into());
