@@ -381,6 +381,21 @@ impl Reader<'_> {
         }
     }
 
+    /// An http(s) base URL (a trailing `/` dropped).
+    fn url(&mut self, key: &str, default: &'static str) -> Uri {
+        let Some(v) = self.raw(key) else {
+            return Uri::from_static(default);
+        };
+        match v.trim_end_matches('/').parse::<Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => u,
+            _ => {
+                self.errors
+                    .push(format!("{key}={v:?} is not an http(s) URL"));
+                Uri::from_static(default)
+            }
+        }
+    }
+
     fn bool(&mut self, key: &str, default: bool) -> bool {
         match self.raw(key).map(|v| v.to_ascii_lowercase()) {
             None => default,
@@ -531,32 +546,8 @@ impl Config {
                 .push("LISTEN_BACKLOG must be at least 1".to_owned());
         }
 
-        let base_url = match r.raw("QWEN_BASE_URL") {
-            None => Uri::from_static("https://chat.qwen.ai"),
-            Some(v) => match v.trim_end_matches('/').parse::<Uri>() {
-                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
-                    u
-                }
-                _ => {
-                    r.errors
-                        .push(format!("QWEN_BASE_URL={v:?} is not an http(s) URL"));
-                    Uri::from_static("https://chat.qwen.ai")
-                }
-            },
-        };
-        let auth_base_url = match r.raw("QWEN_AUTH_BASE_URL") {
-            None => Uri::from_static("https://auth.qwen.ai"),
-            Some(v) => match v.trim_end_matches('/').parse::<Uri>() {
-                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
-                    u
-                }
-                _ => {
-                    r.errors
-                        .push(format!("QWEN_AUTH_BASE_URL={v:?} is not an http(s) URL"));
-                    Uri::from_static("https://auth.qwen.ai")
-                }
-            },
-        };
+        let base_url = r.url("QWEN_BASE_URL", "https://chat.qwen.ai");
+        let auth_base_url = r.url("QWEN_AUTH_BASE_URL", "https://auth.qwen.ai");
         let accounts_file = r.raw("QWEN_ACCOUNTS_FILE").map(std::path::PathBuf::from);
         let file_specs = match &accounts_file {
             Some(path) => match crate::accounts_file::load_file(path) {

@@ -79,24 +79,8 @@ impl QwenClient {
         let json = json_or_error(rsp)
             .await
             .map_err(|e| signin_refusal(status, e))?;
-        let access = json
-            .pointer("/data/access_token")
-            .or_else(|| json.get("token"))
-            .or_else(|| json.pointer("/data/token"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| cookie_value(&cookies, "token"))
-            .ok_or_else(|| {
-                ProxyError::upstream(UpstreamClass::Protocol, "sign-in answered without a token")
-            })?;
-        let refresh = json
-            .pointer("/data/refresh_token")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| cookie_value(&cookies, "refresh_token"));
-        Ok(Tokens {
-            access: Secret::new(access),
-            refresh: refresh.map(Secret::new),
+        tokens(&json, &cookies).ok_or_else(|| {
+            ProxyError::upstream(UpstreamClass::Protocol, "sign-in answered without a token")
         })
     }
 
@@ -115,26 +99,15 @@ impl QwenClient {
             let rsp = self.dispatch(who, req).await?;
             let cookies = set_cookies(rsp.headers());
             let json = json_or_error(rsp).await?;
-            let access = json
-                .pointer("/data/access_token")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    ProxyError::upstream(
-                        UpstreamClass::Protocol,
-                        "refresh answered without an access token",
-                    )
-                })?;
-            let new_refresh = json
-                .pointer("/data/refresh_token")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .or_else(|| cookie_value(&cookies, "refresh_token"));
-            Ok(Tokens {
-                access: Secret::new(access),
-                // Not rotated this time: the one sent stays valid.
-                refresh: Some(new_refresh.map_or_else(|| refresh.clone(), Secret::new)),
-            })
+            let mut new = tokens(&json, &cookies).ok_or_else(|| {
+                ProxyError::upstream(
+                    UpstreamClass::Protocol,
+                    "refresh answered without an access token",
+                )
+            })?;
+            // Not rotated this time: the one sent stays valid.
+            new.refresh.get_or_insert_with(|| refresh.clone());
+            Ok(new)
         }
         .await;
         self.record_call("refresh", r)
@@ -186,6 +159,27 @@ fn signin_refusal(status: u16, e: ProxyError) -> ProxyError {
     e
 }
 
+/// The tokens of a sign-in or refresh answer: the access token in the body
+/// (`data.access_token`; the legacy `token`) or its `token` cookie; the refresh token in the
+/// body or its `refresh_token` cookie.
+fn tokens(json: &Value, set_cookies: &[String]) -> Option<Tokens> {
+    let body = |pointer: &str| {
+        json.pointer(pointer)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let access = body("/data/access_token")
+        .or_else(|| body("/token"))
+        .or_else(|| body("/data/token"))
+        .or_else(|| cookie_value(set_cookies, "token"))?;
+    let refresh =
+        body("/data/refresh_token").or_else(|| cookie_value(set_cookies, "refresh_token"));
+    Some(Tokens {
+        access: Secret::new(access),
+        refresh: refresh.map(Secret::new),
+    })
+}
+
 fn set_cookies(h: &hyper::HeaderMap) -> Vec<String> {
     h.get_all(SET_COOKIE)
         .iter()
@@ -213,6 +207,23 @@ mod tests {
             password_digest("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn tokens_come_from_the_body_or_the_cookies() {
+        let auth = tokens(
+            &serde_json::json!({"success": true, "data": {"access_token": "a1"}}),
+            &["refresh_token=r1; Path=/; HttpOnly".to_owned()],
+        )
+        .unwrap();
+        assert_eq!(auth.access.expose(), "a1");
+        assert_eq!(auth.refresh.unwrap().expose(), "r1");
+        let legacy = tokens(&serde_json::json!({"id": "u", "token": "t1"}), &[]).unwrap();
+        assert_eq!(legacy.access.expose(), "t1");
+        assert!(legacy.refresh.is_none());
+        let v2_cookie_only = tokens(&serde_json::json!({"id": "u"}), &["token=t2".to_owned()]);
+        assert_eq!(v2_cookie_only.unwrap().access.expose(), "t2");
+        assert!(tokens(&serde_json::json!({"data": {}}), &[]).is_none());
     }
 
     #[test]

@@ -238,6 +238,7 @@ impl ModelCache {
         if let Some(c) = self.fresh().await {
             return Ok(c);
         }
+        let guest = who.is_none();
         let who = who.unwrap_or_else(|| {
             Arc::new(
                 self.client
@@ -247,7 +248,15 @@ impl ModelCache {
         match self.client.fetch_models(&who).await {
             Ok(json) => {
                 let catalog = Arc::new(Catalog::from_json(&json));
-                *self.current.write().await = Some((Instant::now(), catalog.clone()));
+                // A guest's catalogue is partial (its length varies): serve it, but fetch
+                // again as an account as soon as one can.
+                let at = match guest {
+                    true => Instant::now()
+                        .checked_sub(self.ttl)
+                        .unwrap_or_else(Instant::now),
+                    false => Instant::now(),
+                };
+                *self.current.write().await = Some((at, catalog.clone()));
                 Ok(catalog)
             }
             Err(e) => match self.current.read().await.as_ref() {
