@@ -126,7 +126,7 @@ impl Pool {
 
     fn share(&self, account: &Account) {
         if let Some(shared) = &self.shared {
-            shared.publish_health(account.name(), &account.health());
+            shared.publish_health(account);
         }
     }
 }

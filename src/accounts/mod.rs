@@ -333,7 +333,9 @@ impl Pool {
                 &account,
                 Token::new(token, refresh.map(Secret::new).as_ref()),
             );
-            account.update_health(|_| Health::Ready);
+            // The starting state, not a change: a shared record (another instance's
+            // cooldown, an operator's disable) wins over it.
+            *account.health.lock().unwrap_or_else(|p| p.into_inner()) = Health::Ready;
         }
         account
     }

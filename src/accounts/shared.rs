@@ -2,9 +2,11 @@
 //! is cooling, quarantined or disabled, and tokens survive a restart (an auth-domain
 //! refresh token is rotated on every use: the newest must outlive the process).
 //!
-//! Keys: `qp:acct:<name>:health` → `{"changed_ms", "health"}` (the newest change wins;
-//! every instance publishes its own changes and adopts newer ones each sync, every few
-//! seconds); `qp:acct:<name>:token` → the token JSON (expires with the token). Redis
+//! Keys: `qp:acct:<name>:health` → `{"changed_ms", "health", "spec"}` (the newest change
+//! wins; every instance publishes its own changes and adopts newer ones each sync, every
+//! few seconds); `qp:acct:<name>:token` → `{"spec", "token"}` (expires with the token).
+//! `spec` is the entry's fingerprint: what was recorded about other credentials under the
+//! same name (the entry was edited since) is ignored. Redis
 //! trouble never stops the proxy: each instance then goes on with what it knows.
 
 use std::sync::Arc;
@@ -26,6 +28,16 @@ pub struct SharedAccounts {
 struct Stamped {
     changed_ms: u64,
     health: Health,
+    /// The account's spec fingerprint: a record about other credentials (the entry was
+    /// changed since: a new cookie, a new password) is not adopted.
+    #[serde(default)]
+    spec: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredToken {
+    spec: String,
+    token: Token,
 }
 
 fn health_key(name: &str) -> String {
@@ -43,10 +55,12 @@ impl SharedAccounts {
 
     /// Tell the other instances (in the background: state changes happen on the request
     /// path). Kept a week: long enough for any pause, short enough not to pile up.
-    pub fn publish_health(&self, name: &str, health: &Health) {
+    pub fn publish_health(&self, account: &super::Account) {
+        let name = account.name();
         let stamped = Stamped {
             changed_ms: epoch_millis(),
-            health: health.clone(),
+            health: account.health(),
+            spec: account.fingerprint.clone(),
         };
         let Ok(json) = serde_json::to_string(&stamped) else {
             return;
@@ -60,8 +74,13 @@ impl SharedAccounts {
         });
     }
 
-    pub fn publish_token(&self, name: &str, token: &Token) {
-        let Ok(json) = serde_json::to_string(token) else {
+    pub fn publish_token(&self, account: &super::Account, token: &Token) {
+        let name = account.name();
+        let record = StoredToken {
+            spec: account.fingerprint.clone(),
+            token: token.clone(),
+        };
+        let Ok(json) = serde_json::to_string(&record) else {
             return;
         };
         let ttl_secs = token
@@ -98,8 +117,11 @@ impl SharedAccounts {
     pub async fn sync(&self, pool: &Pool) {
         for account in pool.list().iter() {
             if let Some(bytes) = self.get(&health_key(account.name())).await {
-                if let Ok(s) = serde_json::from_slice::<Stamped>(&bytes) {
-                    account.adopt_health(s.health, s.changed_ms);
+                match serde_json::from_slice::<Stamped>(&bytes) {
+                    Ok(s) if s.spec == account.fingerprint => {
+                        account.adopt_health(s.health, s.changed_ms);
+                    }
+                    _ => {}
                 }
             }
             self.adopt_token(pool, account).await;
@@ -113,8 +135,10 @@ impl SharedAccounts {
         let Some(bytes) = self.get(&token_key(account.name())).await else {
             return;
         };
-        let Ok(stored) = serde_json::from_slice::<Token>(&bytes) else {
-            return;
+        let stored = match serde_json::from_slice::<StoredToken>(&bytes) {
+            // Another entry's token (the email or cookies changed since) is not this one's.
+            Ok(record) if record.spec == account.fingerprint => record.token,
+            _ => return,
         };
         let mine = account.token();
         let newer = mine.as_ref().map_or(true, |t| {

@@ -40,17 +40,35 @@ impl Pacer {
         }
     }
 
-    /// Wait for the egress's turn, then claim it. Callers queue on the lock, so sign-ins
-    /// through one address go one after another, `interval` apart.
-    async fn turn(&self, egress: &str) {
-        let mut last = self.last.lock().await;
+    /// Wait for the egress's turn and hold it: sign-ins through one address go one after
+    /// another, and the next starts `interval` after this one *ended* (when the returned
+    /// turn is dropped) — connection set-up (a tunnel, a protocol probe) cannot bring two
+    /// closer together as the upstream sees them.
+    async fn turn(&self, egress: &str) -> PacerTurn<'_> {
+        let last = self.last.lock().await;
         if let Some(at) = last.get(egress) {
             let ready = *at + self.interval;
             if ready > Instant::now() {
                 tokio::time::sleep_until(ready).await;
             }
         }
-        last.insert(egress.to_owned(), Instant::now());
+        PacerTurn {
+            last,
+            egress: egress.to_owned(),
+        }
+    }
+}
+
+/// A sign-in's turn on its egress address; its end is stamped when dropped.
+struct PacerTurn<'a> {
+    last: tokio::sync::MutexGuard<'a, HashMap<String, Instant>>,
+    egress: String,
+}
+
+impl Drop for PacerTurn<'_> {
+    fn drop(&mut self) {
+        self.last
+            .insert(std::mem::take(&mut self.egress), Instant::now());
     }
 }
 
@@ -111,13 +129,14 @@ impl Pool {
         }
         match &account.spec.login {
             Login::Password { email, password } => {
-                self.pacer.turn(&egress(account)).await;
+                let turn = self.pacer.turn(&egress(account)).await;
                 let who = self.bare_caller(account);
-                let tokens = self
+                let signed_in = self
                     .client()
                     .sign_in(&who, self.settings.flow, email, password)
-                    .await
-                    .map_err(classify)?;
+                    .await;
+                drop(turn);
+                let tokens = signed_in.map_err(classify)?;
                 self.signin_metric("signin");
                 self.accept(account, Token::new(&tokens.access, tokens.refresh.as_ref()));
                 Ok(())
@@ -146,7 +165,7 @@ impl Pool {
     /// account ready (unless an operator or the upstream said otherwise).
     fn accept(&self, account: &Account, token: Token) {
         if let Some(shared) = &self.shared {
-            shared.publish_token(account.name(), &token);
+            shared.publish_token(account, &token);
         }
         self.set_token(account, token);
         self.transition(account, "signed_in", |h| match h {
@@ -254,20 +273,23 @@ mod tests {
         let start = Instant::now();
         let mut at = Vec::new();
         for _ in 0..3 {
-            pacer.turn("direct").await;
+            let turn = pacer.turn("direct").await;
             at.push(start.elapsed());
+            // The sign-in itself takes a second: the next waits from its end.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(turn);
         }
         assert_eq!(
             at,
             [
                 Duration::ZERO,
-                Duration::from_secs(30),
-                Duration::from_secs(60)
+                Duration::from_secs(31),
+                Duration::from_secs(62)
             ]
         );
         // Another address is not held back.
         let before = Instant::now();
-        pacer.turn("proxy-1").await;
+        drop(pacer.turn("proxy-1").await);
         assert_eq!(before.elapsed(), Duration::ZERO);
     }
 }

@@ -160,6 +160,11 @@ impl Accounts {
             .map(|a| a.email.as_str())
     }
 
+    /// The account id of an email (`None`: not listed).
+    pub fn id_of(&self, email: &str) -> Option<&str> {
+        self.by_email.get(email).map(|a| a.id.as_str())
+    }
+
     /// How long issued tokens live (`--token-ttl-secs`).
     pub fn token_ttl(&self) -> Duration {
         self.token_ttl
@@ -215,6 +220,8 @@ mod tests {
         assert_eq!(acc.verify(&again), Ok(a.id.clone()));
         assert_ne!(again, token, "every token is new");
         assert_eq!(acc.email_of(&a.id), Some("me@x.io"));
+        assert_eq!(acc.id_of("me@x.io"), Some(a.id.as_str()));
+        assert_eq!(acc.id_of("nobody@x.io"), None);
         assert!(acc.issue_for("nobody@x.io").is_none());
         assert!(Accounts::parse("bad line here extra", Duration::ZERO).is_err());
     }

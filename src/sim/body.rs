@@ -1,11 +1,13 @@
 //! The simulated stream: a poll-driven body that plays a [`Step`] script (no task per
 //! stream, so benchmarks can hold thousands open). Dropping it before the end counts an
-//! aborted stream and keeps the chat locked longer, as the real upstream does.
+//! aborted stream and keeps the chat locked longer, as the real upstream does. A stream of
+//! an account that gets banned meanwhile ends at its next frame boundary with the in-stream
+//! "account is disabled" error.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,11 +18,16 @@ use tokio::time::{Instant, Sleep};
 
 use super::script::Step;
 use super::state::{lock, SimState};
+use super::wire;
 
 pub struct ScriptBody {
     steps: VecDeque<Step>,
     sleep: Option<Pin<Box<Sleep>>>,
     guard: Option<StreamGuard>,
+    /// Set when the account of this stream is banned (`penalties.rs`).
+    banned: Option<Arc<AtomicBool>>,
+    /// Whatever was written so far ends with a whole frame (an error frame may follow).
+    at_boundary: bool,
 }
 
 /// Releases the chat lock when the stream ends or is dropped.
@@ -53,6 +60,31 @@ impl ScriptBody {
             steps,
             sleep: None,
             guard,
+            banned: None,
+            at_boundary: true,
+        }
+    }
+
+    /// End the stream with the in-stream "account is disabled" error, at the next frame
+    /// boundary, once `banned` is set.
+    pub fn ended_by(mut self, banned: Arc<AtomicBool>) -> Self {
+        self.banned = Some(banned);
+        self
+    }
+
+    /// The account was banned: the rest of the script is replaced by the error frame.
+    fn check_ban(&mut self) {
+        if self.at_boundary
+            && self
+                .banned
+                .as_ref()
+                .is_some_and(|b| b.load(Ordering::Relaxed))
+        {
+            self.banned = None;
+            self.steps.clear();
+            self.steps.push_back(Step::Write(Bytes::from(wire::event(
+                wire::ACCOUNT_DISABLED_FRAME,
+            ))));
         }
     }
 
@@ -79,12 +111,16 @@ impl Body for ScriptBody {
                 }
                 self.sleep = None;
             }
+            self.check_ban();
             match self.steps.pop_front() {
                 None => {
                     self.complete();
                     return Poll::Ready(None);
                 }
-                Some(Step::Write(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                Some(Step::Write(b)) => {
+                    self.at_boundary = b.ends_with(b"\n\n");
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
                 Some(Step::Pause(d)) => self.sleep = Some(Box::pin(tokio::time::sleep(d))),
                 Some(Step::Reset) => {
                     self.complete();

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -319,6 +319,9 @@ impl SimService {
                 }
             }
             (Method::GET, "/__sim/stats") => json_ok(self.state.stats()),
+            (Method::POST, p) if p.starts_with("/__sim/accounts/") => {
+                self.control(p, req.uri().query())
+            }
             (Method::POST, "/__sim/replay") => {
                 let chunk = req
                     .uri()
@@ -463,32 +466,47 @@ impl SimService {
     }
 
     /// The account-level answer to a completion of `caller`, if it is refused: directives
-    /// of this completion first take effect, then the sticky penalties, then the quota of
-    /// the accounts file.
+    /// of this completion first take effect (an expiry armed by `control.rs` before them),
+    /// then the sticky penalties, then the quota of the accounts file. Accepted: the signal
+    /// that ends the stream if the account is banned meanwhile.
     fn account_refusal(
         &self,
         caller: &Caller,
         directives: &scenario::AccountDirectives,
-    ) -> Option<Rsp> {
-        if directives.expire_token {
+    ) -> Result<Arc<AtomicBool>, Box<Rsp>> {
+        let expired = || {
             lock(&self.state.sessions).revoke(&caller.token);
-            return Some(token_expired(self.config.lowercase_codes));
+            token_expired(self.config.lowercase_codes)
+        };
+        if directives.expire_token {
+            return Err(Box::new(expired()));
         }
-        let refusal = {
+        let (refusal, banned) = {
             let mut penalties = lock(&self.state.penalties);
+            if penalties.take_expiry(&caller.account) {
+                drop(penalties);
+                return Err(Box::new(expired()));
+            }
             let now = Instant::now();
             penalties.impose(&caller.account, directives, now);
-            penalties.completion_refusal(&caller.account, now)
+            (
+                penalties.completion_refusal(&caller.account, now),
+                penalties.ban_signal(&caller.account),
+            )
         };
         match refusal {
-            Some(Refusal::Banned) => return Some(account_disabled()),
-            Some(Refusal::Quota(hours)) => return Some(rate_limited(hours)),
-            Some(Refusal::Challenge) => return Some(punish()),
+            Some(Refusal::Banned) => return Err(Box::new(account_disabled())),
+            Some(Refusal::Quota(hours)) => return Err(Box::new(rate_limited(hours))),
+            Some(Refusal::Challenge) => return Err(Box::new(punish())),
             None => {}
         }
-        let accounts = self.config.accounts.as_ref()?;
-        // The accounts file's quota: exhausted, the upstream says "wait 4 hours".
-        (!accounts.take_quota(&caller.account)).then(|| rate_limited(4.0))
+        match &self.config.accounts {
+            // The accounts file's quota: exhausted, the upstream says "wait 4 hours".
+            Some(accounts) if !accounts.take_quota(&caller.account) => {
+                Err(Box::new(rate_limited(4.0)))
+            }
+            _ => Ok(banned),
+        }
     }
 
     async fn completion(&self, req: Request<Incoming>) -> Rsp {
@@ -558,10 +576,13 @@ impl SimService {
             );
             return app_error(400, "Bad_Request", &details);
         }
-        if let Some(rsp) = self.account_refusal(&caller, &scenario.account) {
-            self.state.count_account(&caller.label, |a| a.refused += 1);
-            return rsp;
-        }
+        let banned = match self.account_refusal(&caller, &scenario.account) {
+            Ok(banned) => banned,
+            Err(rsp) => {
+                self.state.count_account(&caller.label, |a| a.refused += 1);
+                return *rsp;
+            }
+        };
         let parent = v
             .get("parent_id")
             .and_then(Value::as_str)
@@ -700,7 +721,9 @@ impl SimService {
                 (steps, "text/event-stream; charset=utf-8")
             }
         };
-        let mut rsp = Response::new(SimBody::Script(ScriptBody::new(steps, Some(guard))));
+        let mut rsp = Response::new(SimBody::Script(
+            ScriptBody::new(steps, Some(guard)).ended_by(banned),
+        ));
         rsp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         rsp.headers_mut()

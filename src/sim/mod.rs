@@ -3,13 +3,15 @@
 //! upstream. Scenarios are chosen per completion by `@@sim:` directives (`scenario.rs`);
 //! frames are written as captured (`wire.rs`); streams are poll-driven scripts
 //! (`script.rs`, `body.rs`); `handlers.rs` holds the endpoints and validation, `auth.rs`
-//! the sign-in and refresh endpoints (chat.qwen.ai's v1 and auth.qwen.ai's v2).
+//! the sign-in and refresh endpoints (chat.qwen.ai's v1 and auth.qwen.ai's v2), `control.rs`
+//! the per-account penalty endpoints for tests (`/__sim/accounts/{key}/…`).
 
 pub mod accounts;
 pub mod answer;
 mod auth;
 mod body;
 pub mod catalogue;
+mod control;
 pub mod handlers;
 mod penalties;
 pub mod scenario;

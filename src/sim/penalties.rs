@@ -1,9 +1,12 @@
-//! Sticky server-side state set by `@@sim:` account directives: a used-up daily quota, a
-//! challenge or a ban of one account, and the chat challenge that hits every account. Each
-//! lasts until its time is over (a ban, for good). Accounts are keyed by who owns their
+//! Sticky server-side state set by `@@sim:` account directives (or the control endpoints
+//! of `control.rs`): a used-up daily quota, a challenge or a ban of one account, and the
+//! chat challenge that hits every account. Each lasts until its time is over (a ban, for
+//! good; it also ends the account's running streams). Accounts are keyed by who owns their
 //! chats: the account id in strict mode, the raw token out of the box.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
@@ -22,7 +25,11 @@ struct AccountPenalty {
     /// the directive gave.
     quota: Option<(Instant, f64)>,
     challenge_until: Option<Instant>,
-    banned: bool,
+    /// Banned for good. Shared with the account's running streams, which end with an
+    /// in-stream error at their next frame boundary once it is set (`body.rs`).
+    banned: Arc<AtomicBool>,
+    /// The next completion finds its token expired (once; `control.rs`).
+    expire_next: bool,
 }
 
 /// Why an account's completion is refused, most severe first.
@@ -44,20 +51,43 @@ impl Penalties {
         if d.quota.is_none() && d.challenge.is_none() && !d.ban {
             return;
         }
-        let p = self.accounts.entry(account.to_owned()).or_default();
+        let p = self.account(account);
         if let Some(q) = d.quota {
             p.quota = Some((now + q.lasts, q.hours));
         }
         if let Some(lasts) = d.challenge {
             p.challenge_until = Some(now + lasts);
         }
-        p.banned |= d.ban;
+        if d.ban {
+            p.banned.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn account(&mut self, account: &str) -> &mut AccountPenalty {
+        self.accounts.entry(account.to_owned()).or_default()
+    }
+
+    /// The signal a stream of `account` watches: set when the account is banned.
+    pub fn ban_signal(&mut self, account: &str) -> Arc<AtomicBool> {
+        self.account(account).banned.clone()
+    }
+
+    /// Arm the one-shot expiry: the next completion of `account` finds its token expired.
+    pub fn expire_next(&mut self, account: &str) {
+        self.account(account).expire_next = true;
+    }
+
+    /// Whether the one-shot expiry is armed for `account` (it is used up by asking).
+    pub fn take_expiry(&mut self, account: &str) -> bool {
+        self.accounts
+            .get_mut(account)
+            .is_some_and(|p| std::mem::take(&mut p.expire_next))
     }
 
     /// What a completion of `account` draws at `now`, if anything.
     pub fn completion_refusal(&self, account: &str, now: Instant) -> Option<Refusal> {
         let p = self.accounts.get(account);
-        if p.is_some_and(|p| p.banned) {
+        if p.is_some_and(|p| p.banned.load(Ordering::Relaxed)) {
             return Some(Refusal::Banned);
         }
         if let Some((_, hours)) = p.and_then(|p| p.quota).filter(|(until, _)| now < *until) {
@@ -69,7 +99,9 @@ impl Penalties {
     }
 
     pub fn is_banned(&self, account: &str) -> bool {
-        self.accounts.get(account).is_some_and(|p| p.banned)
+        self.accounts
+            .get(account)
+            .is_some_and(|p| p.banned.load(Ordering::Relaxed))
     }
 }
 
@@ -131,11 +163,28 @@ mod tests {
             ban: true,
             ..Default::default()
         };
+        let running = p.ban_signal("b");
+        assert!(!running.load(Ordering::Relaxed));
         p.impose("b", &ban, t0);
         assert!(p.is_banned("b") && !p.is_banned("a"));
+        assert!(
+            running.load(Ordering::Relaxed),
+            "its running streams are told"
+        );
+        assert!(!p.ban_signal("a").load(Ordering::Relaxed));
         assert_eq!(
             p.completion_refusal("b", t0 + secs(86_400 * 365)),
             Some(Refusal::Banned)
         );
+    }
+
+    #[test]
+    fn an_armed_expiry_is_used_once() {
+        let mut p = Penalties::default();
+        assert!(!p.take_expiry("a"));
+        p.expire_next("a");
+        assert!(!p.take_expiry("b"), "one account only");
+        assert!(p.take_expiry("a"));
+        assert!(!p.take_expiry("a"), "once");
     }
 }

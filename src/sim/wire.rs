@@ -201,6 +201,9 @@ pub fn waf_html() -> String {
     page
 }
 
+/// The in-stream error that ends the running streams of an account banned meanwhile.
+pub const ACCOUNT_DISABLED_FRAME: &str =
+    "{\"error\":{\"code\":\"Forbidden\",\"details\":\"account is disabled\"}}";
 pub const INTERNAL_ERROR_FRAME: &str = "{\"error\":\"Internal error!\"}";
 pub const QUOTA_FRAME: &str = "{\"error\":{\"code\":\"internal_error\",\"details\":\"Allocated quota exceeded, please increase your quota limit. For details, see: https://help.aliyun.com/zh/model-studio/error-code#token-limit\"}}";
 pub const MODERATION_OUTPUT_FRAME: &str = "{\"error\":{\"code\":\"data_inspection_failed\",\"details\":\"内容安全警告：输出内容可能包含不适当的内容！\"}}";
