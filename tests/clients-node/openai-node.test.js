@@ -94,15 +94,24 @@ describe('openai-node: retries with the default settings (maxRetries 2)', () => 
   for (const { directive, cls, status, code, retryAfter } of final) {
     for (const stream of [false, true]) {
       test(`@@sim:${directive} (stream ${stream}): ${cls.name} ${status} at once, one upstream call`, async () => {
-        const r = await measure(proxy, async () => {
-          const rsp = await defaultClient().chat.completions.create({
-            model: MODEL,
-            stream,
-            messages: user(`q @@sim:${directive}`),
+        // A proxy of its own: a spent quota or a refused token takes its only account out
+        // of rotation, and later requests would meet the pool's answer (tests/accounts.rs).
+        const own = await startProxy({ CHALLENGE_COOLDOWN: '0' });
+        let r;
+        try {
+          r = await measure(own, async () => {
+            const client = new OpenAI({ baseURL: own.baseURL, apiKey: 'unused' });
+            const rsp = await client.chat.completions.create({
+              model: MODEL,
+              stream,
+              messages: user(`q @@sim:${directive}`),
+            });
+            if (stream) for await (const _ of rsp);
+            return rsp;
           });
-          if (stream) for await (const _ of rsp);
-          return rsp;
-        });
+        } finally {
+          await own.stop();
+        }
         assert.ok(r.error instanceof cls, `expected ${cls.name}, got ${r.error ?? 'no error'}`);
         assert.equal(r.error.status, status);
         assert.equal(r.error.code, code);

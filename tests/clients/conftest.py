@@ -1,5 +1,6 @@
 """Starts the real `qwen-proxy --demo` binary on a free port for the SDK suites."""
 
+import contextlib
 import os
 import re
 import subprocess
@@ -10,15 +11,15 @@ import pytest
 BIN = os.environ.get("QWEN_PROXY_BIN", os.path.join(os.path.dirname(__file__), "..", "..", "target", "debug", "qwen-proxy"))
 
 
-@pytest.fixture(scope="session")
-def demo():
-    """The running demo: {"base_url": proxy /v1 URL, "sim_url": the simulator's URL}."""
+@contextlib.contextmanager
+def running_demo():
+    """A `qwen-proxy --demo` process: {"base_url": proxy /v1 URL, "sim_url": the simulator's URL}."""
     proc = subprocess.Popen(
         [BIN, "--demo", "--port", "0", "--env-file", "/dev/null"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        # One demo serves every test: the pause after a simulated challenge would fail the
+        # One demo serves most tests: the pause after a simulated challenge would fail the
         # tests after it, so it is off here (tests/hardening.rs covers it). The suites check
         # that conversations and agent loops continue one upstream chat; the demo's simulator
         # creates chats instantly, so the default adaptive policy would rightly leave each
@@ -50,6 +51,20 @@ def demo():
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def demo():
+    with running_demo() as d:
+        yield d
+
+
+@pytest.fixture()
+def fresh_base_url():
+    """A demo of its own, for a test whose upstream failure takes the demo's only account
+    out of rotation (a spent quota cools it, a refused token makes it invalid)."""
+    with running_demo() as d:
+        yield d["base_url"]
 
 
 @pytest.fixture(scope="session")

@@ -113,7 +113,10 @@ def test_models(client):
         ("invalid_input", openai.BadRequestError, 400),
     ],
 )
-def test_error_classes_raise_the_matching_exception(client, directive, exc, status, stream):
+def test_error_classes_raise_the_matching_exception(fresh_base_url, directive, exc, status, stream):
+    # A proxy of its own: a spent quota or a refused token takes its only account out of
+    # rotation, and what later requests meet is the pool's answer (tests/accounts.rs).
+    client = OpenAI(base_url=fresh_base_url, api_key="unused", max_retries=0, timeout=30)
     with pytest.raises(exc) as info:
         rsp = client.chat.completions.create(
             model=MODEL, stream=stream, messages=[{"role": "user", "content": f"q @@sim:{directive}"}]
@@ -135,7 +138,9 @@ def test_bad_requests(client):
 
 
 @pytest.mark.parametrize("directive", ["internal_error", "quota_midstream", "moderation_output", "reset"])
-def test_midstream_error_raises_api_error(client, directive):
+def test_midstream_error_raises_api_error(fresh_base_url, directive):
+    # A quota after partial output cools the account all the same: a proxy of its own.
+    client = OpenAI(base_url=fresh_base_url, api_key="unused", max_retries=0, timeout=30)
     stream = client.chat.completions.create(
         model=MODEL, stream=True, messages=[{"role": "user", "content": f"q @@sim:{directive}"}]
     )
