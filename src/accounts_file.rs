@@ -19,8 +19,9 @@ use crate::common::{cookie_from, Secret};
 pub const DEFAULT_MAX_INFLIGHT: u32 = 4;
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_millis(1_000);
 
-/// One account as configured.
-#[derive(Debug, Clone)]
+/// One account as configured. `Debug` shows no secret (the proxy URL may hold a
+/// password).
+#[derive(Clone)]
 pub struct AccountSpec {
     /// The operator's name for it: in logs, `/health`, metrics and the admin API.
     pub name: String,
@@ -34,6 +35,18 @@ pub struct AccountSpec {
     pub max_inflight: Option<u32>,
     /// Least time between two turns started on this account (jittered up to +25 %).
     pub min_interval: Duration,
+}
+
+impl std::fmt::Debug for AccountSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountSpec")
+            .field("name", &self.name)
+            .field("kind", &self.login.kind())
+            .field("proxy", &self.proxy.is_some())
+            .field("max_inflight", &self.max_inflight)
+            .field("min_interval", &self.min_interval)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How the account authenticates.
@@ -178,10 +191,11 @@ impl Entry {
             || name.len() > 64
             || !name
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         {
+            // Not an email address: names are shown on `/health` and in metrics.
             return Err(
-                "`name` must be 1-64 characters of letters, digits, `-`, `_`, `.`, `@`".to_owned(),
+                "`name` must be 1-64 characters of letters, digits, `-`, `_`, `.`".to_owned(),
             );
         }
         let login = match (self.cookies, self.email, self.password) {

@@ -160,11 +160,12 @@ impl AppState {
                     // delete it. An account that is gone leaves its chats behind.
                     let (account, chat_id) = crate::conversation::store::split_owned_chat(&owned);
                     let caller = match account {
-                        Some(name) => state.accounts.get(name).and_then(|a| a.caller()),
+                        Some(name) => state.accounts.caller_of(name),
                         None => state.accounts.any_caller(),
                     };
                     let outcome = match caller {
-                        None => "failed",
+                        // Gone, or left alone (cooling, quarantined, …): its chats stay.
+                        None => "skipped",
                         Some(who) => match state.client.delete_chat(&who, chat_id).await {
                             Ok(()) => "deleted",
                             Err(e) => {

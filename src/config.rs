@@ -772,9 +772,16 @@ impl Config {
             signin_interval: r.millis("QWEN_SIGNIN_INTERVAL", 30_000, true),
             queue_timeout: r.millis("ACCOUNT_QUEUE_TIMEOUT", 30_000, true),
         };
+        let admin_key = r.raw("ADMIN_KEY");
+        if admin_key.as_ref().is_some_and(|k| k.len() < 16) {
+            // The admin API has no lockout of its own: the key's length is its defence.
+            r.errors.push(
+                "ADMIN_KEY must be at least 16 characters (e.g. `openssl rand -hex 24`)".to_owned(),
+            );
+        }
         let config = Config {
             accounts,
-            admin_key: r.raw("ADMIN_KEY").map(Secret::new),
+            admin_key: admin_key.map(Secret::new),
             rate_limit_rpm,
             rate_limit_burst,
             max_concurrent_streams: r.parse("MAX_CONCURRENT_STREAMS", 1024, "a whole number"),

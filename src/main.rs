@@ -322,6 +322,10 @@ fn check(a: ServeArgs) -> ExitCode {
     };
     println!("{:<14} ok", "configuration");
     println!("{:<14} {}", "upstream", config.upstream.base_url);
+    // Read-only towards everything shared: no Redis (a running fleet must not adopt what a
+    // check sees), and no token is refreshed (a rotating refresh token would be spent).
+    let mut config = config;
+    config.redis_url = None;
     runtime().block_on(async move {
         let app = App::new(config);
         let state = app.state.clone();
@@ -335,7 +339,7 @@ fn check(a: ServeArgs) -> ExitCode {
         }
         // Password accounts sign in (paced, as in service); then every account's token is
         // checked against the upstream.
-        state.accounts.renew_due().await;
+        state.accounts.sign_in_missing().await;
         println!();
         println!(
             "{:<20} {:<9} {:<12} {:<22} detail",

@@ -153,12 +153,12 @@ impl Metrics {
             ),
             conversation_turns: counter_vec(
                 "conversation_turns_total",
-                "Chat turns by how they reached the upstream: continued (same chat), new (fresh chat), fallback (fresh chat after a lost one), busy (of the continued turns, those sent to a fresh chat instead because the chat would stay busy longer than a new chat takes).",
+                "Chat turns by how they reached the upstream: continued (same chat), new (fresh chat), fallback (fresh chat after a lost one), account (fresh chat on another account: the chat's account is out of rotation, or the turn moved off its account), busy (of the continued turns, those sent to a fresh chat instead because the chat would stay busy longer than a new chat takes).",
                 &["mode"],
             ),
             conversation_fallbacks: counter_vec(
                 "conversation_fallbacks_total",
-                "Remembered chats that were gone upstream (then retried in a fresh chat), by reason.",
+                "Remembered chats that were gone upstream or whose account is out of rotation (then continued in a fresh chat), by reason.",
                 &["reason"],
             ),
             sessions_live: {
@@ -215,7 +215,7 @@ impl Metrics {
             ),
             chats_deleted: counter_vec(
                 "upstream_chats_deleted_total",
-                "Upstream chats of expired sessions deleted (CHAT_CLEANUP=delete), by outcome.",
+                "Upstream chats of expired sessions deleted (CHAT_CLEANUP=delete), by outcome: deleted, failed, skipped (the owning account is gone or out of rotation).",
                 &["outcome"],
             ),
             registry,

@@ -331,7 +331,10 @@ async fn the_single_account_rests_after_its_quota_a_ban_or_a_refused_token() {
                 "invalid"
             };
             assert!(message.contains(&format!("1 {state}")), "{message}");
-            assert!(message.contains("default"), "names the account: {message}");
+            assert!(
+                message.contains(&format!("{state}: ")),
+                "says why: {message}"
+            );
         }
         let health = h.get("/health").await.json();
         assert_eq!(health["accounts"]["counts"]["usable"], 0, "{health}");

@@ -8,6 +8,35 @@ use super::{Account, Blame, Pool};
 use crate::common::epoch_millis;
 use crate::error::{ProxyError, UpstreamClass};
 
+/// The longest cooldown an upstream answer can ask for (a `num` of hours is untrusted input).
+const MAX_QUOTA_WAIT_MS: u64 = 7 * 86_400_000;
+/// A rate limit that says neither how long nor that it is the daily quota (a bare 429,
+/// `ParallelLimited`): a short pause, not a day.
+const SHORT_RATE_LIMIT_MS: u64 = 60_000;
+
+/// How long an account cools after a rate limit: the upstream's `num` hours or
+/// `Retry-After` when given; a day for the daily-quota document without a number (peers'
+/// default); a minute for anything else.
+pub(super) fn quota_wait(e: &ProxyError) -> u64 {
+    let ProxyError::Upstream(u) = e else {
+        return SHORT_RATE_LIMIT_MS;
+    };
+    if let Some(d) = u.retry_after {
+        return u64::try_from(d.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(MAX_QUOTA_WAIT_MS);
+    }
+    let detail = u.detail.to_ascii_lowercase();
+    let daily = ["today", "daily", "quota", "upper limit"]
+        .iter()
+        .any(|w| detail.contains(w));
+    if daily {
+        86_400_000
+    } else {
+        SHORT_RATE_LIMIT_MS
+    }
+}
+
 impl Pool {
     /// What `e` says about the account of `lease`, applied to its health.
     pub fn blame(&self, account: &Account, e: &ProxyError) -> Blame {
@@ -17,12 +46,7 @@ impl Pool {
         let now = epoch_millis();
         let blame = match class {
             UpstreamClass::RateLimited => {
-                // `num` hours when the upstream said; a day otherwise (peers' default).
-                let wait = match e {
-                    ProxyError::Upstream(u) => u.retry_after,
-                    _ => None,
-                }
-                .map_or(86_400_000, |d| d.as_millis() as u64);
+                let wait = quota_wait(e);
                 self.transition(account, "rate_limited", |h| h.quota_reached(now, wait));
                 Blame::Quota
             }
@@ -74,7 +98,7 @@ impl Pool {
                     h => h.clone(),
                 });
                 if matches!(before, Health::Quarantined { .. }) {
-                    self.share(&a);
+                    self.share(&a, false);
                 }
             }
         }
@@ -87,11 +111,19 @@ impl Pool {
         Blame::ChatChallenge
     }
 
+    /// The account's credentials are refused for good (until reload or enable).
+    pub fn invalidate(&self, account: &Account, reason: &str) {
+        account.note_error(reason.to_owned());
+        self.transition(account, "invalid", |_| Health::Invalid {
+            reason: reason.to_owned(),
+        });
+    }
+
     /// A good answer on the account: strikes forgiven.
     pub fn answered(&self, account: &Account) {
         let (before, after) = account.update_health(|h| h.answered(epoch_millis()));
         if before != after {
-            self.share(account);
+            self.share(account, false);
             self.publish_gauges();
         }
     }
@@ -120,13 +152,17 @@ impl Pool {
             reason = after.reason().unwrap_or(""),
             "account state changed"
         );
-        self.share(account);
+        self.share(account, matches!(reason, "enabled" | "disabled"));
         self.publish_gauges();
+        // A state change can make an account usable (or not) for waiting requests.
+        self.freed.notify_waiters();
     }
 
-    fn share(&self, account: &Account) {
+    /// Tell the other instances; `by_operator`: an operator's disable or enable, which only
+    /// another operator's change overrides.
+    fn share(&self, account: &Account, by_operator: bool) {
         if let Some(shared) = &self.shared {
-            shared.publish_health(account);
+            shared.publish_health(account, by_operator);
         }
     }
 }

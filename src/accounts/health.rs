@@ -66,8 +66,8 @@ impl Health {
         "disabled",
     ];
 
-    /// The state as of `now`: a pause that is over is `ready` again (a quarantine keeps
-    /// its strikes in `strikes_after` until a good answer clears them).
+    /// The state as of `now`: a pause that is over is `ready` again (the stored state of a
+    /// quarantine keeps its strikes until a good answer clears them, see `answered`).
     pub fn at(&self, now_ms: u64) -> Health {
         match self {
             Health::Cooling { until_ms, .. } | Health::Quarantined { until_ms, .. }
@@ -121,7 +121,7 @@ impl Health {
             return self.clone();
         }
         Health::Cooling {
-            until_ms: now_ms + wait_ms,
+            until_ms: now_ms.saturating_add(wait_ms),
             reason: format!("daily quota reached; back in {}", human(wait_ms)),
         }
     }
@@ -134,7 +134,7 @@ impl Health {
         let strikes = self.strikes() + 1;
         let pause = base_ms.saturating_mul(1 << (strikes - 1).min(MAX_STRIKE_DOUBLINGS));
         Health::Quarantined {
-            until_ms: now_ms + pause,
+            until_ms: now_ms.saturating_add(pause),
             strikes,
             reason: format!("{what} (strike {strikes}); back in {}", human(pause)),
         }

@@ -3,7 +3,8 @@
 //!
 //! * `credential` — the current token, its claims and the cookie jar around it;
 //! * `health` — the state machine of one account (ready, cooling, quarantined, …);
-//! * `signin` — signing in and refreshing, paced, in the background;
+//! * `signin` — signing in and refreshing, in the background and on an expiry answer;
+//! * `pacer` — sign-ins kept apart per egress address;
 //! * `shared` — health and tokens in Redis, so instances agree and tokens survive restarts;
 //! * `select` — a [`Lease`] on the least-loaded usable account, respecting each account's
 //!   in-flight limit and minimum interval, or on a conversation's own account;
@@ -14,6 +15,7 @@
 mod blame;
 pub mod credential;
 pub mod health;
+mod pacer;
 mod select;
 pub mod shared;
 pub mod signin;
@@ -68,11 +70,19 @@ pub struct Account {
     token: Mutex<Option<Token>>,
     caller: RwLock<Option<Arc<Caller>>>,
     inflight: AtomicU32,
+    /// The pool's sequence number of this account's latest turn (ties go to the account
+    /// that started one longest ago: round-robin, not "fewest turns ever", which would
+    /// send everything to an account just added).
+    last_start: AtomicU64,
     /// Earliest start of the next turn (minimum interval with jitter).
     next_start: Mutex<Instant>,
     errors: Mutex<VecDeque<RecentError>>,
     /// One renewal at a time; the others wait for its result.
     pub(crate) renewing: tokio::sync::Mutex<()>,
+    /// A background renewal of it is running (the background task starts one at a time).
+    pub(crate) renewing_bg: std::sync::atomic::AtomicBool,
+    /// When it was last asked again after a refusal (Unix ms; 0: not yet).
+    pub(crate) last_probe_ms: AtomicU64,
     turns: AtomicU64,
     freed: Arc<Notify>,
 }
@@ -156,10 +166,25 @@ impl Account {
             .saturating_duration_since(now)
     }
 
+    /// Whether turns may be sent on it now: usable, and it has a token.
+    fn takes_turns(&self, now_ms: u64) -> bool {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .usable(now_ms)
+            && self
+                .caller
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+    }
+
     /// Take a slot: in flight + 1, next start after the (jittered) minimum interval.
-    fn start_turn(self: &Arc<Self>, caller: Arc<Caller>) -> Lease {
+    /// Called under the pool's claim lock (`select::claim`).
+    fn start_turn(self: &Arc<Self>, caller: Arc<Caller>, seq: u64) -> Lease {
         self.inflight.fetch_add(1, Ordering::Relaxed);
         self.turns.fetch_add(1, Ordering::Relaxed);
+        self.last_start.store(seq, Ordering::Relaxed);
         let interval = self.spec.min_interval;
         if !interval.is_zero() {
             // Up to +25 %: turns of several instances (and the upstream's view of them)
@@ -256,7 +281,11 @@ pub struct Pool {
     challenges: Mutex<VecDeque<(String, u64)>>,
     /// The pause of every account after a chat challenge.
     pub global: ChallengeCooldown,
-    pub(crate) pacer: signin::Pacer,
+    pub(crate) pacer: pacer::Pacer,
+    /// Held while a turn picks and claims its account (no await inside).
+    claiming: Mutex<()>,
+    /// Turns started, for the round-robin tie-break.
+    starts: AtomicU64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -277,7 +306,7 @@ impl Pool {
     ) -> Arc<Self> {
         let pool = Arc::new(Pool {
             global: ChallengeCooldown::new(settings.challenge_base),
-            pacer: signin::Pacer::new(settings.signin_interval),
+            pacer: pacer::Pacer::new(settings.signin_interval),
             client,
             settings,
             accounts: RwLock::new(Arc::new(Vec::new())),
@@ -285,6 +314,8 @@ impl Pool {
             metrics,
             shared,
             challenges: Mutex::new(VecDeque::new()),
+            claiming: Mutex::new(()),
+            starts: AtomicU64::new(0),
         });
         pool.install(specs);
         pool
@@ -319,9 +350,12 @@ impl Pool {
             token: Mutex::new(None),
             caller: RwLock::new(None),
             inflight: AtomicU32::new(0),
+            last_start: AtomicU64::new(0),
             next_start: Mutex::new(Instant::now()),
             errors: Mutex::new(VecDeque::new()),
             renewing: tokio::sync::Mutex::new(()),
+            renewing_bg: std::sync::atomic::AtomicBool::new(false),
+            last_probe_ms: AtomicU64::new(0),
             turns: AtomicU64::new(0),
             freed: self.freed.clone(),
             spec,
@@ -418,15 +452,24 @@ impl Pool {
         Some(self.view(&account))
     }
 
-    /// A caller for calls that are not a turn (models, health checks, cleanup): the first
-    /// usable account's.
+    /// The named account's caller, if it takes turns (its chats may be deleted then; an
+    /// account left alone is not called).
+    pub fn caller_of(&self, name: &str) -> Option<Arc<Caller>> {
+        let account = self.get(name)?;
+        account
+            .takes_turns(epoch_millis())
+            .then(|| account.caller())
+            .flatten()
+    }
+
+    /// A caller for calls that are not a turn (models, health checks): the first usable
+    /// account's; `None` when none is usable (an account left alone is not called).
     pub fn any_caller(&self) -> Option<Arc<Caller>> {
         let now = epoch_millis();
         let accounts = self.list();
         accounts
             .iter()
-            .find(|a| a.health().usable(now))
-            .or_else(|| accounts.first())
+            .find(|a| a.takes_turns(now))
             .and_then(|a| a.caller())
     }
 }

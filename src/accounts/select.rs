@@ -14,9 +14,11 @@ use crate::common::epoch_millis;
 use crate::error::{ProxyError, UpstreamClass, UpstreamError};
 
 impl Pool {
-    /// A lease on the best usable account: the least loaded with room, whose minimum
-    /// interval has passed, skipping `avoid`. Waits (up to the queue timeout) while every
-    /// usable account is full or pacing; fails at once when none is usable.
+    /// A lease on the best usable account: the least loaded with room whose minimum
+    /// interval has passed (ties: the one that started a turn longest ago), skipping
+    /// `avoid`. Waits (up to the queue timeout) while every usable account is full or
+    /// pacing, or while none is usable but some are still signing in; fails at once when
+    /// none is usable otherwise.
     pub async fn acquire(&self, avoid: &[String]) -> Result<Lease, ProxyError> {
         let deadline = Instant::now() + self.settings.queue_timeout;
         loop {
@@ -29,13 +31,7 @@ impl Pool {
             let accounts = self.list();
             let usable: Vec<&Arc<Account>> = accounts
                 .iter()
-                .filter(|a| !avoid.iter().any(|n| n == a.name()))
-                .filter(|a| {
-                    a.health
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .usable(now_ms)
-                })
+                .filter(|a| !avoid.iter().any(|n| n == a.name()) && a.takes_turns(now_ms))
                 .collect();
             if usable.is_empty() {
                 // Accounts still signing in (at start, or renewing) are worth waiting for.
@@ -51,14 +47,8 @@ impl Pool {
                 }
                 return Err(self.none_usable(&accounts, avoid, now_ms));
             }
-            let best = usable
-                .iter()
-                .filter(|a| a.has_room() && a.pace_left(now).is_zero())
-                .min_by_key(|a| (a.inflight(), a.turns.load(Ordering::Relaxed)));
-            if let Some(a) = best {
-                if let Some(caller) = a.caller() {
-                    return Ok(a.start_turn(caller));
-                }
+            if let Some(lease) = self.claim(&usable) {
+                return Ok(lease);
             }
             // Everyone usable is full or pacing: wait for a slot or the earliest pace.
             let pace = usable
@@ -80,7 +70,8 @@ impl Pool {
     }
 
     /// A lease on the named account (a conversation's chat belongs to it). `None` when the
-    /// account is gone or not usable: the conversation moves to a fresh chat elsewhere.
+    /// account is gone or cannot take turns: the conversation moves to a fresh chat
+    /// elsewhere.
     pub async fn acquire_on(&self, name: &str) -> Option<Result<Lease, ProxyError>> {
         let deadline = Instant::now() + self.settings.queue_timeout;
         loop {
@@ -91,26 +82,45 @@ impl Pool {
                 return Some(Err(e));
             }
             let account = self.get(name)?;
-            if !account.health().usable(epoch_millis()) {
+            if !account.takes_turns(epoch_millis()) {
                 return None;
+            }
+            if let Some(lease) = self.claim(&[&account]) {
+                return Some(Ok(lease));
             }
             let now = Instant::now();
             let pace = account.pace_left(now);
-            if account.has_room() && pace.is_zero() {
-                let caller = account.caller()?;
-                return Some(Ok(account.start_turn(caller)));
-            }
             if now >= deadline {
                 return Some(Err(ProxyError::AccountsBusy {
                     retry_after_secs: pace.as_secs().max(1),
                 }));
             }
-            let wake = (now + pace).min(deadline);
+            // Full: a freed slot wakes us; pacing: its end does.
+            let wake = if pace.is_zero() {
+                deadline
+            } else {
+                (now + pace).min(deadline)
+            };
             tokio::select! {
                 _ = &mut freed => {}
-                _ = tokio::time::sleep_until(if pace.is_zero() { deadline } else { wake }) => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
         }
+    }
+
+    /// Pick among `candidates` and take the slot, as one step: concurrent requests on the
+    /// multi-threaded runtime must not both see the last slot free, or both pass the same
+    /// interval.
+    fn claim(&self, candidates: &[&Arc<Account>]) -> Option<Lease> {
+        let _one_at_a_time = self.claiming.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let best = candidates
+            .iter()
+            .filter(|a| a.has_room() && a.pace_left(now).is_zero())
+            .min_by_key(|a| (a.inflight(), a.last_start.load(Ordering::Relaxed)))?;
+        let caller = best.caller()?;
+        let seq = self.starts.fetch_add(1, Ordering::Relaxed) + 1;
+        Some(best.start_turn(caller, seq))
     }
 
     /// Whether a turn could move to another usable account than those in `avoid`.
@@ -118,7 +128,7 @@ impl Pool {
         let now = epoch_millis();
         self.list()
             .iter()
-            .any(|a| !avoid.iter().any(|n| n == a.name()) && a.health().usable(now))
+            .any(|a| !avoid.iter().any(|n| n == a.name()) && a.takes_turns(now))
     }
 
     /// The error for "no account can take the turn" as things stand.
@@ -134,7 +144,7 @@ impl Pool {
         }
         let now = epoch_millis();
         let accounts = self.list();
-        if accounts.iter().any(|a| a.health().usable(now)) {
+        if accounts.iter().any(|a| a.takes_turns(now)) {
             return None;
         }
         accounts
@@ -195,22 +205,27 @@ impl Pool {
         }
     }
 
-    /// `1 invalid: default (the token was refused …)`: the counts, then the first few
-    /// accounts out of rotation with their reasons (names and reasons are never secrets).
+    /// `1 invalid (the token was refused …)`: the counts, then the distinct reasons of the
+    /// accounts out of rotation. API clients see this: no account names (operators find
+    /// them on `/health` and the admin API), and reasons never hold a secret.
     fn unusable_detail(&self, accounts: &[Arc<Account>], now_ms: u64) -> String {
         let mut out = self.counts().describe();
-        let reasons: Vec<String> = accounts
-            .iter()
-            .map(|a| (a, a.health()))
-            .filter(|(_, h)| !h.usable(now_ms))
-            .take(3)
-            .map(|(a, h)| match h.reason() {
-                Some(r) => format!("{} is {}: {r}", a.name(), h.label()),
-                None => format!("{} is {}", a.name(), h.label()),
-            })
-            .collect();
+        let mut reasons: Vec<String> = Vec::new();
+        for a in accounts {
+            let h = a.health();
+            if h.usable(now_ms) {
+                continue;
+            }
+            let reason = match h.reason() {
+                Some(r) => format!("{}: {r}", h.label()),
+                None => h.label().to_owned(),
+            };
+            if !reasons.contains(&reason) && reasons.len() < 3 {
+                reasons.push(reason);
+            }
+        }
         if !reasons.is_empty() {
-            out.push_str("; ");
+            out.push_str(" — ");
             out.push_str(&reasons.join("; "));
         }
         out

@@ -7,70 +7,25 @@
 //! refresh token replaces it — it is rotated), else a new sign-in for a password account;
 //! a browser-session account without a refresh token cannot renew and becomes `invalid`.
 
-use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::task::JoinSet;
 
 use super::credential::Token;
 use super::health::Health;
 use super::{Account, Pool};
 use crate::accounts_file::Login;
-use crate::common::epoch_secs;
 use crate::error::{ProxyError, UpstreamClass};
 use crate::qwen::client::Caller;
 use crate::qwen::headers::Credentials;
 
 /// How often the background task looks for tokens to renew and accounts to sign in.
 const RENEW_TICK: Duration = Duration::from_secs(5);
-
-/// Sign-ins keep at least `interval` apart per egress address (direct, or each proxy).
-#[derive(Debug)]
-pub struct Pacer {
-    interval: Duration,
-    last: tokio::sync::Mutex<HashMap<String, Instant>>,
-}
-
-impl Pacer {
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            last: tokio::sync::Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Wait for the egress's turn and hold it: sign-ins through one address go one after
-    /// another, and the next starts `interval` after this one *ended* (when the returned
-    /// turn is dropped) — connection set-up (a tunnel, a protocol probe) cannot bring two
-    /// closer together as the upstream sees them.
-    async fn turn(&self, egress: &str) -> PacerTurn<'_> {
-        let last = self.last.lock().await;
-        if let Some(at) = last.get(egress) {
-            let ready = *at + self.interval;
-            if ready > Instant::now() {
-                tokio::time::sleep_until(ready).await;
-            }
-        }
-        PacerTurn {
-            last,
-            egress: egress.to_owned(),
-        }
-    }
-}
-
-/// A sign-in's turn on its egress address; its end is stamped when dropped.
-struct PacerTurn<'a> {
-    last: tokio::sync::MutexGuard<'a, HashMap<String, Instant>>,
-    egress: String,
-}
-
-impl Drop for PacerTurn<'_> {
-    fn drop(&mut self) {
-        self.last
-            .insert(std::mem::take(&mut self.egress), Instant::now());
-    }
-}
+/// How often an account taken out for a refused token or a 403 is asked again whether the
+/// upstream accepts its token (a pool of one must not stay down for a passing refusal).
+const REPROBE_EVERY_MS: u64 = 10 * 60_000;
 
 /// Why a renewal failed, and what it means for the account.
 #[derive(Debug)]
@@ -85,16 +40,59 @@ impl Pool {
     /// Renew `account`'s token now (one renewal at a time per account: a caller that
     /// waited for another's renewal gets its result). `seen` is the caller whose token was
     /// refused: if the account already has another, there is nothing to do.
+    ///
+    /// On the request path (`seen` given) the wait is bounded by `ACCOUNT_QUEUE_TIMEOUT`:
+    /// a paced sign-in can take minutes, and the request should rather move on.
     pub async fn renew(&self, account: &Arc<Account>, seen: Option<&Caller>) -> Result<(), String> {
-        let _one = account.renewing.lock().await;
-        // Another instance may have renewed it (and spent the refresh token we hold).
-        if let Some(shared) = &self.shared {
-            shared.adopt_token(self, account).await;
+        if seen.is_none() {
+            return self.renew_now(account, None).await;
         }
-        if let (Some(seen), Some(now)) = (seen, account.caller()) {
-            if !std::ptr::eq(seen, &*now) {
-                return Ok(());
+        match tokio::time::timeout(self.settings.queue_timeout, self.renew_now(account, seen)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err("the renewal did not finish in time".to_owned()),
+        }
+    }
+
+    async fn renew_now(&self, account: &Arc<Account>, seen: Option<&Caller>) -> Result<(), String> {
+        let _one = account.renewing.lock().await;
+        let renewed_elsewhere = |seen: Option<&Caller>| match (seen, account.caller()) {
+            (Some(seen), Some(now)) => !std::ptr::eq(seen, &*now),
+            _ => false,
+        };
+        // Another instance may have renewed it (and spent the refresh token we hold); one
+        // instance renews at a time.
+        let _shared_lock = match &self.shared {
+            Some(shared) => {
+                shared.adopt_token(self, account).await;
+                if renewed_elsewhere(seen) {
+                    return Ok(());
+                }
+                match shared.lock_renewal(account.name()).await {
+                    Some(lock) => Some(lock),
+                    None => {
+                        // Another instance is at it: take its result.
+                        let seen_now = account.caller();
+                        for _ in 0..20 {
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                            shared.adopt_token(self, account).await;
+                            let changed = match (&seen_now, account.caller()) {
+                                (Some(a), Some(b)) => !Arc::ptr_eq(a, &b),
+                                (None, Some(_)) => true,
+                                _ => false,
+                            };
+                            if changed {
+                                return Ok(());
+                            }
+                        }
+                        return Err("another instance is renewing the token".to_owned());
+                    }
+                }
             }
+            None => None,
+        };
+        if renewed_elsewhere(seen) {
+            return Ok(());
         }
         match self.renew_once(account).await {
             Ok(()) => Ok(()),
@@ -108,6 +106,18 @@ impl Pool {
             Err(RenewError::Transient(reason)) => {
                 self.signin_metric("failed");
                 account.note_error(reason.clone());
+                // An expired token takes no turns while the renewal is retried.
+                if account
+                    .token()
+                    .is_some_and(|t| t.expired(crate::common::epoch_secs()))
+                {
+                    self.transition(account, "signin_failed", |h| match h {
+                        Health::Ready => Health::SigningIn {
+                            reason: Some(reason.clone()),
+                        },
+                        h => h.clone(),
+                    });
+                }
                 Err(reason)
             }
         }
@@ -118,8 +128,17 @@ impl Pool {
         if let Some(refresh) = refresh {
             match self.refresh_with(account, &refresh).await {
                 Ok(()) => return Ok(()),
-                // A spent or revoked refresh token: a password account can still sign in.
+                // A spent or revoked refresh token: another instance may have spent it (its
+                // new one is in Redis); a password account can still sign in.
                 Err(RenewError::Refused(reason)) => {
+                    if let Some(shared) = &self.shared {
+                        shared.adopt_token(self, account).await;
+                        if account.token().and_then(|t| t.refresh).as_deref()
+                            != Some(refresh.as_str())
+                        {
+                            return Ok(());
+                        }
+                    }
                     if !matches!(account.spec.login, Login::Password { .. }) {
                         return Err(RenewError::Refused(reason));
                     }
@@ -195,49 +214,114 @@ impl Pool {
             .inc();
     }
 
-    /// One pass of the background work: sign in accounts that have no token yet, renew
-    /// tokens that are due. Renewals run one after another (paced sign-ins queue anyway).
-    pub async fn renew_due(self: &Arc<Self>) {
-        let now = epoch_secs();
-        for account in self.list().iter() {
-            let health = account.health();
-            let due = match (&health, account.token()) {
-                (Health::Disabled | Health::Invalid { .. } | Health::Forbidden { .. }, _) => false,
-                (Health::SigningIn { .. }, _) => true,
-                (_, Some(t)) => t.renew_at().is_some_and(|at| at <= now),
-                (_, None) => false,
-            };
-            // A browser session without a refresh token cannot renew ahead: it runs until
-            // the upstream refuses it.
-            let can_renew = matches!(account.spec.login, Login::Password { .. })
-                || account.token().is_some_and(|t| t.refresh.is_some());
-            if !due || !can_renew {
-                continue;
-            }
-            if let Err(reason) = self.renew(account, None).await {
-                if matches!(health, Health::SigningIn { .. }) {
-                    self.transition(account, "signin_failed", |h| match h {
-                        Health::SigningIn { .. } => Health::SigningIn {
-                            reason: Some(reason.clone()),
-                        },
-                        h => h.clone(),
-                    });
-                }
+    /// Whether the background work should renew (or first sign in) `account` now.
+    fn due(&self, account: &Account, now: u64) -> bool {
+        let token = account.token();
+        let due = match (&account.health(), &token) {
+            (Health::Disabled | Health::Invalid { .. } | Health::Forbidden { .. }, _) => false,
+            (Health::SigningIn { .. }, _) | (_, None) => true,
+            (_, Some(t)) => t.renew_at().is_some_and(|at| at <= now),
+        };
+        // A browser session without a refresh token cannot renew ahead: it runs until
+        // the upstream refuses it.
+        let can_renew = matches!(account.spec.login, Login::Password { .. })
+            || token.is_some_and(|t| t.refresh.is_some());
+        due && can_renew
+    }
+
+    /// Renew one account in the background; a first sign-in that fails keeps the account
+    /// `signing_in`, with the reason.
+    async fn renew_in_background(&self, account: &Arc<Account>) {
+        let was_signing_in = matches!(account.health(), Health::SigningIn { .. });
+        if let Err(reason) = self.renew(account, None).await {
+            if was_signing_in {
+                self.transition(account, "signin_failed", |h| match h {
+                    Health::SigningIn { .. } => Health::SigningIn {
+                        reason: Some(reason.clone()),
+                    },
+                    h => h.clone(),
+                });
             }
         }
     }
 
-    /// Sign in and renew in the background until the task is aborted.
+    /// Whether an `invalid` or `forbidden` account with a token should be asked again.
+    fn reprobe_due(&self, account: &Account) -> bool {
+        let out = matches!(
+            account.health(),
+            Health::Invalid { .. } | Health::Forbidden { .. }
+        );
+        let now = crate::common::epoch_millis();
+        let last = account.last_probe_ms.load(Ordering::Relaxed);
+        if !out || account.caller().is_none() || now < last.saturating_add(REPROBE_EVERY_MS) {
+            return false;
+        }
+        account.last_probe_ms.store(now, Ordering::Relaxed);
+        // The first chance comes a full period after the verdict.
+        last != 0
+    }
+
+    /// `GET /api/v1/auths/` with the account's token: accepted again → back in rotation.
+    async fn reprobe(&self, account: &Account) {
+        let Some(who) = account.caller() else {
+            return;
+        };
+        if self.client().check_auth(&who).await.is_ok() {
+            tracing::info!(
+                account = %crate::untrusted::Untrusted(account.name()),
+                "the upstream accepts the account's token again"
+            );
+            self.transition(account, "reprobed", |h| match h {
+                Health::Invalid { .. } | Health::Forbidden { .. } => Health::Ready,
+                h => h.clone(),
+            });
+        }
+    }
+
+    /// Sign in the password accounts that have no token yet, one after another (for
+    /// `qwen-proxy check`: nothing else is renewed, so no rotating refresh token is spent).
+    pub async fn sign_in_missing(&self) {
+        for account in self.list().iter() {
+            if account.token().is_none() && matches!(account.spec.login, Login::Password { .. }) {
+                self.renew_in_background(account).await;
+            }
+        }
+    }
+
+    /// Sign in and renew in the background until the task is aborted: every few seconds,
+    /// adopt what Redis knows, then start a renewal for each account that is due and not
+    /// renewing already. Renewals run side by side (sign-ins wait for their address's turn),
+    /// so neither a slow account nor the sign-in pacing holds up the others or the sync;
+    /// aborting the task aborts them.
     pub fn spawn_renewals(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let pool = self.clone();
         tokio::spawn(async move {
+            let mut running = JoinSet::new();
             loop {
                 // What the other instances (or this one before a restart) know first: a
                 // stored token spares a sign-in.
                 if let Some(shared) = &pool.shared {
                     shared.sync(&pool).await;
                 }
-                pool.renew_due().await;
+                let now = crate::common::epoch_secs();
+                for account in pool.list().iter() {
+                    if !pool.due(account, now) || account.renewing_bg.swap(true, Ordering::AcqRel) {
+                        continue;
+                    }
+                    let (pool, account) = (pool.clone(), account.clone());
+                    running.spawn(async move {
+                        pool.renew_in_background(&account).await;
+                        account.renewing_bg.store(false, Ordering::Release);
+                    });
+                }
+                for account in pool.list().iter() {
+                    if !pool.reprobe_due(account) {
+                        continue;
+                    }
+                    let (pool, account) = (pool.clone(), account.clone());
+                    running.spawn(async move { pool.reprobe(&account).await });
+                }
+                while running.try_join_next().is_some() {}
                 tokio::time::sleep(RENEW_TICK).await;
             }
         })
@@ -254,42 +338,13 @@ fn egress(account: &Account) -> String {
         .unwrap_or_else(|| "direct".to_owned())
 }
 
+/// A refused refresh or sign-in (401/403, or a sign-in's 400 "incorrect") is final for the
+/// credentials; anything else (the sign-in wall, an outage) passes.
 fn classify(e: ProxyError) -> RenewError {
     match e.upstream_class() {
         Some(UpstreamClass::AuthFailed | UpstreamClass::Forbidden) => {
             RenewError::Refused(e.to_string())
         }
         _ => RenewError::Transient(e.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn sign_ins_through_one_address_keep_their_distance() {
-        let pacer = Arc::new(Pacer::new(Duration::from_secs(30)));
-        let start = Instant::now();
-        let mut at = Vec::new();
-        for _ in 0..3 {
-            let turn = pacer.turn("direct").await;
-            at.push(start.elapsed());
-            // The sign-in itself takes a second: the next waits from its end.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            drop(turn);
-        }
-        assert_eq!(
-            at,
-            [
-                Duration::ZERO,
-                Duration::from_secs(31),
-                Duration::from_secs(62)
-            ]
-        );
-        // Another address is not held back.
-        let before = Instant::now();
-        drop(pacer.turn("proxy-1").await);
-        assert_eq!(before.elapsed(), Duration::ZERO);
     }
 }

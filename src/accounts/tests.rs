@@ -1,6 +1,7 @@
 //! The pool without an upstream: selection, pacing, blame and reload.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::*;
@@ -180,7 +181,8 @@ async fn with_nothing_coming_back_the_error_names_the_accounts() {
     assert_eq!(e.status(), 503);
     let m = e.message();
     assert!(m.contains("1 disabled") && m.contains("1 forbidden"), "{m}");
-    assert!(m.contains("x is forbidden: the upstream refused"), "{m}");
+    assert!(m.contains("forbidden: the upstream refused"), "{m}");
+    assert!(!m.contains("x is"), "no account names for API clients: {m}");
     assert!(!m.contains("token=t"), "no secrets: {m}");
     pool.set_enabled("x", true).unwrap();
     assert_eq!(pool.acquire(&[]).await.unwrap().name(), "x");
@@ -222,4 +224,69 @@ async fn a_reload_keeps_what_did_not_change_and_running_leases_survive() {
     drop(on_a);
     let names: Vec<String> = pool.views().into_iter().map(|v| v.name).collect();
     assert_eq!(names, ["b", "c", "d"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_turns_never_overshoot_the_in_flight_limit() {
+    let pool =
+        pool_of(r#"[{"name":"solo","cookies":"token=t","max_inflight":2,"min_interval_ms":0}]"#);
+    let most = Arc::new(AtomicU32::new(0));
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (pool, most) = (pool.clone(), most.clone());
+            tokio::spawn(async move {
+                let lease = pool.acquire(&[]).await.unwrap();
+                most.fetch_max(lease.account().inflight(), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                drop(lease);
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(most.load(Ordering::SeqCst) <= 2, "{most:?}");
+    assert_eq!(pool.get("solo").unwrap().inflight(), 0);
+}
+
+#[test]
+fn how_long_a_rate_limit_cools_an_account() {
+    let hours = |h: u64| {
+        upstream(
+            UpstreamClass::RateLimited,
+            Some(Duration::from_secs(h * 3600)),
+        )
+    };
+    assert_eq!(blame::quota_wait(&hours(4)), 4 * 3_600_000);
+    assert_eq!(
+        blame::quota_wait(&hours(1_000_000)),
+        7 * 86_400_000,
+        "capped at a week"
+    );
+    let daily = UpstreamError::new(
+        UpstreamClass::RateLimited,
+        "You've reached the upper limit for today's usage.",
+    );
+    assert_eq!(blame::quota_wait(&daily.into()), 86_400_000);
+    let bare = UpstreamError::new(UpstreamClass::RateLimited, "HTTP 429");
+    assert_eq!(
+        blame::quota_wait(&bare.into()),
+        60_000,
+        "a bare 429 is not a day"
+    );
+}
+
+#[tokio::test]
+async fn another_instance_cannot_lift_an_operators_disable() {
+    let pool = three();
+    pool.set_enabled("a", false).unwrap();
+    let a = pool.get("a").unwrap();
+    let later = epoch_millis() + 1_000;
+    a.adopt_health(Health::Ready, later, false);
+    assert_eq!(a.health(), Health::Disabled, "an automatic change does not");
+    a.adopt_health(Health::Ready, later, true);
+    assert_eq!(a.health(), Health::Ready, "an operator's enable does");
+    // Older news is ignored.
+    a.adopt_health(Health::Disabled, later - 10, true);
+    assert_eq!(a.health(), Health::Ready);
 }

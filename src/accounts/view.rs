@@ -49,7 +49,7 @@ impl Pool {
         for a in self.list().iter() {
             let h = a.health();
             c.total += 1;
-            if h.usable(now) {
+            if a.takes_turns(now) {
                 c.usable += 1;
             }
             *c.by_state.entry(h.label()).or_insert(0) += 1;

@@ -105,13 +105,14 @@ pub async fn complete(
     result
 }
 
-/// The accounts side of one request: which accounts it has tried, and the one renewal of
-/// an expired token it may do.
+/// The accounts side of one request: which accounts it has left, and the one renewal of
+/// an expired token it may do on each.
 #[derive(Debug, Default)]
 struct AccountTrail {
     /// Accounts this request left (quota, challenge, ban): not tried again.
     left: Vec<String>,
-    renewed: bool,
+    /// Accounts whose token this request renewed (once each).
+    renewed: Vec<String>,
     /// A challenge moved the request once; a second one is not the account's doing.
     moved_on_challenge: bool,
     /// The account and token of the last attempt.
@@ -169,14 +170,21 @@ async fn account_move(state: &AppState, trail: &mut AccountTrail, e: &ProxyError
             moved(trail)
         }
         Blame::Challenged => AccountMove::Stay,
-        Blame::Expired if !trail.renewed => {
-            trail.renewed = true;
+        Blame::Expired if !trail.renewed.contains(&name) => {
+            trail.renewed.push(name.clone());
             match pool.renew(&used.account, Some(&used.caller)).await {
                 Ok(()) => AccountMove::Again,
                 Err(_) => moved(trail),
             }
         }
-        Blame::Expired => AccountMove::Stay,
+        // Refused again right after a renewal: the account itself is refused.
+        Blame::Expired => {
+            pool.invalidate(
+                &used.account,
+                "the upstream refused the token again right after renewing it",
+            );
+            moved(trail)
+        }
     }
 }
 
@@ -196,6 +204,14 @@ async fn converse(
     } else {
         conv.fresh(req, identity, &plan.model, "new")
     };
+    // The remembered chat's account cannot take turns now (cooling, quarantined, gone):
+    // the conversation moves to a fresh chat, with its history folded, elsewhere.
+    if let (Some(owner), Some(key)) = (prepared.account.as_deref(), &prepared.continued_from) {
+        if state.accounts.caller_of(owner).is_none() {
+            conv.forget(key, "account").await;
+            prepared = conv.fresh(req, identity, &plan.model, "account");
+        }
+    }
     let backoff = Backoff::from_config(&state.config.retry);
     let mut fallbacks = Fallbacks::default();
     // The hint of the one retry a tool-calling answer may get; it stays in the turn
@@ -433,7 +449,6 @@ async fn send(
         };
         prepared.account = Some(lease.name().to_owned());
     }
-    let account = lease.account().clone();
     let result = Attempt {
         state,
         req,
@@ -444,9 +459,6 @@ async fn send(
     }
     .respond(lock, lease)
     .await;
-    if result.is_ok() {
-        pool.answered(&account);
-    }
     if let Some(since) = sent_since {
         match &result {
             Ok(_) => conv.saw_chat(since, false),

@@ -141,6 +141,9 @@ impl StreamEnd<TurnStages> for TurnEnd {
     ) -> Option<Settle> {
         match outcome {
             Outcome::Completed { usage, .. } => {
+                // A whole answer: the account's strikes are forgiven (not at its start: a
+                // challenge may still come mid-stream).
+                self.state.accounts.answered(self.lease.account());
                 self.record_tokens(usage);
                 self.stream_ended("completed");
                 let (scan, (_, (limits, transcript))) = pipeline.stages_mut();

@@ -48,7 +48,7 @@ impl QwenClient {
         password: &Secret,
     ) -> Result<Tokens, ProxyError> {
         let r = self.sign_in_inner(who, flow, email, password).await;
-        self.record_call("signin", r)
+        self.record("signin", r)
     }
 
     async fn sign_in_inner(
@@ -98,7 +98,10 @@ impl QwenClient {
             )?;
             let rsp = self.dispatch(who, req).await?;
             let cookies = set_cookies(rsp.headers());
-            let json = json_or_error(rsp).await?;
+            let status = rsp.status().as_u16();
+            let json = json_or_error(rsp)
+                .await
+                .map_err(|e| signin_refusal(status, e))?;
             let mut new = tokens(&json, &cookies).ok_or_else(|| {
                 ProxyError::upstream(
                     UpstreamClass::Protocol,
@@ -110,7 +113,7 @@ impl QwenClient {
             Ok(new)
         }
         .await;
-        self.record_call("refresh", r)
+        self.record("refresh", r)
     }
 
     /// The account's browser headers, without its old token, as the auth pages send them.
@@ -127,7 +130,7 @@ impl QwenClient {
             .uri(uri)
             .body(Full::new(body))
             .map_err(|e| ProxyError::Internal(format!("building a sign-in request: {e}")))?;
-        let mut h = self.headers_of(who).build(Page::Home, false);
+        let mut h = who.headers().build(Page::Home, false);
         h.remove(AUTHORIZATION);
         h.remove(COOKIE);
         if let Some(c) = cookie {
@@ -145,15 +148,15 @@ impl QwenClient {
     }
 }
 
-/// A refused password (400/401/403 with `{"detail":"incorrect"}` and the like) is the
-/// account's fault, not a passing upstream failure; the sign-in wall's WAF page stays a
-/// challenge (try later, from elsewhere).
+/// A refused password or refresh token (400/401/403 with `{"detail":"incorrect"}` and the
+/// like) is the credentials' fault, not a passing upstream failure; the sign-in wall's WAF
+/// page stays a challenge (try later, from elsewhere).
 fn signin_refusal(status: u16, e: ProxyError) -> ProxyError {
     let challenge = e.upstream_class() == Some(UpstreamClass::Challenge);
     if matches!(status, 400 | 401 | 403) && !challenge {
         return ProxyError::upstream(
             UpstreamClass::AuthFailed,
-            format!("sign-in refused (HTTP {status}): wrong email or password"),
+            format!("refused (HTTP {status}): wrong email or password, or a spent refresh token"),
         );
     }
     e

@@ -48,6 +48,13 @@ pub struct Caller {
     route: Route,
 }
 
+impl Caller {
+    /// Its header set (sign-in and refresh adapt it to the auth domain).
+    pub(super) fn headers(&self) -> &HeaderSet {
+        &self.headers
+    }
+}
+
 /// The way out of one account: direct (the shared pools), or through its proxy (a pool of
 /// its own: connections through one proxy are never shared with another account).
 #[derive(Debug, Clone)]
@@ -176,7 +183,7 @@ impl QwenClient {
             .and_then(|a| a.as_str().rsplit_once('@'))
             .map(|(u, _)| u)
         {
-            let encoded = base64_standard(userinfo.as_bytes());
+            let encoded = base64_standard(&percent_decode(userinfo));
             if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("Basic {encoded}")) {
                 tunnel = tunnel.with_auth(v);
             }
@@ -207,16 +214,12 @@ impl QwenClient {
         &self.inner.base
     }
 
-    pub(super) fn record_call<T>(
+    /// Count one upstream call by endpoint and outcome (`ok` or the error class).
+    pub(super) fn record<T>(
         &self,
         endpoint: &str,
         r: Result<T, ProxyError>,
     ) -> Result<T, ProxyError> {
-        self.record(endpoint, r)
-    }
-
-    /// Count one upstream call by endpoint and outcome (`ok` or the error class).
-    fn record<T>(&self, endpoint: &str, r: Result<T, ProxyError>) -> Result<T, ProxyError> {
         let outcome = match &r {
             Ok(_) => "ok",
             Err(e) => e.metric_label(),
@@ -258,11 +261,6 @@ impl QwenClient {
             _ => &self.inner.http,
         };
         self.exchange(client, req).await
-    }
-
-    /// The caller's header set (sign-in and refresh adapt it to the auth domain).
-    pub(super) fn headers_of<'a>(&self, who: &'a Caller) -> &'a HeaderSet {
-        &who.headers
     }
 
     /// Whether a plain-HTTP upstream speaks h2c, probing it the first time (see [`H2c`]).
@@ -461,10 +459,16 @@ impl QwenClient {
 
     /// `DELETE /api/v2/chats/{id}`; a chat that is already gone counts as deleted.
     ///
-    /// Without an id the same path deletes *every* chat of the account (2026-09), so an
-    /// empty or path-like id is refused here rather than sent.
+    /// Without an id the same path deletes *every* chat of the account (2026-09), so only
+    /// ids of letters, digits and `-` (a UUID) are sent: nothing a server could normalise
+    /// into the bare path (`.`, `..`, `%2e`, `/`).
     pub async fn delete_chat(&self, who: &Caller, chat_id: &str) -> Result<(), ProxyError> {
-        if chat_id.is_empty() || chat_id.contains(['/', '?', '#']) {
+        let proper = !chat_id.is_empty()
+            && chat_id.len() <= 64
+            && chat_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !proper {
             return Err(ProxyError::Internal(
                 "refusing to delete a chat without a proper id (that would delete them all)"
                     .to_owned(),
@@ -505,6 +509,32 @@ impl QwenClient {
         let v = json_or_error(rsp).await?;
         Ok(v.pointer("/data/deleted").and_then(Value::as_u64))
     }
+}
+
+/// `user:p%40ss` → `user:p@ss`: a URL's userinfo is percent-encoded; Basic auth wants the
+/// bytes themselves.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Standard base64 (with padding), for `Proxy-Authorization: Basic`.
@@ -599,4 +629,19 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
         src = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_credentials_are_decoded_then_base64_encoded() {
+        assert_eq!(percent_decode("user:p%40ss%3a1"), b"user:p@ss:1");
+        assert_eq!(percent_decode("a%zz%4"), b"a%zz%4", "not an escape: kept");
+        assert_eq!(base64_standard(b"user:pw"), "dXNlcjpwdw==");
+        assert_eq!(base64_standard(b"ab"), "YWI=");
+        assert_eq!(base64_standard(b"abc"), "YWJj");
+        assert_eq!(base64_standard(b""), "");
+    }
 }
