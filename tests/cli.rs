@@ -4,12 +4,11 @@
 // Tests and benches: a failed unwrap is a failure with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Output, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
 mod support;
 
-use support::process::{self, Running};
+use support::process::{self, run, Running};
 
 /// Start `--demo` and read the banner (up to its last line: the tool-call example).
 fn banner(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
@@ -25,26 +24,6 @@ fn banner(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
             return (running, text);
         }
     }
-}
-
-/// Run to completion (bounded).
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let child = process::command(args, env)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let id = child.id();
-    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
-    while !waiter.is_finished() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pid {id} did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    waiter.join().unwrap()
 }
 
 #[test]

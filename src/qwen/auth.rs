@@ -73,15 +73,7 @@ impl QwenClient {
             None,
             Bytes::from(body.to_string()),
         )?;
-        let rsp = self.dispatch(who, req).await?;
-        let cookies = set_cookies(rsp.headers());
-        let status = rsp.status().as_u16();
-        let json = json_or_error(rsp)
-            .await
-            .map_err(|e| signin_refusal(status, e))?;
-        tokens(&json, &cookies).ok_or_else(|| {
-            ProxyError::upstream(UpstreamClass::Protocol, "sign-in answered without a token")
-        })
+        self.tokens_from(who, req).await
     }
 
     /// Trade a refresh token for new tokens (auth-domain flow). The answer's refresh token
@@ -96,24 +88,30 @@ impl QwenClient {
                 Some(cookie),
                 Bytes::new(),
             )?;
-            let rsp = self.dispatch(who, req).await?;
-            let cookies = set_cookies(rsp.headers());
-            let status = rsp.status().as_u16();
-            let json = json_or_error(rsp)
-                .await
-                .map_err(|e| signin_refusal(status, e))?;
-            let mut new = tokens(&json, &cookies).ok_or_else(|| {
-                ProxyError::upstream(
-                    UpstreamClass::Protocol,
-                    "refresh answered without an access token",
-                )
-            })?;
+            let mut new = self.tokens_from(who, req).await?;
             // Not rotated this time: the one sent stays valid.
             new.refresh.get_or_insert_with(|| refresh.clone());
             Ok(new)
         }
         .await;
         self.record("refresh", r)
+    }
+
+    /// Send a sign-in or refresh request and read the tokens from its answer.
+    async fn tokens_from(
+        &self,
+        who: &Caller,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Tokens, ProxyError> {
+        let rsp = self.dispatch(who, req).await?;
+        let cookies = set_cookies(rsp.headers());
+        let status = rsp.status().as_u16();
+        let json = json_or_error(rsp)
+            .await
+            .map_err(|e| signin_refusal(status, e))?;
+        tokens(&json, &cookies).ok_or_else(|| {
+            ProxyError::upstream(UpstreamClass::Protocol, "answered without an access token")
+        })
     }
 
     /// The account's browser headers, without its old token, as the auth pages send them.

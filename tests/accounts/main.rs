@@ -24,7 +24,7 @@ use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -222,6 +222,16 @@ where
 }
 
 /// A one-message conversation; asserts the simulator's answer came back.
+/// Wait (up to 5 s) until `n` accounts of the proxy at `addr` are ready.
+async fn wait_ready(h: &Harness, addr: SocketAddr, n: u64) {
+    eventually(
+        &format!("{n} account(s) ready"),
+        Duration::from_secs(5),
+        || async move { (health(h, addr).await["accounts"]["counts"]["ready"] == n).then_some(()) },
+    )
+    .await;
+}
+
 async fn ask_ok(h: &Harness, addr: SocketAddr, prompt: &str) {
     let r = h
         .chat_at(addr, json!({"model": MODEL, "messages": [user(prompt)]}))

@@ -32,12 +32,7 @@ async fn the_admin_api_needs_its_key() {
     assert_eq!(error_code(&r), "invalid_admin_key");
     let r = call(&h, url("/admin/accounts/a/disable"), "POST", &wrong, None).await;
     assert_eq!(r.status, 401);
-    let hh = &h;
-    let paddr = p.addr;
-    eventually("p signed in", Duration::from_secs(5), || async move {
-        (health(hh, paddr).await["accounts"]["counts"]["ready"] == 3).then_some(())
-    })
-    .await;
+    wait_ready(&h, p.addr, 3).await;
     let r = admin(&h, p.addr, "GET", "/admin/accounts").await;
     assert_eq!(r.status, 200);
     let list = r.json();
@@ -295,25 +290,11 @@ async fn an_account_proxy_carries_its_traffic() {
 
 // === 12. the binary refuses a file it must not use ===
 
-/// Run the binary to completion (bounded).
+/// Run the binary to completion (bounded), listening on a free port if it starts.
 fn run(env: &[(&str, &str)]) -> Output {
-    let child = support::process::command(&["--env-file", "/dev/null"], env)
-        .env("PORT", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let id = child.id();
-    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
-    while !waiter.is_finished() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pid {id} did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    waiter.join().unwrap()
+    let mut env = env.to_vec();
+    env.push(("PORT", "0"));
+    support::process::run(&["--env-file", "/dev/null"], &env)
 }
 
 #[test]

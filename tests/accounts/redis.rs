@@ -169,10 +169,7 @@ async fn a_token_survives_a_restart_through_redis() {
     ];
     let mut h = Harness::start_with(&env, strict_sim(ALICE, Duration::from_secs(3600))).await;
     let hh = &h;
-    eventually("signed in", Duration::from_secs(5), || async move {
-        (health(hh, hh.addr).await["accounts"]["counts"]["ready"] == 1).then_some(())
-    })
-    .await;
+    wait_ready(hh, hh.addr, 1).await;
     ask_ok(&h, h.addr, "before the restart").await;
     let port = redis.port;
     eventually("the token stored", Duration::from_secs(5), || async move {
@@ -184,15 +181,7 @@ async fn a_token_survives_a_restart_through_redis() {
     h.wait_stopped().await;
 
     let restarted = h.another_proxy(&env).await;
-    let (hh, restarted_addr) = (&h, restarted.addr);
-    eventually(
-        "ready with the stored token",
-        Duration::from_secs(5),
-        || async move {
-            (health(hh, restarted_addr).await["accounts"]["counts"]["ready"] == 1).then_some(())
-        },
-    )
-    .await;
+    wait_ready(&h, restarted.addr, 1).await;
     ask_ok(&h, restarted.addr, "after the restart").await;
     let stats = h.sim_stats().await;
     assert_eq!(stats["signins"], 1, "no second sign-in");

@@ -23,10 +23,7 @@ async fn tokens_are_refreshed_before_expiry() {
     )
     .await;
     let hh = &h;
-    eventually("both accounts signed in", Duration::from_secs(5), || async move {
-        (health(hh, hh.addr).await["accounts"]["counts"]["ready"] == 2).then_some(())
-    })
-    .await;
+    wait_ready(hh, hh.addr, 2).await;
     // Each account is refreshed twice within about 11 s: the second refresh presents the
     // rotated refresh token the first one answered, so that one was stored and used.
     let mut asked = 0;
@@ -89,10 +86,7 @@ async fn an_expired_token_is_renewed_once_and_the_turn_sent_again() {
     )
     .await;
     let hh = &h;
-    eventually("both accounts signed in", Duration::from_secs(5), || async move {
-        (health(hh, hh.addr).await["accounts"]["counts"]["ready"] == 2).then_some(())
-    })
-    .await;
+    wait_ready(hh, hh.addr, 2).await;
     let refreshes = r#"upstream_account_signins_total{kind="refresh"}"#;
     assert_eq!(metric(&h, h.addr, refreshes).await, 0.0);
 
@@ -166,10 +160,7 @@ async fn turns_that_meet_one_expiry_share_one_renewal() {
     )
     .await;
     let hh = &h;
-    eventually("signed in", Duration::from_secs(5), || async move {
-        (health(hh, hh.addr).await["accounts"]["counts"]["ready"] == 1).then_some(())
-    })
-    .await;
+    wait_ready(hh, hh.addr, 1).await;
     // The first completion revokes the token; every one sent with it after that is refused.
     // Five turns at once: the renewal is not repeated for each.
     sim_control(&h, "alice@example.com", "expire_token").await;
@@ -212,10 +203,7 @@ async fn the_legacy_flow_renews_by_signing_in_again() {
     )
     .await;
     let hh = &h;
-    eventually("signed in", Duration::from_secs(5), || async move {
-        (health(hh, hh.addr).await["accounts"]["counts"]["ready"] == 1).then_some(())
-    })
-    .await;
+    wait_ready(hh, hh.addr, 1).await;
     sim_control(&h, "alice@example.com", "expire_token").await;
     ask_ok(&h, h.addr, "legacy").await;
     let stats = h.sim_stats().await;
@@ -257,10 +245,7 @@ async fn sign_ins_are_paced() {
     let before = h.get("/health").await.json();
     assert_eq!(before["accounts"]["counts"]["total"], 3);
     let hh = &h;
-    eventually("all signed in", Duration::from_secs(5), || async move {
-        (health(hh, hh.addr).await["accounts"]["counts"]["ready"] == 3).then_some(())
-    })
-    .await;
+    wait_ready(hh, hh.addr, 3).await;
     let stats = h.sim_stats().await;
     assert_eq!(stats["signins"], 3);
     assert_eq!(stats["signins_refused"], 0);
@@ -321,10 +306,7 @@ async fn sign_ins_are_paced_as_the_upstream_sees_them() {
     )
     .await;
     let hh = &h;
-    eventually("all signed in", Duration::from_secs(5), || async move {
-        (health(hh, hh.addr).await["accounts"]["counts"]["ready"] == 3).then_some(())
-    })
-    .await;
+    wait_ready(hh, hh.addr, 3).await;
     let stats = h.sim_stats().await;
     assert_eq!(stats["signins"], 3);
     let times: Vec<u64> = stats["signin_times_ms"]

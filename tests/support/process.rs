@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::Duration;
 
 /// The binary under test.
@@ -128,4 +128,24 @@ pub fn terminate(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Run the binary with `args` and `env` to completion (within 20 s), output captured.
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let child = command(args, env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let id = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    while !waiter.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {id} did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiter.join().unwrap()
 }
