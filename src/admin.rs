@@ -67,6 +67,7 @@ pub async fn handle(
         },
         (&Method::POST, ["accounts", name, action @ ("enable" | "disable")]) => pool
             .set_enabled(name, *action == "enable")
+            .await
             .map(|view| json_ok(json!({ "account": view })))
             .ok_or_else(|| unknown(name)),
         (&Method::POST, ["accounts", name, "purge-chats"]) => {

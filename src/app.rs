@@ -160,11 +160,11 @@ impl AppState {
                     // delete it. An account that is gone leaves its chats behind.
                     let (account, chat_id) = crate::conversation::store::split_owned_chat(&owned);
                     let caller = match account {
-                        Some(name) => state.accounts.caller_of(name),
+                        Some(name) => state.accounts.cleanup_caller_of(name),
                         None => state.accounts.any_caller(),
                     };
                     let outcome = match caller {
-                        // Gone, or left alone (cooling, quarantined, …): its chats stay.
+                        // Gone, or left alone (quarantined, refused, disabled): its chats stay.
                         None => "skipped",
                         Some(who) => match state.client.delete_chat(&who, chat_id).await {
                             Ok(()) => "deleted",

@@ -215,7 +215,7 @@ impl Metrics {
             ),
             chats_deleted: counter_vec(
                 "upstream_chats_deleted_total",
-                "Upstream chats of expired sessions deleted (CHAT_CLEANUP=delete), by outcome: deleted, failed, skipped (the owning account is gone or out of rotation).",
+                "Upstream chats of expired sessions deleted (CHAT_CLEANUP=delete), by outcome: deleted, failed, skipped (the owning account is gone, quarantined, refused or disabled).",
                 &["outcome"],
             ),
             registry,

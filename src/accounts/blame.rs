@@ -8,15 +8,19 @@ use super::{Account, Blame, Pool};
 use crate::common::epoch_millis;
 use crate::error::{ProxyError, UpstreamClass};
 
-/// The longest cooldown an upstream answer can ask for (a `num` of hours is untrusted input).
+/// The longest cooldown an upstream answer can ask for (a `num` of hours is untrusted input),
+/// and the shortest (a `Retry-After: 0` on a quota answer is not "no pause").
 const MAX_QUOTA_WAIT_MS: u64 = 7 * 86_400_000;
+const MIN_QUOTA_WAIT_MS: u64 = 30_000;
 /// A rate limit that says neither how long nor that it is the daily quota (a bare 429,
 /// `ParallelLimited`): a short pause, not a day.
 const SHORT_RATE_LIMIT_MS: u64 = 60_000;
 
-/// How long an account cools after a rate limit: the upstream's `num` hours or
-/// `Retry-After` when given; a day for the daily-quota document without a number (peers'
-/// default); a minute for anything else.
+/// How long an account cools after a rate limit. The upstream's wait when it gives one
+/// (`num` hours, `Retry-After`: at least 30 s, at most a week); else by its code: the daily
+/// quota (`RateLimited`, `quotaLimited`, `ExceedLimit`, `quota_exhausted`, or its English
+/// text) a day, as peers do; anything else — a bare 429, `ParallelLimited`, the model
+/// backend's "Allocated quota exceeded" (E14, not the account's day) — a minute.
 pub(super) fn quota_wait(e: &ProxyError) -> u64 {
     let ProxyError::Upstream(u) = e else {
         return SHORT_RATE_LIMIT_MS;
@@ -24,13 +28,20 @@ pub(super) fn quota_wait(e: &ProxyError) -> u64 {
     if let Some(d) = u.retry_after {
         return u64::try_from(d.as_millis())
             .unwrap_or(u64::MAX)
-            .min(MAX_QUOTA_WAIT_MS);
+            .clamp(MIN_QUOTA_WAIT_MS, MAX_QUOTA_WAIT_MS);
     }
+    // `detail` is "code: details" (qwen::classify).
     let detail = u.detail.to_ascii_lowercase();
-    let daily = ["today", "daily", "quota", "upper limit"]
+    let code = detail.split(':').next().unwrap_or("").trim();
+    let daily_code = matches!(
+        code,
+        "ratelimited" | "quotalimited" | "exceedlimit" | "quota_exhausted"
+    );
+    let backend = detail.contains("allocated quota exceeded");
+    let daily_text = ["today", "daily", "upper limit"]
         .iter()
         .any(|w| detail.contains(w));
-    if daily {
+    if daily_code || (daily_text && !backend) {
         86_400_000
     } else {
         SHORT_RATE_LIMIT_MS
@@ -98,7 +109,7 @@ impl Pool {
                     h => h.clone(),
                 });
                 if matches!(before, Health::Quarantined { .. }) {
-                    self.share(&a, false);
+                    self.share(&a);
                 }
             }
         }
@@ -123,7 +134,7 @@ impl Pool {
     pub fn answered(&self, account: &Account) {
         let (before, after) = account.update_health(|h| h.answered(epoch_millis()));
         if before != after {
-            self.share(account, false);
+            self.share(account);
             self.publish_gauges();
         }
     }
@@ -152,17 +163,16 @@ impl Pool {
             reason = after.reason().unwrap_or(""),
             "account state changed"
         );
-        self.share(account, matches!(reason, "enabled" | "disabled"));
+        self.share(account);
         self.publish_gauges();
         // A state change can make an account usable (or not) for waiting requests.
         self.freed.notify_waiters();
     }
 
-    /// Tell the other instances; `by_operator`: an operator's disable or enable, which only
-    /// another operator's change overrides.
-    fn share(&self, account: &Account, by_operator: bool) {
+    /// Tell the other instances.
+    fn share(&self, account: &Account) {
         if let Some(shared) = &self.shared {
-            shared.publish_health(account, by_operator);
+            shared.publish_health(account);
         }
     }
 }

@@ -63,6 +63,9 @@ pub struct Account {
     pub spec: AccountSpec,
     /// Identity of the spec: a reload keeps the account (state, token, load) when unchanged.
     fingerprint: String,
+    /// Identity of its credentials alone (login, captured browser values): what is kept
+    /// across an edit of its pacing or proxy, and the key of its records in Redis.
+    credentials: String,
     route: Route,
     health: Mutex<Health>,
     /// When the health last changed (Unix ms): the newest change wins across instances.
@@ -83,6 +86,10 @@ pub struct Account {
     pub(crate) renewing_bg: std::sync::atomic::AtomicBool,
     /// When it was last asked again after a refusal (Unix ms; 0: not yet).
     pub(crate) last_probe_ms: AtomicU64,
+    /// Failed renewals in a row, and when the next may start (Unix ms): a passing failure
+    /// (the sign-in wall, a challenge on the auth domain) is not hammered.
+    renew_failures: AtomicU32,
+    next_renewal_ms: AtomicU64,
     turns: AtomicU64,
     freed: Arc<Notify>,
 }
@@ -139,6 +146,14 @@ impl Account {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// A renewal failed for a passing reason: the next waits 30 s, doubling up to 10 min.
+    fn back_off_renewal(&self) {
+        let failures = self.renew_failures.fetch_add(1, Ordering::Relaxed).min(5);
+        let wait = (30_000u64 << failures).min(600_000);
+        self.next_renewal_ms
+            .store(epoch_millis().saturating_add(wait), Ordering::Relaxed);
     }
 
     fn note_error(&self, error: String) {
@@ -344,6 +359,7 @@ impl Pool {
         };
         let account = Arc::new(Account {
             fingerprint: fingerprint(&spec),
+            credentials: credentials_fingerprint(&spec),
             route,
             health: Mutex::new(Health::SigningIn { reason: None }),
             health_changed_ms: AtomicU64::new(0),
@@ -356,6 +372,8 @@ impl Pool {
             renewing: tokio::sync::Mutex::new(()),
             renewing_bg: std::sync::atomic::AtomicBool::new(false),
             last_probe_ms: AtomicU64::new(0),
+            renew_failures: AtomicU32::new(0),
+            next_renewal_ms: AtomicU64::new(0),
             turns: AtomicU64::new(0),
             freed: self.freed.clone(),
             spec,
@@ -392,12 +410,25 @@ impl Pool {
                         kept.clone()
                     }
                     None => {
-                        if old.iter().any(|a| a.name() == spec.name) {
+                        let same_name = old.iter().find(|a| a.name() == spec.name);
+                        if same_name.is_some() {
                             summary.changed += 1;
                         } else {
                             summary.added += 1;
                         }
-                        self.build(spec)
+                        let account = self.build(spec);
+                        // The same credentials with other pacing or proxy: the token (a
+                        // rotated refresh token, perhaps) and the state go on.
+                        if let Some(before) =
+                            same_name.filter(|b| b.credentials == account.credentials)
+                        {
+                            if let Some(token) = before.token() {
+                                self.set_token(&account, token);
+                            }
+                            *account.health.lock().unwrap_or_else(|p| p.into_inner()) =
+                                before.health();
+                        }
+                        account
                     }
                 }
             })
@@ -433,9 +464,13 @@ impl Pool {
     }
 
     /// Operator: disable or enable an account. Enabling clears any verdict (forbidden,
-    /// invalid, a pause) and signs in again if there is no token.
-    pub fn set_enabled(&self, name: &str, enabled: bool) -> Option<AccountView> {
+    /// invalid, a pause) and signs in again if there is no token. With Redis, every
+    /// instance follows (an operator's disable is lifted only by an operator).
+    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Option<AccountView> {
         let account = self.get(name)?;
+        if let Some(shared) = &self.shared {
+            shared.publish_operator(&account, !enabled).await;
+        }
         if enabled {
             let has_token = account.caller().is_some();
             self.transition(&account, "enabled", |_| {
@@ -448,12 +483,20 @@ impl Pool {
         } else {
             self.transition(&account, "disabled", |_| Health::Disabled);
         }
-        self.freed.notify_waiters();
         Some(self.view(&account))
     }
 
-    /// The named account's caller, if it takes turns (its chats may be deleted then; an
-    /// account left alone is not called).
+    /// The caller to delete the named account's idle chats with: while it takes turns or
+    /// only cools on its quota (deleting costs no quota); not while it is quarantined,
+    /// refused or disabled.
+    pub fn cleanup_caller_of(&self, name: &str) -> Option<Arc<Caller>> {
+        let account = self.get(name)?;
+        matches!(account.health(), Health::Ready | Health::Cooling { .. })
+            .then(|| account.caller())
+            .flatten()
+    }
+
+    /// The named account's caller, if it takes turns.
     pub fn caller_of(&self, name: &str) -> Option<Arc<Caller>> {
         let account = self.get(name)?;
         account
@@ -485,19 +528,29 @@ pub struct ReloadSummary {
 
 /// Everything that makes an account what it is, hashed (secrets included, never shown).
 fn fingerprint(spec: &AccountSpec) -> String {
+    let text = format!(
+        "{}\n{:?}\n{:?}\n{:?}\n{:?}",
+        credentials_fingerprint(spec),
+        spec.user_agent,
+        spec.proxy.as_ref().map(ToString::to_string),
+        spec.max_inflight,
+        spec.min_interval,
+    );
+    crate::conversation::key::fingerprint(&text)
+}
+
+/// The account's credentials, hashed (a domain-separated, truncated SHA-256: it is stored
+/// in Redis next to the tokens themselves, and says only whether they changed).
+fn credentials_fingerprint(spec: &AccountSpec) -> String {
     let login = match &spec.login {
         Login::Cookies { cookies, token } => format!("c\n{}\n{}", cookies.expose(), token.expose()),
         Login::Password { email, password } => format!("p\n{email}\n{}", password.expose()),
     };
     let text = format!(
-        "{}\n{login}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+        "qwen-proxy/account/v1\n{}\n{login}\n{:?}\n{:?}",
         spec.name,
         spec.bx_ua.as_ref().map(Secret::expose),
         spec.bx_umidtoken.as_ref().map(Secret::expose),
-        spec.user_agent,
-        spec.proxy.as_ref().map(ToString::to_string),
-        spec.max_inflight,
-        spec.min_interval,
     );
     crate::conversation::key::fingerprint(&text)
 }

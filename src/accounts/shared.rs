@@ -3,16 +3,18 @@
 //! refresh token is rotated on every use: the newest must outlive the process).
 //!
 //! Keys:
-//! * `qp:acct:<name>:health` → `{"changed_ms", "health", "spec", "operator"}`: the newest
-//!   change wins (every instance publishes its own changes and adopts newer ones at each
-//!   sync, every few seconds), except that an operator's disable is only lifted by an
-//!   operator's change;
+//! * `qp:acct:<name>:health` → `{"changed_ms", "health", "spec"}`: the newest change wins
+//!   (every instance publishes its own changes and adopts newer ones at each sync, every
+//!   few seconds);
+//! * `qp:acct:<name>:disabled` → present while an operator has the account disabled (no
+//!   expiry; only an operator's enable removes it);
 //! * `qp:acct:<name>:token` → `{"spec", "token"}`, kept as long as its refresh token lives;
 //! * `qp:acct:<name>:renewing` → the instance renewing the token (so a rotating refresh
 //!   token is never presented twice).
 //!
-//! `spec` is the entry's fingerprint: what was recorded about other credentials under the
-//! same name (the entry was edited since) is ignored. Redis trouble never stops the proxy:
+//! `spec` is the fingerprint of the entry's credentials: what was recorded about other
+//! credentials under the same name (a new cookie, a new password) is ignored; editing its
+//! pacing or proxy keeps it. Redis trouble never stops the proxy:
 //! each instance then goes on with what it knows.
 
 use std::sync::atomic::Ordering;
@@ -47,9 +49,6 @@ struct Stamped {
     /// changed since: a new cookie, a new password) is not adopted.
     #[serde(default)]
     spec: String,
-    /// An operator's disable or enable.
-    #[serde(default)]
-    operator: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -69,23 +68,18 @@ pub struct RenewalLock {
     owner: String,
 }
 
-impl Drop for RenewalLock {
-    fn drop(&mut self) {
-        let (client, key, owner) = (
-            self.client.clone(),
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.owner),
-        );
-        tokio::spawn(async move {
-            let args: [&[u8]; 5] = [
-                b"EVAL",
-                UNLOCK.as_bytes(),
-                b"1",
-                key.as_bytes(),
-                owner.as_bytes(),
-            ];
-            let _ = client.cmd(&args).await;
-        });
+impl RenewalLock {
+    /// Release it (after the new token is stored). A lock never released (the renewal
+    /// was aborted) expires by itself.
+    pub async fn release(self) {
+        let args: [&[u8]; 5] = [
+            b"EVAL",
+            UNLOCK.as_bytes(),
+            b"1",
+            self.key.as_bytes(),
+            self.owner.as_bytes(),
+        ];
+        let _ = self.client.cmd(&args).await;
     }
 }
 
@@ -96,12 +90,11 @@ impl SharedAccounts {
 
     /// Tell the other instances (in the background: state changes happen on the request
     /// path). Kept a week: long enough for any pause, short enough not to pile up.
-    pub fn publish_health(&self, account: &Account, operator: bool) {
+    pub fn publish_health(&self, account: &Account) {
         let stamped = Stamped {
             changed_ms: account.health_changed_ms.load(Ordering::Relaxed),
             health: account.health(),
-            spec: account.fingerprint.clone(),
-            operator,
+            spec: account.credentials.clone(),
         };
         self.set(key(account.name(), "health"), &stamped, 7 * 86_400);
     }
@@ -109,17 +102,58 @@ impl SharedAccounts {
     /// Keep the token for restarts and the other instances: as long as its refresh token
     /// lives when it has one (the access token may lapse; the refresh token renews it),
     /// else as long as the token.
-    pub fn publish_token(&self, account: &Account, token: &Token) {
+    pub async fn publish_token(&self, account: &Account, token: &Token) {
         let ttl = match (&token.refresh, token.exp()) {
             (Some(_), _) => REFRESH_TOKEN_SECS,
             (None, Some(exp)) => exp.saturating_sub(crate::common::epoch_secs()).max(1),
             (None, None) => REFRESH_TOKEN_SECS,
         };
         let record = StoredToken {
-            spec: account.fingerprint.clone(),
+            spec: account.credentials.clone(),
             token: token.clone(),
         };
-        self.set(key(account.name(), "token"), &record, ttl);
+        // Awaited: it must be stored before the renewal lock is released.
+        if let Err(e) = self
+            .set_now(&key(account.name(), "token"), &record, ttl)
+            .await
+        {
+            tracing::warn!(error = %e, "could not store an account's token");
+        }
+    }
+
+    /// An operator's disable (kept without expiry) or enable (removed), awaited: an enable
+    /// sent to another instance than the disable must find it.
+    pub async fn publish_operator(&self, account: &Account, disabled: bool) {
+        let k = key(account.name(), "disabled");
+        let r = if disabled {
+            self.client
+                .cmd(&[b"SET", k.as_bytes(), account.credentials.as_bytes()])
+                .await
+        } else {
+            self.client.cmd(&[b"DEL", k.as_bytes()]).await
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not share an operator's disable or enable");
+        }
+    }
+
+    async fn set_now(
+        &self,
+        key: &str,
+        value: &impl Serialize,
+        ttl_secs: u64,
+    ) -> Result<(), crate::redis::RedisError> {
+        let json =
+            serde_json::to_string(value).map_err(|e| crate::redis::RedisError(e.to_string()))?;
+        let ttl = ttl_secs.to_string();
+        let args: [&[u8]; 5] = [
+            b"SET",
+            key.as_bytes(),
+            json.as_bytes(),
+            b"EX",
+            ttl.as_bytes(),
+        ];
+        self.client.cmd(&args).await.map(|_| ())
     }
 
     fn set(&self, key: String, value: &impl Serialize, ttl_secs: u64) {
@@ -143,12 +177,17 @@ impl SharedAccounts {
     }
 
     async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.get_checked(key).await.ok().flatten()
+    }
+
+    /// The value, `Ok(None)` when absent, `Err` when Redis did not answer.
+    async fn get_checked(&self, key: &str) -> Result<Option<Vec<u8>>, ()> {
         match self.client.cmd(&[b"GET", key.as_bytes()]).await {
-            Ok(Reply::Bulk(Some(b))) => Some(b),
-            Ok(_) => None,
+            Ok(Reply::Bulk(Some(b))) => Ok(Some(b)),
+            Ok(_) => Ok(None),
             Err(e) => {
                 tracing::debug!(error = %e, "account state not readable from redis");
-                None
+                Err(())
             }
         }
     }
@@ -181,10 +220,32 @@ impl SharedAccounts {
     /// Adopt what other instances know: newer state changes, newer tokens.
     pub async fn sync(&self, pool: &Pool) {
         for account in pool.list().iter() {
+            // An operator's disable first: it is not a state the others may change.
+            match self.get_checked(&key(account.name(), "disabled")).await {
+                Ok(Some(spec)) if spec == account.credentials.as_bytes() => {
+                    if account.health() != Health::Disabled {
+                        pool.transition(account, "disabled", |_| Health::Disabled);
+                    }
+                    continue;
+                }
+                Ok(_) if account.health() == Health::Disabled => {
+                    // Enabled by an operator on another instance.
+                    let has_token = account.caller().is_some();
+                    pool.transition(account, "enabled", |_| {
+                        if has_token {
+                            Health::Ready
+                        } else {
+                            Health::SigningIn { reason: None }
+                        }
+                    });
+                }
+                Ok(_) => {}
+                Err(()) => continue,
+            }
             if let Some(bytes) = self.get(&key(account.name(), "health")).await {
                 match serde_json::from_slice::<Stamped>(&bytes) {
-                    Ok(s) if s.spec == account.fingerprint => {
-                        account.adopt_health(s.health, s.changed_ms, s.operator);
+                    Ok(s) if s.spec == account.credentials => {
+                        account.adopt_health(s.health, s.changed_ms);
                     }
                     _ => {}
                 }
@@ -204,7 +265,7 @@ impl SharedAccounts {
         };
         let stored = match serde_json::from_slice::<StoredToken>(&bytes) {
             // Another entry's token (the email or cookies changed since) is not this one's.
-            Ok(record) if record.spec == account.fingerprint => record.token,
+            Ok(record) if record.spec == account.credentials => record.token,
             _ => return,
         };
         let now = crate::common::epoch_secs();
@@ -234,15 +295,16 @@ impl SharedAccounts {
 }
 
 impl Account {
-    /// Another instance's state change, if newer than ours. An operator's disable stays
-    /// until an operator changes it again.
-    pub(super) fn adopt_health(&self, health: Health, changed_ms: u64, by_operator: bool) {
+    /// Another instance's state change, if newer than ours. A disable is not adopted from
+    /// here (only from the operator's own key), nor overridden.
+    pub(super) fn adopt_health(&self, health: Health, changed_ms: u64) {
         let mut g = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let mine = self.health_changed_ms.load(Ordering::Relaxed);
-        if changed_ms <= mine || *g == health {
-            return;
-        }
-        if *g == Health::Disabled && !by_operator {
+        if changed_ms <= mine
+            || *g == health
+            || *g == Health::Disabled
+            || health == Health::Disabled
+        {
             return;
         }
         tracing::info!(

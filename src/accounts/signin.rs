@@ -23,9 +23,22 @@ use crate::qwen::headers::Credentials;
 
 /// How often the background task looks for tokens to renew and accounts to sign in.
 const RENEW_TICK: Duration = Duration::from_secs(5);
+/// The longest one renewal may take, a paced sign-in included.
+const RENEWAL_LIMIT: Duration = Duration::from_secs(180);
 /// How often an account taken out for a refused token or a 403 is asked again whether the
 /// upstream accepts its token (a pool of one must not stay down for a passing refusal).
 const REPROBE_EVERY_MS: u64 = 10 * 60_000;
+
+/// Why a token is being renewed.
+#[derive(Debug, Clone)]
+pub enum Renewal {
+    /// The upstream refused this caller's token (a request met it).
+    Expired(Arc<Caller>),
+    /// The background work: it is due (ahead of expiry), or has no token yet.
+    Due,
+    /// An `invalid` or `forbidden` account asked again whether it can renew.
+    Reprobe,
+}
 
 /// Why a renewal failed, and what it means for the account.
 #[derive(Debug)]
@@ -37,75 +50,89 @@ pub enum RenewError {
 }
 
 impl Pool {
-    /// Renew `account`'s token now (one renewal at a time per account: a caller that
-    /// waited for another's renewal gets its result). `seen` is the caller whose token was
-    /// refused: if the account already has another, there is nothing to do.
+    /// Renew `account`'s token now (one renewal at a time per account, and one instance at
+    /// a time with Redis: a caller that waited for another's renewal gets its result).
+    /// `seen` is the caller whose token was refused: if the account already has another,
+    /// there is nothing to do.
     ///
-    /// On the request path (`seen` given) the wait is bounded by `ACCOUNT_QUEUE_TIMEOUT`:
-    /// a paced sign-in can take minutes, and the request should rather move on.
-    pub async fn renew(&self, account: &Arc<Account>, seen: Option<&Caller>) -> Result<(), String> {
-        if seen.is_none() {
-            return self.renew_now(account, None).await;
-        }
-        match tokio::time::timeout(self.settings.queue_timeout, self.renew_now(account, seen)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err("the renewal did not finish in time".to_owned()),
-        }
+    /// The renewal runs as a task of its own: once a refresh is sent, its answer (the new,
+    /// rotated refresh token) must be kept even if the request that asked gives up — its
+    /// wait is bounded by `ACCOUNT_QUEUE_TIMEOUT` (a paced sign-in can take minutes), or the
+    /// client leaves.
+    pub async fn renew(
+        self: &Arc<Self>,
+        account: &Arc<Account>,
+        why: Renewal,
+    ) -> Result<(), String> {
+        let (pool, account) = (self.clone(), account.clone());
+        let background = !matches!(why, Renewal::Expired(_));
+        let renewal = tokio::spawn(async move {
+            match tokio::time::timeout(RENEWAL_LIMIT, pool.renew_now(&account, &why)).await {
+                Ok(r) => r,
+                Err(_) => Err("the renewal took too long".to_owned()),
+            }
+        });
+        let waited = if background {
+            renewal.await
+        } else {
+            match tokio::time::timeout(self.settings.queue_timeout, renewal).await {
+                Ok(joined) => joined,
+                Err(_) => return Err("the renewal did not finish in time".to_owned()),
+            }
+        };
+        waited.unwrap_or_else(|e| Err(format!("the renewal failed: {e}")))
     }
 
-    async fn renew_now(&self, account: &Arc<Account>, seen: Option<&Caller>) -> Result<(), String> {
+    async fn renew_now(&self, account: &Arc<Account>, why: &Renewal) -> Result<(), String> {
         let _one = account.renewing.lock().await;
-        let renewed_elsewhere = |seen: Option<&Caller>| match (seen, account.caller()) {
-            (Some(seen), Some(now)) => !std::ptr::eq(seen, &*now),
-            _ => false,
+        // Whether someone else (a renewal before this one, another instance) already did it.
+        let done_elsewhere = || match why {
+            Renewal::Expired(seen) => account.caller().is_some_and(|now| !Arc::ptr_eq(seen, &now)),
+            Renewal::Due => !self.due(account, crate::common::epoch_secs()),
+            Renewal::Reprobe => !matches!(
+                account.health(),
+                Health::Invalid { .. } | Health::Forbidden { .. }
+            ),
         };
-        // Another instance may have renewed it (and spent the refresh token we hold); one
-        // instance renews at a time.
-        let _shared_lock = match &self.shared {
-            Some(shared) => {
-                shared.adopt_token(self, account).await;
-                if renewed_elsewhere(seen) {
-                    return Ok(());
-                }
-                match shared.lock_renewal(account.name()).await {
-                    Some(lock) => Some(lock),
-                    None => {
-                        // Another instance is at it: take its result.
-                        let seen_now = account.caller();
-                        for _ in 0..20 {
-                            tokio::time::sleep(Duration::from_millis(250)).await;
-                            shared.adopt_token(self, account).await;
-                            let changed = match (&seen_now, account.caller()) {
-                                (Some(a), Some(b)) => !Arc::ptr_eq(a, &b),
-                                (None, Some(_)) => true,
-                                _ => false,
-                            };
-                            if changed {
-                                return Ok(());
-                            }
-                        }
-                        return Err("another instance is renewing the token".to_owned());
-                    }
-                }
-            }
-            None => None,
-        };
-        if renewed_elsewhere(seen) {
+        if done_elsewhere() {
             return Ok(());
         }
-        match self.renew_once(account).await {
-            Ok(()) => Ok(()),
+        // One instance at a time; then what the last one stored, read under the lock: a
+        // refresh token it spent is never presented again.
+        let shared_lock = match &self.shared {
+            Some(shared) => match shared.lock_renewal(account.name()).await {
+                Some(lock) => {
+                    shared.adopt_token(self, account).await;
+                    if done_elsewhere() {
+                        if let Some(lock) = lock {
+                            lock.release().await;
+                        }
+                        return Ok(());
+                    }
+                    lock
+                }
+                None => return self.await_other_instance(account).await,
+            },
+            None => None,
+        };
+        let result = self.renew_once(account).await;
+        if let Some(lock) = shared_lock {
+            lock.release().await;
+        }
+        match result {
+            Ok(()) => {
+                account.renew_failures.store(0, Ordering::Relaxed);
+                Ok(())
+            }
             Err(RenewError::Refused(reason)) => {
                 self.signin_metric("refused");
-                self.transition(account, "invalid", |_| Health::Invalid {
-                    reason: reason.clone(),
-                });
+                self.invalidate(account, &reason);
                 Err(reason)
             }
             Err(RenewError::Transient(reason)) => {
                 self.signin_metric("failed");
                 account.note_error(reason.clone());
+                account.back_off_renewal();
                 // An expired token takes no turns while the renewal is retried.
                 if account
                     .token()
@@ -123,6 +150,27 @@ impl Pool {
         }
     }
 
+    /// Another instance holds the renewal lock: take its result when it is stored.
+    async fn await_other_instance(&self, account: &Arc<Account>) -> Result<(), String> {
+        let Some(shared) = &self.shared else {
+            return Err("no shared store".to_owned());
+        };
+        let before = account.caller();
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            shared.adopt_token(self, account).await;
+            let changed = match (&before, account.caller()) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, &b),
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            if changed {
+                return Ok(());
+            }
+        }
+        Err("another instance is renewing the token".to_owned())
+    }
+
     async fn renew_once(&self, account: &Arc<Account>) -> Result<(), RenewError> {
         let refresh = account.token().and_then(|t| t.refresh);
         if let Some(refresh) = refresh {
@@ -132,6 +180,7 @@ impl Pool {
                 // new one is in Redis); a password account can still sign in.
                 Err(RenewError::Refused(reason)) => {
                     if let Some(shared) = &self.shared {
+                        // (Under the renewal lock: only a stale read could get here.)
                         shared.adopt_token(self, account).await;
                         if account.token().and_then(|t| t.refresh).as_deref()
                             != Some(refresh.as_str())
@@ -157,7 +206,8 @@ impl Pool {
                 drop(turn);
                 let tokens = signed_in.map_err(classify)?;
                 self.signin_metric("signin");
-                self.accept(account, Token::new(&tokens.access, tokens.refresh.as_ref()));
+                self.accept(account, Token::new(&tokens.access, tokens.refresh.as_ref()))
+                    .await;
                 Ok(())
             }
             Login::Cookies { .. } => Err(RenewError::Refused(
@@ -176,15 +226,17 @@ impl Pool {
             .await
             .map_err(classify)?;
         self.signin_metric("refresh");
-        self.accept(account, Token::new(&tokens.access, tokens.refresh.as_ref()));
+        self.accept(account, Token::new(&tokens.access, tokens.refresh.as_ref()))
+            .await;
         Ok(())
     }
 
     /// A new token: in use from now, stored for other instances and restarts, and the
     /// account ready (unless an operator or the upstream said otherwise).
-    fn accept(&self, account: &Account, token: Token) {
+    async fn accept(&self, account: &Account, token: Token) {
+        // Stored before the renewal lock is released: the next instance reads it.
         if let Some(shared) = &self.shared {
-            shared.publish_token(account, &token);
+            shared.publish_token(account, &token).await;
         }
         self.set_token(account, token);
         self.transition(account, "signed_in", |h| match h {
@@ -216,6 +268,10 @@ impl Pool {
 
     /// Whether the background work should renew (or first sign in) `account` now.
     fn due(&self, account: &Account, now: u64) -> bool {
+        // After a failed renewal, the next waits (growing, up to 10 min).
+        if now.saturating_mul(1000) < account.next_renewal_ms.load(Ordering::Relaxed) {
+            return false;
+        }
         let token = account.token();
         let due = match (&account.health(), &token) {
             (Health::Disabled | Health::Invalid { .. } | Health::Forbidden { .. }, _) => false,
@@ -231,9 +287,9 @@ impl Pool {
 
     /// Renew one account in the background; a first sign-in that fails keeps the account
     /// `signing_in`, with the reason.
-    async fn renew_in_background(&self, account: &Arc<Account>) {
+    async fn renew_in_background(self: &Arc<Self>, account: &Arc<Account>) {
         let was_signing_in = matches!(account.health(), Health::SigningIn { .. });
-        if let Err(reason) = self.renew(account, None).await {
+        if let Err(reason) = self.renew(account, Renewal::Due).await {
             if was_signing_in {
                 self.transition(account, "signin_failed", |h| match h {
                     Health::SigningIn { .. } => Health::SigningIn {
@@ -245,31 +301,48 @@ impl Pool {
         }
     }
 
-    /// Whether an `invalid` or `forbidden` account with a token should be asked again.
+    /// Whether an `invalid` or `forbidden` account should be asked again (every 10 min; the
+    /// clock starts when the verdict is first seen, and again after each return).
     fn reprobe_due(&self, account: &Account) -> bool {
         let out = matches!(
             account.health(),
             Health::Invalid { .. } | Health::Forbidden { .. }
         );
+        if !out {
+            account.last_probe_ms.store(0, Ordering::Relaxed);
+            return false;
+        }
         let now = crate::common::epoch_millis();
         let last = account.last_probe_ms.load(Ordering::Relaxed);
-        if !out || account.caller().is_none() || now < last.saturating_add(REPROBE_EVERY_MS) {
+        if last == 0 {
+            account.last_probe_ms.store(now, Ordering::Relaxed);
+            return false;
+        }
+        if now < last.saturating_add(REPROBE_EVERY_MS) {
             return false;
         }
         account.last_probe_ms.store(now, Ordering::Relaxed);
-        // The first chance comes a full period after the verdict.
-        last != 0
+        true
     }
 
-    /// `GET /api/v1/auths/` with the account's token: accepted again → back in rotation.
-    async fn reprobe(&self, account: &Account) {
-        let Some(who) = account.caller() else {
-            return;
+    /// Ask again: renew it when it can (a refresh token, a password: a 15-minute access
+    /// token will have lapsed by now), else `GET /api/v1/auths/` with its token. Accepted
+    /// → back in rotation.
+    async fn reprobe(self: &Arc<Self>, account: &Arc<Account>) {
+        let can_renew = matches!(account.spec.login, Login::Password { .. })
+            || account.token().is_some_and(|t| t.refresh.is_some());
+        let accepted = if can_renew {
+            self.renew(account, Renewal::Reprobe).await.is_ok()
+        } else {
+            match account.caller() {
+                Some(who) => self.client().check_auth(&who).await.is_ok(),
+                None => false,
+            }
         };
-        if self.client().check_auth(&who).await.is_ok() {
+        if accepted {
             tracing::info!(
                 account = %crate::untrusted::Untrusted(account.name()),
-                "the upstream accepts the account's token again"
+                "the upstream accepts the account again"
             );
             self.transition(account, "reprobed", |h| match h {
                 Health::Invalid { .. } | Health::Forbidden { .. } => Health::Ready,
@@ -280,7 +353,7 @@ impl Pool {
 
     /// Sign in the password accounts that have no token yet, one after another (for
     /// `qwen-proxy check`: nothing else is renewed, so no rotating refresh token is spent).
-    pub async fn sign_in_missing(&self) {
+    pub async fn sign_in_missing(self: &Arc<Self>) {
         for account in self.list().iter() {
             if account.token().is_none() && matches!(account.spec.login, Login::Password { .. }) {
                 self.renew_in_background(account).await;
@@ -310,8 +383,9 @@ impl Pool {
                     }
                     let (pool, account) = (pool.clone(), account.clone());
                     running.spawn(async move {
+                        // Cleared however the renewal ends (aborted, panicked).
+                        let _flag = ClearOnDrop(&account.renewing_bg);
                         pool.renew_in_background(&account).await;
-                        account.renewing_bg.store(false, Ordering::Release);
                     });
                 }
                 for account in pool.list().iter() {
@@ -325,6 +399,15 @@ impl Pool {
                 tokio::time::sleep(RENEW_TICK).await;
             }
         })
+    }
+}
+
+/// Clears a flag when dropped.
+struct ClearOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

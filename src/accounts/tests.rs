@@ -175,7 +175,7 @@ async fn with_nothing_coming_back_the_error_names_the_accounts() {
         &pool.get("x").unwrap(),
         &upstream(UpstreamClass::Forbidden, None),
     );
-    pool.set_enabled("y", false).unwrap();
+    pool.set_enabled("y", false).await.unwrap();
     let e = pool.acquire(&[]).await.unwrap_err();
     assert_eq!(e.code(), Some("no_usable_account"));
     assert_eq!(e.status(), 503);
@@ -184,7 +184,7 @@ async fn with_nothing_coming_back_the_error_names_the_accounts() {
     assert!(m.contains("forbidden: the upstream refused"), "{m}");
     assert!(!m.contains("x is"), "no account names for API clients: {m}");
     assert!(!m.contains("token=t"), "no secrets: {m}");
-    pool.set_enabled("x", true).unwrap();
+    pool.set_enabled("x", true).await.unwrap();
     assert_eq!(pool.acquire(&[]).await.unwrap().name(), "x");
 }
 
@@ -277,16 +277,54 @@ fn how_long_a_rate_limit_cools_an_account() {
 }
 
 #[tokio::test]
-async fn another_instance_cannot_lift_an_operators_disable() {
+async fn another_instances_state_never_lifts_or_makes_a_disable() {
     let pool = three();
-    pool.set_enabled("a", false).unwrap();
+    pool.set_enabled("a", false).await.unwrap();
     let a = pool.get("a").unwrap();
     let later = epoch_millis() + 1_000;
-    a.adopt_health(Health::Ready, later, false);
-    assert_eq!(a.health(), Health::Disabled, "an automatic change does not");
-    a.adopt_health(Health::Ready, later, true);
-    assert_eq!(a.health(), Health::Ready, "an operator's enable does");
-    // Older news is ignored.
-    a.adopt_health(Health::Disabled, later - 10, true);
-    assert_eq!(a.health(), Health::Ready);
+    a.adopt_health(Health::Ready, later);
+    assert_eq!(
+        a.health(),
+        Health::Disabled,
+        "only the operator's key lifts it"
+    );
+    let b = pool.get("b").unwrap();
+    b.adopt_health(Health::Disabled, later);
+    assert_eq!(
+        b.health(),
+        Health::Ready,
+        "only the operator's key makes it"
+    );
+    let cooling = Health::Cooling {
+        until_ms: later + 60_000,
+        reason: "elsewhere".into(),
+    };
+    b.adopt_health(cooling.clone(), later);
+    assert_eq!(
+        b.health(),
+        cooling,
+        "newer news from another instance is taken"
+    );
+    b.adopt_health(Health::Ready, later - 10);
+    assert_eq!(b.health(), cooling, "older news is not");
+}
+
+#[tokio::test]
+async fn editing_pacing_keeps_the_token_and_the_state() {
+    let pool = pool_of(r#"[{"name":"a","cookies":"token=ta","min_interval_ms":0}]"#);
+    pool.blame(
+        &pool.get("a").unwrap(),
+        &upstream(UpstreamClass::RateLimited, Some(Duration::from_secs(600))),
+    );
+    let summary = pool.install(
+        parse(r#"[{"name":"a","cookies":"token=ta","min_interval_ms":0,"max_inflight":9}]"#)
+            .unwrap(),
+    );
+    assert_eq!(summary.changed, 1);
+    let a = pool.get("a").unwrap();
+    assert_eq!(a.spec.max_inflight, Some(9));
+    assert_eq!(a.health().label(), "cooling", "the state goes on");
+    // New credentials: a new account.
+    pool.install(parse(r#"[{"name":"a","cookies":"token=other"}]"#).unwrap());
+    assert_eq!(pool.get("a").unwrap().health(), Health::Ready);
 }

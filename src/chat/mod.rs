@@ -29,6 +29,7 @@ use std::time::Duration;
 use hyper::{Request, Response};
 use tokio::time::Instant;
 
+use crate::accounts::signin::Renewal;
 use crate::accounts::{Blame, Used};
 use crate::app::AppState;
 use crate::backoff::Backoff;
@@ -172,18 +173,23 @@ async fn account_move(state: &AppState, trail: &mut AccountTrail, e: &ProxyError
         Blame::Challenged => AccountMove::Stay,
         Blame::Expired if !trail.renewed.contains(&name) => {
             trail.renewed.push(name.clone());
-            match pool.renew(&used.account, Some(&used.caller)).await {
+            match pool
+                .renew(&used.account, Renewal::Expired(used.caller.clone()))
+                .await
+            {
                 Ok(()) => AccountMove::Again,
                 Err(_) => moved(trail),
             }
         }
-        // Refused again right after a renewal: the account itself is refused.
+        // Refused again right after a renewal: the account itself is refused. The request
+        // does not walk on through the pool — if the request is the cause (a refusal that is
+        // not the account's), one request must not take every account out.
         Blame::Expired => {
             pool.invalidate(
                 &used.account,
                 "the upstream refused the token again right after renewing it",
             );
-            moved(trail)
+            AccountMove::Stay
         }
     }
 }

@@ -10,15 +10,18 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, AUTHORIZATION, COOKIE, SET_COOKIE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use hyper::{Method, Request};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::client::{json_or_error, Caller, QwenClient};
+use super::classify::body_error;
+use super::client::{
+    effective_status, header_str, json_or_error, read_limited, Caller, QwenClient,
+};
 use super::headers::Page;
 use crate::common::Secret;
-use crate::error::{ProxyError, UpstreamClass};
+use crate::error::{ProxyError, UpstreamClass, UpstreamError};
 
 pub use crate::config::SigninFlow;
 
@@ -104,11 +107,18 @@ impl QwenClient {
         req: Request<Full<Bytes>>,
     ) -> Result<Tokens, ProxyError> {
         let rsp = self.dispatch(who, req).await?;
+        let status = effective_status(&rsp);
+        if matches!(status, 400 | 401 | 403) {
+            let content_type = header_str(&rsp, CONTENT_TYPE).to_ascii_lowercase();
+            let body = read_limited(rsp.into_body()).await?;
+            return Err(refusal(
+                status,
+                &body,
+                body_error(status, &content_type, &body),
+            ));
+        }
         let cookies = set_cookies(rsp.headers());
-        let status = rsp.status().as_u16();
-        let json = json_or_error(rsp)
-            .await
-            .map_err(|e| signin_refusal(status, e))?;
+        let json = json_or_error(rsp).await?;
         tokens(&json, &cookies).ok_or_else(|| {
             ProxyError::upstream(UpstreamClass::Protocol, "answered without an access token")
         })
@@ -146,18 +156,31 @@ impl QwenClient {
     }
 }
 
-/// A refused password or refresh token (400/401/403 with `{"detail":"incorrect"}` and the
-/// like) is the credentials' fault, not a passing upstream failure; the sign-in wall's WAF
-/// page stays a challenge (try later, from elsewhere).
-fn signin_refusal(status: u16, e: ProxyError) -> ProxyError {
-    let challenge = e.upstream_class() == Some(UpstreamClass::Challenge);
-    if matches!(status, 400 | 401 | 403) && !challenge {
+/// A 400/401/403 to a sign-in or refresh: refused credentials — the account's fault, not
+/// a passing failure — on 401/403, and on a 400 that says so (`{"detail":"incorrect"}`,
+/// "not registered", a bad token); the sign-in wall's WAF page stays a challenge (try later,
+/// from elsewhere), and a 400 "Internal error" stays the upstream's fault.
+fn refusal(status: u16, body: &[u8], err: UpstreamError) -> ProxyError {
+    if err.class == UpstreamClass::Challenge {
+        return err.into();
+    }
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    let says_refused = [
+        "incorrect",
+        "not registered",
+        "password",
+        "refresh",
+        "token",
+    ]
+    .iter()
+    .any(|w| text.contains(w));
+    if status != 400 || says_refused {
         return ProxyError::upstream(
             UpstreamClass::AuthFailed,
             format!("refused (HTTP {status}): wrong email or password, or a spent refresh token"),
         );
     }
-    e
+    err.into()
 }
 
 /// The tokens of a sign-in or refresh answer: the access token in the body
@@ -207,6 +230,33 @@ mod tests {
         assert_eq!(
             password_digest("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn refusals_are_told_from_upstream_faults() {
+        let class = |status: u16, body: &str| {
+            let err = body_error(status, "application/json", body.as_bytes());
+            refusal(status, body.as_bytes(), err).upstream_class()
+        };
+        assert_eq!(
+            class(400, r#"{"detail":"incorrect"}"#),
+            Some(UpstreamClass::AuthFailed)
+        );
+        assert_eq!(class(401, "{}"), Some(UpstreamClass::AuthFailed));
+        assert_eq!(
+            class(
+                400,
+                r#"{"success":false,"data":{"code":"Bad_Request","details":"Internal error"}}"#
+            ),
+            Some(UpstreamClass::ServerError),
+            "the upstream's fault: tried again later, the account stays"
+        );
+        let waf = "<!doctypehtml><meta name=\"aliyun_waf_aa\" content=\"x\">";
+        let err = body_error(403, "text/html", waf.as_bytes());
+        assert_eq!(
+            refusal(403, waf.as_bytes(), err).upstream_class(),
+            Some(UpstreamClass::Challenge)
         );
     }
 

@@ -560,7 +560,7 @@ fn base64_standard(data: &[u8]) -> String {
 }
 
 /// The logical status: `x-actual-status-code` overrides a wire 200.
-fn effective_status(rsp: &Response<Incoming>) -> u16 {
+pub(super) fn effective_status(rsp: &Response<Incoming>) -> u16 {
     let wire = rsp.status().as_u16();
     if wire != 200 {
         return wire;
@@ -571,7 +571,7 @@ fn effective_status(rsp: &Response<Incoming>) -> u16 {
         .unwrap_or(wire)
 }
 
-fn header_str<K: hyper::header::AsHeaderName>(rsp: &Response<Incoming>, key: K) -> &str {
+pub(super) fn header_str<K: hyper::header::AsHeaderName>(rsp: &Response<Incoming>, key: K) -> &str {
     rsp.headers()
         .get(key)
         .and_then(|v| v.to_str().ok())
@@ -586,7 +586,7 @@ fn retry_after(rsp: &Response<Incoming>) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-async fn read_limited(body: Incoming) -> Result<Bytes, ProxyError> {
+pub(super) async fn read_limited(body: Incoming) -> Result<Bytes, ProxyError> {
     match Limited::new(body, ERROR_BODY_LIMIT).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => Err(ProxyError::upstream(
