@@ -52,8 +52,8 @@ pub enum RenewError {
 impl Pool {
     /// Renew `account`'s token now (one renewal at a time per account, and one instance at
     /// a time with Redis: a caller that waited for another's renewal gets its result).
-    /// `seen` is the caller whose token was refused: if the account already has another,
-    /// there is nothing to do.
+    /// `why` says when it is already done: a refused caller's account has another token, a
+    /// due token is no longer due, a re-asked account is back.
     ///
     /// The renewal runs as a task of its own: once a refresh is sent, its answer (the new,
     /// rotated refresh token) must be kept even if the request that asked gives up — its
