@@ -113,6 +113,16 @@ pub fn base64url_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Lowercase hex SHA-256 (how the web front end sends passwords; the simulator checks
+/// them the same way).
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The value of cookie `wanted` in a Cookie header (`None` when absent or empty).
 pub fn cookie_from(cookies: &str, wanted: &str) -> Option<String> {
     cookies.split(';').find_map(|pair| {

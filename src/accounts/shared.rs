@@ -96,7 +96,7 @@ impl SharedAccounts {
             health: account.health(),
             spec: account.credentials.clone(),
         };
-        self.set(key(account.name(), "health"), &stamped, 7 * 86_400);
+        self.set(key(account.name(), "health"), stamped, 7 * 86_400);
     }
 
     /// Keep the token for restarts and the other instances: as long as its refresh token
@@ -137,6 +137,7 @@ impl SharedAccounts {
         }
     }
 
+    /// `SET key value EX ttl`, the value as JSON.
     async fn set_now(
         &self,
         key: &str,
@@ -156,21 +157,11 @@ impl SharedAccounts {
         self.client.cmd(&args).await.map(|_| ())
     }
 
-    fn set(&self, key: String, value: &impl Serialize, ttl_secs: u64) {
-        let Ok(json) = serde_json::to_string(value) else {
-            return;
-        };
-        let client = self.client.clone();
+    /// The same in the background (a state change on the request path).
+    fn set(&self, key: String, value: impl Serialize + Send + Sync + 'static, ttl_secs: u64) {
+        let shared = self.clone();
         tokio::spawn(async move {
-            let ttl = ttl_secs.to_string();
-            let args: [&[u8]; 5] = [
-                b"SET",
-                key.as_bytes(),
-                json.as_bytes(),
-                b"EX",
-                ttl.as_bytes(),
-            ];
-            if let Err(e) = client.cmd(&args).await {
+            if let Err(e) = shared.set_now(&key, &value, ttl_secs).await {
                 tracing::warn!(error = %e, "could not share an account's state");
             }
         });

@@ -13,14 +13,13 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use hyper::{Method, Request};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::classify::body_error;
 use super::client::{
     effective_status, header_str, json_or_error, read_limited, Caller, QwenClient,
 };
 use super::headers::Page;
-use crate::common::Secret;
+use crate::common::{sha256_hex, Secret};
 use crate::error::{ProxyError, UpstreamClass, UpstreamError};
 
 pub use crate::config::SigninFlow;
@@ -33,14 +32,6 @@ pub struct Tokens {
     pub refresh: Option<Secret>,
 }
 
-/// Lowercase hex SHA-256, as the front end hashes passwords.
-pub fn password_digest(password: &str) -> String {
-    Sha256::digest(password.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 impl QwenClient {
     /// Sign in with email and password.
     pub async fn sign_in(
@@ -50,33 +41,26 @@ impl QwenClient {
         email: &str,
         password: &Secret,
     ) -> Result<Tokens, ProxyError> {
-        let r = self.sign_in_inner(who, flow, email, password).await;
+        let r = async {
+            let body = serde_json::json!({
+                "email": email,
+                "password": sha256_hex(password.expose().as_bytes()),
+            });
+            let (base, path) = match flow {
+                SigninFlow::Auth => (self.auth_base(), "/api/v2/auths/signin"),
+                SigninFlow::Legacy => (self.chat_base(), "/api/v1/auths/signin"),
+            };
+            let req = self.auth_request(
+                who,
+                Method::POST,
+                format!("{base}{path}"),
+                None,
+                Bytes::from(body.to_string()),
+            )?;
+            self.tokens_from(who, req).await
+        }
+        .await;
         self.record("signin", r)
-    }
-
-    async fn sign_in_inner(
-        &self,
-        who: &Caller,
-        flow: SigninFlow,
-        email: &str,
-        password: &Secret,
-    ) -> Result<Tokens, ProxyError> {
-        let body = serde_json::json!({
-            "email": email,
-            "password": password_digest(password.expose()),
-        });
-        let (base, path) = match flow {
-            SigninFlow::Auth => (self.auth_base(), "/api/v2/auths/signin"),
-            SigninFlow::Legacy => (self.chat_base(), "/api/v1/auths/signin"),
-        };
-        let req = self.auth_request(
-            who,
-            Method::POST,
-            format!("{base}{path}"),
-            None,
-            Bytes::from(body.to_string()),
-        )?;
-        self.tokens_from(who, req).await
     }
 
     /// Trade a refresh token for new tokens (auth-domain flow). The answer's refresh token
@@ -228,7 +212,7 @@ mod tests {
     #[test]
     fn passwords_are_sent_as_lowercase_hex_sha256() {
         assert_eq!(
-            password_digest("abc"),
+            sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

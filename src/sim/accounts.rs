@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::common::{base64url_decode, base64url_encode, epoch_secs};
+use crate::common::{base64url_decode, base64url_encode, epoch_secs, sha256_hex};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -38,13 +38,6 @@ pub struct Accounts {
 pub enum TokenError {
     Invalid,
     Expired,
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 impl Accounts {

@@ -7,7 +7,7 @@ use super::*;
 
 #[tokio::test]
 async fn a_daily_quota_moves_the_turn_and_the_cooled_account_rests() {
-    let file = AccountsFile::new(&json!([cookie_account("a"), cookie_account("b")]));
+    let file = two_cookie_accounts();
     let h = Harness::start_with(&[("QWEN_ACCOUNTS_FILE", file.path())], quick_sim()).await;
     sim_control(&h, "tok-a", "quota?hours=1").await;
 
@@ -92,7 +92,7 @@ async fn a_daily_quota_moves_the_turn_and_the_cooled_account_rests() {
 
 #[tokio::test]
 async fn a_challenge_quarantines_that_account_only() {
-    let file = AccountsFile::new(&json!([cookie_account("a"), cookie_account("b")]));
+    let file = two_cookie_accounts();
     let h = Harness::start_with(
         &[
             ("QWEN_ACCOUNTS_FILE", file.path()),
@@ -152,7 +152,7 @@ async fn a_challenge_quarantines_that_account_only() {
 
 #[tokio::test]
 async fn a_chat_challenge_pauses_everyone_and_blames_nobody() {
-    let file = AccountsFile::new(&json!([cookie_account("a"), cookie_account("b")]));
+    let file = two_cookie_accounts();
     let h = Harness::start_with(
         &[
             ("QWEN_ACCOUNTS_FILE", file.path()),

@@ -102,6 +102,11 @@ impl Drop for AccountsFile {
     }
 }
 
+/// The file most tests use: browser sessions `a` and `b` (tokens `tok-a`, `tok-b`).
+fn two_cookie_accounts() -> AccountsFile {
+    AccountsFile::new(&json!([cookie_account("a"), cookie_account("b")]))
+}
+
 /// A browser-session account `name` whose token (and simulator stats key) is `tok-NAME`.
 fn cookie_account(name: &str) -> Value {
     json!({"name": name, "cookies": format!("other=1; token=tok-{name}"), "min_interval_ms": 0})

@@ -9,7 +9,7 @@ use super::*;
 async fn two_instances_share_cooldowns_through_redis() {
     let redis = RedisServer::start().await;
     let url = redis.url();
-    let file = AccountsFile::new(&json!([cookie_account("a"), cookie_account("b")]));
+    let file = two_cookie_accounts();
     let env = [
         ("QWEN_ACCOUNTS_FILE", file.path()),
         ("REDIS_URL", url.as_str()),

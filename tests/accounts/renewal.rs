@@ -152,24 +152,27 @@ async fn an_expired_token_is_renewed_once_and_the_turn_sent_again() {
     assert!(reason.contains("again right after renewing"), "{reason}");
 }
 
-#[tokio::test]
-async fn turns_that_meet_one_expiry_share_one_renewal() {
-    let sim = strict_sim(ALICE, Duration::from_secs(3600));
+/// A strict simulator (hour-long tokens) and a proxy whose one account, alice (a password
+/// account), has signed in.
+async fn alice_signed_in(env: &[(&str, &str)]) -> (Harness, AccountsFile) {
     let file = AccountsFile::new(&json!([password_account(
         "alice",
         "alice@example.com",
         "wonderland"
     )]));
-    let h = Harness::start_with(
-        &[
-            ("QWEN_ACCOUNTS_FILE", file.path()),
-            ("QWEN_SIGNIN_INTERVAL", "50"),
-        ],
-        sim,
-    )
-    .await;
-    let hh = &h;
-    wait_ready(hh, hh.addr, 1).await;
+    let mut all = vec![
+        ("QWEN_ACCOUNTS_FILE", file.path()),
+        ("QWEN_SIGNIN_INTERVAL", "50"),
+    ];
+    all.extend_from_slice(env);
+    let h = Harness::start_with(&all, strict_sim(ALICE, Duration::from_secs(3600))).await;
+    wait_ready(&h, h.addr, 1).await;
+    (h, file)
+}
+
+#[tokio::test]
+async fn turns_that_meet_one_expiry_share_one_renewal() {
+    let (h, _file) = alice_signed_in(&[]).await;
     // The first completion revokes the token; every one sent with it after that is refused.
     // Five turns at once: the renewal is not repeated for each.
     sim_control(&h, "alice@example.com", "expire_token").await;
@@ -196,23 +199,7 @@ async fn turns_that_meet_one_expiry_share_one_renewal() {
 
 #[tokio::test]
 async fn the_legacy_flow_renews_by_signing_in_again() {
-    let sim = strict_sim(ALICE, Duration::from_secs(3600));
-    let file = AccountsFile::new(&json!([password_account(
-        "alice",
-        "alice@example.com",
-        "wonderland"
-    )]));
-    let h = Harness::start_with(
-        &[
-            ("QWEN_ACCOUNTS_FILE", file.path()),
-            ("QWEN_SIGNIN_FLOW", "legacy"),
-            ("QWEN_SIGNIN_INTERVAL", "50"),
-        ],
-        sim,
-    )
-    .await;
-    let hh = &h;
-    wait_ready(hh, hh.addr, 1).await;
+    let (h, _file) = alice_signed_in(&[("QWEN_SIGNIN_FLOW", "legacy")]).await;
     sim_control(&h, "alice@example.com", "expire_token").await;
     ask_ok(&h, h.addr, "legacy").await;
     let stats = h.sim_stats().await;

@@ -160,7 +160,7 @@ async fn admin_names(h: &Harness, addr: SocketAddr) -> Vec<String> {
 
 #[tokio::test]
 async fn a_reload_keeps_open_streams() {
-    let file = AccountsFile::new(&json!([cookie_account("a"), cookie_account("b")]));
+    let file = two_cookie_accounts();
     let h = Harness::start_with(
         &[
             ("QWEN_ACCOUNTS_FILE", file.path()),
@@ -277,7 +277,7 @@ async fn sighup_reloads_the_accounts_file() {
     use support::process;
     // The harness's own proxy is unused: the binary is the proxy here.
     let h = Harness::start_with(&[], quick_sim()).await;
-    let file = AccountsFile::new(&json!([cookie_account("a"), cookie_account("b")]));
+    let file = two_cookie_accounts();
     let sim_url = h.sim.base_url();
     let env = [
         ("QWEN_ACCOUNTS_FILE", file.path().to_owned()),
