@@ -135,7 +135,7 @@ impl Metrics {
             ),
             tool_calls: counter_vec(
                 "tool_calls_total",
-                "Function-calling emulation: calls emitted to clients, blocks with a name the request does not offer (unknown_name) or that did not parse (invalid), and answers asked again with a hint (retried).",
+                "Function-calling emulation: calls emitted to clients, blocks with a name the request does not offer (unknown_name) or that did not read (invalid), answers asked again with a hint (retried), and bad calls that could not be asked again, where the answer ended with an explanation (abandoned).",
                 &["outcome"],
             ),
             upstream_cooldown: {

@@ -274,20 +274,58 @@ async fn marker_calls_survive_upstream_writes_cut_at_every_byte_offset() {
 }
 
 #[tokio::test]
-async fn a_name_the_request_does_not_offer_is_shown_as_text_under_auto() {
+async fn a_name_the_request_does_not_offer_is_a_bad_call_never_answer_text() {
     let h = Harness::start().await;
-    let prompt = format!(
-        "Clean up @@sim:call=delete_everything,{}",
-        b64(r#"{"all":true}"#)
-    );
-    let s = streamed(&h.chat(request(&prompt, true, json!({}))).await);
+    let unknown = format!("@@sim:call=delete_everything,{}", b64(r#"{"all":true}"#));
+    // The block first thing in the answer: asked again with the hint, which the simulated
+    // model obeys with a call of its first tool.
+    let first = format!("Clean up @@sim:reply= {unknown}");
+    let s = streamed(&h.chat(request(&first, true, json!({}))).await);
+    assert_eq!(s.calls.len(), 1, "{s:?}");
+    assert_eq!(s.calls[0].name, "get_weather");
+    assert!(!s.content.contains("delete_everything"), "{:?}", s.content);
+    // A model that ignores the hint: the retry fails too, and the answer says so — never the
+    // raw block.
+    let stubborn = format!("Clean up @@sim:reply= @@sim:stubborn {unknown}");
+    let s = streamed(&h.chat(request(&stubborn, true, json!({}))).await);
     assert!(s.calls.is_empty(), "{s:?}");
     assert_eq!(s.finish.as_deref(), Some("stop"));
-    assert!(s.content.contains("delete_everything"), "{:?}", s.content);
+    assert!(
+        s.content.starts_with("(The model called a tool named `delete_everything`, which this request does not offer (its tools: get_weather, write_file)"),
+        "{:?}",
+        s.content
+    );
+    assert!(!s.content.contains("[TOOL CALL]"), "{:?}", s.content);
+    // After streamed prose a retry would show: the explanation follows the prose at once.
+    let after_prose = format!("Clean up {unknown}");
+    let before = h.sim_stats().await["completions"].as_u64().unwrap();
+    let s = streamed(&h.chat(request(&after_prose, true, json!({}))).await);
+    assert!(s.calls.is_empty(), "{s:?}");
+    assert!(
+        s.content.starts_with(
+            "I will use a tool for this.\n\n\n(The model called a tool named `delete_everything`"
+        ),
+        "{:?}",
+        s.content
+    );
+    assert_eq!(
+        h.sim_stats().await["completions"].as_u64().unwrap() - before,
+        1
+    );
     let m = metrics(&h).await;
     assert_eq!(
         counter(&m, "tool_calls_total{outcome=\"unknown_name\"}"),
-        1.0,
+        4.0,
+        "{m}"
+    );
+    assert_eq!(
+        counter(&m, "tool_calls_total{outcome=\"retried\"}"),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        counter(&m, "tool_calls_total{outcome=\"abandoned\"}"),
+        2.0,
         "{m}"
     );
 }

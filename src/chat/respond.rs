@@ -154,6 +154,7 @@ impl Attempt<'_> {
             }
         }
         if let Some(hint) = tool_retry(body.pipeline()) {
+            end.superseded(body.pipeline());
             return Ok(Answered::RetryWithHint(hint));
         }
         state
@@ -195,6 +196,7 @@ impl Attempt<'_> {
             }
         };
         if let Some(hint) = tool_retry(stream.pipeline()) {
+            end.superseded(stream.pipeline());
             return Ok(Answered::RetryWithHint(hint));
         }
         if let Some(settle) = end.ended(Outcome::Completed { reason, usage }, stream.pipeline_mut())

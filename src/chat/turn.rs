@@ -90,6 +90,16 @@ impl TurnEnd {
             .inc_by(u64::from(s.unknown_name));
         m.with_label_values(&["invalid"])
             .inc_by(u64::from(s.invalid));
+        m.with_label_values(&["abandoned"])
+            .inc_by(u64::from(s.abandoned));
+    }
+
+    /// The answer is replaced by a retry with a hint (nothing of it reached the client):
+    /// what the scanner saw in it still counts.
+    pub fn superseded(self, pipeline: &Pipeline<TurnStages>) {
+        if let Some(scan) = &pipeline.stages().0 {
+            self.record_tool_calls(scan.stats());
+        }
     }
 
     fn stream_ended(&mut self, outcome: &'static str) {

@@ -80,8 +80,25 @@ impl ToolSet {
     }
 }
 
-/// Names the platform reserves or intercepts (Claude-Code-style tools, its own tools): shown
-/// to the model under another name and mapped back on parse (tool-calling.md §3.3, F2).
+/// Names shown to the model under another name (and mapped back on parse), matched exactly —
+/// never by case: an agent's own lower-case `read`, `bash` or `glob` are the names its system
+/// prompt tells the model to use, so they are shown as they are. Each entry has evidence that
+/// the platform intercepts or refuses it (tool-calling.md §3.3, F2, F3; qwen-protocol §3.7,
+/// §8.4):
+///
+/// * Claude Code's tools `Read`, `Write`, `Edit`, `MultiEdit`, `Bash`, `Grep`, `Glob`, `LS`,
+///   `WebFetch`, `WebSearch`, `TodoWrite`, `Task`: the peers that serve Claude Code through
+///   chat.qwen.ai rename them because the platform intercepts calls to them (YuJunZhiXue/
+///   qwen2API and 0401lucky/qwen2api-rs map `Read` → `fs_open_file` … `Task` → `agent_task`;
+///   Rfym21/Qwen2API prefixed every name with `My_` because "tools such as Write are reserved
+///   by Qwen and cannot be called").
+/// * The platform's own tools, which its server-side loop runs itself (frames with a
+///   `function_id`, "Tool X does not exists" for others): `web_search`, `code_interpreter`
+///   (Rfym21: turns that came back half-finished because the model invoked them), image
+///   generation (`image_gen`, `image_generation`: the feature flags peers turn off), the
+///   account-settings tool registry (`web_extractor`, `web_search_image`, `image_gen_tool`,
+///   `image_edit_tool`, `image_zoom_in_tool`, `history_retriever`) and the MCP servers the
+///   catalogue lists (`image-generation`, `code-interpreter`, `amap`, `fire-crawl`).
 pub const DEFAULT_RESERVED: &[&str] = &[
     "Read",
     "Write",
@@ -99,7 +116,16 @@ pub const DEFAULT_RESERVED: &[&str] = &[
     "code_interpreter",
     "image_gen",
     "image_generation",
-    "python",
+    "web_extractor",
+    "web_search_image",
+    "image_gen_tool",
+    "image_edit_tool",
+    "image_zoom_in_tool",
+    "history_retriever",
+    "image-generation",
+    "code-interpreter",
+    "amap",
+    "fire-crawl",
 ];
 
 /// The reversible map between client tool names and the names the model sees.
@@ -113,7 +139,7 @@ impl Aliases {
     pub fn new<'a>(names: impl Iterator<Item = &'a str> + Clone, reserved: &[String]) -> Self {
         let mut pairs: Vec<(String, String)> = Vec::new();
         for name in names.clone() {
-            if !reserved.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+            if !reserved.iter().any(|r| r == name) {
                 continue;
             }
             let base = match name {
@@ -234,6 +260,34 @@ mod tests {
         assert_eq!(a.to_model("web_search"), "u_web_search");
         assert_eq!(a.to_client("u_web_search"), Some("web_search"));
         assert_eq!(a.to_client("read_file"), None);
+    }
+
+    #[test]
+    fn only_the_exact_reserved_names_are_aliased() {
+        let reserved: Vec<String> = DEFAULT_RESERVED.iter().map(|s| s.to_string()).collect();
+        // opencode's and Kilo's lower-case tools, Qwen Code's `glob` and `edit`: their own
+        // names, as the agents' prompts call them.
+        let agent = [
+            "read",
+            "write",
+            "edit",
+            "bash",
+            "glob",
+            "grep",
+            "task",
+            "todowrite",
+            "webfetch",
+        ];
+        let a = Aliases::new(agent.iter().copied(), &reserved);
+        for name in agent {
+            assert_eq!(a.to_model(name), name);
+        }
+        let claude = ["Read", "Bash", "TodoWrite", "code_interpreter"];
+        let a = Aliases::new(claude.iter().copied(), &reserved);
+        assert_eq!(a.to_model("Read"), "fs_open_file");
+        assert_eq!(a.to_model("Bash"), "shell_run");
+        assert_eq!(a.to_model("TodoWrite"), "todo_put");
+        assert_eq!(a.to_model("code_interpreter"), "u_code_interpreter");
     }
 
     #[test]

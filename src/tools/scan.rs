@@ -58,6 +58,8 @@ pub struct ScanStats {
     pub emitted: u32,
     pub unknown_name: u32,
     pub invalid: u32,
+    /// A bad call that could not be asked for again: the answer ended with an explanation.
+    pub abandoned: u32,
 }
 
 pub struct ToolScan {
@@ -74,8 +76,8 @@ pub struct ToolScan {
     stats: ScanStats,
     thinking: ThinkingWatch,
     harvester: Harvester,
-    /// The platform intercepted a call that could not be recovered.
-    lost_native: bool,
+    /// The platform intercepted a call that could not be recovered: why.
+    lost_native: Option<Invalid>,
     retry: Option<Hint>,
     finish: Option<FinishReason>,
 }
@@ -292,7 +294,7 @@ impl ToolScan {
             stats: ScanStats::default(),
             thinking: ThinkingWatch::default(),
             harvester: Harvester::default(),
-            lost_native: false,
+            lost_native: None,
             retry: None,
             finish: None,
         }
@@ -365,9 +367,12 @@ impl ToolScan {
         });
     }
 
-    /// A payload that is not a call: counted; retried when it was the first thing in the
-    /// answer and a retry is possible, else shown as the text it was.
-    fn reject(&mut self, why: Invalid, raw: &str, synthetic: bool, next: &mut impl Emit) {
+    /// A block that is not a valid call — an unknown name, a payload that does not read —
+    /// is a bad call, never answer text: the agent would take the raw block for the model's
+    /// answer and stop. It is asked for again with a hint while that is possible; after
+    /// that the answer ends with an honest explanation. (A bare `{"name": …}` without
+    /// arguments is the model's JSON, not a call: shown as text.)
+    fn reject(&mut self, why: Invalid, raw: &str, as_text: bool, next: &mut impl Emit) {
         match &why {
             Invalid::UnknownName(name) => {
                 self.stats.unknown_name += 1;
@@ -381,16 +386,51 @@ impl ToolScan {
         if self.end_after_calls() {
             return;
         }
-        if !synthetic && !self.at.prose && self.can_retry() {
-            self.retry = Some(Hint::BadCall);
-            self.finish = Some(FinishReason::Stop);
-            self.state = State::Drain;
-            self.pending.clear();
+        if as_text {
+            // Shown as text, and not scanned again.
+            self.release(raw, next);
+            self.state = State::Text;
             return;
         }
-        // Shown as text, and not scanned again.
-        self.release(raw, next);
-        self.state = State::Text;
+        self.bad_call(&why, Hint::BadCall, next);
+    }
+
+    /// Ask again with the hint if the client has seen nothing that a retry would replace;
+    /// else end the answer with what happened.
+    fn bad_call(&mut self, why: &Invalid, hint: Hint, next: &mut impl Emit) {
+        self.pending.clear();
+        self.state = State::Drain;
+        self.finish = Some(FinishReason::Stop);
+        if self.can_retry() {
+            self.retry = Some(hint);
+            return;
+        }
+        self.abandon(why, next);
+    }
+
+    /// No retry left for a bad call: the answer ends with an explanation of it (once).
+    fn abandon(&mut self, why: &Invalid, next: &mut impl Emit) {
+        self.pending.clear();
+        self.state = State::Drain;
+        self.finish = Some(FinishReason::Stop);
+        if self.stats.abandoned > 0 {
+            return;
+        }
+        self.stats.abandoned += 1;
+        tracing::warn!(
+            why = %crate::untrusted::Untrusted(&why.to_string()),
+            "the model's tool call could not be recovered; the answer ends with an explanation"
+        );
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            next.content(&held);
+        }
+        let mut text = why.explain(&self.config.set);
+        if self.released {
+            text.insert_str(0, "\n\n");
+        }
+        self.released = true;
+        next.content(&text);
     }
 
     /// Once a call is out, whatever is not another valid call ends the client's answer:
@@ -520,6 +560,14 @@ impl ToolScan {
             if self.end_after_calls() {
                 return false;
             }
+            if self.at.line_start {
+                // A block opened on its own line, with no payload that reads: a bad call.
+                // (An opener inside a sentence is the model mentioning the format.)
+                self.stats.invalid += 1;
+                tracing::info!("a tool-call opener without a payload");
+                self.bad_call(&Invalid::NoPayload, Hint::BadCall, next);
+                return false;
+            }
             tracing::debug!("a tool-call opener without a payload; shown as text");
             let end = if window_over {
                 (opener + PAYLOAD_WINDOW..=self.pending.len())
@@ -551,7 +599,10 @@ impl ToolScan {
                         self.emit(call, next);
                         self.state = State::Close { debris: 0 };
                     }
-                    Err(why) => self.reject(why, &raw, scan.synthetic, next),
+                    Err(why) => {
+                        let as_text = scan.synthetic && !validate::call_shaped(&payload);
+                        self.reject(why, &raw, as_text, next)
+                    }
                 }
                 true
             }
@@ -565,7 +616,7 @@ impl ToolScan {
                 self.release(&text, next);
                 false
             }
-            None if eof => self.unfinished(next),
+            None if eof => self.unfinished(scan.synthetic, next),
             None => {
                 self.state = State::Json { scan };
                 false
@@ -607,7 +658,11 @@ impl ToolScan {
                 self.release(&text, next);
                 return false;
             }
-            return if eof { self.unfinished(next) } else { false };
+            return if eof {
+                self.unfinished(false, next)
+            } else {
+                false
+            };
         };
         let parsed = xml_call(&self.pending[start..end], &self.config.set);
         let raw: String = self.pending.drain(..end).collect();
@@ -621,18 +676,25 @@ impl ToolScan {
         true
     }
 
-    /// The text ended inside a payload: never a truncated call. Shown as text if nothing of
-    /// this answer was a call, else dropped.
-    fn unfinished(&mut self, next: &mut impl Emit) -> bool {
-        let all = self.pending.len();
-        if self.stats.emitted == 0 {
-            let text: String = self.pending.drain(..all).collect();
-            self.release(&text, next);
-        } else {
+    /// The text ended inside a payload: never a truncated call. After a marker it is a bad
+    /// call; a bare `{` that never closed is the model's text. After a call, dropped.
+    fn unfinished(&mut self, synthetic: bool, next: &mut impl Emit) -> bool {
+        if self.stats.emitted > 0 {
             tracing::info!("the answer ended inside a second tool call; dropped");
             self.pending.clear();
+            self.state = State::Text;
+            return false;
         }
-        self.state = State::Text;
+        if synthetic {
+            let all = self.pending.len();
+            let text: String = self.pending.drain(..all).collect();
+            self.release(&text, next);
+            self.state = State::Text;
+            return false;
+        }
+        self.stats.invalid += 1;
+        tracing::info!("the answer ended inside a tool call");
+        self.bad_call(&Invalid::Unfinished, Hint::BadCall, next);
         false
     }
 
@@ -726,16 +788,11 @@ impl ToolScan {
         // calls could be recovered.
         if self.stats.emitted > 0 {
             self.finish = Some(FinishReason::ToolCalls);
-        } else if self.lost_native {
-            if self.can_retry() {
-                self.retry = Some(Hint::Intercepted);
-            }
-            self.finish = Some(FinishReason::Stop);
-        } else {
-            return;
+            self.state = State::Drain;
+            self.pending.clear();
+        } else if let Some(why) = self.lost_native.clone() {
+            self.bad_call(&why, Hint::Intercepted, next);
         }
-        self.state = State::Drain;
-        self.pending.clear();
     }
 
     fn take_harvested(&mut self, name: &str, arguments: &str, next: &mut impl Emit) {
@@ -756,7 +813,7 @@ impl ToolScan {
                     Invalid::UnknownName(_) => self.stats.unknown_name += 1,
                     _ => self.stats.invalid += 1,
                 }
-                self.lost_native = true;
+                self.lost_native = Some(why);
             }
         }
     }
@@ -804,7 +861,7 @@ impl Stage for ToolScan {
         }
         let hint = if self.thinking.call {
             Some(Hint::CallInThinking)
-        } else if self.lost_native {
+        } else if self.lost_native.is_some() {
             Some(Hint::Intercepted)
         } else if self.holds_prose() {
             Some(Hint::NoCall)
@@ -815,7 +872,11 @@ impl Stage for ToolScan {
             self.retry = Some(hint);
             return;
         }
-        // No retry left: the prose, after all.
+        // No retry left: an intercepted call that was lost is explained; the prose, after all.
+        if let Some(why) = self.lost_native.take() {
+            self.abandon(&why, next);
+            return;
+        }
         if !self.held.is_empty() {
             let held = std::mem::take(&mut self.held);
             self.released = true;

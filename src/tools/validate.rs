@@ -18,7 +18,7 @@ pub struct ValidCall {
     pub arguments: String,
 }
 
-/// Why a payload is not a call.
+/// Why a block the model wrote is not a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalid {
     /// Not JSON, even after repair.
@@ -29,7 +29,66 @@ pub enum Invalid {
     UnknownName(String),
     /// The arguments are not (and do not decode to) a JSON object.
     ArgumentsNotObject,
+    /// The answer ended inside the payload.
+    Unfinished,
+    /// An opener with no payload after it.
+    NoPayload,
 }
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Invalid::NotJson => f.write_str("its payload is not valid JSON"),
+            Invalid::NoName => f.write_str("it names no tool"),
+            Invalid::UnknownName(name) => write!(f, "it calls a tool named `{name}`"),
+            Invalid::ArgumentsNotObject => f.write_str("its arguments are not a JSON object"),
+            Invalid::Unfinished => f.write_str("the answer ended inside it"),
+            Invalid::NoPayload => f.write_str("it has no payload"),
+        }
+    }
+}
+
+impl Invalid {
+    /// What the client is told when the model's call could not be recovered (no retry was
+    /// left): the answer ends with this instead of the raw block, which an agent would take
+    /// for the model's answer.
+    pub fn explain(&self, set: &ToolSet) -> String {
+        const LISTED: usize = 24;
+        let mut names: Vec<&str> = set
+            .tools
+            .iter()
+            .map(|t| t.name.as_str())
+            .take(LISTED)
+            .collect();
+        if set.tools.len() > LISTED {
+            names.push("…");
+        }
+        let why = match self {
+            Invalid::UnknownName(name) => format!(
+                "called a tool named `{}`, which this request does not offer (its tools: {})",
+                name.chars().take(64).collect::<String>(),
+                names.join(", ")
+            ),
+            other => format!("wrote a tool call that could not be read ({other})"),
+        };
+        format!("(The model {why}; no tool was run.)")
+    }
+}
+
+/// Whether a bare JSON object has the shape of a call — a name key and an arguments key —
+/// rather than being JSON the model was asked for (`{"name": "Ada", "age": 36}`).
+pub fn call_shaped(payload: &str) -> bool {
+    let Some(Value::Object(obj)) = parse_lenient(payload) else {
+        return false;
+    };
+    let named = ["name", "tool", "function"]
+        .iter()
+        .any(|k| obj.contains_key(*k));
+    named && ARGUMENT_KEYS.iter().any(|k| obj.contains_key(*k))
+}
+
+/// Where a payload keeps its arguments.
+const ARGUMENT_KEYS: [&str; 4] = ["arguments", "parameters", "args", "input"];
 
 /// Validate a JSON payload `{"name": …, "arguments": {…}}`.
 pub fn json_payload(payload: &str, set: &ToolSet) -> Result<ValidCall, Invalid> {
@@ -38,10 +97,7 @@ pub fn json_payload(payload: &str, set: &ToolSet) -> Result<ValidCall, Invalid> 
         return Err(Invalid::NotJson);
     };
     let name = take_name(&mut obj).ok_or(Invalid::NoName)?;
-    let args = match ["arguments", "parameters", "args", "input"]
-        .iter()
-        .find_map(|k| obj.remove(*k))
-    {
+    let args = match ARGUMENT_KEYS.iter().find_map(|k| obj.remove(*k)) {
         Some(args) => args,
         // No arguments key: the other keys are the arguments (`{"name": "f", "city": "x"}`).
         None => {
@@ -127,30 +183,42 @@ pub fn resolve<'a>(name: &str, set: &'a ToolSet) -> Option<&'a ToolSpec> {
     set.spec(&client)
 }
 
-/// Exact model-side name (an alias, or the client's own name), then a normalised match
-/// (lower-case ASCII letters and digits only).
+/// The client tool a name the model wrote stands for: the name the model was shown (an
+/// alias, or the client's own name), the client's own name of an aliased tool (an agent's
+/// system prompt names its tools, and a model calls what it has read), then the one tool
+/// whose name matches ignoring case, `_`, `-` and a `u_` / `My_` prefix (the prefixes
+/// proxies put on names, which a model may have seen). Two tools matching that loosely is
+/// no match: the call is not guessed.
 fn resolve_name(name: &str, set: &ToolSet) -> Option<String> {
     let name = name.trim();
     if let Some(client) = set.aliases.to_client(name) {
         return Some(client.to_owned());
     }
-    let model_names = || set.tools.iter().map(|t| (t, set.aliases.to_model(&t.name)));
-    if let Some((t, _)) = model_names().find(|(_, m)| *m == name) {
-        return Some(t.name.clone());
+    if set.spec(name).is_some() {
+        return Some(name.to_owned());
     }
-    let norm = |s: &str| -> String {
-        s.chars()
-            .filter(char::is_ascii_alphanumeric)
-            .map(|c| c.to_ascii_lowercase())
-            .collect()
-    };
-    let wanted = norm(name);
+    let wanted = loose_name(name);
     if wanted.is_empty() {
         return None;
     }
-    model_names()
-        .find(|(_, m)| norm(m) == wanted)
-        .map(|(t, _)| t.name.clone())
+    let mut matching = set.tools.iter().filter(|t| {
+        loose_name(&t.name) == wanted || loose_name(set.aliases.to_model(&t.name)) == wanted
+    });
+    let tool = matching.next()?;
+    match matching.next() {
+        None => Some(tool.name.clone()),
+        Some(_) => None,
+    }
+}
+
+/// A tool name without case, separators or a proxy's prefix: `My_Read-File` → `readfile`.
+pub fn loose_name(name: &str) -> String {
+    let lower = name.trim().to_ascii_lowercase();
+    let bare = lower
+        .strip_prefix("u_")
+        .or_else(|| lower.strip_prefix("my_"))
+        .unwrap_or(&lower);
+    bare.chars().filter(char::is_ascii_alphanumeric).collect()
 }
 
 /// An object, or a string that decodes to one (at most twice: double-encoded arguments).
@@ -346,18 +414,56 @@ mod tests {
     }
 
     #[test]
-    fn names_resolve_through_aliases_and_normalisation_only_to_offered_tools() {
+    fn names_resolve_by_alias_own_name_and_a_unique_loose_match_only_to_offered_tools() {
+        // The alias the model was shown, and the client's own name of that tool.
         assert_eq!(ok(r#"{"name":"fs_put_file","arguments":{}}"#).0, "Write");
-        assert_eq!(
-            ok(r#"{"name":"Get-Weather","arguments":{"city":"a"}}"#).0,
-            "get_weather"
-        );
+        assert_eq!(ok(r#"{"name":"Write","arguments":{}}"#).0, "Write");
+        // Case, `_` / `-` and a proxy's prefix ignored.
+        for variant in [
+            "Get-Weather",
+            "GET_WEATHER",
+            "getWeather",
+            "u_get_weather",
+            "My_Get_Weather",
+        ] {
+            let payload = format!(r#"{{"name":"{variant}","arguments":{{"city":"a"}}}}"#);
+            assert_eq!(
+                json_payload(&payload, &set()).map(|c| c.name),
+                Ok("get_weather".to_owned()),
+                "{variant}"
+            );
+        }
+        assert_eq!(ok(r#"{"name":"FS-PUT-FILE","arguments":{}}"#).0, "Write");
         assert_eq!(
             json_payload(r#"{"name":"delete_everything","arguments":{}}"#, &set()),
             Err(Invalid::UnknownName("delete_everything".into()))
         );
-        // The client name of an aliased tool is not what the model was told: not offered.
-        assert!(json_payload(r#"{"name":"Write","arguments":{}}"#, &set()).is_err());
+    }
+
+    #[test]
+    fn a_loose_match_of_two_tools_is_no_match() {
+        let tool = |name: &str| ToolSpec {
+            name: name.to_owned(),
+            description: None,
+            parameters: json!({"type":"object"}),
+        };
+        let set = ToolSet::new(
+            vec![tool("read_file"), tool("readFile")],
+            Choice::Auto,
+            true,
+            &[],
+        );
+        // Exact names still resolve; a spelling both share loosely does not.
+        assert_eq!(
+            json_payload(r#"{"name":"readFile"}"#, &set).unwrap().name,
+            "readFile"
+        );
+        assert_eq!(
+            json_payload(r#"{"name":"READ_FILE"}"#, &set),
+            Err(Invalid::UnknownName("READ_FILE".into()))
+        );
+        assert_eq!(loose_name(" My_Read-File "), "readfile");
+        assert_eq!(loose_name("u_read"), "read");
     }
 
     #[test]

@@ -317,16 +317,35 @@ fn c23_the_qwen3_coder_xml_form() {
 #[test]
 fn c24_an_unknown_name_is_never_a_call() {
     let block = "[TOOL CALL]\n{\"name\":\"delete_everything\",\"arguments\":{}}\n[END TOOL CALL]";
-    // After prose (auto): the block is shown as the text it was.
-    let out = scan(&format!("Sure.\n{block}"));
+    // A retry possible (the client saw nothing yet): asked again, nothing shown — also after
+    // prose, which a non-streamed answer has not shown either.
+    for answer in [block.to_owned(), format!("Sure.\n{block}")] {
+        let out = scan_with(&auto(), true, &answer);
+        assert_eq!(out.retry, Some(Hint::BadCall), "{answer}");
+        // (The prose went to the collected answer, which the retry replaces.)
+        assert!(!out.content.contains("TOOL"), "{}", out.content);
+        assert!(out.calls.is_empty());
+    }
+    // No retry left: never the raw block as the answer, but what happened.
+    let out = scan(&format!("Sure.\n{block}\nDone."));
     assert!(out.calls.is_empty());
-    assert!(out.content.contains("delete_everything"), "{}", out.content);
-    assert_eq!(out.finish, None);
-    // First thing in the answer, a retry possible: asked again, nothing shown.
-    let out = scan_with(&auto(), true, block);
-    assert_eq!(out.retry, Some(Hint::BadCall));
-    assert_eq!(out.content, "");
-    assert!(out.calls.is_empty());
+    assert_eq!(
+        out.content,
+        "Sure.\n\n\n(The model called a tool named `delete_everything`, which this request does not offer (its tools: get_weather, write_file, Write); no tool was run.)"
+    );
+    assert!(!out.content.contains("[TOOL CALL]"));
+    assert_eq!(out.finish, Some(FinishReason::Stop));
+    // Streamed prose already shown: no retry, the explanation follows it.
+    let out = run_pieces_in(true, &auto(), true, &["Sure.\n", block], &[]);
+    assert_eq!(out.retry, None);
+    assert!(
+        out.content.starts_with("Sure.\n\n\n(The model called"),
+        "{}",
+        out.content
+    );
+    // A bare JSON object that names no tool and has no arguments is the model's JSON.
+    let out = scan("{\"name\": \"Ada\", \"age\": 36}");
+    assert_eq!(out.content, "{\"name\": \"Ada\", \"age\": 36}");
 }
 
 #[test]
@@ -354,12 +373,20 @@ fn c27_a_truncated_payload_is_not_a_call() {
         "[TOOL CALL]\n{\"name\":\"write_file\",\"arguments\":{\"path\":\"a\",\"content\":\"abc";
     let out = scan(text);
     assert!(out.calls.is_empty());
-    // Nothing of the answer was a call: the text is shown rather than lost.
-    assert_eq!(out.content, text);
+    // Nothing of the answer was a call: a bad call, explained (no retry left), never the
+    // raw block.
+    assert_eq!(
+        out.content,
+        "(The model wrote a tool call that could not be read (the answer ended inside it); no tool was run.)"
+    );
+    assert_eq!(scan_with(&auto(), true, text).retry, Some(Hint::BadCall));
     // After a call, an unfinished second one is dropped.
     let out = scan(&format!("{PARIS}\n{text}"));
     assert_eq!(out.calls.len(), 1);
     assert_eq!(out.content, "");
+    // A bare `{` that never closes is the model's text.
+    let out = scan("{\"name\": \"unfinished");
+    assert_eq!(out.content, "{\"name\": \"unfinished");
 }
 
 #[test]
@@ -540,23 +567,27 @@ fn scanner(set: ToolSet, retry: bool) -> ToolScan {
 
 #[test]
 fn an_intercepted_call_that_cannot_be_recovered_hides_the_aftermath_and_asks_again() {
-    // The model called the client name of an aliased tool natively: not a call we can emit.
+    // The model natively called a tool the request does not offer: not a call we can emit.
     let mut s = scanner(auto(), true);
     let mut out = Recorder::default();
-    native(&mut s, &mut out, "Write", &["{\"path\":\"a\"}"]);
+    native(&mut s, &mut out, "Read", &["{\"path\":\"a\"}"]);
     s.content("Sorry, that tool does not exist.", &mut out);
     s.flush(&mut out);
     assert!(out.calls.is_empty());
     assert_eq!(out.content, "");
     assert_eq!(s.retry(), Some(Hint::Intercepted));
-    // Without a retry left, the aftermath is still not the client's answer.
+    // Without a retry left, the aftermath is still not the client's answer: what happened is.
     let mut s = scanner(auto(), false);
     let mut out = Recorder::default();
-    native(&mut s, &mut out, "Write", &["{\"path\":\"a\"}"]);
+    native(&mut s, &mut out, "Read", &["{\"path\":\"a\"}"]);
     s.content("Sorry, that tool does not exist.", &mut out);
     s.flush(&mut out);
-    assert_eq!(out.content, "");
+    assert_eq!(
+        out.content,
+        "(The model called a tool named `Read`, which this request does not offer (its tools: get_weather, write_file, Write); no tool was run.)"
+    );
     assert_eq!(s.finish_reason(), Some(FinishReason::Stop));
+    assert_eq!(s.stats().abandoned, 1);
 }
 
 #[test]
