@@ -118,9 +118,54 @@ pub enum Fault {
     Reset,
 }
 
+/// Arguments written as a JSON object, as they are.
+fn plain_json(args: &str) -> Option<String> {
+    if !args.starts_with('{') {
+        return None;
+    }
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(args)
+        .ok()
+        .map(|_| args.to_owned())
+}
+
 /// base64url → UTF-8 text.
 fn decode(b64: &str) -> Option<String> {
     String::from_utf8(crate::common::base64url_decode(b64)?).ok()
+}
+
+/// Punctuation a client or agent may put right after a directive — the closing quote of a
+/// prompt it wrapped in quotes, a full stop — which is not part of it. (Not `=`, `+`, `/`,
+/// `-`, `_`: base64 uses them.)
+const TRAILING: &[char] = &[
+    '"', '\'', '`', ')', ']', '>', '.', ',', ';', ':', '!', '?', '\u{201d}', '\u{2019}', '\u{bb}',
+    '\u{300d}', '\u{ff09}', '\u{3002}', '\u{ff0c}',
+];
+
+/// Where a directive ends: at whitespace — except inside a call's plain JSON arguments
+/// (`call=NAME,{"path": "a b.txt"}`), which are read brace-balanced, strings respected.
+fn directive_end(s: &str) -> usize {
+    let (mut depth, mut in_string, mut escape) = (0u32, false, false);
+    let mut prev = '\0';
+    for (i, c) in s.char_indices() {
+        if in_string {
+            match (escape, c) {
+                (true, _) => escape = false,
+                (false, '\\') => escape = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match c {
+                '{' if depth > 0 || prev == ',' => depth += 1,
+                '}' if depth > 0 => depth -= 1,
+                '"' if depth > 0 => in_string = true,
+                c if depth == 0 && c.is_whitespace() => return i,
+                _ => {}
+            }
+        }
+        prev = c;
+    }
+    s.len()
 }
 
 /// Parse and strip the directives of `text`.
@@ -131,13 +176,11 @@ pub fn parse(text: &str) -> (Scenario, String) {
     while let Some(at) = rest.find("@@sim:") {
         kept.push_str(&rest[..at]);
         let after = &rest[at + "@@sim:".len()..];
-        let end = after
-            .find(|c: char| c.is_whitespace())
-            .unwrap_or(after.len());
+        let end = directive_end(after);
         // A call that was answered already (its result is in the prompt after the
         // directive, as in a folded history) is not made again: agent loops end.
         let answered = after[end..].contains("[TOOL RESULT");
-        apply(&mut s, &after[..end], answered);
+        apply(&mut s, after[..end].trim_end_matches(TRAILING), answered);
         rest = &after[end..];
         // Drop the whitespace the directive was separated by, keep the text tidy.
         if kept.ends_with(' ') && rest.starts_with(' ') {
@@ -237,7 +280,8 @@ fn apply(s: &mut Scenario, directive: &str, answered: bool) {
                     name: (!name.is_empty()).then(|| name.to_owned()),
                     arguments: None,
                 }),
-                Some((name, args)) => decode(args).map(|a| SimCall {
+                // Plain JSON arguments, or base64url of them.
+                Some((name, args)) => plain_json(args).or_else(|| decode(args)).map(|a| SimCall {
                     name: (!name.is_empty()).then(|| name.to_owned()),
                     arguments: Some(a),
                 }),
@@ -293,7 +337,7 @@ mod tests {
         );
         assert!(s.calls.is_empty());
         assert!(s.unknown.is_empty());
-        assert_eq!(parse("@@sim:reply=!!").0.unknown, ["reply=!!"]);
+        assert_eq!(parse("@@sim:reply=~~").0.unknown, ["reply=~~"]);
     }
 
     #[test]
@@ -352,6 +396,40 @@ mod tests {
         assert_eq!(
             (s.fault, s.unknown),
             (None, vec!["punish=slider".to_owned()])
+        );
+    }
+
+    #[test]
+    fn punctuation_around_a_prompt_is_not_part_of_its_directives() {
+        // opencode and Kilo wrap the prompt in quotes; people end sentences.
+        let (s, text) = parse("\"Read notes.txt @@sim:think\"");
+        assert!(s.think && s.unknown.is_empty(), "{:?}", s.unknown);
+        assert_eq!(text, "\"Read notes.txt");
+        let (s, _) = parse("'go @@sim:call=get_weather,eyJjaXR5IjoiT3NsbyJ9.' and @@sim:delay=5,");
+        assert!(s.unknown.is_empty(), "{:?}", s.unknown);
+        assert_eq!(s.calls[0].arguments.as_deref(), Some("{\"city\":\"Oslo\"}"));
+        assert_eq!(s.delay, Some(Duration::from_millis(5)));
+        assert!(parse("@@sim:think\u{201d}").0.unknown.is_empty());
+    }
+
+    #[test]
+    fn call_arguments_may_be_plain_json_with_spaces() {
+        let (s, text) = parse(
+            "Read it @@sim:call=read,{\"filePath\": \"/tmp/a b.txt\", \"n\": {\"x\": \"}\"}}\" please",
+        );
+        assert!(s.unknown.is_empty(), "{:?}", s.unknown);
+        assert_eq!(
+            s.calls,
+            [SimCall {
+                name: Some("read".into()),
+                arguments: Some("{\"filePath\": \"/tmp/a b.txt\", \"n\": {\"x\": \"}\"}}".into())
+            }]
+        );
+        assert_eq!(text, "Read it please");
+        // Not JSON, not base64: reported.
+        assert_eq!(
+            parse("@@sim:call=read,{oops}").0.unknown,
+            ["call=read,{oops}"]
         );
     }
 

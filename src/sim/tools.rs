@@ -43,22 +43,41 @@ pub fn hinted(prompt: &str) -> bool {
     prompt.contains("Write the call now in the answer")
 }
 
-/// The name and argument text of a call: as given, or the first tool and arguments that
-/// satisfy its schema.
+/// The name and argument text of a call: the tool the directive names — found as the
+/// prompt spelled it, or by the client's own spelling of it (any case, `_` or `-`) — under
+/// the name the model was shown, or the name as given when the prompt has no such tool;
+/// the first tool without a name. Arguments as given, or ones that satisfy its schema.
 pub fn resolve(call: &SimCall, tools: &[SimTool]) -> (String, String) {
     let tool = match &call.name {
-        Some(name) => tools.iter().find(|t| &t.name == name),
+        Some(name) => find(name, tools),
         None => tools.first(),
     };
-    let name = call
-        .name
-        .clone()
-        .or_else(|| tools.first().map(|t| t.name.clone()))
+    let name = tool
+        .map(|t| t.name.clone())
+        .or_else(|| call.name.clone())
         .unwrap_or_else(|| "sim_tool".to_owned());
     let arguments = call.arguments.clone().unwrap_or_else(|| {
         tool.map_or_else(|| "{}".to_owned(), |t| sample(&t.parameters).to_string())
     });
     (name, arguments)
+}
+
+/// The catalogue's tool for a name: exact, else the one whose name is the same ignoring
+/// case, `_` and `-`.
+pub fn find<'a>(name: &str, tools: &'a [SimTool]) -> Option<&'a SimTool> {
+    if let Some(t) = tools.iter().find(|t| t.name == name) {
+        return Some(t);
+    }
+    let fold = |s: &str| -> String {
+        s.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let wanted = fold(name);
+    let mut matching = tools.iter().filter(|t| fold(&t.name) == wanted);
+    let first = matching.next()?;
+    matching.next().is_none().then_some(first)
 }
 
 /// A call in the marker format the prompt teaches.
@@ -172,6 +191,15 @@ mod tests {
         assert_eq!(
             resolve(&given, &tools),
             ("other".to_owned(), "{\"x\":1}".to_owned())
+        );
+        // The client's own spelling of a tool the prompt shows finds it.
+        let by_spelling = SimCall {
+            name: Some("Get-Weather".into()),
+            arguments: None,
+        };
+        assert_eq!(
+            resolve(&by_spelling, &tools),
+            ("get_weather".to_owned(), r#"{"city":"sim"}"#.to_owned())
         );
         assert_eq!(
             call_block("a", "{}"),
