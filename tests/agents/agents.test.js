@@ -1,7 +1,7 @@
 // Real coding-agent CLIs, headless, against `qwen-proxy --demo` (proxy + in-process simulator).
 //
-// For each agent (Qwen Code, the Cline CLI): its own proxy, its own scratch HOME (the user's
-// real configuration is never read or written), configuration through the agent's own
+// For each agent (Qwen Code, the Cline CLI, opencode): its own proxy, its own scratch HOME (the
+// user's real configuration is never read or written), configuration through the agent's own
 // mechanisms (settings files in the scratch HOME, environment, flags), telemetry and update
 // checks off, proxy variables removed from the agent's environment (Qwen Code would route even
 // loopback traffic through HTTPS_PROXY). The prompt carries an `@@sim:call=NAME,ARGS_B64`
@@ -15,7 +15,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import net from 'node:net';
@@ -28,6 +28,21 @@ import { MODEL, startProxy } from '../clients-node/proxy.js';
 const require = createRequire(import.meta.url);
 const QWEN_CLI = path.join(path.dirname(require.resolve('@qwen-code/qwen-code/package.json')), 'cli.js');
 const CLINE_CLI = path.join(path.dirname(require.resolve('cline/package.json')), 'bin', 'cline');
+const OPENCODE_VERSION = require('opencode-ai/package.json').version;
+
+/**
+ * opencode's native binary. `opencode-ai`'s postinstall links the right platform package's
+ * binary (AVX2 or baseline, glibc or musl) to bin/opencode.exe; where install scripts did not
+ * run, that file is a small placeholder, so fall back to the plain platform package.
+ */
+function opencodeBin() {
+  const linked = path.join(path.dirname(require.resolve('opencode-ai/package.json')), 'bin', 'opencode.exe');
+  try {
+    if (statSync(linked).size > 1_000_000) return linked;
+  } catch {}
+  const pkg = `opencode-${process.platform === 'win32' ? 'windows' : process.platform}-${process.arch}`;
+  return path.join(path.dirname(require.resolve(`${pkg}/package.json`)), 'bin', 'opencode');
+}
 
 const AGENT_TIMEOUT_MS = 120_000;
 const API_KEY = 'sk-agent-test';
@@ -478,5 +493,130 @@ describe('Cline CLI (cline) headless', () => {
     const result = finalResult(events, r);
     assert.ok(result.text.startsWith(PREFIX) && result.text.endsWith('".'), result.text);
     t.diagnostic(`${r.ms} ms; route: ${await lastRoute()}; answer: ${result.text}`);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// opencode
+// ---------------------------------------------------------------------------------------------
+
+describe('opencode (opencode-ai) headless', () => {
+  let proxy;
+  let s;
+  let OPENCODE;
+
+  before(async () => {
+    OPENCODE = opencodeBin();
+    proxy = await startProxy();
+    s = await scratch('opencode');
+    await fs.mkdir(path.join(s.root, 'tmp'));
+    const config = path.join(s.home, '.config', 'opencode');
+    await fs.mkdir(config, { recursive: true });
+    // Global config ($XDG_CONFIG_HOME/opencode/opencode.json): one OpenAI-compatible provider
+    // (the bundled @ai-sdk/openai-compatible) at the proxy, the only provider enabled; its model
+    // also does the title generation (small_model); every tool permission allowed (`opencode
+    // run` rejects any permission it would have to ask for); no auto-update, no sharing.
+    await fs.writeFile(
+      path.join(config, 'opencode.json'),
+      JSON.stringify({
+        provider: {
+          'qwen-proxy': {
+            npm: '@ai-sdk/openai-compatible',
+            name: 'qwen-proxy',
+            options: { baseURL: proxy.baseURL, apiKey: API_KEY },
+            models: { [MODEL]: { name: MODEL } },
+          },
+        },
+        model: `qwen-proxy/${MODEL}`,
+        small_model: `qwen-proxy/${MODEL}`,
+        enabled_providers: ['qwen-proxy'],
+        permission: 'allow',
+        autoupdate: false,
+        share: 'disabled',
+      }, null, 2),
+    );
+    // opencode installs @opencode-ai/plugin into each config dir in the background (a call to
+    // the npm registry) unless node_modules exists and package-lock.json already lists what
+    // package.json does: say it is there.
+    const deps = { dependencies: { '@opencode-ai/plugin': OPENCODE_VERSION } };
+    await fs.mkdir(path.join(config, 'node_modules'));
+    await fs.writeFile(path.join(config, 'package.json'), JSON.stringify(deps, null, 2));
+    await fs.writeFile(path.join(config, 'package-lock.json'), JSON.stringify({ lockfileVersion: 3, packages: { '': deps } }, null, 2));
+  });
+
+  after(async () => {
+    try {
+      if (s) {
+        const left = await stopLeftovers(s.home);
+        assert.deepEqual(await processesWithHome(s.home), [], 'an opencode process survived');
+        if (left.length) console.log(`# opencode: stopped leftover pids ${left.join(', ')}`);
+      }
+    } finally {
+      await removeScratch(s);
+      await proxy?.stop();
+    }
+  });
+
+  function opencode(prompt) {
+    const env = agentEnv(s, {
+      OPENCODE_DISABLE_MODELS_FETCH: '1', // no models.dev catalogue download (the built-in snapshot serves)
+      OPENCODE_DISABLE_AUTOUPDATE: '1',
+      OPENCODE_DISABLE_SHARE: '1',
+      OPENCODE_DISABLE_LSP_DOWNLOAD: '1',
+      OPENCODE_DISABLE_DEFAULT_PLUGINS: '1',
+      OPENCODE_DISABLE_CLAUDE_CODE: '1', // no ~/.claude prompt or skills scan
+      OPENCODE_DISABLE_EXTERNAL_SKILLS: '1',
+    });
+    // One argument, as a shell passes a quoted prompt. `opencode run` wraps every argument that
+    // contains a space in double quotes before sending it, so the model sees
+    // `"Read notes.txt @@sim:call=…"` (the simulator leaves a closing quote out of a directive).
+    return run(OPENCODE, ['run', '--format', 'json', '--model', `qwen-proxy/${MODEL}`, prompt], { cwd: s.ws, env });
+  }
+
+  /** `opencode run --format json`: one JSON event per line (step_start, tool_use, text, step_finish, error). */
+  function parse(r) {
+    const events = [];
+    for (const line of r.stdout.split('\n')) {
+      const l = line.trim();
+      if (!l) continue;
+      try {
+        events.push(JSON.parse(l));
+      } catch {
+        assert.fail(`unparsable --format json line: ${l.slice(0, 300)}\n${describeRun(r)}`);
+      }
+    }
+    return events;
+  }
+
+  test('read: the model calls the real tool, then answers quoting its result', async (t) => {
+    const secret = token('opencode-read');
+    const file = path.join(s.ws, 'notes.txt');
+    await fs.writeFile(file, `Notes for the agent test\n${secret}\n`);
+    const before = await proxy.completionRequests();
+
+    const r = await opencode(`Read notes.txt @@sim:call=read,${b64({ filePath: file })}`);
+
+    assert.equal(r.timedOut, false, describeRun(r));
+    assert.equal(r.code, 0, describeRun(r));
+    const events = parse(r);
+    assert.deepEqual(events.filter((e) => e.type === 'error'), [], `error events\n${describeRun(r)}`);
+    // The tool ran: opencode reports each finished tool part as a `tool_use` event.
+    const uses = events.filter((e) => e.type === 'tool_use' && e.part?.tool === 'read');
+    assert.equal(uses.length, 1, `one read call expected\n${describeRun(r)}`);
+    const { state } = uses[0].part;
+    assert.equal(state.status, 'completed', JSON.stringify(state));
+    assert.deepEqual(state.input, { filePath: file });
+    assert.match(state.output, new RegExp(`^2: ${secret}$`, 'm'));
+    // The answer: read's result is the numbered lines inside <path>/<type>/<content> tags, so
+    // its last line, which the simulated model quotes, is the closing `</content>`.
+    const texts = events.filter((e) => e.type === 'text').map((e) => e.part.text);
+    assert.ok(texts.length > 0, `no text events\n${describeRun(r)}`);
+    for (const text of texts) assert.ok(!text.includes('[TOOL CALL]'), `raw call block shown: ${text}`);
+    assert.equal(texts[texts.length - 1].trim(), `${PREFIX}</content>".`);
+    const finishes = events.filter((e) => e.type === 'step_finish').map((e) => e.part.reason);
+    assert.deepEqual(finishes, ['tool-calls', 'stop'], describeRun(r));
+    // (opencode also asks for a session title, without tools, in a chat of its own.)
+    assert.ok((await proxy.completionRequests()) - before >= 2, 'the tool turn and the answer turn both reached the simulator');
+    t.diagnostic(`${r.ms} ms; upstream body bytes per chat turn: ${JSON.stringify(await upstreamTurns(proxy))}`);
   });
 });
