@@ -53,6 +53,7 @@ async fn simulator(quick: bool) -> Simulator {
             ttft: Duration::from_millis(50),
             frame_delay: Duration::from_millis(5),
             chunk_chars: 8,
+            prefill_per_1k_tokens: Duration::ZERO,
         }
     } else {
         SimTiming {
@@ -60,6 +61,7 @@ async fn simulator(quick: bool) -> Simulator {
             ttft: Duration::from_millis(1500),
             frame_delay: Duration::from_millis(50),
             chunk_chars: 3,
+            prefill_per_1k_tokens: qwen_proxy::sim::PREFILL_PER_1K_TOKENS,
         }
     };
     Simulator::start(

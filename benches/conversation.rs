@@ -10,6 +10,12 @@
 //!   (`CONVERSATION_MODE=stateless`), and the default (`adaptive`: the faster of the two
 //!   from the learned estimates), with the simulator's busy refusals counted.
 //!
+//! * an agent's loop as Qwen Code sends it: its captured system prompt and 15 tools (an 80 KB
+//!   first request), the simulated model calling `read_file` at every step and the agent
+//!   sending back results that grow by 512 bytes a step; the simulator reads prompts at
+//!   30 ms per 1,000 tokens it has not read (prefill). Upstream bytes, chats and the mean
+//!   step time for `wait`, `adaptive` and a fresh chat every step, at several busy windows.
+//!
 //! `cargo bench --bench conversation` runs the full measurement (30 conversations per mode);
 //! under `cargo test` (no `--bench` argument) it runs a quick smoke version, which asserts
 //! that the agent loop's answers are all complete and that the learned window spares the
@@ -47,15 +53,26 @@ async fn start_with(
     chat_latency: Duration,
     linger: Duration,
 ) -> (Simulator, SocketAddr) {
+    let timing = SimTiming {
+        chat_latency,
+        ttft: Duration::from_millis(20),
+        frame_delay: Duration::from_millis(2),
+        chunk_chars: 8,
+        prefill_per_1k_tokens: Duration::ZERO,
+    };
+    start_timed(mode, busy_policy, timing, linger).await
+}
+
+async fn start_timed(
+    mode: &str,
+    busy_policy: &str,
+    timing: SimTiming,
+    linger: Duration,
+) -> (Simulator, SocketAddr) {
     let sim = Simulator::start(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         SimConfig {
-            timing: SimTiming {
-                chat_latency,
-                ttft: Duration::from_millis(20),
-                frame_delay: Duration::from_millis(2),
-                chunk_chars: 8,
-            },
+            timing,
             linger,
             ..SimConfig::default()
         },
@@ -234,6 +251,177 @@ async fn agent_loop(
     }
 }
 
+/// One streamed turn of a tool-calling request: the calls it made (id, name, arguments)
+/// and its text.
+async fn tool_turn(
+    client: &HttpClient,
+    addr: SocketAddr,
+    body: &Value,
+) -> (Vec<(String, String, String)>, String) {
+    let req = Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    let rsp = client.request(req).await.expect("response");
+    let status = rsp.status();
+    let bytes = rsp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    let mut calls: Vec<(String, String, String)> = Vec::new();
+    let mut text = String::new();
+    for line in std::str::from_utf8(&bytes).expect("utf-8").lines() {
+        let Some(json) = line.strip_prefix("data: ").filter(|j| *j != "[DONE]") else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(json).expect("chunk");
+        let delta = &v["choices"][0]["delta"];
+        if let Some(c) = delta["content"].as_str() {
+            text.push_str(c);
+        }
+        for tc in delta["tool_calls"].as_array().into_iter().flatten() {
+            let i = tc["index"].as_u64().expect("index") as usize;
+            if i == calls.len() {
+                calls.push((
+                    tc["id"].as_str().expect("id").to_owned(),
+                    tc["function"]["name"].as_str().expect("name").to_owned(),
+                    String::new(),
+                ));
+            }
+            if let Some(a) = tc["function"]["arguments"].as_str() {
+                calls[i].2.push_str(a);
+            }
+        }
+    }
+    (calls, text)
+}
+
+/// What one 80 KB agent loop cost upstream.
+struct AgentCost {
+    steps: Vec<Duration>,
+    bytes: u64,
+    chats: u64,
+    busy_refusals: u64,
+}
+
+/// Qwen Code's captured first request: its system prompt and its tools.
+fn qwen_code_request() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/clients/qwen-code-first-request.json"
+    );
+    serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("fixture JSON")
+}
+
+/// The simulated model's next call: `read_file` on the step's file.
+fn read_directive(step: usize) -> String {
+    format!(
+        "@@sim:call=read_file,{}",
+        json!({"file_path": format!("/home/dev/project/src/module_{step}.rs")})
+    )
+}
+
+/// An agent loop of `steps` tool calls with Qwen Code's system prompt and tools: each
+/// request sent the moment the previous answer ended, each tool result 512 bytes longer
+/// than the one before.
+async fn agent_loop_80k(mode: &str, policy: &str, linger: Duration, steps: usize) -> AgentCost {
+    let timing = SimTiming {
+        chat_latency: Duration::from_millis(300),
+        ttft: Duration::from_millis(200),
+        frame_delay: Duration::from_millis(2),
+        chunk_chars: 16,
+        prefill_per_1k_tokens: qwen_proxy::sim::PREFILL_PER_1K_TOKENS,
+    };
+    let (sim, addr) = start_timed(mode, policy, timing, linger).await;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let captured = qwen_code_request();
+    let mut messages = vec![
+        captured["messages"][0].clone(),
+        json!({"role": "user", "content": format!("Find why the build fails and fix it. {}", read_directive(0))}),
+    ];
+    let mut out = Vec::new();
+    for k in 0..steps {
+        let began = Instant::now();
+        let body = json!({"model": "qwen3.7-plus", "stream": true, "stream_options": {"include_usage": true},
+            "messages": messages, "tools": captured["tools"]});
+        let (calls, _) = tool_turn(&client, addr, &body).await;
+        out.push(began.elapsed());
+        let [(id, name, arguments)] = calls.as_slice() else {
+            panic!("step {k}: one call expected, got {calls:?}");
+        };
+        assert_eq!(name, "read_file");
+        messages.push(json!({"role": "assistant", "content": "", "tool_calls": [
+            {"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}]}));
+        let mut result = format!(
+            "// module {k}\n{}",
+            "let x = compute(x);\n".repeat(26 * (k + 1))
+        );
+        if k + 1 < steps {
+            result.push_str(&read_directive(k + 1));
+        }
+        messages.push(json!({"role": "tool", "tool_call_id": id, "content": result}));
+    }
+    let s = stats(&client, &sim).await;
+    let bytes = s["chats"]
+        .as_object()
+        .expect("chats")
+        .values()
+        .flat_map(|c| c["turns"].as_array().expect("turns").iter())
+        .map(|t| t["body_bytes"].as_u64().expect("bytes"))
+        .sum();
+    AgentCost {
+        steps: out,
+        bytes,
+        chats: s["chats_created"].as_u64().expect("chats_created"),
+        busy_refusals: s["busy_refusals"].as_u64().expect("busy_refusals"),
+    }
+}
+
+/// The 80 KB agent loop table: every way, at several busy windows.
+async fn agent_loops_80k(full: bool) {
+    let (lingers, steps): (&[u64], usize) = if full {
+        (&[300, 1_000, 2_000, 5_000], 8)
+    } else {
+        (&[300], 3)
+    };
+    println!("agent loop with Qwen Code's system prompt and tools (80 KB first request), {steps} read_file steps, results growing 512 B a step; chats/new 300 ms, TTFT 200 ms + 30 ms per 1k unread tokens");
+    println!(
+        "  window   way                mean step (2..{steps})   upstream bytes   chats   busy"
+    );
+    for &linger in lingers {
+        let linger_d = Duration::from_millis(linger);
+        let wait = agent_loop_80k("continue", "wait", linger_d, steps).await;
+        let adaptive = agent_loop_80k("continue", "adaptive", linger_d, steps).await;
+        let fresh = agent_loop_80k("stateless", "adaptive", linger_d, steps).await;
+        for (way, c) in [
+            ("wait", &wait),
+            ("adaptive", &adaptive),
+            ("fresh every step", &fresh),
+        ] {
+            println!(
+                "  {:>5} ms  {:<17} {:>10.0} ms {:>16} {:>7} {:>6}   ({:.2}x wait's bytes, {:.2}x its time)",
+                linger,
+                way,
+                mean_ms(&c.steps[1..]),
+                c.bytes,
+                c.chats,
+                c.busy_refusals,
+                c.bytes as f64 / wait.bytes as f64,
+                mean_ms(&c.steps[1..]) / mean_ms(&wait.steps[1..]),
+            );
+        }
+        // The targets: adaptive is never slower than waiting (within measurement noise) and
+        // never sends more than 1.5× its bytes.
+        assert!(
+            adaptive.bytes as f64 <= 1.5 * wait.bytes as f64,
+            "adaptive sent {} bytes, wait {}",
+            adaptive.bytes,
+            wait.bytes
+        );
+        if !full {
+            assert_eq!(wait.chats, 1, "wait keeps one chat");
+        }
+    }
+}
+
 fn mean_ms(v: &[Duration]) -> f64 {
     v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len().max(1) as f64 * 1e3
 }
@@ -326,5 +514,6 @@ fn main() {
             f.iter().sum::<u64>()
         );
         agent_loops(full).await;
+        agent_loops_80k(full).await;
     });
 }

@@ -246,6 +246,8 @@ fn build_conversations(
             queue_timeout: config.conversations.queue_timeout,
             queue_max: config.conversations.queue_max,
             busy_policy: config.conversations.busy_policy,
+            chats_per_minute: config.conversations.chats_per_minute,
+            busy_fresh_max_bytes: config.conversations.busy_fresh_max_bytes,
         },
         metrics,
     )

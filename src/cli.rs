@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::sim::{BxUaGate, Gate, SimConfig};
+use crate::sim::{BxUaGate, Gate, SimConfig, SimTiming, PREFILL_PER_1K_TOKENS};
 
 pub const USAGE: &str = "\
 qwen-proxy — OpenAI-compatible API proxy for chat.qwen.ai
@@ -30,6 +30,8 @@ SIM OPTIONS:
     --host H               Listen address (default 127.0.0.1).
     --chat-latency-ms N    Latency of POST /api/v2/chats/new (default 0).
     --ttft-ms N            Delay before the first content frame (default 0).
+    --prefill-ms N         Added to that per 1,000 prompt tokens the chat has not read yet: a
+                           fresh chat's whole history, a continued turn's new part (default 30).
     --delay-ms N           Delay between frames (default 0).
     --chunk-chars N        Answer characters per frame (default 4).
     --backlog N            Listen backlog (default 1024; capped by net.core.somaxconn).
@@ -132,7 +134,13 @@ fn parse_sim(args: &[&str]) -> Result<SimArgs, String> {
     let mut out = SimArgs {
         host: "127.0.0.1".to_owned(),
         port: 8090,
-        config: SimConfig::default(),
+        config: SimConfig {
+            timing: SimTiming {
+                prefill_per_1k_tokens: PREFILL_PER_1K_TOKENS,
+                ..SimTiming::default()
+            },
+            ..SimConfig::default()
+        },
     };
     let mut it = args.iter().copied();
     let mut accounts_file: Option<String> = None;
@@ -153,6 +161,9 @@ fn parse_sim(args: &[&str]) -> Result<SimArgs, String> {
             "--host" => out.host = value(a, &mut it)?.to_owned(),
             "--chat-latency-ms" => out.config.timing.chat_latency = ms(num(a, value(a, &mut it)?)?),
             "--ttft-ms" => out.config.timing.ttft = ms(num(a, value(a, &mut it)?)?),
+            "--prefill-ms" => {
+                out.config.timing.prefill_per_1k_tokens = ms(num(a, value(a, &mut it)?)?)
+            }
             "--delay-ms" => out.config.timing.frame_delay = ms(num(a, value(a, &mut it)?)?),
             "--chunk-chars" => {
                 out.config.timing.chunk_chars = num(a, value(a, &mut it)?)?.max(1) as usize

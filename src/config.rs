@@ -303,6 +303,14 @@ pub struct ConversationConfig {
     pub queue_max: usize,
     /// `BUSY_CHAT_POLICY`: may a turn whose chat is still busy go to a fresh chat?
     pub busy_policy: BusyPolicy,
+    /// `BUSY_FRESH_MAX_BYTES`: the largest folded history sent to a fresh chat only to save
+    /// waiting for a busy one.
+    pub busy_fresh_max_bytes: usize,
+    /// `CHATS_PER_REQUEST`: upstream chats one client request may open (`conversation::budget`).
+    pub chats_per_request: u32,
+    /// `CHATS_PER_CONVERSATION_PER_MINUTE`: upstream chats one conversation may open within a
+    /// minute (0: no bound).
+    pub chats_per_minute: usize,
 }
 
 /// The account pool's configuration.
@@ -714,10 +722,21 @@ impl Config {
             delete_chats,
             queue_timeout: r.millis("CONVERSATION_QUEUE_TIMEOUT", 60_000, false),
             queue_max: r.parse("CONVERSATION_QUEUE_MAX", 8, "a whole number"),
+            busy_fresh_max_bytes: r.parse(
+                "BUSY_FRESH_MAX_BYTES",
+                32 * 1024,
+                "a whole number of bytes",
+            ),
+            chats_per_request: r.parse("CHATS_PER_REQUEST", 2, "a whole number"),
+            chats_per_minute: r.parse("CHATS_PER_CONVERSATION_PER_MINUTE", 10, "a whole number"),
         };
-        if conversations.max_sessions == 0 || conversations.queue_max == 0 {
+        if conversations.max_sessions == 0
+            || conversations.queue_max == 0
+            || conversations.chats_per_request == 0
+        {
             r.errors.push(
-                "SESSION_MAX_ENTRIES and CONVERSATION_QUEUE_MAX must be at least 1".to_owned(),
+                "SESSION_MAX_ENTRIES, CONVERSATION_QUEUE_MAX and CHATS_PER_REQUEST must be at least 1"
+                    .to_owned(),
             );
         }
 

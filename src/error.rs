@@ -38,9 +38,12 @@ pub enum UpstreamClass {
     ChatNotFound,
     /// E16: the upstream rejected the input (invalid attachment, thinking required, …).
     InvalidInput,
+    /// E5–E7: a `Bad_Request` the proxy does not recognise — the upstream refuses the request
+    /// as malformed ("Internal error", a validation error). Another chat rarely changes that.
+    Rejected,
     /// E12/E13: moderation (`data_inspection_failed`).
     ContentFilter,
-    /// E5–E7, E15, upstream 5xx: the upstream failed or rejected a request it should accept.
+    /// E15, upstream 5xx, unknown codes: the upstream failed.
     ServerError,
     /// E18: the stream ended without any answer content.
     EmptyStream,
@@ -68,6 +71,7 @@ impl UpstreamClass {
             Self::ParentNotFound => "parent_not_found",
             Self::ChatNotFound => "chat_not_found",
             Self::InvalidInput => "invalid_input",
+            Self::Rejected => "rejected",
             Self::ContentFilter => "content_filter",
             Self::ServerError => "server_error",
             Self::EmptyStream => "empty_stream",
@@ -86,6 +90,9 @@ pub struct UpstreamError {
     pub detail: String,
     /// How long the upstream asked us to wait (`num` hours, `Retry-After`).
     pub retry_after: Option<Duration>,
+    /// The same failure came back on a second attempt of the request: a client's retry
+    /// would only repeat it (`x-should-retry: false`).
+    pub repeated: bool,
 }
 
 impl UpstreamError {
@@ -94,7 +101,13 @@ impl UpstreamError {
             class,
             detail: detail.into(),
             retry_after: None,
+            repeated: false,
         }
+    }
+
+    /// Whether `other` is this failure again: the same class and the upstream's same words.
+    pub fn same_as(&self, other: &UpstreamError) -> bool {
+        self.class == other.class && self.detail == other.detail
     }
 
     pub fn with_retry_after(mut self, after: Option<Duration>) -> Self {
@@ -146,6 +159,9 @@ pub enum ProxyError {
     ShuttingDown,
     /// Too many requests are queued on one conversation, or the wait timed out.
     ConversationBusy,
+    /// The conversation opened `CHATS_PER_CONVERSATION_PER_MINUTE` upstream chats within the
+    /// last minute: no more until the oldest leaves the window.
+    ChatLimit { retry_after_secs: u64 },
     /// The upstream failed in a classified way.
     Upstream(Box<UpstreamError>),
     /// The upstream challenged the account recently: no upstream call until the
@@ -208,7 +224,8 @@ impl ProxyError {
             ProxyError::InvalidApiKey | ProxyError::InvalidAdminKey => StatusCode::UNAUTHORIZED,
             ProxyError::RateLimited { .. }
             | ProxyError::AuthThrottled { .. }
-            | ProxyError::ConversationBusy => StatusCode::TOO_MANY_REQUESTS,
+            | ProxyError::ConversationBusy
+            | ProxyError::ChatLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Overloaded
             | ProxyError::ShuttingDown
             | ProxyError::UpstreamCoolingDown { .. }
@@ -219,7 +236,7 @@ impl ProxyError {
                 C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
                 C::AuthFailed => StatusCode::UNAUTHORIZED,
                 C::Forbidden => StatusCode::FORBIDDEN,
-                C::InvalidInput | C::ContentFilter => StatusCode::BAD_REQUEST,
+                C::InvalidInput | C::ContentFilter | C::Rejected => StatusCode::BAD_REQUEST,
                 C::Challenge | C::Overloaded | C::ChatInProgress => StatusCode::SERVICE_UNAVAILABLE,
                 C::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 C::ParentNotFound
@@ -266,6 +283,7 @@ impl ProxyError {
             ProxyError::Overloaded => Some("server_overloaded"),
             ProxyError::ShuttingDown => Some("server_shutting_down"),
             ProxyError::ConversationBusy => Some("conversation_busy"),
+            ProxyError::ChatLimit { .. } => Some("conversation_chat_limit"),
             ProxyError::AccountsBusy { .. } => Some("accounts_busy"),
             ProxyError::NoUsableAccount { .. } => Some("no_usable_account"),
             ProxyError::Internal(_) => Some("internal_error"),
@@ -277,6 +295,7 @@ impl ProxyError {
                 C::Overloaded => "upstream_overloaded",
                 C::ChatInProgress => "upstream_busy",
                 C::InvalidInput => "invalid_input",
+                C::Rejected => "upstream_rejected_request",
                 C::ContentFilter => "content_filter",
                 C::Timeout => "upstream_timeout",
                 C::EmptyStream => "upstream_empty_response",
@@ -304,7 +323,8 @@ impl ProxyError {
             ProxyError::RateLimited { decision } => Some(decision.retry_after_secs()),
             ProxyError::AuthThrottled { retry_after_secs }
             | ProxyError::UpstreamCoolingDown { retry_after_secs }
-            | ProxyError::AccountsBusy { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            | ProxyError::AccountsBusy { retry_after_secs }
+            | ProxyError::ChatLimit { retry_after_secs } => Some((*retry_after_secs).max(1)),
             ProxyError::NoUsableAccount {
                 retry_after_secs, ..
             } => retry_after_secs.map(|s| s.max(1)),
@@ -325,23 +345,61 @@ impl ProxyError {
         }
     }
 
-    /// `x-should-retry: false` for failures a client retry cannot fix and may worsen: the
-    /// upstream rejected the proxy's credentials, challenged the account, or the account's
-    /// usage limit is reached. Both OpenAI SDKs honour the header; without it they retry
-    /// 429s and 5xx (and openai-node waits out a `Retry-After` of hours).
-    pub fn client_should_retry(&self) -> Option<bool> {
+    /// Whether a client's retry can help, sent as `x-should-retry` on every error (both
+    /// OpenAI SDKs honour it; without it they retry 429s and 5xx, and openai-node waits out
+    /// a `Retry-After` of hours). `false` where repeating cannot change the answer or makes
+    /// it worse: the request itself is refused (malformed, too large, moderated, refused by
+    /// the upstream as malformed), the credentials or the account are refused or
+    /// challenged, the account's quota is spent for longer than a client waits, or the
+    /// same failure already came back on a second attempt. `true` where waiting helps —
+    /// `Retry-After` says how long when it is known.
+    pub fn client_should_retry(&self) -> bool {
+        /// A client waits out a rate limit this short; a longer one (the daily quota,
+        /// hours) is not worth a retry.
+        const SHORT_WAIT: Duration = Duration::from_secs(120);
         match self {
-            ProxyError::UpstreamCoolingDown { .. } | ProxyError::NoUsableAccount { .. } => {
-                Some(false)
-            }
+            ProxyError::BadRequest { .. }
+            | ProxyError::ModelNotFound { .. }
+            | ProxyError::RouteNotFound { .. }
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::PayloadTooLarge { .. }
+            | ProxyError::HeadersTooLarge { .. }
+            | ProxyError::UnsupportedMediaType
+            | ProxyError::UnsupportedEncoding { .. }
+            | ProxyError::ContextLengthExceeded { .. }
+            | ProxyError::InvalidApiKey
+            | ProxyError::InvalidAdminKey
+            | ProxyError::AuthThrottled { .. }
+            | ProxyError::UpstreamCoolingDown { .. }
+            | ProxyError::NoUsableAccount { .. }
+            | ProxyError::Internal(_) => false,
+            ProxyError::RequestTimeout { .. }
+            | ProxyError::RateLimited { .. }
+            | ProxyError::Overloaded
+            | ProxyError::ShuttingDown
+            | ProxyError::ConversationBusy
+            | ProxyError::ChatLimit { .. }
+            | ProxyError::AccountsBusy { .. } => true,
+            ProxyError::Upstream(e) if e.repeated => false,
             ProxyError::Upstream(e) => match e.class {
                 UpstreamClass::AuthFailed
                 | UpstreamClass::Forbidden
                 | UpstreamClass::Challenge
-                | UpstreamClass::RateLimited => Some(false),
-                _ => None,
+                | UpstreamClass::InvalidInput
+                | UpstreamClass::ContentFilter
+                | UpstreamClass::Rejected => false,
+                UpstreamClass::RateLimited => e.retry_after.is_some_and(|t| t <= SHORT_WAIT),
+                UpstreamClass::Overloaded
+                | UpstreamClass::ChatInProgress
+                | UpstreamClass::ParentNotFound
+                | UpstreamClass::ChatNotFound
+                | UpstreamClass::ServerError
+                | UpstreamClass::EmptyStream
+                | UpstreamClass::Truncated
+                | UpstreamClass::Timeout
+                | UpstreamClass::Connect
+                | UpstreamClass::Protocol => true,
             },
-            _ => None,
         }
     }
 
@@ -366,6 +424,7 @@ impl ProxyError {
             ProxyError::Overloaded => "overloaded",
             ProxyError::ShuttingDown => "shutting_down",
             ProxyError::ConversationBusy => "conversation_busy",
+            ProxyError::ChatLimit { .. } => "conversation_chat_limit",
             ProxyError::AccountsBusy { .. } => "accounts_busy",
             ProxyError::NoUsableAccount { .. } => "no_usable_account",
             ProxyError::Internal(_) => "internal",
@@ -376,7 +435,6 @@ impl ProxyError {
     /// The human-readable message: says what happened and, where the operator can act,
     /// what to do.
     pub fn message(&self) -> String {
-        use UpstreamClass as C;
         match self {
             ProxyError::BadRequest { message, .. } => message.clone(),
             ProxyError::ModelNotFound { model } => format!(
@@ -443,6 +501,11 @@ impl ProxyError {
                 "Other requests of this conversation are still running; retry when they finish."
                     .to_owned()
             }
+            ProxyError::ChatLimit { retry_after_secs } => format!(
+                "This conversation opened as many upstream chats within the last minute as \
+                 CHATS_PER_CONVERSATION_PER_MINUTE allows (each is one more chat in the Qwen \
+                 account and a step towards its anti-bot challenge); retry in {retry_after_secs} s."
+            ),
             ProxyError::AccountsBusy { retry_after_secs } => format!(
                 "Every Qwen account is at its limit of turns in flight or its pacing interval; \
                  retry in {retry_after_secs} s (or add accounts to QWEN_ACCOUNTS_FILE)."
@@ -453,8 +516,22 @@ impl ProxyError {
             ),
             ProxyError::Internal(m) => format!("Internal proxy error: {m}"),
             ProxyError::Upstream(e) => {
-                let d = &e.detail;
-                match e.class {
+                let mut m = Self::upstream_message(e);
+                if e.repeated {
+                    m.push_str(
+                        " The same failure came back when the proxy tried again; retrying will not help.",
+                    );
+                }
+                m
+            }
+        }
+    }
+
+    /// What an upstream failure says to the client.
+    fn upstream_message(e: &UpstreamError) -> String {
+        use UpstreamClass as C;
+        let d = &e.detail;
+        match e.class {
                     C::RateLimited => match e.retry_after {
                         Some(t) => format!(
                             "The Qwen account hit its usage limit ({d}); try again in about {} minutes.",
@@ -479,6 +556,11 @@ impl ProxyError {
                         format!("Qwen lost the conversation state ({d}).")
                     }
                     C::InvalidInput => format!("Qwen rejected the input ({d})."),
+                    C::Rejected => format!(
+                        "Qwen refused the request as malformed ({d}); sending it again will not \
+                         change that. If every request fails this way, check the account with \
+                         `qwen-proxy check`."
+                    ),
                     C::ContentFilter => format!("Qwen's content moderation blocked the request ({d})."),
                     C::ServerError => format!("Qwen returned an error ({d})."),
                     C::EmptyStream => format!("Qwen returned no answer ({d})."),
@@ -486,8 +568,6 @@ impl ProxyError {
                     C::Timeout => format!("Qwen did not respond in time ({d})."),
                     C::Connect => format!("Could not reach Qwen ({d})."),
                     C::Protocol => format!("Qwen sent an unexpected response ({d})."),
-                }
-            }
         }
     }
 
@@ -523,12 +603,14 @@ impl ProxyError {
         if let Some(secs) = self.retry_after() {
             h.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Some(retry) = self.client_should_retry() {
-            h.insert(
-                "x-should-retry",
-                HeaderValue::from_static(if retry { "true" } else { "false" }),
-            );
-        }
+        h.insert(
+            "x-should-retry",
+            HeaderValue::from_static(if self.client_should_retry() {
+                "true"
+            } else {
+                "false"
+            }),
+        );
         match self {
             ProxyError::InvalidApiKey => {
                 h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -599,6 +681,7 @@ mod tests {
             C::Overloaded,
             C::InvalidInput,
             C::ContentFilter,
+            C::Rejected,
             C::ServerError,
             C::EmptyStream,
             C::Truncated,

@@ -126,6 +126,7 @@ fn serve(a: ServeArgs) -> ExitCode {
                     ttft: std::time::Duration::from_millis(150),
                     frame_delay: std::time::Duration::from_millis(25),
                     chunk_chars: 4,
+                    prefill_per_1k_tokens: qwen_proxy::sim::PREFILL_PER_1K_TOKENS,
                 },
                 ..SimConfig::default()
             };

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Debug)]
@@ -22,6 +22,7 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_errors: IntCounterVec,
     pub upstream_retries: IntCounter,
+    pub chats_per_request: Histogram,
     pub active_streams: IntGauge,
     pub rate_limited: IntCounter,
     pub auth_failures: IntCounterVec,
@@ -33,6 +34,8 @@ pub struct Metrics {
     pub sessions_live: IntGauge,
     pub session_store_up: IntGauge,
     pub chat_busy_window: Gauge,
+    pub prefill_per_kib: Gauge,
+    pub chats_left: IntCounterVec,
     pub chats_deleted: IntCounterVec,
     pub accounts: IntGaugeVec,
     pub account_cooldowns: IntCounterVec,
@@ -118,6 +121,20 @@ impl Metrics {
                 &["class"],
             ),
             upstream_retries: counter("upstream_retries_total", "Retried upstream attempts."),
+            chats_per_request: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "upstream_chats_per_request",
+                        "Upstream chats one chat-completions request opened (0: it continued a chat), retries and fallbacks included.",
+                    )
+                    .buckets(vec![0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0]),
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("registered once");
+                h
+            },
             active_streams: {
                 let g = IntGauge::new("chat_active_streams", "Streamed chat responses in flight.")
                     .expect("valid metric");
@@ -186,6 +203,20 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("registered once");
                 g
             },
+            prefill_per_kib: {
+                let g = Gauge::new(
+                    "chat_prefill_seconds_per_kib",
+                    "What the upstream's first token is estimated to cost per KiB of prompt the chat has not read (learned from the time to first token of turns of different sizes).",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            chats_left: counter_vec(
+                "conversation_chats_left_total",
+                "Upstream chats a conversation left behind in the account for a fresh one: busy (waiting for it would have taken longer) or account (its account was taken out of rotation).",
+                &["reason"],
+            ),
             accounts: {
                 let g = IntGaugeVec::new(
                     Opts::new(

@@ -120,7 +120,7 @@ pub fn chat_stack(state: &Arc<AppState>) -> ChatStack {
             cfg.body_read_timeout,
         ))
         .layer(RetryLayer::new(
-            RetryPolicy::from_config(&cfg.retry),
+            RetryPolicy::from_config(&cfg.retry, cfg.conversations.chats_per_request),
             state.metrics.clone(),
         ))
         .service(ChatCore::new(state.clone()));

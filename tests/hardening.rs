@@ -347,11 +347,12 @@ async fn account_failures_tell_clients_not_to_retry() {
             );
         }
     }
-    // Transient failures leave the decision to the client.
+    // A transient failure says a retry can help, and after how long.
     let h = Harness::start_with(&[("CHALLENGE_COOLDOWN", "0")], quick_sim()).await;
     let r = h.ask(MODEL, "q @@sim:overload", false).await;
     assert_eq!(r.status, 503);
-    assert!(r.headers.get("x-should-retry").is_none());
+    assert_eq!(r.headers["x-should-retry"], "true");
+    assert_eq!(r.headers["retry-after"], "5");
 }
 
 #[tokio::test]

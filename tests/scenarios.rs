@@ -442,18 +442,30 @@ async fn chat_in_progress_is_retried_on_the_same_chat() {
 #[tokio::test]
 async fn transient_failures_are_retried_then_reported() {
     let h = Harness::start().await;
-    // Every attempt fails the same way: 3 attempts (RETRY_MAX_ATTEMPTS default), new chat each.
+    // Every attempt fails the same way, a new chat each: the second attempt repeats the
+    // first, so there is no third (and the client is told a retry will not help).
     let r = h.ask(MODEL, "q @@sim:empty", false).await;
     assert_error(&r, 502, "server_error", "upstream_empty_response");
+    assert_eq!(r.headers["x-should-retry"], "false");
     let stats = h.sim_stats().await;
     assert_eq!(
         (
             stats["chats_created"].as_u64(),
             stats["completion_requests"].as_u64()
         ),
-        (Some(3), Some(3)),
+        (Some(2), Some(2)),
         "{stats}"
     );
+    // A passing failure (a 503) is retried up to RETRY_MAX_ATTEMPTS, within the request's
+    // CHATS_PER_REQUEST upstream chats.
+    let h = Harness::start_with(
+        &[("CHATS_PER_REQUEST", "3"), ("RETRY_INITIAL_DELAY", "5")],
+        Default::default(),
+    )
+    .await;
+    let r = h.ask(MODEL, "q @@sim:overload", false).await;
+    assert_error(&r, 503, "server_error", "upstream_overloaded");
+    assert_eq!(h.sim_stats().await["chats_created"], 3);
     // Challenges are never retried.
     let h = Harness::start().await;
     assert_error(
@@ -807,16 +819,19 @@ async fn forbidden_account_is_403() {
 }
 
 #[tokio::test]
-async fn upstream_bad_request_internal_error_is_502() {
+async fn upstream_bad_request_internal_error_is_a_refused_request() {
     let h = Harness::start().await;
-    assert_error_both(
+    let (s, n) = assert_error_both(
         &h,
         "q @@sim:bad_request",
-        502,
-        "server_error",
-        "upstream_error",
+        400,
+        "invalid_request_error",
+        "upstream_rejected_request",
     )
     .await;
+    for r in [s, n] {
+        assert_eq!(r.headers["x-should-retry"], "false");
+    }
 }
 
 #[tokio::test]

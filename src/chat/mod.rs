@@ -35,6 +35,7 @@ use crate::app::AppState;
 use crate::backoff::Backoff;
 use crate::body::ProxyBody;
 use crate::common::{epoch_millis, epoch_secs, BoxFuture};
+use crate::conversation::budget::RequestChats;
 use crate::conversation::busy::Route;
 use crate::conversation::{ChatTarget, Prepared};
 use crate::error::{ProxyError, UpstreamClass};
@@ -82,7 +83,18 @@ impl tower::Service<Request<Arc<ChatRequest>>> for ChatCore {
                 "the request reached the core without a client identity".to_owned(),
             ))));
         };
-        Box::pin(complete(state, req.into_body(), identity, start))
+        // The chats this request has opened, shared with the retry layer's other attempts
+        // (a request that reaches the core without that layer counts for itself).
+        let chats = req
+            .extensions()
+            .get::<Arc<RequestChats>>()
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(RequestChats::new(
+                    state.config.conversations.chats_per_request,
+                ))
+            });
+        Box::pin(complete(state, req.into_body(), identity, start, chats))
     }
 }
 
@@ -92,10 +104,46 @@ pub async fn complete(
     req: Arc<ChatRequest>,
     identity: ClientIdentity,
     start: Instant,
+    chats: Arc<RequestChats>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     state.accounts.global.check()?;
-    let mut result = converse(&state, &req, &identity, start).await;
+    let catalog = state.catalog().await?;
+    let plan = mapping::plan(&req, &catalog)?;
+    let conv = &state.conversations;
+    // The same request failed in a way a retry cannot change a moment ago: that answer
+    // again, without an upstream call (and without another chat).
+    // (The whole request is hashed for it only while some failure is remembered.)
+    let request_key = || conv.request_key(&req, identity.as_str(), &plan.model);
+    if !conv.recent_failures.is_empty() {
+        if let Some(mut e) = conv.recent_failures.get(&request_key()) {
+            tracing::info!(
+                error = e.class.label(),
+                "the same request failed moments ago; answered without an upstream call"
+            );
+            e.repeated = true;
+            return Err(e.into());
+        }
+    }
+    let mut result = converse(&state, &req, &identity, start, &chats, &plan).await;
     if let Err(ProxyError::Upstream(e)) = &mut result {
+        // A failure about what was sent (not about the upstream's state) that came back
+        // the same on the request's second attempt is not tried again: the retry layer
+        // stops, the client is told, and an identical request gets it back for a minute.
+        let about_the_request = matches!(
+            e.class,
+            UpstreamClass::Rejected
+                | UpstreamClass::ServerError
+                | UpstreamClass::EmptyStream
+                | UpstreamClass::Truncated
+                | UpstreamClass::Protocol
+                | UpstreamClass::InvalidInput
+        );
+        if about_the_request && chats.failed(e) {
+            e.repeated = true;
+        }
+        if e.repeated || e.class == UpstreamClass::InvalidInput {
+            conv.recent_failures.put(&request_key(), e);
+        }
         if e.class == UpstreamClass::Challenge {
             // Keep `Retry-After` truthful: no upstream call before the pause ends.
             if let Some(pause) = state.accounts.challenge_pause() {
@@ -112,6 +160,9 @@ pub async fn complete(
 struct AccountTrail {
     /// Accounts this request left (quota, challenge, ban): not tried again.
     left: Vec<String>,
+    /// The next chat is for a turn moved off an account taken out of rotation: not counted
+    /// against the request's chats (such moves are bounded by the pool).
+    moving: bool,
     /// Accounts whose token this request renewed (once each).
     renewed: Vec<String>,
     /// A challenge moved the request once; a second one is not the account's doing.
@@ -200,9 +251,9 @@ async fn converse(
     req: &ChatRequest,
     identity: &ClientIdentity,
     start: Instant,
+    chats: &RequestChats,
+    plan: &Plan,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let catalog = state.catalog().await?;
-    let plan = mapping::plan(req, &catalog)?;
     let conv = &state.conversations;
     let identity = identity.as_str();
     let mut prepared = if state.config.conversations.continue_chats {
@@ -215,6 +266,11 @@ async fn converse(
     if let (Some(owner), Some(key)) = (prepared.account.as_deref(), &prepared.continued_from) {
         if state.accounts.caller_of(owner).is_none() {
             conv.forget(key, "account").await;
+            state
+                .metrics
+                .chats_left
+                .with_label_values(&["account"])
+                .inc();
             prepared = conv.fresh(req, identity, &plan.model, "account");
         }
     }
@@ -223,16 +279,23 @@ async fn converse(
     // The hint of the one retry a tool-calling answer may get; it stays in the turn
     // whatever chat the turn ends up in.
     let mut hint: Option<Hint> = None;
-    let mut wait = match prepared.since_answer().map(|since| conv.route(since)) {
-        Some(Route::After(left)) => left,
-        Some(Route::Fresh) => {
-            if let Some(fresh) = fresh_for_busy(state, req, identity, &plan) {
-                conv.left_busy_chat();
-                prepared = fresh;
+    let mut wait = match prepared
+        .since_answer()
+        .map(|since| (since, conv.route(since)))
+    {
+        Some((_, Route::After(left))) => left,
+        Some((since, Route::Fresh)) => {
+            let left = conv.busy_left(since);
+            match fresh_for_busy(state, req, identity, plan, chats, &prepared, left) {
+                Some(fresh) => {
+                    conv.left_busy_chat();
+                    prepared = fresh;
+                    Duration::ZERO
+                }
+                None => left,
             }
-            Duration::ZERO
         }
-        Some(Route::Now) | None => Duration::ZERO,
+        Some((_, Route::Now)) | None => Duration::ZERO,
     };
     let mut first_attempt = true;
     let mut trail = AccountTrail::default();
@@ -244,12 +307,13 @@ async fn converse(
         let result = send(
             state,
             req,
-            &plan,
+            plan,
             &mut prepared,
             start,
             hint.is_none(),
             pace,
             &mut trail,
+            chats,
         )
         .await;
         wait = Duration::ZERO;
@@ -294,7 +358,15 @@ async fn converse(
             AccountMove::Elsewhere => {
                 // The chat belongs to the account left behind: a fresh one elsewhere,
                 // with the history folded.
+                if prepared.continued_from.is_some() {
+                    state
+                        .metrics
+                        .chats_left
+                        .with_label_values(&["account"])
+                        .inc();
+                }
                 prepared = conv.fresh(req, identity, &plan.model, "account");
+                trail.moving = true;
                 append_hint(&mut prepared, req, hint);
                 continue;
             }
@@ -314,8 +386,12 @@ async fn converse(
         let learned = match busy.then(|| prepared.since_answer()).flatten() {
             Some(since) => match conv.route(since) {
                 Route::Fresh => {
-                    leave_for = fresh_for_busy(state, req, identity, &plan);
-                    leave_for.is_some().then_some(Route::Fresh)
+                    let left = conv.busy_left(since);
+                    leave_for = fresh_for_busy(state, req, identity, plan, chats, &prepared, left);
+                    Some(match leave_for {
+                        Some(_) => Route::Fresh,
+                        None => Route::After(left),
+                    })
                 }
                 route => Some(route),
             },
@@ -324,6 +400,13 @@ async fn converse(
         let Some(fallback) = fallbacks.decide(&e, &backoff, learned) else {
             return Err(e);
         };
+        if matches!(fallback, Fallback::FreshChat(_)) && !may_open_chat(state, chats, &prepared) {
+            tracing::info!(
+                error = e.metric_label(),
+                "no upstream chat left for this request or conversation; not falling back"
+            );
+            return Err(e);
+        }
         tracing::info!(
             error = e.metric_label(),
             fallback = ?fallback,
@@ -358,21 +441,37 @@ struct Pace {
     first_attempt: bool,
 }
 
-/// The continued chat would stay busy longer than a new chat takes: the turn in a fresh
-/// chat with the history folded — if that fits the upstream's size limit (a long
-/// conversation may only fit as a continuation, which then waits).
+/// The continued chat (`continued`) would stay busy `left` longer: the turn in a fresh chat
+/// with the history folded, if that pays (`BusyWindow::fresh_pays`: the fold is small
+/// enough, and waiting costs more than `chats/new`, reading the fold and the chat left
+/// behind), fits the upstream's size limit, and the request and the conversation may still
+/// open a chat. Otherwise the turn waits for its chat.
 fn fresh_for_busy(
     state: &AppState,
     req: &ChatRequest,
     identity: &str,
     plan: &Plan,
+    chats: &RequestChats,
+    continued: &Prepared,
+    left: Duration,
 ) -> Option<Prepared> {
     let limit = state.config.upstream_body_limit;
-    state
-        .conversations
-        .fresh_for_busy(req, identity, &plan.model, |p| {
-            check_upstream_size(p, plan, limit).is_ok()
-        })
+    let conv = &state.conversations;
+    conv.fresh_for_busy(req, identity, &plan.model, |p| {
+        conv.fresh_pays(left, continued.content.len(), p.content.len())
+            && may_open_chat(state, chats, p)
+            && check_upstream_size(p, plan, limit).is_ok()
+    })
+}
+
+/// Whether this request and its conversation may open one more upstream chat
+/// (`conversation::budget`).
+fn may_open_chat(state: &AppState, chats: &RequestChats, prepared: &Prepared) -> bool {
+    chats.left() > 0
+        && state
+            .conversations
+            .chat_window
+            .has_room(&prepared.conversation)
 }
 
 /// The retry hint, appended to the last user-side turn of what is sent.
@@ -396,6 +495,7 @@ async fn send(
     tool_retry: bool,
     pace: Pace,
     trail: &mut AccountTrail,
+    chats: &RequestChats,
 ) -> Result<Answered, ProxyError> {
     check_upstream_size(prepared, plan, state.config.upstream_body_limit)?;
     // One generation per chat: wait (bounded) for other requests on this conversation.
@@ -442,7 +542,9 @@ async fn send(
         .inc();
     // When this attempt reaches a continued chat, relative to its last answer.
     let sent_since = prepared.since_answer();
-    if prepared.target == ChatTarget::NewChat {
+    let continued = prepared.target != ChatTarget::NewChat;
+    if !continued {
+        open_chat(state, chats, prepared, std::mem::take(&mut trail.moving))?;
         let asked = Instant::now();
         let chat_id = state
             .client
@@ -455,6 +557,9 @@ async fn send(
         };
         prepared.account = Some(lease.name().to_owned());
     }
+    // The one retry a tool-calling answer may get goes to the same chat when it continued
+    // one, else to a fresh chat: only if the request and the conversation may open one.
+    let tool_retry = tool_retry && (continued || may_open_chat(state, chats, prepared));
     let result = Attempt {
         state,
         req,
@@ -475,6 +580,40 @@ async fn send(
         }
     }
     result
+}
+
+/// Count a chat about to be opened for this request, against the request's and the
+/// conversation's bounds — unless it is for a turn moved off an account taken out of
+/// rotation (`moving`: counted, never refused). The decisions before this one (the retry
+/// layer, the fallbacks, the tool-hint retry, the busy choice) check first, so a refusal
+/// here is the conversation's window filled by its other requests.
+fn open_chat(
+    state: &AppState,
+    chats: &RequestChats,
+    prepared: &Prepared,
+    moving: bool,
+) -> Result<(), ProxyError> {
+    let window = &state.conversations.chat_window;
+    if moving {
+        window.force(&prepared.conversation);
+    } else {
+        if chats.left() == 0 {
+            return Err(ProxyError::Internal(
+                "no upstream chat left for this request".to_owned(),
+            ));
+        }
+        if let Err(wait) = window.open(&prepared.conversation) {
+            tracing::info!(
+                wait_s = wait.as_secs(),
+                "the conversation opened its limit of upstream chats within the minute"
+            );
+            return Err(ProxyError::ChatLimit {
+                retry_after_secs: wait.as_secs_f64().ceil() as u64,
+            });
+        }
+    }
+    chats.opened(!moving);
+    Ok(())
 }
 
 /// Refuse a turn whose upstream request would exceed `limit`: the upstream answers those

@@ -77,6 +77,7 @@ impl Attempt<'_> {
             content: &self.prepared.content,
             features: self.plan.features,
         };
+        let sent = Instant::now();
         let upstream = self
             .state
             .client
@@ -121,10 +122,19 @@ impl Attempt<'_> {
         );
         let id = format!("chatcmpl-{}", crate::common::random_uuid().simple());
         if self.req.stream {
-            self.stream(stream, end, &id).await
+            self.stream(stream, end, &id, sent).await
         } else {
-            self.complete(stream, end, &id).await
+            self.complete(stream, end, &id, sent).await
         }
+    }
+
+    /// The upstream read this turn's prompt and answered first after `ttft`: what the
+    /// busy-chat choice learns prefill from (the prompt the chat had not read is what this
+    /// turn sent: the new messages of a continued chat, the whole fold of a fresh one).
+    fn saw_first_output(&self, ttft: std::time::Duration) {
+        self.state
+            .conversations
+            .saw_first_token(self.prepared.content.len(), ttft);
     }
 
     /// A primed SSE response; the body answers for the rest of the stream.
@@ -133,6 +143,7 @@ impl Attempt<'_> {
         stream: Upstream,
         end: TurnEnd,
         id: &str,
+        sent: Instant,
     ) -> Result<Answered, ProxyError> {
         let state = self.state;
         let encoder = ChunkEncoder::new(id, epoch_secs(), &self.req.model, self.req.include_usage)
@@ -152,6 +163,9 @@ impl Attempt<'_> {
                     scan.forbid_retry();
                 }
             }
+        }
+        if let Some(first) = body.first_output() {
+            self.saw_first_output(first.saturating_duration_since(sent));
         }
         if let Some(hint) = tool_retry(body.pipeline()) {
             end.superseded(body.pipeline());
@@ -178,6 +192,7 @@ impl Attempt<'_> {
         mut stream: Upstream,
         end: TurnEnd,
         id: &str,
+        sent: Instant,
     ) -> Result<Answered, ProxyError> {
         let ttft = self
             .state
@@ -188,6 +203,9 @@ impl Attempt<'_> {
             ttft.observe(self.start.elapsed().as_secs_f64())
         })
         .await;
+        if let Some(first) = stream.first_output() {
+            self.saw_first_output(first.saturating_duration_since(sent));
+        }
         let (message, reason, usage) = match collected {
             Ok(c) => c,
             Err(e) => {

@@ -7,12 +7,18 @@
 //!
 //! * wait out the rest of the window, then continue the chat: a small request, and the
 //!   upstream keeps the chat's context;
-//! * a fresh chat with the whole history folded: one `chats/new` (0.3–0.6 s upstream) and
-//!   a bigger prompt, but no wait.
+//! * a fresh chat with the whole history folded: one `chats/new` (0.3–0.6 s upstream), the
+//!   model reading the whole history again before its first token (prefill), the history's
+//!   bytes sent again — close to the upstream's 128 KiB anti-bot limit for an agent, whose
+//!   system prompt and tools alone are 80 KB — and one more chat left behind in the account.
 //!
-//! [`BusyWindow`] keeps two estimates — how long chats stay busy after an answer, and how
-//! long `chats/new` takes — from what the proxy sees, and [`BusyWindow::route`] picks the
-//! faster way. It is a pure state machine; `Conversations` holds one per process.
+//! [`BusyWindow`] keeps three estimates — how long chats stay busy after an answer, how long
+//! `chats/new` takes, and what the first token costs per byte the chat has not read
+//! ([`Prefill`]) — from what the proxy sees. [`BusyWindow::route`] says when a fresh chat
+//! could be faster at all; [`BusyWindow::fresh_pays`] decides with the fold in hand: never a
+//! fold over `BUSY_FRESH_MAX_BYTES` just to save a wait, and the time saved must pay for
+//! `chats/new`, for reading the fold and for the chat left behind. It is a pure state
+//! machine; `Conversations` holds one per process.
 //!
 //! The window is bracketed: a busy answer `e` after an answer ended says the window is
 //! longer than `e` (the *floor*); a turn that went through says it was not longer for that
@@ -36,10 +42,12 @@ pub enum Route {
     Fresh,
 }
 
-/// A fresh chat must win by this much: its folded prompt costs the upstream more work
-/// than the few new messages of a continuation, which the estimates do not see, and it
-/// leaves one more chat behind in the account.
+/// A fresh chat must win by this much beyond the costs the estimates see.
 const FRESH_MARGIN: Duration = Duration::from_millis(200);
+/// What a chat left behind in the account is worth, in time a fresh chat must save: one
+/// more chat in the user's history, a step towards the account's anti-bot challenge, and
+/// markers of the conversation left upstream (tool-calling.md F17).
+const CHAT_LEFT_BEHIND: Duration = Duration::from_secs(1);
 /// What `chats/new` is assumed to take before one was measured (qwen-protocol: 0.3–0.6 s).
 const NEW_CHAT_PRIOR: Duration = Duration::from_millis(500);
 /// No window estimate grows past this (a stuck chat is the busy fallbacks' business).
@@ -62,6 +70,8 @@ pub struct BusyWindow {
     new_chat: Duration,
     /// Whether `new_chat` was measured or is still the prior.
     new_chat_measured: bool,
+    /// Time to first token per byte of prompt the chat has not read.
+    prefill: Prefill,
 }
 
 impl Default for BusyWindow {
@@ -72,6 +82,7 @@ impl Default for BusyWindow {
             floor: Duration::ZERO,
             new_chat: NEW_CHAT_PRIOR,
             new_chat_measured: false,
+            prefill: Prefill::default(),
         }
     }
 }
@@ -88,6 +99,35 @@ impl BusyWindow {
         } else {
             Route::After(left)
         }
+    }
+
+    /// Whether a turn that would wait `left` for its chat, sending `continued` bytes there,
+    /// should go to a fresh chat whose folded history is `fold` bytes: never for a fold over
+    /// `max_fold`, and only when the wait is longer than `chats/new`, the model reading the
+    /// bytes it has not read, the chat left behind and a margin.
+    pub fn fresh_pays(
+        &self,
+        left: Duration,
+        continued: usize,
+        fold: usize,
+        max_fold: usize,
+    ) -> bool {
+        if fold > max_fold {
+            return false;
+        }
+        let reading = self.prefill.time_for(fold.saturating_sub(continued));
+        self.new_chat + reading + CHAT_LEFT_BEHIND + FRESH_MARGIN < left
+    }
+
+    /// The first upstream event of a turn that sent `bytes` the chat had not read came
+    /// `ttft` after the request.
+    pub fn saw_first_token(&mut self, bytes: usize, ttft: Duration) {
+        self.prefill.saw(bytes, ttft);
+    }
+
+    /// The learned cost of reading one KiB of prompt.
+    pub fn prefill_per_kib(&self) -> Duration {
+        self.prefill.time_for(1024)
     }
 
     /// A turn went to a fresh chat instead ([`Route::Fresh`] was taken). That teaches
@@ -152,6 +192,63 @@ impl BusyWindow {
     /// The current window estimate.
     pub fn window(&self) -> Duration {
         self.window
+    }
+}
+
+/// What the first token costs per byte of prompt the chat has not read: the slope of a
+/// least-squares line through the proxy's own turns — (bytes sent, time to the first
+/// upstream event) — with each older turn weighing a little less. Continued turns (a few
+/// new messages) and fresh chats (the whole history) give the spread a slope needs; until
+/// there is enough of it, the prior: 30 ms per 1,000 tokens at about 4 bytes a token
+/// (`sim::PREFILL_PER_1K_TOKENS` has the sources).
+#[derive(Debug, Clone, Default)]
+pub struct Prefill {
+    /// Decayed weighted sums: weight, x, y, x², xy (x in KiB, y in ms).
+    w: f64,
+    sx: f64,
+    sy: f64,
+    sxx: f64,
+    sxy: f64,
+}
+
+/// The prior per KiB: 30 ms per 1,000 tokens of about 4 bytes.
+const PREFILL_PRIOR_MS_PER_KIB: f64 = 30.0 * 1024.0 / 4000.0;
+/// No slope is believed above this (a thinking model's slow turn, a queue): 200 ms per KiB.
+const PREFILL_MAX_MS_PER_KIB: f64 = 200.0;
+/// Each new turn weighs this much of the one before (a memory of about 30 turns).
+const PREFILL_DECAY: f64 = 0.97;
+/// The spread of sizes (standard deviation, KiB) and the weight a slope needs.
+const PREFILL_MIN_SPREAD_KIB: f64 = 4.0;
+const PREFILL_MIN_WEIGHT: f64 = 4.0;
+
+impl Prefill {
+    pub fn saw(&mut self, bytes: usize, ttft: Duration) {
+        let (x, y) = (bytes as f64 / 1024.0, ttft.as_secs_f64() * 1e3);
+        self.w = self.w * PREFILL_DECAY + 1.0;
+        self.sx = self.sx * PREFILL_DECAY + x;
+        self.sy = self.sy * PREFILL_DECAY + y;
+        self.sxx = self.sxx * PREFILL_DECAY + x * x;
+        self.sxy = self.sxy * PREFILL_DECAY + x * y;
+    }
+
+    /// Milliseconds per KiB: the learned slope when the sizes seen spread enough, else the
+    /// prior.
+    fn ms_per_kib(&self) -> f64 {
+        if self.w < PREFILL_MIN_WEIGHT {
+            return PREFILL_PRIOR_MS_PER_KIB;
+        }
+        let mean_x = self.sx / self.w;
+        let var_x = self.sxx / self.w - mean_x * mean_x;
+        if var_x < PREFILL_MIN_SPREAD_KIB * PREFILL_MIN_SPREAD_KIB {
+            return PREFILL_PRIOR_MS_PER_KIB;
+        }
+        let cov = self.sxy / self.w - mean_x * (self.sy / self.w);
+        (cov / var_x).clamp(0.0, PREFILL_MAX_MS_PER_KIB)
+    }
+
+    /// The time to read `bytes` more.
+    pub fn time_for(&self, bytes: usize) -> Duration {
+        Duration::from_secs_f64(self.ms_per_kib() * bytes as f64 / 1024.0 / 1e3)
     }
 }
 
@@ -314,6 +411,47 @@ mod tests {
         let mut w = BusyWindow::default();
         w.saw_busy(ms(1_500));
         assert_eq!(w.window(), Duration::ZERO);
+    }
+
+    #[test]
+    fn prefill_is_learned_from_turns_of_different_sizes() {
+        let mut p = Prefill::default();
+        let ms_f = |d: Duration| d.as_secs_f64() * 1e3;
+        // Before any spread: the prior, 30 ms per 4,000 bytes (1,000 tokens).
+        assert!((ms_f(p.time_for(4000)) - 30.0).abs() < 1e-6);
+        // Continued turns of 2 KiB and fresh chats of 80 KiB, at 20 ms per KiB over a base
+        // of 400 ms.
+        for _ in 0..10 {
+            p.saw(2 * 1024, ms(440));
+            p.saw(80 * 1024, ms(2_000));
+        }
+        let per_kib = ms_f(p.time_for(1024));
+        assert!((per_kib - 20.0).abs() < 0.01, "{per_kib}");
+        // Sizes that do not spread teach no slope.
+        let mut same = Prefill::default();
+        for t in [100, 900, 300, 5_000] {
+            same.saw(10 * 1024, ms(t));
+        }
+        assert!((ms_f(same.time_for(4000)) - 30.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_fresh_chat_must_pay_for_reading_the_fold_and_the_chat_left_behind() {
+        let mut w = BusyWindow::default();
+        w.chat_created_in(ms(300));
+        // At the prior 7.68 ms per KiB: an 8 KiB fold costs 61 ms to read; with chats/new,
+        // the chat left behind and the margin, a wait must be over 1.56 s to give way.
+        let (continued, fold) = (0, 8 * 1024);
+        assert!(!w.fresh_pays(ms(1_500), continued, fold, 32 * 1024));
+        assert!(w.fresh_pays(ms(1_600), continued, fold, 32 * 1024));
+        // An agent's 80 KB fold is never sent just to save a wait, however long.
+        assert!(!w.fresh_pays(Duration::from_secs(30), 2_000, 80_000, 32 * 1024));
+        // A slow reader makes a big fold cost what it costs.
+        for _ in 0..10 {
+            w.saw_first_token(1024, ms(500));
+            w.saw_first_token(31 * 1024, ms(3_500)); // 100 ms per KiB
+        }
+        assert!(!w.fresh_pays(ms(3_000), 1024, 31 * 1024, 32 * 1024));
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! a local memory store (fresh chats, local locks), the degradation is logged and shown on
 //! `/health` and in metrics, and Redis is tried again after a short pause.
 
+pub mod budget;
 pub mod busy;
 pub mod key;
 pub mod store;
@@ -39,9 +40,22 @@ use crate::metrics::Metrics;
 use crate::openai::mapping::{fold, fold_turns};
 use crate::openai::request::{ChatRequest, Role};
 use crate::tools::prompt::tools_section;
+use budget::{ChatWindow, RecentFailures};
 use busy::{BusyPolicy, BusyWindow, Route};
 use key::{Key, KeyBuilder};
 use store::{MemoryStore, Session, SessionStore, StoreError};
+
+/// The keys of one request.
+struct Keys {
+    /// The history up to the last assistant message (what a remembered turn is found by).
+    prefix: Key,
+    /// Where the messages after that history start.
+    split: usize,
+    /// After the new messages: where the reply is hashed in, giving the next turn's key.
+    reply: KeyBuilder,
+    /// The conversation: up to its first message.
+    conversation: Key,
+}
 
 /// Run `$call` with `$s` bound to the store in use; if the primary (Redis) fails, note it
 /// and run the same call on the local fallback.
@@ -93,6 +107,9 @@ pub struct Prepared {
     /// The account that owns the continued chat (only its token may use the chat); `None`
     /// for a new chat (any account) and for sessions from before accounts.
     pub account: Option<String>,
+    /// The conversation this turn belongs to, whatever chat it goes to: the client, model,
+    /// system text, tools and first message (every step of an agent loop shares it).
+    pub conversation: Key,
 }
 
 impl Prepared {
@@ -109,6 +126,10 @@ pub struct Settings {
     pub queue_timeout: Duration,
     pub queue_max: usize,
     pub busy_policy: BusyPolicy,
+    /// Upstream chats one conversation may open within a minute (0: no bound).
+    pub chats_per_minute: usize,
+    /// The largest fold sent to a fresh chat only to save waiting for a busy one.
+    pub busy_fresh_max_bytes: usize,
 }
 
 /// How long to use the local store before trying a failed Redis again.
@@ -125,6 +146,10 @@ pub struct Conversations {
     waiters: Mutex<HashMap<String, usize>>,
     /// How long chats stay busy after an answer, as this process has seen it.
     busy: Mutex<BusyWindow>,
+    /// Chats opened per conversation in the last minute.
+    pub chat_window: ChatWindow,
+    /// Failures a retry cannot change, by request, for a minute.
+    pub recent_failures: RecentFailures,
     metrics: Arc<Metrics>,
 }
 
@@ -150,6 +175,8 @@ impl Conversations {
             degraded_since: Mutex::new(None),
             degraded: AtomicBool::new(false),
             account,
+            chat_window: ChatWindow::new(settings.chats_per_minute, budget::WINDOW),
+            recent_failures: RecentFailures::new(budget::WINDOW),
             settings,
             waiters: Mutex::new(HashMap::new()),
             busy: Mutex::new(BusyWindow::default()),
@@ -214,7 +241,12 @@ impl Conversations {
 
     /// Decide where this request goes and what it sends.
     pub async fn prepare(&self, req: &ChatRequest, identity: &str, model: &str) -> Prepared {
-        let (prefix_key, split, reply_key) = self.keys(req, identity, model);
+        let Keys {
+            prefix: prefix_key,
+            split,
+            reply: reply_key,
+            conversation,
+        } = self.keys(req, identity, model);
         let session = if split > 0 {
             with_store!(self, |s| s.get(&prefix_key)).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "session lookup failed");
@@ -224,7 +256,7 @@ impl Conversations {
             None
         };
         let Some(s) = session else {
-            return self.new_chat(req, reply_key, "new");
+            return self.new_chat(req, reply_key, conversation, "new");
         };
         self.metrics
             .conversation_turns
@@ -240,6 +272,7 @@ impl Conversations {
             continued_from: Some(prefix_key),
             answered_at_ms: Some(s.answered_at_ms),
             account: (!s.account.is_empty()).then_some(s.account),
+            conversation,
         }
     }
 
@@ -252,8 +285,14 @@ impl Conversations {
         model: &str,
         mode: &'static str,
     ) -> Prepared {
-        let (_, _, reply_key) = self.keys(req, identity, model);
-        self.new_chat(req, reply_key, mode)
+        let keys = self.keys(req, identity, model);
+        self.new_chat(req, keys.reply, keys.conversation, mode)
+    }
+
+    /// The key of the whole request — everything it sends, as the conversation keys hash
+    /// it — for remembering a failure of exactly this request.
+    pub fn request_key(&self, req: &ChatRequest, identity: &str, model: &str) -> Key {
+        self.keys(req, identity, model).reply.finish()
     }
 
     /// A fresh chat for a turn leaving a busy chat, if `fits` accepts it (a long
@@ -266,13 +305,19 @@ impl Conversations {
         model: &str,
         fits: impl FnOnce(&Prepared) -> bool,
     ) -> Option<Prepared> {
-        let (_, _, reply_key) = self.keys(req, identity, model);
-        Some(Self::folded(req, reply_key)).filter(|p| fits(p))
+        let keys = self.keys(req, identity, model);
+        Some(Self::folded(req, keys.reply, keys.conversation)).filter(|p| fits(p))
     }
 
-    fn new_chat(&self, req: &ChatRequest, reply_key: KeyBuilder, mode: &'static str) -> Prepared {
+    fn new_chat(
+        &self,
+        req: &ChatRequest,
+        reply_key: KeyBuilder,
+        conversation: Key,
+        mode: &'static str,
+    ) -> Prepared {
         self.count_turn(mode);
-        Self::folded(req, reply_key)
+        Self::folded(req, reply_key, conversation)
     }
 
     /// Count a turn by how it reaches the upstream (`conversation_turns_total{mode}`).
@@ -284,7 +329,7 @@ impl Conversations {
     }
 
     /// A fresh chat with the whole history folded.
-    fn folded(req: &ChatRequest, reply_key: KeyBuilder) -> Prepared {
+    fn folded(req: &ChatRequest, reply_key: KeyBuilder, conversation: Key) -> Prepared {
         Prepared {
             target: ChatTarget::NewChat,
             content: fold(req),
@@ -292,26 +337,37 @@ impl Conversations {
             continued_from: None,
             answered_at_ms: None,
             account: None,
+            conversation,
         }
     }
 
-    /// The key of the history up to the last assistant message, the index where the new
-    /// messages start, and the key builder after the new messages (where the reply goes).
-    fn keys(&self, req: &ChatRequest, identity: &str, model: &str) -> (Key, usize, KeyBuilder) {
-        let (mut kb, split) = self.history_key(req, identity, model);
-        let prefix_key = kb.finish();
+    /// The keys of a request: see [`Keys`].
+    fn keys(&self, req: &ChatRequest, identity: &str, model: &str) -> Keys {
+        let (mut kb, split, conversation) = self.history_key(req, identity, model);
+        let prefix = kb.finish();
         for m in req.messages[split..]
             .iter()
             .filter(|m| m.role != Role::System)
         {
             kb.history_message(m);
         }
-        (prefix_key, split, kb)
+        Keys {
+            prefix,
+            split,
+            reply: kb,
+            conversation,
+        }
     }
 
     /// Key of everything up to the last assistant message (system text first); returns the
-    /// builder at that point and the index where the new messages start.
-    fn history_key(&self, req: &ChatRequest, identity: &str, model: &str) -> (KeyBuilder, usize) {
+    /// builder at that point, the index where the new messages start, and the conversation's
+    /// key (up to its first message).
+    fn history_key(
+        &self,
+        req: &ChatRequest,
+        identity: &str,
+        model: &str,
+    ) -> (KeyBuilder, usize, Key) {
         let mut kb = KeyBuilder::new(identity, &self.account, model);
         for m in req.messages.iter().filter(|m| m.role == Role::System) {
             kb.message(Role::System, None, &m.content);
@@ -320,6 +376,13 @@ impl Conversations {
         if let Some(tools) = req.tools.as_deref() {
             kb.message(Role::System, None, &tools_section(tools));
         }
+        let conversation = {
+            let mut root = kb.clone();
+            if let Some(first) = req.messages.iter().find(|m| m.role != Role::System) {
+                root.history_message(first);
+            }
+            root.finish()
+        };
         let split = req
             .messages
             .iter()
@@ -331,7 +394,7 @@ impl Conversations {
         {
             kb.history_message(m);
         }
-        (kb, split)
+        (kb, split, conversation)
     }
 
     /// Where a continued turn goes, given how long ago its chat last answered.
@@ -340,10 +403,29 @@ impl Conversations {
             .route(since_answer, self.settings.busy_policy)
     }
 
+    /// Whether a turn that would wait `left` for its busy chat, sending `continued` bytes,
+    /// should go to a fresh chat with a `fold`-byte history instead ([`BusyWindow::fresh_pays`]).
+    pub fn fresh_pays(&self, left: Duration, continued: usize, fold: usize) -> bool {
+        self.busy_window()
+            .fresh_pays(left, continued, fold, self.settings.busy_fresh_max_bytes)
+    }
+
+    /// A turn that sent `bytes` the chat had not read got its first upstream event after
+    /// `ttft`.
+    pub fn saw_first_token(&self, bytes: usize, ttft: Duration) {
+        let mut w = self.busy_window();
+        w.saw_first_token(bytes, ttft);
+        self.metrics
+            .prefill_per_kib
+            .set(w.prefill_per_kib().as_secs_f64());
+    }
+
     /// A continued turn goes to a fresh chat instead ([`Route::Fresh`] taken): counted as
-    /// `conversation_turns_total{mode="busy"}`, and the window estimate probes lower.
+    /// `conversation_turns_total{mode="busy"}` and as a chat left behind, and the window
+    /// estimate probes lower.
     pub fn left_busy_chat(&self) {
         self.count_turn("busy");
+        self.metrics.chats_left.with_label_values(&["busy"]).inc();
         let mut w = self.busy_window();
         w.chose_fresh();
         self.metrics.chat_busy_window.set(w.window().as_secs_f64());

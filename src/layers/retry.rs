@@ -8,8 +8,13 @@
 //!   garbage, overload → after backoff, up to `RETRY_MAX_ATTEMPTS` attempts in all;
 //! * the account's rate limit → only when the upstream's wait (`num` hours, `Retry-After`)
 //!   fits in `RETRY_MAX_DELAY`, after that wait;
+//! * a `Bad_Request` the upstream gives for the request itself → once (another chat, maybe
+//!   another account), and not again if it comes back the same;
 //! * anti-bot challenges, auth, moderation, invalid input, timeouts → never (retrying
-//!   deepens a block or repeats a long wait; the answer would not change).
+//!   deepens a block or repeats a long wait; the answer would not change);
+//! * nothing once the request has opened its `CHATS_PER_REQUEST` upstream chats, or when
+//!   the core marked the failure as repeating the previous one (`conversation::budget`:
+//!   the layer puts the request's chat ledger in its extensions, the core counts into it).
 //!
 //! Conversation fallbacks — waiting out "The chat is in progress!" on the same chat, a
 //! fresh chat when the remembered one is gone — are the core's (`chat::fallback`): they
@@ -32,6 +37,7 @@ use crate::backoff::Backoff;
 use crate::body::ProxyBody;
 use crate::common::BoxFuture;
 use crate::config::RetryConfig;
+use crate::conversation::budget::RequestChats;
 use crate::error::{ProxyError, UpstreamClass as C};
 use crate::metrics::Metrics;
 use crate::openai::request::ChatRequest;
@@ -40,13 +46,16 @@ use crate::openai::request::ChatRequest;
 pub struct RetryPolicy {
     pub max_attempts: u32,
     pub backoff: Backoff,
+    /// Upstream chats one request may open (`CHATS_PER_REQUEST`).
+    pub chats_per_request: u32,
 }
 
 impl RetryPolicy {
-    pub fn from_config(c: &RetryConfig) -> Self {
+    pub fn from_config(c: &RetryConfig, chats_per_request: u32) -> Self {
         Self {
             max_attempts: c.max_attempts,
             backoff: Backoff::from_config(c),
+            chats_per_request,
         }
     }
 
@@ -56,7 +65,7 @@ impl RetryPolicy {
         let ProxyError::Upstream(upstream) = e else {
             return None;
         };
-        if attempt >= self.max_attempts {
+        if attempt >= self.max_attempts || upstream.repeated {
             return None;
         }
         let jittered = self.backoff.full(attempt);
@@ -66,7 +75,8 @@ impl RetryPolicy {
             | C::EmptyStream
             | C::Truncated
             | C::Protocol
-            | C::Overloaded => Some(jittered),
+            | C::Overloaded
+            | C::Rejected => Some(jittered),
             C::RateLimited => match upstream.retry_after {
                 Some(wait) if wait <= self.backoff.max_delay => Some(wait.max(jittered)),
                 _ => None,
@@ -149,7 +159,9 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             layer.budget.deposit();
-            let (parts, body) = req.into_parts();
+            let (mut parts, body) = req.into_parts();
+            let chats = Arc::new(RequestChats::new(layer.policy.chats_per_request));
+            parts.extensions.insert(chats.clone());
             let mut attempt = 0;
             loop {
                 attempt += 1;
@@ -158,6 +170,10 @@ where
                 // printed again on every later line.
                 let finished = |result| {
                     tracing::Span::current().record("attempts", attempt);
+                    layer
+                        .metrics
+                        .chats_per_request
+                        .observe(f64::from(chats.total()));
                     result
                 };
                 let err = match result {
@@ -167,6 +183,13 @@ where
                 let Some(delay) = layer.policy.decide(&err, attempt) else {
                     return finished(Err(err));
                 };
+                if chats.left() == 0 {
+                    tracing::info!(
+                        error = err.metric_label(),
+                        "the request opened its upstream chats (CHATS_PER_REQUEST); not retrying"
+                    );
+                    return finished(Err(err));
+                }
                 if !layer.budget.withdraw() {
                     tracing::warn!(
                         error = err.metric_label(),
@@ -197,6 +220,7 @@ mod tests {
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
+            chats_per_request: 8,
             max_attempts: 4,
             backoff: Backoff {
                 initial: Duration::from_millis(100),
@@ -283,6 +307,56 @@ mod tests {
             assert_eq!(r.unwrap_err().upstream_class(), Some(class));
             assert_eq!(calls, 1, "{class:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_the_core_marked_as_repeated_is_not_retried() {
+        let mut repeated = e(C::Rejected);
+        repeated.repeated = true;
+        let (r, elapsed, calls) = run(vec![repeated]).await;
+        assert!(r
+            .unwrap_err()
+            .to_string()
+            .contains("retrying will not help"));
+        assert_eq!((elapsed, calls), (Duration::ZERO, 1));
+        // Once, when it is not (yet) known to repeat.
+        let (r, _, calls) = run(vec![e(C::Rejected)]).await;
+        assert!(r.is_ok());
+        assert_eq!(calls, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_once_the_request_opened_its_upstream_chats() {
+        // A core that opens a fresh chat on every attempt (a new conversation) and fails.
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let core = service_fn(move |r: Request<Arc<ChatRequest>>| {
+            c.fetch_add(1, Ordering::SeqCst);
+            let chats = r.extensions().get::<Arc<RequestChats>>().cloned();
+            async move {
+                let chats = chats.expect("the layer gives the core the request's chat ledger");
+                chats.opened(true);
+                Err::<Response<ProxyBody>, _>(ProxyError::from(e(C::ServerError)))
+            }
+        });
+        let metrics = Metrics::new();
+        let svc = ServiceBuilder::new()
+            .layer(RetryLayer::new(
+                RetryPolicy {
+                    chats_per_request: 2,
+                    ..policy()
+                },
+                metrics.clone(),
+            ))
+            .service(core);
+        let r = svc.oneshot(chat_req()).await;
+        assert_eq!(r.unwrap_err().upstream_class(), Some(C::ServerError));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "max_attempts is 4, chats 2"
+        );
+        assert_eq!(metrics.chats_per_request.get_sample_sum(), 2.0);
     }
 
     #[tokio::test(start_paused = true)]

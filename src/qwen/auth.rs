@@ -233,8 +233,8 @@ mod tests {
                 400,
                 r#"{"success":false,"data":{"code":"Bad_Request","details":"Internal error"}}"#
             ),
-            Some(UpstreamClass::ServerError),
-            "the upstream's fault: tried again later, the account stays"
+            Some(UpstreamClass::Rejected),
+            "not a refusal of the credentials: tried again later, the account stays"
         );
         let waf = "<!doctypehtml><meta name=\"aliyun_waf_aa\" content=\"x\">";
         let err = body_error(403, "text/html", waf.as_bytes());

@@ -121,6 +121,9 @@ pub fn classify_code(code: &str, details: &str, num: Option<f64>) -> UpstreamErr
         }
         _ if has("overload") || has("temporarily unavailable") => C::Overloaded,
         _ if has("banned") || has("forbidden") => C::Forbidden,
+        // A `Bad_Request` none of the above explains: the upstream refuses the request as
+        // malformed (E5–E7: "Internal error", a validation error), not a passing failure.
+        "bad_request" => C::Rejected,
         _ => C::ServerError,
     };
     let retry_after = match class {
@@ -177,7 +180,8 @@ pub fn body_error(status: u16, content_type: &str, body: &[u8]) -> UpstreamError
             // The body's code is more specific than the status, except that a generic
             // body must not hide what an auth/limit/availability status already says.
             let status_is_specific = matches!(status, 401 | 403 | 408 | 429 | 503 | 504);
-            if e.class != C::ServerError || !status_is_specific {
+            let generic = matches!(e.class, C::ServerError | C::Rejected);
+            if !generic || !status_is_specific {
                 return e;
             }
         }
@@ -246,15 +250,15 @@ mod tests {
             ),
             (
                 r#"{"success":false,"data":{"code":"Bad_Request","details":"RequestValidationError: Field 'chat_id': Field required"}}"#,
-                C::ServerError,
+                C::Rejected,
             ),
             (
                 r#"{"success":false,"code":"Bad_Request","details":"missing version"}"#,
-                C::ServerError,
+                C::Rejected,
             ),
             (
                 r#"{"success":false,"data":{"code":"Bad_Request","details":"Internal error"}}"#,
-                C::ServerError,
+                C::Rejected,
             ),
             (
                 r#"{"success":false,"data":{"code":"Unauthorized","details":"Token has expired"}}"#,
@@ -318,12 +322,9 @@ mod tests {
             body_error(502, "text/plain", b"bad gateway").class,
             C::ServerError
         );
-        // x-actual-status-code 400 with an "Internal error" body is the upstream's fault.
+        // x-actual-status-code 400 with an "Internal error" body: the request is refused.
         let e7 = br#"{"success":false,"data":{"code":"Bad_Request","details":"Internal error"}}"#;
-        assert_eq!(
-            body_error(400, "application/json", e7).class,
-            C::ServerError
-        );
+        assert_eq!(body_error(400, "application/json", e7).class, C::Rejected);
         assert_eq!(body_error(401, "application/json", e7).class, C::AuthFailed);
     }
 }

@@ -94,7 +94,20 @@ pub struct SimTiming {
     pub frame_delay: Duration,
     /// Characters of answer per frame.
     pub chunk_chars: usize,
+    /// Prefill: added to the time to first token per 1,000 prompt tokens the chat has not
+    /// read yet — a fresh chat's whole folded history, a continued turn's new messages only
+    /// (the upstream keeps the chat's context; [`PREFILL_PER_1K_TOKENS`] is the cited rate).
+    pub prefill_per_1k_tokens: Duration,
 }
+
+/// The prefill rate of `qwen-proxy sim` and `--demo`: 30 ms per 1,000 uncached prompt
+/// tokens. No source measures chat.qwen.ai itself; this is the middle of what is published
+/// for hosted and self-hosted Qwen models of its class — qwen-max through a relay, ≈27 ms
+/// per 1k (380 ms at 20 prompt tokens, 1,240 ms at 32K; HolySheep, 2026-04), and
+/// Qwen3-235B-A22B on a whole 8×H100 node under vLLM, 28–50 ms per 1k (GPUStack performance
+/// lab). Qwen Cloud's latency guide agrees that input tokens weigh far less than output
+/// tokens ("roughly 1-5% improvement per 50% reduction"). BENCHMARKS.md §6 has the sources.
+pub const PREFILL_PER_1K_TOKENS: Duration = Duration::from_millis(30);
 
 impl Default for SimTiming {
     fn default() -> Self {
@@ -103,6 +116,7 @@ impl Default for SimTiming {
             ttft: Duration::ZERO,
             frame_delay: Duration::ZERO,
             chunk_chars: 4,
+            prefill_per_1k_tokens: Duration::ZERO,
         }
     }
 }

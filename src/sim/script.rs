@@ -44,10 +44,15 @@ const HIDDEN_PROMPT_TOKENS: u64 = 1_000;
 pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
     let mut frames: Vec<(String, Duration)> = Vec::new();
     let delay = g.scenario.delay.unwrap_or(g.timing.frame_delay);
-    let ttft = g.scenario.ttft.unwrap_or(g.timing.ttft);
     let sc = g.scenario;
     let ts = g.now_secs;
-    let input = HIDDEN_PROMPT_TOKENS + answer::tokens(g.prompt);
+    let prompt_tokens = answer::tokens(g.prompt);
+    let input = HIDDEN_PROMPT_TOKENS + prompt_tokens;
+    // The model reads what this completion sends before it writes: the chat's earlier turns
+    // are read already (the upstream keeps the chat's context), so a continued turn pays for
+    // its new messages only, a fresh chat for the whole folded history.
+    let ttft = g.scenario.ttft.unwrap_or(g.timing.ttft)
+        + prefill(g.timing.prefill_per_1k_tokens, prompt_tokens);
 
     frames.push((
         wire::response_created(g.chat_id, g.user_node_id, g.response_id, 0),
@@ -227,6 +232,11 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
     into_steps(frames, sc, g.prompt)
 }
 
+/// The time to read `tokens` prompt tokens at `per_1k` per thousand.
+pub fn prefill(per_1k: Duration, tokens: u64) -> Duration {
+    per_1k.mul_f64(tokens as f64 / 1_000.0)
+}
+
 /// The cumulative usage of an answer as it is written, in quarter tokens: recounting the
 /// whole text per frame would make long answers quadratic.
 struct AnswerUsage {
@@ -341,5 +351,55 @@ impl XorShift {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_pause(prompt: &str, prefill_per_1k_tokens: Duration) -> Duration {
+        let timing = SimTiming {
+            ttft: Duration::from_millis(100),
+            prefill_per_1k_tokens,
+            ..SimTiming::default()
+        };
+        let steps = build(&Generation {
+            chat_id: "c",
+            user_node_id: "u",
+            response_id: "r",
+            alt_response_id: "r2",
+            prompt,
+            thinking: false,
+            search: false,
+            scenario: &Scenario::default(),
+            tools: &[],
+            timing: &timing,
+            now_secs: 0,
+        });
+        steps
+            .iter()
+            .find_map(|s| match s {
+                Step::Pause(d) => Some(*d),
+                _ => None,
+            })
+            .expect("a pause before the answer")
+    }
+
+    #[test]
+    fn the_first_token_waits_for_the_prompt_to_be_read() {
+        let rate = Duration::from_millis(30);
+        // 40,000 ASCII characters are 10,000 tokens (4 characters a token): 300 ms more.
+        let long = "word ".repeat(8_000);
+        assert_eq!(first_pause(&long, rate), Duration::from_millis(400));
+        // A short continued turn pays for its few tokens only.
+        assert_eq!(
+            first_pause("the result is ok", rate),
+            Duration::from_millis(100) + rate.mul_f64(4.0 / 1_000.0)
+        );
+        assert_eq!(
+            first_pause(&long, Duration::ZERO),
+            Duration::from_millis(100)
+        );
     }
 }

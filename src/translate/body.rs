@@ -58,6 +58,9 @@ pub struct UpstreamStream<B, S> {
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
     finished: bool,
+    /// When the upstream's first meaningful event (content or reasoning) was read, whatever
+    /// the stages did with it: the upstream's own time to first token.
+    first_output: Option<Instant>,
 }
 
 impl<B, S> UpstreamStream<B, S>
@@ -73,7 +76,13 @@ where
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
             finished: false,
+            first_output: None,
         }
+    }
+
+    /// When the upstream's first content or reasoning was read, if it was.
+    pub fn first_output(&self) -> Option<Instant> {
+        self.first_output
     }
 
     pub fn pipeline(&self) -> &Pipeline<S> {
@@ -99,8 +108,13 @@ where
                     let Ok(data) = frame.into_data() else {
                         continue; // trailers carry nothing for us
                     };
-                    self.idle.as_mut().reset(Instant::now() + self.idle_timeout);
-                    break match self.pipeline.feed(data, out) {
+                    let now = Instant::now();
+                    self.idle.as_mut().reset(now + self.idle_timeout);
+                    let fed = self.pipeline.feed(data, out);
+                    if self.first_output.is_none() && self.pipeline.emitted_anything() {
+                        self.first_output = Some(now);
+                    }
+                    break match fed {
                         Ok(Progress::Continue) => Step::Progress,
                         Ok(Progress::Done(r)) => Step::Done(r),
                         Err(e) => Step::Failed(e),
@@ -243,6 +257,11 @@ where
     /// What the stream has produced so far.
     pub fn pipeline(&self) -> &Pipeline<S> {
         self.stream.pipeline()
+    }
+
+    /// When the upstream's first content or reasoning was read, if it was.
+    pub fn first_output(&self) -> Option<Instant> {
+        self.stream.first_output()
     }
 
     pub fn pipeline_mut(&mut self) -> &mut Pipeline<S> {
