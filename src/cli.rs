@@ -8,7 +8,7 @@ pub const USAGE: &str = "\
 qwen-proxy — OpenAI-compatible API proxy for chat.qwen.ai
 
 USAGE:
-    qwen-proxy [serve] [--demo] [--port N] [--host H] [--env-file PATH]
+    qwen-proxy [serve] [--demo [--habits SEED]] [--port N] [--host H] [--env-file PATH]
     qwen-proxy sim [--port N] [--host H] [SIM OPTIONS]
     qwen-proxy check [--env-file PATH]
     qwen-proxy --help | --version
@@ -21,6 +21,8 @@ COMMANDS:
 
 SERVE OPTIONS:
     --demo            Serve against the built-in simulator; no credentials needed.
+    --habits SEED     With --demo: the simulated model writes tool calls with a real model's
+                      habits (README, Simulator), picked from SEED and the prompt.
     --port N          Listen port (PORT, default 3000; 0 picks a free port).
     --host H          Listen address (HOST, default 0.0.0.0).
     --env-file PATH   Read variables from PATH instead of ./.env.
@@ -48,11 +50,17 @@ SIM OPTIONS:
     --bx-ua-gate MODE      none (default) or stale: a completion or chats/new whose `bx-ua` is
                            not a --fresh-bx-ua value draws the punish JSON.
     --fresh-bx-ua VALUE    A `bx-ua` value that still passes --bx-ua-gate stale (repeatable).
+    --habits SEED          The simulated model writes tool calls with a real model's habits
+                           (its own names, case variants, narration, calls while thinking,
+                           text after a call, fenced examples, garbled markers, native calls),
+                           picked from SEED and the prompt.
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeArgs {
     pub demo: bool,
+    /// `--habits SEED` (with `--demo`): the simulated model's habits.
+    pub habits: Option<u64>,
     pub port: Option<String>,
     pub host: Option<String>,
     /// `--env-file`: must exist. Without it, `./.env` is read if present.
@@ -104,6 +112,12 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     }
 }
 
+/// A `--habits` seed.
+fn seed(v: &str) -> Result<u64, String> {
+    v.parse()
+        .map_err(|_| format!("--habits expects a whole number (a seed), got `{v}`"))
+}
+
 fn value<'a>(flag: &str, it: &mut impl Iterator<Item = &'a str>) -> Result<&'a str, String> {
     it.next()
         .filter(|v| !v.is_empty())
@@ -113,6 +127,7 @@ fn value<'a>(flag: &str, it: &mut impl Iterator<Item = &'a str>) -> Result<&'a s
 fn parse_serve(args: &[&str], allow_demo: bool) -> Result<ServeArgs, String> {
     let mut out = ServeArgs {
         demo: false,
+        habits: None,
         port: None,
         host: None,
         env_file: None,
@@ -121,11 +136,15 @@ fn parse_serve(args: &[&str], allow_demo: bool) -> Result<ServeArgs, String> {
     while let Some(a) = it.next() {
         match a {
             "--demo" if allow_demo => out.demo = true,
+            "--habits" if allow_demo => out.habits = Some(seed(value(a, &mut it)?)?),
             "--port" => out.port = Some(value(a, &mut it)?.to_owned()),
             "--host" => out.host = Some(value(a, &mut it)?.to_owned()),
             "--env-file" => out.env_file = Some(PathBuf::from(value(a, &mut it)?)),
             other => return Err(format!("unknown argument `{other}` (see --help)")),
         }
+    }
+    if out.habits.is_some() && !out.demo {
+        return Err("--habits needs --demo (it sets the built-in simulator's habits)".to_owned());
     }
     Ok(out)
 }
@@ -184,6 +203,7 @@ fn parse_sim(args: &[&str]) -> Result<SimArgs, String> {
                 token_ttl = std::time::Duration::from_secs(num(a, value(a, &mut it)?)?)
             }
             "--signin-limit" => out.config.signin_limit = num(a, value(a, &mut it)?)? as usize,
+            "--habits" => out.config.habits = Some(seed(value(a, &mut it)?)?),
             "--bx-ua-gate" => out.config.bx_ua_gate = value(a, &mut it)?.parse::<BxUaGate>()?,
             "--fresh-bx-ua" => out.config.fresh_bx_ua.push(value(a, &mut it)?.to_owned()),
             other => return Err(format!("unknown argument `{other}` (see --help)")),

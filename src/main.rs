@@ -128,6 +128,7 @@ fn serve(a: ServeArgs) -> ExitCode {
                     chunk_chars: 4,
                     prefill_per_1k_tokens: qwen_proxy::sim::PREFILL_PER_1K_TOKENS,
                 },
+                habits: a.habits,
                 ..SimConfig::default()
             };
             match Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), sim_config).await {

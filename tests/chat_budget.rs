@@ -128,3 +128,29 @@ async fn a_conversation_opens_at_most_its_chats_per_minute_through_transient_fai
     let other = h.ask(MODEL, "another question", false).await;
     assert_eq!(other.status, 200);
 }
+
+#[tokio::test]
+async fn answered_turns_do_not_count_against_the_conversation() {
+    // A fresh chat every turn (stateless mode, or a client that rewrites its history) is
+    // progress, not a storm: only chats that came to nothing fill the window.
+    let env = [
+        ("CONVERSATION_MODE", "stateless"),
+        ("CHATS_PER_CONVERSATION_PER_MINUTE", "2"),
+    ];
+    let h = Harness::start_with(&env, quick_sim()).await;
+    let mut messages = vec![serde_json::json!({"role": "user", "content": "step 0"})];
+    for k in 1..=5 {
+        let r = h
+            .chat(serde_json::json!({"model": MODEL, "messages": messages}))
+            .await;
+        assert_eq!(
+            r.status,
+            200,
+            "turn {k}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        messages.push(serde_json::json!({"role": "assistant", "content": r.message_content()}));
+        messages.push(serde_json::json!({"role": "user", "content": format!("step {k}")}));
+    }
+    assert_eq!(chats(&h.sim_stats().await), 5);
+}

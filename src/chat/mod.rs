@@ -567,6 +567,7 @@ async fn send(
         prepared,
         start,
         tool_retry,
+        opened_chat: !continued,
     }
     .respond(lock, lease)
     .await;

@@ -43,6 +43,8 @@ pub struct Attempt<'a> {
     pub start: Instant,
     /// The tool-call scanner may ask for one retry with a hint (first attempt only).
     pub tool_retry: bool,
+    /// This attempt opened its chat.
+    pub opened_chat: bool,
 }
 
 /// What an attempt came to.
@@ -119,7 +121,8 @@ impl Attempt<'_> {
             chat_id.clone(),
             lock,
             lease,
-        );
+        )
+        .opened_chat_for(self.opened_chat.then(|| self.prepared.conversation.clone()));
         let id = format!("chatcmpl-{}", crate::common::random_uuid().simple());
         if self.req.stream {
             self.stream(stream, end, &id, sent).await

@@ -40,6 +40,9 @@ pub struct TurnEnd {
     stream_started: Option<Instant>,
     /// The account's slot, held until the turn ends; a failure is blamed on it.
     lease: Lease,
+    /// The conversation, when this turn opened its chat (an answered turn's chat leaves the
+    /// conversation's window of chats that came to nothing).
+    opened_for: Option<String>,
 }
 
 impl TurnEnd {
@@ -57,7 +60,14 @@ impl TurnEnd {
             lock,
             stream_started: None,
             lease,
+            opened_for: None,
         }
+    }
+
+    /// This turn opened its chat for `conversation`.
+    pub fn opened_chat_for(mut self, conversation: Option<String>) -> Self {
+        self.opened_for = conversation;
+        self
     }
 
     /// This turn is streamed: count it as active from now, and its end as a stream's.
@@ -154,6 +164,9 @@ impl StreamEnd<TurnStages> for TurnEnd {
                 // A whole answer: the account's strikes are forgiven (not at its start: a
                 // challenge may still come mid-stream).
                 self.state.accounts.answered(self.lease.account());
+                if let Some(conversation) = self.opened_for.take() {
+                    self.state.conversations.chat_window.answered(&conversation);
+                }
                 self.record_tokens(usage);
                 self.stream_ended("completed");
                 let (scan, (_, (limits, transcript))) = pipeline.stages_mut();

@@ -10,8 +10,11 @@
 //!   it: each such move takes an account out, so they are bounded by the pool.
 //! * **per conversation per minute** ([`ChatWindow`], `CHATS_PER_CONVERSATION_PER_MINUTE`):
 //!   a sliding window per conversation — the client, model, system text, tools and first
-//!   message, which every step of an agent loop shares — so a client that retries whatever
-//!   it is told still cannot open more.
+//!   message, which every step of an agent loop shares — of the chats that came to no
+//!   answer, so a client that retries whatever it is told still cannot open more. A chat
+//!   whose turn is answered leaves the window: a conversation that opens a chat per step
+//!   (`CONVERSATION_MODE=stateless`, a client that rewrites its history) is progress, not a
+//!   storm.
 //! * **a failure that repeats** is not tried again: the ledger marks a failure identical to
 //!   the request's previous one, and [`RecentFailures`] gives it back at once, without an
 //!   upstream call, to an identical request within a minute.
@@ -105,6 +108,14 @@ impl ChatWindow {
     /// Open a chat for `conversation` now: counted, or how long until the window has room.
     pub fn open(&self, conversation: &str) -> Result<(), Duration> {
         self.admit(conversation, true)
+    }
+
+    /// A chat opened for `conversation` answered its turn: it leaves the window.
+    pub fn answered(&self, conversation: &str) {
+        let now = Instant::now();
+        self.with(conversation, now, |times| {
+            times.pop_back();
+        });
     }
 
     /// Count a chat that is opened whatever the window says (a turn moved off an account).
@@ -254,6 +265,11 @@ mod tests {
         // A move is counted even when the window is full.
         w.force("a");
         assert_eq!(w.open("a"), Err(Duration::from_secs(10)));
+        // Chats whose turns were answered leave the window.
+        w.answered("a");
+        assert!(!w.has_room("a"));
+        w.answered("a");
+        assert_eq!(w.open("a"), Ok(()));
         assert_eq!(
             ChatWindow::new(0, Duration::from_secs(60)).open("x"),
             Ok(())

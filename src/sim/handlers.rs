@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::accounts::TokenError;
 use super::body::{ScriptBody, StreamGuard};
 use super::catalogue::{guest_catalogue, model_meta};
+use super::habits::{self, Habit};
 use super::penalties::Refusal;
 use super::scenario::{self, Fault, PunishAction};
 use super::script::{self, Generation, Step};
@@ -564,10 +565,7 @@ impl SimService {
                 .join("\n"),
             _ => String::new(),
         };
-        let (mut scenario, prompt) = scenario::parse(&content);
-        if sim_tools::hinted(&prompt) {
-            scenario.obey_hint();
-        }
+        let (scenario, prompt) = scenario::parse(&content);
         let tools;
         if !scenario.unknown.is_empty() {
             let details = format!(
@@ -690,6 +688,24 @@ impl SimService {
             completed: false,
         };
 
+        // The model writes its calls: as the proxy's retry hint asks, or with a habit.
+        let mut scenario = scenario;
+        if sim_tools::hinted(&prompt) {
+            scenario.obey_hint(&tools);
+        } else if !scenario.calls.is_empty() {
+            // A named habit in the form asked for, or one picked from the prompt.
+            let habit = scenario
+                .habit
+                .map(|(h, form)| (h, form.unwrap_or_else(|| Habit::pick(0, &prompt).1)));
+            let habit = habit.or_else(|| {
+                let seed = scenario.habits.or(self.config.habits)?;
+                Some(Habit::pick(seed, &prompt))
+            });
+            if let Some((habit, variant)) = habit {
+                habits::apply(&mut scenario, habit, variant, &tools);
+                self.state.count_habit(habit);
+            }
+        }
         let replay = lock(&self.state.replay).pop_front();
         let (steps, content_type) = match replay {
             Some((bytes, chunk)) => replay_steps(bytes, chunk),

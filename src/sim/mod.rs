@@ -12,6 +12,7 @@ mod auth;
 mod body;
 pub mod catalogue;
 mod control;
+pub mod habits;
 pub mod handlers;
 mod penalties;
 pub mod scenario;
@@ -144,6 +145,9 @@ pub struct SimConfig {
     pub bx_ua_gate: BxUaGate,
     /// `bx-ua` values that still pass `BxUaGate::Stale` (`--fresh-bx-ua`, repeatable).
     pub fresh_bx_ua: Vec<String>,
+    /// `--habits SEED`: the simulated model writes every completion's calls with a real
+    /// model's habits (`habits.rs`), picked from this seed and the prompt.
+    pub habits: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -160,6 +164,7 @@ impl Default for SimConfig {
             signin_limit: signin_wall::DEFAULT_SIGNIN_LIMIT,
             bx_ua_gate: BxUaGate::Ignored,
             fresh_bx_ua: Vec::new(),
+            habits: None,
         }
     }
 }

@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+use super::habits::Habit;
+use super::tools::{self, SimTool};
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Scenario {
     pub think: bool,
@@ -28,6 +31,12 @@ pub struct Scenario {
     pub native_calls: Vec<SimCall>,
     /// `stubborn`: the model ignores the proxy's retry hint (by default it obeys it).
     pub stubborn: bool,
+    /// `habit=NAME[,FORM]`: the model writes this completion's calls with that habit (in
+    /// that form of it; by default one picked from the prompt).
+    pub habit: Option<(Habit, Option<u64>)>,
+    /// `habits[=SEED]`: the model writes this completion's calls with a habit picked from
+    /// the seed and the prompt (as `qwen-proxy sim --habits SEED` does for every one).
+    pub habits: Option<u64>,
     /// Directives that change the server's state for the calling account (or for every
     /// account), not just this completion's answer.
     pub account: AccountDirectives,
@@ -36,19 +45,35 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// The proxy's retry hint asked for a call in the answer: an obedient model writes
-    /// exactly one proper call, to its first tool with arguments its schema accepts.
-    pub fn obey_hint(&mut self) {
+    /// The proxy's retry hint asked for a proper call in the answer, naming the tools: an
+    /// obedient model writes the calls it meant properly (natively meant ones too), and one
+    /// to a tool the prompt does not have becomes a call of its first tool, with arguments
+    /// its schema accepts. No habit: real models mostly do as the hint says.
+    pub fn obey_hint(&mut self, catalogue: &[SimTool]) {
         if self.stubborn {
             return;
         }
-        self.calls = vec![SimCall {
-            name: None,
-            arguments: None,
-        }];
-        self.native_calls.clear();
+        let mut meant: Vec<SimCall> = self
+            .calls
+            .drain(..)
+            .chain(self.native_calls.drain(..))
+            .filter(|c| {
+                c.name
+                    .as_deref()
+                    .map_or(true, |n| tools::find(n, catalogue).is_some())
+            })
+            .collect();
+        if meant.is_empty() {
+            meant.push(SimCall {
+                name: None,
+                arguments: None,
+            });
+        }
+        self.calls = meant;
         self.think_reply = None;
         self.reply = None;
+        self.habit = None;
+        self.habits = None;
     }
 }
 
@@ -220,6 +245,22 @@ fn apply(s: &mut Scenario, directive: &str, answered: bool) {
         "split" => s.split = true,
         "done" => s.done = true,
         "stubborn" => s.stubborn = true,
+        "habit" => {
+            let (name, form) = arg.map_or(("", None), |a| match a.split_once(',') {
+                Some((n, f)) => (n, Some(f)),
+                None => (a, None),
+            });
+            let form = form.map(|f| f.parse::<u64>().ok());
+            match (Habit::parse(name), form) {
+                (Some(h), None) => s.habit = Some((h, None)),
+                (Some(h), Some(Some(f))) => s.habit = Some((h, Some(f))),
+                _ => s.unknown.push(directive.to_owned()),
+            }
+        }
+        "habits" => match arg.map_or(Some(0), |a| a.parse::<u64>().ok()) {
+            Some(seed) => s.habits = Some(seed),
+            None => s.unknown.push(directive.to_owned()),
+        },
         "stall" => s.stall = Some(ms(5000)),
         "in_progress" => s.in_progress = arg.and_then(|a| a.parse().ok()).unwrap_or(1),
         "rate_limited" => s.fault = Some(Fault::RateLimited(num(4.0))),

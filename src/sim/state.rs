@@ -82,6 +82,8 @@ pub struct SimState {
     pub sessions: Mutex<super::sessions::Sessions>,
     pub penalties: Mutex<super::penalties::Penalties>,
     pub signin_wall: Mutex<super::signin_wall::SigninWall>,
+    /// Completions whose calls were written with each habit (`habits.rs`).
+    pub habits: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// Lock a std mutex; a poisoned lock only means another handler panicked mid-update of
@@ -99,6 +101,10 @@ impl SimState {
             Some(counters) => update(counters),
             None => update(accounts.entry(label.to_owned()).or_default()),
         }
+    }
+
+    pub fn count_habit(&self, habit: super::habits::Habit) {
+        *lock(&self.habits).entry(habit.name()).or_default() += 1;
     }
 
     pub fn stats(&self) -> Value {
@@ -131,6 +137,7 @@ impl SimState {
             "refreshes": auth.refreshes,
             "refreshes_refused": auth.refreshes_refused,
             "signin_times_ms": auth.signin_times_ms,
+            "habits": lock(&self.habits).clone(),
         })
     }
 }

@@ -63,9 +63,16 @@ pub fn resolve(call: &SimCall, tools: &[SimTool]) -> (String, String) {
 }
 
 /// The catalogue's tool for a name: exact, else the one whose name is the same ignoring
-/// case, `_` and `-`.
+/// case, `_` and `-`, else the one shown under an alias of that name (`Read` for
+/// `fs_open_file`: a model knows the name from the agent's prompt).
 pub fn find<'a>(name: &str, tools: &'a [SimTool]) -> Option<&'a SimTool> {
     if let Some(t) = tools.iter().find(|t| t.name == name) {
+        return Some(t);
+    }
+    if let Some(t) = tools
+        .iter()
+        .find(|t| t.name != name && own_name(&t.name) == name)
+    {
         return Some(t);
     }
     let fold = |s: &str| -> String {
@@ -78,6 +85,39 @@ pub fn find<'a>(name: &str, tools: &'a [SimTool]) -> Option<&'a SimTool> {
     let mut matching = tools.iter().filter(|t| fold(&t.name) == wanted);
     let first = matching.next()?;
     matching.next().is_none().then_some(first)
+}
+
+/// The names a model has read in Claude Code's prompts, for the aliases proxies give them
+/// (tool-calling.md §3.3), and a proxy's `u_` / `My_` prefix taken off.
+pub fn own_name(shown: &str) -> String {
+    const CLAUDE: [(&str, &str); 12] = [
+        ("fs_open_file", "Read"),
+        ("fs_put_file", "Write"),
+        ("fs_patch_file", "Edit"),
+        ("fs_patch_many", "MultiEdit"),
+        ("shell_run", "Bash"),
+        ("text_search", "Grep"),
+        ("path_find", "Glob"),
+        ("dir_list", "LS"),
+        ("http_get_url", "WebFetch"),
+        ("web_query", "WebSearch"),
+        ("todo_put", "TodoWrite"),
+        ("agent_task", "Task"),
+    ];
+    if let Some((_, own)) = CLAUDE.iter().find(|(alias, _)| {
+        shown == *alias
+            || shown
+                .strip_prefix(alias)
+                .and_then(|rest| rest.strip_prefix('_'))
+                .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+    }) {
+        return (*own).to_owned();
+    }
+    shown
+        .strip_prefix("u_")
+        .or_else(|| shown.strip_prefix("My_"))
+        .unwrap_or(shown)
+        .to_owned()
 }
 
 /// A call in the marker format the prompt teaches.

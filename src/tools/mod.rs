@@ -230,7 +230,7 @@ pub fn neutralize(text: &str) -> Cow<'_, str> {
 }
 
 /// `TOOL CALL`, `TOOL_CALL`, `TOOL-CALLS`, `TOOL RESULT` … in any case.
-fn starts_with_marker_word(word: &str) -> bool {
+pub(crate) fn starts_with_marker_word(word: &str) -> bool {
     let Some(head) = word.get(..4) else {
         return false;
     };

@@ -40,6 +40,13 @@ pub const SPAN_MAX: usize = 1 << 20;
 const DEBRIS_MAX: u8 = 8;
 /// How far a bare `{` is looked into for a `"name"` key before it counts as prose.
 pub const NAME_WINDOW: usize = 256;
+/// Narration between two calls of a batch ("Next, the other file:", a garbled closer) that
+/// is skipped to reach the next call: at most this many lines and bytes. More is not a
+/// batch, and the answer is over for the client.
+const NARRATION_LINES: u8 = 2;
+const NARRATION_MAX: usize = 400;
+/// The thinking kept for recovering a call written only there (`ToolScan::flush`).
+const THINKING_KEPT: usize = 256 * 1024;
 
 /// What the request allows the scanner to do.
 #[derive(Debug, Clone)]
@@ -75,9 +82,17 @@ pub struct ToolScan {
     released: bool,
     stats: ScanStats,
     thinking: ThinkingWatch,
+    /// The thinking so far (up to [`THINKING_KEPT`]), kept while the thinking may hold a
+    /// call the answer leaves out.
+    thinking_text: String,
+    /// Narration skipped since the last call: bytes and lines.
+    narrated: (usize, u8),
     harvester: Harvester,
     /// The platform intercepted a call that could not be recovered: why.
     lost_native: Option<Invalid>,
+    /// Every call the platform intercepted has its result frame: the next text answers the
+    /// platform, and ends the client's answer (more intercepted calls may come first).
+    platform_answered: bool,
     retry: Option<Hint>,
     finish: Option<FinishReason>,
 }
@@ -105,6 +120,8 @@ enum State {
     },
     /// Between calls.
     After,
+    /// Skipping a line of narration between calls.
+    Narration,
     /// The answer is over for the client.
     Drain,
 }
@@ -293,8 +310,11 @@ impl ToolScan {
             released: false,
             stats: ScanStats::default(),
             thinking: ThinkingWatch::default(),
+            thinking_text: String::new(),
+            narrated: (0, 0),
             harvester: Harvester::default(),
             lost_native: None,
+            platform_answered: false,
             retry: None,
             finish: None,
         }
@@ -361,6 +381,7 @@ impl ToolScan {
         }
         self.released = true;
         self.stats.emitted += 1;
+        self.narrated = (0, 0);
         next.tool_call(&ToolCall {
             name: &call.name,
             arguments: &call.arguments,
@@ -455,6 +476,7 @@ impl ToolScan {
                 State::Xml { .. } => self.xml(next, eof),
                 State::Close { .. } => self.close(eof),
                 State::After => self.after(eof),
+                State::Narration => self.narration(eof),
                 State::Drain => {
                     self.pending.clear();
                     false
@@ -752,6 +774,17 @@ impl ToolScan {
             Match::Partial if !eof && self.pending.len() <= markers::OPEN_MAX => return false,
             _ => {}
         }
+        // A result the model writes itself ends the answer (F11); a `[` is held until that
+        // can be told.
+        if self.pending.starts_with('[') {
+            let word = self.pending[1..].trim_start_matches([' ', '/']);
+            if !eof && word.len() < "tool result".len() {
+                return false;
+            }
+            if super::starts_with_marker_word(word) {
+                return self.end_answer();
+            }
+        }
         if parallel && self.pending.starts_with('{') {
             match bare_payload(&self.pending, eof) {
                 Some(true) => {
@@ -767,12 +800,66 @@ impl ToolScan {
                 Some(false) => {}
             }
         }
-        // Narration, a fabricated result, a call beyond `parallel_tool_calls: false`: the
+        // A short narration — "Next, the other file:", a garbled closer — may sit between
+        // the calls of a batch: skipped, to see whether another call follows. Anything else
+        // (a call beyond `parallel_tool_calls: false`, longer text) ends the answer: the
         // client's answer is the calls.
+        if parallel {
+            self.state = State::Narration;
+            return true;
+        }
+        self.end_answer()
+    }
+
+    /// Skip one line of narration after a call, within the bounds; then look for the next
+    /// call (`after`).
+    fn narration(&mut self, eof: bool) -> bool {
+        let (skipped, lines) = self.narrated;
+        let (skipped, line_ended) = match self.pending.find('\n') {
+            Some(i) => {
+                self.pending.drain(..=i);
+                (skipped + i + 1, true)
+            }
+            None => {
+                let n = self.pending.len();
+                self.pending.clear();
+                (skipped + n, false)
+            }
+        };
+        let lines = lines.saturating_add(u8::from(line_ended));
+        self.narrated = (skipped, lines);
+        if skipped > NARRATION_MAX || lines > NARRATION_LINES {
+            return self.end_answer();
+        }
+        if line_ended {
+            self.state = State::After;
+            return true;
+        }
+        if eof {
+            return self.end_answer();
+        }
+        false
+    }
+
+    /// The answer is over for the client: its calls.
+    fn end_answer(&mut self) -> bool {
         self.state = State::Drain;
         self.finish = Some(FinishReason::ToolCalls);
         self.pending.clear();
         false
+    }
+
+    /// Emit the valid calls the thinking wrote; whether there were any.
+    fn take_thinking_calls(&mut self, next: &mut impl Emit) -> bool {
+        for call in calls_in(&self.thinking_text, &self.config.set) {
+            self.emit(call, next);
+        }
+        if self.stats.emitted == 0 {
+            return false;
+        }
+        tracing::info!("the model wrote its call only while thinking; taken from there");
+        self.finish = Some(FinishReason::ToolCalls);
+        true
     }
 
     fn harvest(&mut self, frame: PlatformFrame<'_>, next: &mut impl Emit) {
@@ -785,10 +872,10 @@ impl ToolScan {
         }
         // Every call the platform intercepted is answered: what the model writes next
         // answers the platform's "does not exist", not the client — whether or not the
-        // calls could be recovered.
+        // calls could be recovered. Until it writes, more intercepted calls may follow (the
+        // platform answers each call of a batch in turn).
         if self.stats.emitted > 0 {
-            self.finish = Some(FinishReason::ToolCalls);
-            self.state = State::Drain;
+            self.platform_answered = true;
             self.pending.clear();
         } else if let Some(why) = self.lost_native.clone() {
             self.bad_call(&why, Hint::Intercepted, next);
@@ -822,6 +909,9 @@ impl ToolScan {
 impl Stage for ToolScan {
     fn reasoning(&mut self, text: &str, next: &mut impl Emit) {
         self.thinking.feed(text);
+        if self.thinking_text.len() + text.len() <= THINKING_KEPT {
+            self.thinking_text.push_str(text);
+        }
         if self.config.streaming {
             self.released = true;
         }
@@ -830,6 +920,10 @@ impl Stage for ToolScan {
 
     fn content(&mut self, text: &str, next: &mut impl Emit) {
         if self.state == State::Drain {
+            return;
+        }
+        if self.platform_answered {
+            self.end_answer();
             return;
         }
         self.pending.push_str(text);
@@ -859,6 +953,16 @@ impl Stage for ToolScan {
             self.finish = Some(FinishReason::ToolCalls);
             return;
         }
+        // The answer said nothing at all, and the thinking wrote whole call blocks: the
+        // model meant them (a thinking model often writes its call there and stops). With a
+        // word of answer, the thinking may have decided against them: a retry asks.
+        if self.thinking.call
+            && !self.at.prose
+            && self.lost_native.is_none()
+            && self.take_thinking_calls(next)
+        {
+            return;
+        }
         let hint = if self.thinking.call {
             Some(Hint::CallInThinking)
         } else if self.lost_native.is_some() {
@@ -877,6 +981,11 @@ impl Stage for ToolScan {
             self.abandon(&why, next);
             return;
         }
+        // A call is demanded (`required`, named) and the model wrote one only while
+        // thinking: that is the call, after the prose it held.
+        if self.holds_prose() && self.thinking.call && self.take_thinking_calls(next) {
+            return;
+        }
         if !self.held.is_empty() {
             let held = std::mem::take(&mut self.held);
             self.released = true;
@@ -887,6 +996,31 @@ impl Stage for ToolScan {
     fn finish_reason(&self) -> Option<FinishReason> {
         self.finish
     }
+}
+
+/// The valid calls of a text (the thinking), read by a scanner of their own.
+fn calls_in(text: &str, set: &Arc<ToolSet>) -> Vec<ValidCall> {
+    #[derive(Default)]
+    struct Calls(Vec<ValidCall>);
+    impl Emit for Calls {
+        fn reasoning(&mut self, _: &str) {}
+        fn content(&mut self, _: &str) {}
+        fn tool_call(&mut self, call: &ToolCall<'_>) {
+            self.0.push(ValidCall {
+                name: call.name.to_owned(),
+                arguments: call.arguments.to_owned(),
+            });
+        }
+    }
+    let mut scan = ToolScan::new(ScanConfig {
+        set: set.clone(),
+        retry_allowed: false,
+        streaming: false,
+    });
+    let mut calls = Calls::default();
+    scan.content(text, &mut calls);
+    scan.flush(&mut calls);
+    calls.0
 }
 
 /// A bare `{` that may be a payload: `Some(true)` when a `"name"` key shows within

@@ -47,7 +47,10 @@ impl<S: Stage> Pipeline<S> {
                 stage: &mut self.stages,
                 next: out,
             };
-            let flow = self.translator.on_data(data, &mut through)?;
+            let flow = match self.translator.on_data(data, &mut through) {
+                Ok(flow) => flow,
+                Err(e) => return self.unless_stages_answer(e, out).map(Progress::Done),
+            };
             if let Progress::Done(r) = self.after_event(flow, out) {
                 return Ok(Progress::Done(r));
             }
@@ -76,8 +79,29 @@ impl<S: Stage> Pipeline<S> {
                 return Ok(r);
             }
         }
-        self.translator.on_eof()?;
+        if let Err(e) = self.translator.on_eof() {
+            return self.unless_stages_answer(e, out);
+        }
         self.stages.flush(out);
+        Ok(self.stages.finish_reason().unwrap_or(FinishReason::Stop))
+    }
+
+    /// The upstream's answer ended empty (`e`): the stages may still answer from what they
+    /// kept — the tool-call scanner, a call the model wrote only while thinking. If they
+    /// give something, that is the answer; else the empty answer stands as `e`.
+    fn unless_stages_answer(
+        &mut self,
+        e: UpstreamError,
+        out: &mut impl Emit,
+    ) -> Result<FinishReason, UpstreamError> {
+        if e.class != UpstreamClass::EmptyStream {
+            return Err(e);
+        }
+        let mut watched = Watched { out, any: false };
+        self.stages.flush(&mut watched);
+        if !watched.any {
+            return Err(e);
+        }
         Ok(self.stages.finish_reason().unwrap_or(FinishReason::Stop))
     }
 
@@ -125,6 +149,33 @@ impl<S: Stage> Pipeline<S> {
         });
         self.stages.account(&mut usage, reported.is_some());
         usage
+    }
+}
+
+/// An `Emit` that notes whether anything went through it.
+struct Watched<'a, E> {
+    out: &'a mut E,
+    any: bool,
+}
+
+impl<E: Emit> Emit for Watched<'_, E> {
+    fn reasoning(&mut self, text: &str) {
+        self.any |= !text.is_empty();
+        self.out.reasoning(text);
+    }
+
+    fn content(&mut self, text: &str) {
+        self.any |= !text.is_empty();
+        self.out.content(text);
+    }
+
+    fn tool_call(&mut self, call: &super::state::ToolCall<'_>) {
+        self.any = true;
+        self.out.tool_call(call);
+    }
+
+    fn platform_call(&mut self, frame: super::state::PlatformFrame<'_>) {
+        self.out.platform_call(frame);
     }
 }
 

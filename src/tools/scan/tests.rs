@@ -415,9 +415,25 @@ fn c28_intercepted_native_calls_are_harvested() {
         &mut out,
     );
     assert_eq!(out.calls, [call("get_weather", r#"{"city":"Paris"}"#)]);
-    assert_eq!(scan.finish_reason(), Some(FinishReason::ToolCalls));
-    // What the model says next (about the platform's "does not exists") is not the client's.
+    // More intercepted calls of a batch may follow the result; what the model says next
+    // (about the platform's "does not exists") is not the client's, and ends the answer.
+    assert_eq!(scan.finish_reason(), None);
+    scan.platform_call(
+        PlatformFrame::Call {
+            name: "get_weather",
+            arguments: "{\"city\":\"Oslo\"}",
+        },
+        &mut out,
+    );
+    scan.platform_call(
+        PlatformFrame::Result {
+            name: "get_weather",
+        },
+        &mut out,
+    );
+    assert_eq!(out.calls.len(), 2);
     scan.content("Sorry, the tool does not exist.", &mut out);
+    assert_eq!(scan.finish_reason(), Some(FinishReason::ToolCalls));
     scan.flush(&mut out);
     assert_eq!(out.content, "");
 }
@@ -628,4 +644,110 @@ fn only_a_whole_call_block_in_the_thinking_asks_again() {
         run_pieces(&auto(), true, &answer, &wrote).retry,
         Some(Hint::CallInThinking)
     );
+}
+
+// Real models' habits (issue 18, the simulator's `habits.rs` writes them too).
+
+#[test]
+fn a_narrated_batch_without_openers_gives_every_call() {
+    let text = "I'll start with Paris.\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n[END TOOL CALL]\nNext, Oslo.\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n[END TOOL CALL]\n";
+    let out = scan(text);
+    assert_eq!(
+        out.calls,
+        [
+            call("get_weather", r#"{"city":"Paris"}"#),
+            call("get_weather", r#"{"city":"Oslo"}"#)
+        ]
+    );
+    assert_eq!(out.content, "I'll start with Paris.\n");
+    assert_eq!(out.finish, Some(FinishReason::ToolCalls));
+    // With parallel calls off, the first only.
+    let out = scan_with(&set_with(Choice::Auto, false), false, text);
+    assert_eq!(out.calls.len(), 1);
+}
+
+#[test]
+fn garbled_closers_between_calls_are_skipped() {
+    for closer in [
+        "[END TOOL CALL",
+        "[ END TOOL CALL ]",
+        "[END_TOOL_CALL]",
+        "</tool_call\u{ff1e}",
+        "",
+    ] {
+        let block = |city: &str| {
+            format!("[TOOL CALL]\n{{\"name\":\"get_weather\",\"arguments\":{{\"city\":\"{city}\"}}}}\n{closer}\n")
+        };
+        let out = scan(&format!("{}{}", block("Paris"), block("Oslo")));
+        assert_eq!(out.calls.len(), 2, "closer {closer:?}: {out:?}");
+        assert_eq!(out.content, "");
+    }
+}
+
+#[test]
+fn after_a_call_only_a_short_narration_is_skipped_and_an_invented_result_ends_it() {
+    // An invented result: nothing after it counts, not even a call.
+    let out = scan(&format!(
+        "{PARIS}\n[TOOL RESULT #1: get_weather]\nsunny\n[END TOOL RESULT]\n{PARIS}"
+    ));
+    assert_eq!(out.calls.len(), 1);
+    assert_eq!(out.content, "");
+    // More than a short narration is not a batch.
+    let long = "And now I will explain at length. ".repeat(20);
+    let out = scan(&format!("{PARIS}\n{long}\n{PARIS}"));
+    assert_eq!(out.calls.len(), 1);
+    let three_lines = "one\ntwo\nthree\n";
+    let out = scan(&format!("{PARIS}\n{three_lines}{PARIS}"));
+    assert_eq!(out.calls.len(), 1);
+    assert_eq!(out.finish, Some(FinishReason::ToolCalls));
+}
+
+#[test]
+fn a_call_written_only_while_thinking_is_taken_when_the_answer_is_empty() {
+    let thinking = [
+        "The user wants the weather.\n\n[TOOL CALL]\n{\"name\":\"get_wea",
+        "ther\",\"arguments\":{\"city\":\"Paris\"}}\n[END TOOL CALL]",
+    ];
+    for streaming in [false, true] {
+        let out = run_pieces_in(streaming, &auto(), true, &["", " \n"], &thinking);
+        assert_eq!(
+            out.calls,
+            [call("get_weather", r#"{"city":"Paris"}"#)],
+            "streaming {streaming}"
+        );
+        assert_eq!(out.retry, None);
+        assert_eq!(out.finish, Some(FinishReason::ToolCalls));
+    }
+    // A word of answer: the thinking may have decided against it; not taken.
+    let out = run_pieces_in(
+        true,
+        &auto(),
+        true,
+        &["No tool needed: it is sunny."],
+        &thinking,
+    );
+    assert!(out.calls.is_empty());
+    // An unknown tool in the thinking is not a call either.
+    let out = run_pieces(
+        &auto(),
+        false,
+        &[],
+        &["[TOOL CALL]\n{\"name\":\"nope\",\"arguments\":{}}\n[END TOOL CALL]"],
+    );
+    assert!(out.calls.is_empty());
+}
+
+#[test]
+fn a_demanded_call_written_only_while_thinking_is_taken_when_no_retry_is_left() {
+    let thinking = ["[TOOL CALL]\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Rome\"}}\n[END TOOL CALL]"];
+    let required = set_with(Choice::Required, true);
+    // Streamed reasoning: no retry; the held prose, then the call.
+    let out = run_pieces_in(true, &required, true, &["I'll check."], &thinking);
+    assert_eq!(out.retry, None);
+    assert_eq!(out.content, "I'll check.");
+    assert_eq!(out.calls, [call("get_weather", r#"{"city":"Rome"}"#)]);
+    // Under `auto` the prose stands: the thinking may have decided against the call.
+    let out = run_pieces_in(true, &auto(), true, &["I'll check."], &thinking);
+    assert!(out.calls.is_empty());
+    assert_eq!(out.content, "I'll check.");
 }
