@@ -3,7 +3,8 @@
 # tests, the bench targets in test mode, the real-client suites against the running binary
 # (official `openai` Python SDK, LangChain, the OpenAI Agents SDK; openai-node and the
 # Vercel AI SDK under Node's test runner), real coding agents run headless (Qwen Code, the
-# Cline CLI) and the deployment files. Installs what it needs; starts what it needs on free ports and
+# Cline CLI, opencode; once more against a simulated model with a real model's habits) and the
+# deployment files. Installs what it needs; starts what it needs on free ports and
 # leaves the host's own services alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,7 +65,7 @@ if ! cat "$NODE_SUITE/package.json" "$NODE_SUITE/package-lock.json" | cmp -s - "
 fi
 QWEN_PROXY_BIN="$PWD/target/debug/qwen-proxy" npm --prefix "$NODE_SUITE" test
 
-step "real coding agents, headless: Qwen Code and the Cline CLI (node --test)"
+step "real coding agents, headless: Qwen Code, the Cline CLI and opencode (node --test)"
 # Each agent gets a scratch HOME, no proxy variables and a 120 s budget; the suite stops the
 # processes it started (Cline's daemon included) by pid. Installed as the suite above.
 AGENT_SUITE=tests/agents
@@ -73,6 +74,11 @@ if ! cat "$AGENT_SUITE/package.json" "$AGENT_SUITE/package-lock.json" | cmp -s -
   cat "$AGENT_SUITE/package.json" "$AGENT_SUITE/package-lock.json" >"$AGENT_SUITE/node_modules/.installed-from"
 fi
 QWEN_PROXY_BIN="$PWD/target/debug/qwen-proxy" npm --prefix "$AGENT_SUITE" test
+
+step "real coding agents again, the simulated model with a real model's habits (--demo --habits)"
+# Each agent's proxy starts the habit cycle at its own offset (README "Simulator"); every task
+# must complete or fail honestly, and no raw tool-call markup may reach an agent as its answer.
+AGENT_SUITE_HABITS=3 QWEN_PROXY_BIN="$PWD/target/debug/qwen-proxy" npm --prefix "$AGENT_SUITE" test
 
 step "deployment files: compose commands (sh -n), Dockerfile, systemd unit (systemd-analyze verify)"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/deploy/requirements.txt

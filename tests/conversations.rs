@@ -350,3 +350,31 @@ async fn a_long_busy_window_sends_the_next_turn_to_a_fresh_chat_unless_told_to_w
     let stats = agent_loop(&[("BUSY_CHAT_POLICY", "wait")], 2_000, 50, 3).await;
     assert_eq!(stats["chats_created"], 1, "{stats}");
 }
+
+#[tokio::test]
+async fn an_agent_sized_conversation_is_never_folded_again_just_to_save_a_wait() {
+    // A 2 s window against 50 ms to create a chat, as above — but the conversation carries an
+    // agent's 40 KB system prompt: its fold is over BUSY_FRESH_MAX_BYTES (32 KiB), and would
+    // cost the model reading it again and the bytes near the anti-bot limit. It waits.
+    let mut sim = quick_sim();
+    sim.linger = std::time::Duration::from_millis(2_000);
+    sim.timing.chat_latency = std::time::Duration::from_millis(50);
+    let h = Harness::start_with(&[], sim).await;
+    let system = "You are a coding agent. Follow the rules below. ".repeat(850);
+    assert!(system.len() > 40_000);
+    let mut messages = vec![json!({"role": "system", "content": system})];
+    for k in 1..=3 {
+        let question = format!("step {k}: here is the tool result");
+        messages.push(user(&question));
+        let answer = turn(&h, &messages, true).await;
+        assert_eq!(answer, expected_answer(&question), "step {k}");
+        messages.push(assistant(&answer));
+    }
+    let stats = h.sim_stats().await;
+    assert_eq!(stats["chats_created"], 1, "{stats}");
+    let metrics = String::from_utf8(h.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        !metrics.contains("conversation_chats_left_total{reason=\"busy\"}"),
+        "{metrics}"
+    );
+}

@@ -5,11 +5,12 @@
 //! invented results after a call; fenced examples; native calls the platform intercepts).
 //!
 //! With `qwen-proxy sim --habits SEED` (or `--demo --habits SEED`, or `@@sim:habits[=SEED]`
-//! on one request) every completion that makes calls writes them with one habit, picked —
-//! reproducibly — from the seed and the prompt; `@@sim:habit=NAME` names the habit. The
-//! habit rewrites the scenario (what the model answers, thinks, or calls natively) before
-//! the script is built. A model that got the proxy's retry hint writes properly, as real
-//! models mostly do.
+//! on one request) every completion that makes calls writes them with one habit: the
+//! simulator's k-th such completion gets habit `SEED + k` of [`Habit::ALL`], in cycles, each
+//! cycle in the next form — reproducible for the same sequence of requests, and every habit
+//! met in nine. `@@sim:habit=NAME[,FORM]` names the habit. The habit rewrites the scenario
+//! (what the model answers, thinks, or calls natively) before the script is built. A model
+//! that got the proxy's retry hint writes properly, as real models mostly do.
 
 use super::scenario::{Scenario, SimCall};
 use super::tools::{self, SimTool};
@@ -73,27 +74,12 @@ impl Habit {
         Habit::ALL.into_iter().find(|h| h.name() == name)
     }
 
-    /// The habit and its variant for a completion: from the seed and the prompt, so the
-    /// same request is written the same way every time.
-    pub fn pick(seed: u64, prompt: &str) -> (Habit, u64) {
-        let mut x = fnv(prompt) ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let habit = Habit::ALL[(next() % Habit::ALL.len() as u64) as usize];
-        (habit, next())
+    /// The habit and its form for the `k`-th completion with calls under `seed`.
+    pub fn pick(seed: u64, k: u64) -> (Habit, u64) {
+        let n = Habit::ALL.len() as u64;
+        let at = seed.wrapping_add(k);
+        (Habit::ALL[(at % n) as usize], at / n)
     }
-}
-
-fn fnv(text: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// Rewrite the scenario's calls as a model with `habit` writes them (`variant` picks among
@@ -343,11 +329,11 @@ mod tests {
     }
 
     #[test]
-    fn the_pick_is_reproducible_and_covers_every_habit() {
-        assert_eq!(Habit::pick(7, "a prompt"), Habit::pick(7, "a prompt"));
-        let seen: std::collections::HashSet<&str> = (0..200)
-            .map(|i| Habit::pick(7, &format!("prompt {i}")).0.name())
-            .collect();
+    fn the_pick_cycles_through_every_habit_then_the_next_form() {
+        assert_eq!(Habit::pick(7, 0), (Habit::MangledOpener, 0));
+        assert_eq!(Habit::pick(7, 2), (Habit::OwnName, 1));
+        let seen: std::collections::HashSet<&str> =
+            (0..9).map(|k| Habit::pick(7, k).0.name()).collect();
         assert_eq!(seen.len(), Habit::ALL.len());
         for h in Habit::ALL {
             assert_eq!(Habit::parse(h.name()), Some(h));

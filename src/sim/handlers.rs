@@ -693,14 +693,15 @@ impl SimService {
         if sim_tools::hinted(&prompt) {
             scenario.obey_hint(&tools);
         } else if !scenario.calls.is_empty() {
-            // A named habit in the form asked for, or one picked from the prompt.
+            // A named habit (in the form asked for), or the next of the cycle.
             let habit = scenario
                 .habit
-                .map(|(h, form)| (h, form.unwrap_or_else(|| Habit::pick(0, &prompt).1)));
-            let habit = habit.or_else(|| {
-                let seed = scenario.habits.or(self.config.habits)?;
-                Some(Habit::pick(seed, &prompt))
-            });
+                .map(|(h, form)| (h, form.unwrap_or(0)))
+                .or_else(|| {
+                    let seed = scenario.habits.or(self.config.habits)?;
+                    let k = self.state.habit_turns.fetch_add(1, Ordering::Relaxed);
+                    Some(Habit::pick(seed, k))
+                });
             if let Some((habit, variant)) = habit {
                 habits::apply(&mut scenario, habit, variant, &tools);
                 self.state.count_habit(habit);

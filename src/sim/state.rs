@@ -84,6 +84,8 @@ pub struct SimState {
     pub signin_wall: Mutex<super::signin_wall::SigninWall>,
     /// Completions whose calls were written with each habit (`habits.rs`).
     pub habits: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Completions whose calls got a habit of the `--habits` cycle so far.
+    pub habit_turns: AtomicU64,
 }
 
 /// Lock a std mutex; a poisoned lock only means another handler panicked mid-update of

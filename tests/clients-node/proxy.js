@@ -41,10 +41,12 @@ for (const sig of ['SIGINT', 'SIGTERM']) {
 }
 
 /**
- * Starts one proxy. `env` adds settings (e.g. { CHALLENGE_COOLDOWN: '0' }).
+ * Starts one proxy. `env` adds settings (e.g. { CHALLENGE_COOLDOWN: '0' }); `habits` (a seed)
+ * makes the demo's simulated model write tool calls with a real model's habits
+ * (`--habits SEED`, README "Simulator").
  * Returns { baseURL, simURL, stats(), completionRequests(), replay(bytes, chunk), stop() }.
  */
-export async function startProxy(env = {}) {
+export async function startProxy(env = {}, { habits } = {}) {
   const childEnv = Object.fromEntries(
     Object.entries(process.env).filter(([k]) => !k.startsWith('QWEN_') && !k.startsWith('API_KEYS')),
   );
@@ -53,7 +55,9 @@ export async function startProxy(env = {}) {
   // for a fresh one. `wait` keeps the chat (the adaptive choice: tests/conversations.rs).
   childEnv.BUSY_CHAT_POLICY = 'wait';
   Object.assign(childEnv, env);
-  const child = spawn(BIN, ['--demo', '--port', '0', '--env-file', '/dev/null'], {
+  const args = ['--demo', '--port', '0', '--env-file', '/dev/null'];
+  if (habits !== undefined) args.push('--habits', String(habits));
+  const child = spawn(BIN, args, {
     env: childEnv,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
