@@ -72,6 +72,13 @@ impl Metrics {
                 .expect("registered once");
             h
         };
+        let gauge = |name: &str, help: &str| {
+            let g = Gauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
             registry
@@ -194,24 +201,14 @@ impl Metrics {
                 g.set(1);
                 g
             },
-            chat_busy_window: {
-                let g = Gauge::new(
-                    "chat_busy_window_seconds",
-                    "How long the upstream is estimated to keep a chat busy after an answer (learned from busy answers).",
-                )
-                .expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("registered once");
-                g
-            },
-            prefill_per_kib: {
-                let g = Gauge::new(
-                    "chat_prefill_seconds_per_kib",
-                    "What the upstream's first token is estimated to cost per KiB of prompt the chat has not read (learned from the time to first token of turns of different sizes).",
-                )
-                .expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("registered once");
-                g
-            },
+            chat_busy_window: gauge(
+                "chat_busy_window_seconds",
+                "How long the upstream is estimated to keep a chat busy after an answer (learned from busy answers).",
+            ),
+            prefill_per_kib: gauge(
+                "chat_prefill_seconds_per_kib",
+                "What the upstream's first token is estimated to cost per KiB of prompt the chat has not read (learned from the time to first token of turns of different sizes).",
+            ),
             chats_left: counter_vec(
                 "conversation_chats_left_total",
                 "Upstream chats a conversation left behind in the account for a fresh one: busy (waiting for it would have taken longer) or account (its account was taken out of rotation).",
