@@ -22,7 +22,7 @@ COMMANDS:
 SERVE OPTIONS:
     --demo            Serve against the built-in simulator; no credentials needed.
     --habits SEED     With --demo: the simulated model writes tool calls with a real model's
-                      habits (README, Simulator), picked from SEED and the prompt.
+                      habits (README, Simulator): the k-th call-making answer gets habit SEED+k.
     --port N          Listen port (PORT, default 3000; 0 picks a free port).
     --host H          Listen address (HOST, default 0.0.0.0).
     --env-file PATH   Read variables from PATH instead of ./.env.
@@ -53,7 +53,7 @@ SIM OPTIONS:
     --habits SEED          The simulated model writes tool calls with a real model's habits
                            (its own names, case variants, narration, calls while thinking,
                            text after a call, fenced examples, garbled markers, native calls),
-                           picked from SEED and the prompt.
+                           the k-th call-making answer gets habit SEED+k of the list.
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -308,8 +308,8 @@ pub struct ConversationConfig {
     pub busy_fresh_max_bytes: usize,
     /// `CHATS_PER_REQUEST`: upstream chats one client request may open (`conversation::budget`).
     pub chats_per_request: u32,
-    /// `CHATS_PER_CONVERSATION_PER_MINUTE`: upstream chats one conversation may open within a
-    /// minute (0: no bound).
+    /// `CHATS_PER_CONVERSATION_PER_MINUTE`: a conversation opens no more upstream chats once
+    /// this many of its chats came to nothing within a minute (0: no bound).
     pub chats_per_minute: usize,
 }
 

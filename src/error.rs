@@ -83,6 +83,10 @@ impl UpstreamClass {
     }
 }
 
+/// How long a client should wait before sending a request again whose passing failure
+/// (an in-stream error, an empty or cut answer) came back the same on its second attempt.
+pub const REPEATED_WAIT: Duration = Duration::from_secs(30);
+
 /// A classified upstream failure. `detail` is the upstream's own text (never a secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamError {
@@ -90,8 +94,10 @@ pub struct UpstreamError {
     pub detail: String,
     /// How long the upstream asked us to wait (`num` hours, `Retry-After`).
     pub retry_after: Option<Duration>,
-    /// The same failure came back on a second attempt of the request: a client's retry
-    /// would only repeat it (`x-should-retry: false`).
+    /// The same failure came back on a second attempt of the request (or the identical
+    /// request failed so moments ago): not tried again now. A refusal of the request itself
+    /// is then final (`x-should-retry: false`); a passing failure is worth a retry only
+    /// after [`REPEATED_WAIT`].
     pub repeated: bool,
 }
 
@@ -108,6 +114,15 @@ impl UpstreamError {
     /// Whether `other` is this failure again: the same class and the upstream's same words.
     pub fn same_as(&self, other: &UpstreamError) -> bool {
         self.class == other.class && self.detail == other.detail
+    }
+
+    /// A refusal of the request itself — the same request will always get it — rather than
+    /// a failure of the upstream's.
+    pub fn refuses_the_request(&self) -> bool {
+        matches!(
+            self.class,
+            UpstreamClass::Rejected | UpstreamClass::InvalidInput | UpstreamClass::ContentFilter
+        )
     }
 
     pub fn with_retry_after(mut self, after: Option<Duration>) -> Self {
@@ -159,8 +174,8 @@ pub enum ProxyError {
     ShuttingDown,
     /// Too many requests are queued on one conversation, or the wait timed out.
     ConversationBusy,
-    /// The conversation opened `CHATS_PER_CONVERSATION_PER_MINUTE` upstream chats within the
-    /// last minute: no more until the oldest leaves the window.
+    /// `CHATS_PER_CONVERSATION_PER_MINUTE` of the conversation's upstream chats came to
+    /// nothing within the last minute: no more until the oldest leaves the window.
     ChatLimit { retry_after_secs: u64 },
     /// The upstream failed in a classified way.
     Upstream(Box<UpstreamError>),
@@ -339,6 +354,7 @@ impl ProxyError {
                 UpstreamClass::Overloaded | UpstreamClass::ChatInProgress => {
                     Some(e.retry_after.map_or(5, |d| d.as_secs().max(1)))
                 }
+                _ if e.repeated && !e.refuses_the_request() => Some(REPEATED_WAIT.as_secs()),
                 _ => None,
             },
             _ => None,
@@ -380,7 +396,6 @@ impl ProxyError {
             | ProxyError::ConversationBusy
             | ProxyError::ChatLimit { .. }
             | ProxyError::AccountsBusy { .. } => true,
-            ProxyError::Upstream(e) if e.repeated => false,
             ProxyError::Upstream(e) => match e.class {
                 UpstreamClass::AuthFailed
                 | UpstreamClass::Forbidden
@@ -502,7 +517,7 @@ impl ProxyError {
                     .to_owned()
             }
             ProxyError::ChatLimit { retry_after_secs } => format!(
-                "This conversation opened as many upstream chats within the last minute as \
+                "This conversation's upstream chats failed as often within the last minute as \
                  CHATS_PER_CONVERSATION_PER_MINUTE allows (each is one more chat in the Qwen \
                  account and a step towards its anti-bot challenge); retry in {retry_after_secs} s."
             ),
@@ -517,10 +532,13 @@ impl ProxyError {
             ProxyError::Internal(m) => format!("Internal proxy error: {m}"),
             ProxyError::Upstream(e) => {
                 let mut m = Self::upstream_message(e);
-                if e.repeated {
-                    m.push_str(
-                        " The same failure came back when the proxy tried again; retrying will not help.",
-                    );
+                if e.repeated && e.refuses_the_request() {
+                    m.push_str(" The same request failed the same way; sending it again will not help.");
+                } else if e.repeated {
+                    m.push_str(&format!(
+                        " It failed the same way again when the proxy tried a fresh chat; try again in {} s.",
+                        REPEATED_WAIT.as_secs()
+                    ));
                 }
                 m
             }

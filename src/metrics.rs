@@ -211,7 +211,7 @@ impl Metrics {
             ),
             chats_left: counter_vec(
                 "conversation_chats_left_total",
-                "Upstream chats a conversation left behind in the account for a fresh one: busy (waiting for it would have taken longer) or account (its account was taken out of rotation).",
+                "Upstream chats a conversation left behind in the account for a fresh one: busy (waiting for it would have taken longer), account (its account was taken out of rotation) or hint (a tool-call retry of a new chat's answer).",
                 &["reason"],
             ),
             accounts: {

@@ -75,6 +75,7 @@ fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<http_body_util
         hyper::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    e.write_headers(rsp.headers_mut());
     rsp
 }
 

@@ -58,7 +58,7 @@ async fn a_request_the_upstream_refuses_as_malformed_opens_two_chats_however_oft
         first.error()["message"]
             .as_str()
             .unwrap()
-            .contains("retrying will not help"),
+            .contains("sending it again will not help"),
         "{}",
         first.error()
     );
@@ -81,14 +81,21 @@ async fn a_request_the_upstream_refuses_as_malformed_opens_two_chats_however_oft
 #[tokio::test]
 async fn a_5xx_that_repeats_on_a_fresh_chat_is_not_tried_again() {
     let h = Harness::start_with(&QUICK_RETRIES, quick_sim()).await;
-    // An in-stream `{"error":"Internal error!"}` after some text, on every chat.
+    // An in-stream `{"error":"Internal error!"}` after some text, on every chat: a passing
+    // failure, but not one that a third chat right away would cure.
     let replies = agent(&h, "q @@sim:internal_error", false).await;
     assert_eq!(replies.len(), 7, "a 5xx: the agent retries six times");
     for r in &replies {
         assert_eq!(r.status, 502);
         assert_eq!(r.error()["code"], "upstream_error");
-        assert_eq!(header(r, "x-should-retry"), "false");
+        // Worth a retry, after a while: the same request is not tried again before then.
+        assert_eq!(header(r, "x-should-retry"), "true");
+        assert_eq!(header(r, "retry-after"), "30");
     }
+    assert!(replies[0].error()["message"]
+        .as_str()
+        .unwrap()
+        .contains("failed the same way again when the proxy tried a fresh chat"));
     let stats = h.sim_stats().await;
     assert_eq!(chats(&stats), 2, "{stats}");
     let m = h.get("/metrics").await;

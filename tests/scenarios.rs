@@ -443,10 +443,11 @@ async fn chat_in_progress_is_retried_on_the_same_chat() {
 async fn transient_failures_are_retried_then_reported() {
     let h = Harness::start().await;
     // Every attempt fails the same way, a new chat each: the second attempt repeats the
-    // first, so there is no third (and the client is told a retry will not help).
+    // first, so there is no third (and the client is told to wait before trying again).
     let r = h.ask(MODEL, "q @@sim:empty", false).await;
     assert_error(&r, 502, "server_error", "upstream_empty_response");
-    assert_eq!(r.headers["x-should-retry"], "false");
+    assert_eq!(r.headers["x-should-retry"], "true");
+    assert_eq!(r.headers["retry-after"], "30");
     let stats = h.sim_stats().await;
     assert_eq!(
         (

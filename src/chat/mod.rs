@@ -113,7 +113,16 @@ pub async fn complete(
     // The same request failed in a way a retry cannot change a moment ago: that answer
     // again, without an upstream call (and without another chat).
     // (The whole request is hashed for it only while some failure is remembered.)
-    let request_key = || conv.request_key(&req, identity.as_str(), &plan.model);
+    let request_key = || {
+        let settings = format!(
+            "{}|{:?}|{:?}|{:?}",
+            plan.chat_type,
+            plan.features,
+            req.response_format,
+            req.tools.as_deref().map(|t| (&t.choice, t.parallel))
+        );
+        conv.request_key(&req, identity.as_str(), &plan.model, &settings)
+    };
     if !conv.recent_failures.is_empty() {
         if let Some(mut e) = conv.recent_failures.get(&request_key()) {
             tracing::info!(
@@ -141,8 +150,16 @@ pub async fn complete(
         if about_the_request && chats.failed(e) {
             e.repeated = true;
         }
+        // Remembered for the identical request: a refusal of the request itself (once it
+        // is final: invalid input is never retried; a `Bad_Request` after it repeated) for a
+        // minute, a passing failure that repeated for the wait the client is told.
         if e.repeated || e.class == UpstreamClass::InvalidInput {
-            conv.recent_failures.put(&request_key(), e);
+            let ttl = if e.refuses_the_request() {
+                crate::conversation::budget::WINDOW
+            } else {
+                crate::error::REPEATED_WAIT
+            };
+            conv.recent_failures.put(&request_key(), e, ttl);
         }
         if e.class == UpstreamClass::Challenge {
             // Keep `Retry-After` truthful: no upstream call before the pause ends.
@@ -339,6 +356,8 @@ async fn converse(
                     .inc();
                 hint = Some(h);
                 if prepared.continued_from.is_none() {
+                    // The first answer's chat is left behind with it.
+                    state.metrics.chats_left.with_label_values(&["hint"]).inc();
                     prepared = conv.fresh(req, identity, &plan.model, "fallback");
                 } else {
                     // The chat has just answered (the first answer): its busy window starts
@@ -542,24 +561,30 @@ async fn send(
         .inc();
     // When this attempt reaches a continued chat, relative to its last answer.
     let sent_since = prepared.since_answer();
-    let continued = prepared.target != ChatTarget::NewChat;
-    if !continued {
-        open_chat(state, chats, prepared, std::mem::take(&mut trail.moving))?;
+    let mut opened = false;
+    if prepared.target == ChatTarget::NewChat {
+        let moving = std::mem::take(&mut trail.moving);
+        may_create_chat(state, chats, prepared, moving)?;
         let asked = Instant::now();
         let chat_id = state
             .client
             .create_chat(lease.caller(), &plan.model, plan.chat_type)
             .await?;
         state.conversations.chat_created_in(asked.elapsed());
+        // Counted once it exists: a `chats/new` that failed opened nothing.
+        chats.opened(!moving);
+        opened = true;
         prepared.target = ChatTarget::Existing {
             chat_id,
             parent_id: None,
         };
         prepared.account = Some(lease.name().to_owned());
     }
-    // The one retry a tool-calling answer may get goes to the same chat when it continued
-    // one, else to a fresh chat: only if the request and the conversation may open one.
-    let tool_retry = tool_retry && (continued || may_open_chat(state, chats, prepared));
+    // The one retry a tool-calling answer may get goes to the same chat when the request
+    // continued a conversation's chat, else to a fresh chat (`converse`): that only if the
+    // request and the conversation may open one.
+    let tool_retry =
+        tool_retry && (prepared.continued_from.is_some() || may_open_chat(state, chats, prepared));
     let result = Attempt {
         state,
         req,
@@ -567,10 +592,16 @@ async fn send(
         prepared,
         start,
         tool_retry,
-        opened_chat: !continued,
+        opened_chat: opened,
     }
     .respond(lock, lease)
     .await;
+    // The chat this attempt opened came to nothing: its turn failed before the answer
+    // began, or the answer is asked for again (a stream that fails later is counted where
+    // its turn ends).
+    if opened && !matches!(result, Ok(Answered::Response(_))) {
+        conv.chat_window.came_to_nothing(&prepared.conversation);
+    }
     if let Some(since) = sent_since {
         match &result {
             Ok(_) => conv.saw_chat(since, false),
@@ -583,37 +614,40 @@ async fn send(
     result
 }
 
-/// Count a chat about to be opened for this request, against the request's and the
-/// conversation's bounds — unless it is for a turn moved off an account taken out of
-/// rotation (`moving`: counted, never refused). The decisions before this one (the retry
-/// layer, the fallbacks, the tool-hint retry, the busy choice) check first, so a refusal
-/// here is the conversation's window filled by its other requests.
-fn open_chat(
+/// Whether a chat may be opened for this request, within the request's and the
+/// conversation's bounds — always for a turn moved off an account taken out of rotation
+/// (`moving`). The decisions before this one (the retry layer, the fallbacks, the tool-hint
+/// retry, the busy choice) check first, so a refusal here is the conversation's window
+/// filled by its other requests — or, should a decision have missed it, the request's own
+/// chats spent, answered with its last failure.
+fn may_create_chat(
     state: &AppState,
     chats: &RequestChats,
     prepared: &Prepared,
     moving: bool,
 ) -> Result<(), ProxyError> {
-    let window = &state.conversations.chat_window;
     if moving {
-        window.force(&prepared.conversation);
-    } else {
-        if chats.left() == 0 {
-            return Err(ProxyError::Internal(
-                "no upstream chat left for this request".to_owned(),
-            ));
-        }
-        if let Err(wait) = window.open(&prepared.conversation) {
-            tracing::info!(
-                wait_s = wait.as_secs(),
-                "the conversation opened its limit of upstream chats within the minute"
-            );
-            return Err(ProxyError::ChatLimit {
-                retry_after_secs: wait.as_secs_f64().ceil() as u64,
-            });
-        }
+        return Ok(());
     }
-    chats.opened(!moving);
+    if chats.left() == 0 {
+        return Err(chats.last_failure().map_or_else(
+            || ProxyError::Internal("no upstream chat left for this request".to_owned()),
+            ProxyError::from,
+        ));
+    }
+    if let Err(wait) = state
+        .conversations
+        .chat_window
+        .admit(&prepared.conversation)
+    {
+        tracing::info!(
+            wait_s = wait.as_secs(),
+            "the conversation opened its limit of upstream chats within the minute"
+        );
+        return Err(ProxyError::ChatLimit {
+            retry_after_secs: wait.as_secs_f64().ceil() as u64,
+        });
+    }
     Ok(())
 }
 

@@ -40,8 +40,8 @@ pub struct TurnEnd {
     stream_started: Option<Instant>,
     /// The account's slot, held until the turn ends; a failure is blamed on it.
     lease: Lease,
-    /// The conversation, when this turn opened its chat (an answered turn's chat leaves the
-    /// conversation's window of chats that came to nothing).
+    /// The conversation, when this turn opened its chat (a stream that fails after its
+    /// answer began counts in the conversation's window of chats that came to nothing).
     opened_for: Option<String>,
 }
 
@@ -64,7 +64,7 @@ impl TurnEnd {
         }
     }
 
-    /// This turn opened its chat for `conversation`.
+    /// This turn opened its chat for a conversation.
     pub fn opened_chat_for(mut self, conversation: Option<String>) -> Self {
         self.opened_for = conversation;
         self
@@ -164,9 +164,6 @@ impl StreamEnd<TurnStages> for TurnEnd {
                 // A whole answer: the account's strikes are forgiven (not at its start: a
                 // challenge may still come mid-stream).
                 self.state.accounts.answered(self.lease.account());
-                if let Some(conversation) = self.opened_for.take() {
-                    self.state.conversations.chat_window.answered(&conversation);
-                }
                 self.record_tokens(usage);
                 self.stream_ended("completed");
                 let (scan, (_, (limits, transcript))) = pipeline.stages_mut();
@@ -189,6 +186,12 @@ impl StreamEnd<TurnStages> for TurnEnd {
                 // A failure before the first byte is the request's error (reported by the
                 // error map, handled by `chat::complete`); mid-stream it is reported here.
                 if self.stream_started.is_some() {
+                    if let Some(conversation) = self.opened_for.take() {
+                        self.state
+                            .conversations
+                            .chat_window
+                            .came_to_nothing(&conversation);
+                    }
                     e.report(&self.state.metrics);
                     // The quota or a challenge after the answer began: the account is
                     // paused all the same (the client got an in-band error).

@@ -10,11 +10,12 @@
 //!   it: each such move takes an account out, so they are bounded by the pool.
 //! * **per conversation per minute** ([`ChatWindow`], `CHATS_PER_CONVERSATION_PER_MINUTE`):
 //!   a sliding window per conversation — the client, model, system text, tools and first
-//!   message, which every step of an agent loop shares — of the chats that came to no
-//!   answer, so a client that retries whatever it is told still cannot open more. A chat
-//!   whose turn is answered leaves the window: a conversation that opens a chat per step
-//!   (`CONVERSATION_MODE=stateless`, a client that rewrites its history) is progress, not a
-//!   storm.
+//!   message, which every step of an agent loop shares — of the chats that came to nothing
+//!   (their turn failed), so a client that retries whatever it is told still cannot open
+//!   more. Chats whose turns are answered, or still running, do not count: a conversation
+//!   that opens a chat per step (`CONVERSATION_MODE=stateless`, a client that rewrites its
+//!   history) is progress, and many clients sending the same first message at once (one
+//!   conversation key without API keys) are not a storm.
 //! * **a failure that repeats** is not tried again: the ledger marks a failure identical to
 //!   the request's previous one, and [`RecentFailures`] gives it back at once, without an
 //!   upstream call, to an identical request within a minute.
@@ -22,7 +23,7 @@
 //! The window and the memo are per process (a fleet behind a balancer bounds each instance).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -75,6 +76,14 @@ impl RequestChats {
         self.opened.load(Ordering::Relaxed)
     }
 
+    /// The request's last failure.
+    pub fn last_failure(&self) -> Option<UpstreamError> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// An attempt failed with `e`; whether that repeats the request's previous failure.
     pub fn failed(&self, e: &UpstreamError) -> bool {
         let mut last = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
@@ -90,6 +99,8 @@ pub struct ChatWindow {
     limit: usize,
     span: Duration,
     opened: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// The map's size past which it is swept next.
+    sweep_at: AtomicUsize,
 }
 
 /// Past this many conversations, those with nothing in the window are dropped.
@@ -102,48 +113,37 @@ impl ChatWindow {
             limit,
             span,
             opened: Mutex::new(HashMap::new()),
+            sweep_at: AtomicUsize::new(WINDOW_KEYS_SWEEP),
         }
     }
 
-    /// Open a chat for `conversation` now: counted, or how long until the window has room.
-    pub fn open(&self, conversation: &str) -> Result<(), Duration> {
-        self.admit(conversation, true)
-    }
-
-    /// A chat opened for `conversation` answered its turn: it leaves the window.
-    pub fn answered(&self, conversation: &str) {
-        let now = Instant::now();
-        self.with(conversation, now, |times| {
-            times.pop_back();
-        });
-    }
-
-    /// Count a chat that is opened whatever the window says (a turn moved off an account).
-    pub fn force(&self, conversation: &str) {
-        let now = Instant::now();
-        self.with(conversation, now, |times| times.push_back(now));
-    }
-
-    /// Whether the window has room for one more chat (nothing counted).
-    pub fn has_room(&self, conversation: &str) -> bool {
-        self.admit(conversation, false).is_ok()
-    }
-
-    fn admit(&self, conversation: &str, count: bool) -> Result<(), Duration> {
+    /// Whether `conversation` may open a chat now, or how long until its window has room.
+    pub fn admit(&self, conversation: &str) -> Result<(), Duration> {
         if self.limit == 0 {
             return Ok(());
         }
         let now = Instant::now();
-        self.with(conversation, now, |times| {
-            if times.len() >= self.limit {
-                let oldest = times.front().copied().unwrap_or(now);
-                return Err((oldest + self.span).saturating_duration_since(now));
+        self.with(conversation, now, |times| match times.front() {
+            Some(oldest) if times.len() >= self.limit => {
+                Err((*oldest + self.span).saturating_duration_since(now))
             }
-            if count {
-                times.push_back(now);
-            }
-            Ok(())
+            _ => Ok(()),
         })
+    }
+
+    /// Whether the window has room for one more chat.
+    pub fn has_room(&self, conversation: &str) -> bool {
+        self.admit(conversation).is_ok()
+    }
+
+    /// A chat opened for `conversation` came to nothing: its turn failed, or its answer was
+    /// asked for again elsewhere. Counted in the window.
+    pub fn came_to_nothing(&self, conversation: &str) {
+        if self.limit == 0 {
+            return;
+        }
+        let now = Instant::now();
+        self.with(conversation, now, |times| times.push_back(now));
     }
 
     /// Run `f` on the conversation's times still in the window.
@@ -154,12 +154,16 @@ impl ChatWindow {
         f: impl FnOnce(&mut VecDeque<Instant>) -> T,
     ) -> T {
         let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
-        if opened.len() > WINDOW_KEYS_SWEEP {
+        // Conversations with nothing left in their window go, once the map has grown by
+        // half since the last time (not a whole scan per call).
+        if opened.len() > self.sweep_at.load(Ordering::Relaxed) {
             let span = self.span;
             opened.retain(|_, t| {
                 t.back()
                     .is_some_and(|last| now.duration_since(*last) < span)
             });
+            let next = (opened.len() + opened.len() / 2).max(WINDOW_KEYS_SWEEP);
+            self.sweep_at.store(next, Ordering::Relaxed);
         }
         let times = opened.entry(conversation.to_owned()).or_default();
         while times
@@ -172,25 +176,24 @@ impl ChatWindow {
     }
 }
 
-/// Failures that a retry cannot change, by request (the whole request's key), for a while:
-/// the same request again gets the same answer without an upstream call.
-#[derive(Debug)]
+/// Failures that a retry cannot change now, by request (the whole request's key), each for
+/// its while: the same request again gets the same answer without an upstream call.
+#[derive(Debug, Default)]
 pub struct RecentFailures {
-    ttl: Duration,
+    /// Each failure with when it stops being given back.
     failures: Mutex<HashMap<String, (Instant, UpstreamError)>>,
+    /// When the expired were last swept out (at most every [`MEMO_SWEEP`]).
+    swept: Mutex<Option<Instant>>,
 }
+
+/// How often a lookup sweeps the expired failures out, so an idle memo empties and requests
+/// stop being keyed for it.
+const MEMO_SWEEP: Duration = Duration::from_secs(5);
 
 /// Most failures remembered; past it, the expired ones go, then the oldest.
 const MEMO_MAX: usize = 4_096;
 
 impl RecentFailures {
-    pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            failures: Mutex::new(HashMap::new()),
-        }
-    }
-
     /// Whether nothing is remembered (then no request needs its key computed).
     pub fn is_empty(&self) -> bool {
         self.failures
@@ -202,28 +205,42 @@ impl RecentFailures {
     /// The failure remembered for `request`, if still fresh.
     pub fn get(&self, request: &str) -> Option<UpstreamError> {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        // The expired go as they are met, so an idle memo is empty again.
-        let ttl = self.ttl;
-        failures.retain(|_, (at, _)| at.elapsed() < ttl);
-        failures.get(request).map(|(_, e)| e.clone())
+        let now = Instant::now();
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            if swept.map_or(true, |at| now.duration_since(at) >= MEMO_SWEEP) {
+                failures.retain(|_, (until, _)| now < *until);
+                *swept = Some(now);
+            }
+        }
+        match failures.get(request) {
+            Some((until, e)) if now < *until => Some(e.clone()),
+            Some(_) => {
+                // Expired: gone, and with it, when it was the last, the need to key requests.
+                failures.remove(request);
+                None
+            }
+            None => None,
+        }
     }
 
-    pub fn put(&self, request: &str, e: &UpstreamError) {
+    /// Remember `e` for `request` for `ttl`.
+    pub fn put(&self, request: &str, e: &UpstreamError, ttl: Duration) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
         if failures.len() >= MEMO_MAX {
-            let ttl = self.ttl;
-            failures.retain(|_, (at, _)| at.elapsed() < ttl);
+            failures.retain(|_, (until, _)| now < *until);
             if failures.len() >= MEMO_MAX {
-                if let Some(oldest) = failures
+                if let Some(soonest) = failures
                     .iter()
-                    .min_by_key(|(_, (at, _))| *at)
+                    .min_by_key(|(_, (until, _))| *until)
                     .map(|(k, _)| k.clone())
                 {
-                    failures.remove(&oldest);
+                    failures.remove(&soonest);
                 }
             }
         }
-        failures.insert(request.to_owned(), (Instant::now(), e.clone()));
+        failures.insert(request.to_owned(), (now + ttl, e.clone()));
     }
 }
 
@@ -248,42 +265,41 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_conversation_opens_at_most_its_limit_within_the_window() {
+    async fn a_conversation_opens_no_more_once_its_limit_of_chats_came_to_nothing() {
         let w = ChatWindow::new(2, Duration::from_secs(60));
-        assert_eq!(w.open("a"), Ok(()));
+        assert_eq!(w.admit("a"), Ok(()));
+        w.came_to_nothing("a");
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(w.open("a"), Ok(()));
+        w.came_to_nothing("a");
         assert!(!w.has_room("a"));
         assert_eq!(
-            w.open("a"),
+            w.admit("a"),
             Err(Duration::from_secs(50)),
             "until the oldest leaves"
         );
-        assert_eq!(w.open("b"), Ok(()), "per conversation");
+        assert_eq!(w.admit("b"), Ok(()), "per conversation");
         tokio::time::advance(Duration::from_secs(50)).await;
-        assert_eq!(w.open("a"), Ok(()));
-        // A move is counted even when the window is full.
-        w.force("a");
-        assert_eq!(w.open("a"), Err(Duration::from_secs(10)));
-        // Chats whose turns were answered leave the window.
-        w.answered("a");
-        assert!(!w.has_room("a"));
-        w.answered("a");
-        assert_eq!(w.open("a"), Ok(()));
-        assert_eq!(
-            ChatWindow::new(0, Duration::from_secs(60)).open("x"),
-            Ok(())
-        );
+        assert_eq!(w.admit("a"), Ok(()));
+        w.came_to_nothing("a");
+        assert_eq!(w.admit("a"), Err(Duration::from_secs(10)));
+        let unbounded = ChatWindow::new(0, Duration::from_secs(60));
+        unbounded.came_to_nothing("x");
+        assert_eq!(unbounded.admit("x"), Ok(()));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_failure_is_remembered_for_its_ttl() {
-        let m = RecentFailures::new(Duration::from_secs(60));
+    async fn a_failure_is_remembered_for_its_while() {
+        let m = RecentFailures::default();
         let e = UpstreamError::new(UpstreamClass::Rejected, "x");
-        m.put("req", &e);
-        assert_eq!(m.get("req"), Some(e));
+        m.put("req", &e, Duration::from_secs(60));
+        m.put("short", &e, Duration::from_secs(30));
+        assert_eq!(m.get("req"), Some(e.clone()));
         assert_eq!(m.get("other"), None);
-        tokio::time::advance(Duration::from_secs(61)).await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(m.get("short"), None);
+        assert_eq!(m.get("req"), Some(e));
+        tokio::time::advance(Duration::from_secs(30)).await;
         assert_eq!(m.get("req"), None);
+        assert!(m.is_empty(), "the expired are gone as they are met");
     }
 }

@@ -176,7 +176,7 @@ impl Conversations {
             degraded: AtomicBool::new(false),
             account,
             chat_window: ChatWindow::new(settings.chats_per_minute, budget::WINDOW),
-            recent_failures: RecentFailures::new(budget::WINDOW),
+            recent_failures: RecentFailures::default(),
             settings,
             waiters: Mutex::new(HashMap::new()),
             busy: Mutex::new(BusyWindow::default()),
@@ -289,10 +289,20 @@ impl Conversations {
         self.new_chat(req, keys.reply, keys.conversation, mode)
     }
 
-    /// The key of the whole request — everything it sends, as the conversation keys hash
-    /// it — for remembering a failure of exactly this request.
-    pub fn request_key(&self, req: &ChatRequest, identity: &str, model: &str) -> Key {
-        self.keys(req, identity, model).reply.finish()
+    /// The key of the whole request — its messages and tools as the conversation keys hash
+    /// them, and `settings`: whatever else changes what is sent (the chat type, thinking,
+    /// the response format, `tool_choice`) — for remembering a failure of exactly this
+    /// request.
+    pub fn request_key(
+        &self,
+        req: &ChatRequest,
+        identity: &str,
+        model: &str,
+        settings: &str,
+    ) -> Key {
+        let mut kb = self.keys(req, identity, model).reply;
+        kb.message(Role::System, None, settings);
+        kb.finish()
     }
 
     /// A fresh chat for a turn leaving a busy chat, if `fits` accepts it (a long

@@ -317,7 +317,7 @@ mod tests {
         assert!(r
             .unwrap_err()
             .to_string()
-            .contains("retrying will not help"));
+            .contains("sending it again will not help"));
         assert_eq!((elapsed, calls), (Duration::ZERO, 1));
         // Once, when it is not (yet) known to repeat.
         let (r, _, calls) = run(vec![e(C::Rejected)]).await;

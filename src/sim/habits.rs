@@ -25,13 +25,15 @@ pub enum Habit {
     /// The name in another case or with other separators: `Read_File`, `READ_FILE`,
     /// `readFile`, `read-file`.
     CaseVariant,
-    /// Each call narrated in a sentence and written without its opener: the bare payload,
-    /// then the closer.
+    /// Each call narrated in a sentence and written without its opener: the bare payload
+    /// (on the sentence's line or its own; in some forms with its arguments first), then the
+    /// closer.
     NarratedBatch,
-    /// The block written while thinking; the answer says nothing, or only what the model
-    /// is about to do.
+    /// The block written while thinking (as taught, or in the native `<tool_call>` tags);
+    /// the answer says nothing, or only what the model is about to do.
     CallInThinking,
-    /// Text after the call: a remark, or a result the model invents.
+    /// Text after the call: a remark, or a result the model invents (in the proxy's result
+    /// markers, or Qwen's native `<tool_response>`).
     TrailingText,
     /// An example call in a code fence before the real one.
     FencedExample,
@@ -112,17 +114,27 @@ pub fn apply(scenario: &mut Scenario, habit: Habit, variant: u64, catalogue: &[S
                 } else {
                     format!("Next, {name} again for the other one.")
                 };
-                out.push_str(&format!(
-                    "{say}\n{}\n[END TOOL CALL]\n",
-                    payload(name, args)
-                ));
+                let (between, call) = match variant % 3 {
+                    0 => ("\n", payload(name, args)),
+                    1 => (" ", payload(name, args)),
+                    _ => ("\n", format!("{{\"arguments\": {args}, \"name\": \"{name}\"}}")),
+                };
+                out.push_str(&format!("{say}{between}{call}\n[END TOOL CALL]\n"));
             }
             out
         }
         Habit::CallInThinking => {
-            scenario.think_reply = Some(format!(
-                "The user wants this done with the tools.\n\n{}",
+            let written = if (variant / 2) % 2 == 0 {
                 blocks(&|n| n.to_owned())
+            } else {
+                calls
+                    .iter()
+                    .map(|(name, args)| format!("<tool_call>\n{}\n</tool_call>", payload(name, args)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            scenario.think_reply = Some(format!(
+                "The user wants this done with the tools.\n\n{written}"
             ));
             if variant % 2 == 0 {
                 String::new()
@@ -132,12 +144,15 @@ pub fn apply(scenario: &mut Scenario, habit: Habit, variant: u64, catalogue: &[S
         }
         Habit::TrailingText => {
             let (name, _) = &calls[0];
-            let after = match variant % 3 {
+            let after = match variant % 4 {
                 0 => "\nI'll wait for the result before going on.".to_owned(),
                 1 => format!(
                     "\n[TOOL RESULT #1: {name}]\n(the result, as the model imagines it)\n[END TOOL RESULT]\nThat settles it."
                 ),
-                _ => "\n\nThe result will tell us what to do next.".to_owned(),
+                2 => "\n\nThe result will tell us what to do next.".to_owned(),
+                _ => format!(
+                    "\n<tool_response>\n(the result of {name}, as the model imagines it)\n</tool_response>\nThat settles it."
+                ),
             };
             format!("{lead}{}{after}", blocks(&|n| n.to_owned()))
         }

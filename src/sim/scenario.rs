@@ -32,10 +32,11 @@ pub struct Scenario {
     /// `stubborn`: the model ignores the proxy's retry hint (by default it obeys it).
     pub stubborn: bool,
     /// `habit=NAME[,FORM]`: the model writes this completion's calls with that habit (in
-    /// that form of it; by default one picked from the prompt).
+    /// that form of it; by default its first).
     pub habit: Option<(Habit, Option<u64>)>,
     /// `habits[=SEED]`: the model writes this completion's calls with a habit picked from
-    /// the seed and the prompt (as `qwen-proxy sim --habits SEED` does for every one).
+    /// the seed and the simulator's count of such completions (as `qwen-proxy sim --habits SEED`
+    /// does for every one).
     pub habits: Option<u64>,
     /// Directives that change the server's state for the calling account (or for every
     /// account), not just this completion's answer.

@@ -75,36 +75,18 @@ pub fn find<'a>(name: &str, tools: &'a [SimTool]) -> Option<&'a SimTool> {
     {
         return Some(t);
     }
-    let fold = |s: &str| -> String {
-        s.chars()
-            .filter(char::is_ascii_alphanumeric)
-            .map(|c| c.to_ascii_lowercase())
-            .collect()
-    };
+    let fold = crate::tools::validate::loose_name;
     let wanted = fold(name);
     let mut matching = tools.iter().filter(|t| fold(&t.name) == wanted);
     let first = matching.next()?;
     matching.next().is_none().then_some(first)
 }
 
-/// The names a model has read in Claude Code's prompts, for the aliases proxies give them
-/// (tool-calling.md §3.3), and a proxy's `u_` / `My_` prefix taken off.
+/// The name a model has read in the agent's prompt for a tool it is shown under an alias:
+/// Claude Code's for the proxies' renames of it (tool-calling.md §3.3, the same table the
+/// proxy uses), or the name without a proxy's `u_` / `My_` prefix.
 pub fn own_name(shown: &str) -> String {
-    const CLAUDE: [(&str, &str); 12] = [
-        ("fs_open_file", "Read"),
-        ("fs_put_file", "Write"),
-        ("fs_patch_file", "Edit"),
-        ("fs_patch_many", "MultiEdit"),
-        ("shell_run", "Bash"),
-        ("text_search", "Grep"),
-        ("path_find", "Glob"),
-        ("dir_list", "LS"),
-        ("http_get_url", "WebFetch"),
-        ("web_query", "WebSearch"),
-        ("todo_put", "TodoWrite"),
-        ("agent_task", "Task"),
-    ];
-    if let Some((_, own)) = CLAUDE.iter().find(|(alias, _)| {
+    if let Some((own, _)) = crate::tools::CLAUDE_CODE_ALIASES.iter().find(|(_, alias)| {
         shown == *alias
             || shown
                 .strip_prefix(alias)

@@ -128,6 +128,24 @@ pub const DEFAULT_RESERVED: &[&str] = &[
     "fire-crawl",
 ];
 
+/// Claude Code's tools and the names the model is shown for them (the renames of the peers
+/// that serve Claude Code through chat.qwen.ai, tool-calling.md §3.3); any other reserved
+/// name gets a `u_` prefix.
+pub const CLAUDE_CODE_ALIASES: [(&str, &str); 12] = [
+    ("Read", "fs_open_file"),
+    ("Write", "fs_put_file"),
+    ("Edit", "fs_patch_file"),
+    ("MultiEdit", "fs_patch_many"),
+    ("Bash", "shell_run"),
+    ("Grep", "text_search"),
+    ("Glob", "path_find"),
+    ("LS", "dir_list"),
+    ("WebFetch", "http_get_url"),
+    ("WebSearch", "web_query"),
+    ("TodoWrite", "todo_put"),
+    ("Task", "agent_task"),
+];
+
 /// The reversible map between client tool names and the names the model sees.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Aliases {
@@ -142,21 +160,10 @@ impl Aliases {
             if !reserved.iter().any(|r| r == name) {
                 continue;
             }
-            let base = match name {
-                "Read" => "fs_open_file".to_owned(),
-                "Write" => "fs_put_file".to_owned(),
-                "Edit" => "fs_patch_file".to_owned(),
-                "MultiEdit" => "fs_patch_many".to_owned(),
-                "Bash" => "shell_run".to_owned(),
-                "Grep" => "text_search".to_owned(),
-                "Glob" => "path_find".to_owned(),
-                "LS" => "dir_list".to_owned(),
-                "WebFetch" => "http_get_url".to_owned(),
-                "WebSearch" => "web_query".to_owned(),
-                "TodoWrite" => "todo_put".to_owned(),
-                "Task" => "agent_task".to_owned(),
-                other => format!("u_{other}"),
-            };
+            let base = CLAUDE_CODE_ALIASES
+                .iter()
+                .find(|(client, _)| *client == name)
+                .map_or_else(|| format!("u_{name}"), |(_, alias)| (*alias).to_owned());
             // Never collide with a name the client uses, or another alias.
             let mut alias = base.clone();
             let mut n = 2;

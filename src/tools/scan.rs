@@ -108,6 +108,12 @@ enum State {
     Json {
         scan: JsonScan,
     },
+    /// A bare payload in the middle of a sentence was read (`pending[..end]`): a call only if
+    /// a closer follows it (its opener left out), else the model's JSON.
+    Confirm {
+        end: usize,
+        payload: String,
+    },
     /// `pending[start..]` is a `<function=…>` payload.
     Xml {
         start: usize,
@@ -137,6 +143,8 @@ struct JsonScan {
     repaired: Vec<u8>,
     /// No opener: a bare `{"name": …}` at the answer's start or a line's start.
     synthetic: bool,
+    /// No opener, in the middle of a line: a call only if a closer follows.
+    mid_line: bool,
 }
 
 impl JsonScan {
@@ -249,12 +257,14 @@ impl Position {
     }
 }
 
-/// Whether the thinking wrote a whole call block — an opener, a `"name"` key, a closer, in
-/// that order — which does not count there. A model that only mentions or starts a call
-/// while deciding is not asked again.
+/// Whether the thinking wrote a whole call block — an opener, a `"name"` key (or the
+/// Qwen3-Coder `<function=`), a closer, in that order, in the spellings the answer's scanner
+/// accepts — which does not count there. A model that only mentions or starts a call while
+/// deciding is not asked again.
 #[derive(Debug, Default)]
 struct ThinkingWatch {
-    /// The last bytes seen, lowercased: a marker or the key may be split across pieces.
+    /// The last bytes seen, lowercased, `_` and `-` as spaces: a marker or the key may be
+    /// split across pieces.
     tail: String,
     /// How far the block got: 0 nothing, 1 opener, 2 name, 3 closer.
     progress: u8,
@@ -264,17 +274,30 @@ struct ThinkingWatch {
 impl ThinkingWatch {
     /// Markers and keys in the order a block has them.
     const STEPS: [&'static [&'static str]; 3] = [
-        &["[tool call", "<tool_call"],
-        &["\"name\""],
-        &["[end tool call", "</tool_call"],
+        &["[tool call", "[ tool call", "<tool call", "<function calls"],
+        &["\"name\"", "<function="],
+        &[
+            "[end tool call",
+            "[ end tool call",
+            "[/tool call",
+            "</tool call",
+            "</function",
+        ],
     ];
+
+    /// An opener has been seen.
+    fn opened(&self) -> bool {
+        self.progress > 0
+    }
 
     fn feed(&mut self, text: &str) {
         if self.call {
             return;
         }
-        self.tail
-            .extend(text.chars().map(|c| c.to_ascii_lowercase()));
+        self.tail.extend(text.chars().map(|c| match c {
+            '_' | '-' => ' ',
+            c => c.to_ascii_lowercase(),
+        }));
         // `tail` starts after the last step found, so each step is looked for only in the
         // text after the one before it.
         let mut searched = 0;
@@ -404,6 +427,14 @@ impl ToolScan {
                 tracing::info!(?why, "the model wrote a tool call that is not valid");
             }
         }
+        if self.stats.emitted > 0 {
+            // The answer's valid calls go out; this one cannot be asked for again.
+            self.stats.abandoned += 1;
+            tracing::warn!(
+                why = %crate::untrusted::Untrusted(&why.to_string()),
+                "a bad call after the answer's valid calls; the client gets the valid ones"
+            );
+        }
         if self.end_after_calls() {
             return;
         }
@@ -473,6 +504,7 @@ impl ToolScan {
                 State::Text => self.text(next, eof),
                 State::Tail { .. } => self.tail(next, eof),
                 State::Json { .. } => self.json(next, eof),
+                State::Confirm { .. } => self.confirm(next, eof),
                 State::Xml { .. } => self.xml(next, eof),
                 State::Close { .. } => self.close(eof),
                 State::After => self.after(eof),
@@ -511,12 +543,13 @@ impl ToolScan {
                         }
                         _ => {}
                     },
-                    '{' if !at.prose || at.line_start => match bare_payload(rest, eof) {
+                    '{' => match bare_payload(rest, eof) {
                         Some(true) => {
                             self.release_pending(i, next);
                             self.state = State::Json {
                                 scan: JsonScan {
                                     synthetic: true,
+                                    mid_line: at.prose && !at.line_start,
                                     ..JsonScan::default()
                                 },
                             };
@@ -582,9 +615,14 @@ impl ToolScan {
             if self.end_after_calls() {
                 return false;
             }
-            if self.at.line_start {
-                // A block opened on its own line, with no payload that reads: a bad call.
-                // (An opener inside a sentence is the model mentioning the format.)
+            let window_end = (opener + PAYLOAD_WINDOW..=self.pending.len())
+                .find(|&k| self.pending.is_char_boundary(k))
+                .unwrap_or(self.pending.len())
+                .min(self.pending.len());
+            if self.at.line_start && has_closer(&self.pending[opener..window_end]) {
+                // A block on its own line, opened and closed, with no payload that reads: a
+                // bad call. (An opener in a sentence, or one that opens no block, is the model
+                // talking about the format.)
                 self.stats.invalid += 1;
                 tracing::info!("a tool-call opener without a payload");
                 self.bad_call(&Invalid::NoPayload, Hint::BadCall, next);
@@ -613,6 +651,11 @@ impl ToolScan {
         };
         let done = scan.read(self.pending.as_bytes());
         match done {
+            Some(end) if scan.mid_line => {
+                let payload = String::from_utf8(scan.repaired).unwrap_or_default();
+                self.state = State::Confirm { end, payload };
+                true
+            }
             Some(end) => {
                 let payload = String::from_utf8(scan.repaired).unwrap_or_default();
                 let raw: String = self.pending.drain(..end).collect();
@@ -638,7 +681,12 @@ impl ToolScan {
                 self.release(&text, next);
                 false
             }
-            None if eof => self.unfinished(scan.synthetic, next),
+            None if eof => {
+                // A bare `{` that never closed: the model's text, unless it began as a call
+                // does, first thing on its line.
+                let as_text = scan.mid_line || scan.synthetic && !starts_like_a_call(&self.pending);
+                self.unfinished(as_text, next)
+            }
             None => {
                 self.state = State::Json { scan };
                 false
@@ -698,16 +746,17 @@ impl ToolScan {
         true
     }
 
-    /// The text ended inside a payload: never a truncated call. After a marker it is a bad
-    /// call; a bare `{` that never closed is the model's text. After a call, dropped.
-    fn unfinished(&mut self, synthetic: bool, next: &mut impl Emit) -> bool {
+    /// The text ended inside a payload: never a truncated call. After a marker, or a bare
+    /// payload that began as a call does, it is a bad call; other text (`as_text`) is the
+    /// model's. After a call, dropped.
+    fn unfinished(&mut self, as_text: bool, next: &mut impl Emit) -> bool {
         if self.stats.emitted > 0 {
             tracing::info!("the answer ended inside a second tool call; dropped");
             self.pending.clear();
             self.state = State::Text;
             return false;
         }
-        if synthetic {
+        if as_text {
             let all = self.pending.len();
             let text: String = self.pending.drain(..all).collect();
             self.release(&text, next);
@@ -718,6 +767,49 @@ impl ToolScan {
         tracing::info!("the answer ended inside a tool call");
         self.bad_call(&Invalid::Unfinished, Hint::BadCall, next);
         false
+    }
+
+    /// A bare payload in a sentence: a closer after it makes it a call whose opener was left
+    /// out ("I'll read it: {"name": …}" then `[END TOOL CALL]`); without one it is the
+    /// model's JSON, shown as it is (tool-calling.md §6 test 14).
+    fn confirm(&mut self, next: &mut impl Emit, eof: bool) -> bool {
+        let State::Confirm { end, payload } = std::mem::replace(&mut self.state, State::Text)
+        else {
+            return false;
+        };
+        let rest = &self.pending[end..];
+        let ws = rest.len() - rest.trim_start().len();
+        let after = &rest[ws..];
+        let verdict = if after.is_empty() && !eof {
+            Match::Partial
+        } else {
+            markers::close(after)
+        };
+        match verdict {
+            Match::Full(n) => {
+                self.pending.drain(..end + ws + n);
+                match validate::json_payload(&payload, &self.config.set) {
+                    Ok(call) => {
+                        self.emit(call, next);
+                        self.state = State::After;
+                    }
+                    Err(why) => self.reject(why, "", false, next),
+                }
+                true
+            }
+            Match::Partial if !eof && after.len() <= markers::CLOSE_MAX => {
+                self.state = State::Confirm { end, payload };
+                false
+            }
+            _ => {
+                // After a call, no text reaches the client.
+                if self.end_after_calls() {
+                    return false;
+                }
+                self.release_pending(end, next);
+                true
+            }
+        }
     }
 
     /// After a call: whitespace, up to [`DEBRIS_MAX`] stray `}`/`]`, then a closer if there
@@ -774,8 +866,23 @@ impl ToolScan {
             Match::Partial if !eof && self.pending.len() <= markers::OPEN_MAX => return false,
             _ => {}
         }
-        // A result the model writes itself ends the answer (F11); a `[` is held until that
-        // can be told.
+        // A result the model writes itself ends the answer (F11): in the result markers, or
+        // Qwen's native `<tool_response>`. A `[` or `<` is held until that can be told (the
+        // start of the text is ASCII up to where it is sliced, or it is not the tag).
+        if self.pending.starts_with('<') {
+            const NATIVE_RESULT: &str = "<tool_response";
+            let n = self.pending.len().min(NATIVE_RESULT.len());
+            let may_be = self
+                .pending
+                .get(..n)
+                .is_some_and(|start| NATIVE_RESULT.starts_with(start));
+            if !eof && n < NATIVE_RESULT.len() && may_be {
+                return false;
+            }
+            if self.pending.starts_with(NATIVE_RESULT) {
+                return self.end_answer();
+            }
+        }
         if self.pending.starts_with('[') {
             let word = self.pending[1..].trim_start_matches([' ', '/']);
             if !eof && word.len() < "tool result".len() {
@@ -814,6 +921,44 @@ impl ToolScan {
     /// Skip one line of narration after a call, within the bounds; then look for the next
     /// call (`after`).
     fn narration(&mut self, eof: bool) -> bool {
+        // A call written on the narration's line ("Next: [TOOL CALL] {…}", or its bare
+        // payload with a closer after it) is the next call.
+        let line_end = self.pending.find('\n').unwrap_or(self.pending.len());
+        for (i, c) in self.pending[..line_end].char_indices() {
+            if c == '{' {
+                match bare_payload(&self.pending[i..], eof) {
+                    Some(true) => {
+                        self.narrated.0 += i;
+                        self.pending.drain(..i);
+                        self.state = State::Json {
+                            scan: JsonScan {
+                                synthetic: true,
+                                mid_line: true,
+                                ..JsonScan::default()
+                            },
+                        };
+                        return true;
+                    }
+                    None => return false,
+                    Some(false) => continue,
+                }
+            }
+            if !matches!(c, '[' | '<') {
+                continue;
+            }
+            match markers::open(&self.pending[i..]) {
+                Match::Full(n) => {
+                    self.narrated.0 += i;
+                    self.pending.drain(..i);
+                    self.state = State::Tail { opener: n };
+                    return true;
+                }
+                Match::Partial if !eof && i + markers::OPEN_MAX >= self.pending.len() => {
+                    return false;
+                }
+                _ => {}
+            }
+        }
         let (skipped, lines) = self.narrated;
         let (skipped, line_ended) = match self.pending.find('\n') {
             Some(i) => {
@@ -849,9 +994,36 @@ impl ToolScan {
         false
     }
 
-    /// Emit the valid calls the thinking wrote; whether there were any.
+    /// Watch the thinking for a call, and keep it from the first opener on (with the few
+    /// bytes before, where the opener may have begun), up to [`THINKING_KEPT`]: a call the
+    /// answer leaves out is taken from there.
+    fn keep_thinking(&mut self, text: &str) {
+        let was_open = self.thinking.opened();
+        self.thinking.feed(text);
+        if self.thinking_text.len() > THINKING_KEPT {
+            return; // given up on for good: what is kept stays one stretch of the thinking
+        }
+        self.thinking_text.push_str(text);
+        if !was_open && !self.thinking.opened() {
+            // Nothing to keep yet but a tail that may hold the start of an opener.
+            let keep_from = self.thinking_text.len().saturating_sub(markers::OPEN_MAX);
+            let keep_from = (keep_from..=self.thinking_text.len())
+                .find(|&i| self.thinking_text.is_char_boundary(i))
+                .unwrap_or(self.thinking_text.len());
+            self.thinking_text.drain(..keep_from);
+        }
+    }
+
+    /// Emit the valid calls the thinking wrote (a call repeated word for word once: a
+    /// thinking model restates its draft); whether there were any.
     fn take_thinking_calls(&mut self, next: &mut impl Emit) -> bool {
-        for call in calls_in(&self.thinking_text, &self.config.set) {
+        if self.thinking_text.len() > THINKING_KEPT {
+            return false;
+        }
+        let mut calls = calls_in(&self.thinking_text, &self.config.set);
+        let mut seen = std::collections::HashSet::new();
+        calls.retain(|c| seen.insert((c.name.clone(), c.arguments.clone())));
+        for call in calls {
             self.emit(call, next);
         }
         if self.stats.emitted == 0 {
@@ -908,10 +1080,7 @@ impl ToolScan {
 
 impl Stage for ToolScan {
     fn reasoning(&mut self, text: &str, next: &mut impl Emit) {
-        self.thinking.feed(text);
-        if self.thinking_text.len() + text.len() <= THINKING_KEPT {
-            self.thinking_text.push_str(text);
-        }
+        self.keep_thinking(text);
         if self.config.streaming {
             self.released = true;
         }
@@ -956,7 +1125,7 @@ impl Stage for ToolScan {
         // The answer said nothing at all, and the thinking wrote whole call blocks: the
         // model meant them (a thinking model often writes its call there and stops). With a
         // word of answer, the thinking may have decided against them: a retry asks.
-        if self.thinking.call
+        if self.thinking.opened()
             && !self.at.prose
             && self.lost_native.is_none()
             && self.take_thinking_calls(next)
@@ -974,6 +1143,8 @@ impl Stage for ToolScan {
         };
         if let (Some(hint), true) = (hint, self.can_retry()) {
             self.retry = Some(hint);
+            // The answer is decided (to be asked again), even one that said nothing.
+            self.finish = Some(FinishReason::Stop);
             return;
         }
         // No retry left: an intercepted call that was lost is explained; the prose, after all.
@@ -986,6 +1157,14 @@ impl Stage for ToolScan {
         if self.holds_prose() && self.thinking.call && self.take_thinking_calls(next) {
             return;
         }
+        // Under `auto` the model's words stand — the thinking may have decided against the
+        // call — but the client is told the call was not made: an agent would otherwise take
+        // "I'll do that now" for work under way.
+        if self.thinking.call && self.at.prose && self.stats.abandoned == 0 {
+            self.released = !self.held.is_empty() || self.released;
+            self.abandon(&Invalid::OnlyInThinking, next);
+            return;
+        }
         if !self.held.is_empty() {
             let held = std::mem::take(&mut self.held);
             self.released = true;
@@ -996,6 +1175,13 @@ impl Stage for ToolScan {
     fn finish_reason(&self) -> Option<FinishReason> {
         self.finish
     }
+}
+
+/// Whether `text` holds a closer (`[END TOOL CALL]`, `</tool_call>`, …).
+fn has_closer(text: &str) -> bool {
+    text.char_indices()
+        .filter(|(_, c)| matches!(c, '[' | '<'))
+        .any(|(i, _)| matches!(markers::close(&text[i..]), Match::Full(_)))
 }
 
 /// The valid calls of a text (the thinking), read by a scanner of their own.
@@ -1024,19 +1210,41 @@ fn calls_in(text: &str, set: &Arc<ToolSet>) -> Vec<ValidCall> {
 }
 
 /// A bare `{` that may be a payload: `Some(true)` when a `"name"` key shows within
-/// [`NAME_WINDOW`], `None` when the text ends before that can be told, `Some(false)` prose.
+/// [`NAME_WINDOW`] or the first key is one a call begins with (`arguments` first, with a
+/// long file body before the name), `None` when the text ends before that can be told,
+/// `Some(false)` prose.
 fn bare_payload(rest: &str, eof: bool) -> Option<bool> {
     let window = match rest.char_indices().nth(NAME_WINDOW) {
         Some((i, _)) => &rest[..i],
         None => rest,
     };
-    if window.contains("\"name\"") {
+    if window.contains("\"name\"") || starts_like_a_call(window) {
         return Some(true);
     }
     if window.len() < rest.len() || eof {
         return Some(false);
     }
     None
+}
+
+/// Whether a `{` opens with a key a call begins with: `name`, `arguments`, `tool`,
+/// `function`, `parameters`.
+fn starts_like_a_call(text: &str) -> bool {
+    let Some(inner) = text.strip_prefix('{') else {
+        return false;
+    };
+    let Some(key) = inner.trim_start().strip_prefix('"') else {
+        return false;
+    };
+    [
+        "name\"",
+        "arguments\"",
+        "tool\"",
+        "function\"",
+        "parameters\"",
+    ]
+    .iter()
+    .any(|k| key.starts_with(k))
 }
 
 /// A control character inside a JSON string, written as its escape.

@@ -33,6 +33,8 @@ pub enum Invalid {
     Unfinished,
     /// An opener with no payload after it.
     NoPayload,
+    /// A call written only while thinking, and the answer went on without it.
+    OnlyInThinking,
 }
 
 impl std::fmt::Display for Invalid {
@@ -44,6 +46,7 @@ impl std::fmt::Display for Invalid {
             Invalid::ArgumentsNotObject => f.write_str("its arguments are not a JSON object"),
             Invalid::Unfinished => f.write_str("the answer ended inside it"),
             Invalid::NoPayload => f.write_str("it has no payload"),
+            Invalid::OnlyInThinking => f.write_str("it was written only while thinking"),
         }
     }
 }
@@ -69,6 +72,9 @@ impl Invalid {
                 name.chars().take(64).collect::<String>(),
                 names.join(", ")
             ),
+            Invalid::OnlyInThinking => {
+                "wrote its tool call while thinking, not in its answer".to_owned()
+            }
             other => format!("wrote a tool call that could not be read ({other})"),
         };
         format!("(The model {why}; no tool was run.)")
@@ -202,7 +208,7 @@ fn resolve_name(name: &str, set: &ToolSet) -> Option<String> {
         return None;
     }
     let mut matching = set.tools.iter().filter(|t| {
-        loose_name(&t.name) == wanted || loose_name(set.aliases.to_model(&t.name)) == wanted
+        loosely_names(&wanted, &t.name) || loosely_names(&wanted, set.aliases.to_model(&t.name))
     });
     let tool = matching.next()?;
     match matching.next() {
@@ -211,14 +217,25 @@ fn resolve_name(name: &str, set: &ToolSet) -> Option<String> {
     }
 }
 
-/// A tool name without case, separators or a proxy's prefix: `My_Read-File` → `readfile`.
+/// A tool name without case or separators: `Read-File` → `readfile`.
 pub fn loose_name(name: &str) -> String {
-    let lower = name.trim().to_ascii_lowercase();
-    let bare = lower
-        .strip_prefix("u_")
-        .or_else(|| lower.strip_prefix("my_"))
-        .unwrap_or(&lower);
-    bare.chars().filter(char::is_ascii_alphanumeric).collect()
+    name.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// Whether a loosely written name is `tool`'s, with or without a proxy's `u_` / `My_`
+/// prefix (in any spelling: `u_read`, `uRead`, `My-Read`).
+fn loosely_names(wanted: &str, tool: &str) -> bool {
+    let tool = loose_name(tool);
+    [
+        wanted,
+        wanted.strip_prefix('u').unwrap_or(""),
+        wanted.strip_prefix("my").unwrap_or(""),
+    ]
+    .iter()
+    .any(|w| !w.is_empty() && *w == tool)
 }
 
 /// An object, or a string that decodes to one (at most twice: double-encoded arguments).
@@ -462,8 +479,11 @@ mod tests {
             json_payload(r#"{"name":"READ_FILE"}"#, &set),
             Err(Invalid::UnknownName("READ_FILE".into()))
         );
-        assert_eq!(loose_name(" My_Read-File "), "readfile");
-        assert_eq!(loose_name("u_read"), "read");
+        assert_eq!(loose_name(" My_Read-File "), "myreadfile");
+        for spelling in ["u_read", "uRead", "u-READ", "My_Read", "myread", "READ"] {
+            assert!(loosely_names(&loose_name(spelling), "read"), "{spelling}");
+        }
+        assert!(!loosely_names(&loose_name("unread"), "read"));
     }
 
     #[test]

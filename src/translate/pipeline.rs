@@ -87,8 +87,9 @@ impl<S: Stage> Pipeline<S> {
     }
 
     /// The upstream's answer ended empty (`e`): the stages may still answer from what they
-    /// kept — the tool-call scanner, a call the model wrote only while thinking. If they
-    /// give something, that is the answer; else the empty answer stands as `e`.
+    /// kept — the tool-call scanner, a call the model wrote only while thinking — or decide
+    /// the answer (to be asked again with a hint). If they do, that is the answer; else the
+    /// empty answer stands as `e`.
     fn unless_stages_answer(
         &mut self,
         e: UpstreamError,
@@ -99,7 +100,7 @@ impl<S: Stage> Pipeline<S> {
         }
         let mut watched = Watched { out, any: false };
         self.stages.flush(&mut watched);
-        if !watched.any {
+        if !watched.any && self.stages.finish_reason().is_none() {
             return Err(e);
         }
         Ok(self.stages.finish_reason().unwrap_or(FinishReason::Stop))

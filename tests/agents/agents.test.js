@@ -55,11 +55,11 @@ const PREFIX = 'Simulated answer — 模拟回答: you said "';
  * fenced examples, garbled markers, native calls. Each agent's proxy starts the habit cycle
  * at its own offset, so the suite meets several. Every task must then complete, or fail
  * honestly: the one way the proxy cannot recover (a streamed answer whose calls the model
- * wrote only while thinking, followed by a sentence) ends with that sentence as the answer,
- * and no tool runs.
+ * wrote only while thinking, followed by a sentence) ends with that sentence and the note
+ * that no tool was run as the answer, and no tool runs.
  */
 const HABITS = process.env.AGENT_SUITE_HABITS === undefined ? undefined : Number(process.env.AGENT_SUITE_HABITS);
-const HONEST_END = "I'll do that with the tools now.";
+const HONEST_END = "I'll do that with the tools now.\n\n(The model wrote its tool call while thinking, not in its answer; no tool was run.)";
 
 /** The proxy for one agent's tests; in habits mode, the habit cycle from `offset`. */
 function agentProxy(offset) {

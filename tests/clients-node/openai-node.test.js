@@ -138,10 +138,10 @@ describe('openai-node: contrast, a transient overload is retried', () => {
     await single?.stop();
   });
 
-  // A transient overload carries no x-should-retry, so openai-node's own rule (retry 5xx)
-  // applies: it waits the proxy's short Retry-After and tries twice more, 1 + 2 upstream
-  // calls. Together with the one-call tests above: the header is what stops the retries.
-  test('@@sim:overload (no x-should-retry): three upstream calls with the default client', { timeout: 60_000 }, async () => {
+  // A transient overload says a retry can help (x-should-retry: true): openai-node waits the
+  // proxy's short Retry-After and tries twice more, 1 + 2 upstream calls. Together with the
+  // one-call tests above: the header is what stops or allows the retries.
+  test('@@sim:overload (x-should-retry: true): three upstream calls with the default client', { timeout: 60_000 }, async () => {
     const client = new OpenAI({ baseURL: single.baseURL, apiKey: 'unused' });
     const r = await measure(single, () =>
       client.chat.completions.create({ model: MODEL, messages: user('q @@sim:overload') }),
@@ -149,7 +149,7 @@ describe('openai-node: contrast, a transient overload is retried', () => {
     assert.ok(r.error instanceof OpenAI.InternalServerError, `got ${r.error ?? 'no error'}`);
     assert.equal(r.error.status, 503);
     assert.equal(r.error.code, 'upstream_overloaded');
-    assert.equal(r.error.headers.get('x-should-retry'), null);
+    assert.equal(r.error.headers.get('x-should-retry'), 'true');
     const retryAfter = Number(r.error.headers.get('retry-after'));
     assert.ok(retryAfter > 0 && retryAfter <= 10, `retry-after ${retryAfter}`);
     assert.equal(r.delta, 3, `upstream completion calls: ${r.delta}`);

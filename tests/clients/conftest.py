@@ -12,10 +12,13 @@ BIN = os.environ.get("QWEN_PROXY_BIN", os.path.join(os.path.dirname(__file__), "
 
 
 @contextlib.contextmanager
-def running_demo():
-    """A `qwen-proxy --demo` process: {"base_url": proxy /v1 URL, "sim_url": the simulator's URL}."""
+def running_demo(habits=None):
+    """A `qwen-proxy --demo` process: {"base_url": proxy /v1 URL, "sim_url": the simulator's URL}.
+    `habits` (a seed): the simulated model writes its tool calls with a real model's habits
+    (`--demo --habits SEED`, README "Simulator")."""
     proc = subprocess.Popen(
-        [BIN, "--demo", "--port", "0", "--env-file", "/dev/null"],
+        [BIN, "--demo", "--port", "0", "--env-file", "/dev/null"]
+        + ([] if habits is None else ["--habits", str(habits)]),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -65,6 +68,21 @@ def fresh_base_url():
     out of rotation (a spent quota cools it, a refused token makes it invalid)."""
     with running_demo() as d:
         yield d["base_url"]
+
+
+@pytest.fixture(scope="session")
+def habits_demo():
+    """`habits_demo(seed)`: a `qwen-proxy --demo --habits SEED` of the session, one per seed
+    (started when first asked for), as `running_demo` describes it."""
+    with contextlib.ExitStack() as stack:
+        started = {}
+
+        def get(seed):
+            if seed not in started:
+                started[seed] = stack.enter_context(running_demo(habits=seed))
+            return started[seed]
+
+        yield get
 
 
 @pytest.fixture(scope="session")

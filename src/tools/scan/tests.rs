@@ -384,9 +384,13 @@ fn c27_a_truncated_payload_is_not_a_call() {
     let out = scan(&format!("{PARIS}\n{text}"));
     assert_eq!(out.calls.len(), 1);
     assert_eq!(out.content, "");
-    // A bare `{` that never closes is the model's text.
-    let out = scan("{\"name\": \"unfinished");
-    assert_eq!(out.content, "{\"name\": \"unfinished");
+    // A bare `{` that never closes is the model's text — unless it began as a call does.
+    let out = scan("{\"title\": \"unfinished");
+    assert_eq!(out.content, "{\"title\": \"unfinished");
+    let out = scan("{\"name\": \"write_file\", \"arguments\": {\"path\": \"a");
+    assert!(out
+        .content
+        .starts_with("(The model wrote a tool call that could not be read"));
 }
 
 #[test]
@@ -481,10 +485,14 @@ fn a_call_written_only_while_thinking_asks_again() {
     // Not streaming, nothing reached the client yet: ask again.
     let out = run_pieces(&auto(), true, &answer, &thinking);
     assert_eq!(out.retry, Some(Hint::CallInThinking));
-    // Streaming, the thinking and the prose went out as they came (auto): the answer stands.
+    // Streaming, the thinking and the prose went out as they came (auto): the answer stands,
+    // and the client is told the call was not made.
     let out = run_pieces_in(true, &auto(), true, &answer, &thinking);
     assert_eq!(out.retry, None);
-    assert_eq!(out.content, "I cannot check the weather.");
+    assert_eq!(
+        out.content,
+        "I cannot check the weather.\n\n(The model wrote its tool call while thinking, not in its answer; no tool was run.)"
+    );
     let required = set_with(Choice::Required, true);
     let out = run_pieces(
         &required,
@@ -746,8 +754,117 @@ fn a_demanded_call_written_only_while_thinking_is_taken_when_no_retry_is_left() 
     assert_eq!(out.retry, None);
     assert_eq!(out.content, "I'll check.");
     assert_eq!(out.calls, [call("get_weather", r#"{"city":"Rome"}"#)]);
-    // Under `auto` the prose stands: the thinking may have decided against the call.
+    // Under `auto` the prose stands (the thinking may have decided against the call), and
+    // says that no tool ran.
     let out = run_pieces_in(true, &auto(), true, &["I'll check."], &thinking);
     assert!(out.calls.is_empty());
-    assert_eq!(out.content, "I'll check.");
+    assert!(out
+        .content
+        .starts_with("I'll check.\n\n(The model wrote its tool call while thinking"));
+}
+
+#[test]
+fn review_a_prose_answer_about_the_format_is_prose() {
+    // An opener on its own line that opens no block: the model talking about the format.
+    let text = "Tools are called like this:\n[TOOL CALL]\nfollowed by a JSON object with the name and arguments.";
+    let out = scan_with(&auto(), true, text);
+    assert_eq!(out.retry, None);
+    assert_eq!(out.content, text);
+    // With a closer it is a block that does not read: a bad call.
+    let out = scan_with(
+        &auto(),
+        true,
+        "[TOOL CALL]\nget_weather city=Paris\n[END TOOL CALL]",
+    );
+    assert_eq!(out.retry, Some(Hint::BadCall));
+}
+
+#[test]
+fn review_a_payload_in_a_sentence_is_a_call_when_a_closer_follows() {
+    let out = scan("I'll read it: {\"name\":\"get_weather\",\"arguments\":{\"city\":\"Rome\"}}\n[END TOOL CALL]");
+    assert_eq!(out.calls, [call("get_weather", r#"{"city":"Rome"}"#)]);
+    assert_eq!(out.content, "I'll read it: ");
+    // Without one it is the model's JSON (§6 test 14, also when the text ends right after).
+    let example = "Example: {\"name\":\"get_weather\",\"arguments\":{}} and more.";
+    assert_eq!(scan(example).content, example);
+    assert_eq!(scan("See {\"name\":\"x\"}").content, "See {\"name\":\"x\"}");
+}
+
+#[test]
+fn review_a_payload_with_its_arguments_first_is_a_call() {
+    let body = "x".repeat(400);
+    let text = format!("Writing it.\n{{\"arguments\": {{\"path\": \"a\", \"content\": \"{body}\"}}, \"name\": \"write_file\"}}\n[END TOOL CALL]");
+    let out = scan(&text);
+    assert_eq!(out.calls.len(), 1);
+    assert_eq!(out.calls[0].0, "write_file");
+    assert_eq!(out.content, "Writing it.\n");
+}
+
+#[test]
+fn review_a_call_on_a_narration_line_and_a_bad_call_in_a_batch() {
+    let text = format!("{PARIS}\nNext: [TOOL CALL] {{\"name\":\"get_weather\",\"arguments\":{{\"city\":\"Oslo\"}}}} [END TOOL CALL]");
+    let out = scan(&text);
+    assert_eq!(out.calls.len(), 2, "{out:?}");
+    // A bad call after a valid one: the valid one goes out, the bad one is counted.
+    let mut s = scanner(auto(), false);
+    let mut rec = Recorder::default();
+    s.content(
+        &format!("{PARIS}\n[TOOL CALL]\n{{\"name\":\"nope\",\"arguments\":{{}}}}\n[END TOOL CALL]"),
+        &mut rec,
+    );
+    s.flush(&mut rec);
+    assert_eq!(rec.calls.len(), 1);
+    assert_eq!(s.stats().abandoned, 1);
+}
+
+#[test]
+fn review_calls_in_thinking_in_other_spellings_and_drafts() {
+    let spellings = [
+        "[TOOL_CALL]\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Rome\"}}\n[END_TOOL_CALL]",
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nRome\n</parameter>\n</function>\n</tool_call>",
+        "[ TOOL CALL ]\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Rome\"}}\n[ END TOOL CALL ]",
+    ];
+    for thinking in spellings {
+        let out = run_pieces_in(true, &auto(), true, &[""], &[thinking]);
+        assert_eq!(
+            out.calls,
+            [call("get_weather", r#"{"city":"Rome"}"#)],
+            "{thinking}"
+        );
+    }
+    // A draft restated word for word is one call.
+    let block = spellings[0];
+    let out = run_pieces_in(true, &auto(), true, &[""], &[block, "\n\nSo:\n", block]);
+    assert_eq!(out.calls.len(), 1);
+    // An unknown tool in the thinking: asked again, the answer decided (not an empty stream).
+    let mut s = scanner(auto(), true);
+    let mut rec = Recorder::default();
+    s.reasoning(
+        "[TOOL CALL]\n{\"name\":\"nope\",\"arguments\":{}}\n[END TOOL CALL]",
+        &mut rec,
+    );
+    s.flush(&mut rec);
+    assert_eq!(s.retry(), Some(Hint::CallInThinking));
+    assert_eq!(s.finish_reason(), Some(FinishReason::Stop));
+}
+
+#[test]
+fn review_a_native_tool_response_after_a_call_ends_the_answer() {
+    let out = scan(&format!(
+        "{PARIS}\n<tool_response>\nsunny\n</tool_response>\n{PARIS}"
+    ));
+    assert_eq!(out.calls.len(), 1);
+    assert_eq!(out.content, "");
+    // Text after a call that starts with `<` and a multi-byte character is narration.
+    let out = scan(&format!("{PARIS}\n<é>\n{PARIS}"));
+    assert_eq!(out.calls.len(), 2);
+}
+
+#[test]
+fn review_json_on_a_narration_line_without_a_closer_is_not_shown_after_a_call() {
+    let out = scan(&format!(
+        "{PARIS}\nThe data: {{\"name\": \"x\", \"v\": 1}} is fine."
+    ));
+    assert_eq!(out.calls.len(), 1);
+    assert_eq!(out.content, "");
 }
