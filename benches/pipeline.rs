@@ -16,7 +16,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use serde::de::IgnoredAny;
 use serde_json::{json, Value};
 
-use qwen_proxy::openai::encoder::ChunkEncoder;
+use qwen_proxy::api::openai::encoder::ChunkEncoder;
 use qwen_proxy::qwen::frame::Frame;
 use qwen_proxy::qwen::sse::SseDecoder;
 use qwen_proxy::sim::wire;
@@ -196,7 +196,7 @@ fn encode_only(deltas: &[Delta]) -> usize {
         }
         total += enc.take().map_or(0, |b| b.len());
     }
-    enc.finish(FinishReason::Stop, Usage::default());
+    enc.finish(FinishReason::Complete, Usage::default());
     total + enc.take().map_or(0, |b| b.len())
 }
 

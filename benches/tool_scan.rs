@@ -16,8 +16,8 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::json;
 
+use qwen_proxy::api::openai::encoder::ChunkEncoder;
 use qwen_proxy::chat::TurnStages;
-use qwen_proxy::openai::encoder::ChunkEncoder;
 use qwen_proxy::sim::wire::{self, Usage};
 use qwen_proxy::tools::scan::{ScanConfig, ToolScan};
 use qwen_proxy::tools::{Choice, ToolSet, ToolSpec, DEFAULT_RESERVED};

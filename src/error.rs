@@ -1,5 +1,6 @@
-//! `ProxyError`: every failure the proxy reports, and its single mapping to an HTTP response
-//! in the OpenAI error shape `{"error":{"message","type","param","code"}}`.
+//! `ProxyError`: every failure the proxy reports, with its status, message, code and
+//! headers. Each client API writes the body in its own shape (`api::openai::error`); the
+//! error layer picks the route's (`layers::error_map`).
 //!
 //! Nothing else in the crate decides a status code. Upstream failures carry an
 //! [`UpstreamClass`] (one per class of `qwen-protocol.md` §6) so the mapping, the retry
@@ -8,10 +9,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderValue, ALLOW, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::StatusCode;
-use serde::Serialize;
 
 use crate::metrics::Metrics;
 use crate::rate::RateDecision;
@@ -265,18 +264,7 @@ impl ProxyError {
         }
     }
 
-    /// The OpenAI `error.type`.
-    pub fn error_type(&self) -> &'static str {
-        match self.status().as_u16() {
-            401 => "authentication_error",
-            403 => "permission_error",
-            429 => "rate_limit_error",
-            500..=599 => "server_error",
-            _ => "invalid_request_error",
-        }
-    }
-
-    /// The OpenAI `error.code`.
+    /// The proxy's machine-readable code of the error (every API's body carries it).
     pub fn code(&self) -> Option<&'static str> {
         use UpstreamClass as C;
         match self {
@@ -589,32 +577,6 @@ impl ProxyError {
         }
     }
 
-    /// The OpenAI error body.
-    pub fn to_json(&self) -> Bytes {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            error: Inner<'a>,
-        }
-        #[derive(Serialize)]
-        struct Inner<'a> {
-            message: String,
-            #[serde(rename = "type")]
-            kind: &'static str,
-            param: Option<&'a str>,
-            code: Option<&'static str>,
-        }
-        let body = Body {
-            error: Inner {
-                message: self.message(),
-                kind: self.error_type(),
-                param: self.param(),
-                code: self.code(),
-            },
-        };
-        // Serialising plain strings cannot fail.
-        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
-    }
-
     /// The headers that go with this error's response: `Retry-After`, `x-should-retry`,
     /// `WWW-Authenticate`, `Allow`, `x-ratelimit-*`.
     pub fn write_headers(&self, h: &mut HeaderMap) {
@@ -681,7 +643,6 @@ mod tests {
             .into();
         assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.retry_after(), Some(14_400));
-        assert_eq!(e.error_type(), "rate_limit_error");
         let mut h = HeaderMap::new();
         e.write_headers(&mut h);
         assert_eq!(h[RETRY_AFTER], "14400");
@@ -713,15 +674,5 @@ mod tests {
             assert!(seen.insert((e.status(), e.code())), "{c:?} collides");
             assert_ne!(e.status(), StatusCode::OK);
         }
-    }
-
-    #[test]
-    fn error_body_has_openai_shape() {
-        let e = ProxyError::bad_request("n must be 1", Some("n"));
-        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
-        assert_eq!(v["error"]["type"], "invalid_request_error");
-        assert_eq!(v["error"]["param"], "n");
-        assert!(v["error"]["code"].is_null());
-        assert_eq!(v["error"]["message"], "n must be 1");
     }
 }

@@ -1,19 +1,27 @@
 //! qwen-proxy: an OpenAI-compatible API in front of the Qwen chat web service.
 //!
 //! The request path (README "Architecture" maps it to files): `server` (accept loop) →
-//! `stack` (tower layers: `layers::*`) → `router` → the chat stack (concurrency → validate →
-//! retry) → `chat` (the core: `openai::mapping` plans the upstream turn, `conversation`
-//! decides continue-or-fold, `qwen::client` sends it) → the stream: `qwen::sse` decoder →
-//! `qwen::scan` frames → `translate::state` translator → `translate::stage` stages (output
-//! limits, the conversation transcript) → `openai::encoder`, all inside one poll-driven
+//! `stack` (tower layers: `layers::*`; `layers::route` resolves the route from the table in
+//! `routes`) → `router` → a chat stack per client API (concurrency → validate → retry) →
+//! `chat` (the core, written once over `turn::ClientApi`: `turn::plan` plans the upstream
+//! turn, `conversation` decides continue-or-fold, `qwen::client` sends it) → the stream:
+//! `qwen::sse` decoder → `qwen::scan` frames → `translate::state` translator →
+//! `translate::stage` stages (function calling, output limits, the conversation transcript)
+//! → the client API's encoder (`api::openai::encoder`), all inside one poll-driven
 //! `translate::body::TranslateBody`, whose lifecycle reports one `Outcome` to
-//! `chat::turn::TurnEnd`.
+//! `chat::end::TurnEnd`.
+//!
+//! The layering (no module uses one to its right; `tests/architecture.rs` checks it):
+//! `qwen` → `translate`/`tools` → `turn` → `conversation` → `chat` → `api` → `router`.
+//! `turn` is the request the engine works on, whatever API it came in by; `api` holds the
+//! client APIs (their parsers, encoders, bodies and error shapes).
 
 #![forbid(unsafe_code)]
 
 pub mod accounts;
 pub mod accounts_file;
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod backoff;
 pub mod body;
@@ -27,7 +35,6 @@ pub mod forwarded;
 pub mod identity;
 pub mod layers;
 pub mod metrics;
-pub mod openai;
 pub mod qwen;
 pub mod rate;
 pub mod redis;
@@ -38,6 +45,7 @@ pub mod sim;
 pub mod stack;
 pub mod tools;
 pub mod translate;
+pub mod turn;
 pub mod untrusted;
 
 use std::future::Future;

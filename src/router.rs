@@ -1,23 +1,25 @@
-//! Routes a request to its handler. The chat route has its own sub-stack (concurrency →
-//! validate → retry → core, see `stack.rs`); the other routes are small handlers here.
+//! Sends a request to its endpoint's handler (the route table is `routes.rs`; the route
+//! layer resolved it). The chat route has its own sub-stack (concurrency → validate →
+//! retry → core, see `stack.rs`); the other routes are small handlers here.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 use tower::util::BoxCloneService;
 use tower::ServiceExt;
 
+use crate::api::openai::response::{ModelList, ModelObject};
 use crate::app::AppState;
 use crate::body::{json_response, ProxyBody};
 use crate::common::BoxFuture;
 use crate::error::ProxyError;
 use crate::identity::presented_credential;
 use crate::layers::auth::constant_time_eq;
-use crate::openai::response::{ModelList, ModelObject};
+use crate::routes::{Endpoint, Route};
 
 /// The chat route's sub-stack (`stack::chat_stack`), type-erased once.
 pub type ChatStack = BoxCloneService<Request<Incoming>, Response<ProxyBody>, ProxyError>;
@@ -50,13 +52,11 @@ impl tower::Service<Request<Incoming>> for Router {
         let chat = self.chat.clone();
         Box::pin(async move {
             let path = req.uri().path().trim_end_matches('/').to_owned();
-            match (req.method().clone(), path.as_str()) {
+            match Route::of(&req).endpoint {
                 // Draining: other instances take new completions (503 + Retry-After).
-                (Method::POST, "/v1/chat/completions") if state.is_draining() => {
-                    Err(ProxyError::ShuttingDown)
-                }
-                (Method::POST, "/v1/chat/completions") => chat.oneshot(req).await,
-                (Method::GET, "/v1/models") => {
+                Endpoint::ChatCompletions if state.is_draining() => Err(ProxyError::ShuttingDown),
+                Endpoint::ChatCompletions => chat.oneshot(req).await,
+                Endpoint::Models => {
                     let catalog = state.catalog().await?;
                     let list = ModelList {
                         object: "list",
@@ -68,8 +68,8 @@ impl tower::Service<Request<Incoming>> for Router {
                     };
                     Ok(json_response(serde_json::to_vec(&list).unwrap_or_default()))
                 }
-                (Method::GET, p) if p.starts_with("/v1/models/") => {
-                    let id = &p["/v1/models/".len()..];
+                Endpoint::Model => {
+                    let id = &path["/v1/models/".len()..];
                     let catalog = state.catalog().await?;
                     catalog
                         .listed
@@ -83,20 +83,12 @@ impl tower::Service<Request<Incoming>> for Router {
                             model: id.to_owned(),
                         })
                 }
-                (_, p) if crate::admin::is_admin_path(p) => {
-                    crate::admin::handle(&state, &req, p).await
-                }
-                (Method::GET, "") => Ok(index()),
-                (Method::GET, "/health") => Ok(health(&state).await),
-                (Method::GET, "/metrics") => metrics(&state, &req),
-                (_, "/v1/chat/completions") => Err(ProxyError::MethodNotAllowed { allow: "POST" }),
-                (_, "" | "/v1/models" | "/health" | "/metrics") => {
-                    Err(ProxyError::MethodNotAllowed { allow: "GET" })
-                }
-                (_, p) if p.starts_with("/v1/models/") => {
-                    Err(ProxyError::MethodNotAllowed { allow: "GET" })
-                }
-                (_, p) => Err(ProxyError::RouteNotFound { path: p.to_owned() }),
+                Endpoint::Admin => crate::admin::handle(&state, &req, &path).await,
+                Endpoint::Index => Ok(index()),
+                Endpoint::Health => Ok(health(&state).await),
+                Endpoint::Metrics => metrics(&state, &req),
+                Endpoint::WrongMethod { allow } => Err(ProxyError::MethodNotAllowed { allow }),
+                Endpoint::NotFound => Err(ProxyError::RouteNotFound { path }),
             }
         })
     }

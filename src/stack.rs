@@ -3,24 +3,26 @@
 //! | # | layer | contract |
 //! |---|---|---|
 //! | 1 | catch-panic (tower-http) | a panic anywhere inside becomes a logged 500 OpenAI error, never a dropped connection; boxes the body once for hyper |
+//! | 1a | route (`layers::route`) | resolves the route once from the table (`routes.rs`: endpoint, label, auth, rate limit, client API) into extensions |
 //! | 2 | request-id (`layers::request_id`) | accepts a sane `x-request-id` or mints one; adds `RequestId` to extensions and the header to the response |
 //! | 3 | trace (`layers::trace`) | one span per request (method, route, request id; model, stream, attempts, status, latency recorded later); logs the end of streams |
 //! | 4 | metrics (`layers::metrics`) | `http_requests_total` and `http_request_duration_seconds`, recorded when the body ends or is dropped |
-//! | 5 | error-map (`layers::error_map`) | every `ProxyError` from inside becomes its OpenAI response (`ProxyError::into_response`, the one mapping), logged and counted once; outside, the stack is infallible |
+//! | 5 | error-map (`layers::error_map`) | every `ProxyError` from inside becomes its response in the route's API shape (`error_response`, the one mapping; `api::error_body`), logged and counted once; outside, the stack is infallible |
 //! | 6 | header limits (`layers::header_limits`) | more than 128 header fields or 64 KiB of headers: 431 in the OpenAI shape (hyper accepts up to twice that, then answers with its own bare 431) |
 //! | 7 | CORS (tower-http, when `CORS_ENABLED`) | answers preflights; adds CORS headers |
-//! | 8 | auth (`layers::auth`) | parses the credential once and adds `ClientIdentity` (a key fingerprint, or anonymous) to extensions; with `API_KEYS`, `/v1/*` needs a valid key (401 + `WWW-Authenticate`); repeated failures lock the address out (429) |
+//! | 8 | auth (`layers::auth`) | parses the credential once and adds `ClientIdentity` (a key fingerprint, or anonymous) to extensions; with `API_KEYS`, the client API's routes (`/v1/*`) need a valid key (401 + `WWW-Authenticate`); repeated failures lock the address out (429) |
 //! | 9 | rate-limit (`layers::rate_limit`, when `RATE_LIMIT_RPM` > 0) | token bucket per `ClientIdentity` key, else per client IP (`TRUST_PROXY`), for `/v1/*`; 429 at once with `Retry-After` and `x-ratelimit-*`; never queues |
-//! | 10 | router (`router.rs`) | routes; `/v1/chat/completions` goes into the chat stack below |
+//! | 10 | router (`router.rs`) | sends the request to its endpoint; `/v1/chat/completions` goes into the chat stack below |
 //!
-//! The chat stack (only `POST /v1/chat/completions`):
+//! The chat stack, one per client API (`chat_stack::<A>`; today `POST /v1/chat/completions`
+//! with `api::openai::OpenAi`):
 //!
 //! | # | layer | contract |
 //! |---|---|---|
 //! | 11 | concurrency (`layers::concurrency`) | `MAX_CONCURRENT_STREAMS` permits, 503 at once past it; the permit travels in the response body |
-//! | 12 | validate (`layers::validate`) | content type, no `Content-Encoding` (415), body size (413), body read deadline (408), JSON → `Arc<ChatRequest>` as the request body (400s name the `param`) |
-//! | 13 | retry (`layers::retry`) | backoff with full jitter and a budget, per error class; shares an `Attempt` with the core |
-//! | 14 | core (`chat::ChatCore`) | plan → chat → completion → primed stream or aggregated JSON |
+//! | 12 | validate (`layers::validate`) | content type, no `Content-Encoding` (415), body size (413), body read deadline (408), JSON → `Arc<ApiRequest>` (the turn and the API's options, `ClientApi::parse`) as the request body (400s name the `param`) |
+//! | 13 | retry (`layers::retry`) | backoff with full jitter and a budget, per error class; shares the request's chat ledger with the core |
+//! | 14 | core (`chat::ChatCore<A>`) | plan → chat → completion → the API's primed stream or body |
 //!
 //! Timeouts: the upstream response-header timeout is in the client (`qwen::client`); the
 //! idle timeout between upstream events and the SSE keep-alives are in the streaming body
@@ -39,6 +41,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::api::openai::OpenAi;
 use crate::app::AppState;
 use crate::chat::ChatCore;
 use crate::common::BoxError;
@@ -51,11 +54,13 @@ use crate::layers::metrics::MetricsLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::retry::{RetryLayer, RetryPolicy};
+use crate::layers::route::RouteLayer;
 use crate::layers::trace::TraceLayer;
 use crate::layers::validate::ValidateLayer;
 use crate::rate::{LocalBuckets, RateLimitStore};
 use crate::redis::rate_limit::RedisBuckets;
 use crate::router::{ChatStack, Router};
+use crate::turn::ClientApi;
 
 /// The response body at the top of the stack (boxed once, by catch-panic).
 pub type HttpBody = tower_http::body::UnsyncBoxBody<Bytes, BoxError>;
@@ -68,8 +73,9 @@ fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<http_body_util
         .or_else(|| err.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
     tracing::error!(panic = detail, "request handler panicked");
+    // (The handler does not see the request, so not its route: the OpenAI shape.)
     let e = ProxyError::Internal("the request handler failed unexpectedly".to_owned());
-    let mut rsp = Response::new(http_body_util::Full::new(e.to_json()));
+    let mut rsp = Response::new(http_body_util::Full::new(OpenAi::error_body(&e)));
     *rsp.status_mut() = e.status();
     rsp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -108,15 +114,15 @@ fn cors_layer(state: &AppState) -> Option<CorsLayer> {
     })
 }
 
-/// The chat route's stack (layers 11–14).
-pub fn chat_stack(state: &Arc<AppState>) -> ChatStack {
+/// A chat route's stack (layers 11–14) for the client API `A`.
+pub fn chat_stack<A: ClientApi>(state: &Arc<AppState>) -> ChatStack {
     let cfg = &state.config;
     let svc = ServiceBuilder::new()
         .layer(ConcurrencyLayer::new(
             state.slots.clone(),
             state.metrics.clone(),
         ))
-        .layer(ValidateLayer::new(
+        .layer(ValidateLayer::<A>::new(
             cfg.max_body_bytes,
             cfg.body_read_timeout,
         ))
@@ -124,7 +130,7 @@ pub fn chat_stack(state: &Arc<AppState>) -> ChatStack {
             RetryPolicy::from_config(&cfg.retry, cfg.conversations.chats_per_request),
             state.metrics.clone(),
         ))
-        .service(ChatCore::new(state.clone()));
+        .service(ChatCore::<A>::new(state.clone()));
     BoxCloneService::new(svc)
 }
 
@@ -144,10 +150,14 @@ pub fn build(state: Arc<AppState>) -> HttpService {
     });
     let svc = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(RouteLayer)
         .layer(RequestIdLayer)
         .layer(TraceLayer)
         .layer(MetricsLayer::new(state.metrics.clone()))
-        .layer(ErrorMapLayer::new(state.metrics.clone()))
+        .layer(ErrorMapLayer::new(
+            state.metrics.clone(),
+            crate::api::error_body,
+        ))
         .layer(HeaderLimitLayer)
         .option_layer(cors_layer(&state))
         .layer(AuthLayer::new(
@@ -157,7 +167,7 @@ pub fn build(state: Arc<AppState>) -> HttpService {
             state.metrics.clone(),
         ))
         .option_layer(rate_limit)
-        .service(Router::new(state.clone(), chat_stack(&state)));
+        .service(Router::new(state.clone(), chat_stack::<OpenAi>(&state)));
     BoxCloneService::new(svc)
 }
 

@@ -61,7 +61,7 @@ fn claude_code_tools() -> Value {
 /// prompt writer produces for this request.
 fn shown_names(tools: &Value) -> Vec<String> {
     let body = json!({"tools": tools});
-    let set = qwen_proxy::openai::tools::parse(body.as_object().unwrap())
+    let set = qwen_proxy::api::openai::tools::parse(body.as_object().unwrap())
         .unwrap()
         .unwrap();
     qwen_proxy::tools::prompt::tools_section(&set)

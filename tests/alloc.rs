@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use qwen_proxy::api::openai::encoder::ChunkEncoder;
 use qwen_proxy::chat::TurnStages;
-use qwen_proxy::openai::encoder::ChunkEncoder;
 use qwen_proxy::sim::wire;
 use qwen_proxy::tools::scan::{ScanConfig, ToolScan};
 use qwen_proxy::tools::{Choice, ToolSet, ToolSpec};

@@ -1,6 +1,7 @@
 //! The module graph stays a layering: no import cycles between the crate's top-level modules
-//! (`qwen`, `translate`, `openai`, `conversation`, `chat`, …), layers do not reach into the
-//! router or the core, and the core does not call into a layer. Read from the sources, so a
+//! (`qwen` → `translate`/`tools` → `turn` → `conversation` → `chat` → `api` → `router`),
+//! layers do not reach into the router or the core, the core does not call into a layer, and
+//! nothing below the client APIs (`api`) knows one of them. Read from the sources, so a
 //! change that breaks the shape fails here with the path of the cycle.
 
 // Tests: a failed unwrap is a failure with its location.
@@ -103,13 +104,37 @@ fn layers_stay_out_of_the_router_and_the_core_and_the_other_way_round() {
         assert!(!layers.contains(forbidden), "layers use {forbidden}");
     }
     assert!(!g["chat"].contains("layers"), "the core calls into a layer");
-    // The engine knows no client API; the client API knows the engine.
-    assert!(!g["translate"].contains("openai"), "translate uses openai");
-    assert!(!g["qwen"].contains("openai"), "qwen uses openai");
     // Function calling is part of the engine: an Anthropic encoder renders the same events.
-    for api in ["openai", "qwen", "chat", "conversation"] {
-        assert!(!g["tools"].contains(api), "tools uses {api}");
+    for module in ["qwen", "chat", "conversation", "turn"] {
+        assert!(!g["tools"].contains(module), "tools uses {module}");
     }
+}
+
+#[test]
+fn the_engine_knows_no_client_api() {
+    let g = graph();
+    // The engine and the layers are written once over `turn::ClientApi`; each client API
+    // (`api::openai`, next Anthropic's and the Responses API) knows them, never the reverse.
+    for module in [
+        "turn",
+        "conversation",
+        "chat",
+        "layers",
+        "translate",
+        "tools",
+        "qwen",
+    ] {
+        assert!(g.contains_key(module), "{module} was read");
+        assert!(!g[module].contains("api"), "{module} uses api");
+    }
+    // The turn model is below conversations and the core.
+    for module in ["conversation", "chat", "layers", "router", "stack"] {
+        assert!(!g["turn"].contains(module), "turn uses {module}");
+    }
+    assert!(
+        !g["conversation"].contains("chat"),
+        "conversation uses chat"
+    );
 }
 
 #[test]

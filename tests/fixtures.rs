@@ -8,8 +8,8 @@
 mod support;
 
 use bytes::Bytes;
+use qwen_proxy::api::openai::encoder::ChunkEncoder;
 use qwen_proxy::error::UpstreamClass;
-use qwen_proxy::openai::encoder::ChunkEncoder;
 use qwen_proxy::translate::aggregate::Collected;
 use qwen_proxy::translate::body::Render;
 use qwen_proxy::translate::limits::Limits;
@@ -121,7 +121,7 @@ fn plain_answer() {
     let (msg, end, usage) = translate(&[&fixture("plain-answer.sse")]);
     assert_eq!(msg.content, "Hi!");
     assert_eq!(msg.reasoning, "");
-    assert_eq!(end, Ok(FinishReason::Stop));
+    assert_eq!(end, Ok(FinishReason::Complete));
     assert_eq!(
         (
             usage.prompt_tokens,
@@ -144,7 +144,7 @@ fn thinking_answer() {
         msg.content,
         "我是通义千问（Qwen），由阿里巴巴研发的大语言模型。"
     );
-    assert_eq!(end, Ok(FinishReason::Stop));
+    assert_eq!(end, Ok(FinishReason::Complete));
     assert_eq!((usage.prompt_tokens, usage.completion_tokens), (1438, 815));
     assert_eq!(usage.reasoning_tokens, Some(418));
 
@@ -163,7 +163,7 @@ fn legacy_think() {
     let (msg, end, _) = translate(&[&fixture("legacy-think.sse")]);
     assert_eq!(msg.reasoning, "用户问的是……");
     assert_eq!(msg.content, "答案是……");
-    assert_eq!(end, Ok(FinishReason::Stop));
+    assert_eq!(end, Ok(FinishReason::Complete));
 }
 
 #[test]
@@ -172,7 +172,7 @@ fn web_search_tool_frames_do_not_leak() {
     let (msg, end, usage) = translate(&[&input]);
     assert_eq!(msg.content, "北京今天晴，最高气温约 30℃[[1]]。");
     assert_eq!(msg.reasoning, "");
-    assert_eq!(end, Ok(FinishReason::Stop));
+    assert_eq!(end, Ok(FinishReason::Complete));
     assert_eq!(usage.prompt_tokens, 3120);
     let out = String::from_utf8(encode(&[&input])).unwrap();
     assert!(
@@ -190,7 +190,7 @@ fn image_gen_url_reaches_the_client() {
         msg.content
     );
     assert!(msg.content.starts_with("![image]("));
-    assert_eq!(end, Ok(FinishReason::Stop));
+    assert_eq!(end, Ok(FinishReason::Complete));
 }
 
 #[test]

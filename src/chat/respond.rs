@@ -1,6 +1,6 @@
-//! Send a prepared turn upstream and answer the client: a primed stream of OpenAI chunks,
-//! or one `chat.completion` JSON. Both run the same pipeline and end through the same
-//! [`TurnEnd`].
+//! Send a prepared turn upstream and answer the client in its API's shapes: a primed stream
+//! from the API's encoder, or the API's body of the whole answer. Both run the same pipeline
+//! and end through the same [`TurnEnd`].
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::Response;
 use tokio::time::Instant;
 
-use super::turn::{TurnEnd, TurnStages};
+use super::end::{TurnEnd, TurnStages};
 use crate::accounts::Lease;
 use crate::app::AppState;
 use crate::body::{json_response, ProxyBody};
@@ -17,13 +17,6 @@ use crate::common::epoch_secs;
 use crate::conversation::transcript::Transcript;
 use crate::conversation::{ChatLock, ChatTarget, Prepared};
 use crate::error::ProxyError;
-use crate::openai::encoder::{call_id, finish_reason, ChunkEncoder, UsageJson};
-use crate::openai::mapping::Plan;
-use crate::openai::request::{ChatRequest, ResponseFormat};
-use crate::openai::response::{
-    AssistantMessage, ChatCompletion, Choice, FunctionJson, ToolCallJson,
-};
-use crate::openai::tools::CallShape;
 use crate::qwen::request::Turn;
 use crate::tools::prompt::Hint;
 use crate::tools::scan::{ScanConfig, ToolScan};
@@ -32,11 +25,13 @@ use crate::translate::body::{Outcome, StreamEnd, TranslateBody, UpstreamStream};
 use crate::translate::fence::JsonFence;
 use crate::translate::limits::{estimate_tokens, Limits};
 use crate::translate::pipeline::Pipeline;
+use crate::turn::plan::Plan;
+use crate::turn::{AnswerHead, ApiRequest, ClientApi, ResponseFormat};
 
 /// What one attempt sends and how it answers.
-pub struct Attempt<'a> {
+pub struct Attempt<'a, A: ClientApi> {
     pub state: &'a Arc<AppState>,
-    pub req: &'a ChatRequest,
+    pub req: &'a ApiRequest<A::Options>,
     pub plan: &'a Plan,
     pub prepared: &'a Prepared,
     /// When the request arrived (time to first token, stream duration).
@@ -57,7 +52,7 @@ pub enum Answered {
 
 type Upstream = UpstreamStream<Incoming, TurnStages>;
 
-impl Attempt<'_> {
+impl<A: ClientApi> Attempt<'_, A> {
     /// Send the prepared turn and build the response. `Ok` only once the answer has begun
     /// (streaming) or is complete (not streaming): every `Err` happens before the first
     /// byte reaches the client.
@@ -91,25 +86,23 @@ impl Attempt<'_> {
             .conversations
             .continue_chats
             .then(|| Transcript::new(self.prepared.reply_key.clone()));
-        let scan = self.req.tools.as_ref().map(|set| {
+        let turn = &self.req.turn;
+        let scan = turn.tools.as_ref().map(|set| {
             ToolScan::new(ScanConfig {
                 set: set.clone(),
                 retry_allowed: self.tool_retry,
-                streaming: self.req.stream,
+                streaming: turn.stream,
             })
         });
         // A JSON answer loses its Markdown fence (not with tools: there the answer is the
         // model's prose around calls).
-        let fence = (self.req.response_format != ResponseFormat::Text && scan.is_none())
+        let fence = (turn.response_format != ResponseFormat::Text && scan.is_none())
             .then(JsonFence::default);
         let stages = (
             scan,
             (
                 fence,
-                (
-                    Limits::new(self.req.stop.clone(), self.req.max_tokens),
-                    transcript,
-                ),
+                (Limits::new(turn.stop.clone(), turn.max_tokens), transcript),
             ),
         );
         let pipeline = Pipeline::new(stages, estimate_tokens(&self.prepared.content));
@@ -123,8 +116,8 @@ impl Attempt<'_> {
             lease,
         )
         .opened_chat_for(self.opened_chat.then(|| self.prepared.conversation.clone()));
-        let id = format!("chatcmpl-{}", crate::common::random_uuid().simple());
-        if self.req.stream {
+        let id = format!("{}{}", A::ID_PREFIX, crate::common::random_uuid().simple());
+        if turn.stream {
             self.stream(stream, end, &id, sent).await
         } else {
             self.complete(stream, end, &id, sent).await
@@ -149,8 +142,12 @@ impl Attempt<'_> {
         sent: Instant,
     ) -> Result<Answered, ProxyError> {
         let state = self.state;
-        let encoder = ChunkEncoder::new(id, epoch_secs(), &self.req.model, self.req.include_usage)
-            .with_call_shape(self.req.call_shape);
+        let head = AnswerHead {
+            id,
+            created: epoch_secs(),
+            turn: &self.req.turn,
+        };
+        let encoder = A::encoder(&head, &self.req.options);
         let mut body = TranslateBody::new(stream, encoder, Some(state.config.sse_keepalive))
             .abort_on(state.stream_abort_signal());
         // A failure here drops `end` untold (its lock is released): it is this request's
@@ -188,7 +185,7 @@ impl Attempt<'_> {
         Ok(Answered::Response(rsp))
     }
 
-    /// The whole answer as one `chat.completion`. Any upstream error — also one after
+    /// The whole answer as one body. Any upstream error — also one after
     /// partial content — fails the request: never a truncated answer presented as complete.
     async fn complete(
         self,
@@ -224,49 +221,13 @@ impl Attempt<'_> {
         {
             settle.await;
         }
-        let mut calls = message
-            .tool_calls
-            .iter()
-            .map(|(name, arguments)| FunctionJson { name, arguments });
-        let (tool_calls, function_call) = match self.req.call_shape {
-            CallShape::ToolCalls => (
-                calls
-                    .map(|function| ToolCallJson {
-                        id: call_id(),
-                        kind: "function",
-                        function,
-                    })
-                    .collect(),
-                None,
-            ),
-            CallShape::FunctionCall => (Vec::new(), calls.next()),
-        };
-        let body = ChatCompletion {
+        let head = AnswerHead {
             id,
-            object: "chat.completion",
             created: epoch_secs(),
-            model: &self.req.model,
-            choices: [Choice {
-                index: 0,
-                message: AssistantMessage {
-                    role: "assistant",
-                    content: (!message.content.is_empty() || message.tool_calls.is_empty())
-                        .then_some(message.content.as_str()),
-                    reasoning_content: (!message.reasoning.is_empty())
-                        .then_some(message.reasoning.as_str()),
-                    tool_calls,
-                    function_call,
-                    refusal: None,
-                },
-                logprobs: None,
-                finish_reason: finish_reason(reason, self.req.call_shape),
-            }],
-            usage: UsageJson::from(usage),
-            system_fingerprint: None,
+            turn: &self.req.turn,
         };
-        Ok(Answered::Response(json_response(
-            serde_json::to_vec(&body).unwrap_or_default(),
-        )))
+        let body = A::body(&head, &self.req.options, &message, reason, usage);
+        Ok(Answered::Response(json_response(body)))
     }
 }
 

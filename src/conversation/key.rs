@@ -10,7 +10,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::openai::request::{Message, Role};
+use crate::turn::{Message, Role};
 
 #[derive(Clone)]
 pub struct KeyBuilder {
@@ -98,7 +98,14 @@ impl KeyBuilder {
     pub fn history_message(&mut self, m: &Message) {
         self.begin(m.role, m.result_label());
         if m.tool_calls.is_empty() {
-            self.text(&m.content);
+            self.text(&m.text());
+        }
+        // A file counts by what it is, wherever it sits among the text.
+        for file in m.files() {
+            self.hasher.update([0xFB]);
+            self.hasher.update(file.media_type.as_bytes());
+            self.hasher.update([0xFC]);
+            self.hasher.update(file.digest.as_bytes());
         }
         for call in &m.tool_calls {
             self.tool_call(&call.name, &call.arguments);

@@ -37,9 +37,9 @@ use tokio::time::Instant;
 use crate::common::epoch_millis;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::openai::mapping::{fold, fold_turns};
-use crate::openai::request::{ChatRequest, Role};
 use crate::tools::prompt::tools_section;
+use crate::turn::fold::{fold, fold_turns};
+use crate::turn::{Role, TurnRequest};
 use budget::{ChatWindow, RecentFailures};
 use busy::{BusyPolicy, BusyWindow, Route};
 use key::{Key, KeyBuilder};
@@ -240,7 +240,7 @@ impl Conversations {
     }
 
     /// Decide where this request goes and what it sends.
-    pub async fn prepare(&self, req: &ChatRequest, identity: &str, model: &str) -> Prepared {
+    pub async fn prepare(&self, req: &TurnRequest, identity: &str, model: &str) -> Prepared {
         let Keys {
             prefix: prefix_key,
             split,
@@ -280,7 +280,7 @@ impl Conversations {
     /// "fallback" after a lost chat or parent).
     pub fn fresh(
         &self,
-        req: &ChatRequest,
+        req: &TurnRequest,
         identity: &str,
         model: &str,
         mode: &'static str,
@@ -295,7 +295,7 @@ impl Conversations {
     /// request.
     pub fn request_key(
         &self,
-        req: &ChatRequest,
+        req: &TurnRequest,
         identity: &str,
         model: &str,
         settings: &str,
@@ -310,7 +310,7 @@ impl Conversations {
     /// until used ([`Conversations::left_busy_chat`]).
     pub fn fresh_for_busy(
         &self,
-        req: &ChatRequest,
+        req: &TurnRequest,
         identity: &str,
         model: &str,
         fits: impl FnOnce(&Prepared) -> bool,
@@ -321,7 +321,7 @@ impl Conversations {
 
     fn new_chat(
         &self,
-        req: &ChatRequest,
+        req: &TurnRequest,
         reply_key: KeyBuilder,
         conversation: Key,
         mode: &'static str,
@@ -339,7 +339,7 @@ impl Conversations {
     }
 
     /// A fresh chat with the whole history folded.
-    fn folded(req: &ChatRequest, reply_key: KeyBuilder, conversation: Key) -> Prepared {
+    fn folded(req: &TurnRequest, reply_key: KeyBuilder, conversation: Key) -> Prepared {
         Prepared {
             target: ChatTarget::NewChat,
             content: fold(req),
@@ -352,7 +352,7 @@ impl Conversations {
     }
 
     /// The keys of a request: see [`Keys`].
-    fn keys(&self, req: &ChatRequest, identity: &str, model: &str) -> Keys {
+    fn keys(&self, req: &TurnRequest, identity: &str, model: &str) -> Keys {
         let (mut kb, split, conversation) = self.history_key(req, identity, model);
         let prefix = kb.finish();
         for m in req.messages[split..]
@@ -374,13 +374,13 @@ impl Conversations {
     /// key (up to its first message).
     fn history_key(
         &self,
-        req: &ChatRequest,
+        req: &TurnRequest,
         identity: &str,
         model: &str,
     ) -> (KeyBuilder, usize, Key) {
         let mut kb = KeyBuilder::new(identity, &self.account, model);
         for m in req.messages.iter().filter(|m| m.role == Role::System) {
-            kb.message(Role::System, None, &m.content);
+            kb.message(Role::System, None, &m.text());
         }
         // The tools are part of what the upstream chat was told: other tools, another chat.
         if let Some(tools) = req.tools.as_deref() {

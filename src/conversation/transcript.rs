@@ -3,9 +3,9 @@
 //! reply as its client saw it — finds the upstream chat again (`key.rs`).
 
 use super::key::{Key, KeyBuilder};
-use crate::openai::request::Role;
 use crate::translate::stage::Stage;
 use crate::translate::state::{Emit, ToolCall};
+use crate::turn::Role;
 
 /// A reply that makes calls is keyed by its calls alone (`KeyBuilder::history_message`);
 /// whether it will is known only at its end, so both keys are built as it streams.
@@ -104,7 +104,9 @@ mod tests {
             let body = format!(
                 r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}},{{"role":"assistant","content":"{prose}","tool_calls":[{{"id":"call_1","type":"function","function":{{"name":"get_weather","arguments":"{{\"city\": \"Paris\"}}"}}}}]}}]}}"#
             );
-            let req = crate::openai::request::ChatRequest::from_slice(body.as_bytes()).unwrap();
+            let req = crate::api::openai::request::parse(body.as_bytes())
+                .unwrap()
+                .turn;
             let mut whole = base();
             whole.history_message(&req.messages[1]);
             assert_eq!(key, whole.finish(), "prose {prose:?}");

@@ -30,6 +30,7 @@ use crate::error::ProxyError;
 use crate::forwarded::TrustProxy;
 use crate::identity::{presented_credential, ClientIdentity, KeyFingerprint};
 use crate::metrics::Metrics;
+use crate::routes::Route;
 use crate::server::PeerAddr;
 
 #[derive(Clone)]
@@ -148,7 +149,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let identity = if self.shared.keys.is_empty() || !req.uri().path().starts_with("/v1/") {
+        let identity = if self.shared.keys.is_empty() || !Route::of(&req).auth {
             Ok(ClientIdentity::Anonymous)
         } else {
             self.shared.authenticate(&req)

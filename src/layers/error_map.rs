@@ -1,7 +1,8 @@
-//! The error boundary: every `ProxyError` from the layers inside becomes its OpenAI error
-//! response here ([`error_response`], the one place an error becomes an HTTP response), is
-//! logged and counted once (`ProxyError::report`). Outside this layer the stack is
-//! infallible.
+//! The error boundary: every `ProxyError` from the layers inside becomes its error response
+//! here ([`error_response`], the one place an error becomes an HTTP response), in the shape
+//! of the request's client API (its route's `Api`, so a 401 from auth or a 503 while
+//! draining speaks the caller's dialect), and is logged and counted once
+//! (`ProxyError::report`). Outside this layer the stack is infallible.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,20 +10,26 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use hyper::{Request, Response};
 
 use crate::body::{json_response, ProxyBody};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::routes::{Api, Route};
+
+/// How each client API writes an error body (`api::error_body`).
+pub type ErrorBodies = fn(Api, &ProxyError) -> Bytes;
 
 #[derive(Debug, Clone)]
 pub struct ErrorMapLayer {
     metrics: Arc<Metrics>,
+    bodies: ErrorBodies,
 }
 
 impl ErrorMapLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    pub fn new(metrics: Arc<Metrics>, bodies: ErrorBodies) -> Self {
+        Self { metrics, bodies }
     }
 }
 
@@ -32,6 +39,7 @@ impl<S> tower::Layer<S> for ErrorMapLayer {
         ErrorMap {
             inner,
             metrics: self.metrics.clone(),
+            bodies: self.bodies,
         }
     }
 }
@@ -40,6 +48,7 @@ impl<S> tower::Layer<S> for ErrorMapLayer {
 pub struct ErrorMap<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    bodies: ErrorBodies,
 }
 
 impl<S, B> tower::Service<Request<B>> for ErrorMap<S>
@@ -64,9 +73,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let api = Route::of(&req).api;
         ResponseFuture {
             inner: self.inner.call(req),
             metrics: self.metrics.clone(),
+            api,
+            bodies: self.bodies,
         }
     }
 }
@@ -74,6 +86,8 @@ where
 pub struct ResponseFuture<F> {
     inner: F,
     metrics: Arc<Metrics>,
+    api: Api,
+    bodies: ErrorBodies,
 }
 
 impl<F> Future for ResponseFuture<F>
@@ -87,16 +101,16 @@ where
             Ok(rsp) => Poll::Ready(Ok(rsp)),
             Err(e) => {
                 e.report(&self.metrics);
-                Poll::Ready(Ok(error_response(&e)))
+                Poll::Ready(Ok(error_response(&e, (self.bodies)(self.api, &e))))
             }
         }
     }
 }
 
-/// The one place an error becomes an HTTP response: status, the OpenAI error body
-/// `{"error":{"message","type","param","code"}}` and the error's headers.
-pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
-    let mut rsp = json_response(e.to_json());
+/// The one place an error becomes an HTTP response: status, the body in the client API's
+/// shape and the error's headers.
+pub fn error_response(e: &ProxyError, body: Bytes) -> Response<ProxyBody> {
+    let mut rsp = json_response(body);
     *rsp.status_mut() = e.status();
     e.write_headers(rsp.headers_mut());
     rsp
@@ -112,7 +126,7 @@ mod tests {
     async fn errors_become_openai_responses_and_are_counted() {
         let metrics = Metrics::new();
         let svc = ServiceBuilder::new()
-            .layer(ErrorMapLayer::new(metrics.clone()))
+            .layer(ErrorMapLayer::new(metrics.clone(), crate::api::error_body))
             .service(service_fn(|_r: Request<()>| {
                 Box::pin(async {
                     Err::<Response<ProxyBody>, _>(ProxyError::upstream(
@@ -125,6 +139,12 @@ mod tests {
         assert_eq!(rsp.status(), 503);
         assert_eq!(rsp.headers()["content-type"], "application/json");
         assert!(rsp.headers().contains_key("retry-after"));
+        let body = http_body_util::BodyExt::collect(rsp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "upstream_challenge", "the OpenAI shape");
         assert_eq!(
             metrics
                 .upstream_errors

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::body::{BodyObserver, ProxyBody};
 use crate::metrics::Metrics;
-use crate::routes::route_template;
+use crate::routes::Route;
 
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
@@ -57,7 +57,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let record = Record {
             metrics: self.metrics.clone(),
-            route: route_template(req.uri().path()),
+            route: Route::of(&req).label,
             method: req.method().clone(),
             status: 0,
             start: Instant::now(),

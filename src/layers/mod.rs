@@ -9,5 +9,6 @@ pub mod rate_limit;
 pub mod reject;
 pub mod request_id;
 pub mod retry;
+pub mod route;
 pub mod trace;
 pub mod validate;

@@ -22,6 +22,7 @@ use crate::forwarded::TrustProxy;
 use crate::identity::ClientIdentity;
 use crate::metrics::Metrics;
 use crate::rate::RateLimitStore;
+use crate::routes::Route;
 use crate::server::PeerAddr;
 
 #[derive(Clone)]
@@ -95,7 +96,7 @@ where
 
     // Boxed: the store's answer (Redis) is awaited before the inner call.
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if !req.uri().path().starts_with("/v1/") {
+        if !Route::of(&req).rate_limited {
             return Box::pin(self.inner.call(req));
         }
         let key = self.key(&req);
@@ -137,7 +138,7 @@ mod tests {
         let layer = RateLimitLayer::new(Arc::new(LocalBuckets::new(60, 1)), trust, Metrics::new());
         let metrics = Metrics::new();
         ServiceBuilder::new()
-            .layer(ErrorMapLayer::new(metrics))
+            .layer(ErrorMapLayer::new(metrics, crate::api::error_body))
             .layer(layer)
             .service(service_fn(|_r: Request<()>| {
                 Box::pin(async { Ok::<_, ProxyError>(Response::new(ProxyBody::empty())) })

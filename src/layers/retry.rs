@@ -40,7 +40,6 @@ use crate::config::RetryConfig;
 use crate::conversation::budget::RequestChats;
 use crate::error::{ProxyError, UpstreamClass as C};
 use crate::metrics::Metrics;
-use crate::openai::request::ChatRequest;
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -119,11 +118,9 @@ pub struct Retry<S> {
     layer: RetryLayer,
 }
 
-/// A request is `Parts` + `Arc<ChatRequest>`; `Parts` is not `Clone`, so copy it by hand.
-fn copy_request(
-    parts: &hyper::http::request::Parts,
-    body: &Arc<ChatRequest>,
-) -> Request<Arc<ChatRequest>> {
+/// A request is `Parts` + its parsed body (an `Arc`, cheap to clone); `Parts` is not
+/// `Clone`, so copy it by hand.
+fn copy_request<T: Clone>(parts: &hyper::http::request::Parts, body: &T) -> Request<T> {
     let mut r = Request::new(body.clone());
     *r.method_mut() = parts.method.clone();
     *r.uri_mut() = parts.uri.clone();
@@ -133,13 +130,11 @@ fn copy_request(
     r
 }
 
-impl<S> tower::Service<Request<Arc<ChatRequest>>> for Retry<S>
+impl<S, T> tower::Service<Request<T>> for Retry<S>
 where
-    S: tower::Service<
-            Request<Arc<ChatRequest>>,
-            Response = Response<ProxyBody>,
-            Error = ProxyError,
-        > + Clone
+    T: Clone + Send + 'static,
+    S: tower::Service<Request<T>, Response = Response<ProxyBody>, Error = ProxyError>
+        + Clone
         + Send
         + 'static,
     S::Future: Send,
@@ -153,7 +148,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Arc<ChatRequest>>) -> Self::Future {
+    fn call(&mut self, req: Request<T>) -> Self::Future {
         let clone = self.inner.clone();
         let mut svc = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
@@ -231,11 +226,11 @@ mod tests {
         }
     }
 
-    fn chat_req() -> Request<Arc<ChatRequest>> {
-        let chat =
-            ChatRequest::from_slice(br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#)
-                .unwrap();
-        Request::new(Arc::new(chat))
+    /// The layer needs nothing of the request but that it can be sent again.
+    type Parsed = Arc<&'static str>;
+
+    fn chat_req() -> Request<Parsed> {
+        Request::new(Arc::new("x"))
     }
 
     /// A core that fails with `errors` in turn, then succeeds; the calls it got.
@@ -244,7 +239,7 @@ mod tests {
     ) -> (Result<Response<ProxyBody>, ProxyError>, Duration, u32) {
         let calls = Arc::new(AtomicU32::new(0));
         let c = calls.clone();
-        let core = service_fn(move |_r: Request<Arc<ChatRequest>>| {
+        let core = service_fn(move |_r: Request<Parsed>| {
             let i = c.fetch_add(1, Ordering::SeqCst) as usize;
             let out = match errors.get(i) {
                 Some(e) => Err(ProxyError::from(e.clone())),
@@ -330,7 +325,7 @@ mod tests {
         // A core that opens a fresh chat on every attempt (a new conversation) and fails.
         let calls = Arc::new(AtomicU32::new(0));
         let c = calls.clone();
-        let core = service_fn(move |r: Request<Arc<ChatRequest>>| {
+        let core = service_fn(move |r: Request<Parsed>| {
             c.fetch_add(1, Ordering::SeqCst);
             let chats = r.extensions().get::<Arc<RequestChats>>().cloned();
             async move {

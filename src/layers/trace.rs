@@ -14,7 +14,7 @@ use tracing::{Instrument, Span};
 
 use super::request_id::RequestId;
 use crate::body::{BodyObserver, ProxyBody};
-use crate::routes::route_template;
+use crate::routes::Route;
 
 #[derive(Debug, Clone, Default)]
 pub struct TraceLayer;
@@ -53,7 +53,7 @@ where
         let span = tracing::info_span!(
             "request",
             method = %req.method(),
-            route = route_template(req.uri().path()),
+            route = Route::of(&req).label,
             request_id = %id,
             model = Empty,
             stream = Empty,

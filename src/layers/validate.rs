@@ -2,9 +2,12 @@
 //! `content-encoding` (415: a compressed body is never mistaken for JSON), the body size
 //! limit (`MAX_BODY_BYTES`: `content-length` checked first, then a limited read), the body
 //! read deadline (`BODY_READ_TIMEOUT`: a client that stalls mid-body gets 408 instead of
-//! holding a connection forever), and JSON → typed [`ChatRequest`] with precise 400s. The parsed request becomes the request
-//! body as an `Arc`, so retries re-send it without re-reading anything.
+//! holding a connection forever), and JSON → the route's client API's parsed request
+//! (`ClientApi::parse`: the turn and the API's options) with precise 400s. The parsed
+//! request becomes the request body as an `Arc`, so retries re-send it without re-reading
+//! anything.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,44 +21,67 @@ use hyper::{Request, Response};
 use crate::body::ProxyBody;
 use crate::common::BoxFuture;
 use crate::error::ProxyError;
-use crate::openai::request::ChatRequest;
+use crate::turn::{ApiRequest, ClientApi};
 use crate::untrusted::Untrusted;
 
+/// The body limits.
 #[derive(Debug, Clone, Copy)]
-pub struct ValidateLayer {
+struct Limits {
     max_body: usize,
     read_timeout: Duration,
 }
 
-impl ValidateLayer {
+/// Validates requests for the client API `A`.
+pub struct ValidateLayer<A> {
+    limits: Limits,
+    api: PhantomData<fn() -> A>,
+}
+
+impl<A> ValidateLayer<A> {
     pub fn new(max_body: usize, read_timeout: Duration) -> Self {
         Self {
-            max_body,
-            read_timeout,
+            limits: Limits {
+                max_body,
+                read_timeout,
+            },
+            api: PhantomData,
         }
     }
 }
 
-impl<S> tower::Layer<S> for ValidateLayer {
-    type Service = Validate<S>;
-    fn layer(&self, inner: S) -> Validate<S> {
+impl<A, S> tower::Layer<S> for ValidateLayer<A> {
+    type Service = Validate<A, S>;
+    fn layer(&self, inner: S) -> Validate<A, S> {
         Validate {
             inner,
-            limits: *self,
+            limits: self.limits,
+            api: PhantomData,
         }
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Validate<S> {
+pub struct Validate<A, S> {
     inner: S,
-    limits: ValidateLayer,
+    limits: Limits,
+    api: PhantomData<fn() -> A>,
 }
 
-impl<S, B> tower::Service<Request<B>> for Validate<S>
+// By hand: a derive would ask `A: Clone`.
+impl<A, S: Clone> Clone for Validate<A, S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            limits: self.limits,
+            api: PhantomData,
+        }
+    }
+}
+
+impl<A, S, B> tower::Service<Request<B>> for Validate<A, S>
 where
+    A: ClientApi,
     S: tower::Service<
-            Request<Arc<ChatRequest>>,
+            Request<Arc<ApiRequest<A::Options>>>,
             Response = Response<ProxyBody>,
             Error = ProxyError,
         > + Clone
@@ -79,7 +105,7 @@ where
         // Take the service that was made ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let ValidateLayer {
+        let Limits {
             max_body: max,
             read_timeout,
         } = self.limits;
@@ -91,11 +117,16 @@ where
                 .map_err(|_| ProxyError::RequestTimeout {
                     after: read_timeout,
                 })??;
-            let chat = ChatRequest::from_slice(&bytes)?;
-            tracing::Span::current()
-                .record("model", tracing::field::display(Untrusted(&chat.model)));
-            tracing::Span::current().record("stream", chat.stream);
-            inner.call(Request::from_parts(parts, Arc::new(chat))).await
+            let parsed = A::parse(&bytes)?;
+            let span = tracing::Span::current();
+            span.record(
+                "model",
+                tracing::field::display(Untrusted(&parsed.turn.model)),
+            );
+            span.record("stream", parsed.turn.stream);
+            inner
+                .call(Request::from_parts(parts, Arc::new(parsed)))
+                .await
         })
     }
 }
@@ -154,6 +185,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::openai::request::Options;
+    use crate::api::openai::OpenAi;
     use http_body_util::Full;
     use tower::{service_fn, ServiceBuilder, ServiceExt};
 
@@ -161,9 +194,9 @@ mod tests {
     ) -> impl tower::Service<Request<Full<Bytes>>, Response = Response<ProxyBody>, Error = ProxyError>
            + Clone {
         ServiceBuilder::new()
-            .layer(ValidateLayer::new(64, Duration::from_secs(5)))
-            .service(service_fn(|r: Request<Arc<ChatRequest>>| {
-                let model = r.body().model.clone();
+            .layer(ValidateLayer::<OpenAi>::new(64, Duration::from_secs(5)))
+            .service(service_fn(|r: Request<Arc<ApiRequest<Options>>>| {
+                let model = r.body().turn.model.clone();
                 Box::pin(async move { Ok::<_, ProxyError>(Response::new(ProxyBody::full(model))) })
             }))
     }
@@ -237,8 +270,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_times_out() {
         let svc = ServiceBuilder::new()
-            .layer(ValidateLayer::new(1024, Duration::from_secs(5)))
-            .service(service_fn(|_r: Request<Arc<ChatRequest>>| async {
+            .layer(ValidateLayer::<OpenAi>::new(1024, Duration::from_secs(5)))
+            .service(service_fn(|_r: Request<Arc<ApiRequest<Options>>>| async {
                 Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
             }));
         let r = Request::post("/v1/chat/completions")

@@ -452,7 +452,7 @@ impl ToolScan {
     fn bad_call(&mut self, why: &Invalid, hint: Hint, next: &mut impl Emit) {
         self.pending.clear();
         self.state = State::Drain;
-        self.finish = Some(FinishReason::Stop);
+        self.finish = Some(FinishReason::Complete);
         if self.can_retry() {
             self.retry = Some(hint);
             return;
@@ -464,7 +464,7 @@ impl ToolScan {
     fn abandon(&mut self, why: &Invalid, next: &mut impl Emit) {
         self.pending.clear();
         self.state = State::Drain;
-        self.finish = Some(FinishReason::Stop);
+        self.finish = Some(FinishReason::Complete);
         if self.stats.abandoned > 0 {
             return;
         }
@@ -1144,7 +1144,7 @@ impl Stage for ToolScan {
         if let (Some(hint), true) = (hint, self.can_retry()) {
             self.retry = Some(hint);
             // The answer is decided (to be asked again), even one that said nothing.
-            self.finish = Some(FinishReason::Stop);
+            self.finish = Some(FinishReason::Complete);
             return;
         }
         // No retry left: an intercepted call that was lost is explained; the prose, after all.

@@ -100,7 +100,7 @@ where
     /// Advance by at most one upstream chunk. After `Done`/`Failed`, stays `Done`.
     pub fn poll_step(&mut self, cx: &mut Context<'_>, out: &mut impl Emit) -> Poll<Step> {
         let (false, Some(body)) = (self.finished, self.body.as_mut()) else {
-            return Poll::Ready(Step::Done(FinishReason::Stop));
+            return Poll::Ready(Step::Done(FinishReason::Complete));
         };
         let step = loop {
             match Pin::new(&mut *body).poll_frame(cx) {

@@ -2,10 +2,10 @@
 //! `max_tokens`. A pipeline [`Stage`]; it only touches content.
 //!
 //! * Stop: text that could be the start of a stop sequence is held back until it either
-//!   completes a match (the output ends before it, `finish_reason:"stop"`) or can no longer
-//!   match (it is released). Matches split across upstream frames are therefore found.
+//!   completes a match (the output ends before it; the finish reason names the sequence) or
+//!   can no longer match (it is released). Matches split across upstream frames are therefore found.
 //! * Max tokens: content is cut at the character where the estimated token count reaches
-//!   the limit (`finish_reason:"length"`). The estimate is the usual heuristic — four ASCII
+//!   the limit (finish reason `Length`). The estimate is the usual heuristic — four ASCII
 //!   characters or one other character per token — because the upstream's tokenizer is not
 //!   available and its usage arrives only after the frame it counts.
 
@@ -24,7 +24,8 @@ pub fn estimate_tokens(text: &str) -> u64 {
 
 #[derive(Debug, Default)]
 pub struct Limits {
-    stops: Vec<String>,
+    /// The stop sequences with their index in the request's list (empty ones never match).
+    stops: Vec<(usize, String)>,
     /// Content held back because it may be the start of a stop sequence.
     held: String,
     max_quarters: Option<u64>,
@@ -35,7 +36,11 @@ pub struct Limits {
 impl Limits {
     pub fn new(stops: Vec<String>, max_tokens: Option<u64>) -> Self {
         Self {
-            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            stops: stops
+                .into_iter()
+                .enumerate()
+                .filter(|(_, s)| !s.is_empty())
+                .collect(),
             held: String::new(),
             max_quarters: max_tokens.map(|t| t.saturating_mul(4)),
             used_quarters: 0,
@@ -57,16 +62,17 @@ impl Limits {
             return;
         }
         self.held.push_str(text);
+        // The earliest match; at the same place, the first in the request's list.
         let earliest = self
             .stops
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min();
-        if let Some(at) = earliest {
+            .filter_map(|(i, s)| self.held.find(s.as_str()).map(|at| (at, *i)))
+            .min_by_key(|(at, _)| *at);
+        if let Some((at, index)) = earliest {
             let before = self.held[..at].to_owned();
             self.held.clear();
             self.pass_budget(&before, inner);
-            self.finish.get_or_insert(FinishReason::Stop);
+            self.finish.get_or_insert(FinishReason::StopSequence(index));
             return;
         }
         let keep = self.partial_match_len();
@@ -81,7 +87,7 @@ impl Limits {
     fn partial_match_len(&self) -> usize {
         let held = self.held.as_str();
         let mut best = 0;
-        for stop in &self.stops {
+        for (_, stop) in &self.stops {
             let max = stop.len().saturating_sub(1).min(held.len());
             for len in (best + 1..=max).rev() {
                 let start = held.len() - len;
@@ -192,7 +198,7 @@ mod tests {
     fn stop_split_across_pieces() {
         let mut l = Limits::new(vec!["END".into()], None);
         assert_eq!(run(&mut l, &["hello E", "N", "D tail"]), "hello ");
-        assert_eq!(l.finish_reason(), Some(FinishReason::Stop));
+        assert_eq!(l.finish_reason(), Some(FinishReason::StopSequence(0)));
     }
 
     #[test]

@@ -83,7 +83,10 @@ impl<S: Stage> Pipeline<S> {
             return self.unless_stages_answer(e, out);
         }
         self.stages.flush(out);
-        Ok(self.stages.finish_reason().unwrap_or(FinishReason::Stop))
+        Ok(self
+            .stages
+            .finish_reason()
+            .unwrap_or(FinishReason::Complete))
     }
 
     /// The upstream's answer ended empty (`e`): the stages may still answer from what they
@@ -103,7 +106,10 @@ impl<S: Stage> Pipeline<S> {
         if !watched.any && self.stages.finish_reason().is_none() {
             return Err(e);
         }
-        Ok(self.stages.finish_reason().unwrap_or(FinishReason::Stop))
+        Ok(self
+            .stages
+            .finish_reason()
+            .unwrap_or(FinishReason::Complete))
     }
 
     /// After one event: has a stage or the upstream ended the answer?
@@ -117,7 +123,11 @@ impl<S: Stage> Pipeline<S> {
         }
         if flow == Flow::Finished {
             self.stages.flush(out);
-            return Progress::Done(self.stages.finish_reason().unwrap_or(FinishReason::Stop));
+            return Progress::Done(
+                self.stages
+                    .finish_reason()
+                    .unwrap_or(FinishReason::Complete),
+            );
         }
         Progress::Continue
     }

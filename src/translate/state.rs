@@ -65,26 +65,21 @@ pub enum Flow {
     Finished,
 }
 
-/// Why the answer ended, as the client sees it.
+/// Why the answer ended, as the client sees it (each client API names it in its encoder).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    Stop,
+    /// The model ended its answer.
+    Complete,
+    /// A stop sequence of the request ended it: its index in the request's list.
+    StopSequence(usize),
+    /// The output limit (`max_tokens`) cut it.
     Length,
     /// The answer is tool calls (function-calling emulation).
     ToolCalls,
 }
 
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::ToolCalls => "tool_calls",
-        }
-    }
-}
-
-/// Token usage in OpenAI terms.
+/// Tokens read (the prompt, some of it cached) and written (the answer, some of it
+/// reasoning), whatever the client API calls them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: u64,

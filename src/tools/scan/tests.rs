@@ -334,7 +334,7 @@ fn c24_an_unknown_name_is_never_a_call() {
         "Sure.\n\n\n(The model called a tool named `delete_everything`, which this request does not offer (its tools: get_weather, write_file, Write); no tool was run.)"
     );
     assert!(!out.content.contains("[TOOL CALL]"));
-    assert_eq!(out.finish, Some(FinishReason::Stop));
+    assert_eq!(out.finish, Some(FinishReason::Complete));
     // Streamed prose already shown: no retry, the explanation follows it.
     let out = run_pieces_in(true, &auto(), true, &["Sure.\n", block], &[]);
     assert_eq!(out.retry, None);
@@ -610,7 +610,7 @@ fn an_intercepted_call_that_cannot_be_recovered_hides_the_aftermath_and_asks_aga
         out.content,
         "(The model called a tool named `Read`, which this request does not offer (its tools: get_weather, write_file, Write); no tool was run.)"
     );
-    assert_eq!(s.finish_reason(), Some(FinishReason::Stop));
+    assert_eq!(s.finish_reason(), Some(FinishReason::Complete));
     assert_eq!(s.stats().abandoned, 1);
 }
 
@@ -845,7 +845,7 @@ fn review_calls_in_thinking_in_other_spellings_and_drafts() {
     );
     s.flush(&mut rec);
     assert_eq!(s.retry(), Some(Hint::CallInThinking));
-    assert_eq!(s.finish_reason(), Some(FinishReason::Stop));
+    assert_eq!(s.finish_reason(), Some(FinishReason::Complete));
 }
 
 #[test]

@@ -27,6 +27,15 @@ impl Body for FakeUpstream {
     }
 }
 
+/// A finish reason as the lines write it.
+fn label(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Complete | FinishReason::StopSequence(_) => "stop",
+        FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
+    }
+}
+
 /// Writes readable lines: `c:<text>`, `r:<text>`, `finish:<reason>`, `error:<code>`,
 /// `keep-alive`.
 #[derive(Default)]
@@ -45,7 +54,7 @@ impl Emit for Lines {
 
 impl Render for Lines {
     fn finish(&mut self, reason: FinishReason, _usage: Usage) {
-        self.pending.push(format!("finish:{}", reason.as_str()));
+        self.pending.push(format!("finish:{}", label(reason)));
     }
     fn error(&mut self, e: &ProxyError) {
         self.pending
@@ -74,7 +83,7 @@ struct Owner {
 impl StreamEnd<()> for Owner {
     fn ended(self, outcome: Outcome<'_>, _pipeline: &mut Pipeline<()>) -> Option<Settle> {
         let what = match outcome {
-            Outcome::Completed { reason, .. } => format!("completed:{}", reason.as_str()),
+            Outcome::Completed { reason, .. } => format!("completed:{}", label(reason)),
             Outcome::Failed(e) => format!("failed:{}", e.code().unwrap_or_default()),
             Outcome::Cancelled => "cancelled".to_owned(),
         };

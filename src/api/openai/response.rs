@@ -1,8 +1,64 @@
 //! Non-streaming response bodies: `chat.completion` and the model list.
 
+use bytes::Bytes;
 use serde::Serialize;
 
-use super::encoder::UsageJson;
+use super::encoder::{call_id, finish_reason, UsageJson};
+use super::tools::CallShape;
+use crate::translate::aggregate::Collected;
+use crate::translate::state::{FinishReason, Usage};
+use crate::turn::AnswerHead;
+
+/// The whole answer as one `chat.completion`.
+pub fn completion(
+    head: &AnswerHead<'_>,
+    shape: CallShape,
+    answer: &Collected,
+    reason: FinishReason,
+    usage: Usage,
+) -> Bytes {
+    let mut calls = answer
+        .tool_calls
+        .iter()
+        .map(|(name, arguments)| FunctionJson { name, arguments });
+    let (tool_calls, function_call) = match shape {
+        CallShape::ToolCalls => (
+            calls
+                .map(|function| ToolCallJson {
+                    id: call_id(),
+                    kind: "function",
+                    function,
+                })
+                .collect(),
+            None,
+        ),
+        CallShape::FunctionCall => (Vec::new(), calls.next()),
+    };
+    let body = ChatCompletion {
+        id: head.id,
+        object: "chat.completion",
+        created: head.created,
+        model: &head.turn.model,
+        choices: [Choice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content: (!answer.content.is_empty() || answer.tool_calls.is_empty())
+                    .then_some(answer.content.as_str()),
+                reasoning_content: (!answer.reasoning.is_empty())
+                    .then_some(answer.reasoning.as_str()),
+                tool_calls,
+                function_call,
+                refusal: None,
+            },
+            logprobs: None,
+            finish_reason: finish_reason(reason, shape),
+        }],
+        usage: UsageJson::from(usage),
+        system_fingerprint: None,
+    };
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
 
 #[derive(Debug, Serialize)]
 pub struct ChatCompletion<'a> {

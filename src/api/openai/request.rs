@@ -11,288 +11,226 @@ use std::sync::Arc;
 
 use super::tools::{self, CallShape};
 use crate::error::ProxyError;
-use crate::tools::ToolSet;
+use crate::turn::{
+    ApiRequest, CalledTool, Message, Part, ResponseFormat, Role, ThinkingIntent, TurnRequest,
+};
 use crate::untrusted::clip;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-    Tool,
-}
-
-impl Role {
-    pub fn label(self) -> &'static str {
-        match self {
-            Role::System => "System",
-            Role::User => "User",
-            Role::Assistant => "Assistant",
-            Role::Tool => "Tool",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub role: Role,
-    /// Text content (parts joined by newlines).
-    pub content: String,
-    /// `name` of a tool result (or of a legacy `function` message).
-    pub name: Option<String>,
-    /// The calls an assistant message made.
-    pub tool_calls: Vec<CalledTool>,
-    /// The call a tool result answers.
-    pub tool_call_id: Option<String>,
-}
-
-impl Message {
-    /// What names a tool result in the conversation key and the fold: the call it answers,
-    /// else the tool's name.
-    pub fn result_label(&self) -> Option<&str> {
-        self.tool_call_id.as_deref().or(self.name.as_deref())
-    }
-}
-
-/// A call in an assistant message of the history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CalledTool {
-    pub id: String,
-    pub name: String,
-    /// The arguments as the client sent them back (a string of JSON, usually).
-    pub arguments: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReasoningEffort {
-    None,
-    Minimal,
-    Low,
-    Medium,
-    High,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum ResponseFormat {
-    #[default]
-    Text,
-    JsonObject,
-    /// The JSON schema, serialised, to put in the instruction.
-    JsonSchema(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatRequest {
-    pub model: String,
-    pub messages: Vec<Message>,
-    pub stream: bool,
+/// What only the OpenAI API asks of an answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `stream_options.include_usage`: a usage chunk before `[DONE]`.
     pub include_usage: bool,
-    pub max_tokens: Option<u64>,
-    pub stop: Vec<String>,
-    pub reasoning_effort: Option<ReasoningEffort>,
-    pub enable_thinking: Option<bool>,
-    pub response_format: ResponseFormat,
-    /// Function calling (emulated upstream); `None` for plain text.
-    pub tools: Option<Arc<ToolSet>>,
     /// `tool_calls`, or `function_call` for the deprecated `functions` API.
     pub call_shape: CallShape,
+}
+
+/// `reasoning_effort`, as the turn's thinking intent.
+fn effort_intent(effort: &str) -> Option<ThinkingIntent> {
+    Some(match effort {
+        "none" | "minimal" | "low" => ThinkingIntent::Off,
+        "medium" => ThinkingIntent::Auto,
+        "high" | "xhigh" => ThinkingIntent::On,
+        _ => return None,
+    })
 }
 
 fn bad(message: impl Into<String>, param: &str) -> ProxyError {
     ProxyError::bad_request(message, Some(param))
 }
 
-impl ChatRequest {
-    /// Parse a request body.
-    pub fn from_slice(body: &[u8]) -> Result<Self, ProxyError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            ProxyError::bad_request(format!("Request body is not valid JSON: {e}"), None)
-        })?;
-        let Value::Object(obj) = value else {
-            return Err(ProxyError::bad_request(
-                "Request body must be a JSON object.",
-                None,
-            ));
-        };
-        Self::from_object(&obj)
+/// Parse a `POST /v1/chat/completions` body into the turn and the OpenAI options.
+pub fn parse(body: &[u8]) -> Result<ApiRequest<Options>, ProxyError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ProxyError::bad_request(format!("Request body is not valid JSON: {e}"), None)
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(ProxyError::bad_request(
+            "Request body must be a JSON object.",
+            None,
+        ));
+    };
+    from_object(&obj)
+}
+
+fn from_object(obj: &Map<String, Value>) -> Result<ApiRequest<Options>, ProxyError> {
+    let model = match obj.get("model") {
+        Some(Value::String(m)) if !m.trim().is_empty() => m.trim().to_owned(),
+        Some(Value::String(_)) => return Err(bad("`model` must not be empty.", "model")),
+        Some(_) => return Err(bad("`model` must be a string.", "model")),
+        None => return Err(bad("Missing required parameter: `model`.", "model")),
+    };
+    let messages = match obj.get("messages") {
+        Some(Value::Array(a)) if a.is_empty() => {
+            return Err(bad(
+                "`messages` must contain at least one message.",
+                "messages",
+            ))
+        }
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, m)| parse_message(i, m))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(bad("`messages` must be an array.", "messages")),
+        None => return Err(bad("Missing required parameter: `messages`.", "messages")),
+    };
+    if !messages.iter().any(|m| m.role == Role::User) {
+        return Err(bad(
+            "`messages` must contain at least one user message.",
+            "messages",
+        ));
     }
 
-    fn from_object(obj: &Map<String, Value>) -> Result<Self, ProxyError> {
-        let model = match obj.get("model") {
-            Some(Value::String(m)) if !m.trim().is_empty() => m.trim().to_owned(),
-            Some(Value::String(_)) => return Err(bad("`model` must not be empty.", "model")),
-            Some(_) => return Err(bad("`model` must be a string.", "model")),
-            None => return Err(bad("Missing required parameter: `model`.", "model")),
-        };
-        let messages = match obj.get("messages") {
-            Some(Value::Array(a)) if a.is_empty() => {
+    let stream = opt_bool(obj, "stream")?.unwrap_or(false);
+    let include_usage = match obj.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
                 return Err(bad(
-                    "`messages` must contain at least one message.",
-                    "messages",
+                    "`stream_options.include_usage` must be a boolean.",
+                    "stream_options.include_usage",
                 ))
             }
-            Some(Value::Array(a)) => a
-                .iter()
-                .enumerate()
-                .map(|(i, m)| parse_message(i, m))
-                .collect::<Result<Vec<_>, _>>()?,
-            Some(_) => return Err(bad("`messages` must be an array.", "messages")),
-            None => return Err(bad("Missing required parameter: `messages`.", "messages")),
-        };
-        if !messages.iter().any(|m| m.role == Role::User) {
+        },
+        Some(_) => return Err(bad("`stream_options` must be an object.", "stream_options")),
+    };
+
+    if let Some(n) = opt_u64(obj, "n")? {
+        if n != 1 {
             return Err(bad(
-                "`messages` must contain at least one user message.",
-                "messages",
+                "Only n=1 is supported: the upstream generates one answer.",
+                "n",
             ));
         }
-
-        let stream = opt_bool(obj, "stream")?.unwrap_or(false);
-        let include_usage = match obj.get("stream_options") {
-            None | Some(Value::Null) => false,
-            Some(Value::Object(o)) => match o.get("include_usage") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => {
-                    return Err(bad(
-                        "`stream_options.include_usage` must be a boolean.",
-                        "stream_options.include_usage",
-                    ))
-                }
-            },
-            Some(_) => return Err(bad("`stream_options` must be an object.", "stream_options")),
+    }
+    let max_tokens = match (
+        opt_u64(obj, "max_tokens")?,
+        opt_u64(obj, "max_completion_tokens")?,
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if max_tokens == Some(0) {
+        let param = if obj.contains_key("max_tokens") {
+            "max_tokens"
+        } else {
+            "max_completion_tokens"
         };
+        return Err(bad(format!("`{param}` must be at least 1."), param));
+    }
 
-        if let Some(n) = opt_u64(obj, "n")? {
-            if n != 1 {
-                return Err(bad(
-                    "Only n=1 is supported: the upstream generates one answer.",
-                    "n",
-                ));
-            }
+    let stop = match obj.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.len() <= 4 => a
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("`stop` must be a string or an array of strings.", "stop"))?,
+        Some(Value::Array(_)) => return Err(bad("`stop` accepts at most 4 sequences.", "stop")),
+        Some(_) => {
+            return Err(bad(
+                "`stop` must be a string or an array of strings.",
+                "stop",
+            ))
         }
-        let max_tokens = match (
-            opt_u64(obj, "max_tokens")?,
-            opt_u64(obj, "max_completion_tokens")?,
-        ) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if max_tokens == Some(0) {
-            let param = if obj.contains_key("max_tokens") {
-                "max_tokens"
+    };
+
+    // Accepted without effect (the upstream has no equivalent), but checked against
+    // OpenAI's ranges: silently taking a value OpenAI rejects hides a client bug.
+    for (key, min, max) in [
+        ("temperature", 0.0, 2.0),
+        ("top_p", 0.0, 1.0),
+        ("presence_penalty", -2.0, 2.0),
+        ("frequency_penalty", -2.0, 2.0),
+    ] {
+        match obj.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) if n.as_f64().is_some_and(|v| (min..=max).contains(&v)) => {}
+            Some(Value::Number(_)) => {
+                return Err(bad(
+                    format!("`{key}` must be between {min} and {max}."),
+                    key,
+                ))
+            }
+            Some(_) => return Err(bad(format!("`{key}` must be a number."), key)),
+        }
+    }
+
+    let reasoning_effort = match obj.get("reasoning_effort") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(effort_intent(s).ok_or_else(|| {
+            bad(
+                "`reasoning_effort` must be one of none, minimal, low, medium, high.",
+                "reasoning_effort",
+            )
+        })?),
+        Some(_) => {
+            return Err(bad(
+                "`reasoning_effort` must be a string.",
+                "reasoning_effort",
+            ))
+        }
+    };
+    // `enable_thinking` (Qwen's own switch) before `reasoning_effort`.
+    let thinking = opt_bool(obj, "enable_thinking")?
+        .map(|on| {
+            if on {
+                ThinkingIntent::On
             } else {
-                "max_completion_tokens"
-            };
-            return Err(bad(format!("`{param}` must be at least 1."), param));
+                ThinkingIntent::Off
+            }
+        })
+        .or(reasoning_effort);
+
+    let tools = tools::parse(obj)?.map(Arc::new);
+    let call_shape = tools::call_shape(obj);
+
+    let response_format = match obj.get("response_format") {
+        None | Some(Value::Null) => ResponseFormat::Text,
+        Some(Value::Object(o)) => match o.get("type").and_then(Value::as_str) {
+            Some("text") => ResponseFormat::Text,
+            Some("json_object") => ResponseFormat::JsonObject,
+            Some("json_schema") => ResponseFormat::JsonSchema(
+                o.get("json_schema")
+                    .and_then(|s| s.get("schema"))
+                    .map(Value::to_string)
+                    .unwrap_or_else(|| "{}".to_owned()),
+            ),
+            _ => {
+                return Err(bad(
+                    "`response_format.type` must be text, json_object or json_schema.",
+                    "response_format.type",
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(bad(
+                "`response_format` must be an object.",
+                "response_format",
+            ))
         }
+    };
 
-        let stop = match obj.get("stop") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) if a.len() <= 4 => a
-                .iter()
-                .map(|s| s.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| bad("`stop` must be a string or an array of strings.", "stop"))?,
-            Some(Value::Array(_)) => {
-                return Err(bad("`stop` accepts at most 4 sequences.", "stop"))
-            }
-            Some(_) => {
-                return Err(bad(
-                    "`stop` must be a string or an array of strings.",
-                    "stop",
-                ))
-            }
-        };
-
-        // Accepted without effect (the upstream has no equivalent), but checked against
-        // OpenAI's ranges: silently taking a value OpenAI rejects hides a client bug.
-        for (key, min, max) in [
-            ("temperature", 0.0, 2.0),
-            ("top_p", 0.0, 1.0),
-            ("presence_penalty", -2.0, 2.0),
-            ("frequency_penalty", -2.0, 2.0),
-        ] {
-            match obj.get(key) {
-                None | Some(Value::Null) => {}
-                Some(Value::Number(n)) if n.as_f64().is_some_and(|v| (min..=max).contains(&v)) => {}
-                Some(Value::Number(_)) => {
-                    return Err(bad(
-                        format!("`{key}` must be between {min} and {max}."),
-                        key,
-                    ))
-                }
-                Some(_) => return Err(bad(format!("`{key}` must be a number."), key)),
-            }
-        }
-
-        let reasoning_effort = match obj.get("reasoning_effort") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(match s.as_str() {
-                "none" => ReasoningEffort::None,
-                "minimal" => ReasoningEffort::Minimal,
-                "low" => ReasoningEffort::Low,
-                "medium" => ReasoningEffort::Medium,
-                "high" | "xhigh" => ReasoningEffort::High,
-                _ => {
-                    return Err(bad(
-                        "`reasoning_effort` must be one of none, minimal, low, medium, high.",
-                        "reasoning_effort",
-                    ))
-                }
-            }),
-            Some(_) => {
-                return Err(bad(
-                    "`reasoning_effort` must be a string.",
-                    "reasoning_effort",
-                ))
-            }
-        };
-        let enable_thinking = opt_bool(obj, "enable_thinking")?;
-
-        let tools = tools::parse(obj)?.map(Arc::new);
-        let call_shape = tools::call_shape(obj);
-
-        let response_format = match obj.get("response_format") {
-            None | Some(Value::Null) => ResponseFormat::Text,
-            Some(Value::Object(o)) => match o.get("type").and_then(Value::as_str) {
-                Some("text") => ResponseFormat::Text,
-                Some("json_object") => ResponseFormat::JsonObject,
-                Some("json_schema") => ResponseFormat::JsonSchema(
-                    o.get("json_schema")
-                        .and_then(|s| s.get("schema"))
-                        .map(Value::to_string)
-                        .unwrap_or_else(|| "{}".to_owned()),
-                ),
-                _ => {
-                    return Err(bad(
-                        "`response_format.type` must be text, json_object or json_schema.",
-                        "response_format.type",
-                    ))
-                }
-            },
-            Some(_) => {
-                return Err(bad(
-                    "`response_format` must be an object.",
-                    "response_format",
-                ))
-            }
-        };
-
-        Ok(ChatRequest {
+    Ok(ApiRequest {
+        turn: TurnRequest {
             model,
             messages,
             stream,
-            include_usage,
             max_tokens,
             stop,
-            reasoning_effort,
-            enable_thinking,
+            thinking,
             response_format,
             tools,
+        },
+        options: Options {
+            include_usage,
             call_shape,
-        })
-    }
+        },
+    })
 }
 
 fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, ProxyError> {
@@ -343,8 +281,9 @@ fn parse_message(i: usize, m: &Value) -> Result<Message, ProxyError> {
     };
     let param = format!("messages[{i}].content");
     let content = match m.get("content") {
-        Some(Value::String(s)) => s.clone(),
-        None | Some(Value::Null) if matches!(role, Role::Assistant | Role::Tool) => String::new(),
+        Some(Value::String(s)) if s.is_empty() => Vec::new(),
+        Some(Value::String(s)) => vec![Part::Text(s.clone())],
+        None | Some(Value::Null) if matches!(role, Role::Assistant | Role::Tool) => Vec::new(),
         None | Some(Value::Null) => {
             return Err(bad(
                 format!(
@@ -418,8 +357,10 @@ fn called_tools(m: &Map<String, Value>, i: usize) -> Result<Vec<CalledTool>, Pro
     }
 }
 
-fn parse_parts(parts: &[Value], param: &str) -> Result<String, ProxyError> {
-    let mut text = String::new();
+/// Content parts (text only, for now). Empty text before any other part is dropped, so the
+/// parts read as they always did: joined by newlines, starting with the first text.
+fn parse_parts(parts: &[Value], param: &str) -> Result<Vec<Part>, ProxyError> {
+    let mut content = Vec::new();
     for (j, part) in parts.iter().enumerate() {
         let part_param = format!("{param}[{j}]");
         let kind = part.get("type").and_then(Value::as_str);
@@ -429,10 +370,9 @@ fn parse_parts(parts: &[Value], param: &str) -> Result<String, ProxyError> {
                     .get("text")
                     .and_then(Value::as_str)
                     .ok_or_else(|| bad("A text part needs a string `text`.", &format!("{part_param}.text")))?;
-                if !text.is_empty() {
-                    text.push('\n');
+                if !(content.is_empty() && t.is_empty()) {
+                    content.push(Part::Text(t.to_owned()));
                 }
-                text.push_str(t);
             }
             Some("image_url" | "input_image" | "input_audio" | "file" | "image" | "audio") => {
                 return Err(bad(
@@ -447,7 +387,7 @@ fn parse_parts(parts: &[Value], param: &str) -> Result<String, ProxyError> {
             None => return Err(bad("Each content part needs a string `type`.", &format!("{part_param}.type"))),
         }
     }
-    Ok(text)
+    Ok(content)
 }
 
 #[cfg(test)]
@@ -455,7 +395,7 @@ mod tests {
     use super::*;
 
     fn err_param(body: &str) -> Option<String> {
-        match ChatRequest::from_slice(body.as_bytes()) {
+        match parse(body.as_bytes()) {
             Err(ProxyError::BadRequest { param, .. }) => param,
             other => panic!("expected a 400, got {other:?}"),
         }
@@ -463,13 +403,12 @@ mod tests {
 
     #[test]
     fn minimal_request() {
-        let r = ChatRequest::from_slice(
-            br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
-        )
-        .unwrap();
+        let r = parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+            .unwrap()
+            .turn;
         assert_eq!(r.model, "m");
         assert!(!r.stream);
-        assert_eq!(r.messages[0].content, "hi");
+        assert_eq!(r.messages[0].text(), "hi");
     }
 
     #[test]
@@ -521,7 +460,7 @@ mod tests {
             assert_eq!(err_param(&with(extra)).as_deref(), Some(param), "{extra}");
         }
         for ok in [r#""temperature":0"#, r#""temperature":2"#, r#""top_p":0.5"#] {
-            assert!(ChatRequest::from_slice(with(ok).as_bytes()).is_ok(), "{ok}");
+            assert!(parse(with(ok).as_bytes()).is_ok(), "{ok}");
         }
     }
 
@@ -563,25 +502,23 @@ mod tests {
             r#""functions":[{"name":"f"}],"function_call":"none""#.to_owned(),
             format!(r#""tools":[{tool}]"#),
         ] {
-            assert!(
-                ChatRequest::from_slice(with(&ok).as_bytes()).is_ok(),
-                "{ok}"
-            );
+            assert!(parse(with(&ok).as_bytes()).is_ok(), "{ok}");
         }
     }
 
     #[test]
     fn unknown_fields_and_sampling_params_are_accepted() {
-        let r = ChatRequest::from_slice(
+        let r = parse(
             br#"{"model":"m","messages":[{"role":"developer","content":"s"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}],"cache_control":{}}],
                 "temperature":0.2,"top_p":1,"user":"u","seed":1,"stop":["x","y"],"max_completion_tokens":9,
                 "stream":true,"stream_options":{"include_usage":true},"something_new":[1]}"#,
         )
         .unwrap();
+        let (r, options) = (r.turn, r.options);
         assert_eq!(r.messages[0].role, Role::System);
-        assert_eq!(r.messages[1].content, "a\nb");
+        assert_eq!(r.messages[1].text(), "a\nb");
         assert_eq!(r.stop, vec!["x", "y"]);
         assert_eq!(r.max_tokens, Some(9));
-        assert!(r.stream && r.include_usage);
+        assert!(r.stream && options.include_usage);
     }
 }

@@ -1,9 +1,6 @@
-//! OpenAI request → upstream turn: model resolution and feature switches (`plan`), and the
-//! fold format used whenever text goes into a chat that lacks the history.
-//!
-//! Where a turn goes — a fresh chat with the whole conversation folded into one message, or
-//! an existing upstream chat with only the new messages — is decided by the conversation
-//! store (`conversation::Conversations::prepare`), expressed as a `conversation::ChatTarget`.
+//! The fold: a conversation written as one upstream message, used whenever text goes into
+//! a chat that lacks the history (a fresh chat gets the whole of it, a continued chat the
+//! messages after its last answer).
 //!
 //! Fold format (documented in README, tested below):
 //! * a single user message and nothing else is sent verbatim;
@@ -24,73 +21,18 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::request::{CalledTool, ChatRequest, Message, ReasoningEffort, ResponseFormat, Role};
-use crate::error::ProxyError;
-use crate::qwen::models::{Catalog, UpstreamModel, Variant};
-use crate::qwen::request::{FeatureConfig, Thinking};
+use super::{CalledTool, Message, ResponseFormat, Role, TurnRequest};
 use crate::tools::{neutralize, prompt, ToolSet, CALL_CLOSE, RESULT_CLOSE};
 
-/// The upstream side of one request (where it goes and what text it sends is decided by
-/// the conversation store: `conversation::Conversations::prepare`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    pub model: String,
-    pub chat_type: &'static str,
-    pub features: FeatureConfig,
-}
-
-/// Map a validated request onto the catalogue. Unknown models are a 404.
-pub fn plan(req: &ChatRequest, catalog: &Catalog) -> Result<Plan, ProxyError> {
-    let (model, variant) =
-        catalog
-            .resolve(&req.model)
-            .ok_or_else(|| ProxyError::ModelNotFound {
-                model: req.model.clone(),
-            })?;
-    let thinking = thinking_mode(req, model, variant);
-    Ok(Plan {
-        model: model.id.clone(),
-        chat_type: "t2t",
-        features: FeatureConfig::new(thinking, variant.search),
-    })
-}
-
-/// Suffix first, then `enable_thinking`, then `reasoning_effort`, then the front-end
-/// default (auto). Models without thinking are always off; models that cannot skip
-/// thinking are never off (the upstream would reject the request).
-fn thinking_mode(req: &ChatRequest, model: &UpstreamModel, variant: Variant) -> Thinking {
-    if !model.thinking {
-        return Thinking::Off;
-    }
-    let wanted = variant
-        .thinking
-        .map(|on| if on { Thinking::On } else { Thinking::Off })
-        .or(req
-            .enable_thinking
-            .map(|on| if on { Thinking::On } else { Thinking::Off }))
-        .or(req.reasoning_effort.map(|e| match e {
-            ReasoningEffort::None | ReasoningEffort::Minimal | ReasoningEffort::Low => {
-                Thinking::Off
-            }
-            ReasoningEffort::Medium => Thinking::Auto,
-            ReasoningEffort::High => Thinking::On,
-        }))
-        .unwrap_or(Thinking::Auto);
-    if wanted == Thinking::Off && model.thinking_required {
-        Thinking::Auto
-    } else {
-        wanted
-    }
-}
-
 /// Fold the conversation into one message for a fresh chat (format in the module docs).
-pub fn fold(req: &ChatRequest) -> String {
-    let mut system: Vec<&str> = req
+pub fn fold(req: &TurnRequest) -> String {
+    let texts: Vec<Cow<'_, str>> = req
         .messages
         .iter()
         .filter(|m| m.role == Role::System)
-        .map(|m| m.content.as_str())
+        .map(Message::text)
         .collect();
+    let mut system: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
     let instruction;
     match &req.response_format {
         ResponseFormat::Text => {}
@@ -114,21 +56,21 @@ pub fn fold(req: &ChatRequest) -> String {
 
 /// Fold only the messages from `from` on (the new turns of a continued chat; the system
 /// text and the tools section are in the chat already).
-pub fn fold_turns(req: &ChatRequest, from: usize) -> String {
+pub fn fold_turns(req: &TurnRequest, from: usize) -> String {
     Fold::new(req).render(&[], from)
 }
 
 /// Folding one request: with tools (emulation) calls and results become marker blocks and
 /// untrusted text is defused; without, they are prose.
 struct Fold<'a> {
-    req: &'a ChatRequest,
+    req: &'a TurnRequest,
     tools: Option<&'a ToolSet>,
     /// Call id → (ordinal in the whole history, client tool name).
     calls: HashMap<&'a str, (usize, &'a str)>,
 }
 
 impl<'a> Fold<'a> {
-    fn new(req: &'a ChatRequest) -> Self {
+    fn new(req: &'a TurnRequest) -> Self {
         let mut calls = HashMap::new();
         let all = req.messages.iter().flat_map(|m| m.tool_calls.iter());
         for (k, call) in all.enumerate() {
@@ -143,10 +85,12 @@ impl<'a> Fold<'a> {
         }
     }
 
-    fn text(&self, text: &'a str) -> Cow<'a, str> {
-        match self.tools {
-            Some(_) => neutralize(text),
-            None => Cow::Borrowed(text),
+    /// A message's text as the model reads it (defused when tools are on).
+    fn text(&self, m: &'a Message) -> Cow<'a, str> {
+        match (self.tools, m.text()) {
+            (None, text) => text,
+            (Some(_), Cow::Borrowed(text)) => neutralize(text),
+            (Some(_), Cow::Owned(text)) => Cow::Owned(neutralize(&text).into_owned()),
         }
     }
 
@@ -169,7 +113,7 @@ impl<'a> Fold<'a> {
             && turns.len() == 1
             && turns[0].1.role == Role::User
         {
-            return turns[0].1.content.clone();
+            return turns[0].1.text().into_owned();
         }
         let mut out = String::new();
         if !system.is_empty() {
@@ -191,9 +135,10 @@ impl<'a> Fold<'a> {
                 Role::Tool => self.result(&mut out, m),
                 Role::Assistant => {
                     out.push_str("[Assistant]");
-                    if !m.content.is_empty() {
+                    let text = self.text(m);
+                    if !text.is_empty() {
                         out.push('\n');
-                        out.push_str(&self.text(&m.content));
+                        out.push_str(&text);
                     }
                     for call in &m.tool_calls {
                         ordinal += 1;
@@ -204,7 +149,7 @@ impl<'a> Fold<'a> {
                     out.push('[');
                     out.push_str(role.label());
                     out.push_str("]\n");
-                    out.push_str(&self.text(&m.content));
+                    out.push_str(&self.text(m));
                 }
             }
         }
@@ -241,7 +186,7 @@ impl<'a> Fold<'a> {
         }
     }
 
-    fn result(&self, out: &mut String, m: &Message) {
+    fn result(&self, out: &mut String, m: &'a Message) {
         let known = m
             .tool_call_id
             .as_deref()
@@ -253,10 +198,11 @@ impl<'a> Fold<'a> {
             .unwrap_or("tool");
         match self.tools {
             Some(_) => {
-                let body = if m.content.trim().is_empty() {
+                let text = self.text(m);
+                let body = if text.trim().is_empty() {
                     Cow::Borrowed("(empty)")
                 } else {
-                    self.text(&m.content)
+                    text
                 };
                 let number = known.map_or(String::new(), |(k, _)| format!("#{k}: "));
                 let _ = write!(
@@ -266,7 +212,7 @@ impl<'a> Fold<'a> {
                 );
             }
             None => {
-                let _ = write!(out, "[Tool result: {name}]\n{}", m.content);
+                let _ = write!(out, "[Tool result: {name}]\n{}", m.text());
             }
         }
     }
@@ -276,8 +222,11 @@ impl<'a> Fold<'a> {
 mod tests {
     use super::*;
 
-    fn req(json: &str) -> ChatRequest {
-        ChatRequest::from_slice(json.as_bytes()).unwrap()
+    /// Histories are written as OpenAI requests, the shortest way to write one.
+    fn req(json: &str) -> TurnRequest {
+        crate::api::openai::request::parse(json.as_bytes())
+            .unwrap()
+            .turn
     }
 
     #[test]

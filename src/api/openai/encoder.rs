@@ -142,7 +142,7 @@ impl Render for ChunkEncoder {
     /// An error after the stream started: an OpenAI error event, then `[DONE]`.
     fn error(&mut self, err: &ProxyError) {
         self.buf.put_slice(b"data: ");
-        self.buf.put_slice(&err.to_json());
+        self.buf.put_slice(&super::error::body(err));
         self.buf.put_slice(b"\n\n");
         self.done();
     }
@@ -222,11 +222,13 @@ impl Emit for ChunkEncoder {
     }
 }
 
-/// The finish reason as the client's API names it.
+/// The finish reason as OpenAI names it (a stop sequence is a `stop` like any other end).
 pub fn finish_reason(reason: FinishReason, shape: CallShape) -> &'static str {
     match (reason, shape) {
+        (FinishReason::Complete | FinishReason::StopSequence(_), _) => "stop",
+        (FinishReason::Length, _) => "length",
         (FinishReason::ToolCalls, CallShape::FunctionCall) => "function_call",
-        _ => reason.as_str(),
+        (FinishReason::ToolCalls, CallShape::ToolCalls) => "tool_calls",
     }
 }
 
@@ -405,7 +407,7 @@ mod tests {
         e.content("he said \"hi\"\n");
         e.reasoning("r");
         e.finish(
-            FinishReason::Stop,
+            FinishReason::Complete,
             Usage {
                 prompt_tokens: 3,
                 completion_tokens: 2,

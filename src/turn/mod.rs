@@ -1,0 +1,167 @@
+//! The turn model: the request the engine works on, whatever client API it came in by.
+//!
+//! A client API (`api::openai`, and next Anthropic's Messages and OpenAI's Responses) parses
+//! its bytes into a [`TurnRequest`] plus options only it knows (OpenAI's `include_usage`);
+//! everything below — the model plan (`plan`), the fold of a history into one upstream
+//! message (`fold`), conversations, the core — works on the turn alone. What a client API
+//! gives the engine in return (its stream encoder, its bodies) is [`ClientApi`].
+//!
+//! Message content is a list of [`Part`]s: text, and files by reference (digest and media
+//! type; the bytes are fetched or uploaded only when the upstream needs them).
+
+mod client_api;
+pub mod fold;
+pub mod plan;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+pub use client_api::{AnswerHead, ApiRequest, ClientApi};
+
+use crate::tools::ToolSet;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    /// The role's label in a folded history (`[User]`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::System => "System",
+            Role::User => "User",
+            Role::Assistant => "Assistant",
+            Role::Tool => "Tool",
+        }
+    }
+}
+
+/// A file in a message, by reference: what it is and how to find its bytes again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// SHA-256 of the bytes, hex: the identity of the file (uploads are cached by it).
+    pub digest: String,
+    /// `image/png`, `text/plain`, …
+    pub media_type: String,
+}
+
+/// One piece of a message's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Text(String),
+    File(FileRef),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub role: Role,
+    pub content: Vec<Part>,
+    /// `name` of a tool result (or of a legacy `function` message).
+    pub name: Option<String>,
+    /// The calls an assistant message made.
+    pub tool_calls: Vec<CalledTool>,
+    /// The call a tool result answers.
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    /// A message of one text part (empty text: no part).
+    pub fn text_message(role: Role, text: impl Into<String>) -> Self {
+        let text = text.into();
+        Message {
+            role,
+            content: if text.is_empty() {
+                Vec::new()
+            } else {
+                vec![Part::Text(text)]
+            },
+            name: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// The text parts, joined by newlines (borrowed when there is one).
+    pub fn text(&self) -> Cow<'_, str> {
+        let mut texts = self.content.iter().filter_map(|p| match p {
+            Part::Text(t) => Some(t.as_str()),
+            Part::File(_) => None,
+        });
+        let Some(first) = texts.next() else {
+            return Cow::Borrowed("");
+        };
+        match texts.next() {
+            None => Cow::Borrowed(first),
+            Some(second) => {
+                let mut joined = format!("{first}\n{second}");
+                for t in texts {
+                    joined.push('\n');
+                    joined.push_str(t);
+                }
+                Cow::Owned(joined)
+            }
+        }
+    }
+
+    /// The files of the message, in order.
+    pub fn files(&self) -> impl Iterator<Item = &FileRef> {
+        self.content.iter().filter_map(|p| match p {
+            Part::File(f) => Some(f),
+            Part::Text(_) => None,
+        })
+    }
+
+    /// What names a tool result in the conversation key and the fold: the call it answers,
+    /// else the tool's name.
+    pub fn result_label(&self) -> Option<&str> {
+        self.tool_call_id.as_deref().or(self.name.as_deref())
+    }
+}
+
+/// A call in an assistant message of the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalledTool {
+    pub id: String,
+    pub name: String,
+    /// The arguments as the client sent them back (a string of JSON, usually).
+    pub arguments: String,
+}
+
+/// What the client asked of the model's thinking (the model's suffix, when it has one, wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThinkingIntent {
+    Off,
+    /// The model decides (the upstream front end's default).
+    Auto,
+    On,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ResponseFormat {
+    #[default]
+    Text,
+    JsonObject,
+    /// The JSON schema, serialised, to put in the instruction.
+    JsonSchema(String),
+}
+
+/// One request as the engine sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnRequest {
+    /// The model as the client named it (echoed in answers; `plan` resolves it).
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub stream: bool,
+    /// The most output tokens the client takes (the output limits cut there).
+    pub max_tokens: Option<u64>,
+    /// Stop sequences, in the client's order (a finish reason names one by its index).
+    pub stop: Vec<String>,
+    pub thinking: Option<ThinkingIntent>,
+    pub response_format: ResponseFormat,
+    /// Function calling (emulated upstream); `None` for plain text.
+    pub tools: Option<Arc<ToolSet>>,
+}
