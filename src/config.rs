@@ -371,7 +371,27 @@ struct Reader<'a> {
     errors: Vec<String>,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(src: &'a dyn Source) -> Self {
+        Self {
+            src,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Every problem found, or the configuration read.
+    fn finish<T>(self, value: T) -> Result<T, ConfigErrors> {
+        if self.errors.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
+    }
+
+    fn error(&mut self, message: impl Into<String>) {
+        self.errors.push(message.into());
+    }
+
     fn raw(&self, key: &str) -> Option<String> {
         self.src
             .get(key)
@@ -386,6 +406,23 @@ impl Reader<'_> {
                 self.errors.push(format!("{key}={v:?} is not {what}"));
                 default
             }),
+        }
+    }
+
+    /// A value with a parser of its own, whose message is reported as it is.
+    fn parse_with<T>(
+        &mut self,
+        key: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+        default: T,
+    ) -> T {
+        match self.raw(key).map(|v| parse(&v)) {
+            None => default,
+            Some(Ok(value)) => value,
+            Some(Err(e)) => {
+                self.errors.push(e);
+                default
+            }
         }
     }
 
@@ -530,96 +567,147 @@ fn parse_host(v: &str) -> Option<IpAddr> {
 impl Config {
     /// Read and validate everything. `demo` relaxes the credential requirement.
     pub fn from_source(src: &dyn Source, demo: bool) -> Result<Config, ConfigErrors> {
-        let mut r = Reader {
-            src,
-            errors: Vec::new(),
-        };
-        let host = match r.raw("HOST") {
-            None => IpAddr::from([0, 0, 0, 0]),
-            Some(v) => parse_host(&v).unwrap_or_else(|| {
-                r.errors.push(format!(
-                    "HOST={v:?} is not an IP address or localhost (0.0.0.0 listens everywhere)"
-                ));
-                IpAddr::from([0, 0, 0, 0])
-            }),
-        };
-        let port: u16 = r.parse("PORT", 3000, "a port number (0-65535)");
-        let listen_backlog: u32 = r.parse(
+        let mut r = Reader::new(src);
+        let config = Config::read(&mut r);
+        config.check_credentials(&mut r, demo);
+        r.finish(config)
+    }
+
+    /// Every section in turn, each reporting its own problems to `r`.
+    fn read(r: &mut Reader) -> Config {
+        let listener = Listener::read(r);
+        let upstream = UpstreamConfig::read(r);
+        let accounts = AccountsConfig::read(r, &upstream);
+        let logging = Logging::read(r);
+        let retry = RetryConfig::read(r);
+        let cors = CorsConfig::read(r);
+        let auth = Auth::read(r);
+        let redis_url = r.parse_with("REDIS_URL", |v| RedisUrl::parse(v).map(Some), None);
+        let conversations = ConversationConfig::read(r);
+        let sessions = Sessions::read(r);
+        let rate_limit = RateLimit::read(r);
+        let trust_proxy = r.parse_with("TRUST_PROXY", TrustProxy::parse, TrustProxy::Off);
+        let server = ServerLimits::read(r);
+        let upstream_limits = UpstreamLimits::read(r);
+        Config {
+            host: listener.host,
+            port: listener.port,
+            listen_backlog: listener.listen_backlog,
+            upstream,
+            log_level: logging.log_level,
+            log_format: logging.log_format,
+            log_color: logging.log_color,
+            session_timeout: sessions.session_timeout,
+            session_cleanup_interval: sessions.session_cleanup_interval,
+            retry,
+            models_cache_duration: upstream_limits.models_cache_duration,
+            cors,
+            trust_proxy,
+            api_keys: auth.api_keys,
+            auth_failures: auth.auth_failures,
+            redis_url,
+            max_body_bytes: server.max_body_bytes,
+            body_read_timeout: server.body_read_timeout,
+            upstream_body_limit: upstream_limits.upstream_body_limit,
+            challenge_cooldown: upstream_limits.challenge_cooldown,
+            sse_keepalive: server.sse_keepalive,
+            shutdown_grace: server.shutdown_grace,
+            header_read_timeout: server.header_read_timeout,
+            rate_limit_rpm: rate_limit.rate_limit_rpm,
+            rate_limit_burst: rate_limit.rate_limit_burst,
+            max_concurrent_streams: server.max_concurrent_streams,
+            metrics_token: auth.metrics_token,
+            conversations,
+            accounts,
+            admin_key: auth.admin_key,
+        }
+    }
+
+    /// Across sections: the accounts come from `QWEN_ACCOUNTS_FILE` or from `QWEN_COOKIES`,
+    /// one of them (`--demo` brings its own).
+    fn check_credentials(&self, r: &mut Reader, demo: bool) {
+        match (&self.accounts.file, &self.upstream.cookies) {
+            (Some(_), Some(_)) => r.error(
+                "set QWEN_ACCOUNTS_FILE or QWEN_COOKIES, not both: add the browser \
+                 session to the file as an entry with `cookies`",
+            ),
+            (None, None) if !demo => r.error(
+                "no Qwen credentials: set QWEN_ACCOUNTS_FILE (README \"Accounts\") or QWEN_COOKIES to the Cookie header (with token=…) of a logged-in \
+                 chat.qwen.ai browser session, or run `qwen-proxy --demo` to try the proxy against the built-in simulator",
+            ),
+            _ => {}
+        }
+    }
+
+    /// Point the upstream at a local simulator with a demo credential (`--demo`).
+    pub fn use_simulator(&mut self, base_url: Uri) {
+        self.upstream.base_url = base_url;
+        self.upstream.auth_base_url = self.upstream.base_url.clone();
+        self.upstream.cookies = Some(Secret::new("token=demo-token"));
+        self.upstream.auth_token = Some(Secret::new("demo-token"));
+        if self.accounts.file.is_none() {
+            self.accounts.specs = vec![crate::accounts_file::from_env(
+                &Secret::new("token=demo-token"),
+                &Secret::new("demo-token"),
+                None,
+                None,
+                None,
+            )];
+        }
+    }
+}
+
+// Reading each section. Problems are reported in the order of the reads in `Config::read`,
+// the checks across sections (`Config::check_credentials`) after them.
+
+/// `HOST`, `PORT`, `LISTEN_BACKLOG`: the listening socket.
+struct Listener {
+    host: IpAddr,
+    port: u16,
+    listen_backlog: u32,
+}
+
+impl Listener {
+    fn read(r: &mut Reader) -> Self {
+        let host = r.parse_with(
+            "HOST",
+            |v| {
+                parse_host(v).ok_or_else(|| {
+                    format!(
+                        "HOST={v:?} is not an IP address or localhost (0.0.0.0 listens everywhere)"
+                    )
+                })
+            },
+            IpAddr::from([0, 0, 0, 0]),
+        );
+        let port = r.parse("PORT", 3000, "a port number (0-65535)");
+        let listen_backlog = r.parse(
             "LISTEN_BACKLOG",
             crate::server::DEFAULT_LISTEN_BACKLOG,
             "a whole number of connections",
         );
         if listen_backlog == 0 {
-            r.errors
-                .push("LISTEN_BACKLOG must be at least 1".to_owned());
+            r.error("LISTEN_BACKLOG must be at least 1");
         }
+        Listener {
+            host,
+            port,
+            listen_backlog,
+        }
+    }
+}
 
+impl UpstreamConfig {
+    fn read(r: &mut Reader) -> Self {
         let base_url = r.url("QWEN_BASE_URL", "https://chat.qwen.ai");
         let auth_base_url = r.url("QWEN_AUTH_BASE_URL", "https://auth.qwen.ai");
-        let accounts_file = r.raw("QWEN_ACCOUNTS_FILE").map(std::path::PathBuf::from);
-        let file_specs = match &accounts_file {
-            Some(path) => match crate::accounts_file::load_file(path) {
-                Ok(specs) => specs,
-                Err(errors) => {
-                    r.errors.extend(errors);
-                    Vec::new()
-                }
-            },
-            None => Vec::new(),
-        };
-        let cookies = r.raw("QWEN_COOKIES");
-        let auth_token = cookies.as_deref().and_then(token_from_cookies);
-        if let Some(c) = &cookies {
-            if auth_token.is_none() {
-                r.errors.push(
-                    "QWEN_COOKIES has no `token=` cookie: copy the whole Cookie header of a logged-in chat.qwen.ai tab"
-                        .to_owned(),
-                );
-            }
-            if c.chars().any(|ch| ch.is_control()) {
-                r.errors
-                    .push("QWEN_COOKIES contains control characters".to_owned());
-            }
-        } else if !demo && accounts_file.is_none() {
-            r.errors.push(
-                "no Qwen credentials: set QWEN_ACCOUNTS_FILE (README \"Accounts\") or QWEN_COOKIES to the Cookie header (with token=…) of a logged-in \
-                 chat.qwen.ai browser session, or run `qwen-proxy --demo` to try the proxy against the built-in simulator"
-                    .to_owned(),
-            );
-        }
-        let log_format = r.choice(
-            "LOG_FORMAT",
-            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
-            LogFormat::Text,
-        );
-        let log_level = match r.raw("LOG_LEVEL").map(|v| parse_log_level(&v)) {
-            None => "info".to_owned(),
-            Some(Ok(filter)) => filter,
-            Some(Err(e)) => {
-                r.errors.push(e);
-                "info".to_owned()
-            }
-        };
-        let header_values = [
-            "QWEN_TOKEN",
-            "QWEN_BX_UA",
-            "QWEN_USER_AGENT",
-            "QWEN_VERSION",
-            "QWEN_BX_V",
-        ];
-        for key in header_values {
-            if let Some(v) = r.raw(key) {
-                if hyper::header::HeaderValue::from_str(&v).is_err() {
-                    r.errors
-                        .push(format!("{key} is not a valid HTTP header value"));
-                }
-            }
-        }
-        let upstream = UpstreamConfig {
+        let (cookies, auth_token) = Self::read_cookies(r);
+        Self::check_header_values(r);
+        UpstreamConfig {
             base_url,
             auth_base_url,
-            cookies: cookies.map(Secret::new),
-            auth_token: auth_token.map(Secret::new),
+            cookies,
+            auth_token,
             bx_umidtoken: r.raw("QWEN_TOKEN").map(Secret::new),
             bx_ua: r.raw("QWEN_BX_UA").map(Secret::new),
             bx_v: r.raw("QWEN_BX_V"),
@@ -633,22 +721,131 @@ impl Config {
             connect_timeout: r.millis("UPSTREAM_CONNECT_TIMEOUT", 10_000, false),
             header_timeout: r.millis("UPSTREAM_HEADER_TIMEOUT", 120_000, false),
             idle_timeout: r.millis("UPSTREAM_IDLE_TIMEOUT", 180_000, false),
-            protocol: match r
-                .raw("UPSTREAM_HTTP2")
-                .map(|v| v.to_ascii_lowercase())
-                .as_deref()
-            {
-                None | Some("auto") => UpstreamProtocol::Auto,
-                Some("true" | "1" | "yes" | "on") => UpstreamProtocol::Http2,
-                Some("false" | "0" | "no" | "off") => UpstreamProtocol::Http1,
-                Some(v) => {
-                    r.errors
-                        .push(format!("UPSTREAM_HTTP2={v:?} must be auto, true or false"));
-                    UpstreamProtocol::Auto
-                }
-            },
-        };
+            protocol: UpstreamProtocol::read(r),
+        }
+    }
 
+    /// `QWEN_COOKIES`, and the account JWT in its `token=` cookie.
+    fn read_cookies(r: &mut Reader) -> (Option<Secret>, Option<Secret>) {
+        let Some(cookies) = r.raw("QWEN_COOKIES") else {
+            return (None, None);
+        };
+        let auth_token = token_from_cookies(&cookies);
+        if auth_token.is_none() {
+            r.error(
+                "QWEN_COOKIES has no `token=` cookie: copy the whole Cookie header of a logged-in chat.qwen.ai tab",
+            );
+        }
+        if cookies.chars().any(|ch| ch.is_control()) {
+            r.error("QWEN_COOKIES contains control characters");
+        }
+        (Some(Secret::new(cookies)), auth_token.map(Secret::new))
+    }
+
+    /// Values sent upstream verbatim as headers must be valid header values.
+    fn check_header_values(r: &mut Reader) {
+        let header_values = [
+            "QWEN_TOKEN",
+            "QWEN_BX_UA",
+            "QWEN_USER_AGENT",
+            "QWEN_VERSION",
+            "QWEN_BX_V",
+        ];
+        for key in header_values {
+            if let Some(v) = r.raw(key) {
+                if hyper::header::HeaderValue::from_str(&v).is_err() {
+                    r.error(format!("{key} is not a valid HTTP header value"));
+                }
+            }
+        }
+    }
+}
+
+impl UpstreamProtocol {
+    /// `UPSTREAM_HTTP2`: `auto`, or a boolean.
+    fn read(r: &mut Reader) -> Self {
+        match r
+            .raw("UPSTREAM_HTTP2")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("auto") => UpstreamProtocol::Auto,
+            Some("true" | "1" | "yes" | "on") => UpstreamProtocol::Http2,
+            Some("false" | "0" | "no" | "off") => UpstreamProtocol::Http1,
+            Some(v) => {
+                r.error(format!("UPSTREAM_HTTP2={v:?} must be auto, true or false"));
+                UpstreamProtocol::Auto
+            }
+        }
+    }
+}
+
+impl AccountsConfig {
+    /// The file's accounts, or the pool of one from `QWEN_COOKIES` (that there is exactly
+    /// one source is `Config::check_credentials`).
+    fn read(r: &mut Reader, upstream: &UpstreamConfig) -> Self {
+        let file = r.raw("QWEN_ACCOUNTS_FILE").map(std::path::PathBuf::from);
+        let specs = match &file {
+            Some(path) => crate::accounts_file::load_file(path).unwrap_or_else(|errors| {
+                r.errors.extend(errors);
+                Vec::new()
+            }),
+            None => Self::from_cookies(r, upstream),
+        };
+        AccountsConfig {
+            file,
+            specs,
+            signin_flow: r.choice(
+                "QWEN_SIGNIN_FLOW",
+                &[("auth", SigninFlow::Auth), ("legacy", SigninFlow::Legacy)],
+                SigninFlow::Auth,
+            ),
+            signin_interval: r.millis("QWEN_SIGNIN_INTERVAL", 30_000, true),
+            queue_timeout: r.millis("ACCOUNT_QUEUE_TIMEOUT", 30_000, true),
+        }
+    }
+
+    /// The pool of one from `QWEN_COOKIES` (none without its `token=` cookie).
+    fn from_cookies(r: &Reader, upstream: &UpstreamConfig) -> Vec<AccountSpec> {
+        match (&upstream.cookies, &upstream.auth_token) {
+            (Some(cookies), Some(token)) => vec![crate::accounts_file::from_env(
+                cookies,
+                token,
+                upstream.bx_ua.as_ref(),
+                upstream.bx_umidtoken.as_ref(),
+                r.raw("QWEN_USER_AGENT").as_deref(),
+            )],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// `LOG_FORMAT`, `LOG_LEVEL`, `NO_COLOR`.
+struct Logging {
+    log_level: String,
+    log_format: LogFormat,
+    log_color: bool,
+}
+
+impl Logging {
+    fn read(r: &mut Reader) -> Self {
+        let log_format = r.choice(
+            "LOG_FORMAT",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            LogFormat::Text,
+        );
+        let log_level = r.parse_with("LOG_LEVEL", parse_log_level, "info".to_owned());
+        Logging {
+            log_level,
+            log_format,
+            // https://no-color.org: present and not empty means no colour.
+            log_color: r.raw("NO_COLOR").is_none(),
+        }
+    }
+}
+
+impl RetryConfig {
+    fn read(r: &mut Reader) -> Self {
         let retry = RetryConfig {
             max_attempts: r.parse("RETRY_MAX_ATTEMPTS", 3, "a whole number"),
             initial_delay: r.millis("RETRY_INITIAL_DELAY", 1_000, true),
@@ -656,27 +853,60 @@ impl Config {
             multiplier: r.parse("RETRY_BACKOFF_MULTIPLIER", 2.0, "a number"),
         };
         if retry.max_attempts == 0 {
-            r.errors
-                .push("RETRY_MAX_ATTEMPTS must be at least 1".to_owned());
+            r.error("RETRY_MAX_ATTEMPTS must be at least 1");
         }
         if !(retry.multiplier.is_finite() && retry.multiplier >= 1.0) {
-            r.errors
-                .push("RETRY_BACKOFF_MULTIPLIER must be a number >= 1".to_owned());
+            r.error("RETRY_BACKOFF_MULTIPLIER must be a number >= 1");
         }
         if retry.max_delay < retry.initial_delay {
-            r.errors
-                .push("RETRY_MAX_DELAY must not be smaller than RETRY_INITIAL_DELAY".to_owned());
+            r.error("RETRY_MAX_DELAY must not be smaller than RETRY_INITIAL_DELAY");
         }
+        retry
+    }
+}
 
+impl CorsConfig {
+    fn read(r: &mut Reader) -> Self {
         let cors = CorsConfig {
             enabled: r.bool("CORS_ENABLED", false),
             origin: r.raw("CORS_ORIGIN").unwrap_or_else(|| "*".to_owned()),
             credentials: r.bool("CORS_CREDENTIALS", false),
         };
         if cors.enabled && cors.credentials && cors.origin == "*" {
-            r.errors.push("CORS_CREDENTIALS=true needs an explicit CORS_ORIGIN (browsers reject `*` with credentials)".to_owned());
+            r.error("CORS_CREDENTIALS=true needs an explicit CORS_ORIGIN (browsers reject `*` with credentials)");
         }
+        cors
+    }
+}
 
+/// Who may call the proxy: the client keys and the throttling of wrong ones, the admin key,
+/// the metrics token.
+struct Auth {
+    api_keys: Vec<Secret>,
+    auth_failures: FailurePolicy,
+    admin_key: Option<Secret>,
+    metrics_token: Option<Secret>,
+}
+
+impl Auth {
+    fn read(r: &mut Reader) -> Self {
+        let api_keys = Self::read_api_keys(r);
+        let auth_failures = FailurePolicy::read(r);
+        let admin_key = r.raw("ADMIN_KEY");
+        if admin_key.as_ref().is_some_and(|k| k.len() < 16) {
+            // The admin API has no lockout of its own: the key's length is its defence.
+            r.error("ADMIN_KEY must be at least 16 characters (e.g. `openssl rand -hex 24`)");
+        }
+        Auth {
+            api_keys,
+            auth_failures,
+            admin_key: admin_key.map(Secret::new),
+            metrics_token: r.raw("METRICS_TOKEN").map(Secret::new),
+        }
+    }
+
+    /// `API_KEYS` (comma-separated) and the lines of `API_KEYS_FILE` (`#` comments).
+    fn read_api_keys(r: &mut Reader) -> Vec<Secret> {
         let mut api_keys: Vec<Secret> = r
             .raw("API_KEYS")
             .map(|v| split_keys(&v))
@@ -689,18 +919,24 @@ impl Config {
                         .filter(|l| !l.is_empty() && !l.starts_with('#'))
                         .map(Secret::new),
                 ),
-                Err(e) => r.errors.push(format!("API_KEYS_FILE={path:?}: {e}")),
+                Err(e) => r.error(format!("API_KEYS_FILE={path:?}: {e}")),
             }
         }
+        api_keys
+    }
+}
 
-        let redis_url = match r.raw("REDIS_URL").map(|u| RedisUrl::parse(&u)) {
-            None => None,
-            Some(Ok(url)) => Some(url),
-            Some(Err(e)) => {
-                r.errors.push(e);
-                None
-            }
-        };
+impl FailurePolicy {
+    fn read(r: &mut Reader) -> Self {
+        FailurePolicy {
+            limit: r.parse("AUTH_FAILURE_LIMIT", 10, "a whole number (0 turns it off)"),
+            window: r.millis("AUTH_FAILURE_WINDOW", 300_000, false),
+        }
+    }
+}
+
+impl ConversationConfig {
+    fn read(r: &mut Reader) -> Self {
         let continue_chats = r.choice(
             "CONVERSATION_MODE",
             &[("continue", true), ("stateless", false)],
@@ -734,139 +970,105 @@ impl Config {
             || conversations.queue_max == 0
             || conversations.chats_per_request == 0
         {
-            r.errors.push(
-                "SESSION_MAX_ENTRIES, CONVERSATION_QUEUE_MAX and CHATS_PER_REQUEST must be at least 1"
-                    .to_owned(),
+            r.error(
+                "SESSION_MAX_ENTRIES, CONVERSATION_QUEUE_MAX and CHATS_PER_REQUEST must be at least 1",
             );
         }
+        conversations
+    }
+}
 
+/// `SESSION_TIMEOUT`, `SESSION_CLEANUP_INTERVAL`: the session store's expiry.
+struct Sessions {
+    session_timeout: Duration,
+    session_cleanup_interval: Duration,
+}
+
+impl Sessions {
+    fn read(r: &mut Reader) -> Self {
+        Sessions {
+            session_timeout: r.millis("SESSION_TIMEOUT", 30 * 60_000, false),
+            session_cleanup_interval: r.millis("SESSION_CLEANUP_INTERVAL", 5 * 60_000, false),
+        }
+    }
+}
+
+/// `RATE_LIMIT_RPM`, `RATE_LIMIT_BURST`: requests per client.
+struct RateLimit {
+    rate_limit_rpm: u32,
+    rate_limit_burst: u32,
+}
+
+impl RateLimit {
+    fn read(r: &mut Reader) -> Self {
         let rate_limit_rpm: u32 =
             r.parse("RATE_LIMIT_RPM", 0, "a whole number of requests per minute");
         let rate_limit_burst: u32 =
             r.parse("RATE_LIMIT_BURST", rate_limit_rpm.max(1), "a whole number");
         if rate_limit_rpm > 0 && rate_limit_burst == 0 {
-            r.errors
-                .push("RATE_LIMIT_BURST must be at least 1".to_owned());
+            r.error("RATE_LIMIT_BURST must be at least 1");
         }
-        let trust_proxy = match r.raw("TRUST_PROXY").map(|v| TrustProxy::parse(&v)) {
-            None => TrustProxy::Off,
-            Some(Ok(t)) => t,
-            Some(Err(e)) => {
-                r.errors.push(e);
-                TrustProxy::Off
-            }
-        };
-        let auth_failures = FailurePolicy {
-            limit: r.parse("AUTH_FAILURE_LIMIT", 10, "a whole number (0 turns it off)"),
-            window: r.millis("AUTH_FAILURE_WINDOW", 300_000, false),
-        };
-        let specs = match (&accounts_file, &upstream.cookies, &upstream.auth_token) {
-            (Some(_), cookies, _) => {
-                if cookies.is_some() {
-                    r.errors.push(
-                        "set QWEN_ACCOUNTS_FILE or QWEN_COOKIES, not both: add the browser \
-                         session to the file as an entry with `cookies`"
-                            .to_owned(),
-                    );
-                }
-                file_specs
-            }
-            (None, Some(cookies), Some(token)) => vec![crate::accounts_file::from_env(
-                cookies,
-                token,
-                upstream.bx_ua.as_ref(),
-                upstream.bx_umidtoken.as_ref(),
-                r.raw("QWEN_USER_AGENT").as_deref(),
-            )],
-            _ => Vec::new(),
-        };
-        let accounts = AccountsConfig {
-            file: accounts_file,
-            specs,
-            signin_flow: r.choice(
-                "QWEN_SIGNIN_FLOW",
-                &[("auth", SigninFlow::Auth), ("legacy", SigninFlow::Legacy)],
-                SigninFlow::Auth,
-            ),
-            signin_interval: r.millis("QWEN_SIGNIN_INTERVAL", 30_000, true),
-            queue_timeout: r.millis("ACCOUNT_QUEUE_TIMEOUT", 30_000, true),
-        };
-        let admin_key = r.raw("ADMIN_KEY");
-        if admin_key.as_ref().is_some_and(|k| k.len() < 16) {
-            // The admin API has no lockout of its own: the key's length is its defence.
-            r.errors.push(
-                "ADMIN_KEY must be at least 16 characters (e.g. `openssl rand -hex 24`)".to_owned(),
-            );
-        }
-        let config = Config {
-            accounts,
-            admin_key: admin_key.map(Secret::new),
+        RateLimit {
             rate_limit_rpm,
             rate_limit_burst,
+        }
+    }
+}
+
+/// What the server accepts and how long it waits: concurrent streams, request bodies,
+/// keep-alives, the shutdown grace, request headers.
+struct ServerLimits {
+    max_concurrent_streams: usize,
+    max_body_bytes: usize,
+    body_read_timeout: Duration,
+    sse_keepalive: Duration,
+    shutdown_grace: Duration,
+    header_read_timeout: Duration,
+}
+
+impl ServerLimits {
+    fn read(r: &mut Reader) -> Self {
+        let limits = ServerLimits {
             max_concurrent_streams: r.parse("MAX_CONCURRENT_STREAMS", 1024, "a whole number"),
-            metrics_token: r.raw("METRICS_TOKEN").map(Secret::new),
-            conversations,
-            host,
-            port,
-            listen_backlog,
-            upstream,
-            log_level,
-            log_format,
-            // https://no-color.org: present and not empty means no colour.
-            log_color: r.raw("NO_COLOR").is_none(),
-            session_timeout: r.millis("SESSION_TIMEOUT", 30 * 60_000, false),
-            session_cleanup_interval: r.millis("SESSION_CLEANUP_INTERVAL", 5 * 60_000, false),
-            retry,
-            models_cache_duration: r.millis("MODELS_CACHE_DURATION", 3_600_000, true),
-            cors,
-            trust_proxy,
-            auth_failures,
-            api_keys,
-            redis_url,
             max_body_bytes: r.parse("MAX_BODY_BYTES", 4 << 20, "a number of bytes"),
             body_read_timeout: r.millis("BODY_READ_TIMEOUT", 30_000, false),
+            sse_keepalive: r.millis("SSE_KEEPALIVE_INTERVAL", 15_000, false),
+            shutdown_grace: r.millis("SHUTDOWN_GRACE", 30_000, true),
+            header_read_timeout: r.millis("HEADER_READ_TIMEOUT", 30_000, false),
+        };
+        if limits.max_body_bytes < 1024 {
+            r.error("MAX_BODY_BYTES must be at least 1024");
+        }
+        limits
+    }
+}
+
+/// How often and how much the upstream is asked: the model list's cache, the largest
+/// completion body, the pause after a challenge.
+struct UpstreamLimits {
+    models_cache_duration: Duration,
+    upstream_body_limit: usize,
+    challenge_cooldown: Duration,
+}
+
+impl UpstreamLimits {
+    fn read(r: &mut Reader) -> Self {
+        let limits = UpstreamLimits {
+            models_cache_duration: r.millis("MODELS_CACHE_DURATION", 3_600_000, true),
             upstream_body_limit: r.parse(
                 "UPSTREAM_BODY_LIMIT",
                 DEFAULT_UPSTREAM_BODY_LIMIT,
                 "a number of bytes",
             ),
             challenge_cooldown: r.millis("CHALLENGE_COOLDOWN", 300_000, true),
-            sse_keepalive: r.millis("SSE_KEEPALIVE_INTERVAL", 15_000, false),
-            shutdown_grace: r.millis("SHUTDOWN_GRACE", 30_000, true),
-            header_read_timeout: r.millis("HEADER_READ_TIMEOUT", 30_000, false),
         };
-        if config.max_body_bytes < 1024 {
-            r.errors
-                .push("MAX_BODY_BYTES must be at least 1024".to_owned());
-        }
-        if !(4096..=UPSTREAM_BODY_HARD_LIMIT).contains(&config.upstream_body_limit) {
-            r.errors.push(format!(
+        if !(4096..=UPSTREAM_BODY_HARD_LIMIT).contains(&limits.upstream_body_limit) {
+            r.error(format!(
                 "UPSTREAM_BODY_LIMIT must be between 4096 and {UPSTREAM_BODY_HARD_LIMIT} bytes \
                  (the upstream challenges requests above about 128 KiB)"
             ));
         }
-        if r.errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(r.errors))
-        }
-    }
-
-    /// Point the upstream at a local simulator with a demo credential (`--demo`).
-    pub fn use_simulator(&mut self, base_url: Uri) {
-        self.upstream.base_url = base_url;
-        self.upstream.auth_base_url = self.upstream.base_url.clone();
-        self.upstream.cookies = Some(Secret::new("token=demo-token"));
-        self.upstream.auth_token = Some(Secret::new("demo-token"));
-        if self.accounts.file.is_none() {
-            self.accounts.specs = vec![crate::accounts_file::from_env(
-                &Secret::new("token=demo-token"),
-                &Secret::new("demo-token"),
-                None,
-                None,
-                None,
-            )];
-        }
+        limits
     }
 }
 

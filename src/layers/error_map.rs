@@ -153,4 +153,30 @@ mod tests {
             1
         );
     }
+
+    #[tokio::test]
+    async fn the_body_is_written_in_the_routes_dialect() {
+        // A writer per API; the layer must ask it with the route's API, whatever the error.
+        fn bodies(api: Api, e: &ProxyError) -> Bytes {
+            Bytes::from(format!("{api:?}:{}", e.code().unwrap_or_default()))
+        }
+        let svc = ServiceBuilder::new()
+            .layer(ErrorMapLayer::new(Metrics::new(), bodies))
+            .service(service_fn(|_r: Request<()>| {
+                Box::pin(async { Err::<Response<ProxyBody>, _>(ProxyError::InvalidApiKey) })
+            }));
+        let mut req = Request::new(());
+        req.extensions_mut().insert(Route::resolve(
+            &hyper::Method::POST,
+            "/v1/chat/completions",
+        ));
+        let rsp = svc.oneshot(req).await.unwrap();
+        assert_eq!(rsp.status(), 401);
+        assert_eq!(rsp.headers()["www-authenticate"], "Bearer");
+        let body = http_body_util::BodyExt::collect(rsp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, "OpenAi:invalid_api_key");
+    }
 }
