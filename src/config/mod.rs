@@ -1,0 +1,396 @@
+//! Typed configuration from flags, environment and `.env`. Nothing else reads the
+//! environment. Every variable is parsed before any error is returned, so one run reports
+//! all bad values (the binary exits with 64, `EX_USAGE`).
+//!
+//! Names are those of the Node version (`PORT`, `QWEN_COOKIES`, `RETRY_*`, …) so its users
+//! can keep their `.env`; durations are milliseconds, as there, or a number with a unit
+//! (`30s`, `30m`, `1h`). Node-era values are understood too: `HOST=localhost`, winston log
+//! levels, Express-style `TRUST_PROXY`. `.env.example` documents every variable.
+//!
+//! Here: the typed sections and `Config::from_source`, which composes one reader per
+//! section (`sections.rs`) over the shared `Reader` (`source.rs`: where raw values come
+//! from, and the parsing that collects every error).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hyper::Uri;
+
+use crate::accounts_file::AccountSpec;
+pub use crate::common::Secret;
+use crate::forwarded::TrustProxy;
+use sections::{Auth, Listener, Logging, RateLimit, ServerLimits, Sessions, UpstreamLimits};
+use source::Reader;
+pub use source::{parse_dotenv, parse_duration, parse_log_level, Env, Source};
+
+mod sections;
+mod source;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Failed-authentication throttling (`AUTH_FAILURE_LIMIT` per `AUTH_FAILURE_WINDOW`).
+#[derive(Debug, Clone, Copy)]
+pub struct FailurePolicy {
+    /// Failures per window that lock an address out; 0 turns throttling off.
+    pub limit: u32,
+    pub window: Duration,
+}
+
+/// Parsed `redis://[[user]:password@]host[:port][/db]` (the password never prints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub host: String,
+    pub port: u16,
+    pub db: u32,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+impl RedisUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("redis://").ok_or_else(|| {
+            "REDIS_URL must start with redis:// (TLS rediss:// is not supported yet)".to_owned()
+        })?;
+        let (auth, hostpart) = match rest.rsplit_once('@') {
+            Some((a, h)) => (Some(a), h),
+            None => (None, rest),
+        };
+        let (hostport, db) = match hostpart.split_once('/') {
+            Some((h, d)) if !d.is_empty() => (
+                h,
+                d.parse()
+                    .map_err(|_| format!("REDIS_URL database `{d}` is not a number"))?,
+            ),
+            Some((h, _)) => (h, 0),
+            None => (hostpart, 0),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse()
+                    .map_err(|_| format!("REDIS_URL port `{p}` is not a number"))?,
+            ),
+            None => (hostport, 6379),
+        };
+        if host.is_empty() {
+            return Err("REDIS_URL has no host".to_owned());
+        }
+        let (username, password) = match auth {
+            None => (None, None),
+            Some(a) => match a.split_once(':') {
+                Some((u, p)) => ((!u.is_empty()).then(|| u.to_owned()), Some(Secret::new(p))),
+                None => (None, Some(Secret::new(a))),
+            },
+        };
+        Ok(Self {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+            db,
+            username,
+            password,
+        })
+    }
+}
+
+/// Everything the Qwen client needs.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub base_url: Uri,
+    /// Where sign-in and refresh go (`QWEN_AUTH_BASE_URL`, https://auth.qwen.ai).
+    pub auth_base_url: Uri,
+    /// The full Cookie header (contains `token=`).
+    pub cookies: Option<Secret>,
+    /// The account JWT, taken from the `token=` cookie.
+    pub auth_token: Option<Secret>,
+    /// `bx-umidtoken` header (`QWEN_TOKEN`).
+    pub bx_umidtoken: Option<Secret>,
+    pub bx_ua: Option<Secret>,
+    /// `bx-v` (`QWEN_BX_V`): sent only when set. The browser front end stopped sending the
+    /// `bx-*` headers, and stale copies of them now draw the anti-bot challenge (2026-09).
+    pub bx_v: Option<String>,
+    pub user_agent: String,
+    /// The front-end `version` header; its presence is required upstream.
+    pub fe_version: String,
+    /// Also send `Authorization: Bearer <token>` (the cookie is always sent).
+    pub send_bearer: bool,
+    pub connect_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Which HTTP version the upstream is spoken to in (`UPSTREAM_HTTP2`).
+    pub protocol: UpstreamProtocol,
+}
+
+/// Which HTTP version the upstream is spoken to in (`UPSTREAM_HTTP2`). HTTP/2 carries many
+/// streams over a few connections, and everything the upstream sent at once is read in one
+/// go (HTTP/1.1 responses reach the proxy one chunk at a time; BENCHMARKS §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// `auto` (default): HTTP/2 — by ALPN over TLS, by prior knowledge (h2c) on
+    /// `http://` — and HTTP/1.1 for good if a plain-HTTP upstream turns out not to speak it.
+    Auto,
+    /// `true`: HTTP/2 only.
+    Http2,
+    /// `false`: HTTP/1.1 on `http://`; over TLS whatever ALPN agrees.
+    Http1,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    pub multiplier: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CorsConfig {
+    pub enabled: bool,
+    pub origin: String,
+    pub credentials: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    /// Pending connections the kernel queues before `accept` (capped by `somaxconn`).
+    pub listen_backlog: u32,
+    pub upstream: UpstreamConfig,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Colours in text logs are allowed (`NO_COLOR` unset); they are used only when stderr
+    /// is a terminal.
+    pub log_color: bool,
+    pub session_timeout: Duration,
+    pub session_cleanup_interval: Duration,
+    pub retry: RetryConfig,
+    pub models_cache_duration: Duration,
+    pub cors: CorsConfig,
+    pub trust_proxy: TrustProxy,
+    pub api_keys: Vec<Secret>,
+    /// Invalid keys per address and window before the address is locked out.
+    pub auth_failures: FailurePolicy,
+    /// `REDIS_URL`, parsed (its password never prints).
+    pub redis_url: Option<RedisUrl>,
+    pub max_body_bytes: usize,
+    /// The whole request body must arrive within this (after the headers).
+    pub body_read_timeout: Duration,
+    /// Largest upstream completion request body we send (the upstream challenges bigger
+    /// ones, qwen-protocol §7.4).
+    pub upstream_body_limit: usize,
+    /// After an anti-bot challenge, no upstream completion for this long.
+    pub challenge_cooldown: Duration,
+    pub sse_keepalive: Duration,
+    pub shutdown_grace: Duration,
+    /// The whole request header block must arrive within this (slowloris protection).
+    pub header_read_timeout: Duration,
+    /// Requests per minute per client; 0 disables the limiter.
+    pub rate_limit_rpm: u32,
+    pub rate_limit_burst: u32,
+    /// Concurrent chat completions; 0 means unlimited.
+    pub max_concurrent_streams: usize,
+    /// Bearer token required on `/metrics` when set.
+    pub metrics_token: Option<Secret>,
+    pub conversations: ConversationConfig,
+    pub accounts: AccountsConfig,
+    /// `ADMIN_KEY`: the admin API (`/admin/accounts…`) answers only with this bearer key;
+    /// without it, the admin API is off (404).
+    pub admin_key: Option<Secret>,
+}
+
+/// Whether a turn whose chat is still busy may go to a fresh chat (`BUSY_CHAT_POLICY`;
+/// `conversation::busy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyPolicy {
+    /// The faster of waiting and a fresh chat, from the learned estimates.
+    Adaptive,
+    /// Always continue the chat, waiting out the window (fewer upstream chats).
+    Wait,
+}
+
+/// Conversation continuation and the session store.
+#[derive(Debug, Clone)]
+pub struct ConversationConfig {
+    /// `false` (`CONVERSATION_MODE=stateless`): every request folds the history into a
+    /// fresh chat.
+    pub continue_chats: bool,
+    pub max_sessions: usize,
+    /// `CHAT_CLEANUP=delete`: delete upstream chats of expired sessions.
+    pub delete_chats: bool,
+    pub queue_timeout: Duration,
+    pub queue_max: usize,
+    /// `BUSY_CHAT_POLICY`: may a turn whose chat is still busy go to a fresh chat?
+    pub busy_policy: BusyPolicy,
+    /// `BUSY_FRESH_MAX_BYTES`: the largest folded history sent to a fresh chat only to save
+    /// waiting for a busy one.
+    pub busy_fresh_max_bytes: usize,
+    /// `CHATS_PER_REQUEST`: upstream chats one client request may open (`conversation::budget`).
+    pub chats_per_request: u32,
+    /// `CHATS_PER_CONVERSATION_PER_MINUTE`: a conversation opens no more upstream chats once
+    /// this many of its chats came to nothing within a minute (0: no bound).
+    pub chats_per_minute: usize,
+}
+
+/// The account pool's configuration.
+#[derive(Debug, Clone)]
+pub struct AccountsConfig {
+    /// `QWEN_ACCOUNTS_FILE`, kept for reloads (`SIGHUP`, the admin API).
+    pub file: Option<std::path::PathBuf>,
+    /// The accounts: the file's, or the pool of one from `QWEN_COOKIES`.
+    pub specs: Vec<AccountSpec>,
+    /// `QWEN_SIGNIN_FLOW`: `auth` (auth.qwen.ai, default) or `legacy`.
+    pub signin_flow: SigninFlow,
+    /// `QWEN_SIGNIN_INTERVAL` (ms): least time between sign-ins from one address.
+    pub signin_interval: Duration,
+    /// `ACCOUNT_QUEUE_TIMEOUT` (ms): how long a turn waits for an account with room.
+    pub queue_timeout: Duration,
+}
+
+/// Which sign-in password accounts use (`QWEN_SIGNIN_FLOW`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigninFlow {
+    /// auth.qwen.ai: a short-lived access token and a refresh token rotated on every
+    /// refresh (the upstream since 2026-09-30).
+    Auth,
+    /// `/api/v1/auths/signin` on the chat domain: one long-lived token.
+    Legacy,
+}
+
+/// All problems found, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The upstream challenges completion requests above about 128 KB (qwen-protocol §7.4:
+/// 117 KB passed, 129 KB failed). The default keeps a margin below the lowest failure seen.
+pub const DEFAULT_UPSTREAM_BODY_LIMIT: usize = 112 * 1024;
+/// `UPSTREAM_BODY_LIMIT` may be raised to this, never above (the challenge is certain there).
+pub const UPSTREAM_BODY_HARD_LIMIT: usize = 128 * 1024;
+
+/// The chat front end's version, sent as the `version` header (0.3.12 since 2026-09).
+pub const DEFAULT_FE_VERSION: &str = "0.3.12";
+
+pub const DEFAULT_USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/141.0.0.0 Safari/537.36";
+
+impl Config {
+    /// Read and validate everything. `demo` relaxes the credential requirement.
+    pub fn from_source(src: &dyn Source, demo: bool) -> Result<Config, ConfigErrors> {
+        let mut r = Reader::new(src);
+        let config = Config::read(&mut r);
+        config.check_credentials(&mut r, demo);
+        r.finish(config)
+    }
+
+    /// Every section in turn, each reporting its own problems to `r`.
+    fn read(r: &mut Reader) -> Config {
+        let listener = Listener::read(r);
+        let upstream = UpstreamConfig::read(r);
+        let accounts = AccountsConfig::read(r, &upstream);
+        let logging = Logging::read(r);
+        let retry = RetryConfig::read(r);
+        let cors = CorsConfig::read(r);
+        let auth = Auth::read(r);
+        let redis_url = r.parse_with("REDIS_URL", |v| RedisUrl::parse(v).map(Some), None);
+        let conversations = ConversationConfig::read(r);
+        let sessions = Sessions::read(r);
+        let rate_limit = RateLimit::read(r);
+        let trust_proxy = r.parse_with("TRUST_PROXY", TrustProxy::parse, TrustProxy::Off);
+        let server = ServerLimits::read(r);
+        let upstream_limits = UpstreamLimits::read(r);
+        Config {
+            host: listener.host,
+            port: listener.port,
+            listen_backlog: listener.listen_backlog,
+            upstream,
+            log_level: logging.log_level,
+            log_format: logging.log_format,
+            log_color: logging.log_color,
+            session_timeout: sessions.session_timeout,
+            session_cleanup_interval: sessions.session_cleanup_interval,
+            retry,
+            models_cache_duration: upstream_limits.models_cache_duration,
+            cors,
+            trust_proxy,
+            api_keys: auth.api_keys,
+            auth_failures: auth.auth_failures,
+            redis_url,
+            max_body_bytes: server.max_body_bytes,
+            body_read_timeout: server.body_read_timeout,
+            upstream_body_limit: upstream_limits.upstream_body_limit,
+            challenge_cooldown: upstream_limits.challenge_cooldown,
+            sse_keepalive: server.sse_keepalive,
+            shutdown_grace: server.shutdown_grace,
+            header_read_timeout: server.header_read_timeout,
+            rate_limit_rpm: rate_limit.rate_limit_rpm,
+            rate_limit_burst: rate_limit.rate_limit_burst,
+            max_concurrent_streams: server.max_concurrent_streams,
+            metrics_token: auth.metrics_token,
+            conversations,
+            accounts,
+            admin_key: auth.admin_key,
+        }
+    }
+
+    /// Across sections: the accounts come from `QWEN_ACCOUNTS_FILE` or from `QWEN_COOKIES`,
+    /// one of them (`--demo` brings its own).
+    fn check_credentials(&self, r: &mut Reader, demo: bool) {
+        match (&self.accounts.file, &self.upstream.cookies) {
+            (Some(_), Some(_)) => r.error(
+                "set QWEN_ACCOUNTS_FILE or QWEN_COOKIES, not both: add the browser \
+                 session to the file as an entry with `cookies`",
+            ),
+            (None, None) if !demo => r.error(
+                "no Qwen credentials: set QWEN_ACCOUNTS_FILE (README \"Accounts\") or QWEN_COOKIES to the Cookie header (with token=…) of a logged-in \
+                 chat.qwen.ai browser session, or run `qwen-proxy --demo` to try the proxy against the built-in simulator",
+            ),
+            _ => {}
+        }
+    }
+
+    /// Point the upstream at a local simulator with a demo credential (`--demo`).
+    pub fn use_simulator(&mut self, base_url: Uri) {
+        self.upstream.base_url = base_url;
+        self.upstream.auth_base_url = self.upstream.base_url.clone();
+        self.upstream.cookies = Some(Secret::new("token=demo-token"));
+        self.upstream.auth_token = Some(Secret::new("demo-token"));
+        if self.accounts.file.is_none() {
+            self.accounts.specs = vec![crate::accounts_file::from_env(
+                &Secret::new("token=demo-token"),
+                &Secret::new("demo-token"),
+                None,
+                None,
+                None,
+            )];
+        }
+    }
+}
+
+// Reading each section. Problems are reported in the order of the reads in `Config::read`,
+// the checks across sections (`Config::check_credentials`) after them.
+
+/// The value of the `token` cookie in a Cookie header.
+pub fn token_from_cookies(cookies: &str) -> Option<String> {
+    crate::common::cookie_from(cookies, "token")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! Reading the configuration: defaults, every error at once, Node-era values, `.env`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::*;
+
+fn src(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_with_credentials() {
+    let c = Config::from_source(&src(&[("QWEN_COOKIES", "a=1; token=abc; b=2")]), false).unwrap();
+    assert_eq!(c.port, 3000);
+    assert_eq!(c.upstream.auth_token.as_ref().unwrap().expose(), "abc");
+    assert_eq!(c.retry.max_attempts, 3);
+    assert_eq!(c.models_cache_duration, Duration::from_secs(3600));
+}
+
+#[test]
+fn missing_credentials_say_what_to_set() {
+    let e = Config::from_source(&src(&[]), false).unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert!(e.0[0].contains("QWEN_COOKIES") && e.0[0].contains("--demo"));
+    assert!(Config::from_source(&src(&[]), true).is_ok());
+}
+
+#[test]
+fn every_bad_value_is_reported_at_once() {
+    let e = Config::from_source(
+        &src(&[
+            ("PORT", "70000"),
+            ("HOST", "nowhere"),
+            ("LOG_FORMAT", "xml"),
+            ("RETRY_MAX_ATTEMPTS", "-1"),
+            ("CORS_ENABLED", "maybe"),
+            ("QWEN_BASE_URL", "ftp://x"),
+            ("QWEN_COOKIES", "a=1"),
+            ("SESSION_TIMEOUT", "0"),
+            ("LISTEN_BACKLOG", "0"),
+            ("BUSY_CHAT_POLICY", "Sometimes"),
+            ("UPSTREAM_HTTP2", "h3"),
+        ]),
+        false,
+    )
+    .unwrap_err();
+    assert_eq!(e.0.len(), 11, "{e}");
+    let text = e.to_string();
+    for line in [
+        "LISTEN_BACKLOG must be at least 1",
+        "BUSY_CHAT_POLICY=\"Sometimes\" must be adaptive or wait",
+        "UPSTREAM_HTTP2=\"h3\" must be auto, true or false",
+        "LOG_FORMAT=\"xml\" must be text or json",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from {text}");
+    }
+}
+
+#[test]
+fn new_settings_have_their_documented_defaults() {
+    let c = Config::from_source(&src(&[("QWEN_COOKIES", "token=abc")]), false).unwrap();
+    assert_eq!(c.listen_backlog, crate::server::DEFAULT_LISTEN_BACKLOG);
+    assert_eq!(c.listen_backlog, 1024);
+    assert_eq!(c.conversations.busy_policy, BusyPolicy::Adaptive);
+    assert_eq!(c.upstream.protocol, UpstreamProtocol::Auto);
+    let c = Config::from_source(
+        &src(&[
+            ("QWEN_COOKIES", "token=abc"),
+            ("UPSTREAM_HTTP2", "TRUE"),
+            ("BUSY_CHAT_POLICY", "Wait"),
+        ]),
+        false,
+    )
+    .unwrap();
+    assert_eq!(c.upstream.protocol, UpstreamProtocol::Http2);
+    assert_eq!(c.conversations.busy_policy, BusyPolicy::Wait);
+}
+
+#[test]
+fn node_era_values_are_understood() {
+    let c = Config::from_source(
+        &src(&[
+            ("QWEN_COOKIES", "token=abc"),
+            ("HOST", "localhost"),
+            ("TRUST_PROXY", "loopback, 10.0.0.0/8"),
+            ("SESSION_TIMEOUT", "30m"),
+            ("RETRY_MAX_DELAY", "1h"),
+            ("RETRY_INITIAL_DELAY", "1.5s"),
+            ("UPSTREAM_IDLE_TIMEOUT", "250"),
+            ("LOG_LEVEL", "verbose"),
+        ]),
+        false,
+    )
+    .unwrap();
+    assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
+    assert!(matches!(c.trust_proxy, TrustProxy::Ranges(ref r) if r.len() == 3));
+    assert_eq!(c.session_timeout, Duration::from_secs(1800));
+    assert_eq!(c.retry.max_delay, Duration::from_secs(3600));
+    assert_eq!(c.retry.initial_delay, Duration::from_millis(1500));
+    assert_eq!(c.upstream.idle_timeout, Duration::from_millis(250));
+    assert_eq!(c.log_level, "debug");
+    for (value, trust) in [("true", TrustProxy::OneProxy), ("2", TrustProxy::Hops(2))] {
+        let c = Config::from_source(&src(&[("TRUST_PROXY", value)]), true).unwrap();
+        assert_eq!(c.trust_proxy, trust);
+    }
+}
+
+#[test]
+fn log_levels_and_aliases() {
+    for (given, filter) in [
+        ("warning", "warn"),
+        ("WARN", "warn"),
+        ("silly", "trace"),
+        ("http", "debug"),
+        ("qwen_proxy=debug,info", "qwen_proxy=debug,info"),
+        ("off", "off"),
+    ] {
+        assert_eq!(parse_log_level(given).as_deref(), Ok(filter), "{given}");
+    }
+    for bad in ["loud", "verbose-ish", "info,loud"] {
+        let e = parse_log_level(bad).unwrap_err();
+        assert!(e.contains("not a level"), "{bad}: {e}");
+    }
+    // A bad level is a configuration error (exit 64), not a silent logger.
+    let e = Config::from_source(&src(&[("LOG_LEVEL", "loud")]), true).unwrap_err();
+    assert!(e.0[0].contains("LOG_LEVEL"), "{e}");
+}
+
+#[test]
+fn durations() {
+    for (v, ms) in [
+        ("0", 0),
+        ("250", 250),
+        ("2s", 2_000),
+        ("1.5 s", 1_500),
+        ("30m", 1_800_000),
+        ("1h", 3_600_000),
+        ("1d", 86_400_000),
+        ("100ms", 100),
+    ] {
+        assert_eq!(parse_duration(v), Some(Duration::from_millis(ms)), "{v}");
+    }
+    for bad in ["", "x", "5 parsecs", "-1", "1.5", "s", "9999999d"] {
+        assert_eq!(parse_duration(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn a_named_env_file_must_exist() {
+    let missing = Path::new("/nonexistent/qwen-proxy.env");
+    assert!(Env::load(missing, true)
+        .unwrap_err()
+        .contains("qwen-proxy.env"));
+    assert!(Env::load(missing, false).is_ok());
+}
+
+#[test]
+fn url_forms() {
+    let u = RedisUrl::parse("redis://127.0.0.1:6390/2").unwrap();
+    assert_eq!(
+        (u.host.as_str(), u.port, u.db, u.password.is_none()),
+        ("127.0.0.1", 6390, 2, true)
+    );
+    let u = RedisUrl::parse("redis://:pw@cache").unwrap();
+    assert_eq!(
+        (
+            u.host.as_str(),
+            u.port,
+            u.password.as_ref().map(Secret::expose),
+            u.username
+        ),
+        ("cache", 6379, Some("pw"), None)
+    );
+    let u = RedisUrl::parse("redis://me:pw@[::1]:7000").unwrap();
+    assert_eq!(
+        (u.host.as_str(), u.port, u.username.as_deref()),
+        ("::1", 7000, Some("me"))
+    );
+    assert!(RedisUrl::parse("rediss://x").is_err());
+    assert!(RedisUrl::parse("redis://x:port").is_err());
+}
+
+#[test]
+fn dotenv_syntax() {
+    let m = parse_dotenv("# c\nexport A=1\nB=\"two words\"\nC='x#y'\nD=v # trailing\n\n").unwrap();
+    assert_eq!(m["A"], "1");
+    assert_eq!(m["B"], "two words");
+    assert_eq!(m["C"], "x#y");
+    assert_eq!(m["D"], "v");
+    assert!(parse_dotenv("novalue").is_err());
+}
+
+/// Records every key the configuration reads.
+struct Recording(std::cell::RefCell<Vec<String>>);
+
+impl Source for Recording {
+    fn get(&self, key: &str) -> Option<String> {
+        self.0.borrow_mut().push(key.to_owned());
+        None
+    }
+}
+
+#[test]
+fn env_example_documents_exactly_the_variables_read() {
+    let rec = Recording(Default::default());
+    let _ = Config::from_source(&rec, true);
+    let read: std::collections::BTreeSet<String> = rec.0.into_inner().into_iter().collect();
+    let documented: std::collections::BTreeSet<String> = include_str!("../../.env.example")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim().to_owned()))
+        .collect();
+    assert_eq!(read, documented, "config reads vs .env.example documents");
+}
+
+#[test]
+fn secrets_do_not_debug_print() {
+    let c = Config::from_source(&src(&[("QWEN_COOKIES", "token=supersecret")]), false).unwrap();
+    assert!(!format!("{c:?}").contains("supersecret"));
+}
