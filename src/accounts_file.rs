@@ -16,8 +16,8 @@ use crate::common::{cookie_from, Secret};
 
 /// Pacing of file accounts unless the entry says otherwise (peers: one in flight and 3 s
 /// between requests is the cautious end; these keep a coding agent's turns flowing).
-pub const DEFAULT_MAX_INFLIGHT: u32 = 4;
-pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_millis(1_000);
+pub(crate) const DEFAULT_MAX_INFLIGHT: u32 = 4;
+pub(crate) const DEFAULT_MIN_INTERVAL: Duration = Duration::from_millis(1_000);
 
 /// One account as configured. `Debug` shows no secret (the proxy URL may hold a
 /// password).
@@ -97,7 +97,7 @@ struct Entry {
 
 /// Read and check the accounts file: it must exist, not be readable by everyone (it holds
 /// passwords and session cookies), and parse into at least one valid account.
-pub fn load_file(path: &Path) -> Result<Vec<AccountSpec>, Vec<String>> {
+pub(crate) fn load_file(path: &Path) -> Result<Vec<AccountSpec>, Vec<String>> {
     let shown = path.display();
     let meta =
         std::fs::metadata(path).map_err(|e| vec![format!("QWEN_ACCOUNTS_FILE {shown}: {e}")])?;
@@ -132,7 +132,7 @@ fn permission_problem(_: &std::fs::Metadata) -> Option<String> {
 }
 
 /// Parse the file's text. Errors name the entry (by position and name), never a secret.
-pub fn parse(text: &str) -> Result<Vec<AccountSpec>, Vec<String>> {
+pub(crate) fn parse(text: &str) -> Result<Vec<AccountSpec>, Vec<String>> {
     let entries: Vec<serde_json::Value> = match serde_json::from_str(text) {
         Ok(serde_json::Value::Array(a)) => a,
         Ok(_) => return Err(vec!["must be a JSON array of account objects".to_owned()]),
@@ -294,7 +294,7 @@ fn parse_proxy(p: &str) -> Result<Uri, String> {
 }
 
 /// The pool of one the single-account variables describe (no pacing: the seed had none).
-pub fn from_env(
+pub(crate) fn from_env(
     cookies: &Secret,
     token: &Secret,
     bx_ua: Option<&Secret>,

@@ -20,13 +20,8 @@ use crate::identity::presented_credential;
 use crate::layers::auth::constant_time_eq;
 use crate::untrusted::Untrusted;
 
-/// Whether `path` is the admin API's (the router sends it here).
-pub fn is_admin_path(path: &str) -> bool {
-    path == "/admin" || path.starts_with("/admin/")
-}
-
 /// Handle one admin request (`path` without a trailing slash).
-pub async fn handle(
+pub(crate) async fn handle(
     state: &AppState,
     req: &Request<Incoming>,
     path: &str,

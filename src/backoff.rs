@@ -6,16 +6,16 @@ use std::time::Duration;
 use crate::config::RetryConfig;
 
 /// Full jitter source: maps the capped backoff to the actual delay.
-pub type Jitter = fn(Duration) -> Duration;
+pub(crate) type Jitter = fn(Duration) -> Duration;
 
 /// Uniform in `[0, d]`, from the OS-seeded randomness uuid already uses.
-pub fn full_jitter(d: Duration) -> Duration {
+pub(crate) fn full_jitter(d: Duration) -> Duration {
     let r = (crate::common::random_u64() & 0xFFFF_FFFF) as f64 / f64::from(u32::MAX);
     d.mul_f64(r)
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     pub initial: Duration,
     pub max_delay: Duration,
     pub multiplier: f64,
@@ -23,7 +23,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub fn from_config(c: &RetryConfig) -> Self {
+    pub(crate) fn from_config(c: &RetryConfig) -> Self {
         Self {
             initial: c.initial_delay,
             max_delay: c.max_delay,
@@ -34,20 +34,20 @@ impl Backoff {
 
     /// Capped exponential delay before retry number `n` (1-based), before jitter:
     /// `min(max_delay, initial × multiplier^(n-1))`.
-    pub fn base(&self, n: u32) -> Duration {
+    pub(crate) fn base(&self, n: u32) -> Duration {
         let factor = self.multiplier.powi(n.saturating_sub(1).min(64) as i32);
         let secs = (self.initial.as_secs_f64() * factor).min(self.max_delay.as_secs_f64());
         Duration::from_secs_f64(secs)
     }
 
     /// Full jitter: anywhere in `[0, base(n)]` (spreads retries of many clients).
-    pub fn full(&self, n: u32) -> Duration {
+    pub(crate) fn full(&self, n: u32) -> Duration {
         (self.jitter)(self.base(n))
     }
 
     /// Equal jitter: at least half of `base(n)` (a wait that must really wait, such as
     /// for a busy chat to free itself).
-    pub fn equal(&self, n: u32) -> Duration {
+    pub(crate) fn equal(&self, n: u32) -> Duration {
         let b = self.base(n);
         b / 2 + (self.jitter)(b / 2)
     }

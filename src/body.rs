@@ -21,7 +21,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Response;
 
 /// A complete JSON response.
-pub fn json_response(body: impl Into<Bytes>) -> Response<ProxyBody> {
+pub(crate) fn json_response(body: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut rsp = Response::new(ProxyBody::full(body));
     rsp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -37,12 +37,12 @@ pub trait BodyObserver: Send + 'static {
 }
 
 /// Holding a value until the body ends is an observer too (e.g. a semaphore permit).
-pub struct Hold<T: Send + 'static>(pub T);
+pub(crate) struct Hold<T: Send + 'static>(pub T);
 
 impl<T: Send + 'static> BodyObserver for Hold<T> {}
 
 /// A translated stream, type-erased.
-pub type StreamBody = Pin<Box<dyn Body<Data = Bytes, Error = Infallible> + Send>>;
+pub(crate) type StreamBody = Pin<Box<dyn Body<Data = Bytes, Error = Infallible> + Send>>;
 
 pub enum ProxyBody {
     Full(Full<Bytes>),

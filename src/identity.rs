@@ -68,7 +68,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Surrounding whitespace is not part of the key. `Authorization` wins when both are
 /// present, as it does for OpenAI itself; a non-Bearer `Authorization` (Basic, …) is not a
 /// credential for us and falls through to `x-api-key`.
-pub fn presented_credential(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn presented_credential(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

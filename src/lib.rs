@@ -17,35 +17,36 @@
 //! client APIs (their parsers, encoders, bodies and error shapes).
 
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod accounts;
-pub mod accounts_file;
-pub mod admin;
+pub(crate) mod accounts_file;
+pub(crate) mod admin;
 pub mod api;
-pub mod app;
-pub mod backoff;
-pub mod body;
+pub(crate) mod app;
+pub(crate) mod backoff;
+pub(crate) mod body;
 pub mod chat;
 pub mod cli;
 pub mod common;
 pub mod config;
 pub mod conversation;
 pub mod error;
-pub mod forwarded;
-pub mod identity;
-pub mod layers;
+pub(crate) mod forwarded;
+pub(crate) mod identity;
+pub(crate) mod layers;
 pub mod metrics;
 pub mod qwen;
-pub mod rate;
+pub(crate) mod rate;
 pub mod redis;
-pub mod router;
-pub mod routes;
+pub(crate) mod router;
+pub(crate) mod routes;
 pub mod server;
 pub mod sim;
-pub mod stack;
+pub(crate) mod stack;
 pub mod tools;
 pub mod translate;
-pub mod turn;
+pub(crate) mod turn;
 pub mod untrusted;
 
 use std::future::Future;

@@ -45,7 +45,7 @@ impl RateDecision {
     }
 }
 
-pub trait RateLimitStore: Send + Sync + 'static {
+pub(crate) trait RateLimitStore: Send + Sync + 'static {
     /// Take one token for `key`. Never fails: a shared backend that cannot answer falls
     /// back to local buckets (limits then hold per instance).
     fn acquire<'a>(&'a self, key: &'a str) -> BoxFuture<'a, RateDecision>;
@@ -53,7 +53,7 @@ pub trait RateLimitStore: Send + Sync + 'static {
 
 /// In-process token buckets.
 #[derive(Debug)]
-pub struct LocalBuckets {
+pub(crate) struct LocalBuckets {
     per_sec: f64,
     burst: f64,
     buckets: Mutex<HashMap<String, Bucket>>,
@@ -69,7 +69,7 @@ struct Bucket {
 const SWEEP_THRESHOLD: usize = 10_000;
 
 impl LocalBuckets {
-    pub fn new(per_minute: u32, burst: u32) -> Self {
+    pub(crate) fn new(per_minute: u32, burst: u32) -> Self {
         Self {
             per_sec: f64::from(per_minute) / 60.0,
             burst: f64::from(burst.max(1)),
@@ -78,7 +78,7 @@ impl LocalBuckets {
     }
 
     /// Take a token at `now` (explicit for tests with paused time).
-    pub fn acquire_at(&self, key: &str, now: Instant) -> RateDecision {
+    pub(crate) fn acquire_at(&self, key: &str, now: Instant) -> RateDecision {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() > SWEEP_THRESHOLD {
             let (per_sec, burst) = (self.per_sec, self.burst);
@@ -101,7 +101,7 @@ impl LocalBuckets {
     }
 }
 
-pub fn decision(allowed: bool, tokens: f64, per_sec: f64, burst: f64) -> RateDecision {
+pub(crate) fn decision(allowed: bool, tokens: f64, per_sec: f64, burst: f64) -> RateDecision {
     let reset_secs = if allowed {
         (burst - tokens) / per_sec
     } else {

@@ -22,16 +22,16 @@ use crate::layers::auth::constant_time_eq;
 use crate::routes::{Endpoint, Route};
 
 /// The chat route's sub-stack (`stack::chat_stack`), type-erased once.
-pub type ChatStack = BoxCloneService<Request<Incoming>, Response<ProxyBody>, ProxyError>;
+pub(crate) type ChatStack = BoxCloneService<Request<Incoming>, Response<ProxyBody>, ProxyError>;
 
 #[derive(Clone)]
-pub struct Router {
+pub(crate) struct Router {
     state: Arc<AppState>,
     chat: ChatStack,
 }
 
 impl Router {
-    pub fn new(state: Arc<AppState>, chat: ChatStack) -> Self {
+    pub(crate) fn new(state: Arc<AppState>, chat: ChatStack) -> Self {
         Self { state, chat }
     }
 }

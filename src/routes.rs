@@ -15,7 +15,7 @@ pub enum Api {
 
 /// What serves a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     ChatCompletions,
     Models,
     /// `GET /v1/models/{id}`.
@@ -34,7 +34,7 @@ pub enum Endpoint {
 
 /// One request's route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
+pub(crate) struct Route {
     pub endpoint: Endpoint,
     /// For logs and metrics.
     pub label: &'static str,
@@ -130,7 +130,7 @@ fn table() -> [Entry; 8] {
 
 impl Route {
     /// The route of a request.
-    pub fn resolve(method: &Method, path: &str) -> Route {
+    pub(crate) fn resolve(method: &Method, path: &str) -> Route {
         let path = path.trim_end_matches('/');
         let route = |endpoint, label, api: bool| Route {
             endpoint,
@@ -160,7 +160,7 @@ impl Route {
 impl Route {
     /// The request's route, as the route layer put it in its extensions (resolved here for
     /// a request that did not pass that layer: a layer's own tests).
-    pub fn of<B>(req: &hyper::Request<B>) -> Route {
+    pub(crate) fn of<B>(req: &hyper::Request<B>) -> Route {
         req.extensions()
             .get::<Route>()
             .copied()

@@ -63,8 +63,8 @@ use crate::router::{ChatStack, Router};
 use crate::turn::ClientApi;
 
 /// The response body at the top of the stack (boxed once, by catch-panic).
-pub type HttpBody = tower_http::body::UnsyncBoxBody<Bytes, BoxError>;
-pub type HttpService = BoxCloneService<Request<Incoming>, Response<HttpBody>, Infallible>;
+pub(crate) type HttpBody = tower_http::body::UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type HttpService = BoxCloneService<Request<Incoming>, Response<HttpBody>, Infallible>;
 
 fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<http_body_util::Full<Bytes>> {
     let detail = err
@@ -115,7 +115,7 @@ fn cors_layer(state: &AppState) -> Option<CorsLayer> {
 }
 
 /// A chat route's stack (layers 11–14) for the client API `A`.
-pub fn chat_stack<A: ClientApi>(state: &Arc<AppState>) -> ChatStack {
+pub(crate) fn chat_stack<A: ClientApi>(state: &Arc<AppState>) -> ChatStack {
     let cfg = &state.config;
     let svc = ServiceBuilder::new()
         .layer(ConcurrencyLayer::new(
@@ -135,7 +135,7 @@ pub fn chat_stack<A: ClientApi>(state: &Arc<AppState>) -> ChatStack {
 }
 
 /// The whole stack (layers 1–10).
-pub fn build(state: Arc<AppState>) -> HttpService {
+pub(crate) fn build(state: Arc<AppState>) -> HttpService {
     let cfg = &state.config;
     let rate_limit = (cfg.rate_limit_rpm > 0).then(|| {
         let store: Arc<dyn RateLimitStore> = match &state.redis {

@@ -13,13 +13,13 @@ use tokio::time::Instant;
 type Lane = Arc<tokio::sync::Mutex<Option<Instant>>>;
 
 #[derive(Debug)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     interval: Duration,
     lanes: Mutex<HashMap<String, Lane>>,
 }
 
 impl Pacer {
-    pub fn new(interval: Duration) -> Self {
+    pub(crate) fn new(interval: Duration) -> Self {
         Self {
             interval,
             lanes: Mutex::new(HashMap::new()),
@@ -30,7 +30,7 @@ impl Pacer {
     /// another, and the next starts `interval` after this one *ended* (when the returned
     /// turn is dropped) — connection set-up (a tunnel, a protocol probe) cannot bring two
     /// closer together as the upstream sees them.
-    pub async fn turn(&self, egress: &str) -> PacerTurn {
+    pub(crate) async fn turn(&self, egress: &str) -> PacerTurn {
         let lane = self
             .lanes
             .lock()
@@ -50,7 +50,7 @@ impl Pacer {
 }
 
 /// A sign-in's turn on its address; its end is stamped when dropped.
-pub struct PacerTurn {
+pub(crate) struct PacerTurn {
     last: OwnedMutexGuard<Option<Instant>>,
 }
 

@@ -29,7 +29,7 @@ pub type TurnStages = (
 );
 
 /// Whoever answers for one upstream turn.
-pub struct TurnEnd {
+pub(super) struct TurnEnd {
     state: Arc<AppState>,
     /// The resolved upstream model (metric label).
     model: String,
@@ -46,7 +46,7 @@ pub struct TurnEnd {
 }
 
 impl TurnEnd {
-    pub fn new(
+    pub(super) fn new(
         state: Arc<AppState>,
         model: String,
         chat_id: String,
@@ -65,13 +65,13 @@ impl TurnEnd {
     }
 
     /// This turn opened its chat for a conversation.
-    pub fn opened_chat_for(mut self, conversation: Option<String>) -> Self {
+    pub(super) fn opened_chat_for(mut self, conversation: Option<String>) -> Self {
         self.opened_for = conversation;
         self
     }
 
     /// This turn is streamed: count it as active from now, and its end as a stream's.
-    pub fn streaming(mut self, request_start: Instant) -> Self {
+    pub(super) fn streaming(mut self, request_start: Instant) -> Self {
         self.state.metrics.active_streams.inc();
         self.stream_started = Some(request_start);
         self
@@ -106,7 +106,7 @@ impl TurnEnd {
 
     /// The answer is replaced by a retry with a hint (nothing of it reached the client):
     /// what the scanner saw in it still counts.
-    pub fn superseded(self, pipeline: &Pipeline<TurnStages>) {
+    pub(super) fn superseded(self, pipeline: &Pipeline<TurnStages>) {
         if let Some(scan) = &pipeline.stages().0 {
             self.record_tool_calls(scan.stats());
         }

@@ -21,15 +21,15 @@ use crate::conversation::busy::Route;
 use crate::error::{ProxyError, UpstreamClass as C};
 
 /// Same-chat waits for a busy chat before falling back to a fresh chat.
-pub const MAX_BUSY_WAITS: u32 = 5;
+pub(super) const MAX_BUSY_WAITS: u32 = 5;
 /// Same-chat waits the learned busy window may set. Each busy answer at least doubles the
 /// window (up to its 30 s cap), so these find any window it can hold; a chat still busy
 /// after them is stuck and gets the plain waits, then a fresh chat.
-pub const MAX_LEARNED_WAITS: u32 = 10;
+pub(super) const MAX_LEARNED_WAITS: u32 = 10;
 
 /// What the next attempt of this request does instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fallback {
+pub(super) enum Fallback {
     /// After the delay, the same turn into the same chat.
     SameChat(Duration),
     /// After the delay, a fresh chat with the whole history folded.
@@ -38,7 +38,7 @@ pub enum Fallback {
 
 /// The fallbacks used so far by one request.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Fallbacks {
+pub(super) struct Fallbacks {
     busy_waits: u32,
     learned_waits: u32,
     fresh_chat: bool,
@@ -47,7 +47,7 @@ pub struct Fallbacks {
 impl Fallbacks {
     /// `learned`: for a busy chat whose last answer time is known, where the busy window
     /// estimate (already updated with this busy answer) sends the turn now.
-    pub fn decide(
+    pub(super) fn decide(
         &mut self,
         e: &ProxyError,
         backoff: &Backoff,

@@ -29,7 +29,7 @@ use crate::turn::plan::Plan;
 use crate::turn::{AnswerHead, ApiRequest, ClientApi, ResponseFormat};
 
 /// What one attempt sends and how it answers.
-pub struct Attempt<'a, A: ClientApi> {
+pub(super) struct Attempt<'a, A: ClientApi> {
     pub state: &'a Arc<AppState>,
     pub req: &'a ApiRequest<A::Options>,
     pub plan: &'a Plan,
@@ -43,7 +43,7 @@ pub struct Attempt<'a, A: ClientApi> {
 }
 
 /// What an attempt came to.
-pub enum Answered {
+pub(super) enum Answered {
     Response(Response<ProxyBody>),
     /// The model's answer does not satisfy the request's tools, and nothing of it reached
     /// the client: ask once more, with this hint.
@@ -56,7 +56,7 @@ impl<A: ClientApi> Attempt<'_, A> {
     /// Send the prepared turn and build the response. `Ok` only once the answer has begun
     /// (streaming) or is complete (not streaming): every `Err` happens before the first
     /// byte reaches the client.
-    pub async fn respond(
+    pub(super) async fn respond(
         self,
         lock: Option<ChatLock>,
         lease: Lease,

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use crate::error::UpstreamError;
 
 /// The span of the per-conversation window and of the failure memo.
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 
 /// The chats one client request has opened, and its last failure. Shared (behind an `Arc`
 /// in the request's extensions) by the retry layer's attempts and the core.

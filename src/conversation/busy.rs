@@ -29,7 +29,7 @@
 
 use std::time::Duration;
 
-pub use crate::config::BusyPolicy;
+pub(crate) use crate::config::BusyPolicy;
 
 /// Where a continued turn goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +61,7 @@ const OUTLIER_SLACK: Duration = Duration::from_secs(1);
 const BUSY_STEP: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
-pub struct BusyWindow {
+pub(crate) struct BusyWindow {
     /// How long after an answer its chat is taken to be busy.
     window: Duration,
     /// The longest time after an answer at which a chat was seen busy (slowly forgotten).
@@ -89,7 +89,7 @@ impl Default for BusyWindow {
 
 impl BusyWindow {
     /// Where a turn on a chat whose last answer ended `since_answer` ago should go.
-    pub fn route(&self, since_answer: Duration, policy: BusyPolicy) -> Route {
+    pub(crate) fn route(&self, since_answer: Duration, policy: BusyPolicy) -> Route {
         let left = self.left(since_answer);
         if left.is_zero() {
             return Route::Now;
@@ -105,7 +105,7 @@ impl BusyWindow {
     /// should go to a fresh chat whose folded history is `fold` bytes: never for a fold over
     /// `max_fold`, and only when the wait is longer than `chats/new`, the model reading the
     /// bytes it has not read, the chat left behind and a margin.
-    pub fn fresh_pays(
+    pub(crate) fn fresh_pays(
         &self,
         left: Duration,
         continued: usize,
@@ -121,12 +121,12 @@ impl BusyWindow {
 
     /// The first upstream event of a turn that sent `bytes` the chat had not read came
     /// `ttft` after the request.
-    pub fn saw_first_token(&mut self, bytes: usize, ttft: Duration) {
+    pub(crate) fn saw_first_token(&mut self, bytes: usize, ttft: Duration) {
         self.prefill.saw(bytes, ttft);
     }
 
     /// The learned cost of reading one KiB of prompt.
-    pub fn prefill_per_kib(&self) -> Duration {
+    pub(crate) fn prefill_per_kib(&self) -> Duration {
         self.prefill.time_for(1024)
     }
 
@@ -134,7 +134,7 @@ impl BusyWindow {
     /// nothing about the window, so both estimates lose a sixteenth: a window that got
     /// shorter is tried again eventually, instead of every turn going to a fresh chat for
     /// ever.
-    pub fn chose_fresh(&mut self) {
+    pub(crate) fn chose_fresh(&mut self) {
         self.window -= self.window / 16;
         self.floor -= self.floor / 16;
     }
@@ -145,7 +145,7 @@ impl BusyWindow {
     /// another reason — an aborted stream the upstream still runs, another client's turn —
     /// and says nothing about the window after an answer: it is ignored (the busy fallbacks
     /// wait it out), so one such chat cannot make every other turn wait for it.
-    pub fn saw_busy(&mut self, since_answer: Duration) {
+    pub(crate) fn saw_busy(&mut self, since_answer: Duration) {
         if since_answer > self.window * 2 + OUTLIER_SLACK {
             return;
         }
@@ -156,7 +156,7 @@ impl BusyWindow {
     }
 
     /// A turn sent `since_answer` after the chat's last answer went through.
-    pub fn saw_free(&mut self, since_answer: Duration) {
+    pub(crate) fn saw_free(&mut self, since_answer: Duration) {
         // Free at `since_answer` (earlier than estimated: a bound for this chat), or free
         // as estimated: either way, a quarter of the way down, not below the floor (plus a
         // margin). The floor is forgotten by a 256th, so the window is probed lower again
@@ -172,7 +172,7 @@ impl BusyWindow {
     }
 
     /// `chats/new` answered after `took`.
-    pub fn chat_created_in(&mut self, took: Duration) {
+    pub(crate) fn chat_created_in(&mut self, took: Duration) {
         // The first measurement replaces the prior; then an exponential moving average,
         // weight 1/4 on the newest.
         self.new_chat = if self.new_chat_measured {
@@ -185,12 +185,12 @@ impl BusyWindow {
 
     /// How much longer a chat whose last answer ended `since_answer` ago is taken to be
     /// busy.
-    pub fn left(&self, since_answer: Duration) -> Duration {
+    pub(crate) fn left(&self, since_answer: Duration) -> Duration {
         self.window.saturating_sub(since_answer)
     }
 
     /// The current window estimate.
-    pub fn window(&self) -> Duration {
+    pub(crate) fn window(&self) -> Duration {
         self.window
     }
 }
@@ -202,7 +202,7 @@ impl BusyWindow {
 /// there is enough of it, the prior: 30 ms per 1,000 tokens at about 4 bytes a token
 /// (`sim::PREFILL_PER_1K_TOKENS` has the sources).
 #[derive(Debug, Clone, Default)]
-pub struct Prefill {
+pub(crate) struct Prefill {
     /// Decayed weighted sums: weight, x, y, x², xy (x in KiB, y in ms).
     w: f64,
     sx: f64,
@@ -222,7 +222,7 @@ const PREFILL_MIN_SPREAD_KIB: f64 = 4.0;
 const PREFILL_MIN_WEIGHT: f64 = 4.0;
 
 impl Prefill {
-    pub fn saw(&mut self, bytes: usize, ttft: Duration) {
+    pub(crate) fn saw(&mut self, bytes: usize, ttft: Duration) {
         let (x, y) = (bytes as f64 / 1024.0, ttft.as_secs_f64() * 1e3);
         self.w = self.w * PREFILL_DECAY + 1.0;
         self.sx = self.sx * PREFILL_DECAY + x;
@@ -247,7 +247,7 @@ impl Prefill {
     }
 
     /// The time to read `bytes` more.
-    pub fn time_for(&self, bytes: usize) -> Duration {
+    pub(crate) fn time_for(&self, bytes: usize) -> Duration {
         Duration::from_secs_f64(self.ms_per_kib() * bytes as f64 / 1024.0 / 1e3)
     }
 }

@@ -26,7 +26,7 @@ impl std::fmt::Debug for KeyBuilder {
 }
 
 /// A finished key, hex-encoded (what the store indexes).
-pub type Key = String;
+pub(crate) type Key = String;
 
 impl KeyBuilder {
     /// `identity`: the client (API key hash or "anon"); `account`: the upstream account;
@@ -137,7 +137,7 @@ impl KeyBuilder {
 }
 
 /// SHA-256 hex of a secret, for identities that must not be stored in clear.
-pub fn fingerprint(secret: &str) -> String {
+pub(crate) fn fingerprint(secret: &str) -> String {
     let digest = Sha256::digest(secret.as_bytes());
     digest[..12].iter().map(|b| format!("{b:02x}")).collect()
 }

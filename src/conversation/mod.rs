@@ -21,11 +21,11 @@
 //! a local memory store (fresh chats, local locks), the degradation is logged and shown on
 //! `/health` and in metrics, and Redis is tried again after a short pause.
 
-pub mod budget;
-pub mod busy;
-pub mod key;
+pub(crate) mod budget;
+pub(crate) mod busy;
+pub(crate) mod key;
 pub mod store;
-pub mod transcript;
+pub(crate) mod transcript;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -34,7 +34,7 @@ use crate::routes::Route;
 use crate::server::PeerAddr;
 
 #[derive(Clone)]
-pub struct AuthLayer {
+pub(crate) struct AuthLayer {
     shared: Arc<Shared>,
 }
 
@@ -47,7 +47,7 @@ struct Shared {
 }
 
 impl AuthLayer {
-    pub fn new(
+    pub(crate) fn new(
         keys: &[Secret],
         trust_proxy: TrustProxy,
         policy: FailurePolicy,
@@ -82,13 +82,13 @@ impl<S> tower::Layer<S> for AuthLayer {
 }
 
 #[derive(Clone)]
-pub struct Auth<S> {
+pub(crate) struct Auth<S> {
     inner: S,
     shared: Arc<Shared>,
 }
 
 /// Equal-length comparison whose time does not depend on where the bytes differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

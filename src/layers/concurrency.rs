@@ -50,13 +50,13 @@ impl CompletionSlots {
 }
 
 #[derive(Debug, Clone)]
-pub struct ConcurrencyLayer {
+pub(crate) struct ConcurrencyLayer {
     slots: Arc<CompletionSlots>,
     metrics: Arc<Metrics>,
 }
 
 impl ConcurrencyLayer {
-    pub fn new(slots: Arc<CompletionSlots>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(slots: Arc<CompletionSlots>, metrics: Arc<Metrics>) -> Self {
         Self { slots, metrics }
     }
 }
@@ -72,7 +72,7 @@ impl<S> tower::Layer<S> for ConcurrencyLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct Concurrency<S> {
+pub(crate) struct Concurrency<S> {
     inner: S,
     layer: ConcurrencyLayer,
 }
@@ -99,7 +99,7 @@ where
     }
 }
 
-pub enum ResponseFuture<F> {
+pub(crate) enum ResponseFuture<F> {
     Inner(F, Option<OwnedSemaphorePermit>),
     Shed,
 }

@@ -19,16 +19,16 @@ use crate::metrics::Metrics;
 use crate::routes::{Api, Route};
 
 /// How each client API writes an error body (`api::error_body`).
-pub type ErrorBodies = fn(Api, &ProxyError) -> Bytes;
+pub(crate) type ErrorBodies = fn(Api, &ProxyError) -> Bytes;
 
 #[derive(Debug, Clone)]
-pub struct ErrorMapLayer {
+pub(crate) struct ErrorMapLayer {
     metrics: Arc<Metrics>,
     bodies: ErrorBodies,
 }
 
 impl ErrorMapLayer {
-    pub fn new(metrics: Arc<Metrics>, bodies: ErrorBodies) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, bodies: ErrorBodies) -> Self {
         Self { metrics, bodies }
     }
 }
@@ -45,7 +45,7 @@ impl<S> tower::Layer<S> for ErrorMapLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct ErrorMap<S> {
+pub(crate) struct ErrorMap<S> {
     inner: S,
     metrics: Arc<Metrics>,
     bodies: ErrorBodies,
@@ -83,7 +83,7 @@ where
     }
 }
 
-pub struct ResponseFuture<F> {
+pub(crate) struct ResponseFuture<F> {
     inner: F,
     metrics: Arc<Metrics>,
     api: Api,
@@ -109,7 +109,7 @@ where
 
 /// The one place an error becomes an HTTP response: status, the body in the client API's
 /// shape and the error's headers.
-pub fn error_response(e: &ProxyError, body: Bytes) -> Response<ProxyBody> {
+pub(crate) fn error_response(e: &ProxyError, body: Bytes) -> Response<ProxyBody> {
     let mut rsp = json_response(body);
     *rsp.status_mut() = e.status();
     e.write_headers(rsp.headers_mut());
@@ -166,10 +166,8 @@ mod tests {
                 Box::pin(async { Err::<Response<ProxyBody>, _>(ProxyError::InvalidApiKey) })
             }));
         let mut req = Request::new(());
-        req.extensions_mut().insert(Route::resolve(
-            &hyper::Method::POST,
-            "/v1/chat/completions",
-        ));
+        req.extensions_mut()
+            .insert(Route::resolve(&hyper::Method::POST, "/v1/chat/completions"));
         let rsp = svc.oneshot(req).await.unwrap();
         assert_eq!(rsp.status(), 401);
         assert_eq!(rsp.headers()["www-authenticate"], "Bearer");

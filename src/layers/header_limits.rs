@@ -18,7 +18,7 @@ use crate::error::ProxyError;
 use crate::server::{MAX_HEADERS, MAX_HEADER_BYTES};
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct HeaderLimitLayer;
+pub(crate) struct HeaderLimitLayer;
 
 impl<S> tower::Layer<S> for HeaderLimitLayer {
     type Service = HeaderLimit<S>;
@@ -28,7 +28,7 @@ impl<S> tower::Layer<S> for HeaderLimitLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct HeaderLimit<S> {
+pub(crate) struct HeaderLimit<S> {
     inner: S,
 }
 

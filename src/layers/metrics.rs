@@ -15,12 +15,12 @@ use crate::metrics::Metrics;
 use crate::routes::Route;
 
 #[derive(Debug, Clone)]
-pub struct MetricsLayer {
+pub(crate) struct MetricsLayer {
     metrics: Arc<Metrics>,
 }
 
 impl MetricsLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
 }
@@ -36,7 +36,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct RecordMetrics<S> {
+pub(crate) struct RecordMetrics<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }
@@ -69,7 +69,7 @@ where
     }
 }
 
-pub struct ResponseFuture<F> {
+pub(crate) struct ResponseFuture<F> {
     inner: F,
     record: Option<Record>,
 }

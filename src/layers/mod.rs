@@ -1,14 +1,14 @@
 //! Tower layers, one module per concern; `stack.rs` composes them and documents the order.
 
-pub mod auth;
-pub mod concurrency;
-pub mod error_map;
-pub mod header_limits;
-pub mod metrics;
-pub mod rate_limit;
-pub mod reject;
-pub mod request_id;
-pub mod retry;
-pub mod route;
-pub mod trace;
-pub mod validate;
+pub(crate) mod auth;
+pub(crate) mod concurrency;
+pub(crate) mod error_map;
+pub(crate) mod header_limits;
+pub(crate) mod metrics;
+pub(crate) mod rate_limit;
+pub(crate) mod reject;
+pub(crate) mod request_id;
+pub(crate) mod retry;
+pub(crate) mod route;
+pub(crate) mod trace;
+pub(crate) mod validate;

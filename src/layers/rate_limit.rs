@@ -26,14 +26,14 @@ use crate::routes::Route;
 use crate::server::PeerAddr;
 
 #[derive(Clone)]
-pub struct RateLimitLayer {
+pub(crate) struct RateLimitLayer {
     store: Arc<dyn RateLimitStore>,
     trust_proxy: Arc<TrustProxy>,
     metrics: Arc<Metrics>,
 }
 
 impl RateLimitLayer {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn RateLimitStore>,
         trust_proxy: TrustProxy,
         metrics: Arc<Metrics>,
@@ -57,7 +57,7 @@ impl<S> tower::Layer<S> for RateLimitLayer {
 }
 
 #[derive(Clone)]
-pub struct RateLimit<S> {
+pub(crate) struct RateLimit<S> {
     inner: S,
     layer: RateLimitLayer,
 }

@@ -10,13 +10,13 @@ use hyper::Response;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 
-pub enum ResponseFuture<F> {
+pub(crate) enum ResponseFuture<F> {
     Inner(F),
     Rejected(Option<ProxyError>),
 }
 
 impl<F> ResponseFuture<F> {
-    pub fn reject(e: ProxyError) -> Self {
+    pub(crate) fn reject(e: ProxyError) -> Self {
         ResponseFuture::Rejected(Some(e))
     }
 }

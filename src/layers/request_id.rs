@@ -8,14 +8,14 @@ use std::task::{Context, Poll};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response};
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The id of the request being served.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub HeaderValue);
+pub(crate) struct RequestId(pub HeaderValue);
 
 impl RequestId {
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         self.0.to_str().unwrap_or("")
     }
 }
@@ -28,7 +28,7 @@ fn acceptable(v: &HeaderValue) -> bool {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct RequestIdLayer;
+pub(crate) struct RequestIdLayer;
 
 impl<S> tower::Layer<S> for RequestIdLayer {
     type Service = SetRequestId<S>;
@@ -38,7 +38,7 @@ impl<S> tower::Layer<S> for RequestIdLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct SetRequestId<S> {
+pub(crate) struct SetRequestId<S> {
     inner: S,
 }
 
@@ -73,7 +73,7 @@ where
     }
 }
 
-pub struct ResponseFuture<F> {
+pub(crate) struct ResponseFuture<F> {
     inner: F,
     id: Option<HeaderValue>,
 }

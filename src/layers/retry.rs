@@ -42,7 +42,7 @@ use crate::error::{ProxyError, UpstreamClass as C};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     pub max_attempts: u32,
     pub backoff: Backoff,
     /// Upstream chats one request may open (`CHATS_PER_REQUEST`).
@@ -50,7 +50,7 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    pub fn from_config(c: &RetryConfig, chats_per_request: u32) -> Self {
+    pub(crate) fn from_config(c: &RetryConfig, chats_per_request: u32) -> Self {
         Self {
             max_attempts: c.max_attempts,
             backoff: Backoff::from_config(c),
@@ -60,7 +60,7 @@ impl RetryPolicy {
 
     /// Whether to retry after failed attempt number `attempt` (1-based) ended with `e`,
     /// and after how long.
-    pub fn decide(&self, e: &ProxyError, attempt: u32) -> Option<Duration> {
+    pub(crate) fn decide(&self, e: &ProxyError, attempt: u32) -> Option<Duration> {
         let ProxyError::Upstream(upstream) = e else {
             return None;
         };
@@ -86,14 +86,14 @@ impl RetryPolicy {
 }
 
 #[derive(Clone)]
-pub struct RetryLayer {
+pub(crate) struct RetryLayer {
     policy: Arc<RetryPolicy>,
     budget: Arc<TpsBudget>,
     metrics: Arc<Metrics>,
 }
 
 impl RetryLayer {
-    pub fn new(policy: RetryPolicy, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(policy: RetryPolicy, metrics: Arc<Metrics>) -> Self {
         Self {
             policy: Arc::new(policy),
             budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 2, 0.2)),
@@ -113,7 +113,7 @@ impl<S> tower::Layer<S> for RetryLayer {
 }
 
 #[derive(Clone)]
-pub struct Retry<S> {
+pub(crate) struct Retry<S> {
     inner: S,
     layer: RetryLayer,
 }

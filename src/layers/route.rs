@@ -9,7 +9,7 @@ use hyper::Request;
 use crate::routes::Route;
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RouteLayer;
+pub(crate) struct RouteLayer;
 
 impl<S> tower::Layer<S> for RouteLayer {
     type Service = SetRoute<S>;
@@ -19,7 +19,7 @@ impl<S> tower::Layer<S> for RouteLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct SetRoute<S> {
+pub(crate) struct SetRoute<S> {
     inner: S,
 }
 

@@ -17,7 +17,7 @@ use crate::body::{BodyObserver, ProxyBody};
 use crate::routes::Route;
 
 #[derive(Debug, Clone, Default)]
-pub struct TraceLayer;
+pub(crate) struct TraceLayer;
 
 impl<S> tower::Layer<S> for TraceLayer {
     type Service = Trace<S>;
@@ -27,7 +27,7 @@ impl<S> tower::Layer<S> for TraceLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct Trace<S> {
+pub(crate) struct Trace<S> {
     inner: S,
 }
 
@@ -70,7 +70,7 @@ where
     }
 }
 
-pub struct ResponseFuture<F> {
+pub(crate) struct ResponseFuture<F> {
     inner: tracing::instrument::Instrumented<F>,
     span: Span,
     start: Instant,

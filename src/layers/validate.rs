@@ -32,13 +32,13 @@ struct Limits {
 }
 
 /// Validates requests for the client API `A`.
-pub struct ValidateLayer<A> {
+pub(crate) struct ValidateLayer<A> {
     limits: Limits,
     api: PhantomData<fn() -> A>,
 }
 
 impl<A> ValidateLayer<A> {
-    pub fn new(max_body: usize, read_timeout: Duration) -> Self {
+    pub(crate) fn new(max_body: usize, read_timeout: Duration) -> Self {
         Self {
             limits: Limits {
                 max_body,
@@ -60,7 +60,7 @@ impl<A, S> tower::Layer<S> for ValidateLayer<A> {
     }
 }
 
-pub struct Validate<A, S> {
+pub(crate) struct Validate<A, S> {
     inner: S,
     limits: Limits,
     api: PhantomData<fn() -> A>,

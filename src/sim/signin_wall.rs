@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// How far back the wall looks.
-pub const SIGNIN_WINDOW: Duration = Duration::from_secs(6 * 60);
+pub(super) const SIGNIN_WINDOW: Duration = Duration::from_secs(6 * 60);
 
 /// The default `--signin-limit`.
-pub const DEFAULT_SIGNIN_LIMIT: usize = 12;
+pub(super) const DEFAULT_SIGNIN_LIMIT: usize = 12;
 
 /// The times of recent sign-in attempts (oldest first, none older than the window).
 #[derive(Debug, Default)]

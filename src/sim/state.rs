@@ -90,7 +90,7 @@ pub struct SimState {
 
 /// Lock a std mutex; a poisoned lock only means another handler panicked mid-update of
 /// plain counters, which is still consistent enough for a simulator.
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

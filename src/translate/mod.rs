@@ -18,15 +18,15 @@ pub(crate) mod testing {
     use super::state::Emit;
 
     #[derive(Debug, Default)]
-    pub struct Recorder {
-        pub content: String,
-        pub reasoning: String,
+    pub(crate) struct Recorder {
+        pub(crate) content: String,
+        pub(crate) reasoning: String,
         /// Tool calls: (name, arguments).
-        pub calls: Vec<(String, String)>,
+        pub(crate) calls: Vec<(String, String)>,
         /// Every delta in order: `r:<reasoning>`, `c:<content>` or `t:<name> <arguments>`.
-        pub pieces: Vec<String>,
+        pub(crate) pieces: Vec<String>,
         /// The platform's function frames: `call:<name> <arguments>` or `result:<name>`.
-        pub platform: Vec<String>,
+        pub(crate) platform: Vec<String>,
     }
 
     impl Emit for Recorder {

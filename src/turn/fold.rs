@@ -25,7 +25,7 @@ use super::{CalledTool, Message, ResponseFormat, Role, TurnRequest};
 use crate::tools::{neutralize, prompt, ToolSet, CALL_CLOSE, RESULT_CLOSE};
 
 /// Fold the conversation into one message for a fresh chat (format in the module docs).
-pub fn fold(req: &TurnRequest) -> String {
+pub(crate) fn fold(req: &TurnRequest) -> String {
     let texts: Vec<Cow<'_, str>> = req
         .messages
         .iter()
@@ -56,7 +56,7 @@ pub fn fold(req: &TurnRequest) -> String {
 
 /// Fold only the messages from `from` on (the new turns of a continued chat; the system
 /// text and the tools section are in the chat already).
-pub fn fold_turns(req: &TurnRequest, from: usize) -> String {
+pub(crate) fn fold_turns(req: &TurnRequest, from: usize) -> String {
     Fold::new(req).render(&[], from)
 }
 

@@ -10,13 +10,13 @@
 //! type; the bytes are fetched or uploaded only when the upstream needs them).
 
 mod client_api;
-pub mod fold;
-pub mod plan;
+pub(crate) mod fold;
+pub(crate) mod plan;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-pub use client_api::{AnswerHead, ApiRequest, ClientApi};
+pub(crate) use client_api::{AnswerHead, ApiRequest, ClientApi};
 
 use crate::tools::ToolSet;
 

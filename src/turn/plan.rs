@@ -9,14 +9,14 @@ use crate::qwen::request::{FeatureConfig, Thinking};
 
 /// The upstream side of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub model: String,
     pub chat_type: &'static str,
     pub features: FeatureConfig,
 }
 
 /// Map a request onto the catalogue. Unknown models are a 404.
-pub fn plan(req: &TurnRequest, catalog: &Catalog) -> Result<Plan, ProxyError> {
+pub(crate) fn plan(req: &TurnRequest, catalog: &Catalog) -> Result<Plan, ProxyError> {
     let (model, variant) =
         catalog
             .resolve(&req.model)
