@@ -16,8 +16,7 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::body::{json_response, ProxyBody};
 use crate::error::ProxyError;
-use crate::identity::presented_credential;
-use crate::layers::auth::constant_time_eq;
+use crate::identity::presents;
 use crate::untrusted::Untrusted;
 
 /// Handle one admin request (`path` without a trailing slash).
@@ -31,8 +30,7 @@ pub(crate) async fn handle(
             path: format!("{path} (the admin API is off: set ADMIN_KEY)"),
         });
     };
-    let presented = presented_credential(req.headers()).unwrap_or("");
-    if !constant_time_eq(presented.as_bytes(), key.expose().as_bytes()) {
+    if !presents(req.headers(), key) {
         return Err(ProxyError::InvalidAdminKey);
     }
     let pool = &state.accounts;

@@ -9,6 +9,8 @@ use std::fmt;
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use sha2::{Digest, Sha256};
 
+use crate::common::Secret;
+
 /// The caller, as established by the auth layer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ClientIdentity {
@@ -81,6 +83,21 @@ pub(crate) fn presented_credential(headers: &HeaderMap) -> Option<&str> {
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim)
         .filter(|k| !k.is_empty())
+}
+
+/// Whether the request presents `secret` (an operator's key: `ADMIN_KEY`, `METRICS_TOKEN`),
+/// compared in constant time.
+pub(crate) fn presents(headers: &HeaderMap, secret: &Secret) -> bool {
+    let presented = presented_credential(headers).unwrap_or("");
+    constant_time_eq(presented.as_bytes(), secret.expose().as_bytes())
+}
+
+/// Equal-length comparison whose time does not depend on where the bytes differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

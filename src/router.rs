@@ -17,8 +17,7 @@ use crate::app::AppState;
 use crate::body::{json_response, ProxyBody};
 use crate::common::BoxFuture;
 use crate::error::ProxyError;
-use crate::identity::presented_credential;
-use crate::layers::auth::constant_time_eq;
+use crate::identity::presents;
 use crate::routes::{Endpoint, Route};
 
 /// The chat route's sub-stack (`stack::chat_stack`), type-erased once.
@@ -183,8 +182,7 @@ async fn health(state: &AppState) -> Response<ProxyBody> {
 
 fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
     if let Some(token) = &state.config.metrics_token {
-        let presented = presented_credential(req.headers()).unwrap_or("");
-        if !constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
+        if !presents(req.headers(), token) {
             return Err(ProxyError::InvalidApiKey);
         }
     }

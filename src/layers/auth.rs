@@ -28,7 +28,7 @@ use crate::body::ProxyBody;
 use crate::config::{FailurePolicy, Secret};
 use crate::error::ProxyError;
 use crate::forwarded::TrustProxy;
-use crate::identity::{presented_credential, ClientIdentity, KeyFingerprint};
+use crate::identity::{constant_time_eq, presented_credential, ClientIdentity, KeyFingerprint};
 use crate::metrics::Metrics;
 use crate::routes::Route;
 use crate::server::PeerAddr;
@@ -85,14 +85,6 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub(crate) struct Auth<S> {
     inner: S,
     shared: Arc<Shared>,
-}
-
-/// Equal-length comparison whose time does not depend on where the bytes differ.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Shared {
