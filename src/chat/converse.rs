@@ -262,6 +262,9 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
         let state = self.state;
         let wait = std::mem::take(&mut self.wait);
         let first_attempt = std::mem::replace(&mut self.first_attempt, false);
+        // Only this attempt's account may be blamed for its failure (after an answer asked
+        // again, the account that gave it is not this attempt's until leased again).
+        self.trail.last = None;
         check_upstream_size(&self.prepared, self.plan, state.config.upstream_body_limit)?;
         let conv = &state.conversations;
         // One generation per chat: wait (bounded) for other requests on this conversation.
