@@ -229,7 +229,7 @@ impl QwenClient {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn send(
+    pub(super) async fn send(
         &self,
         who: &Caller,
         method: Method,

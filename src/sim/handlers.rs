@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::accounts::TokenError;
+use super::answer;
 use super::body::{ScriptBody, StreamGuard};
 use super::catalogue::{guest_catalogue, model_meta};
 use super::habits::{self, Habit};
@@ -103,7 +104,7 @@ pub(super) fn json_ok(v: Value) -> Rsp {
 }
 
 /// An application error the way the upstream sends it: wire 200 + `x-actual-status-code`.
-fn app_error(actual: u16, code: &str, details: &str) -> Rsp {
+pub(super) fn app_error(actual: u16, code: &str, details: &str) -> Rsp {
     let rid = uuid::Uuid::new_v4().to_string();
     respond(
         StatusCode::OK,
@@ -196,7 +197,7 @@ pub(super) struct Caller {
 }
 
 /// The account token: `Cookie: token=…` or `Authorization: Bearer …`.
-fn auth_token(h: &HeaderMap) -> (Option<String>, bool) {
+pub(super) fn auth_token(h: &HeaderMap) -> (Option<String>, bool) {
     let from_cookie = h
         .get_all(COOKIE)
         .iter()
@@ -217,7 +218,7 @@ impl SimService {
     /// Who is calling: the token itself out of the box; the account id in strict mode
     /// (`--accounts`), where unknown or expired tokens get the upstream's 401. A token the
     /// server revoked (`@@sim:expire_token`) has expired in either mode.
-    fn identity(&self, h: &HeaderMap) -> Result<Caller, Box<Rsp>> {
+    pub(super) fn identity(&self, h: &HeaderMap) -> Result<Caller, Box<Rsp>> {
         let lowercase = self.config.lowercase_codes;
         let Some(token) = auth_token(h).0 else {
             return Err(Box::new(unauthorized(lowercase)));
@@ -268,6 +269,9 @@ impl SimService {
         match (req.method().clone(), path.as_str()) {
             (Method::POST, "/api/v2/chats/new") => self.new_chat(req).await,
             (Method::POST, "/api/v2/chat/completions") => self.completion(req).await,
+            (Method::POST, "/api/v2/files/getstsToken") => self.sts_token(req).await,
+            (Method::POST, "/api/v2/files/parse") => self.parse_file(req).await,
+            (Method::POST, "/api/v2/files/parse/status") => self.parse_status(req).await,
             (Method::GET, "/api/models") => {
                 if auth_token(req.headers()).0.is_some() {
                     json_ok(catalogue())
@@ -342,6 +346,10 @@ impl SimService {
                         "unreadable body",
                     ),
                 }
+            }
+            // The object storage, on the simulator's own address (the grant's `file_url`).
+            (Method::PUT, p) if !p.starts_with("/api/") && !p.starts_with("/__sim/") => {
+                self.put_object(req).await
             }
             _ => respond(
                 StatusCode::NOT_FOUND,
@@ -421,7 +429,7 @@ impl SimService {
     }
 
     /// §9.3 header gate; `None` when the request passes.
-    fn gate(&self, h: &HeaderMap, cookie_present: bool) -> Option<Rsp> {
+    pub(super) fn gate(&self, h: &HeaderMap, cookie_present: bool) -> Option<Rsp> {
         let level = self.config.gate;
         if level >= Gate::Y2026M06 && !h.contains_key("x-request-id") {
             return Some(punish());
@@ -581,6 +589,17 @@ impl SimService {
                 return *rsp;
             }
         };
+        lock(&self.state.files).arm(&caller.account, &scenario.account.files);
+        // The files the message refers to: seen (images) or read (documents' text).
+        let attached = match self.attached_files(&caller.account, &message) {
+            Ok(files) => files,
+            Err(details) => return app_error(400, "Bad_Request", &details),
+        };
+        let documents: String = attached
+            .iter()
+            .filter_map(super::files::Stored::text)
+            .collect::<Vec<_>>()
+            .join("\n\n");
         let parent = v
             .get("parent_id")
             .and_then(Value::as_str)
@@ -663,7 +682,10 @@ impl SimService {
                 }
                 _ => {}
             }
-            if let Some(described) = sim_tools::catalogue(&content) {
+            // The tools are described inline, or in a document the message attaches.
+            if let Some(described) =
+                sim_tools::catalogue(&content).or_else(|| sim_tools::catalogue(&documents))
+            {
                 chat.tools = described;
             }
             tools = chat.tools.clone();
@@ -677,6 +699,8 @@ impl SimService {
                 response_id: response_id.clone(),
                 content_chars: content.chars().count(),
                 body_bytes: body.len(),
+                files: attached.len(),
+                file_chars: documents.chars().count(),
             });
         }
         self.state.completions.fetch_add(1, Ordering::Relaxed);
@@ -707,6 +731,9 @@ impl SimService {
                 self.state.count_habit(habit);
             }
         }
+        if scenario.describe_files {
+            scenario.reply = Some(describe(&attached));
+        }
         let replay = lock(&self.state.replay).pop_front();
         let (steps, content_type) = match replay {
             Some((bytes, chunk)) => replay_steps(bytes, chunk),
@@ -728,6 +755,7 @@ impl SimService {
                     response_id: &response_id,
                     alt_response_id: &alt_id,
                     prompt: &prompt,
+                    read_tokens: answer::tokens(&documents),
                     thinking,
                     search,
                     scenario: &scenario,
@@ -781,4 +809,48 @@ pub(super) fn account_id(seed: &str) -> String {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     format!("{h:016x}")
+}
+
+impl SimService {
+    /// The files of `messages[0].files[]` (each by its `id`, or its `file.id`).
+    fn attached_files(
+        &self,
+        account: &str,
+        message: &Value,
+    ) -> Result<Vec<super::files::Stored>, String> {
+        let Some(list) = message.get("files").and_then(Value::as_array) else {
+            return Ok(Vec::new());
+        };
+        let mut files = lock(&self.state.files);
+        list.iter()
+            .map(|f| {
+                let id = f
+                    .get("id")
+                    .or_else(|| f.get("file").and_then(|inner| inner.get("id")))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| "Invalid file information!".to_owned())?;
+                files.attached(account, id)
+            })
+            .collect()
+    }
+}
+
+/// What the model saw of the files: a line each.
+fn describe(files: &[super::files::Stored]) -> String {
+    if files.is_empty() {
+        return "I see no files.".to_owned();
+    }
+    files
+        .iter()
+        .map(|f| {
+            format!(
+                "{}: {}, {} bytes, sha256 {}",
+                f.name,
+                f.media_type,
+                f.bytes.len(),
+                f.digest
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -4,7 +4,8 @@
 //! frames are written as captured (`wire.rs`); streams are poll-driven scripts
 //! (`script.rs`, `body.rs`); `handlers.rs` holds the endpoints and validation, `auth.rs`
 //! the sign-in and refresh endpoints (chat.qwen.ai's v1 and auth.qwen.ai's v2), `control.rs`
-//! the per-account penalty endpoints for tests (`/__sim/accounts/{key}/…`).
+//! the per-account penalty endpoints for tests (`/__sim/accounts/{key}/…`), `uploads.rs`
+//! the file endpoints and the object storage (their state and rules in `files.rs`).
 
 pub mod accounts;
 pub mod answer;
@@ -12,6 +13,7 @@ mod auth;
 mod body;
 pub mod catalogue;
 mod control;
+mod files;
 pub mod habits;
 pub mod handlers;
 mod penalties;
@@ -21,6 +23,7 @@ mod sessions;
 mod signin_wall;
 mod state;
 pub mod tools;
+mod uploads;
 pub mod wire;
 
 use std::net::SocketAddr;

@@ -38,6 +38,9 @@ pub struct Scenario {
     /// the seed and the simulator's count of such completions (as `qwen-proxy sim --habits SEED`
     /// does for every one).
     pub habits: Option<u64>,
+    /// `files`: the answer describes the files the message refers to (name, media type,
+    /// size, digest): what the model saw of them.
+    pub describe_files: bool,
     /// Directives that change the server's state for the calling account (or for every
     /// account), not just this completion's answer.
     pub account: AccountDirectives,
@@ -100,6 +103,22 @@ pub struct AccountDirectives {
     /// `chat_challenge=SECS`: every account draws the challenge for SECS (it follows the
     /// time of day, not the account).
     pub chat_challenge: Option<Duration>,
+    /// Faults of the account's file uploads (`files.rs`).
+    pub files: FileDirectives,
+}
+
+/// Faults armed on the account's file flow, for the uploads that follow.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileDirectives {
+    /// `sts_failure[=N]`: the next N STS requests fail.
+    pub sts_failures: u32,
+    /// `upload_expired[=N]`: the next N grants have expired by the time they are used.
+    pub expired_grants: u32,
+    /// `parse_challenge[=SECS]`: parse requests draw the anti-bot challenge until they have
+    /// been quiet for SECS (each refused one restarts the wait).
+    pub parse_challenge: Option<Duration>,
+    /// `parse_rate_limit[=N]`: the next N parse requests are refused for the rate.
+    pub parse_rate_limited: u32,
 }
 
 /// A used-up daily quota: `hours` as the upstream writes it (`num`), `lasts` as a duration.
@@ -292,6 +311,23 @@ fn apply(s: &mut Scenario, directive: &str, answered: bool) {
             Some(d) => s.account.chat_challenge = Some(d),
             None => s.unknown.push(directive.to_owned()),
         },
+        "sts_failure" => match arg.map_or(Some(1), |a| a.parse().ok()) {
+            Some(n) => s.account.files.sts_failures = n,
+            None => s.unknown.push(directive.to_owned()),
+        },
+        "upload_expired" => match arg.map_or(Some(1), |a| a.parse().ok()) {
+            Some(n) => s.account.files.expired_grants = n,
+            None => s.unknown.push(directive.to_owned()),
+        },
+        "parse_challenge" => match number_or(arg, 180.0).and_then(duration_of) {
+            Some(d) => s.account.files.parse_challenge = Some(d),
+            None => s.unknown.push(directive.to_owned()),
+        },
+        "parse_rate_limit" => match arg.map_or(Some(1), |a| a.parse().ok()) {
+            Some(n) => s.account.files.parse_rate_limited = n,
+            None => s.unknown.push(directive.to_owned()),
+        },
+        "files" => s.describe_files = true,
         "waf" => s.fault = Some(Fault::Waf),
         "unauthorized" => s.fault = Some(Fault::Unauthorized),
         "overload" => s.fault = Some(Fault::Overload),
@@ -400,6 +436,7 @@ mod tests {
                 challenge: Some(Duration::from_millis(2500)),
                 ban: true,
                 chat_challenge: Some(Duration::from_secs(7)),
+                files: FileDirectives::default(),
             }
         );
         assert_eq!(s.fault, None, "account directives are not one-off faults");
@@ -480,5 +517,25 @@ mod tests {
         let (s, text) = parse("@@sim:bogus hi");
         assert_eq!(text, "hi");
         assert_eq!(s.unknown, vec!["bogus"]);
+    }
+
+    #[test]
+    fn file_directives_arm_the_accounts_uploads() {
+        let (s, rest) = parse(
+            "doc @@sim:sts_failure=2 @@sim:upload_expired @@sim:parse_challenge=5 @@sim:parse_rate_limit @@sim:files",
+        );
+        assert_eq!(rest, "doc");
+        assert_eq!(
+            s.account.files,
+            FileDirectives {
+                sts_failures: 2,
+                expired_grants: 1,
+                parse_challenge: Some(Duration::from_secs(5)),
+                parse_rate_limited: 1,
+            }
+        );
+        assert!(s.describe_files);
+        let (s, _) = parse("@@sim:sts_failure=x @@sim:parse_challenge=-1");
+        assert_eq!(s.unknown, ["sts_failure=x", "parse_challenge=-1"]);
     }
 }

@@ -29,6 +29,9 @@ pub struct Generation<'a> {
     pub response_id: &'a str,
     pub alt_response_id: &'a str,
     pub prompt: &'a str,
+    /// Tokens of the documents the message attaches: read like the prompt (and paid for
+    /// in prefill), but not what the answer is derived from.
+    pub read_tokens: u64,
     pub thinking: bool,
     pub search: bool,
     pub scenario: &'a Scenario,
@@ -46,7 +49,7 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
     let delay = g.scenario.delay.unwrap_or(g.timing.frame_delay);
     let sc = g.scenario;
     let ts = g.now_secs;
-    let prompt_tokens = answer::tokens(g.prompt);
+    let prompt_tokens = answer::tokens(g.prompt) + g.read_tokens;
     let input = HIDDEN_PROMPT_TOKENS + prompt_tokens;
     // The model reads what this completion sends before it writes: the chat's earlier turns
     // are read already (the upstream keeps the chat's context), so a continued turn pays for
@@ -370,6 +373,7 @@ mod tests {
             response_id: "r",
             alt_response_id: "r2",
             prompt,
+            read_tokens: 0,
             thinking: false,
             search: false,
             scenario: &Scenario::default(),

@@ -34,6 +34,10 @@ pub struct TurnRecord {
     pub content_chars: usize,
     /// Bytes of the whole request body.
     pub body_bytes: usize,
+    /// Files the message referred to.
+    pub files: usize,
+    /// Characters of the documents among them (read as prompt).
+    pub file_chars: usize,
 }
 
 /// Counters of one account (stats key: its email in strict mode, its token out of the box).
@@ -86,6 +90,8 @@ pub struct SimState {
     pub habits: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Completions whose calls got a habit of the `--habits` cycle so far.
     pub habit_turns: AtomicU64,
+    /// Grants, uploaded objects, parses (`files.rs`).
+    pub(crate) files: Mutex<super::files::Files>,
 }
 
 /// Lock a std mutex; a poisoned lock only means another handler panicked mid-update of
@@ -140,6 +146,7 @@ impl SimState {
             "refreshes_refused": auth.refreshes_refused,
             "signin_times_ms": auth.signin_times_ms,
             "habits": lock(&self.habits).clone(),
+            "files": lock(&self.files).counters,
         })
     }
 }
