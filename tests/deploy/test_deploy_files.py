@@ -51,9 +51,9 @@ SHELLS = {"sh", "ash", "dash", "bash"}
 
 def shutdown_grace_default_s():
     """SHUTDOWN_GRACE's default, in seconds, as the configuration code declares it."""
-    src = (ROOT / "src" / "config.rs").read_text()
+    src = "".join(p.read_text() for p in sorted((ROOT / "src" / "config").glob("*.rs")))
     m = re.search(r'"SHUTDOWN_GRACE",\s*([0-9_]+)', src)
-    assert m, "SHUTDOWN_GRACE default not found in src/config.rs"
+    assert m, "SHUTDOWN_GRACE default not found in src/config/"
     return int(m.group(1).replace("_", "")) / 1000
 
 
