@@ -26,38 +26,82 @@ use crate::tools::{neutralize, prompt, ToolSet, CALL_CLOSE, RESULT_CLOSE};
 
 /// Fold the conversation into one message for a fresh chat (format in the module docs).
 pub(crate) fn fold(req: &TurnRequest) -> String {
-    let texts: Vec<Cow<'_, str>> = req
+    folded(req).text()
+}
+
+/// The fold of a fresh chat in its parts (what an offload moves into documents).
+pub(crate) fn folded(req: &TurnRequest) -> Folded {
+    let instructions: Vec<String> = req
         .messages
         .iter()
         .filter(|m| m.role == Role::System)
-        .map(Message::text)
+        .map(|m| m.text().into_owned())
         .collect();
-    let mut system: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
-    let instruction;
+    let mut added = Vec::new();
     match &req.response_format {
         ResponseFormat::Text => {}
-        ResponseFormat::JsonObject => system.push(
-            "Respond with a single valid JSON object and nothing else: no prose, no Markdown code fences.",
+        ResponseFormat::JsonObject => added.push(
+            "Respond with a single valid JSON object and nothing else: no prose, no Markdown code fences."
+                .to_owned(),
         ),
-        ResponseFormat::JsonSchema(schema) => {
-            instruction = format!(
-                "Respond with a single valid JSON object that matches this JSON Schema, and nothing else \
-                 (no prose, no Markdown code fences):\n{schema}"
-            );
-            system.push(&instruction);
-        }
+        ResponseFormat::JsonSchema(schema) => added.push(format!(
+            "Respond with a single valid JSON object that matches this JSON Schema, and nothing else \
+             (no prose, no Markdown code fences):\n{schema}"
+        )),
     }
-    let tools_section = req.tools.as_deref().map(prompt::tools_section);
-    if let Some(section) = &tools_section {
-        system.push(section);
+    if let Some(tools) = req.tools.as_deref() {
+        added.push(prompt::tools_section(tools));
     }
-    Fold::new(req).render(&system, 0)
+    Fold::new(req).parts(instructions, added, 0)
 }
 
 /// Fold only the messages from `from` on (the new turns of a continued chat; the system
 /// text and the tools section are in the chat already).
 pub(crate) fn fold_turns(req: &TurnRequest, from: usize) -> String {
-    Fold::new(req).render(&[], from)
+    Fold::new(req).parts(Vec::new(), Vec::new(), from).text()
+}
+
+/// A folded conversation in its parts; [`Folded::text`] is the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Folded {
+    /// The client's system messages, in order.
+    pub(crate) instructions: Vec<String>,
+    /// What the proxy adds to the system text: the JSON instruction, the tools section.
+    pub(crate) added: Vec<String>,
+    /// The messages after the system text, each a labelled section.
+    pub(crate) turns: Vec<String>,
+    /// The reminder of the tools and of `tool_choice` that ends the text (with tools).
+    pub(crate) reminder: Option<String>,
+    /// A single user message and nothing else: sent as it is, without a label.
+    pub(crate) verbatim: Option<String>,
+}
+
+impl Folded {
+    /// The message: `[System]` with the instructions and what is added, the turns, the
+    /// reminder, separated by blank lines.
+    pub(crate) fn text(&self) -> String {
+        if let Some(text) = &self.verbatim {
+            return text.clone();
+        }
+        let system: Vec<&str> = self
+            .instructions
+            .iter()
+            .chain(&self.added)
+            .map(String::as_str)
+            .collect();
+        let mut out = String::new();
+        if !system.is_empty() {
+            out.push_str("[System]\n");
+            out.push_str(&system.join("\n\n"));
+        }
+        for turn in self.turns.iter().chain(&self.reminder) {
+            if !out.is_empty() {
+                out.push_str("\n\n");
+            }
+            out.push_str(turn);
+        }
+        out
+    }
 }
 
 /// Folding one request: with tools (emulation) calls and results become marker blocks and
@@ -99,26 +143,30 @@ impl<'a> Fold<'a> {
         self.tools.map_or(name, |t| t.aliases.to_model(name))
     }
 
-    fn render(&self, system: &[&str], from: usize) -> String {
-        let turns: Vec<(usize, &Message)> = self
+    fn parts(&self, instructions: Vec<String>, added: Vec<String>, from: usize) -> Folded {
+        let turns: Vec<&Message> = self
             .req
             .messages
             .iter()
-            .enumerate()
             .skip(from)
-            .filter(|(_, m)| m.role != Role::System)
+            .filter(|m| m.role != Role::System)
             .collect();
+        let reminder = self.tools.map(prompt::reminder);
+        let mut folded = Folded {
+            verbatim: None,
+            turns: Vec::with_capacity(turns.len()),
+            instructions,
+            added,
+            reminder,
+        };
         if self.tools.is_none()
-            && system.is_empty()
+            && folded.instructions.is_empty()
+            && folded.added.is_empty()
             && turns.len() == 1
-            && turns[0].1.role == Role::User
+            && turns[0].role == Role::User
         {
-            return turns[0].1.text().into_owned();
-        }
-        let mut out = String::new();
-        if !system.is_empty() {
-            out.push_str("[System]\n");
-            out.push_str(&system.join("\n\n"));
+            folded.verbatim = Some(turns[0].text().into_owned());
+            return folded;
         }
         let mut ordinal = self
             .req
@@ -127,10 +175,8 @@ impl<'a> Fold<'a> {
             .take(from)
             .map(|m| m.tool_calls.len())
             .sum::<usize>();
-        for (_, m) in turns {
-            if !out.is_empty() {
-                out.push_str("\n\n");
-            }
+        for m in turns {
+            let mut out = String::new();
             match m.role {
                 Role::Tool => self.result(&mut out, m),
                 Role::Assistant => {
@@ -152,12 +198,9 @@ impl<'a> Fold<'a> {
                     out.push_str(&self.text(m));
                 }
             }
+            folded.turns.push(out);
         }
-        if let Some(tools) = self.tools {
-            out.push_str("\n\n");
-            out.push_str(&prompt::reminder(tools));
-        }
-        out
+        folded
     }
 
     fn call(&self, out: &mut String, ordinal: usize, call: &CalledTool) {
