@@ -73,6 +73,7 @@ fn turn<'a>(chat_id: &'a str, parent: Option<&'a str>, content: &'a str) -> Turn
         model: "qwen3.7-plus",
         chat_type: "t2t",
         content,
+        files: &[],
         features: FeatureConfig::new(Thinking::Auto, false),
     }
 }

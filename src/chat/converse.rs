@@ -459,6 +459,7 @@ fn check_upstream_size(prepared: &Prepared, plan: &Plan, limit: usize) -> Result
         model: &plan.model,
         chat_type: plan.chat_type,
         content: &prepared.content,
+        files: &[],
         features: plan.features,
     };
     let size = turn.body_len(epoch_secs());

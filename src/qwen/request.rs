@@ -81,7 +81,8 @@ pub struct UserMessage<'a> {
     pub role: &'static str,
     pub content: &'a str,
     pub user_action: &'static str,
-    pub files: [(); 0],
+    /// The files the message refers to (`qwen::files` descriptors).
+    pub files: &'a [serde_json::Value],
     pub timestamp: u64,
     pub models: [&'a str; 1],
     pub model: &'static str,
@@ -111,6 +112,8 @@ pub struct Turn<'a> {
     pub model: &'a str,
     pub chat_type: &'a str,
     pub content: &'a str,
+    /// The files attached to the message (uploaded; their `files[]` descriptors).
+    pub files: &'a [serde_json::Value],
     pub features: FeatureConfig,
 }
 
@@ -161,7 +164,7 @@ impl Turn<'_> {
                 role: "user",
                 content: self.content,
                 user_action: "chat",
-                files: [],
+                files: self.files,
                 timestamp: now_secs,
                 models: [self.model],
                 model: "",
@@ -191,6 +194,7 @@ mod tests {
             model: "qwen3.7-plus",
             chat_type: "t2t",
             content: "hi",
+            files: &[],
             features: FeatureConfig::new(Thinking::Auto, false),
         };
         let v: serde_json::Value = serde_json::from_slice(&turn.body(5)).unwrap();

@@ -1,4 +1,5 @@
-//! The upload flow against the simulator's file machinery: grants, signed uploads, the
+//! The upload client: the grant's target and fields, OSS error codes, descriptors; then the
+//! upload flow against the simulator's file machinery: grants, signed uploads, the
 //! parse step, and each fault the simulator can arm (an STS failure, an expired grant, the
 //! parse challenge and rate limit) — then a completion that refers to the files, whose
 //! answer says what the model saw of them.
@@ -205,27 +206,22 @@ async fn a_completion_sees_its_files() {
         .upload("a.png", "image/png", FileClass::Image, png)
         .await
         .unwrap();
-    // The descriptor goes into the message by hand here (the turn body learns it with
-    // offloading): the simulated model states what it saw.
     let chat = rig
         .client
         .create_chat(&rig.who, "qwen3.7-plus", "t2t")
         .await
         .unwrap();
-    let mut body: Value =
-        serde_json::from_slice(&turn(&chat, "what is this? @@sim:files").body(1)).unwrap();
-    body["messages"][0]["files"] =
-        Value::Array(vec![serde_json::to_value(image.descriptor()).unwrap()]);
-    let url = format!(
-        "{}/api/v2/chat/completions?chat_id={chat}",
-        rig.sim.base_url()
-    );
-    let mut req = Request::post(url)
-        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+    let descriptor = serde_json::to_value(image.descriptor()).unwrap();
+    let with_file = Turn {
+        files: std::slice::from_ref(&descriptor),
+        ..turn(&chat, "what is this? @@sim:files")
+    };
+    let body = rig
+        .client
+        .start_completion(&rig.who, &with_file)
+        .await
         .unwrap();
-    *req.headers_mut() = rig.who.headers().build(Page::Chat(&chat), true);
-    let rsp = rig.client.dispatch(&rig.who, req).await.unwrap();
-    let text = answer_of(&rsp.collect().await.unwrap().to_bytes());
+    let text = answer_of(&body.collect().await.unwrap().to_bytes());
     let digest: String = Sha256::digest(png)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -248,6 +244,7 @@ fn turn<'a>(chat: &'a str, content: &'a str) -> Turn<'a> {
         model: "qwen3.7-plus",
         chat_type: "t2t",
         content,
+        files: &[],
         features: FeatureConfig::new(Thinking::Off, false),
     }
 }
@@ -265,4 +262,62 @@ fn answer_of(sse: &[u8]) -> String {
                 .map(str::to_owned)
         })
         .collect()
+}
+
+fn grant(file_url: &str) -> Grant {
+    Grant::from_json(&json!({"data": {
+        "access_key_id": "STS.a", "access_key_secret": "s", "security_token": "t",
+        "bucketname": "qwen-webui-prod", "endpoint": "oss-ap-southeast-1.aliyuncs.com",
+        "region": "oss-ap-southeast-1", "file_path": "u/f_a.txt",
+        "file_url": file_url, "file_id": "f"}}))
+    .unwrap()
+}
+
+#[test]
+fn the_upload_goes_where_the_grant_says() {
+    let g = grant(
+        "https://qwen-webui-prod.oss-ap-southeast-1.aliyuncs.com/u/f_a.txt?Expires=1&Signature=x",
+    );
+    assert_eq!(
+        g.target(),
+        "https://qwen-webui-prod.oss-ap-southeast-1.aliyuncs.com/u/f_a.txt"
+    );
+    assert_eq!(g.region, "ap-southeast-1");
+    // A URL that does not name the object: the bucket's own host.
+    let g = grant("https://cdn.example/other?x=1");
+    assert_eq!(
+        g.target(),
+        "https://qwen-webui-prod.oss-ap-southeast-1.aliyuncs.com/u/f_a.txt"
+    );
+}
+
+#[test]
+fn a_grant_without_its_credentials_is_a_protocol_error() {
+    let e = Grant::from_json(&json!({"data": {"file_id": "f"}})).unwrap_err();
+    assert_eq!(e.upstream_class(), Some(UpstreamClass::Protocol));
+}
+
+#[test]
+fn oss_error_codes_are_read() {
+    let body = b"<?xml version=\"1.0\"?><Error><Code>SecurityTokenExpired</Code></Error>";
+    assert_eq!(xml_field(body, "Code"), Some("SecurityTokenExpired"));
+    assert_eq!(xml_field(b"nope", "Code"), None);
+}
+
+#[test]
+fn descriptors_name_the_class() {
+    let u = Uploaded {
+        file_id: "f".into(),
+        url: "https://b/u/f_a.png".into(),
+        name: "a.png".into(),
+        media_type: "image/png".into(),
+        size: 3,
+        class: FileClass::Image,
+    };
+    let v = serde_json::to_value(u.descriptor()).unwrap();
+    assert_eq!(v["type"], "image");
+    assert_eq!(v["file_class"], "vision");
+    assert_eq!(v["id"], "f");
+    assert_eq!(v["file_type"], "image/png");
+    assert_eq!(v["status"], "uploaded");
 }
