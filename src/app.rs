@@ -33,6 +33,8 @@ pub struct AppState {
     pub accounts: Arc<Pool>,
     /// The shared Redis connection pool, when `REDIS_URL` is set.
     pub redis: Option<Arc<RedisClient>>,
+    /// Documents uploaded per account (long contexts), and parse pauses.
+    pub(crate) uploads: crate::qwen::files::UploadCache,
     pub started: Instant,
     /// Set when shutdown begins: `/health` reports `draining`.
     draining: AtomicBool,
@@ -83,6 +85,7 @@ impl AppState {
             models,
             metrics,
             conversations,
+            uploads: Default::default(),
             redis,
             started: Instant::now(),
             draining: AtomicBool::new(false),

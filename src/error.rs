@@ -176,6 +176,10 @@ pub enum ProxyError {
     /// `CHATS_PER_CONVERSATION_PER_MINUTE` of the conversation's upstream chats came to
     /// nothing within the last minute: no more until the oldest leaves the window.
     ChatLimit { retry_after_secs: u64 },
+    /// The conversation is too long to send without documents, and the upstream's document
+    /// parsing refuses the account for now (its own anti-bot check or rate limit): never a
+    /// turn sent on a cut history instead.
+    UploadsPaused { retry_after_secs: u64 },
     /// The upstream failed in a classified way.
     Upstream(Box<UpstreamError>),
     /// The upstream challenged the account recently: no upstream call until the
@@ -240,6 +244,7 @@ impl ProxyError {
             | ProxyError::AuthThrottled { .. }
             | ProxyError::ConversationBusy
             | ProxyError::ChatLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::UploadsPaused { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Overloaded
             | ProxyError::ShuttingDown
             | ProxyError::UpstreamCoolingDown { .. }
@@ -287,6 +292,7 @@ impl ProxyError {
             ProxyError::ShuttingDown => Some("server_shutting_down"),
             ProxyError::ConversationBusy => Some("conversation_busy"),
             ProxyError::ChatLimit { .. } => Some("conversation_chat_limit"),
+            ProxyError::UploadsPaused { .. } => Some("upstream_uploads_paused"),
             ProxyError::AccountsBusy { .. } => Some("accounts_busy"),
             ProxyError::NoUsableAccount { .. } => Some("no_usable_account"),
             ProxyError::Internal(_) => Some("internal_error"),
@@ -327,7 +333,8 @@ impl ProxyError {
             ProxyError::AuthThrottled { retry_after_secs }
             | ProxyError::UpstreamCoolingDown { retry_after_secs }
             | ProxyError::AccountsBusy { retry_after_secs }
-            | ProxyError::ChatLimit { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            | ProxyError::ChatLimit { retry_after_secs }
+            | ProxyError::UploadsPaused { retry_after_secs } => Some((*retry_after_secs).max(1)),
             ProxyError::NoUsableAccount {
                 retry_after_secs, ..
             } => retry_after_secs.map(|s| s.max(1)),
@@ -383,6 +390,7 @@ impl ProxyError {
             | ProxyError::ShuttingDown
             | ProxyError::ConversationBusy
             | ProxyError::ChatLimit { .. }
+            | ProxyError::UploadsPaused { .. }
             | ProxyError::AccountsBusy { .. } => true,
             ProxyError::Upstream(e) => match e.class {
                 UpstreamClass::AuthFailed
@@ -428,6 +436,7 @@ impl ProxyError {
             ProxyError::ShuttingDown => "shutting_down",
             ProxyError::ConversationBusy => "conversation_busy",
             ProxyError::ChatLimit { .. } => "conversation_chat_limit",
+            ProxyError::UploadsPaused { .. } => "uploads_paused",
             ProxyError::AccountsBusy { .. } => "accounts_busy",
             ProxyError::NoUsableAccount { .. } => "no_usable_account",
             ProxyError::Internal(_) => "internal",
@@ -504,6 +513,12 @@ impl ProxyError {
                 "Other requests of this conversation are still running; retry when they finish."
                     .to_owned()
             }
+            ProxyError::UploadsPaused { retry_after_secs } => format!(
+                "The conversation is too long for one Qwen request and has to be sent with its \
+                 earlier part as an attached document, but Qwen's document parsing refuses the \
+                 account for now (its own anti-bot check or rate limit); retry in \
+                 {retry_after_secs} s."
+            ),
             ProxyError::ChatLimit { retry_after_secs } => format!(
                 "This conversation's upstream chats failed as often within the last minute as \
                  CHATS_PER_CONVERSATION_PER_MINUTE allows (each is one more chat in the Qwen \

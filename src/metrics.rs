@@ -36,6 +36,11 @@ pub struct Metrics {
     pub chat_busy_window: Gauge,
     pub prefill_per_kib: Gauge,
     pub chats_left: IntCounterVec,
+    /// Documents for long contexts: uploaded, cached, failed, paused.
+    pub uploads: IntCounterVec,
+    pub upload_bytes: IntCounter,
+    /// Turns sent with part of their fold in attached documents.
+    pub offloaded_turns: IntCounter,
     pub chats_deleted: IntCounterVec,
     pub accounts: IntGaugeVec,
     pub account_cooldowns: IntCounterVec,
@@ -208,6 +213,19 @@ impl Metrics {
             prefill_per_kib: gauge(
                 "chat_prefill_seconds_per_kib",
                 "What the upstream's first token is estimated to cost per KiB of prompt the chat has not read (learned from the time to first token of turns of different sizes).",
+            ),
+            uploads: counter_vec(
+                "upstream_documents_total",
+                "Documents a long context was moved into, by outcome: uploaded (granted, stored and parsed), cached (the account had uploaded the same content), failed (a step refused it), paused (the account's parse step refused it for now).",
+                &["outcome"],
+            ),
+            upload_bytes: counter(
+                "upstream_document_bytes_total",
+                "Bytes of documents uploaded for long contexts.",
+            ),
+            offloaded_turns: counter(
+                "conversation_offloaded_turns_total",
+                "Turns too large for one upstream request that were sent with their older part in attached documents.",
             ),
             chats_left: counter_vec(
                 "conversation_chats_left_total",

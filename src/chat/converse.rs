@@ -12,16 +12,16 @@ use tokio::time::Instant;
 
 use super::accounts::{account_move, AccountMove, AccountTrail};
 use super::fallback::{Fallback, Fallbacks};
+use super::fit::{attach_documents, check_upstream_size, fit};
 use super::respond::{Answered, Attempt};
 use crate::app::AppState;
 use crate::backoff::Backoff;
 use crate::body::ProxyBody;
-use crate::common::{epoch_millis, epoch_secs};
+use crate::common::epoch_millis;
 use crate::conversation::budget::RequestChats;
 use crate::conversation::busy::Route;
 use crate::conversation::{ChatTarget, Prepared};
 use crate::error::{ProxyError, UpstreamClass};
-use crate::qwen::request::{Turn, CHAT_ID_PLACEHOLDER};
 use crate::tools::prompt::Hint;
 use crate::turn::plan::Plan;
 use crate::turn::{ApiRequest, ClientApi};
@@ -265,7 +265,19 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
         // Only this attempt's account may be blamed for its failure (after an answer asked
         // again, the account that gave it is not this attempt's until leased again).
         self.trail.last = None;
-        check_upstream_size(&self.prepared, self.plan, state.config.upstream_body_limit)?;
+        // Too large for one request: a fresh chat's fold moves its older part into documents.
+        let hint = self
+            .hint
+            .zip(self.req.turn.tools.as_deref())
+            .map(|(hint, tools)| format!("\n\n{}", hint.text(tools)));
+        fit(
+            &mut self.prepared,
+            &self.req.turn,
+            self.plan,
+            state.config.upstream_body_limit,
+            hint,
+            state,
+        )?;
         let conv = &state.conversations;
         // One generation per chat: wait (bounded) for other requests on this conversation.
         let lock = match &self.prepared.target {
@@ -312,6 +324,8 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
             .account_turns
             .with_label_values(&[lease.name(), "false"])
             .inc();
+        // The documents go up with the account that sends the turn.
+        attach_documents(state, &mut self.prepared, &lease, self.plan).await?;
         // When this attempt reaches a continued chat, relative to its last answer.
         let sent_since = self.prepared.since_answer();
         let mut opened = false;
@@ -442,29 +456,4 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
             self.prepared.content.push_str(&hint.text(tools));
         }
     }
-}
-
-/// Refuse a turn whose upstream request would exceed `limit`: the upstream answers those
-/// with an anti-bot challenge that blocks the whole account (qwen-protocol §7.4), so no
-/// client may trigger one. Checked before a chat is created, on whatever this attempt
-/// sends (a continued chat's new messages, or the whole folded history).
-fn check_upstream_size(prepared: &Prepared, plan: &Plan, limit: usize) -> Result<(), ProxyError> {
-    let (chat_id, parent_id) = match &prepared.target {
-        ChatTarget::Existing { chat_id, parent_id } => (chat_id.as_str(), parent_id.as_deref()),
-        ChatTarget::NewChat => (CHAT_ID_PLACEHOLDER, None),
-    };
-    let turn = Turn {
-        chat_id,
-        parent_id,
-        model: &plan.model,
-        chat_type: plan.chat_type,
-        content: &prepared.content,
-        files: &[],
-        features: plan.features,
-    };
-    let size = turn.body_len(epoch_secs());
-    if size > limit {
-        return Err(ProxyError::ContextLengthExceeded { size, limit });
-    }
-    Ok(())
 }

@@ -20,6 +20,7 @@ mod accounts;
 mod converse;
 mod end;
 mod fallback;
+mod fit;
 mod respond;
 #[cfg(test)]
 mod tests;

@@ -72,7 +72,7 @@ impl<A: ClientApi> Attempt<'_, A> {
             model: &self.plan.model,
             chat_type: self.plan.chat_type,
             content: &self.prepared.content,
-            files: &[],
+            files: &self.prepared.files,
             features: self.plan.features,
         };
         let sent = Instant::now();

@@ -110,6 +110,11 @@ pub struct Prepared {
     /// The conversation this turn belongs to, whatever chat it goes to: the client, model,
     /// system text, tools and first message (every step of an agent loop shares it).
     pub conversation: Key,
+    /// Documents the message attaches: the part of a long fold moved out of `content`
+    /// (`turn::offload`); uploaded before the turn is sent.
+    pub(crate) documents: Vec<crate::turn::offload::Document>,
+    /// The `files[]` descriptors of the uploaded documents.
+    pub files: Vec<serde_json::Value>,
 }
 
 impl Prepared {
@@ -273,6 +278,8 @@ impl Conversations {
             answered_at_ms: Some(s.answered_at_ms),
             account: (!s.account.is_empty()).then_some(s.account),
             conversation,
+            documents: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -348,6 +355,8 @@ impl Conversations {
             answered_at_ms: None,
             account: None,
             conversation,
+            documents: Vec::new(),
+            files: Vec::new(),
         }
     }
 

@@ -22,6 +22,14 @@ use super::headers::Page;
 use super::oss::{self, SignedRequest, StsCredentials};
 use crate::common::epoch_millis;
 use crate::error::{ProxyError, UpstreamClass};
+use tokio::time::Instant;
+
+/// How long an uploaded file is used again for the same content (the upstream keeps files
+/// longer; an hour keeps a long agent session's documents without trusting that forever).
+const CACHE_TTL: Duration = Duration::from_secs(3600);
+/// How long an account's uploads wait after its parse step refused it (the parse
+/// challenge clears after a few quiet minutes; asking sooner restarts it).
+pub(crate) const PARSE_PAUSE: Duration = Duration::from_secs(180);
 
 /// How often a document's parse status is asked, and for how long at most.
 const PARSE_POLL: Duration = Duration::from_millis(250);
@@ -30,7 +38,8 @@ const PARSE_DEADLINE: Duration = Duration::from_secs(60);
 /// What kind of file the upstream is told it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FileClass {
-    /// Seen by vision models.
+    /// Seen by vision models (images in messages come next; the flow is tested with them).
+    #[cfg_attr(not(test), allow(dead_code))]
     Image,
     /// Read as text (parsed first).
     Document,
@@ -130,6 +139,46 @@ pub(crate) enum FileError {
 impl From<ProxyError> for FileError {
     fn from(e: ProxyError) -> Self {
         FileError::Upstream(e)
+    }
+}
+
+/// Uploaded files by account and content digest, and the accounts whose parse step is
+/// paused. In memory, per instance.
+#[derive(Debug, Default)]
+pub(crate) struct UploadCache {
+    files: std::sync::Mutex<std::collections::HashMap<(String, String), (Uploaded, Instant)>>,
+    paused: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+impl UploadCache {
+    /// The file uploaded for `account` with this content, if it is still fresh.
+    pub(crate) fn get(&self, account: &str, digest: &str) -> Option<Uploaded> {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        files.retain(|_, (_, at)| now.duration_since(*at) < CACHE_TTL);
+        files
+            .get(&(account.to_owned(), digest.to_owned()))
+            .map(|(u, _)| u.clone())
+    }
+
+    pub(crate) fn put(&self, account: &str, digest: &str, uploaded: Uploaded) {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files.insert(
+            (account.to_owned(), digest.to_owned()),
+            (uploaded, Instant::now()),
+        );
+    }
+
+    /// What is left of the account's parse pause.
+    pub(crate) fn paused(&self, account: &str) -> Option<Duration> {
+        let paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        let until = *paused.get(account)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    pub(crate) fn pause(&self, account: &str) {
+        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        paused.insert(account.to_owned(), Instant::now() + PARSE_PAUSE);
     }
 }
 

@@ -4,9 +4,6 @@ pub mod auth;
 pub mod classify;
 pub mod client;
 pub mod cooldown;
-// The upload flow is used by the long-context offload and image inputs (issue 20), which
-// land after it; until then only its tests call it.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod files;
 pub mod frame;
 pub mod headers;

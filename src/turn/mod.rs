@@ -11,8 +11,6 @@
 
 mod client_api;
 pub(crate) mod fold;
-// Wired into the core with the uploads (issue 20); until then only its tests use it.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod offload;
 pub(crate) mod plan;
 
