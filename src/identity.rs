@@ -41,7 +41,7 @@ impl KeyFingerprint {
         let mut h = Sha256::new();
         h.update(b"qwen-proxy/client-identity/v1\xff");
         h.update(key.as_bytes());
-        KeyFingerprint(hex(&h.finalize()[..16]))
+        KeyFingerprint(crate::common::hex(&h.finalize()[..16]))
     }
 
     pub fn as_str(&self) -> &str {
@@ -53,16 +53,6 @@ impl fmt::Debug for KeyFingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KeyFingerprint({})", self.0)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// The credential a request presents: `Authorization: Bearer <key>` (the scheme in any

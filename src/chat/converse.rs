@@ -266,10 +266,7 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
         // again, the account that gave it is not this attempt's until leased again).
         self.trail.last = None;
         // Too large for one request: a fresh chat's fold moves its older part into documents.
-        let hint = self
-            .hint
-            .zip(self.req.turn.tools.as_deref())
-            .map(|(hint, tools)| format!("\n\n{}", hint.text(tools)));
+        let hint = self.hint_text();
         fit(
             &mut self.prepared,
             &self.req.turn,
@@ -449,11 +446,16 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
         Ok(())
     }
 
+    /// The retry hint as it ends what is sent, if the turn has one.
+    fn hint_text(&self) -> Option<String> {
+        let (hint, tools) = self.hint.zip(self.req.turn.tools.as_deref())?;
+        Some(format!("\n\n{}", hint.text(tools)))
+    }
+
     /// The retry hint, appended to the last user-side turn of what is sent.
     fn append_hint(&mut self) {
-        if let (Some(hint), Some(tools)) = (self.hint, self.req.turn.tools.as_deref()) {
-            self.prepared.content.push_str("\n\n");
-            self.prepared.content.push_str(&hint.text(tools));
+        if let Some(text) = self.hint_text() {
+            self.prepared.content.push_str(&text);
         }
     }
 }

@@ -183,7 +183,8 @@ impl QwenClient {
             .and_then(|a| a.as_str().rsplit_once('@'))
             .map(|(u, _)| u)
         {
-            let encoded = base64_standard(&percent_decode(userinfo));
+            // A URL's userinfo is percent-encoded; Basic auth wants the bytes themselves.
+            let encoded = base64_standard(&crate::common::percent_decode(userinfo));
             if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("Basic {encoded}")) {
                 tunnel = tunnel.with_auth(v);
             }
@@ -511,32 +512,6 @@ impl QwenClient {
     }
 }
 
-/// `user:p%40ss` → `user:p@ss`: a URL's userinfo is percent-encoded; Basic auth wants the
-/// bytes themselves.
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
 /// Standard base64 (with padding), for `Proxy-Authorization: Basic`.
 fn base64_standard(data: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -637,6 +612,7 @@ mod tests {
 
     #[test]
     fn proxy_credentials_are_decoded_then_base64_encoded() {
+        let percent_decode = crate::common::percent_decode;
         assert_eq!(percent_decode("user:p%40ss%3a1"), b"user:p@ss:1");
         assert_eq!(percent_decode("a%zz%4"), b"a%zz%4", "not an escape: kept");
         assert_eq!(base64_standard(b"user:pw"), "dXNlcjpwdw==");

@@ -17,7 +17,7 @@ use hyper::{Method, Request};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::client::{effective_status, json_or_error, read_limited, Caller, QwenClient};
+use super::client::{json_or_error, read_limited, Caller, QwenClient};
 use super::headers::Page;
 use super::oss::{self, SignedRequest, StsCredentials};
 use crate::common::epoch_millis;
@@ -412,7 +412,6 @@ impl QwenClient {
         let rsp = self
             .send(who, Method::POST, path, Page::Home, false, body)
             .await?;
-        let _ = effective_status(&rsp);
         json_or_error(rsp).await
     }
 }

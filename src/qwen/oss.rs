@@ -14,6 +14,8 @@
 use std::fmt::Write as _;
 
 use hmac::{Hmac, Mac};
+
+use crate::common::hex;
 use sha2::{Digest, Sha256};
 
 /// The payload hash OSS accepts without hashing the body.
@@ -77,13 +79,6 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     mac.update(data);
     mac.finalize().into_bytes().to_vec()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// The canonical request (the lines above; headers already lower-cased and complete).

@@ -21,6 +21,12 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::scenario::FileDirectives;
+use crate::common::{hex, sha256_hex};
+
+/// Percent-decoding of a query component.
+fn decode(s: &str) -> String {
+    String::from_utf8_lossy(&crate::common::percent_decode(s)).into_owned()
+}
 
 /// The bucket and region the grants name (what the upstream hands out).
 pub(crate) const BUCKET: &str = "qwen-webui-prod";
@@ -213,9 +219,6 @@ pub(crate) struct Files {
     pub(crate) counters: FileCounters,
 }
 
-/// A grant as the STS endpoint's `data`.
-pub(crate) struct GrantData(pub(crate) Value);
-
 /// The `filename`/`file_name`, `filesize`/`file_size` (a number or a string) and
 /// `filetype`/`file_type` of an STS request (both spellings are in use).
 pub(crate) fn file_info(v: &Value) -> Option<(String, u64, FileKind)> {
@@ -254,7 +257,8 @@ impl Files {
         }
     }
 
-    /// A grant for one object; `None` when an armed STS failure refuses it.
+    /// A grant for one object (the STS endpoint's `data`); `None` when an armed STS failure
+    /// refuses it.
     pub(crate) fn grant(
         &mut self,
         owner: &str,
@@ -262,7 +266,7 @@ impl Files {
         size: u64,
         kind: FileKind,
         origin: &str,
-    ) -> Option<GrantData> {
+    ) -> Option<Value> {
         let faults = self.faults.entry(owner.to_owned()).or_default();
         if faults.sts_failures > 0 {
             faults.sts_failures -= 1;
@@ -278,7 +282,7 @@ impl Files {
         self.counters.grants += 1;
         let file_id = uuid::Uuid::new_v4().to_string();
         // The object key: the owner (hashed: a token is not a path) and the file.
-        let owner_dir = &hex(&Sha256::digest(owner.as_bytes()))[..16];
+        let owner_dir = &sha256_hex(owner.as_bytes())[..16];
         let safe: String = name
             .chars()
             .map(|c| {
@@ -317,7 +321,7 @@ impl Files {
             "file_id": file_id,
         });
         self.grants.insert(path, grant);
-        Some(GrantData(data))
+        Some(data)
     }
 
     /// A PUT of `key` (the path without its leading `/`): checked against its grant and the
@@ -345,7 +349,7 @@ impl Files {
             .to_owned();
         self.counters.uploads += 1;
         self.counters.upload_bytes += body.len() as u64;
-        let digest = hex(&Sha256::digest(&body));
+        let digest = sha256_hex(&body);
         self.stored.insert(
             grant.file_id.clone(),
             Stored {
@@ -425,15 +429,6 @@ impl Files {
         self.counters.attached += 1;
         Ok(file.clone())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 fn header<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -583,32 +578,6 @@ fn encode(s: &str, keep_slash: bool) -> String {
         .collect()
 }
 
-/// Percent-decoding of a query component.
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex_at = |j: usize| {
-            bytes
-                .get(j..j + 2)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        };
-        match (bytes[i], hex_at(i + 1)) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// `20231217T034736Z` → Unix milliseconds.
 fn parse_oss_date(s: &str) -> Option<u64> {
     let digits = |r: std::ops::Range<usize>| s.get(r)?.parse::<u64>().ok();
@@ -679,8 +648,7 @@ mod tests {
                 FileKind::Document,
                 "http://sim",
             )
-            .unwrap()
-            .0;
+            .unwrap();
         let field = |k: &str| data[k].as_str().unwrap().to_owned();
         let key = field("file_path");
         let creds = crate::qwen::oss::StsCredentials {

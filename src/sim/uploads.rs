@@ -63,7 +63,7 @@ impl SimService {
             Some(data) => json_ok(json!({
                 "success": true,
                 "request_id": uuid::Uuid::new_v4().to_string(),
-                "data": data.0,
+                "data": data,
             })),
             None => app_error(
                 500,
@@ -163,25 +163,5 @@ fn oss_error(why: files::UploadRefusal) -> Rsp {
 
 /// The object key as signed: the path's percent-escapes decoded.
 fn percent_decode_path(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match escaped {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&crate::common::percent_decode(path)).into_owned()
 }

@@ -11,7 +11,7 @@
 //! plan is pure: the caller says what fits (`fits`), uploads the documents and refuses what
 //! cannot fit even so.
 
-use sha2::{Digest, Sha256};
+use crate::common::sha256_hex;
 
 use super::fold::Folded;
 
@@ -27,10 +27,7 @@ pub(crate) struct Document {
 
 impl Document {
     fn new(kind: &str, text: String) -> Self {
-        let digest: String = Sha256::digest(text.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = sha256_hex(text.as_bytes());
         Document {
             name: format!("{kind}-{}.txt", &digest[..12]),
             text,

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 
 use http_body_util::BodyExt;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use super::*;
@@ -222,10 +221,7 @@ async fn a_completion_sees_its_files() {
         .await
         .unwrap();
     let text = answer_of(&body.collect().await.unwrap().to_bytes());
-    let digest: String = Sha256::digest(png)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = crate::common::sha256_hex(png);
     assert!(
         text.contains(&format!(
             "a.png: image/png, {} bytes, sha256 {digest}",
