@@ -14,6 +14,7 @@ use crate::conversation::transcript::Transcript;
 use crate::conversation::ChatLock;
 use crate::tools::scan::{ScanStats, ToolScan};
 use crate::translate::body::{Outcome, Settle, StreamEnd};
+use crate::translate::cite::Citations;
 use crate::translate::fence::JsonFence;
 use crate::translate::limits::Limits;
 use crate::translate::pipeline::Pipeline;
@@ -21,11 +22,16 @@ use crate::translate::stage::Stage;
 use crate::translate::state::Usage;
 
 /// The core's pipeline stages: the tool-call scanner (function calling), the JSON fence
-/// remover (`response_format` JSON), the output limits, then the transcript (conversations
-/// on), so the transcript hashes exactly what the client receives.
+/// remover (`response_format` JSON), the output limits, the search citations (`-search`
+/// models: after every stage that changes content, so its positions are the client's), then
+/// the transcript (conversations on), so the transcript hashes exactly what the client
+/// receives.
 pub type TurnStages = (
     Option<ToolScan>,
-    (Option<JsonFence>, (Limits, Option<Transcript>)),
+    (
+        Option<JsonFence>,
+        (Limits, (Option<Citations>, Option<Transcript>)),
+    ),
 );
 
 /// Whoever answers for one upstream turn.
@@ -166,7 +172,7 @@ impl StreamEnd<TurnStages> for TurnEnd {
                 self.state.accounts.answered(self.lease.account());
                 self.record_tokens(usage);
                 self.stream_ended("completed");
-                let (scan, (_, (limits, transcript))) = pipeline.stages_mut();
+                let (scan, (_, (limits, (_, transcript)))) = pipeline.stages_mut();
                 if let Some(scan) = scan {
                     self.record_tool_calls(scan.stats());
                 }

@@ -22,6 +22,7 @@ use crate::tools::prompt::Hint;
 use crate::tools::scan::{ScanConfig, ToolScan};
 use crate::translate::aggregate;
 use crate::translate::body::{Outcome, StreamEnd, TranslateBody, UpstreamStream};
+use crate::translate::cite::Citations;
 use crate::translate::fence::JsonFence;
 use crate::translate::limits::{estimate_tokens, Limits};
 use crate::translate::pipeline::Pipeline;
@@ -99,11 +100,19 @@ impl<A: ClientApi> Attempt<'_, A> {
         // model's prose around calls).
         let fence = (turn.response_format != ResponseFormat::Text && scan.is_none())
             .then(JsonFence::default);
+        let citations = self
+            .plan
+            .features
+            .auto_search
+            .then(|| Citations::new(self.state.config.media.search_footnotes));
         let stages = (
             scan,
             (
                 fence,
-                (Limits::new(turn.stop.clone(), turn.max_tokens), transcript),
+                (
+                    Limits::new(turn.stop.clone(), turn.max_tokens),
+                    (citations, transcript),
+                ),
             ),
         );
         let pipeline = Pipeline::new(stages, estimate_tokens(&self.prepared.content));

@@ -204,6 +204,16 @@ pub struct Config {
     /// `ADMIN_KEY`: the admin API (`/admin/accounts…`) answers only with this bearer key;
     /// without it, the admin API is off (404).
     pub admin_key: Option<Secret>,
+    pub media: MediaConfig,
+}
+
+/// Files and media: images in messages (their limits and the fetch policy) and the sources
+/// of search answers.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// `SEARCH_FOOTNOTES`: end a `-search` answer with a numbered list of its sources, for
+    /// clients that show content and ignore `annotations`.
+    pub search_footnotes: bool,
 }
 
 /// Whether a turn whose chat is still busy may go to a fresh chat (`BUSY_CHAT_POLICY`;
@@ -316,6 +326,7 @@ impl Config {
         let trust_proxy = r.parse_with("TRUST_PROXY", TrustProxy::parse, TrustProxy::Off);
         let server = ServerLimits::read(r);
         let upstream_limits = UpstreamLimits::read(r);
+        let media = MediaConfig::read(r);
         Config {
             host: listener.host,
             port: listener.port,
@@ -347,6 +358,7 @@ impl Config {
             conversations,
             accounts,
             admin_key: auth.admin_key,
+            media,
         }
     }
 

@@ -418,6 +418,14 @@ impl UpstreamLimits {
     }
 }
 
+impl MediaConfig {
+    pub(super) fn read(r: &mut Reader) -> Self {
+        MediaConfig {
+            search_footnotes: r.bool("SEARCH_FOOTNOTES", false),
+        }
+    }
+}
+
 fn split_keys(v: &str) -> Vec<Secret> {
     v.split(',')
         .map(str::trim)

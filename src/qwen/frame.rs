@@ -101,6 +101,19 @@ pub struct Extra<'a> {
     pub image_list: Option<Vec<Image<'a>>>,
     #[serde(borrow, default)]
     pub reasoning_content: Option<Text<'a>>,
+    /// The sources of a `web_search` result frame, which the answer cites as `[[n]]`
+    /// (1-based, in this order).
+    #[serde(borrow, default)]
+    pub web_search_info: Option<Vec<SearchSource<'a>>>,
+}
+
+/// One web search result (`hostname`, `snippet`, … are not needed).
+#[derive(Debug, Default, Deserialize)]
+pub struct SearchSource<'a> {
+    #[serde(borrow, default)]
+    pub url: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    pub title: Option<Text<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -16,7 +16,8 @@
 use std::borrow::Cow;
 
 use super::frame::{
-    Choice, Created, Delta, Extra, Frame, FunctionCall, Image, Text, TextList, UsageFrame,
+    Choice, Created, Delta, Extra, Frame, FunctionCall, Image, SearchSource, Text, TextList,
+    UsageFrame,
 };
 
 impl<'a> Frame<'a> {
@@ -168,6 +169,17 @@ fn extra<'a>(r: &mut Reader<'a>, e: &mut Extra<'a>) -> Scan<()> {
             e.reasoning_content = r.opt_text()?;
             Ok(())
         }
+        b"web_search_info" => {
+            seen.once(3)?;
+            r.fill(&mut e.web_search_info, |r, sources| {
+                r.array(|r| {
+                    let mut s = SearchSource::default();
+                    search_source(r, &mut s)?;
+                    sources.push(s);
+                    Ok(())
+                })
+            })
+        }
         _ => r.unknown(key),
     })
 }
@@ -198,6 +210,20 @@ fn image<'a>(r: &mut Reader<'a>, i: &mut Image<'a>) -> Scan<()> {
         } else {
             r.unknown(key)
         }
+    })
+}
+
+fn search_source<'a>(r: &mut Reader<'a>, s: &mut SearchSource<'a>) -> Scan<()> {
+    let mut seen = Seen::default();
+    r.object(|r, key| {
+        let (bit, slot) = match key {
+            b"url" => (0, &mut s.url),
+            b"title" => (1, &mut s.title),
+            _ => return r.unknown(key),
+        };
+        seen.once(bit)?;
+        *slot = r.opt_text()?;
+        Ok(())
     })
 }
 

@@ -7,7 +7,7 @@ use hyper::body::Body;
 
 use super::body::{Step, UpstreamStream};
 use super::stage::Stage;
-use super::state::{Emit, FinishReason, ToolCall, Usage};
+use super::state::{Citation, Emit, FinishReason, ToolCall, Usage};
 use crate::error::ProxyError;
 
 /// The collected assistant message.
@@ -17,6 +17,17 @@ pub struct Collected {
     pub reasoning: String,
     /// Tool calls in order: (name, arguments as JSON).
     pub tool_calls: Vec<(String, String)>,
+    /// Citations of search sources in the content, in order.
+    pub citations: Vec<CitationOwned>,
+}
+
+/// A [`Citation`] kept past its event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CitationOwned {
+    pub url: String,
+    pub title: String,
+    pub start: usize,
+    pub end: usize,
 }
 
 impl Emit for Collected {
@@ -31,6 +42,15 @@ impl Emit for Collected {
     fn tool_call(&mut self, call: &ToolCall<'_>) {
         self.tool_calls
             .push((call.name.to_owned(), call.arguments.to_owned()));
+    }
+
+    fn citation(&mut self, c: &Citation<'_>) {
+        self.citations.push(CitationOwned {
+            url: c.url.to_owned(),
+            title: c.title.to_owned(),
+            start: c.start,
+            end: c.end,
+        });
     }
 }
 

@@ -188,6 +188,14 @@ impl<E: Emit> Emit for Watched<'_, E> {
     fn platform_call(&mut self, frame: super::state::PlatformFrame<'_>) {
         self.out.platform_call(frame);
     }
+
+    fn sources(&mut self, sources: &[super::state::Source<'_>]) {
+        self.out.sources(sources);
+    }
+
+    fn citation(&mut self, citation: &super::state::Citation<'_>) {
+        self.out.citation(citation);
+    }
 }
 
 fn protocol(e: crate::qwen::sse::SseError) -> UpstreamError {

@@ -11,7 +11,7 @@
 //! fence remover → output limits → transcript → encoder, so the transcript hashes exactly
 //! what the client receives.
 
-use super::state::{Emit, FinishReason, PlatformFrame, ToolCall, Usage};
+use super::state::{Citation, Emit, FinishReason, PlatformFrame, Source, ToolCall, Usage};
 
 pub trait Stage {
     fn reasoning(&mut self, text: &str, next: &mut impl Emit);
@@ -21,6 +21,12 @@ pub trait Stage {
     }
     fn platform_call(&mut self, frame: PlatformFrame<'_>, next: &mut impl Emit) {
         next.platform_call(frame);
+    }
+    fn sources(&mut self, sources: &[Source<'_>], next: &mut impl Emit) {
+        next.sources(sources);
+    }
+    fn citation(&mut self, citation: &Citation<'_>, next: &mut impl Emit) {
+        next.citation(citation);
     }
     /// The upstream answer is complete: pass on anything held back.
     fn flush(&mut self, next: &mut impl Emit) {
@@ -59,6 +65,14 @@ impl<S: Stage, E: Emit> Emit for Through<'_, S, E> {
 
     fn platform_call(&mut self, frame: PlatformFrame<'_>) {
         self.stage.platform_call(frame, self.next);
+    }
+
+    fn sources(&mut self, sources: &[Source<'_>]) {
+        self.stage.sources(sources, self.next);
+    }
+
+    fn citation(&mut self, citation: &Citation<'_>) {
+        self.stage.citation(citation, self.next);
     }
 }
 
@@ -103,6 +117,20 @@ impl<S: Stage> Stage for Option<S> {
         }
     }
 
+    fn sources(&mut self, sources: &[Source<'_>], next: &mut impl Emit) {
+        match self {
+            Some(s) => s.sources(sources, next),
+            None => next.sources(sources),
+        }
+    }
+
+    fn citation(&mut self, citation: &Citation<'_>, next: &mut impl Emit) {
+        match self {
+            Some(s) => s.citation(citation, next),
+            None => next.citation(citation),
+        }
+    }
+
     fn flush(&mut self, next: &mut impl Emit) {
         if let Some(s) = self {
             s.flush(next);
@@ -140,6 +168,16 @@ impl<A: Stage, B: Stage> Stage for (A, B) {
     fn platform_call(&mut self, frame: PlatformFrame<'_>, next: &mut impl Emit) {
         let (a, b) = self;
         a.platform_call(frame, &mut Through { stage: b, next });
+    }
+
+    fn sources(&mut self, sources: &[Source<'_>], next: &mut impl Emit) {
+        let (a, b) = self;
+        a.sources(sources, &mut Through { stage: b, next });
+    }
+
+    fn citation(&mut self, citation: &Citation<'_>, next: &mut impl Emit) {
+        let (a, b) = self;
+        a.citation(citation, &mut Through { stage: b, next });
     }
 
     fn flush(&mut self, next: &mut impl Emit) {

@@ -39,6 +39,33 @@ pub trait Emit {
     fn platform_call(&mut self, frame: PlatformFrame<'_>) {
         let _ = frame;
     }
+    /// The sources the upstream's web search found, numbered from 1 in this order; the
+    /// content cites them as `[[n]]` (the citation stage, `translate::cite`, reads them).
+    fn sources(&mut self, sources: &[Source<'_>]) {
+        let _ = sources;
+    }
+    /// A citation of a source in the content sent so far (from `translate::cite`).
+    fn citation(&mut self, citation: &Citation<'_>) {
+        let _ = citation;
+    }
+}
+
+/// A web search result. `url` is empty when the upstream's was missing or not http(s) —
+/// kept, so the numbering of the others stays the upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source<'a> {
+    pub url: &'a str,
+    pub title: &'a str,
+}
+
+/// Where the content cites a source: `start..end` in characters (Unicode scalar values) of
+/// the content as the client receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Citation<'a> {
+    pub url: &'a str,
+    pub title: &'a str,
+    pub start: usize,
+    pub end: usize,
 }
 
 /// A tool call for the client: its name and its arguments as compact JSON.
@@ -63,6 +90,12 @@ pub enum PlatformFrame<'a> {
 pub enum Flow {
     Continue,
     Finished,
+}
+
+/// Only web addresses become links a client may render (never `javascript:` or `data:`).
+fn is_web_url(url: &str) -> bool {
+    let lower = |n: usize| url.get(..n).map(str::to_ascii_lowercase);
+    lower(8).as_deref() == Some("https://") || lower(7).as_deref() == Some("http://")
 }
 
 /// Why the answer ended, as the client sees it (each client API names it in its encoder).
@@ -173,6 +206,16 @@ impl Translator {
         };
         let phase = delta.phase.as_deref().unwrap_or("answer");
         let finished = delta.status.as_deref() == Some("finished");
+        if let Some(found) = delta.extra.as_ref().and_then(|e| e.web_search_info.as_ref()) {
+            let sources: Vec<Source<'_>> = found
+                .iter()
+                .map(|s| Source {
+                    url: s.url.as_deref().filter(|u| is_web_url(u)).unwrap_or(""),
+                    title: s.title.as_deref().unwrap_or(""),
+                })
+                .collect();
+            out.sources(&sources);
+        }
         // The platform's function machinery. Its own tools (a `function_id`, or a phase of
         // their own) are skipped with their phase below; in the answer phase it is a call the
         // platform intercepted, reported for the tool-call scanner. A result frame's text
@@ -448,6 +491,31 @@ mod tests {
         t.on_data(CREATED, &mut out).unwrap();
         t.on_data(HI, &mut out).unwrap();
         assert_eq!(t.on_data(b"[DONE]", &mut out), Ok(Flow::Finished));
+    }
+
+    #[test]
+    fn search_results_are_reported_as_sources_in_order_and_only_web_addresses_link() {
+        /// Records the sources it is given.
+        #[derive(Default)]
+        struct Sources(Vec<String>);
+        impl Emit for Sources {
+            fn reasoning(&mut self, _: &str) {}
+            fn content(&mut self, _: &str) {}
+            fn sources(&mut self, sources: &[Source<'_>]) {
+                self.0
+                    .extend(sources.iter().map(|s| format!("{}|{}", s.url, s.title)));
+            }
+        }
+        let mut t = Translator::new();
+        let mut out = Sources::default();
+        // §5.9: the result frame is a `function` frame of the platform's own tool.
+        let frame = r#"{"choices":[{"delta":{"role":"function","content":"","phase":"web_search","status":"finished","name":"web_search","function_id":"call_1","extra":{"web_search_info":[{"url":"https://example.com/a","title":"A","snippet":"s","hostname":"example.com"},{"url":"javascript:alert(1)","title":"B"},{"title":"C"},{"url":"HTTP://Example.org/d"}]}}}],"response_id":"r"}"#;
+        assert_eq!(t.on_data(frame.as_bytes(), &mut out).unwrap(), Flow::Continue);
+        assert_eq!(
+            out.0,
+            ["https://example.com/a|A", "|B", "|C", "HTTP://Example.org/d|"]
+        );
+        assert!(!t.emitted_anything());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::tools::CallShape;
 use crate::error::ProxyError;
 use crate::translate::body::Render;
-use crate::translate::state::{Emit, FinishReason, ToolCall, Usage};
+use crate::translate::state::{Citation, Emit, FinishReason, ToolCall, Usage};
 
 /// The longest `arguments` piece in one chunk.
 pub const ARGUMENT_SLICE: usize = 4096;
@@ -33,6 +33,8 @@ pub struct ChunkEncoder {
     role_sent: bool,
     /// Tool calls written so far (the next one's index).
     calls: usize,
+    /// Annotations written so far (the next one's index).
+    annotations: usize,
     call_shape: CallShape,
 }
 
@@ -56,6 +58,7 @@ impl ChunkEncoder {
             buf: BytesMut::with_capacity(1024),
             role_sent: false,
             calls: 0,
+            annotations: 0,
             call_shape: CallShape::ToolCalls,
         }
     }
@@ -165,6 +168,29 @@ impl Render for ChunkEncoder {
 impl Emit for ChunkEncoder {
     fn reasoning(&mut self, text: &str) {
         self.delta(b"reasoning_content", text);
+    }
+
+    /// One chunk per citation: `delta.annotations` with one entry carrying its `index` in the
+    /// message's list (contiguous from 0), as list deltas are merged by the SDKs' stream
+    /// accumulators (openai-python's refuses a list entry of objects without `index`).
+    fn citation(&mut self, c: &Citation<'_>) {
+        self.ensure_role();
+        let index = self.annotations;
+        self.annotations += 1;
+        self.open_choice();
+        let _ = write!(
+            self.buf,
+            "{{\"annotations\":[{{\"index\":{index},\"type\":\"url_citation\",\"url_citation\":{{\"url\":"
+        );
+        write_json_str(&mut self.buf, c.url);
+        self.buf.put_slice(b",\"title\":");
+        write_json_str(&mut self.buf, c.title);
+        let _ = write!(
+            self.buf,
+            ",\"start_index\":{},\"end_index\":{}}}}}]}}",
+            c.start, c.end
+        );
+        self.close_choice(None);
     }
 
     fn content(&mut self, text: &str) {
@@ -316,6 +342,33 @@ mod tests {
             .iter()
             .map(|ev| &ev["choices"][0]["delta"])
             .collect()
+    }
+
+    #[test]
+    fn citations_are_annotation_deltas_indexed_from_zero() {
+        let mut enc = ChunkEncoder::new("chatcmpl-1", 1, "m", false);
+        enc.content("Sunny [[1]]");
+        for (url, title) in [("https://a.example/1", "A \"quoted\""), ("https://b.example/", "B")] {
+            enc.citation(&Citation {
+                url,
+                title,
+                start: 6,
+                end: 11,
+            });
+        }
+        enc.finish(FinishReason::Complete, Usage::default());
+        let evs = events(&enc.take().unwrap());
+        let d = deltas(&evs);
+        assert_eq!(d[0]["role"], "assistant");
+        assert_eq!(d[1]["content"], "Sunny [[1]]");
+        assert_eq!(
+            d[2]["annotations"],
+            serde_json::json!([{"index": 0, "type": "url_citation", "url_citation": {
+                "url": "https://a.example/1", "title": "A \"quoted\"", "start_index": 6, "end_index": 11}}])
+        );
+        assert_eq!(d[3]["annotations"][0]["index"], 1);
+        assert_eq!(d[3]["annotations"][0]["url_citation"]["title"], "B");
+        assert_eq!(evs[3]["choices"][0]["finish_reason"], Value::Null);
     }
 
     #[test]

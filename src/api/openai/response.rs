@@ -50,6 +50,19 @@ pub fn completion(
                 tool_calls,
                 function_call,
                 refusal: None,
+                annotations: answer
+                    .citations
+                    .iter()
+                    .map(|c| AnnotationJson {
+                        kind: "url_citation",
+                        url_citation: UrlCitationJson {
+                            url: &c.url,
+                            title: &c.title,
+                            start_index: c.start,
+                            end_index: c.end,
+                        },
+                    })
+                    .collect(),
             },
             logprobs: None,
             finish_reason: finish_reason(reason, shape),
@@ -92,6 +105,25 @@ pub struct AssistantMessage<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub function_call: Option<FunctionJson<'a>>,
     pub refusal: Option<()>,
+    /// Citations of a search answer's sources (`-search` models).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub annotations: Vec<AnnotationJson<'a>>,
+}
+
+/// `{"type":"url_citation","url_citation":{…}}`: positions in characters of `content`.
+#[derive(Debug, Serialize)]
+pub struct AnnotationJson<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub url_citation: UrlCitationJson<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UrlCitationJson<'a> {
+    pub url: &'a str,
+    pub title: &'a str,
+    pub start_index: usize,
+    pub end_index: usize,
 }
 
 /// One call of a non-streaming answer: `arguments` is a string of JSON, never an object.
