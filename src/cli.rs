@@ -158,6 +158,7 @@ fn parse_sim(args: &[&str]) -> Result<SimArgs, String> {
                 prefill_per_1k_tokens: PREFILL_PER_1K_TOKENS,
                 ..SimTiming::default()
             },
+            image_delay: crate::sim::IMAGE_GENERATION_DELAY,
             ..SimConfig::default()
         },
     };

@@ -129,6 +129,8 @@ fn serve(a: ServeArgs) -> ExitCode {
                     prefill_per_1k_tokens: qwen_proxy::sim::PREFILL_PER_1K_TOKENS,
                 },
                 habits: a.habits,
+                // A picture takes seconds upstream; the demo keeps a second of it.
+                image_delay: std::time::Duration::from_secs(1),
                 ..SimConfig::default()
             };
             match Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), sim_config).await {

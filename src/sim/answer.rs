@@ -5,6 +5,10 @@
 //!   characters. The em dash and the CJK text make every stream exercise multi-byte UTF-8.
 //! * `long=N`: exactly N characters of a fixed filler text, cycled.
 //! * thinking paragraphs and titles: fixed sentences around the same last line.
+//! * with web search: `[[1]]` before the first clause mark (`:` `,` `.` `;` or `：，。；`) of
+//!   the answer's prose (at its end if it has none) and `[[2]]` at the very end, after any
+//!   tool calls; source 3 of the results is not cited. The default answer becomes
+//!   `Simulated answer — 模拟回答[[1]]: you said "<last line>".[[2]]`.
 
 /// The last line that says something, trimmed, at most 200 characters. The proxy's
 /// per-turn tool reminder and retry hint, and the closing markers of folded calls and
@@ -33,6 +37,14 @@ pub fn answer(prompt: &str) -> String {
 /// The second candidate of a dual-response stream (must never reach the client).
 pub fn alternative_answer(prompt: &str) -> String {
     format!("ALTERNATIVE candidate for \"{}\".", last_line(prompt))
+}
+
+/// `text` with the first citation marker `[[1]]` placed as the module documentation says.
+pub fn cite_first(text: &str) -> String {
+    let at = text
+        .find([':', ',', '.', ';', '：', '，', '。', '；'])
+        .unwrap_or(text.len());
+    format!("{}[[1]]{}", &text[..at], &text[at..])
 }
 
 const FILLER: &str =
@@ -78,6 +90,12 @@ mod tests {
             "sunny"
         );
         assert_eq!(long_answer(5), "Lorem");
+        assert_eq!(
+            cite_first(&answer("weather")),
+            "Simulated answer — 模拟回答[[1]]: you said \"weather\"."
+        );
+        assert_eq!(cite_first("北京今天晴。"), "北京今天晴[[1]]。");
+        assert_eq!(cite_first("no marks"), "no marks[[1]]");
         assert_eq!(long_answer(200).chars().count(), 200);
     }
 }

@@ -90,6 +90,18 @@ pub fn model_meta(id: &str) -> Option<ModelMeta> {
     })
 }
 
+/// Whether model `id` of the catalogue lists `chat_type` (`info.meta.chat_type`); an
+/// unknown model lists none.
+pub fn lists_chat_type(id: &str, chat_type: &str) -> bool {
+    entries().as_array().is_some_and(|all| {
+        all.iter()
+            .filter(|m| m["id"].as_str() == Some(id))
+            .filter_map(|m| m["info"]["meta"]["chat_type"].as_array())
+            .flatten()
+            .any(|t| t.as_str() == Some(chat_type))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +115,10 @@ mod tests {
         assert_eq!(meta("qwen3.5-omni-plus"), Some((false, false)));
         assert_eq!(meta("qwen3.8-omni-flash"), Some((false, false)));
         assert_eq!(meta("gpt-4"), None);
+        assert!(lists_chat_type("qwen3.7-plus", "t2i"));
+        assert!(!lists_chat_type("qwen3.8-max", "t2i"));
+        assert!(lists_chat_type("qwen3.8-max", "t2t"));
+        assert!(!lists_chat_type("gpt-4", "t2t"));
         let all = catalogue();
         let flash = &all["data"][3]["info"]["meta"];
         assert_eq!(flash["max_context_length"], 262_144);

@@ -545,8 +545,8 @@ fn check_upload(
 }
 
 /// HMAC-SHA256 (RFC 2104), written out here so the simulator shares no code with the
-/// proxy's signer.
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+/// proxy's signer (also the key of the image URLs, `images.rs`).
+pub(super) fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
     let mut k = [0u8; 64];
     if key.len() > 64 {
         k[..32].copy_from_slice(&Sha256::digest(key));

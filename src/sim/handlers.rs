@@ -24,6 +24,7 @@ use super::penalties::Refusal;
 use super::scenario::{self, Fault, PunishAction};
 use super::script::{self, Generation, Step};
 use super::state::{lock, Chat, SimState, TurnRecord};
+use super::t2i::{self, ImageJob};
 use super::tools as sim_tools;
 use super::wire;
 use super::{BxUaGate, Gate, SimConfig};
@@ -183,6 +184,19 @@ pub(super) fn cookie(h: &HeaderMap, name: &str) -> Option<String> {
             let (n, v) = pair.trim().split_once('=')?;
             (n.trim() == name && !v.trim().is_empty()).then(|| v.trim().to_owned())
         })
+}
+
+/// `http://host:port` as the client addressed the simulator (its `Host`, or the URI's
+/// authority over HTTP/2): the origin of the URLs it hands out to itself.
+pub(super) fn origin(parts: &hyper::http::request::Parts) -> String {
+    let host = parts
+        .headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("http://{host}")
 }
 
 /// Who sent a request.
@@ -347,6 +361,8 @@ impl SimService {
                     ),
                 }
             }
+            // The pictures of t2i completions, on the simulator's own address.
+            (Method::GET, p) if p.starts_with("/output/") => self.image(p, req.uri().query()),
             // The object storage, on the simulator's own address (the grant's `file_url`).
             (Method::PUT, p) if !p.starts_with("/api/") && !p.starts_with("/__sim/") => {
                 self.put_object(req).await
@@ -389,7 +405,7 @@ impl SimService {
 
     async fn new_chat(&self, req: Request<Incoming>) -> Rsp {
         let (parts, body) = req.into_parts();
-        let Some(_body) = self.read_body(body).await else {
+        let Some(body) = self.read_body(body).await else {
             return punish();
         };
         if let Some(rsp) = self.bx_ua_gate(&parts.headers) {
@@ -405,11 +421,17 @@ impl SimService {
         if !self.config.timing.chat_latency.is_zero() {
             tokio::time::sleep(self.config.timing.chat_latency).await;
         }
+        // Any body is taken (the upstream is lenient); only the chat type is remembered.
+        let chat_type = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("chat_type")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "t2t".to_owned());
         let id = uuid::Uuid::new_v4().to_string();
         lock(&self.state.chats).insert(
             id.clone(),
             Chat {
                 owner: caller.account,
+                chat_type,
                 nodes: Default::default(),
                 in_flight: false,
                 busy_until: None,
@@ -574,7 +596,7 @@ impl SimService {
             _ => String::new(),
         };
         let (scenario, prompt) = scenario::parse(&content);
-        let tools;
+        let (tools, image);
         if !scenario.unknown.is_empty() {
             let details = format!(
                 "unknown simulator directive(s): {}",
@@ -643,6 +665,10 @@ impl SimService {
                     );
                 }
             }
+            image = match t2i::asked(&v, &message, chat_type, &chat.chat_type, &model) {
+                Ok(image) => image,
+                Err(t2i::Refused) => return app_error(400, "Bad_Request", "Internal error"),
+            };
             chat.attempts += 1;
             let busy = chat.in_flight || chat.busy_until.is_some_and(|t| Instant::now() < t);
             if chat.attempts <= scenario.in_progress || busy {
@@ -651,6 +677,7 @@ impl SimService {
             }
             match scenario.fault {
                 Some(Fault::RateLimited(h)) => return rate_limited(h),
+                Some(Fault::ImageQuota(h)) if image.is_some() => return t2i::quota_refusal(h),
                 Some(Fault::Punish(action)) => return punish_with(action),
                 Some(Fault::Waf) => return waf_page(),
                 Some(Fault::Unauthorized) => return unauthorized(self.config.lowercase_codes),
@@ -735,9 +762,23 @@ impl SimService {
             scenario.reply = Some(describe(&attached));
         }
         let replay = lock(&self.state.replay).pop_front();
-        let (steps, content_type) = match replay {
-            Some((bytes, chunk)) => replay_steps(bytes, chunk),
-            None => {
+        let (steps, content_type) = match (replay, image) {
+            (Some((bytes, chunk)), _) => replay_steps(bytes, chunk),
+            (None, Some(size)) => {
+                let steps = self.image_stream(&ImageJob {
+                    chat_id,
+                    user_node_id: &user_node,
+                    response_id: &response_id,
+                    prompt: &prompt,
+                    size,
+                    scenario: &scenario,
+                    origin: &origin(&parts),
+                    uid: &account_id(&caller.account),
+                    now_secs: epoch_secs(),
+                });
+                (steps, "text/event-stream; charset=utf-8")
+            }
+            (None, None) => {
                 let meta = model_meta(&model);
                 let mut scenario = scenario;
                 let thinking_required = meta.is_some_and(|m| m.thinking_required);

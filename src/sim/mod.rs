@@ -5,7 +5,8 @@
 //! (`script.rs`, `body.rs`); `handlers.rs` holds the endpoints and validation, `auth.rs`
 //! the sign-in and refresh endpoints (chat.qwen.ai's v1 and auth.qwen.ai's v2), `control.rs`
 //! the per-account penalty endpoints for tests (`/__sim/accounts/{key}/…`), `uploads.rs`
-//! the file endpoints and the object storage (their state and rules in `files.rs`).
+//! the file endpoints and the object storage (their state and rules in `files.rs`),
+//! `t2i.rs` image generation and `images.rs` the pictures' CDN (drawn by `png.rs`).
 
 pub mod accounts;
 pub mod answer;
@@ -16,12 +17,15 @@ mod control;
 mod files;
 pub mod habits;
 pub mod handlers;
+mod images;
 mod penalties;
+mod png;
 pub mod scenario;
 pub mod script;
 mod sessions;
 mod signin_wall;
 mod state;
+pub mod t2i;
 pub mod tools;
 mod uploads;
 pub mod wire;
@@ -113,6 +117,11 @@ pub struct SimTiming {
 /// tokens ("roughly 1-5% improvement per 50% reduction"). BENCHMARKS.md §6 has the sources.
 pub const PREFILL_PER_1K_TOKENS: Duration = Duration::from_millis(30);
 
+/// How long the simulated generator takes to draw a picture (t2i) in `qwen-proxy sim` and
+/// `--demo`: 8 s, an assumption (no source times chat.qwen.ai's image generation). Tests
+/// use [`SimConfig::image_delay`]'s default.
+pub const IMAGE_GENERATION_DELAY: Duration = Duration::from_secs(8);
+
 impl Default for SimTiming {
     fn default() -> Self {
         Self {
@@ -151,6 +160,9 @@ pub struct SimConfig {
     /// `--habits SEED`: the simulated model writes every completion's calls with a real
     /// model's habits (`habits.rs`), picked from this seed and the prompt.
     pub habits: Option<u64>,
+    /// Time a t2i completion takes to draw its picture: between its empty `image_gen` frame
+    /// and the one with the URL (10 ms; [`IMAGE_GENERATION_DELAY`] is the realistic one).
+    pub image_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -168,6 +180,7 @@ impl Default for SimConfig {
             bx_ua_gate: BxUaGate::Ignored,
             fresh_bx_ua: Vec::new(),
             habits: None,
+            image_delay: Duration::from_millis(10),
         }
     }
 }

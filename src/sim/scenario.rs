@@ -161,6 +161,12 @@ pub enum Fault {
     InvalidInput,
     Empty,
     Reset,
+    /// `image_quota[=HOURS]`: a t2i completion gets E1 about the account's daily image
+    /// generations (`num` = HOURS, default 4). Other completions are not affected.
+    ImageQuota(f64),
+    /// `image_fail`: a t2i stream ends with E15 (`{"error":"Internal error!"}`) after its
+    /// empty `image_gen` frame, no URL. Other completions are not affected.
+    ImageFail,
 }
 
 /// Arguments written as a JSON object, as they are.
@@ -340,6 +346,11 @@ fn apply(s: &mut Scenario, directive: &str, answered: bool) {
         "invalid_input" => s.fault = Some(Fault::InvalidInput),
         "empty" => s.fault = Some(Fault::Empty),
         "reset" => s.fault = Some(Fault::Reset),
+        "image_quota" => match number_or(arg, 4.0).filter(|h| h.is_finite() && *h >= 0.0) {
+            Some(h) => s.fault = Some(Fault::ImageQuota(h)),
+            None => s.unknown.push(directive.to_owned()),
+        },
+        "image_fail" => s.fault = Some(Fault::ImageFail),
         "reply" => match arg.and_then(decode) {
             Some(text) => s.reply = Some(text),
             None => s.unknown.push(directive.to_owned()),
@@ -510,6 +521,26 @@ mod tests {
             parse("@@sim:call=read,{oops}").0.unknown,
             ["call=read,{oops}"]
         );
+    }
+
+    #[test]
+    fn image_directives() {
+        let (s, text) = parse("a cat @@sim:image_quota=0.5");
+        assert_eq!(
+            (s.fault, text.as_str()),
+            (Some(Fault::ImageQuota(0.5)), "a cat")
+        );
+        assert_eq!(
+            parse("@@sim:image_quota").0.fault,
+            Some(Fault::ImageQuota(4.0))
+        );
+        assert_eq!(parse("@@sim:image_fail").0.fault, Some(Fault::ImageFail));
+        let (s, _) = parse("@@sim:image_quota=soon @@sim:image_quota=-1 @@sim:image_quota=inf");
+        assert_eq!(
+            s.unknown,
+            ["image_quota=soon", "image_quota=-1", "image_quota=inf"]
+        );
+        assert_eq!(s.fault, None);
     }
 
     #[test]

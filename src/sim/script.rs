@@ -120,10 +120,7 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
         }
     }
 
-    let mut text = answer_text(g);
-    if g.search {
-        text.push_str("[[1]]");
-    }
+    let text = answer_text(g);
     let alt = answer::alternative_answer(g.prompt);
     let pieces = chunk_chars(&text, g.timing.chunk_chars);
     let alt_pieces = chunk_chars(&alt, g.timing.chunk_chars);
@@ -158,16 +155,7 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
             }
         }
         if i + 1 == partial_limit || i + 1 == pieces.len() {
-            let fault_frame = match sc.fault {
-                Some(Fault::InternalError) => Some(wire::event(wire::INTERNAL_ERROR_FRAME)),
-                Some(Fault::QuotaMidstream) => Some(wire::event(wire::QUOTA_FRAME)),
-                Some(Fault::ModerationOutput) => Some(wire::event(wire::MODERATION_OUTPUT_FRAME)),
-                Some(Fault::RateLimitedAfter(h)) => {
-                    Some(wire::event(&wire::rate_limited_json(g.response_id, h)))
-                }
-                _ => None,
-            };
-            if let Some(f) = fault_frame {
+            if let Some(f) = midstream_fault_frame(sc.fault, g.response_id) {
                 frames.push((f, delay));
                 return into_steps(frames, sc, g.prompt);
             }
@@ -235,6 +223,17 @@ pub fn build(g: &Generation<'_>) -> VecDeque<Step> {
     into_steps(frames, sc, g.prompt)
 }
 
+/// The in-stream error frame of a fault that strikes after some content, if `fault` is one.
+pub(super) fn midstream_fault_frame(fault: Option<Fault>, response_id: &str) -> Option<String> {
+    match fault? {
+        Fault::InternalError => Some(wire::event(wire::INTERNAL_ERROR_FRAME)),
+        Fault::QuotaMidstream => Some(wire::event(wire::QUOTA_FRAME)),
+        Fault::ModerationOutput => Some(wire::event(wire::MODERATION_OUTPUT_FRAME)),
+        Fault::RateLimitedAfter(h) => Some(wire::event(&wire::rate_limited_json(response_id, h))),
+        _ => None,
+    }
+}
+
 /// The time to read `tokens` prompt tokens at `per_1k` per thousand.
 pub fn prefill(per_1k: Duration, tokens: u64) -> Duration {
     per_1k.mul_f64(tokens as f64 / 1_000.0)
@@ -268,7 +267,8 @@ impl AnswerUsage {
 pub const AFTER_INTERCEPTION: &str =
     "It seems the tool is not available right now, so I will answer without it.";
 
-/// The answer phase's text: the scripted reply or the derived answer, then the calls.
+/// The answer phase's text: the scripted reply or the derived answer, then the calls; with
+/// web search, citing sources 1 and 2 (`answer.rs`).
 fn answer_text(g: &Generation<'_>) -> String {
     let sc = g.scenario;
     let mut text = match (&sc.reply, sc.long) {
@@ -278,6 +278,9 @@ fn answer_text(g: &Generation<'_>) -> String {
         (None, Some(n)) => answer::long_answer(n),
         (None, None) => answer::answer(g.prompt),
     };
+    if g.search {
+        text = answer::cite_first(&text);
+    }
     for call in &sc.calls {
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
@@ -285,6 +288,9 @@ fn answer_text(g: &Generation<'_>) -> String {
         let (name, arguments) = tools::resolve(call, g.tools);
         text.push_str(&tools::call_block(&name, &arguments));
         text.push('\n');
+    }
+    if g.search {
+        text.push_str("[[2]]");
     }
     text
 }
@@ -310,7 +316,11 @@ fn chunk_chars(text: &str, n: usize) -> Vec<String> {
 
 /// Frames → writes. With `split`, every frame is cut at pseudo-random byte offsets
 /// (inside UTF-8 sequences and inside `data:` too) into separate writes.
-fn into_steps(frames: Vec<(String, Duration)>, sc: &Scenario, seed_text: &str) -> VecDeque<Step> {
+pub(super) fn into_steps(
+    frames: Vec<(String, Duration)>,
+    sc: &Scenario,
+    seed_text: &str,
+) -> VecDeque<Step> {
     let mut rng = XorShift::new(seed_text);
     let mut steps = VecDeque::new();
     for (frame, pause) in frames {
@@ -388,6 +398,81 @@ mod tests {
                 _ => None,
             })
             .expect("a pause before the answer")
+    }
+
+    /// The payloads of a script's events, in order.
+    fn events(steps: &VecDeque<Step>) -> Vec<serde_json::Value> {
+        let bytes: Vec<u8> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Write(b) => Some(b.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        String::from_utf8(bytes)
+            .unwrap()
+            .split("\n\n")
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| serde_json::from_str(e.trim().strip_prefix("data: ").unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn search_cites_two_of_its_three_sources_and_the_chunks_cut_the_markers() {
+        let prompt = "say \"hi\" in Oslo";
+        let steps = build(&Generation {
+            chat_id: "c",
+            user_node_id: "u",
+            response_id: "r",
+            alt_response_id: "r2",
+            prompt,
+            read_tokens: 0,
+            thinking: false,
+            search: true,
+            scenario: &Scenario::default(),
+            tools: &[],
+            // Four characters a frame: a five-character marker never fits one.
+            timing: &SimTiming::default(),
+            now_secs: 0,
+        });
+        let events = events(&steps);
+        let sources = events
+            .iter()
+            .find_map(|e| e["choices"][0]["delta"]["extra"]["web_search_info"].as_array())
+            .unwrap();
+        assert_eq!(sources.len(), 3);
+        for (n, (source, host)) in sources.iter().zip(wire::SEARCH_HOSTS).enumerate() {
+            let n = n + 1;
+            assert_eq!(
+                source["url"],
+                format!("https://{host}/search/{n}/say-hi-in-oslo")
+            );
+            assert_eq!(source["title"], format!("Result {n}: {prompt}"));
+            assert_eq!(source["hostname"], host);
+            assert!(source["snippet"].as_str().unwrap().contains(prompt));
+        }
+        // The capture's optional fields on the first source only.
+        assert_eq!(sources[0]["hostlogo"], "https://example.com/favicon.ico");
+        assert_eq!(sources[0]["date"], "");
+        assert!(sources[1].get("hostlogo").is_none() && sources[2].get("date").is_none());
+
+        let pieces: Vec<&str> = events
+            .iter()
+            .map(|e| &e["choices"][0]["delta"])
+            .filter(|d| d["phase"] == "answer" && d["status"] == "typing")
+            .map(|d| d["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            pieces.concat(),
+            format!("Simulated answer — 模拟回答[[1]]: you said \"{prompt}\".[[2]]")
+        );
+        for marker in ["[[1]]", "[[2]]"] {
+            assert!(pieces.iter().all(|p| !p.contains(marker)), "{pieces:?}");
+        }
+        // `[[1]]` is cut after its first bracket: "拟回答[" | "[1]]".
+        let at = pieces.iter().position(|p| p.ends_with('[')).unwrap();
+        assert_eq!((pieces[at], pieces[at + 1]), ("拟回答[", "[1]]"));
     }
 
     #[test]

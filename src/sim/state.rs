@@ -1,5 +1,5 @@
-//! Simulator state: chats (owner, message nodes, lock), sessions, account penalties, the
-//! sign-in wall, counters, the replay queue.
+//! Simulator state: chats (owner, type, message nodes, lock), sessions, account penalties,
+//! the sign-in wall, files and generated pictures, counters, the replay queue.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -12,6 +12,9 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct Chat {
     pub owner: String,
+    /// The `chat_type` it was created with (`t2t` when `chats/new` named none): only a t2i
+    /// chat takes t2i completions (`t2i.rs`).
+    pub chat_type: String,
     pub nodes: HashSet<String>,
     pub in_flight: bool,
     pub busy_until: Option<Instant>,
@@ -92,6 +95,8 @@ pub struct SimState {
     pub habit_turns: AtomicU64,
     /// Grants, uploaded objects, parses (`files.rs`).
     pub(crate) files: Mutex<super::files::Files>,
+    /// Generated pictures and their URL key (`images.rs`).
+    pub(crate) images: Mutex<super::images::Images>,
 }
 
 /// Lock a std mutex; a poisoned lock only means another handler panicked mid-update of
@@ -147,6 +152,7 @@ impl SimState {
             "signin_times_ms": auth.signin_times_ms,
             "habits": lock(&self.habits).clone(),
             "files": lock(&self.files).counters,
+            "images": lock(&self.images).counters,
         })
     }
 }

@@ -6,7 +6,6 @@
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::HOST;
 use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
 
@@ -36,14 +35,7 @@ impl SimService {
                 "RequestValidationError: body is not JSON",
             ));
         };
-        let host = parts
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-            .unwrap_or_else(|| "localhost".to_owned());
-        Ok((caller.account, v, format!("http://{host}")))
+        Ok((caller.account, v, super::handlers::origin(&parts)))
     }
 
     /// `POST /api/v2/files/getstsToken`.

@@ -143,7 +143,10 @@ pub fn intercepted_result(response_id: &str, name: &str, ts: u64) -> String {
     ))
 }
 
-/// The built-in web search tool call and its result frame.
+/// The built-in web search tool call and its result frame (§5.9): three sources for
+/// `query` — `https://example.{com,org,net}/search/{n}/{slug}`, titled `Result {n}: {query}`
+/// — the first with the `hostlogo` and `date` fields of the capture, the others without
+/// (parsers must take both shapes). The answer cites sources 1 and 2 (`script.rs`).
 pub fn web_search(response_id: &str, query: &str, ts: u64) -> [String; 2] {
     let args = js(&format!("{{\"queries\": [{}]}}", js(query)));
     [
@@ -151,9 +154,87 @@ pub fn web_search(response_id: &str, query: &str, ts: u64) -> [String; 2] {
             "{{\"choices\":[{{\"delta\":{{\"role\":\"assistant\",\"content\":\"\",\"phase\":\"web_search\",\"status\":\"typing\",\"function_call\":{{\"name\":\"web_search\",\"arguments\":{args}}},\"function_id\":\"call_sim0001\",\"extra\":{{\"display_position\":\"think\"}}}}}}],\"response_id\":\"{response_id}\",\"timestamp\":{ts}}}"
         )),
         event(&format!(
-            "{{\"choices\":[{{\"delta\":{{\"role\":\"function\",\"content\":\"\",\"phase\":\"web_search\",\"status\":\"finished\",\"name\":\"web_search\",\"function_id\":\"call_sim0001\",\"extra\":{{\"web_search_info\":[{{\"url\":\"https://example.com/a\",\"title\":\"Example result\",\"snippet\":\"Simulated search result.\",\"hostname\":\"example.com\"}}]}}}}}}],\"response_id\":\"{response_id}\",\"timestamp\":{ts}}}"
+            "{{\"choices\":[{{\"delta\":{{\"role\":\"function\",\"content\":\"\",\"phase\":\"web_search\",\"status\":\"finished\",\"name\":\"web_search\",\"function_id\":\"call_sim0001\",\"extra\":{{\"web_search_info\":{}}}}}}}],\"response_id\":\"{response_id}\",\"timestamp\":{ts}}}",
+            search_sources(query)
         )),
     ]
+}
+
+/// The hosts of the three simulated search sources, in order.
+pub const SEARCH_HOSTS: [&str; 3] = ["example.com", "example.org", "example.net"];
+
+/// The `web_search_info` list for `query`.
+fn search_sources(query: &str) -> String {
+    let slug = slug(query);
+    let shown: String = query.chars().take(60).collect();
+    let sources: Vec<String> = SEARCH_HOSTS
+        .iter()
+        .zip(1..)
+        .map(|(host, n)| {
+            let url = js(&format!("https://{host}/search/{n}/{slug}"));
+            let title = js(&format!("Result {n}: {shown}"));
+            let snippet = js(&format!("Simulated search result {n} for \"{shown}\"."));
+            let logo = if n == 1 {
+                format!(",\"hostlogo\":\"https://{host}/favicon.ico\",\"date\":\"\"")
+            } else {
+                String::new()
+            };
+            format!("{{\"url\":{url},\"title\":{title},\"snippet\":{snippet},\"hostname\":\"{host}\"{logo}}}")
+        })
+        .collect();
+    format!("[{}]", sources.join(","))
+}
+
+/// A URL path segment for `query`: its ASCII letters and digits in lower case, every other
+/// run of characters one `-`, at most 40 characters; `q` when nothing is left (a query in
+/// CJK).
+fn slug(query: &str) -> String {
+    let mut out = String::new();
+    for c in query.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+        if out.len() >= 40 {
+            break;
+        }
+    }
+    let out = out.trim_end_matches('-');
+    if out.is_empty() {
+        "q".to_owned()
+    } else {
+        out.to_owned()
+    }
+}
+
+/// An `image_gen` typing frame (§5.10): empty while the picture is drawn, then the picture's
+/// URL as content with its `[[height, width]]` in `extra.output_image_hw`.
+pub fn image_gen(response_id: &str, url: Option<(&str, u32, u32)>) -> String {
+    let (content, extra) = match url {
+        Some((url, width, height)) => (
+            js(url),
+            format!(",\"extra\":{{\"output_image_hw\":[[{height},{width}]]}}"),
+        ),
+        None => ("\"\"".to_owned(), String::new()),
+    };
+    event(&format!(
+        "{{\"choices\":[{{\"delta\":{{\"role\":\"assistant\",\"content\":{content},\"phase\":\"image_gen\",\"status\":\"typing\"{extra}}}}}],\"response_id\":\"{response_id}\"}}"
+    ))
+}
+
+/// The end of a t2i response: `image_gen` finished (no answer phase follows).
+pub fn image_gen_finished(response_id: &str) -> String {
+    event(&format!(
+        "{{\"choices\":[{{\"delta\":{{\"role\":\"assistant\",\"content\":\"\",\"phase\":\"image_gen\",\"status\":\"finished\"}}}}],\"response_id\":\"{response_id}\"}}"
+    ))
+}
+
+/// E1 for the account's daily image generations (`num` = hours).
+pub fn image_rate_limited_json(request_id: &str, hours: f64) -> String {
+    format!(
+        "{{\"success\":false,\"request_id\":\"{request_id}\",\"data\":{{\"code\":\"RateLimited\",\"details\":\"You've reached the upper limit for today's image generation.\",\"template\":\"You have reached the daily image generation limit. Please wait {{{{num}}}} hours before trying again.\",\"num\":{hours}}}}}"
+    )
 }
 
 pub fn rate_limited_json(request_id: &str, hours: f64) -> String {
