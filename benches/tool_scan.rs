@@ -112,7 +112,7 @@ fn stages(tools: Option<&Arc<ToolSet>>) -> TurnStages {
             streaming: true,
         })
     });
-    (scan, (None, (Limits::default(), None)))
+    (scan, (None, (Limits::default(), (None, None))))
 }
 
 /// The content text and the number of calls a client receives (not timed).

@@ -33,8 +33,10 @@ pub struct AppState {
     pub accounts: Arc<Pool>,
     /// The shared Redis connection pool, when `REDIS_URL` is set.
     pub redis: Option<Arc<RedisClient>>,
-    /// Documents uploaded per account (long contexts), and parse pauses.
+    /// Files uploaded per account (documents of long contexts, images), and parse pauses.
     pub(crate) uploads: crate::qwen::files::UploadCache,
+    /// Images of requests: checked, and fetched under the fetch policy.
+    pub(crate) media: Arc<crate::media::MediaResolver>,
     pub started: Instant,
     /// Set when shutdown begins: `/health` reports `draining`.
     draining: AtomicBool,
@@ -55,6 +57,13 @@ const PROBE_TTL: Duration = Duration::from_secs(10);
 
 impl AppState {
     pub fn new(config: Config) -> Arc<Self> {
+        let media = crate::media::MediaResolver::new(
+            crate::fetch::Fetcher::new(config.media.fetch_policy()),
+            crate::media::ImageLimits {
+                max_bytes: config.media.image_max_bytes,
+                max_count: config.media.image_max_count,
+            },
+        );
         let metrics = Metrics::new();
         let client = QwenClient::new(&config.upstream, metrics.clone());
         let models = ModelCache::new(client.clone(), config.models_cache_duration);
@@ -86,6 +95,7 @@ impl AppState {
             metrics,
             conversations,
             uploads: Default::default(),
+            media,
             redis,
             started: Instant::now(),
             draining: AtomicBool::new(false),

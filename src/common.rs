@@ -89,6 +89,26 @@ pub fn base64url_encode(data: &[u8]) -> String {
     out
 }
 
+/// Standard base64 with padding (RFC 4648 §4), as JSON APIs carry binary data.
+pub fn base64_encode(data: &[u8]) -> String {
+    const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                char::from(STANDARD[(n >> (18 - 6 * i)) as usize & 63])
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
 /// Decode base64url, padded or not; the standard alphabet's `+` and `/` are accepted too.
 /// `None` for any other character.
 pub fn base64url_decode(s: &str) -> Option<Vec<u8>> {
@@ -201,6 +221,25 @@ mod tests {
         // Threads get their own seeds.
         let other = std::thread::spawn(random_u64).join().unwrap();
         assert_ne!(other, random_u64());
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648_test_vectors() {
+        // RFC 4648 §10.
+        let vectors = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in vectors {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+            assert_eq!(base64url_decode(encoded).unwrap(), plain.as_bytes());
+        }
+        assert_eq!(base64_encode(&[0xfb, 0xff]), "+/8=");
     }
 
     #[test]

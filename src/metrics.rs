@@ -36,9 +36,11 @@ pub struct Metrics {
     pub chat_busy_window: Gauge,
     pub prefill_per_kib: Gauge,
     pub chats_left: IntCounterVec,
-    /// Documents for long contexts: uploaded, cached, failed, paused.
+    /// Files sent upstream (documents for long contexts, images), by kind and outcome:
+    /// uploaded, cached, failed, paused.
     pub uploads: IntCounterVec,
-    pub upload_bytes: IntCounter,
+    /// Bytes uploaded, by kind.
+    pub upload_bytes: IntCounterVec,
     /// Turns sent with part of their fold in attached documents.
     pub offloaded_turns: IntCounter,
     pub chats_deleted: IntCounterVec,
@@ -215,13 +217,14 @@ impl Metrics {
                 "What the upstream's first token is estimated to cost per KiB of prompt the chat has not read (learned from the time to first token of turns of different sizes).",
             ),
             uploads: counter_vec(
-                "upstream_documents_total",
-                "Documents a long context was moved into, by outcome: uploaded (granted, stored and parsed), cached (the account had uploaded the same content), failed (a step refused it), paused (the account's parse step refused it for now).",
-                &["outcome"],
+                "upstream_uploads_total",
+                "Files a turn attached, by kind (document: the older part of a long context; image: an image of the messages) and outcome: uploaded (granted, stored and, for a document, parsed), cached (the account had uploaded the same content), failed (a step refused it), paused (the account's parse step refused it for now).",
+                &["kind", "outcome"],
             ),
-            upload_bytes: counter(
-                "upstream_document_bytes_total",
-                "Bytes of documents uploaded for long contexts.",
+            upload_bytes: counter_vec(
+                "upstream_upload_bytes_total",
+                "Bytes of files uploaded, by kind (document, image).",
+                &["kind"],
             ),
             offloaded_turns: counter(
                 "conversation_offloaded_turns_total",

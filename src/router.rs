@@ -27,11 +27,16 @@ pub(crate) type ChatStack = BoxCloneService<Request<Incoming>, Response<ProxyBod
 pub(crate) struct Router {
     state: Arc<AppState>,
     chat: ChatStack,
+    images: ChatStack,
 }
 
 impl Router {
-    pub(crate) fn new(state: Arc<AppState>, chat: ChatStack) -> Self {
-        Self { state, chat }
+    pub(crate) fn new(state: Arc<AppState>, chat: ChatStack, images: ChatStack) -> Self {
+        Self {
+            state,
+            chat,
+            images,
+        }
     }
 }
 
@@ -49,12 +54,15 @@ impl tower::Service<Request<Incoming>> for Router {
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let state = self.state.clone();
         let chat = self.chat.clone();
+        let images = self.images.clone();
         Box::pin(async move {
             let path = req.uri().path().trim_end_matches('/').to_owned();
             match Route::of(&req).endpoint {
                 // Draining: other instances take new completions (503 + Retry-After).
                 Endpoint::ChatCompletions if state.is_draining() => Err(ProxyError::ShuttingDown),
                 Endpoint::ChatCompletions => chat.oneshot(req).await,
+                Endpoint::ImageGenerations if state.is_draining() => Err(ProxyError::ShuttingDown),
+                Endpoint::ImageGenerations => images.oneshot(req).await,
                 Endpoint::Models => {
                     let catalog = state.catalog().await?;
                     let list = ModelList {

@@ -17,6 +17,8 @@ pub enum Api {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Endpoint {
     ChatCompletions,
+    /// `POST /v1/images/generations`.
+    ImageGenerations,
     Models,
     /// `GET /v1/models/{id}`.
     Model,
@@ -76,7 +78,7 @@ struct Entry {
 
 /// The table. Paths are matched without their trailing slash (`/v1/models/` is
 /// `/v1/models`; `/` is the empty path).
-fn table() -> [Entry; 8] {
+fn table() -> [Entry; 9] {
     use Endpoint as E;
     use PathMatch::{Below, Exact};
     let entry = |path, method, endpoint, label, api| Entry {
@@ -92,6 +94,13 @@ fn table() -> [Entry; 8] {
             Some(Method::POST),
             E::ChatCompletions,
             "/v1/chat/completions",
+            true,
+        ),
+        entry(
+            Exact("/v1/images/generations"),
+            Some(Method::POST),
+            E::ImageGenerations,
+            "/v1/images/generations",
             true,
         ),
         entry(

@@ -83,7 +83,7 @@ fn stages(tools: bool) -> TurnStages {
             streaming: true,
         })
     });
-    (scan, (None, (Limits::default(), None)))
+    (scan, (None, (Limits::default(), (None, None))))
 }
 
 /// Allocations per event while streaming `chunks` after a warm-up of `warm` chunks.

@@ -92,7 +92,7 @@ async fn a_300_kib_history_is_answered_with_every_upstream_body_under_the_limit(
     assert!(turns(&stats).iter().all(|(body, _, _)| *body <= LIMIT));
     let metrics = String::from_utf8(h.state.metrics.render()).unwrap();
     assert!(
-        metrics.contains("upstream_documents_total{outcome=\"cached\"}"),
+        metrics.contains("upstream_uploads_total{kind=\"document\",outcome=\"cached\"}"),
         "{metrics}"
     );
 }

@@ -114,11 +114,54 @@ async fn thinking_model_streams_reasoning_once() {
 async fn search_variant_skips_tool_frames() {
     let h = Harness::start().await;
     let (s, n) = both(&h, "weather", "qwen3.7-plus-search").await;
-    let want = format!("{}[[1]]", expected_answer("weather"));
+    // The simulator cites source 1 before the colon and source 2 at the end (README
+    // "Simulator"); source 3 is not cited.
+    let want = "Simulated answer — 模拟回答[[1]]: you said \"weather\".[[2]]";
     let body = String::from_utf8_lossy(&s.body).to_string();
     assert_eq!(assert_ok_stream(&s).content, want);
     assert!(!body.contains("web_search") && !body.contains("tool_calls"));
     assert_eq!(message(&n)["message"]["content"], want);
+
+    // Citations: character positions of each marker; the uncited source at the end.
+    let chars = |s: &str| s.chars().count() as u64;
+    let one = chars(&want[..want.find("[[1]]").unwrap()]);
+    let two = chars(&want[..want.find("[[2]]").unwrap()]);
+    let end = chars(want);
+    let cited = |a: &Value| {
+        let c = &a["url_citation"];
+        assert_eq!(a["type"], "url_citation", "{a}");
+        assert!(
+            c["url"].as_str().unwrap().starts_with("https://example."),
+            "{a}"
+        );
+        assert!(c["title"].as_str().unwrap().contains("weather"), "{a}");
+        (
+            c["start_index"].as_u64().unwrap(),
+            c["end_index"].as_u64().unwrap(),
+        )
+    };
+    let whole: Vec<_> = message(&n)["message"]["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(cited)
+        .collect();
+    assert_eq!(whole, [(one, one + 5), (two, two + 5), (end, end)]);
+    // Streamed: one chunk per citation, indexed from 0, each after the content it cites.
+    let mut streamed = Vec::new();
+    let mut content = String::new();
+    for e in s.events() {
+        let delta = &e["choices"][0]["delta"];
+        content.push_str(delta["content"].as_str().unwrap_or(""));
+        if let Some(list) = delta["annotations"].as_array() {
+            assert_eq!(list.len(), 1);
+            assert_eq!(list[0]["index"], streamed.len());
+            let (start, end) = cited(&list[0]);
+            assert!(end <= chars(&content), "a citation before its content");
+            streamed.push((start, end));
+        }
+    }
+    assert_eq!(streamed, whole);
 }
 
 #[tokio::test]
@@ -667,7 +710,12 @@ async fn bad_requests_name_the_parameter() {
             "max_tokens",
         ),
         (
+            // Plain http is not fetched by default (IMAGE_FETCH_ALLOW_HTTP).
             json!({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}]}),
+            "messages[0].content[0].image_url",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]}),
             "messages[0].content[0]",
         ),
     ];

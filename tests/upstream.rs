@@ -75,6 +75,7 @@ fn turn<'a>(chat_id: &'a str, parent: Option<&'a str>, content: &'a str) -> Turn
         content,
         files: &[],
         features: FeatureConfig::new(Thinking::Auto, false),
+        size: None,
     }
 }
 

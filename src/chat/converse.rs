@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::accounts::{account_move, AccountMove, AccountTrail};
 use super::fallback::{Fallback, Fallbacks};
-use super::fit::{attach_documents, check_upstream_size, fit};
+use super::fit::{attach_files, check_upstream_size, fit};
 use super::respond::{Answered, Attempt};
 use crate::app::AppState;
 use crate::backoff::Backoff;
@@ -322,7 +322,7 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
             .with_label_values(&[lease.name(), "false"])
             .inc();
         // The documents go up with the account that sends the turn.
-        attach_documents(state, &mut self.prepared, &lease, self.plan).await?;
+        attach_files(state, &mut self.prepared, &lease, self.plan).await?;
         // When this attempt reaches a continued chat, relative to its last answer.
         let sent_since = self.prepared.since_answer();
         let mut opened = false;

@@ -7,6 +7,8 @@
 //! `context_length_exceeded`. A parse step that refuses the account is a 503 with
 //! `Retry-After` — never a turn sent on a cut history.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -20,7 +22,7 @@ use crate::qwen::request::{Turn, CHAT_ID_PLACEHOLDER};
 use crate::turn::fold::folded;
 use crate::turn::offload;
 use crate::turn::plan::Plan;
-use crate::turn::TurnRequest;
+use crate::turn::{FileRef, TurnRequest};
 
 /// The size of the completion body that would send `content` with `files` where `prepared`
 /// goes.
@@ -37,6 +39,7 @@ fn body_len(prepared: &Prepared, plan: &Plan, content: &str, files: &[Value]) ->
         content,
         files,
         features: plan.features,
+        size: plan.size,
     }
     .body_len(epoch_secs())
 }
@@ -48,15 +51,15 @@ pub(super) fn check_upstream_size(
     plan: &Plan,
     limit: usize,
 ) -> Result<(), ProxyError> {
-    let size = body_len(prepared, plan, &prepared.content, &prepared.files);
+    let size = body_len(prepared, plan, &prepared.content, &planned_files(prepared));
     if size > limit {
         return Err(ProxyError::ContextLengthExceeded { size, limit });
     }
     Ok(())
 }
 
-/// A descriptor as large as an uploaded document's will be (for planning before upload).
-fn placeholder_descriptor(name: &str) -> Value {
+/// A descriptor as large as an uploaded file's will be (for planning before upload).
+fn placeholder_descriptor(name: &str, class: FileClass) -> Value {
     let uploaded = Uploaded {
         file_id: CHAT_ID_PLACEHOLDER.to_owned(),
         // Longer than the object URLs the upstream hands out.
@@ -64,9 +67,35 @@ fn placeholder_descriptor(name: &str) -> Value {
         name: name.to_owned(),
         media_type: "text/plain".to_owned(),
         size: u64::from(u32::MAX),
-        class: FileClass::Document,
+        class,
     };
     serde_json::to_value(uploaded.descriptor()).unwrap_or(Value::Null)
+}
+
+/// The name an image is uploaded under (the model sees it).
+fn image_name(image: &FileRef) -> String {
+    let ext = image.media_type.strip_prefix("image/").unwrap_or("bin");
+    format!(
+        "image-{}.{ext}",
+        &image.digest[..12.min(image.digest.len())]
+    )
+}
+
+/// The `files[]` the turn sends, for its size: the descriptors once uploaded, before that
+/// placeholders at least as large.
+fn planned_files(prepared: &Prepared) -> Cow<'_, [Value]> {
+    if prepared.files.len() == prepared.documents.len() + prepared.images.len() {
+        return Cow::Borrowed(&prepared.files);
+    }
+    let documents = prepared
+        .documents
+        .iter()
+        .map(|d| placeholder_descriptor(&d.name, FileClass::Document));
+    let images = prepared
+        .images
+        .iter()
+        .map(|i| placeholder_descriptor(&image_name(i), FileClass::Image));
+    Cow::Owned(documents.chain(images).collect())
 }
 
 /// Make the turn fit: nothing to do when it does; a fresh chat's fold is planned into
@@ -87,9 +116,11 @@ pub(super) fn fit(
         return Err(too_large);
     }
     let hint = hint.unwrap_or_default();
-    let placeholder = placeholder_descriptor("conversation-000000000000.txt");
+    let placeholder = placeholder_descriptor("conversation-000000000000.txt", FileClass::Document);
+    let images = planned_files(prepared).into_owned();
     let fits = |inline: &str, documents: usize| {
-        let files = vec![placeholder.clone(); documents];
+        let mut files = vec![placeholder.clone(); documents];
+        files.extend_from_slice(&images);
         body_len(prepared, plan, &format!("{inline}{hint}"), &files) <= limit
     };
     let Some(offloaded) = offload::plan(&folded(turn), fits) else {
@@ -112,65 +143,106 @@ pub(super) fn fit(
     Ok(())
 }
 
-/// Upload the turn's documents with the account that sends it (each once per account and
-/// content) and attach them.
-pub(super) async fn attach_documents(
+/// Upload the turn's documents and images with the account that sends it (each once per
+/// account and content) and attach them.
+pub(super) async fn attach_files(
     state: &AppState,
     prepared: &mut Prepared,
     lease: &Lease,
     plan: &Plan,
 ) -> Result<(), ProxyError> {
-    if prepared.documents.is_empty() || prepared.files.len() == prepared.documents.len() {
+    let wanted = prepared.documents.len() + prepared.images.len();
+    if wanted == 0 || prepared.files.len() == wanted {
         return Ok(());
     }
-    let (uploads, metrics) = (&state.uploads, &state.metrics);
     let account = lease.name();
-    let paused = |left: std::time::Duration| ProxyError::UploadsPaused {
-        retry_after_secs: left.as_secs_f64().ceil() as u64,
-    };
-    if let Some(left) = uploads.paused(account) {
-        metrics.uploads.with_label_values(&["paused"]).inc();
-        return Err(paused(left));
+    if let Some(left) = state.uploads.paused(account) {
+        if !prepared.documents.is_empty() {
+            state
+                .metrics
+                .uploads
+                .with_label_values(&["document", "paused"])
+                .inc();
+            return Err(paused(left));
+        }
     }
-    let mut files = Vec::with_capacity(prepared.documents.len());
-    for doc in &prepared.documents {
-        let uploaded = match uploads.get(account, &doc.digest) {
-            Some(u) => {
-                metrics.uploads.with_label_values(&["cached"]).inc();
-                u
-            }
-            None => {
-                let upload = Upload {
-                    name: &doc.name,
-                    media_type: "text/plain",
-                    class: FileClass::Document,
-                    bytes: Bytes::from(doc.text.clone()),
-                };
-                match state.client.upload(lease.caller(), &upload).await {
-                    Ok(u) => {
-                        metrics.uploads.with_label_values(&["uploaded"]).inc();
-                        metrics.upload_bytes.inc_by(doc.text.len() as u64);
-                        uploads.put(account, &doc.digest, u.clone());
-                        u
-                    }
-                    Err(FileError::ParseRefused { challenge }) => {
-                        tracing::warn!(
-                            challenge,
-                            "the upstream's document parsing refused the account; its uploads pause"
-                        );
-                        metrics.uploads.with_label_values(&["paused"]).inc();
-                        uploads.pause(account);
-                        return Err(paused(PARSE_PAUSE));
-                    }
-                    Err(FileError::Upstream(e)) => {
-                        metrics.uploads.with_label_values(&["failed"]).inc();
-                        return Err(e);
-                    }
-                }
-            }
-        };
+    let documents = prepared.documents.iter().map(|doc| Upload {
+        name: &doc.name,
+        media_type: "text/plain",
+        class: FileClass::Document,
+        bytes: Bytes::from(doc.text.clone()),
+    });
+    let names: Vec<String> = prepared.images.iter().map(image_name).collect();
+    let images = prepared
+        .images
+        .iter()
+        .zip(&names)
+        .map(|(image, name)| Upload {
+            name,
+            media_type: &image.media_type,
+            class: FileClass::Image,
+            bytes: image.bytes.clone(),
+        });
+    let digests = prepared
+        .documents
+        .iter()
+        .map(|d| d.digest.as_str())
+        .chain(prepared.images.iter().map(|i| i.digest.as_str()));
+    let mut files = Vec::with_capacity(wanted);
+    for (upload, digest) in documents.chain(images).zip(digests) {
+        let uploaded = upload_once(state, lease, &upload, digest).await?;
         files.push(serde_json::to_value(uploaded.descriptor()).unwrap_or(Value::Null));
     }
     prepared.files = files;
     check_upstream_size(prepared, plan, state.config.upstream_body_limit)
+}
+
+fn paused(left: std::time::Duration) -> ProxyError {
+    ProxyError::UploadsPaused {
+        retry_after_secs: left.as_secs_f64().ceil() as u64,
+    }
+}
+
+/// One file, from the account's uploads when it sent the same content before.
+async fn upload_once(
+    state: &AppState,
+    lease: &Lease,
+    upload: &Upload<'_>,
+    digest: &str,
+) -> Result<Uploaded, ProxyError> {
+    let (uploads, metrics) = (&state.uploads, &state.metrics);
+    let account = lease.name();
+    let kind = match upload.class {
+        FileClass::Document => "document",
+        FileClass::Image => "image",
+    };
+    let count = |outcome: &str| metrics.uploads.with_label_values(&[kind, outcome]).inc();
+    if let Some(u) = uploads.get(account, digest) {
+        count("cached");
+        return Ok(u);
+    }
+    match state.client.upload(lease.caller(), upload).await {
+        Ok(u) => {
+            count("uploaded");
+            metrics
+                .upload_bytes
+                .with_label_values(&[kind])
+                .inc_by(upload.bytes.len() as u64);
+            uploads.put(account, digest, u.clone());
+            Ok(u)
+        }
+        Err(FileError::ParseRefused { challenge }) => {
+            tracing::warn!(
+                challenge,
+                "the upstream's document parsing refused the account; its uploads pause"
+            );
+            count("paused");
+            uploads.pause(account);
+            Err(paused(PARSE_PAUSE))
+        }
+        Err(FileError::Upstream(e)) => {
+            count("failed");
+            Err(e)
+        }
+    }
 }

@@ -27,7 +27,7 @@ use crate::translate::fence::JsonFence;
 use crate::translate::limits::{estimate_tokens, Limits};
 use crate::translate::pipeline::Pipeline;
 use crate::turn::plan::Plan;
-use crate::turn::{AnswerHead, ApiRequest, ClientApi, ResponseFormat};
+use crate::turn::{AnswerHead, ApiRequest, ClientApi, Output, ResponseFormat};
 
 /// What one attempt sends and how it answers.
 pub(super) struct Attempt<'a, A: ClientApi> {
@@ -75,6 +75,7 @@ impl<A: ClientApi> Attempt<'_, A> {
             content: &self.prepared.content,
             files: &self.prepared.files,
             features: self.plan.features,
+            size: self.plan.size,
         };
         let sent = Instant::now();
         let upstream = self
@@ -82,11 +83,9 @@ impl<A: ClientApi> Attempt<'_, A> {
             .client
             .start_completion(lease.caller(), &turn)
             .await?;
-        let transcript = self
-            .state
-            .config
-            .conversations
-            .continue_chats
+        // An image turn is never continued: nothing of it is remembered.
+        let transcript = (self.state.config.conversations.continue_chats
+            && self.req.turn.output == Output::Text)
             .then(|| Transcript::new(self.prepared.reply_key.clone()));
         let turn = &self.req.turn;
         let scan = turn.tools.as_ref().map(|set| {

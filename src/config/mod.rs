@@ -214,6 +214,30 @@ pub struct MediaConfig {
     /// `SEARCH_FOOTNOTES`: end a `-search` answer with a numbered list of its sources, for
     /// clients that show content and ignore `annotations`.
     pub search_footnotes: bool,
+    /// `IMAGE_MAX_BYTES`: the largest image accepted (a `data:` URI decoded, or fetched).
+    pub image_max_bytes: u64,
+    /// `IMAGE_MAX_COUNT`: the most images in one request, its history included.
+    pub image_max_count: usize,
+    /// `IMAGE_FETCH_TIMEOUT` (ms): the whole fetch of one image address, redirects included.
+    pub image_fetch_timeout: Duration,
+    /// `IMAGE_FETCH_ALLOW_HTTP`: plain `http://` image addresses too (`https` only by default).
+    pub image_fetch_allow_http: bool,
+    /// `IMAGE_FETCH_ALLOW`: networks (CIDR) image addresses may reach although private,
+    /// loopback, link-local or otherwise forbidden (`fetch::policy`).
+    pub(crate) image_fetch_allow: Vec<crate::fetch::IpNet>,
+}
+
+impl MediaConfig {
+    /// The policy image addresses are fetched under.
+    pub(crate) fn fetch_policy(&self) -> crate::fetch::FetchPolicy {
+        crate::fetch::FetchPolicy {
+            allow: self.image_fetch_allow.clone(),
+            allow_http: self.image_fetch_allow_http,
+            max_bytes: self.image_max_bytes,
+            timeout: self.image_fetch_timeout,
+            max_redirects: 3,
+        }
+    }
 }
 
 /// Whether a turn whose chat is still busy may go to a fresh chat (`BUSY_CHAT_POLICY`;

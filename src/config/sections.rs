@@ -420,9 +420,26 @@ impl UpstreamLimits {
 
 impl MediaConfig {
     pub(super) fn read(r: &mut Reader) -> Self {
-        MediaConfig {
+        let media = MediaConfig {
             search_footnotes: r.bool("SEARCH_FOOTNOTES", false),
+            image_max_bytes: r.parse("IMAGE_MAX_BYTES", 10 << 20, "a number of bytes"),
+            image_max_count: r.parse("IMAGE_MAX_COUNT", 20, "a whole number"),
+            image_fetch_timeout: r.millis("IMAGE_FETCH_TIMEOUT", 10_000, false),
+            image_fetch_allow_http: r.bool("IMAGE_FETCH_ALLOW_HTTP", false),
+            image_fetch_allow: r.parse_with(
+                "IMAGE_FETCH_ALLOW",
+                |v| {
+                    crate::fetch::parse_allow_list(v).map_err(|e| format!("IMAGE_FETCH_ALLOW: {e}"))
+                },
+                Vec::new(),
+            ),
+        };
+        if media.image_max_bytes == 0 || media.image_max_bytes > 20 << 20 {
+            r.error(
+                "IMAGE_MAX_BYTES must be between 1 and 20971520 (the upstream's 20 MB per file)",
+            );
         }
+        media
     }
 }
 

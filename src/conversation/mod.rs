@@ -113,8 +113,28 @@ pub struct Prepared {
     /// Documents the message attaches: the part of a long fold moved out of `content`
     /// (`turn::offload`); uploaded before the turn is sent.
     pub(crate) documents: Vec<crate::turn::offload::Document>,
-    /// The `files[]` descriptors of the uploaded documents.
+    /// The images this turn sends (those of the messages it sends: the new ones of a
+    /// continued chat, all of a fold), the newest [`IMAGES_PER_TURN`] of them; uploaded
+    /// with the documents.
+    pub images: Vec<crate::turn::FileRef>,
+    /// The `files[]` descriptors of the uploaded documents and images.
     pub files: Vec<serde_json::Value>,
+}
+
+/// The most images one upstream turn attaches (the web front end's limit: five files a
+/// turn); older ones of a long history are left out of the fold's attachments.
+pub const IMAGES_PER_TURN: usize = 5;
+
+/// The images of `messages`, the newest [`IMAGES_PER_TURN`], in order.
+fn images_of(messages: &[crate::turn::Message]) -> Vec<crate::turn::FileRef> {
+    let all: Vec<_> = messages
+        .iter()
+        .flat_map(|m| m.files().filter(|f| f.is_image()))
+        .collect();
+    all[all.len().saturating_sub(IMAGES_PER_TURN)..]
+        .iter()
+        .map(|f| (*f).clone())
+        .collect()
 }
 
 impl Prepared {
@@ -279,6 +299,7 @@ impl Conversations {
             account: (!s.account.is_empty()).then_some(s.account),
             conversation,
             documents: Vec::new(),
+            images: images_of(&req.messages[split..]),
             files: Vec::new(),
         }
     }
@@ -356,6 +377,7 @@ impl Conversations {
             account: None,
             conversation,
             documents: Vec::new(),
+            images: images_of(&req.messages),
             files: Vec::new(),
         }
     }

@@ -332,6 +332,45 @@ impl QwenClient {
         }
     }
 
+    /// A file the upstream made (an image's CDN address, which carries its own key), read
+    /// whole: at most `max` bytes, within the response-header timeout and then `max_time`.
+    /// Only an address the upstream handed out comes here, never a client's (those go
+    /// through `fetch` and its policy).
+    pub(crate) async fn download(
+        &self,
+        url: &str,
+        max: usize,
+        max_time: Duration,
+    ) -> Result<Bytes, ProxyError> {
+        let failed = |detail: String| ProxyError::upstream(UpstreamClass::ServerError, detail);
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|_| failed("the upstream's image address is not a URL".to_owned()))?;
+        if !matches!(uri.scheme_str(), Some("https" | "http")) {
+            return Err(failed(
+                "the upstream's image address is not http(s)".to_owned(),
+            ));
+        }
+        let req = Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ProxyError::Internal(format!("building a download: {e}")))?;
+        let rsp = self.exchange(&self.inner.http, req).await?;
+        if !rsp.status().is_success() {
+            return Err(failed(format!(
+                "the upstream's image address answered {}",
+                rsp.status().as_u16()
+            )));
+        }
+        match tokio::time::timeout(max_time, Limited::new(rsp.into_body(), max).collect()).await {
+            Ok(Ok(body)) => Ok(body.to_bytes()),
+            Ok(Err(e)) => Err(failed(format!("reading the upstream's image: {e}"))),
+            Err(_) => Err(ProxyError::upstream(
+                UpstreamClass::Timeout,
+                "the upstream's image was not read in time",
+            )),
+        }
+    }
+
     /// `POST /api/v2/chats/new` → the new chat id.
     pub async fn create_chat(
         &self,

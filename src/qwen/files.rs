@@ -38,8 +38,7 @@ const PARSE_DEADLINE: Duration = Duration::from_secs(60);
 /// What kind of file the upstream is told it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FileClass {
-    /// Seen by vision models (images in messages come next; the flow is tested with them).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Seen by vision models (images in messages).
     Image,
     /// Read as text (parsed first).
     Document,

@@ -22,6 +22,10 @@ pub struct UpstreamModel {
     /// `think_skip.enable:false`: thinking cannot be turned off.
     pub thinking_required: bool,
     pub search: bool,
+    /// Reads images (`capabilities.vision`): only these take image parts.
+    pub vision: bool,
+    /// Draws images (the `t2i` chat type): the models of `/v1/images/generations`.
+    pub image_generation: bool,
 }
 
 /// A requested name resolved against the catalogue.
@@ -204,6 +208,8 @@ fn parse_model(v: &Value) -> Option<UpstreamModel> {
             .and_then(Value::as_bool)
             == Some(false),
         search: flag("search") || has_chat_type("search"),
+        vision: flag("vision"),
+        image_generation: has_chat_type("t2i"),
         id,
     })
 }

@@ -68,6 +68,8 @@ pub struct CompletionBody<'a> {
     pub parentId: Option<&'a str>,
     pub messages: [UserMessage<'a>; 1],
     pub timestamp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<&'a str>,
 }
 
 #[allow(non_snake_case)]
@@ -90,6 +92,8 @@ pub struct UserMessage<'a> {
     pub sub_chat_type: &'a str,
     pub feature_config: FeatureConfig,
     pub extra: MessageExtra<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<&'a str>,
 }
 
 #[allow(non_snake_case)]
@@ -115,6 +119,8 @@ pub struct Turn<'a> {
     /// The files attached to the message (uploaded; their `files[]` descriptors).
     pub files: &'a [serde_json::Value],
     pub features: FeatureConfig,
+    /// The aspect ratio of an image turn (`t2i`), sent at the top and in the message.
+    pub size: Option<&'a str>,
 }
 
 /// A chat id of the length the upstream's ids have (UUIDs), for sizing a request before the
@@ -176,8 +182,10 @@ impl Turn<'_> {
                         subChatType: self.chat_type,
                     },
                 },
+                size: self.size,
             }],
             timestamp: now_secs,
+            size: self.size,
         }
     }
 }
@@ -196,6 +204,7 @@ mod tests {
             content: "hi",
             files: &[],
             features: FeatureConfig::new(Thinking::Auto, false),
+            size: None,
         };
         let v: serde_json::Value = serde_json::from_slice(&turn.body(5)).unwrap();
         assert_eq!(v["chat_id"], "c");

@@ -19,6 +19,8 @@ pub struct Collected {
     pub tool_calls: Vec<(String, String)>,
     /// Citations of search sources in the content, in order.
     pub citations: Vec<CitationOwned>,
+    /// Addresses of the images the upstream made (also in `content`, as Markdown).
+    pub images: Vec<String>,
 }
 
 /// A [`Citation`] kept past its event.
@@ -42,6 +44,10 @@ impl Emit for Collected {
     fn tool_call(&mut self, call: &ToolCall<'_>) {
         self.tool_calls
             .push((call.name.to_owned(), call.arguments.to_owned()));
+    }
+
+    fn image(&mut self, url: &str) {
+        self.images.push(url.to_owned());
     }
 
     fn citation(&mut self, c: &Citation<'_>) {

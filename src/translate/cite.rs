@@ -229,7 +229,11 @@ impl Stage for Citations {
             return;
         }
         let end = self.sent;
-        for s in self.sources.iter().filter(|s| !s.cited && !s.url.is_empty()) {
+        for s in self
+            .sources
+            .iter()
+            .filter(|s| !s.cited && !s.url.is_empty())
+        {
             next.citation(&Citation {
                 url: &s.url,
                 title: &s.title,

@@ -196,6 +196,10 @@ impl<E: Emit> Emit for Watched<'_, E> {
     fn citation(&mut self, citation: &super::state::Citation<'_>) {
         self.out.citation(citation);
     }
+
+    fn image(&mut self, url: &str) {
+        self.out.image(url);
+    }
 }
 
 fn protocol(e: crate::qwen::sse::SseError) -> UpstreamError {

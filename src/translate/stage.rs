@@ -28,6 +28,9 @@ pub trait Stage {
     fn citation(&mut self, citation: &Citation<'_>, next: &mut impl Emit) {
         next.citation(citation);
     }
+    fn image(&mut self, url: &str, next: &mut impl Emit) {
+        next.image(url);
+    }
     /// The upstream answer is complete: pass on anything held back.
     fn flush(&mut self, next: &mut impl Emit) {
         let _ = next;
@@ -73,6 +76,10 @@ impl<S: Stage, E: Emit> Emit for Through<'_, S, E> {
 
     fn citation(&mut self, citation: &Citation<'_>) {
         self.stage.citation(citation, self.next);
+    }
+
+    fn image(&mut self, url: &str) {
+        self.stage.image(url, self.next);
     }
 }
 
@@ -131,6 +138,13 @@ impl<S: Stage> Stage for Option<S> {
         }
     }
 
+    fn image(&mut self, url: &str, next: &mut impl Emit) {
+        match self {
+            Some(s) => s.image(url, next),
+            None => next.image(url),
+        }
+    }
+
     fn flush(&mut self, next: &mut impl Emit) {
         if let Some(s) = self {
             s.flush(next);
@@ -178,6 +192,11 @@ impl<A: Stage, B: Stage> Stage for (A, B) {
     fn citation(&mut self, citation: &Citation<'_>, next: &mut impl Emit) {
         let (a, b) = self;
         a.citation(citation, &mut Through { stage: b, next });
+    }
+
+    fn image(&mut self, url: &str, next: &mut impl Emit) {
+        let (a, b) = self;
+        a.image(url, &mut Through { stage: b, next });
     }
 
     fn flush(&mut self, next: &mut impl Emit) {

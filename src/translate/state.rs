@@ -48,6 +48,11 @@ pub trait Emit {
     fn citation(&mut self, citation: &Citation<'_>) {
         let _ = citation;
     }
+    /// An image the upstream made: its address. The content has it too, as a Markdown
+    /// image; this is for the answers that are images (`/v1/images/generations`).
+    fn image(&mut self, url: &str) {
+        let _ = url;
+    }
 }
 
 /// A web search result. `url` is empty when the upstream's was missing or not http(s) —
@@ -146,6 +151,8 @@ pub struct Translator {
     response: ResponseRef,
     emitted_content: bool,
     emitted_reasoning: bool,
+    /// The images emitted (a repeated one is not emitted again).
+    images: Vec<String>,
 }
 
 impl Translator {
@@ -206,7 +213,11 @@ impl Translator {
         };
         let phase = delta.phase.as_deref().unwrap_or("answer");
         let finished = delta.status.as_deref() == Some("finished");
-        if let Some(found) = delta.extra.as_ref().and_then(|e| e.web_search_info.as_ref()) {
+        if let Some(found) = delta
+            .extra
+            .as_ref()
+            .and_then(|e| e.web_search_info.as_ref())
+        {
             let sources: Vec<Source<'_>> = found
                 .iter()
                 .map(|s| Source {
@@ -382,10 +393,16 @@ impl Translator {
     }
 
     fn emit_image(&mut self, url: &str, out: &mut impl Emit) {
+        // The same image may come twice (its `image_gen` frame, then an `image_list`).
+        if self.images.iter().any(|seen| seen == url) {
+            return;
+        }
+        self.images.push(url.to_owned());
         self.emitted_content = true;
         // A blank line between consecutive images keeps the Markdown readable.
         let md = format!("![image]({url})\n");
         out.content(&md);
+        out.image(url);
     }
 }
 
@@ -510,10 +527,18 @@ mod tests {
         let mut out = Sources::default();
         // §5.9: the result frame is a `function` frame of the platform's own tool.
         let frame = r#"{"choices":[{"delta":{"role":"function","content":"","phase":"web_search","status":"finished","name":"web_search","function_id":"call_1","extra":{"web_search_info":[{"url":"https://example.com/a","title":"A","snippet":"s","hostname":"example.com"},{"url":"javascript:alert(1)","title":"B"},{"title":"C"},{"url":"HTTP://Example.org/d"}]}}}],"response_id":"r"}"#;
-        assert_eq!(t.on_data(frame.as_bytes(), &mut out).unwrap(), Flow::Continue);
+        assert_eq!(
+            t.on_data(frame.as_bytes(), &mut out).unwrap(),
+            Flow::Continue
+        );
         assert_eq!(
             out.0,
-            ["https://example.com/a|A", "|B", "|C", "HTTP://Example.org/d|"]
+            [
+                "https://example.com/a|A",
+                "|B",
+                "|C",
+                "HTTP://Example.org/d|"
+            ]
         );
         assert!(!t.emitted_anything());
     }

@@ -32,7 +32,7 @@ pub struct AnswerHead<'a> {
 /// What a client API gives the engine.
 pub trait ClientApi: Send + Sync + 'static {
     /// The request options only this API has.
-    type Options: std::fmt::Debug + Send + Sync + 'static;
+    type Options: std::fmt::Debug + Clone + Send + Sync + 'static;
     /// The stream encoder: the engine's events in, the API's SSE bytes out.
     type Encoder: Render + Send + Unpin + 'static;
 

@@ -6,8 +6,10 @@
 //! message (`fold`), conversations, the core — works on the turn alone. What a client API
 //! gives the engine in return (its stream encoder, its bodies) is [`ClientApi`].
 //!
-//! Message content is a list of [`Part`]s: text, and files by reference (digest and media
-//! type; the bytes are fetched or uploaded only when the upstream needs them).
+//! Message content is a list of [`Part`]s: text, files (their digest, media type and bytes;
+//! uploaded only when the upstream needs them, once per account and digest), and image
+//! addresses not yet fetched (the media layer, `layers::media`, fetches them into files
+//! before the engine sees the turn).
 
 mod client_api;
 pub(crate) mod fold;
@@ -41,13 +43,39 @@ impl Role {
     }
 }
 
-/// A file in a message, by reference: what it is and how to find its bytes again.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A file in a message: what it is, and its bytes (shared, cheap to clone).
+#[derive(Clone, PartialEq, Eq)]
 pub struct FileRef {
     /// SHA-256 of the bytes, hex: the identity of the file (uploads are cached by it).
     pub digest: String,
-    /// `image/png`, `text/plain`, …
+    /// `image/png`, `text/plain`, … (for images: as the bytes say, not as declared).
     pub media_type: String,
+    pub bytes: bytes::Bytes,
+}
+
+impl FileRef {
+    pub fn new(media_type: impl Into<String>, bytes: bytes::Bytes) -> Self {
+        FileRef {
+            digest: crate::common::sha256_hex(&bytes),
+            media_type: media_type.into(),
+            bytes,
+        }
+    }
+
+    pub fn is_image(&self) -> bool {
+        self.media_type.starts_with("image/")
+    }
+}
+
+/// Never the bytes (a request's debug output stays readable and small).
+impl std::fmt::Debug for FileRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileRef")
+            .field("digest", &self.digest)
+            .field("media_type", &self.media_type)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
 }
 
 /// One piece of a message's content.
@@ -55,6 +83,9 @@ pub struct FileRef {
 pub enum Part {
     Text(String),
     File(FileRef),
+    /// An image by address, as the client sent it: fetched by the media layer, which
+    /// replaces it with a [`Part::File`]; the engine never meets one.
+    ImageUrl(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +121,7 @@ impl Message {
     pub fn text(&self) -> Cow<'_, str> {
         let mut texts = self.content.iter().filter_map(|p| match p {
             Part::Text(t) => Some(t.as_str()),
-            Part::File(_) => None,
+            Part::File(_) | Part::ImageUrl(_) => None,
         });
         let Some(first) = texts.next() else {
             return Cow::Borrowed("");
@@ -112,7 +143,7 @@ impl Message {
     pub fn files(&self) -> impl Iterator<Item = &FileRef> {
         self.content.iter().filter_map(|p| match p {
             Part::File(f) => Some(f),
-            Part::Text(_) => None,
+            Part::Text(_) | Part::ImageUrl(_) => None,
         })
     }
 
@@ -150,6 +181,17 @@ pub enum ResponseFormat {
     JsonSchema(String),
 }
 
+/// What the turn asks the model to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    /// An answer in text (and what the text carries: calls, images a chat drew).
+    #[default]
+    Text,
+    /// One image, drawn by the upstream's image chat type (`t2i`), of this aspect ratio
+    /// (`"16:9"`): the answer is its address. Such a turn is never continued.
+    Image { ratio: &'static str },
+}
+
 /// One request as the engine sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnRequest {
@@ -165,4 +207,5 @@ pub struct TurnRequest {
     pub response_format: ResponseFormat,
     /// Function calling (emulated upstream); `None` for plain text.
     pub tools: Option<Arc<ToolSet>>,
+    pub output: Output,
 }

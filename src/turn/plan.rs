@@ -2,7 +2,7 @@
 //! which feature switches (thinking, search). Where the turn goes (a continued chat or a
 //! fresh one) is the conversation store's decision (`conversation::Conversations::prepare`).
 
-use super::{ThinkingIntent, TurnRequest};
+use super::{FileRef, Output, ThinkingIntent, TurnRequest};
 use crate::error::ProxyError;
 use crate::qwen::models::{Catalog, UpstreamModel, Variant};
 use crate::qwen::request::{FeatureConfig, Thinking};
@@ -13,21 +13,99 @@ pub(crate) struct Plan {
     pub model: String,
     pub chat_type: &'static str,
     pub features: FeatureConfig,
+    /// The aspect ratio of an image turn.
+    pub size: Option<&'static str>,
 }
 
 /// Map a request onto the catalogue. Unknown models are a 404.
 pub(crate) fn plan(req: &TurnRequest, catalog: &Catalog) -> Result<Plan, ProxyError> {
+    if let Output::Image { ratio } = req.output {
+        return image_plan(req, catalog, ratio);
+    }
     let (model, variant) =
         catalog
             .resolve(&req.model)
             .ok_or_else(|| ProxyError::ModelNotFound {
                 model: req.model.clone(),
             })?;
+    if !model.vision
+        && req
+            .messages
+            .iter()
+            .any(|m| m.files().any(FileRef::is_image))
+    {
+        let readers: Vec<&str> = catalog
+            .models
+            .iter()
+            .filter(|m| m.vision)
+            .map(|m| m.id.as_str())
+            .collect();
+        return Err(ProxyError::BadRequest {
+            message: format!(
+                "The model `{}` does not read images. Models that do: {}.",
+                crate::untrusted::clip(&req.model),
+                if readers.is_empty() {
+                    "none at the moment".to_owned()
+                } else {
+                    readers.join(", ")
+                }
+            ),
+            param: Some("messages".to_owned()),
+            code: Some("model_not_vision_capable"),
+        });
+    }
     let thinking = thinking_mode(req.thinking, model, variant);
     Ok(Plan {
         model: model.id.clone(),
         chat_type: "t2t",
         features: FeatureConfig::new(thinking, variant.search),
+        size: None,
+    })
+}
+
+/// An image turn: a model that draws (the one named, or without a name the first of the
+/// catalogue that draws), the `t2i` chat type, no thinking.
+fn image_plan(
+    req: &TurnRequest,
+    catalog: &Catalog,
+    ratio: &'static str,
+) -> Result<Plan, ProxyError> {
+    let model = if req.model.is_empty() {
+        catalog.models.iter().find(|m| m.image_generation)
+    } else {
+        let (model, _) = catalog
+            .resolve(&req.model)
+            .ok_or_else(|| ProxyError::ModelNotFound {
+                model: req.model.clone(),
+            })?;
+        Some(model).filter(|m| m.image_generation)
+    };
+    let Some(model) = model else {
+        let drawers: Vec<&str> = catalog
+            .models
+            .iter()
+            .filter(|m| m.image_generation)
+            .map(|m| m.id.as_str())
+            .collect();
+        return Err(ProxyError::BadRequest {
+            message: format!(
+                "The model `{}` does not generate images. Models that do: {}.",
+                crate::untrusted::clip(&req.model),
+                if drawers.is_empty() {
+                    "none at the moment".to_owned()
+                } else {
+                    drawers.join(", ")
+                }
+            ),
+            param: Some("model".to_owned()),
+            code: Some("model_not_image_capable"),
+        });
+    };
+    Ok(Plan {
+        model: model.id.clone(),
+        chat_type: "t2i",
+        features: FeatureConfig::new(Thinking::Off, false),
+        size: Some(ratio),
     })
 }
 

@@ -12,10 +12,10 @@ BIN = os.environ.get("QWEN_PROXY_BIN", os.path.join(os.path.dirname(__file__), "
 
 
 @contextlib.contextmanager
-def running_demo(habits=None):
+def running_demo(habits=None, env=None):
     """A `qwen-proxy --demo` process: {"base_url": proxy /v1 URL, "sim_url": the simulator's URL}.
     `habits` (a seed): the simulated model writes its tool calls with a real model's habits
-    (`--demo --habits SEED`, README "Simulator")."""
+    (`--demo --habits SEED`, README "Simulator"). `env`: more variables for the proxy."""
     proc = subprocess.Popen(
         [BIN, "--demo", "--port", "0", "--env-file", "/dev/null"]
         + ([] if habits is None else ["--habits", str(habits)]),
@@ -32,6 +32,7 @@ def running_demo(habits=None):
             **{k: v for k, v in os.environ.items() if not k.startswith(("QWEN_", "API_KEYS"))},
             "CHALLENGE_COOLDOWN": "0",
             "BUSY_CHAT_POLICY": "wait",
+            **(env or {}),
         },
     )
     try:

@@ -348,7 +348,10 @@ mod tests {
     fn citations_are_annotation_deltas_indexed_from_zero() {
         let mut enc = ChunkEncoder::new("chatcmpl-1", 1, "m", false);
         enc.content("Sunny [[1]]");
-        for (url, title) in [("https://a.example/1", "A \"quoted\""), ("https://b.example/", "B")] {
+        for (url, title) in [
+            ("https://a.example/1", "A \"quoted\""),
+            ("https://b.example/", "B"),
+        ] {
             enc.citation(&Citation {
                 url,
                 title,

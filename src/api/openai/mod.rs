@@ -2,9 +2,11 @@
 //! tool fields in `tools`), the SSE chunk encoder (`encoder`), the `chat.completion` and
 //! model bodies (`response`) and the error body (`error`). [`OpenAi`] is its
 //! [`ClientApi`]: `stack::chat_stack::<OpenAi>` is the `POST /v1/chat/completions` stack.
+//! Image generation (`images`) is a second one over the same engine.
 
 pub mod encoder;
 pub mod error;
+pub mod images;
 pub mod request;
 pub mod response;
 pub mod tools;

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use super::tools::{self, CallShape};
 use crate::error::ProxyError;
 use crate::turn::{
-    ApiRequest, CalledTool, Message, Part, ResponseFormat, Role, ThinkingIntent, TurnRequest,
+    ApiRequest, CalledTool, Message, Output, Part, ResponseFormat, Role, ThinkingIntent,
+    TurnRequest,
 };
 use crate::untrusted::clip;
 
@@ -217,6 +218,7 @@ fn from_object(obj: &Map<String, Value>) -> Result<ApiRequest<Options>, ProxyErr
 
     Ok(ApiRequest {
         turn: TurnRequest {
+            output: Output::Text,
             model,
             messages,
             stream,
@@ -357,7 +359,7 @@ fn called_tools(m: &Map<String, Value>, i: usize) -> Result<Vec<CalledTool>, Pro
     }
 }
 
-/// Content parts (text only, for now). Empty text before any other part is dropped, so the
+/// Content parts: text and images. Empty text before any other part is dropped, so the
 /// parts read as they always did: joined by newlines, starting with the first text.
 fn parse_parts(parts: &[Value], param: &str) -> Result<Vec<Part>, ProxyError> {
     let mut content = Vec::new();
@@ -374,10 +376,11 @@ fn parse_parts(parts: &[Value], param: &str) -> Result<Vec<Part>, ProxyError> {
                     content.push(Part::Text(t.to_owned()));
                 }
             }
-            Some("image_url" | "input_image" | "input_audio" | "file" | "image" | "audio") => {
+            Some("image_url") => content.push(image_part(part, &format!("{part_param}.image_url"))?),
+            Some("input_image" | "input_audio" | "file" | "image" | "audio") => {
                 return Err(bad(
                     format!(
-                        "Content parts of type `{}` (images, audio, files) are not supported by this proxy yet; send text only.",
+                        "Content parts of type `{}` (audio, files) are not supported by this proxy yet; send text or `image_url` parts.",
                         clip(kind.unwrap_or_default())
                     ),
                     &part_param,
@@ -388,6 +391,35 @@ fn parse_parts(parts: &[Value], param: &str) -> Result<Vec<Part>, ProxyError> {
         }
     }
     Ok(content)
+}
+
+/// `{"type":"image_url","image_url":{"url":…,"detail":…}}` (or `image_url` as the string
+/// itself): a `data:` URI is decoded here; an address is fetched by the media layer.
+fn image_part(part: &Value, param: &str) -> Result<Part, ProxyError> {
+    let url = match part.get("image_url") {
+        Some(Value::String(u)) => u.as_str(),
+        Some(Value::Object(o)) => o.get("url").and_then(Value::as_str).ok_or_else(|| {
+            bad(
+                "An image part needs a string `image_url.url`.",
+                &format!("{param}.url"),
+            )
+        })?,
+        _ => return Err(bad("An image part needs `image_url` with a `url`.", param)),
+    };
+    let invalid = |message: String| ProxyError::BadRequest {
+        message,
+        param: Some(param.to_owned()),
+        code: Some("invalid_image_url"),
+    };
+    let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("data") => crate::media::data_uri(url).map(Part::File).map_err(invalid),
+        Some("http" | "https") => Ok(Part::ImageUrl(url.to_owned())),
+        _ => Err(invalid(
+            "An image URL must be an `https://` address or a `data:image/…;base64,…` URI."
+                .to_owned(),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -441,7 +473,7 @@ mod tests {
         );
         assert_eq!(
             err_param(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#).as_deref(),
-            Some("messages[0].content[0]")
+            Some("messages[0].content[0].image_url")
         );
     }
 

@@ -242,6 +242,7 @@ fn turn<'a>(chat: &'a str, content: &'a str) -> Turn<'a> {
         content,
         files: &[],
         features: FeatureConfig::new(Thinking::Off, false),
+        size: None,
     }
 }
 

@@ -80,15 +80,15 @@ fn a_marker_split_across_chunks_is_held_until_complete() {
     );
     // The citation follows the content that completes its marker, never precedes it.
     let first_citation = out.events.iter().position(|e| e.starts_with("a:")).unwrap();
-    assert_eq!(out.events[..first_citation].concat().replace("c:", ""), "Sunny [[1]]");
+    assert_eq!(
+        out.events[..first_citation].concat().replace("c:", ""),
+        "Sunny [[1]]"
+    );
 }
 
 #[test]
 fn text_that_only_looks_like_a_marker_passes_unchanged() {
-    let out = run(
-        false,
-        &["x[[a]] y[[1234]] z[[0]] w[[9]] v[", "[[3]] end ["],
-    );
+    let out = run(false, &["x[[a]] y[[1234]] z[[0]] w[[9]] v[", "[[3]] end ["]);
     assert_eq!(out.content, "x[[a]] y[[1234]] z[[0]] w[[9]] v[[[3]] end [");
     // Only [[3]] names a source; [[0]] and [[9]] name none.
     assert_eq!(
@@ -129,8 +129,14 @@ fn footnotes_list_every_source_and_cite_the_uncited_ones_there() {
         citations(&out),
         [
             "https://b.example/2 12..17".to_owned(),
-            format!("https://a.example/1 {one}..{}", one + "[One](https://a.example/1)".len()),
-            format!("https://c.example/3 {three}..{}", three + "[Three](https://c.example/3)".len()),
+            format!(
+                "https://a.example/1 {one}..{}",
+                one + "[One](https://a.example/1)".len()
+            ),
+            format!(
+                "https://c.example/3 {three}..{}",
+                three + "[Three](https://c.example/3)".len()
+            ),
         ]
     );
 }
@@ -140,7 +146,10 @@ fn a_source_without_a_web_address_is_numbered_but_never_linked() {
     let mut stage = Citations::new(true);
     let mut out = Out::default();
     let sources = [
-        Source { url: "", title: "javascript:alert(1)" },
+        Source {
+            url: "",
+            title: "javascript:alert(1)",
+        },
         Source {
             url: "https://ok.example/a b(c)",
             title: "Ok",
