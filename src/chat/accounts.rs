@@ -66,6 +66,9 @@ pub(super) async fn account_move(
         }
     };
     match blame {
+        // The account's uploads are paused (its parse step refused it for now): another
+        // account can upload the turn's documents.
+        Blame::None if matches!(e, ProxyError::UploadsPaused { .. }) => moved(trail),
         Blame::None | Blame::ChatChallenge => AccountMove::Stay,
         Blame::Quota => match moved(trail) {
             // Every account is cooling: the earliest return, not this one's.

@@ -265,7 +265,7 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
         // Only this attempt's account may be blamed for its failure (after an answer asked
         // again, the account that gave it is not this attempt's until leased again).
         self.trail.last = None;
-        // Too large for one request: a fresh chat's fold moves its older part into documents.
+        // Too large for one request: the least needed part moves into documents.
         let hint = self.hint_text();
         fit(
             &mut self.prepared,

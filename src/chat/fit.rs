@@ -1,11 +1,12 @@
 //! Whether a turn fits one upstream request, and what is done when it does not: the upstream
 //! answers a completion body above ~128 KiB with an anti-bot challenge that blocks the
-//! account (qwen-protocol §7.4), so no client may send one. A fresh chat's fold that is too
-//! large moves its older part into attached documents (`turn::offload`), uploaded with the
-//! account that sends the turn (cached per account and content); a continued chat's new
-//! messages, or a fold whose newest part alone is too large, are refused with
-//! `context_length_exceeded`. A parse step that refuses the account is a 503 with
-//! `Retry-After` — never a turn sent on a cut history.
+//! account (qwen-protocol §7.4), so no client may send one. What is too large — a fresh
+//! chat's fold, or a continued chat's new messages — moves its least needed part into
+//! attached documents (`turn::offload`: older turns, then the system prompt, then a message
+//! too large alone), uploaded with the account that sends the turn (cached per account and
+//! content); only what cannot fit even so (the proxy's own instructions and the tools
+//! alone) is refused with `context_length_exceeded`. A parse step that refuses the account
+//! is a 503 with `Retry-After` — never a turn sent on a cut history.
 
 use std::borrow::Cow;
 
@@ -19,7 +20,7 @@ use crate::conversation::{ChatTarget, Prepared};
 use crate::error::ProxyError;
 use crate::qwen::files::{FileClass, FileError, Upload, Uploaded, PARSE_PAUSE};
 use crate::qwen::request::{Turn, CHAT_ID_PLACEHOLDER};
-use crate::turn::fold::folded;
+use crate::turn::fold::{folded, folded_turns};
 use crate::turn::offload;
 use crate::turn::plan::Plan;
 use crate::turn::{FileRef, TurnRequest};
@@ -112,7 +113,7 @@ pub(super) fn fit(
     let Err(too_large) = check_upstream_size(prepared, plan, limit) else {
         return Ok(());
     };
-    if prepared.target != ChatTarget::NewChat || !prepared.documents.is_empty() {
+    if !prepared.documents.is_empty() {
         return Err(too_large);
     }
     let hint = hint.unwrap_or_default();
@@ -123,7 +124,13 @@ pub(super) fn fit(
         files.extend_from_slice(&images);
         body_len(prepared, plan, &format!("{inline}{hint}"), &files) <= limit
     };
-    let Some(offloaded) = offload::plan(&folded(turn), fits) else {
+    // A fresh chat gets the whole fold; a continued one its new messages (its system text
+    // and tools are in the chat already).
+    let whole = match prepared.target {
+        ChatTarget::NewChat => folded(turn),
+        ChatTarget::Existing { .. } => folded_turns(turn, prepared.from),
+    };
+    let Some(offloaded) = offload::plan(&whole, fits) else {
         return Err(too_large);
     };
     tracing::info!(

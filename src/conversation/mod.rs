@@ -110,6 +110,9 @@ pub struct Prepared {
     /// The conversation this turn belongs to, whatever chat it goes to: the client, model,
     /// system text, tools and first message (every step of an agent loop shares it).
     pub conversation: Key,
+    /// The first message `content` holds: 0 for a fold, the first new message of a continued
+    /// chat.
+    pub(crate) from: usize,
     /// Documents the message attaches: the part of a long fold moved out of `content`
     /// (`turn::offload`); uploaded before the turn is sent.
     pub(crate) documents: Vec<crate::turn::offload::Document>,
@@ -293,6 +296,7 @@ impl Conversations {
                 parent_id: Some(s.parent_id),
             },
             content: fold_turns(req, split),
+            from: split,
             reply_key,
             continued_from: Some(prefix_key),
             answered_at_ms: Some(s.answered_at_ms),
@@ -371,6 +375,7 @@ impl Conversations {
         Prepared {
             target: ChatTarget::NewChat,
             content: fold(req),
+            from: 0,
             reply_key,
             continued_from: None,
             answered_at_ms: None,

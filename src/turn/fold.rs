@@ -58,7 +58,12 @@ pub(crate) fn folded(req: &TurnRequest) -> Folded {
 /// Fold only the messages from `from` on (the new turns of a continued chat; the system
 /// text and the tools section are in the chat already).
 pub(crate) fn fold_turns(req: &TurnRequest, from: usize) -> String {
-    Fold::new(req).parts(Vec::new(), Vec::new(), from).text()
+    folded_turns(req, from).text()
+}
+
+/// [`fold_turns`] in its parts (what an offload moves into documents).
+pub(crate) fn folded_turns(req: &TurnRequest, from: usize) -> Folded {
+    Fold::new(req).parts(Vec::new(), Vec::new(), from)
 }
 
 /// A folded conversation in its parts; [`Folded::text`] is the message.

@@ -7,13 +7,26 @@
 //! then the client's system prompt (into `instructions-….txt`). What stays inline: the
 //! newest turns (at least the last one), the last user message (restated when it had to
 //! move), the proxy's own instructions (the JSON format, the tools section) and the
-//! reminder of the tools — what the model needs to answer and to call tools correctly. A
-//! plan is pure: the caller says what fits (`fits`), uploads the documents and refuses what
-//! cannot fit even so.
+//! reminder of the tools — what the model needs to answer and to call tools correctly.
+//!
+//! Last resort, when even that is too large — one message alone over the limit: a tool
+//! result of a whole log, a pasted file — the largest messages left inline move whole into
+//! documents of their own (`message-….txt`, at most [`MAX_MESSAGE_DOCUMENTS`]), each leaving
+//! its label, its beginning and its end in place with a notice. A plan is pure: the caller
+//! says what fits (`fits`), uploads the documents and refuses what cannot fit even so (the
+//! proxy's instructions and the tools alone too large).
 
 use crate::common::sha256_hex;
 
 use super::fold::Folded;
+
+/// The most messages that move into documents of their own (the front end attaches at most
+/// five files to a message; the conversation and instructions documents may be two).
+pub(crate) const MAX_MESSAGE_DOCUMENTS: usize = 3;
+
+/// What of a message that moved stays inline: its first and last characters.
+const EXCERPT_HEAD: usize = 3000;
+const EXCERPT_TAIL: usize = 1500;
 
 /// A text document to attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +71,7 @@ fn instructions_notice(name: &str) -> String {
 /// The section that stands for the turns that moved.
 fn conversation_notice(name: &str, turns: usize) -> String {
     format!(
-        "[Earlier conversation]\nThe first {turns} messages of this conversation are in the \
+        "{CONVERSATION_LABEL}\nThe first {turns} messages of this conversation are in the \
          attached document \"{name}\", in this format; the messages below follow them."
     )
 }
@@ -67,30 +80,109 @@ fn conversation_notice(name: &str, turns: usize) -> String {
 /// that text with that many attachments fits the upstream's limit. `None`: nothing fits
 /// (the last turn, the proxy's instructions and the tools alone are too large).
 pub(crate) fn plan(folded: &Folded, fits: impl Fn(&str, usize) -> bool) -> Option<Offloaded> {
-    if folded.verbatim.is_some() {
-        // A single user message: nothing older to move, and the message itself stays.
-        return None;
+    if let Some(text) = &folded.verbatim {
+        // A single user message: nothing older to move; only the message itself can.
+        let labelled = Folded {
+            turns: vec![format!("[User]\n{text}")],
+            verbatim: None,
+            ..folded.clone()
+        };
+        return last_resort(&labelled, &fits);
     }
+    moves(folded, &fits, false).or_else(|| last_resort(folded, &fits))
+}
+
+/// The fewest older turns moved that fit, without and then with the instructions
+/// (`whole`: the unchanged fold is a candidate too).
+fn moves(folded: &Folded, fits: &impl Fn(&str, usize) -> bool, whole: bool) -> Option<Offloaded> {
     let last_user = folded.turns.iter().rposition(|t| t.starts_with("[User]"));
     // Moving the client's instructions is the second resort.
     for move_instructions in [false, true] {
         if move_instructions && folded.instructions.iter().all(|i| i.trim().is_empty()) {
             break;
         }
-        // The fewest turns moved that fit: try each count, oldest first (a fold has at
-        // most a few hundred turns; each try is one string build).
-        for moved in 0..folded.turns.len() {
-            if moved == 0 && !move_instructions {
-                continue; // that is the whole fold, which did not fit
+        // The fewest turns moved that fit, found by bisection: the more turns move, the
+        // shorter the message (the notice and the restated request are bounded), so the
+        // counts that fit are a suffix of the range — checked at its end first.
+        let first = usize::from(!(whole || move_instructions));
+        let attempt = |moved: usize| {
+            Some(build(folded, moved, move_instructions, last_user))
+                .filter(|c| fits(&c.inline, c.documents.len()))
+        };
+        let Some(most) = folded.turns.len().checked_sub(1).filter(|m| *m >= first) else {
+            continue;
+        };
+        let Some(mut best) = attempt(most) else {
+            continue;
+        };
+        let (mut lo, mut hi) = (first, most);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match attempt(mid) {
+                Some(c) => {
+                    best = c;
+                    hi = mid;
+                }
+                None => lo = mid + 1,
             }
-            let candidate = build(folded, moved, move_instructions, last_user);
-            if fits(&candidate.inline, candidate.documents.len()) {
-                return Some(candidate);
-            }
+        }
+        return Some(best);
+    }
+    None
+}
+
+/// The largest messages, one at a time, move into documents of their own (what is left of
+/// each inline: [`excerpt`]); after each, the usual moves are planned again.
+fn last_resort(folded: &Folded, fits: &impl Fn(&str, usize) -> bool) -> Option<Offloaded> {
+    let mut shrunk = folded.clone();
+    let mut own: Vec<Document> = Vec::new();
+    let mut order: Vec<usize> = (0..shrunk.turns.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(shrunk.turns[i].len()));
+    for i in order.into_iter().take(MAX_MESSAGE_DOCUMENTS) {
+        if shrunk.turns[i].chars().count() <= EXCERPT_HEAD + EXCERPT_TAIL {
+            break;
+        }
+        let doc = Document::new("message", std::mem::take(&mut shrunk.turns[i]));
+        shrunk.turns[i] = excerpt(&doc);
+        own.push(doc);
+        let with_own = |inline: &str, documents: usize| fits(inline, documents + own.len());
+        if let Some(mut plan) = moves(&shrunk, &with_own, true) {
+            plan.documents.extend(own);
+            return Some(plan);
         }
     }
     None
 }
+
+/// What stands for a message that moved into `doc`: its label line, a notice, its first and
+/// last characters, and its closing line (`[END TOOL RESULT]`) when it has one.
+fn excerpt(doc: &Document) -> String {
+    let text = &doc.text;
+    let (label, body) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+    let (body, close) = match body.rsplit_once('\n') {
+        Some((rest, last)) if last.starts_with("[END ") => (rest, Some(last)),
+        _ => (body, None),
+    };
+    let chars = body.chars().count();
+    let head: String = body.chars().take(EXCERPT_HEAD).collect();
+    let tail: String = body
+        .chars()
+        .skip(chars.saturating_sub(EXCERPT_TAIL))
+        .collect();
+    let mut out = format!(
+        "{label}\n(This message is too long to send inline: all {chars} characters of it are in \
+         the attached document \"{}\". Read it there. Its beginning and its end:)\n{head}\n[…]\n{tail}",
+        doc.name
+    );
+    if let Some(close) = close {
+        out.push('\n');
+        out.push_str(close);
+    }
+    out
+}
+
+/// The label of the section that stands for the turns that moved.
+const CONVERSATION_LABEL: &str = "[Earlier conversation]";
 
 /// The message with the first `moved` turns (and, if asked, the instructions) in documents.
 fn build(
@@ -225,6 +317,72 @@ mod tests {
         // The same instructions are the same document (the digest names it).
         let again = super::plan(&f, |inline, _| inline.len() < 2_000).unwrap();
         assert_eq!(again.documents[0].digest, plan.documents[0].digest);
+    }
+
+    #[test]
+    fn a_message_too_large_alone_moves_whole_leaving_its_ends_in_place() {
+        let log: String = (0..4000).map(|i| format!("line {i}\n")).collect();
+        let result = format!("[TOOL RESULT #1: read]\n{log}[END TOOL RESULT]");
+        let f = folded(
+            &[
+                "[User]\nread the log",
+                "[Assistant]\n[TOOL CALL #1]…",
+                &result,
+            ],
+            "be brief",
+        );
+        // Room for everything but the log itself.
+        let room = f.text().len() - log.len() + 6_000;
+        let plan = plan(&f, |inline, _| inline.len() <= room).unwrap();
+        // Nothing older had to move: only the result, into a document of its own.
+        assert_eq!(plan.moved_turns, 0);
+        assert_eq!(plan.documents.len(), 1);
+        let doc = &plan.documents[0];
+        assert!(doc.name.starts_with("message-"), "{}", doc.name);
+        assert_eq!(doc.text, result);
+        assert!(
+            plan.inline.starts_with("[System]\nbe brief"),
+            "{}",
+            plan.inline
+        );
+        assert!(plan.inline.contains("[User]\nread the log"));
+        // Its label, a notice naming the document, its first and last lines, its close.
+        let at = plan
+            .inline
+            .find("[TOOL RESULT #1: read]\n(This message is too long")
+            .unwrap();
+        let excerpt = &plan.inline[at..];
+        assert!(excerpt.contains(&doc.name));
+        assert!(excerpt.contains("line 0\nline 1\n"));
+        assert!(excerpt.contains("line 3999\n[END TOOL RESULT]"));
+        assert!(
+            !excerpt.contains("line 2000\n"),
+            "the middle is in the document only"
+        );
+        assert!(plan.inline.ends_with("(Tools: read_file.)"));
+    }
+
+    #[test]
+    fn a_single_huge_message_is_sent_as_a_document_with_its_ends() {
+        let paste = "word ".repeat(40_000);
+        let single = Folded {
+            instructions: Vec::new(),
+            added: Vec::new(),
+            turns: Vec::new(),
+            reminder: None,
+            verbatim: Some(format!("Summarise this:\n{paste}")),
+        };
+        let plan = plan(&single, |inline, docs| inline.len() < 10_000 && docs == 1).unwrap();
+        assert_eq!(
+            plan.documents[0].text,
+            format!("[User]\nSummarise this:\n{paste}")
+        );
+        assert!(
+            plan.inline.starts_with("[User]\n(This message is too long"),
+            "{}",
+            &plan.inline[..200]
+        );
+        assert!(plan.inline.contains("Summarise this:"));
     }
 
     #[test]

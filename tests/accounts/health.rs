@@ -267,3 +267,60 @@ async fn a_ban_or_a_refused_session_takes_the_account_out_and_the_turn_moves() {
     );
     assert_eq!(completions(&stats, "tok-c"), 4);
 }
+
+// === uploads paused on one account ===
+
+/// A long history (about `kib` KiB) that needs a document, different for each `seed`.
+fn long_history(kib: usize, seed: usize) -> Vec<Value> {
+    let mut messages = vec![json!({"role": "system", "content": "You are careful."})];
+    for i in 0..kib / 10 {
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        let text = format!(
+            "{seed} turn {i}: {}",
+            "lorem ipsum dolor sit amet ".repeat(380)
+        );
+        messages.push(json!({"role": role, "content": text}));
+    }
+    messages.push(json!({"role": "user", "content": format!("Summarise conversation {seed}.")}));
+    messages
+}
+
+#[tokio::test]
+async fn an_account_whose_uploads_are_paused_leaves_the_turn_to_another() {
+    let file = two_cookie_accounts();
+    let h = Harness::start_with(&[("QWEN_ACCOUNTS_FILE", file.path())], quick_sim()).await;
+    // Arm the parse challenge on whichever account answers (the directive is sticky for it).
+    let r = h.ask(MODEL, "arm @@sim:parse_challenge=60", false).await;
+    assert_eq!(r.status, 200);
+    let stats = h.sim_stats().await;
+    let (armed, other) = if completions(&stats, "tok-a") == 1 {
+        ("tok-a", "tok-b")
+    } else {
+        ("tok-b", "tok-a")
+    };
+    // Long conversations until one lands on the armed account first: its parse is refused,
+    // its uploads pause, and the turn moves to the other account — answered all the same.
+    let mut seed = 0;
+    while h.sim_stats().await["files"]["parses_refused"] == 0 {
+        assert!(seed < 4, "two idle accounts alternate");
+        let r = h
+            .chat(json!({"model": MODEL, "messages": long_history(200, seed)}))
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        seed += 1;
+    }
+    let stats = h.sim_stats().await;
+    assert_eq!(stats["files"]["parses_refused"], 1, "{}", stats["files"]);
+    assert_eq!(
+        completions(&stats, armed),
+        1,
+        "only the arming turn reached it"
+    );
+    assert!(completions(&stats, other) >= 1);
+    // While paused, the armed account is not asked to parse again.
+    let r = h
+        .chat(json!({"model": MODEL, "messages": long_history(200, 99)}))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(h.sim_stats().await["files"]["parses_refused"], 1);
+}
