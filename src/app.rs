@@ -37,6 +37,8 @@ pub struct AppState {
     pub(crate) uploads: crate::qwen::files::UploadCache,
     /// Images of requests: checked, and fetched under the fetch policy.
     pub(crate) media: Arc<crate::media::MediaResolver>,
+    /// Accounts whose daily image generations are used up (image turns avoid them).
+    pub(crate) image_quota: crate::accounts::ImageQuota,
     pub started: Instant,
     /// Set when shutdown begins: `/health` reports `draining`.
     draining: AtomicBool,
@@ -57,14 +59,15 @@ const PROBE_TTL: Duration = Duration::from_secs(10);
 
 impl AppState {
     pub fn new(config: Config) -> Arc<Self> {
+        let metrics = Metrics::new();
         let media = crate::media::MediaResolver::new(
             crate::fetch::Fetcher::new(config.media.fetch_policy()),
             crate::media::ImageLimits {
                 max_bytes: config.media.image_max_bytes,
                 max_count: config.media.image_max_count,
             },
+            metrics.clone(),
         );
-        let metrics = Metrics::new();
         let client = QwenClient::new(&config.upstream, metrics.clone());
         let models = ModelCache::new(client.clone(), config.models_cache_duration);
         let redis = config
@@ -96,6 +99,7 @@ impl AppState {
             conversations,
             uploads: Default::default(),
             media,
+            image_quota: Default::default(),
             redis,
             started: Instant::now(),
             draining: AtomicBool::new(false),

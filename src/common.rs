@@ -73,25 +73,20 @@ impl fmt::Debug for Secret {
 }
 
 const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// base64url without padding (RFC 4648 §5), as JWTs use it.
 pub fn base64url_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(char::from(BASE64URL[(n >> (18 - 6 * i)) as usize & 63]));
-        }
-    }
-    out
+    encode(data, BASE64URL, false)
 }
 
-/// Standard base64 with padding (RFC 4648 §4), as JSON APIs carry binary data.
+/// Standard base64 with padding (RFC 4648 §4), as JSON APIs and `Basic` credentials carry
+/// binary data.
 pub fn base64_encode(data: &[u8]) -> String {
-    const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    encode(data, BASE64, true)
+}
+
+fn encode(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let n = chunk
@@ -99,11 +94,11 @@ pub fn base64_encode(data: &[u8]) -> String {
             .enumerate()
             .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
         for i in 0..4 {
-            out.push(if i <= chunk.len() {
-                char::from(STANDARD[(n >> (18 - 6 * i)) as usize & 63])
-            } else {
-                '='
-            });
+            if i <= chunk.len() {
+                out.push(char::from(alphabet[(n >> (18 - 6 * i)) as usize & 63]));
+            } else if pad {
+                out.push('=');
+            }
         }
     }
     out

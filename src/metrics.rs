@@ -43,6 +43,11 @@ pub struct Metrics {
     pub upload_bytes: IntCounterVec,
     /// Turns sent with part of their fold in attached documents.
     pub offloaded_turns: IntCounter,
+    /// Image addresses of requests, by outcome: fetched, cached, refused (the fetch policy),
+    /// failed (no answer, an error status, not an image, too large).
+    pub image_fetches: IntCounterVec,
+    /// Pictures `/v1/images/generations` answered with.
+    pub images_generated: IntCounter,
     pub chats_deleted: IntCounterVec,
     pub accounts: IntGaugeVec,
     pub account_cooldowns: IntCounterVec,
@@ -229,6 +234,15 @@ impl Metrics {
             offloaded_turns: counter(
                 "conversation_offloaded_turns_total",
                 "Turns too large for one upstream request that were sent with their older part in attached documents.",
+            ),
+            image_fetches: counter_vec(
+                "image_fetches_total",
+                "Image addresses in requests the proxy fetched, by outcome: fetched, cached (fetched within the last 10 minutes), refused (the fetch policy: scheme, a forbidden destination, a bad URL), failed (no answer in time, an error status, too large, not an image).",
+                &["outcome"],
+            ),
+            images_generated: counter(
+                "images_generated_total",
+                "Pictures drawn upstream and returned by /v1/images/generations.",
             ),
             chats_left: counter_vec(
                 "conversation_chats_left_total",

@@ -21,14 +21,13 @@
 //! |---|---|---|
 //! | 11 | concurrency (`layers::concurrency`) | `MAX_CONCURRENT_STREAMS` permits, 503 at once past it; the permit travels in the response body |
 //! | 12 | validate (`layers::validate`) | content type, no `Content-Encoding` (415), body size (413), body read deadline (408), JSON → `Arc<ApiRequest>` (the turn and the API's options, `ClientApi::parse`) as the request body (400s name the `param`) |
-//! | 13 | media (`layers::media`) | images of the request: `data:` URIs checked, addresses fetched under the fetch policy (`fetch`: no private, loopback, link-local or metadata address, after DNS and on every redirect), type, size and count limits (400s name the part); a request without images passes through |
-//! | 14 | retry (`layers::retry`) | backoff with full jitter and a budget, per error class; shares the request's chat ledger with the core |
-//! | 15 | core (`chat::ChatCore<A>`) | plan → chat → completion → the API's primed stream or body |
+//! | 13 | retry (`layers::retry`) | backoff with full jitter and a budget, per error class; shares the request's chat ledger with the core |
+//! | 14 | core (`chat::ChatCore<A>`) | plan → chat → completion → the API's primed stream or body |
 //!
 //! The images stack (`images_stack`, `POST /v1/images/generations`) is the same with the
-//! images API (`api::openai::images::OpenAiImages`: one image turn) and, in place of the
-//! media layer, its fan-out (`images::fan_out`: `n` image turns at once, all or nothing, then
-//! addresses or base64).
+//! images API (`api::openai::images::OpenAiImages`: one image turn) and its fan-out between
+//! validation and retries (`images::fan_out`: `n` image turns at once, all or nothing, then
+//! addresses or base64; it lives with the images API because it writes that API's answer).
 //!
 //! Timeouts: the upstream response-header timeout is in the client (`qwen::client`); the
 //! idle timeout between upstream events and the SSE keep-alives are in the streaming body
@@ -58,7 +57,6 @@ use crate::layers::auth::AuthLayer;
 use crate::layers::concurrency::ConcurrencyLayer;
 use crate::layers::error_map::ErrorMapLayer;
 use crate::layers::header_limits::HeaderLimitLayer;
-use crate::layers::media::MediaLayer;
 use crate::layers::metrics::MetricsLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
@@ -135,7 +133,6 @@ pub(crate) fn chat_stack<A: ClientApi>(state: &Arc<AppState>) -> ChatStack {
             cfg.max_body_bytes,
             cfg.body_read_timeout,
         ))
-        .layer(MediaLayer::new(state.media.clone()))
         .layer(RetryLayer::new(
             RetryPolicy::from_config(&cfg.retry, cfg.conversations.chats_per_request),
             state.metrics.clone(),
@@ -144,7 +141,7 @@ pub(crate) fn chat_stack<A: ClientApi>(state: &Arc<AppState>) -> ChatStack {
     BoxCloneService::new(svc)
 }
 
-/// The image generation stack: layers 11, 12, the fan-out, 14, 15 for the images API.
+/// The image generation stack: layers 11, 12, the fan-out, 13, 14 for the images API.
 pub(crate) fn images_stack(state: &Arc<AppState>) -> ChatStack {
     let cfg = &state.config;
     let svc = ServiceBuilder::new()

@@ -133,54 +133,8 @@ async fn repeated_wrong_keys_lock_the_address_out() {
 
 // === 2. never send the upstream a request it punishes ===
 
-#[tokio::test]
-async fn a_prompt_too_big_for_the_upstream_is_refused_before_any_upstream_call() {
-    let h = Harness::start_with(&[], quick_sim()).await;
-    // Tool definitions of about 150 KB: over the default UPSTREAM_BODY_LIMIT (112 KiB) on their
-    // own, under the request body limit (4 MiB). They never move into a document (the model
-    // needs them whole), so nothing can make the request fit.
-    let tools: Vec<Value> = (0..60)
-        .map(|i| {
-            json!({"type": "function", "function": {"name": format!("tool_{i}"),
-            "description": "d".repeat(2_500), "parameters": {"type": "object", "properties": {}}}})
-        })
-        .collect();
-    let body = json!({"model": MODEL, "tools": tools, "messages": [user("hi")]}).to_string();
-    let r = h
-        .post_raw("/v1/chat/completions", "application/json", body, &[])
-        .await;
-    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
-    let e = r.error();
-    assert_eq!(e["code"], "context_length_exceeded");
-    assert_eq!(e["type"], "invalid_request_error");
-    assert_eq!(e["param"], "messages");
-    let message = e["message"].as_str().unwrap();
-    assert!(
-        message.contains("114688 bytes"),
-        "names the limit: {message}"
-    );
-    let size: usize = message
-        .split_whitespace()
-        .find_map(|w| w.parse().ok())
-        .expect("names the size");
-    assert!(size > 114_688, "{message}");
-    let stats = h.sim_stats().await;
-    assert_eq!(
-        (
-            stats["chats_created"].as_u64(),
-            stats["completion_requests"].as_u64()
-        ),
-        (Some(0), Some(0))
-    );
-    // A prompt of 120,000 characters alone goes as a document: the body the upstream gets
-    // stays under the limit.
-    let r = chat_with(&h, &[user(&"x".repeat(120_000))], &[]).await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let stats = h.sim_stats().await;
-    let turn = &stats["chats"].as_object().unwrap().values().next().unwrap()["turns"][0];
-    assert!(turn["body_bytes"].as_u64().unwrap() <= 114_688, "{turn}");
-    assert_eq!(turn["files"], 1, "{turn}");
-}
+// (What is too large for the upstream: tests/offload.rs — sent as documents, or refused before
+// any upstream call.)
 
 // === 4. a stalled request body is timed out ===
 

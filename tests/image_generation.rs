@@ -88,6 +88,8 @@ async fn n_images_by_address_each_a_picture_of_the_asked_ratio() {
     }
     let stats = h.sim_stats().await;
     assert_eq!(stats["images"]["generated"], 2, "{}", stats["images"]);
+    let metrics = String::from_utf8(h.state.metrics.render()).unwrap();
+    assert!(metrics.contains("images_generated_total 2"), "{metrics}");
     // Each image is a fresh upstream chat of the image type; none is remembered.
     assert_eq!(stats["chats_created"], 2, "{stats}");
 }
@@ -135,12 +137,25 @@ async fn what_cannot_be_drawn_is_refused_before_the_upstream() {
 
 #[tokio::test]
 async fn upstream_refusals_are_errors_never_an_empty_success() {
-    // The account's daily image quota: a 429 that says how long, the account cooled.
+    // The account's daily image quota: a 429 that says how long. The account rests from
+    // drawing only: it still chats, and the next picture fails at once without asking.
     let h = Harness::start_with(&[], quick_sim()).await;
     let r = generate(&h, json!({"prompt": "a dog @@sim:image_quota=3"})).await;
     assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
     let retry_after: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry_after > 2 * 3600, "{retry_after}");
+    let asked = h.sim_stats().await["completion_requests"].as_u64().unwrap();
+    let r = h.ask("qwen3.7-plus", "still chatting?", false).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = generate(&h, json!({"prompt": "a cat"})).await;
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    let again: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(again > 2 * 3600 && again <= retry_after, "{again}");
+    assert_eq!(
+        h.sim_stats().await["completion_requests"].as_u64().unwrap(),
+        asked + 1,
+        "only the chat reached the upstream"
+    );
 
     // Moderation of the prompt.
     let h = Harness::start_with(&[], quick_sim()).await;

@@ -238,6 +238,14 @@ async fn an_allowed_address_is_fetched_once_and_seen() {
     let r = h.chat(look("qwen3.7-plus", &img.url("/text"))).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.error()["code"], "invalid_image_url");
+    let metrics = String::from_utf8(h.state.metrics.render()).unwrap();
+    for sample in [
+        "image_fetches_total{outcome=\"fetched\"} 2",
+        "image_fetches_total{outcome=\"cached\"} 1",
+        "image_fetches_total{outcome=\"failed\"} 1",
+    ] {
+        assert!(metrics.contains(sample), "{sample} in {metrics}");
+    }
 }
 
 #[tokio::test]
@@ -266,11 +274,19 @@ async fn forbidden_addresses_are_refused_without_being_asked() {
         assert_eq!(e["code"], "invalid_image_url", "{url}");
         let message = e["message"].as_str().unwrap();
         assert!(
-            message.contains("not an allowed destination") || message.contains("not accepted"),
+            message.contains("not an allowed destination")
+                || message.contains("does not resolve to an allowed destination")
+                || message.contains("not accepted"),
             "{url}: {message}"
         );
     }
     assert_eq!(img.hits(), 0, "a forbidden host was asked");
+    let metrics = String::from_utf8(h.state.metrics.render()).unwrap();
+    let refused = format!(
+        "image_fetches_total{{outcome=\"refused\"}} {}",
+        forbidden.len()
+    );
+    assert!(metrics.contains(&refused), "{refused} in {metrics}");
 
     // Behind a redirect: the allowed server is asked, the forbidden target never.
     let h = Harness::start_with(
@@ -314,4 +330,58 @@ async fn forbidden_addresses_are_refused_without_being_asked() {
     let r = h.chat(look("qwen3.7-plus", &img.url("/img.png"))).await;
     assert_eq!(r.status, 400);
     assert_eq!(img.hits(), before);
+}
+
+#[tokio::test]
+async fn an_earlier_image_that_is_gone_does_not_break_the_conversation() {
+    let img = ImageServer::start().await;
+    // Stateless: every request folds the whole history, its images included.
+    let h = Harness::start_with(
+        &[
+            ("IMAGE_FETCH_ALLOW", "127.0.0.1/32"),
+            ("IMAGE_FETCH_ALLOW_HTTP", "true"),
+            ("CONVERSATION_MODE", "stateless"),
+        ],
+        quick_sim(),
+    )
+    .await;
+    let history = |newest: Value| {
+        json!({"model": "qwen3.7-plus", "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": img.url("/gone.png")}}]},
+            {"role": "assistant", "content": "A picture."},
+            {"role": "user", "content": newest}]})
+    };
+    // The earlier image no longer answers with an image: the turn goes without it.
+    let r = h
+        .chat(history(json!("And the second one? @@sim:files")))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.message_content().contains("I see no files."),
+        "{}",
+        r.message_content()
+    );
+    // The newest message's own image must be taken, or the request is refused.
+    let r = h
+        .chat(history(
+            json!([{"type": "image_url", "image_url": {"url": img.url("/gone.png")}}]),
+        ))
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error()["param"], "messages[2].content[0].image_url");
+    // An earlier image that is there goes with the turn.
+    let r = h
+        .chat(json!({"model": "qwen3.7-plus", "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": img.url("/img.png")}}]},
+            {"role": "assistant", "content": "A picture."},
+            {"role": "user", "content": "Describe it again. @@sim:files"}]}))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.message_content().contains(&sha256(PNG)),
+        "{}",
+        r.message_content()
+    );
 }

@@ -203,8 +203,24 @@ async fn what_cannot_fit_even_so_is_still_a_400() {
         )
         .await;
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(r.error()["code"], "context_length_exceeded");
-    assert_eq!(h.sim_stats().await["completion_requests"], 0);
+    let e = r.error();
+    assert_eq!(e["code"], "context_length_exceeded");
+    assert_eq!(e["type"], "invalid_request_error");
+    assert_eq!(e["param"], "messages");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("114688 bytes"),
+        "names the limit: {message}"
+    );
+    let size: usize = message
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .expect("names the size");
+    assert!(size > 114_688, "{message}");
+    // Refused before any upstream call: no chat, no completion.
+    let stats = h.sim_stats().await;
+    assert_eq!(stats["chats_created"], 0);
+    assert_eq!(stats["completion_requests"], 0);
 }
 
 /// The real first requests of the coding agents (`tests/fixtures/clients/`, live captures;

@@ -21,7 +21,7 @@ const SHORT_RATE_LIMIT_MS: u64 = 60_000;
 /// quota (`RateLimited`, `quotaLimited`, `ExceedLimit`, `quota_exhausted`, or its English
 /// text) a day, as peers do; anything else — a bare 429, `ParallelLimited`, the model
 /// backend's "Allocated quota exceeded" (E14, not the account's day) — a minute.
-pub(super) fn quota_wait(e: &ProxyError) -> u64 {
+pub(crate) fn quota_wait(e: &ProxyError) -> u64 {
     let ProxyError::Upstream(u) = e else {
         return SHORT_RATE_LIMIT_MS;
     };

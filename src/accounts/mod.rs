@@ -13,6 +13,9 @@
 //! * here — the pool and its accounts, leases, reload without dropping streams.
 
 mod blame;
+mod image_quota;
+pub(crate) use blame::quota_wait;
+pub(crate) use image_quota::ImageQuota;
 pub mod credential;
 pub mod health;
 mod pacer;

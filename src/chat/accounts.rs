@@ -2,9 +2,10 @@
 //! the turn stays, tries again with a renewed token, or moves to a fresh chat elsewhere.
 
 use crate::accounts::signin::Renewal;
-use crate::accounts::{Blame, Used};
+use crate::accounts::{quota_wait, Blame, Used};
 use crate::app::AppState;
-use crate::error::ProxyError;
+use crate::common::epoch_millis;
+use crate::error::{ProxyError, UpstreamClass, UpstreamError};
 
 /// The accounts side of one request: which accounts it has left, and the one renewal of
 /// an expired token it may do on each.
@@ -35,18 +36,48 @@ pub(super) enum AccountMove {
     Fail(ProxyError),
 }
 
-/// Blame the account of the failed attempt and decide whether the turn moves.
+/// An image turn avoids the accounts out of images; when that is every account, it fails at
+/// once with the earliest return (429, `Retry-After`), without an upstream call.
+pub(super) fn avoid_spent_images(
+    state: &AppState,
+    trail: &mut AccountTrail,
+) -> Result<(), ProxyError> {
+    let spent = state.image_quota.spent_now();
+    if spent.is_empty() {
+        return Ok(());
+    }
+    let accounts = state.accounts.list();
+    let all_spent = accounts
+        .iter()
+        .all(|a| spent.iter().any(|(name, _)| name == a.name()));
+    if all_spent {
+        let earliest = spent.iter().map(|(_, at)| *at).min().unwrap_or(0);
+        let mut e = UpstreamError::new(
+            UpstreamClass::RateLimited,
+            "every account has used up its daily image generations",
+        );
+        e.retry_after = Some(std::time::Duration::from_millis(
+            earliest.saturating_sub(epoch_millis()),
+        ));
+        return Err(e.into());
+    }
+    trail.left.extend(spent.into_iter().map(|(name, _)| name));
+    Ok(())
+}
+
+/// Blame the account of the failed attempt and decide whether the turn moves. `image`: the
+/// turn draws an image (its quota is not the account's chat quota).
 pub(super) async fn account_move(
     state: &AppState,
     trail: &mut AccountTrail,
     e: &ProxyError,
+    image: bool,
 ) -> AccountMove {
     let Some(used) = trail.last.take() else {
         return AccountMove::Stay;
     };
     let pool = &state.accounts;
     let name = used.account.name().to_owned();
-    let blame = pool.blame(&used.account, e);
     let moved = |trail: &mut AccountTrail| {
         trail.left.push(name.clone());
         if pool.can_move(&trail.left) {
@@ -65,6 +96,14 @@ pub(super) async fn account_move(
             AccountMove::Stay
         }
     };
+    if image && e.upstream_class() == Some(UpstreamClass::RateLimited) {
+        // Out of images: the account rests from drawing only.
+        state
+            .image_quota
+            .spent(&name, epoch_millis().saturating_add(quota_wait(e)));
+        return moved(trail);
+    }
+    let blame = pool.blame(&used.account, e);
     match blame {
         // The account's uploads are paused (its parse step refused it for now): another
         // account can upload the turn's documents.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hyper::Response;
 use tokio::time::Instant;
 
-use super::accounts::{account_move, AccountMove, AccountTrail};
+use super::accounts::{account_move, avoid_spent_images, AccountMove, AccountTrail};
 use super::fallback::{Fallback, Fallbacks};
 use super::fit::{attach_files, check_upstream_size, fit};
 use super::respond::{Answered, Attempt};
@@ -22,9 +22,10 @@ use crate::conversation::budget::RequestChats;
 use crate::conversation::busy::Route;
 use crate::conversation::{ChatTarget, Prepared};
 use crate::error::{ProxyError, UpstreamClass};
+use crate::media::left_out_note;
 use crate::tools::prompt::Hint;
 use crate::turn::plan::Plan;
-use crate::turn::{ApiRequest, ClientApi};
+use crate::turn::{ApiRequest, ClientApi, Output};
 
 /// What a request's turn carries from attempt to attempt.
 pub(super) struct TurnState<'a, A: ClientApi> {
@@ -174,7 +175,8 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
     /// to a fresh chat — or the request fails with `e` (or what the account move says).
     pub(super) async fn after_failure(&mut self, e: ProxyError) -> Result<(), ProxyError> {
         let conv = &self.state.conversations;
-        match account_move(self.state, &mut self.trail, &e).await {
+        let image = self.req.turn.output != Output::Text;
+        match account_move(self.state, &mut self.trail, &e, image).await {
             AccountMove::Stay => {}
             AccountMove::Again => return Ok(()),
             AccountMove::Fail(e) => return Err(e),
@@ -262,6 +264,9 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
         let state = self.state;
         let wait = std::mem::take(&mut self.wait);
         let first_attempt = std::mem::replace(&mut self.first_attempt, false);
+        if first_attempt && self.req.turn.output != Output::Text {
+            avoid_spent_images(state, &mut self.trail)?;
+        }
         // Only this attempt's account may be blamed for its failure (after an answer asked
         // again, the account that gave it is not this attempt's until leased again).
         self.trail.last = None;
@@ -274,7 +279,9 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
             state.config.upstream_body_limit,
             hint,
             state,
-        )?;
+        )
+        .await?;
+        self.ready_images().await?;
         let conv = &state.conversations;
         // One generation per chat: wait (bounded) for other requests on this conversation.
         let lock = match &self.prepared.target {
@@ -450,6 +457,33 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
     fn hint_text(&self) -> Option<String> {
         let (hint, tools) = self.hint.zip(self.req.turn.tools.as_deref())?;
         Some(format!("\n\n{}", hint.text(tools)))
+    }
+
+    /// Choose, fetch and check the images the turn sends (once per prepared turn), before an
+    /// account is taken; a note for the ones left out opens the message (its end is the
+    /// user's request and the retry hint).
+    async fn ready_images(&mut self) -> Result<(), ProxyError> {
+        if self.prepared.images_ready || self.prepared.images.is_empty() {
+            return Ok(());
+        }
+        let newest = self.req.turn.messages.len().saturating_sub(1);
+        let left_out = self
+            .state
+            .media
+            .ready(
+                &mut self.prepared.images,
+                self.prepared.documents.len(),
+                newest,
+                self.plan.vision,
+            )
+            .await?;
+        self.prepared.images_ready = true;
+        if left_out > 0 {
+            self.prepared
+                .content
+                .insert_str(0, &left_out_note(left_out));
+        }
+        Ok(())
     }
 
     /// The retry hint, appended to the last user-side turn of what is sent.

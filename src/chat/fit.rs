@@ -18,17 +18,17 @@ use crate::app::AppState;
 use crate::common::epoch_secs;
 use crate::conversation::{ChatTarget, Prepared};
 use crate::error::ProxyError;
+use crate::media::{FILES_PER_MESSAGE, LEFT_OUT_NOTE_MAX};
 use crate::qwen::files::{FileClass, FileError, Upload, Uploaded, PARSE_PAUSE};
 use crate::qwen::request::{Turn, CHAT_ID_PLACEHOLDER};
 use crate::turn::fold::{folded, folded_turns};
 use crate::turn::offload;
 use crate::turn::plan::Plan;
-use crate::turn::{FileRef, TurnRequest};
+use crate::turn::{FileRef, ImageData, TurnRequest};
 
-/// The size of the completion body that would send `content` with `files` where `prepared`
-/// goes.
-fn body_len(prepared: &Prepared, plan: &Plan, content: &str, files: &[Value]) -> usize {
-    let (chat_id, parent_id) = match &prepared.target {
+/// The size of the completion body that would send `content` with `files` to `target`.
+fn body_len(target: &ChatTarget, plan: &Plan, content: &str, files: &[Value]) -> usize {
+    let (chat_id, parent_id) = match target {
         ChatTarget::Existing { chat_id, parent_id } => (chat_id.as_str(), parent_id.as_deref()),
         ChatTarget::NewChat => (CHAT_ID_PLACEHOLDER, None),
     };
@@ -52,7 +52,12 @@ pub(super) fn check_upstream_size(
     plan: &Plan,
     limit: usize,
 ) -> Result<(), ProxyError> {
-    let size = body_len(prepared, plan, &prepared.content, &planned_files(prepared));
+    let size = body_len(
+        &prepared.target,
+        plan,
+        &prepared.content,
+        &planned_files(prepared),
+    );
     if size > limit {
         return Err(ProxyError::ContextLengthExceeded { size, limit });
     }
@@ -82,27 +87,54 @@ fn image_name(image: &FileRef) -> String {
     )
 }
 
+/// The images a message of `documents` documents attaches, at most.
+fn image_room(prepared: &Prepared, documents: usize) -> usize {
+    prepared
+        .images
+        .len()
+        .min(FILES_PER_MESSAGE.saturating_sub(documents))
+}
+
+/// Placeholders as large as the descriptors of `n` uploaded images.
+fn image_placeholders(n: usize) -> Vec<Value> {
+    let name = format!("image-{}.webp", "0".repeat(12));
+    vec![placeholder_descriptor(&name, FileClass::Image); n]
+}
+
 /// The `files[]` the turn sends, for its size: the descriptors once uploaded, before that
 /// placeholders at least as large.
 fn planned_files(prepared: &Prepared) -> Cow<'_, [Value]> {
     if prepared.files.len() == prepared.documents.len() + prepared.images.len() {
         return Cow::Borrowed(&prepared.files);
     }
-    let documents = prepared
+    let mut files: Vec<Value> = prepared
         .documents
         .iter()
-        .map(|d| placeholder_descriptor(&d.name, FileClass::Document));
-    let images = prepared
-        .images
-        .iter()
-        .map(|i| placeholder_descriptor(&image_name(i), FileClass::Image));
-    Cow::Owned(documents.chain(images).collect())
+        .map(|d| placeholder_descriptor(&d.name, FileClass::Document))
+        .collect();
+    files.extend(image_placeholders(image_room(
+        prepared,
+        prepared.documents.len(),
+    )));
+    Cow::Owned(files)
 }
 
-/// Make the turn fit: nothing to do when it does; a fresh chat's fold is planned into
-/// documents (`hint`: the tool retry's hint, which stays at the end of the message); else
-/// the size error.
-pub(super) fn fit(
+/// Room kept for the note on images left out, which is written once they are chosen.
+fn note_room(prepared: &Prepared) -> usize {
+    if prepared.images.is_empty() || prepared.images_ready {
+        0
+    } else {
+        LEFT_OUT_NOTE_MAX
+    }
+}
+
+/// A fold larger than this is planned off the async workers (a multi-megabyte plan takes a
+/// few hundred milliseconds of string building).
+const PLAN_ON_BLOCKING_THREAD: usize = 256 << 10;
+
+/// Make the turn fit: nothing to do when it does; else planned into documents (`hint`: the
+/// tool retry's hint, which stays at the end of the message); else the size error.
+pub(super) async fn fit(
     prepared: &mut Prepared,
     turn: &TurnRequest,
     plan: &Plan,
@@ -110,19 +142,19 @@ pub(super) fn fit(
     hint: Option<String>,
     state: &AppState,
 ) -> Result<(), ProxyError> {
+    let limit = limit.saturating_sub(note_room(prepared));
     let Err(too_large) = check_upstream_size(prepared, plan, limit) else {
         return Ok(());
     };
-    if !prepared.documents.is_empty() {
-        return Err(too_large);
-    }
-    let hint = hint.unwrap_or_default();
+    // Planned again from the turn (a hint appended to a planned message may not fit it).
+    let appended = hint.clone().unwrap_or_default();
     let placeholder = placeholder_descriptor("conversation-000000000000.txt", FileClass::Document);
-    let images = planned_files(prepared).into_owned();
-    let fits = |inline: &str, documents: usize| {
+    let (target, sizing, images) = (prepared.target.clone(), plan.clone(), prepared.images.len());
+    let fits = move |inline: &str, documents: usize| {
         let mut files = vec![placeholder.clone(); documents];
-        files.extend_from_slice(&images);
-        body_len(prepared, plan, &format!("{inline}{hint}"), &files) <= limit
+        let room = images.min(FILES_PER_MESSAGE.saturating_sub(documents));
+        files.extend(image_placeholders(room));
+        body_len(&target, &sizing, &format!("{inline}{appended}"), &files) <= limit
     };
     // A fresh chat gets the whole fold; a continued one its new messages (its system text
     // and tools are in the chat already).
@@ -130,7 +162,16 @@ pub(super) fn fit(
         ChatTarget::NewChat => folded(turn),
         ChatTarget::Existing { .. } => folded_turns(turn, prepared.from),
     };
-    let Some(offloaded) = offload::plan(&whole, fits) else {
+    // (A message planned before, its documents attached, stands for a large fold too.)
+    let large = prepared.content.len() > PLAN_ON_BLOCKING_THREAD || !prepared.documents.is_empty();
+    let planned = if large {
+        tokio::task::spawn_blocking(move || offload::plan(&whole, fits))
+            .await
+            .map_err(|e| ProxyError::Internal(format!("planning the documents: {e}")))?
+    } else {
+        offload::plan(&whole, fits)
+    };
+    let Some(offloaded) = planned else {
         return Err(too_large);
     };
     tracing::info!(
@@ -144,7 +185,7 @@ pub(super) fn fit(
         "the fold is too large for one upstream request; its older part goes into documents"
     );
     state.metrics.offloaded_turns.inc();
-    prepared.content = offloaded.inline + &hint;
+    prepared.content = offloaded.inline + hint.as_deref().unwrap_or("");
     prepared.documents = offloaded.documents;
     prepared.files.clear();
     Ok(())
@@ -158,6 +199,14 @@ pub(super) async fn attach_files(
     lease: &Lease,
     plan: &Plan,
 ) -> Result<(), ProxyError> {
+    // The message's files stay within the upstream's five: a plan made after the images
+    // were chosen may have added documents (the newest images are kept).
+    let room = FILES_PER_MESSAGE.saturating_sub(prepared.documents.len());
+    if prepared.images.len() > room {
+        let over = prepared.images.len() - room;
+        tracing::info!(over, "images left out for the turn's documents");
+        prepared.images.drain(..over);
+    }
     let wanted = prepared.documents.len() + prepared.images.len();
     if wanted == 0 || prepared.files.len() == wanted {
         return Ok(());
@@ -179,22 +228,32 @@ pub(super) async fn attach_files(
         class: FileClass::Document,
         bytes: Bytes::from(doc.text.clone()),
     });
-    let names: Vec<String> = prepared.images.iter().map(image_name).collect();
-    let images = prepared
+    // Made ready before the account was chosen (`media`): every image is a file by now.
+    let image_files: Vec<&FileRef> = prepared
         .images
         .iter()
-        .zip(&names)
-        .map(|(image, name)| Upload {
-            name,
-            media_type: &image.media_type,
-            class: FileClass::Image,
-            bytes: image.bytes.clone(),
-        });
+        .filter_map(|i| match &i.data {
+            ImageData::File(f) => Some(f),
+            ImageData::Address(_) => None,
+        })
+        .collect();
+    if image_files.len() != prepared.images.len() {
+        return Err(ProxyError::Internal(
+            "an image was not fetched before its upload".to_owned(),
+        ));
+    }
+    let names: Vec<String> = image_files.iter().map(|f| image_name(f)).collect();
+    let images = image_files.iter().zip(&names).map(|(image, name)| Upload {
+        name,
+        media_type: &image.media_type,
+        class: FileClass::Image,
+        bytes: image.bytes.clone(),
+    });
     let digests = prepared
         .documents
         .iter()
         .map(|d| d.digest.as_str())
-        .chain(prepared.images.iter().map(|i| i.digest.as_str()));
+        .chain(image_files.iter().map(|f| f.digest.as_str()));
     let mut files = Vec::with_capacity(wanted);
     for (upload, digest) in documents.chain(images).zip(digests) {
         let uploaded = upload_once(state, lease, &upload, digest).await?;

@@ -130,8 +130,9 @@ pub async fn complete<A: ClientApi>(
     // (The whole request is hashed for it only while some failure is remembered.)
     let request_key = || {
         let settings = format!(
-            "{}|{:?}|{:?}|{:?}",
+            "{}|{:?}|{:?}|{:?}|{:?}",
             plan.chat_type,
+            plan.size,
             plan.features,
             req.turn.response_format,
             req.turn.tools.as_deref().map(|t| (&t.choice, t.parallel))

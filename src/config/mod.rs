@@ -216,7 +216,7 @@ pub struct MediaConfig {
     pub search_footnotes: bool,
     /// `IMAGE_MAX_BYTES`: the largest image accepted (a `data:` URI decoded, or fetched).
     pub image_max_bytes: u64,
-    /// `IMAGE_MAX_COUNT`: the most images in one request, its history included.
+    /// `IMAGE_MAX_COUNT`: the most images one message attaches upstream (1–5).
     pub image_max_count: usize,
     /// `IMAGE_FETCH_TIMEOUT` (ms): the whole fetch of one image address, redirects included.
     pub image_fetch_timeout: Duration,

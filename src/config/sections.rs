@@ -423,7 +423,7 @@ impl MediaConfig {
         let media = MediaConfig {
             search_footnotes: r.bool("SEARCH_FOOTNOTES", false),
             image_max_bytes: r.parse("IMAGE_MAX_BYTES", 10 << 20, "a number of bytes"),
-            image_max_count: r.parse("IMAGE_MAX_COUNT", 20, "a whole number"),
+            image_max_count: r.parse("IMAGE_MAX_COUNT", 5, "a whole number"),
             image_fetch_timeout: r.millis("IMAGE_FETCH_TIMEOUT", 10_000, false),
             image_fetch_allow_http: r.bool("IMAGE_FETCH_ALLOW_HTTP", false),
             image_fetch_allow: r.parse_with(
@@ -434,6 +434,9 @@ impl MediaConfig {
                 Vec::new(),
             ),
         };
+        if !(1..=5).contains(&media.image_max_count) {
+            r.error("IMAGE_MAX_COUNT must be between 1 and 5 (the upstream attaches at most five files to a message)");
+        }
         if media.image_max_bytes == 0 || media.image_max_bytes > 20 << 20 {
             r.error(
                 "IMAGE_MAX_BYTES must be between 1 and 20971520 (the upstream's 20 MB per file)",

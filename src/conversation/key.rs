@@ -10,7 +10,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::turn::{Message, Role};
+use crate::turn::{Message, Part, Role};
 
 #[derive(Clone)]
 pub struct KeyBuilder {
@@ -100,12 +100,22 @@ impl KeyBuilder {
         if m.tool_calls.is_empty() {
             self.text(&m.text());
         }
-        // A file counts by what it is, wherever it sits among the text.
-        for file in m.files() {
-            self.hasher.update([0xFB]);
-            self.hasher.update(file.media_type.as_bytes());
-            self.hasher.update([0xFC]);
-            self.hasher.update(file.digest.as_bytes());
+        // A file counts by what it is, wherever it sits among the text; an image not yet
+        // fetched by its address.
+        for part in &m.content {
+            match part {
+                Part::File(file) => {
+                    self.hasher.update([0xFB]);
+                    self.hasher.update(file.media_type.as_bytes());
+                    self.hasher.update([0xFC]);
+                    self.hasher.update(file.digest.as_bytes());
+                }
+                Part::ImageUrl(url) => {
+                    self.hasher.update([0xFA]);
+                    self.hasher.update(url.as_bytes());
+                }
+                Part::Text(_) => {}
+            }
         }
         for call in &m.tool_calls {
             self.tool_call(&call.name, &call.arguments);

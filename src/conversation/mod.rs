@@ -116,28 +116,14 @@ pub struct Prepared {
     /// Documents the message attaches: the part of a long fold moved out of `content`
     /// (`turn::offload`); uploaded before the turn is sent.
     pub(crate) documents: Vec<crate::turn::offload::Document>,
-    /// The images this turn sends (those of the messages it sends: the new ones of a
-    /// continued chat, all of a fold), the newest [`IMAGES_PER_TURN`] of them; uploaded
-    /// with the documents.
-    pub images: Vec<crate::turn::FileRef>,
+    /// The images of the messages this turn sends (the new ones of a continued chat, all of
+    /// a fold): chosen, checked and fetched before the turn is sent (`media`), uploaded with
+    /// the documents.
+    pub images: Vec<crate::turn::SentImage>,
+    /// The images are chosen and fetched (and a note for the ones left out is in `content`).
+    pub images_ready: bool,
     /// The `files[]` descriptors of the uploaded documents and images.
     pub files: Vec<serde_json::Value>,
-}
-
-/// The most images one upstream turn attaches (the web front end's limit: five files a
-/// turn); older ones of a long history are left out of the fold's attachments.
-pub const IMAGES_PER_TURN: usize = 5;
-
-/// The images of `messages`, the newest [`IMAGES_PER_TURN`], in order.
-fn images_of(messages: &[crate::turn::Message]) -> Vec<crate::turn::FileRef> {
-    let all: Vec<_> = messages
-        .iter()
-        .flat_map(|m| m.files().filter(|f| f.is_image()))
-        .collect();
-    all[all.len().saturating_sub(IMAGES_PER_TURN)..]
-        .iter()
-        .map(|f| (*f).clone())
-        .collect()
 }
 
 impl Prepared {
@@ -303,7 +289,8 @@ impl Conversations {
             account: (!s.account.is_empty()).then_some(s.account),
             conversation,
             documents: Vec::new(),
-            images: images_of(&req.messages[split..]),
+            images: req.images_from(split),
+            images_ready: false,
             files: Vec::new(),
         }
     }
@@ -382,7 +369,8 @@ impl Conversations {
             account: None,
             conversation,
             documents: Vec::new(),
-            images: images_of(&req.messages),
+            images: req.images_from(0),
+            images_ready: false,
             files: Vec::new(),
         }
     }

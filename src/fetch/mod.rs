@@ -264,6 +264,15 @@ pub(crate) enum FetchError {
 }
 
 impl FetchError {
+    /// The policy refused the URL (rather than the fetch failing): a scheme, a forbidden
+    /// destination, a URL not accepted.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Scheme | FetchError::BadUrl(_) | FetchError::Forbidden { .. }
+        )
+    }
+
     fn forbidden(host: &str, addr: IpAddr, rule: &'static str) -> Self {
         FetchError::Forbidden {
             host: shown_host(host),
@@ -304,11 +313,16 @@ impl fmt::Display for FetchError {
         match self {
             Self::Scheme => f.write_str("image URLs must be https URLs"),
             Self::BadUrl(why) => write!(f, "image URL not accepted: {why}"),
-            Self::Forbidden { host, rule, .. } => write!(
+            // For a name, one message whether it did not resolve or resolved to a forbidden
+            // address: the client learns nothing about the proxy's network from it.
+            Self::Forbidden { host, rule, .. } if is_literal(host) => write!(
                 f,
                 "image URL host `{host}` is not an allowed destination ({rule})"
             ),
-            Self::Resolve { host } => write!(f, "image URL host `{host}` could not be resolved"),
+            Self::Forbidden { host, .. } | Self::Resolve { host } => write!(
+                f,
+                "image URL host `{host}` does not resolve to an allowed destination"
+            ),
             Self::TooLarge { limit } => write!(f, "image is larger than {limit} bytes"),
             Self::Timeout => f.write_str("image URL did not answer in time"),
             Self::TooManyRedirects => f.write_str("image URL redirected too many times"),
@@ -319,6 +333,14 @@ impl fmt::Display for FetchError {
 }
 
 impl std::error::Error for FetchError {}
+
+/// An IP address written as the host (`[::1]` or `10.0.0.1`), not a name.
+fn is_literal(host: &str) -> bool {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_ok()
+}
 
 #[cfg(test)]
 mod tests;

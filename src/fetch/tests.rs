@@ -725,3 +725,19 @@ async fn a_refused_connection_is_a_connect_error() {
     let got = fetcher.get(&format!("http://{addr}/")).await;
     assert!(matches!(got, Err(FetchError::Connect(_))), "{got:?}");
 }
+
+#[test]
+fn a_name_that_does_not_resolve_and_one_that_resolves_inward_read_the_same() {
+    let forbidden = FetchError::forbidden(
+        "intranet.corp",
+        "10.0.0.5".parse().unwrap(),
+        "private network",
+    );
+    let unknown = FetchError::resolve("intranet.corp");
+    assert_eq!(forbidden.to_string(), unknown.to_string());
+    assert!(!forbidden.to_string().contains("10.0.0.5"));
+    assert!(!forbidden.to_string().contains("private"));
+    // A literal address says which rule refused it (the client wrote the address).
+    let literal = FetchError::forbidden("10.0.0.5", "10.0.0.5".parse().unwrap(), "private network");
+    assert!(literal.to_string().contains("private network"), "{literal}");
+}

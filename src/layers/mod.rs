@@ -4,7 +4,6 @@ pub(crate) mod auth;
 pub(crate) mod concurrency;
 pub(crate) mod error_map;
 pub(crate) mod header_limits;
-pub(crate) mod media;
 pub(crate) mod metrics;
 pub(crate) mod rate_limit;
 pub(crate) mod reject;

@@ -119,8 +119,8 @@ pub(crate) struct Retry<S> {
 }
 
 /// A request is `Parts` + its parsed body (an `Arc`, cheap to clone); `Parts` is not
-/// `Clone`, so copy it by hand.
-fn copy_request<T: Clone>(parts: &hyper::http::request::Parts, body: &T) -> Request<T> {
+/// `Clone`, so copy it by hand (also the images fan-out's copies).
+pub(crate) fn copy_request<T: Clone>(parts: &hyper::http::request::Parts, body: &T) -> Request<T> {
     let mut r = Request::new(body.clone());
     *r.method_mut() = parts.method.clone();
     *r.uri_mut() = parts.uri.clone();

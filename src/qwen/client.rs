@@ -184,7 +184,7 @@ impl QwenClient {
             .map(|(u, _)| u)
         {
             // A URL's userinfo is percent-encoded; Basic auth wants the bytes themselves.
-            let encoded = base64_standard(&crate::common::percent_decode(userinfo));
+            let encoded = crate::common::base64_encode(&crate::common::percent_decode(userinfo));
             if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("Basic {encoded}")) {
                 tunnel = tunnel.with_auth(v);
             }
@@ -551,28 +551,6 @@ impl QwenClient {
     }
 }
 
-/// Standard base64 (with padding), for `Proxy-Authorization: Basic`.
-fn base64_standard(data: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// The logical status: `x-actual-status-code` overrides a wire 200.
 pub(super) fn effective_status(rsp: &Response<Incoming>) -> u16 {
     let wire = rsp.status().as_u16();
@@ -647,16 +625,11 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn proxy_credentials_are_decoded_then_base64_encoded() {
         let percent_decode = crate::common::percent_decode;
         assert_eq!(percent_decode("user:p%40ss%3a1"), b"user:p@ss:1");
         assert_eq!(percent_decode("a%zz%4"), b"a%zz%4", "not an escape: kept");
-        assert_eq!(base64_standard(b"user:pw"), "dXNlcjpwdw==");
-        assert_eq!(base64_standard(b"ab"), "YWI=");
-        assert_eq!(base64_standard(b"abc"), "YWJj");
-        assert_eq!(base64_standard(b""), "");
+        assert_eq!(crate::common::base64_encode(b"user:pw"), "dXNlcjpwdw==");
     }
 }

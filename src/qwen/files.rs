@@ -338,7 +338,8 @@ impl QwenClient {
                 return Ok(());
             }
             let body = read_limited(rsp.into_body()).await.unwrap_or_default();
-            code = xml_field(&body, "Code").unwrap_or("unknown").to_owned();
+            // The storage's own word: shown escaped and clipped (`untrusted`).
+            code = crate::untrusted::clip(xml_field(&body, "Code").unwrap_or("unknown"));
             let class = match status {
                 400 | 403 | 404 | 413 => UpstreamClass::Rejected,
                 _ => UpstreamClass::ServerError,
@@ -358,17 +359,7 @@ impl QwenClient {
         let r = self
             .post_json(who, "/api/v2/files/parse", &json!({"file_id": file_id}))
             .await;
-        let r = self.record("files_parse", r);
-        match r {
-            Ok(_) => {}
-            Err(e) if e.upstream_class() == Some(UpstreamClass::Challenge) => {
-                return Err(FileError::ParseRefused { challenge: true })
-            }
-            Err(e) if e.upstream_class() == Some(UpstreamClass::RateLimited) => {
-                return Err(FileError::ParseRefused { challenge: false })
-            }
-            Err(e) => return Err(e.into()),
-        }
+        self.record("files_parse", r).map_err(parse_refusal)?;
         let deadline = tokio::time::Instant::now() + PARSE_DEADLINE;
         loop {
             let v = self
@@ -377,7 +368,8 @@ impl QwenClient {
                     "/api/v2/files/parse/status",
                     &json!({"file_id_list": [file_id]}),
                 )
-                .await?;
+                .await
+                .map_err(parse_refusal)?;
             let status = v
                 .pointer("/data/0/status")
                 .and_then(Value::as_str)
@@ -412,6 +404,16 @@ impl QwenClient {
             .send(who, Method::POST, path, Page::Home, false, body)
             .await?;
         json_or_error(rsp).await
+    }
+}
+
+/// A refusal of the parse step (the request or its status polls): its challenge or rate
+/// limit is the parse step's own, not the account's completion challenge or quota.
+fn parse_refusal(e: ProxyError) -> FileError {
+    match e.upstream_class() {
+        Some(UpstreamClass::Challenge) => FileError::ParseRefused { challenge: true },
+        Some(UpstreamClass::RateLimited) => FileError::ParseRefused { challenge: false },
+        _ => e.into(),
     }
 }
 

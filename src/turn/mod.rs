@@ -8,8 +8,7 @@
 //!
 //! Message content is a list of [`Part`]s: text, files (their digest, media type and bytes;
 //! uploaded only when the upstream needs them, once per account and digest), and image
-//! addresses not yet fetched (the media layer, `layers::media`, fetches them into files
-//! before the engine sees the turn).
+//! addresses, fetched (`media`) only when a turn sends them.
 
 mod client_api;
 pub(crate) mod fold;
@@ -83,9 +82,34 @@ impl std::fmt::Debug for FileRef {
 pub enum Part {
     Text(String),
     File(FileRef),
-    /// An image by address, as the client sent it: fetched by the media layer, which
-    /// replaces it with a [`Part::File`]; the engine never meets one.
+    /// An image by address, as the client sent it: fetched (`media`) when a turn sends it.
     ImageUrl(String),
+}
+
+/// An image of a message: its bytes, or the address they are fetched from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageData {
+    File(FileRef),
+    Address(String),
+}
+
+/// An image a turn sends: where it stands in the request (an error names it) and its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentImage {
+    /// Index of its message in the request, and of its part in the message.
+    pub message: usize,
+    pub part: usize,
+    pub data: ImageData,
+}
+
+impl SentImage {
+    /// The request parameter that holds it (for a 400).
+    pub fn param(&self) -> String {
+        format!(
+            "messages[{}].content[{}].image_url",
+            self.message, self.part
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +171,18 @@ impl Message {
         })
     }
 
+    /// The message's images, with the index of their part.
+    pub fn images(&self) -> impl Iterator<Item = (usize, ImageData)> + '_ {
+        self.content
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match p {
+                Part::File(f) if f.is_image() => Some((i, ImageData::File(f.clone()))),
+                Part::ImageUrl(url) => Some((i, ImageData::Address(url.clone()))),
+                Part::File(_) | Part::Text(_) => None,
+            })
+    }
+
     /// What names a tool result in the conversation key and the fold: the call it answers,
     /// else the tool's name.
     pub fn result_label(&self) -> Option<&str> {
@@ -190,6 +226,24 @@ pub enum Output {
     /// One image, drawn by the upstream's image chat type (`t2i`), of this aspect ratio
     /// (`"16:9"`): the answer is its address. Such a turn is never continued.
     Image { ratio: &'static str },
+}
+
+impl TurnRequest {
+    /// The images of the messages from `from` on, in order.
+    pub fn images_from(&self, from: usize) -> Vec<SentImage> {
+        self.messages
+            .iter()
+            .enumerate()
+            .skip(from)
+            .flat_map(|(message, m)| {
+                m.images().map(move |(part, data)| SentImage {
+                    message,
+                    part,
+                    data,
+                })
+            })
+            .collect()
+    }
 }
 
 /// One request as the engine sees it.

@@ -101,34 +101,47 @@ fn moves(folded: &Folded, fits: &impl Fn(&str, usize) -> bool, whole: bool) -> O
         if move_instructions && folded.instructions.iter().all(|i| i.trim().is_empty()) {
             break;
         }
-        // The fewest turns moved that fit, found by bisection: the more turns move, the
-        // shorter the message (the notice and the restated request are bounded), so the
-        // counts that fit are a suffix of the range — checked at its end first.
+        // The fewest turns moved that fit, found by bisection. The more turns move, the
+        // shorter the message — except where the last user message moves too and is
+        // restated, which adds its text once: within each side of that point the counts
+        // that fit are a suffix, so each side is bisected, the earlier side first.
         let first = usize::from(!(whole || move_instructions));
-        let attempt = |moved: usize| {
-            Some(build(folded, moved, move_instructions, last_user))
-                .filter(|c| fits(&c.inline, c.documents.len()))
-        };
         let Some(most) = folded.turns.len().checked_sub(1).filter(|m| *m >= first) else {
             continue;
         };
-        let Some(mut best) = attempt(most) else {
-            continue;
-        };
-        let (mut lo, mut hi) = (first, most);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match attempt(mid) {
-                Some(c) => {
-                    best = c;
-                    hi = mid;
-                }
-                None => lo = mid + 1,
+        let restated_from = last_user.map_or(most + 1, |at| at + 1);
+        let sides = [
+            (first, most.min(restated_from.saturating_sub(1))),
+            (first.max(restated_from), most),
+        ];
+        for (lo, hi) in sides.into_iter().filter(|(lo, hi)| lo <= hi) {
+            if let Some(plan) = fewest(lo, hi, |moved| {
+                Some(build(folded, moved, move_instructions, last_user))
+                    .filter(|c| fits(&c.inline, c.documents.len()))
+            }) {
+                return Some(plan);
             }
         }
-        return Some(best);
     }
     None
+}
+
+/// The smallest count in `lo..=hi` whose plan fits, given that the counts that fit are a
+/// suffix of the range (`None`: not even `hi` fits).
+fn fewest(lo: usize, hi: usize, attempt: impl Fn(usize) -> Option<Offloaded>) -> Option<Offloaded> {
+    let mut best = attempt(hi)?;
+    let (mut lo, mut hi) = (lo, hi);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match attempt(mid) {
+            Some(c) => {
+                best = c;
+                hi = mid;
+            }
+            None => lo = mid + 1,
+        }
+    }
+    Some(best)
 }
 
 /// The largest messages, one at a time, move into documents of their own (what is left of
@@ -210,7 +223,9 @@ fn build(
         if let Some(at) = last_user.filter(|at| *at < moved) {
             turns.push(format!(
                 "[User]\n(The latest request of the user, also in the attached document:)\n{}",
-                folded.turns[at].trim_start_matches("[User]\n")
+                folded.turns[at]
+                    .strip_prefix("[User]\n")
+                    .unwrap_or(&folded.turns[at])
             ));
         }
     }
@@ -383,6 +398,20 @@ mod tests {
             &plan.inline[..200]
         );
         assert!(plan.inline.contains("Summarise this:"));
+    }
+
+    #[test]
+    fn moving_the_last_request_too_is_planned_although_it_is_restated() {
+        // Moving the last user message adds its restatement: moving 3 is longer than moving
+        // 2 here, and only moving 2 or more of the long turns fits.
+        let (x, y) = ("x".repeat(2000), "y".repeat(2000));
+        let (u1, a1) = (format!("[User]\n{x}"), format!("[Assistant]\n{y}"));
+        let f = folded(&[&u1, &a1, "[User]\nnow answer", "[Assistant]\nSure."], "s");
+        let two = build(&f, 2, false, Some(2)).inline.len();
+        let three = build(&f, 3, false, Some(2)).inline.len();
+        assert!(three > two, "the restatement makes moving 3 longer");
+        let plan = plan(&f, |inline, _| inline.len() <= two).unwrap();
+        assert_eq!(plan.moved_turns, 2);
     }
 
     #[test]

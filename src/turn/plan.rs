@@ -2,7 +2,7 @@
 //! which feature switches (thinking, search). Where the turn goes (a continued chat or a
 //! fresh one) is the conversation store's decision (`conversation::Conversations::prepare`).
 
-use super::{FileRef, Output, ThinkingIntent, TurnRequest};
+use super::{Output, ThinkingIntent, TurnRequest};
 use crate::error::ProxyError;
 use crate::qwen::models::{Catalog, UpstreamModel, Variant};
 use crate::qwen::request::{FeatureConfig, Thinking};
@@ -15,6 +15,8 @@ pub(crate) struct Plan {
     pub features: FeatureConfig,
     /// The aspect ratio of an image turn.
     pub size: Option<&'static str>,
+    /// The model reads images.
+    pub vision: bool,
 }
 
 /// Map a request onto the catalogue. Unknown models are a 404.
@@ -28,31 +30,22 @@ pub(crate) fn plan(req: &TurnRequest, catalog: &Catalog) -> Result<Plan, ProxyEr
             .ok_or_else(|| ProxyError::ModelNotFound {
                 model: req.model.clone(),
             })?;
+    // Images of the request's newest message go to a model that reads them, or nowhere (a
+    // 400); older ones a model without vision is simply not shown (`media`).
     if !model.vision
         && req
             .messages
-            .iter()
-            .any(|m| m.files().any(FileRef::is_image))
+            .last()
+            .is_some_and(|m| m.images().next().is_some())
     {
-        let readers: Vec<&str> = catalog
-            .models
-            .iter()
-            .filter(|m| m.vision)
-            .map(|m| m.id.as_str())
-            .collect();
-        return Err(ProxyError::BadRequest {
-            message: format!(
-                "The model `{}` does not read images. Models that do: {}.",
-                crate::untrusted::clip(&req.model),
-                if readers.is_empty() {
-                    "none at the moment".to_owned()
-                } else {
-                    readers.join(", ")
-                }
-            ),
-            param: Some("messages".to_owned()),
-            code: Some("model_not_vision_capable"),
-        });
+        return Err(lacks(
+            req,
+            catalog,
+            |m| m.vision,
+            "does not read images",
+            "messages",
+            "model_not_vision_capable",
+        ));
     }
     let thinking = thinking_mode(req.thinking, model, variant);
     Ok(Plan {
@@ -60,6 +53,7 @@ pub(crate) fn plan(req: &TurnRequest, catalog: &Catalog) -> Result<Plan, ProxyEr
         chat_type: "t2t",
         features: FeatureConfig::new(thinking, variant.search),
         size: None,
+        vision: model.vision,
     })
 }
 
@@ -81,32 +75,52 @@ fn image_plan(
         Some(model).filter(|m| m.image_generation)
     };
     let Some(model) = model else {
-        let drawers: Vec<&str> = catalog
-            .models
-            .iter()
-            .filter(|m| m.image_generation)
-            .map(|m| m.id.as_str())
-            .collect();
-        return Err(ProxyError::BadRequest {
-            message: format!(
-                "The model `{}` does not generate images. Models that do: {}.",
-                crate::untrusted::clip(&req.model),
-                if drawers.is_empty() {
-                    "none at the moment".to_owned()
-                } else {
-                    drawers.join(", ")
-                }
-            ),
-            param: Some("model".to_owned()),
-            code: Some("model_not_image_capable"),
-        });
+        return Err(lacks(
+            req,
+            catalog,
+            |m| m.image_generation,
+            "does not generate images",
+            "model",
+            "model_not_image_capable",
+        ));
     };
     Ok(Plan {
         model: model.id.clone(),
         chat_type: "t2i",
         features: FeatureConfig::new(Thinking::Off, false),
         size: Some(ratio),
+        vision: false,
     })
+}
+
+/// The 400 for a model without a capability the request needs, naming the models with it.
+fn lacks(
+    req: &TurnRequest,
+    catalog: &Catalog,
+    has: impl Fn(&UpstreamModel) -> bool,
+    what: &str,
+    param: &str,
+    code: &'static str,
+) -> ProxyError {
+    let able: Vec<&str> = catalog
+        .models
+        .iter()
+        .filter(|m| has(m))
+        .map(|m| m.id.as_str())
+        .collect();
+    ProxyError::BadRequest {
+        message: format!(
+            "The model `{}` {what}. Models that do: {}.",
+            crate::untrusted::clip(&req.model),
+            if able.is_empty() {
+                "none at the moment".to_owned()
+            } else {
+                able.join(", ")
+            }
+        ),
+        param: Some(param.to_owned()),
+        code: Some(code),
+    }
 }
 
 /// The model's suffix first, then what the client asked, then the front-end default

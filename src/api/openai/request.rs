@@ -42,16 +42,21 @@ fn bad(message: impl Into<String>, param: &str) -> ProxyError {
 
 /// Parse a `POST /v1/chat/completions` body into the turn and the OpenAI options.
 pub fn parse(body: &[u8]) -> Result<ApiRequest<Options>, ProxyError> {
+    from_object(&json_object(body)?)
+}
+
+/// A request body that must be one JSON object (every OpenAI endpoint's).
+pub(crate) fn json_object(body: &[u8]) -> Result<Map<String, Value>, ProxyError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ProxyError::bad_request(format!("Request body is not valid JSON: {e}"), None)
     })?;
-    let Value::Object(obj) = value else {
-        return Err(ProxyError::bad_request(
+    match value {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(ProxyError::bad_request(
             "Request body must be a JSON object.",
             None,
-        ));
-    };
-    from_object(&obj)
+        )),
+    }
 }
 
 fn from_object(obj: &Map<String, Value>) -> Result<ApiRequest<Options>, ProxyError> {

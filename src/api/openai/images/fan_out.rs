@@ -18,6 +18,7 @@ use crate::app::AppState;
 use crate::body::{json_response, ProxyBody};
 use crate::common::BoxFuture;
 use crate::error::{ProxyError, UpstreamClass};
+use crate::layers::retry::copy_request;
 use crate::turn::ApiRequest;
 
 /// The largest image read back for `b64_json` (the upstream's 20 MB per file).
@@ -80,18 +81,17 @@ where
             // and extensions (its route, identity, start time).
             let turns: Vec<_> = (0..options.n)
                 .map(|_| {
-                    let mut one = Request::new(body.clone());
-                    *one.method_mut() = parts.method.clone();
-                    *one.uri_mut() = parts.uri.clone();
-                    *one.headers_mut() = parts.headers.clone();
-                    *one.extensions_mut() = parts.extensions.clone();
+                    let one = copy_request(&parts, &body);
                     let svc = svc.clone();
-                    async move { images_of(svc.oneshot(one).await?).await }
+                    async move { picture_of(svc.oneshot(one).await?).await }
                 })
                 .collect();
             let answers = all(turns.into_iter()).await?;
-            let mut data: Vec<GeneratedImage> =
-                answers.iter().flat_map(|a| a.data.clone()).collect();
+            // One picture per turn: `n` asked, `n` given (a turn that drew two gives its first).
+            let mut data: Vec<GeneratedImage> = answers
+                .iter()
+                .filter_map(|a| a.data.first().cloned())
+                .collect();
             if options.format == ImageFormat::B64Json {
                 let downloads: Vec<_> = data
                     .iter()
@@ -110,6 +110,7 @@ where
                     })
                     .collect();
             }
+            state.metrics.images_generated.inc_by(data.len() as u64);
             let created = answers.first().map_or(0, |a| a.created);
             let body = serde_json::to_vec(&Generated { created, data })
                 .map_err(|e| ProxyError::Internal(format!("writing the images answer: {e}")))?;
@@ -119,7 +120,7 @@ where
 }
 
 /// One turn's answer: its images, at least one.
-async fn images_of(rsp: Response<ProxyBody>) -> Result<Generated, ProxyError> {
+async fn picture_of(rsp: Response<ProxyBody>) -> Result<Generated, ProxyError> {
     if rsp.status() != StatusCode::OK {
         return Err(ProxyError::Internal(format!(
             "an image turn answered {}",
@@ -147,6 +148,13 @@ async fn images_of(rsp: Response<ProxyBody>) -> Result<Generated, ProxyError> {
 async fn b64(state: &AppState, url: &str) -> Result<String, ProxyError> {
     let timeout = state.config.media.image_fetch_timeout;
     let bytes = state.client.download(url, MAX_IMAGE_BYTES, timeout).await?;
+    // The address's answer must be the picture, not an error page served with a 200.
+    if crate::media::sniff(&bytes).is_none() {
+        return Err(ProxyError::upstream(
+            UpstreamClass::ServerError,
+            "the upstream's image address did not answer with an image",
+        ));
+    }
     Ok(crate::common::base64_encode(&bytes))
 }
 

@@ -129,15 +129,7 @@ fn bad(message: impl Into<String>, param: &str) -> ProxyError {
 
 /// Parse a `POST /v1/images/generations` body.
 pub fn parse(body: &[u8]) -> Result<ApiRequest<ImageOptions>, ProxyError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ProxyError::bad_request(format!("Request body is not valid JSON: {e}"), None)
-    })?;
-    let Value::Object(obj) = value else {
-        return Err(ProxyError::bad_request(
-            "Request body must be a JSON object.",
-            None,
-        ));
-    };
+    let obj = super::request::json_object(body)?;
     let prompt = match obj.get("prompt") {
         Some(Value::String(p)) if !p.trim().is_empty() => p.clone(),
         _ => return Err(bad("`prompt` is required: a non-empty string.", "prompt")),
@@ -156,8 +148,8 @@ pub fn parse(body: &[u8]) -> Result<ApiRequest<ImageOptions>, ProxyError> {
     };
     let n = match obj.get("n") {
         None | Some(Value::Null) => 1,
-        Some(v) => match v.as_u64() {
-            Some(n @ 1..=4) => n as u8,
+        Some(v) => match v.as_u64().and_then(|n| u8::try_from(n).ok()) {
+            Some(n @ 1..=MAX_IMAGES) => n,
             _ => {
                 return Err(bad(
                     format!("`n` must be a whole number from 1 to {MAX_IMAGES}."),
@@ -181,17 +173,21 @@ pub fn parse(body: &[u8]) -> Result<ApiRequest<ImageOptions>, ProxyError> {
         })?,
         Some(_) => return Err(bad("`size` must be a string.", "size")),
     };
-    let format = match obj.get("response_format").and_then(Value::as_str) {
-        None | Some("url") => ImageFormat::Url,
-        Some("b64_json") => ImageFormat::B64Json,
+    let format = match obj.get("response_format") {
+        None | Some(Value::Null) => ImageFormat::Url,
+        Some(Value::String(f)) if f == "url" => ImageFormat::Url,
+        Some(Value::String(f)) if f == "b64_json" => ImageFormat::B64Json,
         Some(other) => {
+            let other = other
+                .as_str()
+                .map_or_else(|| other.to_string(), str::to_owned);
             return Err(bad(
                 format!(
                     "`response_format` must be `url` or `b64_json`, not `{}`.",
-                    clip(other)
+                    clip(&other)
                 ),
                 "response_format",
-            ))
+            ));
         }
     };
     refuse_unsupported(&obj)?;
@@ -220,11 +216,14 @@ fn is_openai_image_model(model: &str) -> bool {
 /// difference. (`quality`, `style`, `user`, `moderation`, `background: "auto"` change
 /// nothing the client relies on and are accepted.)
 fn refuse_unsupported(obj: &Map<String, Value>) -> Result<(), ProxyError> {
-    if obj.get("stream").and_then(Value::as_bool) == Some(true) {
-        return Err(bad(
-            "Streamed image generation is not supported; send `stream: false`.",
-            "stream",
-        ));
+    match obj.get("stream") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        Some(_) => {
+            return Err(bad(
+                "Streamed image generation is not supported; send `stream: false`.",
+                "stream",
+            ))
+        }
     }
     match obj.get("output_format").and_then(Value::as_str) {
         None | Some("png") => {}
