@@ -399,7 +399,7 @@ fn parse_parts(parts: &[Value], param: &str) -> Result<Vec<Part>, ProxyError> {
 }
 
 /// `{"type":"image_url","image_url":{"url":…,"detail":…}}` (or `image_url` as the string
-/// itself): a `data:` URI is decoded here; an address is fetched by the media layer.
+/// itself): a `data:` URI is decoded here; an address is fetched when a turn sends it (`media`).
 fn image_part(part: &Value, param: &str) -> Result<Part, ProxyError> {
     let url = match part.get("image_url") {
         Some(Value::String(u)) => u.as_str(),
