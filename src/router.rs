@@ -23,20 +23,26 @@ use crate::routes::{Endpoint, Route};
 /// The chat route's sub-stack (`stack::chat_stack`), type-erased once.
 pub(crate) type ChatStack = BoxCloneService<Request<Incoming>, Response<ProxyBody>, ProxyError>;
 
+/// The sub-stacks the router sends requests into.
+#[derive(Clone)]
+pub(crate) struct Stacks {
+    /// `POST /v1/chat/completions`.
+    pub(crate) chat: ChatStack,
+    /// `POST /v1/images/generations`.
+    pub(crate) images: ChatStack,
+    /// `POST /v1/messages`.
+    pub(crate) messages: ChatStack,
+}
+
 #[derive(Clone)]
 pub(crate) struct Router {
     state: Arc<AppState>,
-    chat: ChatStack,
-    images: ChatStack,
+    stacks: Stacks,
 }
 
 impl Router {
-    pub(crate) fn new(state: Arc<AppState>, chat: ChatStack, images: ChatStack) -> Self {
-        Self {
-            state,
-            chat,
-            images,
-        }
+    pub(crate) fn new(state: Arc<AppState>, stacks: Stacks) -> Self {
+        Self { state, stacks }
     }
 }
 
@@ -53,16 +59,32 @@ impl tower::Service<Request<Incoming>> for Router {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let state = self.state.clone();
-        let chat = self.chat.clone();
-        let images = self.images.clone();
+        let stacks = self.stacks.clone();
         Box::pin(async move {
             let path = req.uri().path().trim_end_matches('/').to_owned();
             match Route::of(&req).endpoint {
                 // Draining: other instances take new completions (503 + Retry-After).
-                Endpoint::ChatCompletions if state.is_draining() => Err(ProxyError::ShuttingDown),
-                Endpoint::ChatCompletions => chat.oneshot(req).await,
-                Endpoint::ImageGenerations if state.is_draining() => Err(ProxyError::ShuttingDown),
-                Endpoint::ImageGenerations => images.oneshot(req).await,
+                Endpoint::ChatCompletions | Endpoint::ImageGenerations | Endpoint::Messages
+                    if state.is_draining() =>
+                {
+                    Err(ProxyError::ShuttingDown)
+                }
+                Endpoint::ChatCompletions => stacks.chat.oneshot(req).await,
+                Endpoint::ImageGenerations => stacks.images.oneshot(req).await,
+                Endpoint::Messages => stacks.messages.oneshot(req).await,
+                Endpoint::CountTokens => crate::api::anthropic::count_tokens(&state, req).await,
+                // An Anthropic client (Claude Code's model discovery) reads its own shape.
+                Endpoint::Models if req.headers().contains_key("anthropic-version") => {
+                    let catalog = state.catalog().await?;
+                    let models: Vec<(&str, &str, u64)> = catalog
+                        .listed
+                        .iter()
+                        .map(|m| (m.id.as_str(), m.id.as_str(), m.created))
+                        .collect();
+                    Ok(json_response(crate::api::anthropic::response::model_list(
+                        &models,
+                    )))
+                }
                 Endpoint::Models => {
                     let catalog = state.catalog().await?;
                     let list = ModelList {

@@ -11,6 +11,8 @@ use hyper::Method;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
     OpenAi,
+    /// Anthropic's Messages API (`/v1/messages`).
+    Anthropic,
 }
 
 /// What serves a request.
@@ -19,6 +21,10 @@ pub(crate) enum Endpoint {
     ChatCompletions,
     /// `POST /v1/images/generations`.
     ImageGenerations,
+    /// `POST /v1/messages` (Anthropic).
+    Messages,
+    /// `POST /v1/messages/count_tokens` (Anthropic).
+    CountTokens,
     Models,
     /// `GET /v1/models/{id}`.
     Model,
@@ -65,20 +71,20 @@ impl PathMatch {
     }
 }
 
-/// One row: a path, the one method it serves (`None`: any, the handler decides) and what
-/// the route is.
+/// One row: a path, the one method it serves (`None`: any, the handler decides; a `GET` row
+/// answers `HEAD` too) and what the route is.
 struct Entry {
     path: PathMatch,
     method: Option<Method>,
     endpoint: Endpoint,
     label: &'static str,
-    /// Client API routes: auth and the rate limit apply.
-    api: bool,
+    /// A client API's route (auth and the rate limit apply), and which.
+    api: Option<Api>,
 }
 
 /// The table. Paths are matched without their trailing slash (`/v1/models/` is
 /// `/v1/models`; `/` is the empty path).
-fn table() -> [Entry; 9] {
+fn table() -> [Entry; 12] {
     use Endpoint as E;
     use PathMatch::{Below, Exact};
     let entry = |path, method, endpoint, label, api| Entry {
@@ -94,46 +100,68 @@ fn table() -> [Entry; 9] {
             Some(Method::POST),
             E::ChatCompletions,
             "/v1/chat/completions",
-            true,
+            Some(Api::OpenAi),
         ),
         entry(
             Exact("/v1/images/generations"),
             Some(Method::POST),
             E::ImageGenerations,
             "/v1/images/generations",
-            true,
+            Some(Api::OpenAi),
+        ),
+        entry(
+            Exact("/v1/messages"),
+            Some(Method::POST),
+            E::Messages,
+            "/v1/messages",
+            Some(Api::Anthropic),
+        ),
+        entry(
+            Exact("/v1/messages/count_tokens"),
+            Some(Method::POST),
+            E::CountTokens,
+            "/v1/messages/count_tokens",
+            Some(Api::Anthropic),
         ),
         entry(
             Exact("/v1/models"),
             Some(Method::GET),
             E::Models,
             "/v1/models",
-            true,
+            Some(Api::OpenAi),
         ),
         entry(
             Below("/v1/models/"),
             Some(Method::GET),
             E::Model,
             "/v1/models/{id}",
-            true,
+            Some(Api::OpenAi),
         ),
         entry(
             Exact("/health"),
             Some(Method::GET),
             E::Health,
             "/health",
-            false,
+            None,
         ),
         entry(
             Exact("/metrics"),
             Some(Method::GET),
             E::Metrics,
             "/metrics",
-            false,
+            None,
         ),
-        entry(Exact(""), Some(Method::GET), E::Index, "/", false),
-        entry(Exact("/admin"), None, E::Admin, "other", false),
-        entry(Below("/admin/"), None, E::Admin, "other", false),
+        entry(Exact(""), Some(Method::GET), E::Index, "/", None),
+        // Claude Code's preconnect probe (`HEAD /api/hello`).
+        entry(
+            Exact("/api/hello"),
+            Some(Method::GET),
+            E::Index,
+            "/api/hello",
+            None,
+        ),
+        entry(Exact("/admin"), None, E::Admin, "other", None),
+        entry(Below("/admin/"), None, E::Admin, "other", None),
     ]
 }
 
@@ -141,16 +169,16 @@ impl Route {
     /// The route of a request.
     pub(crate) fn resolve(method: &Method, path: &str) -> Route {
         let path = path.trim_end_matches('/');
-        let route = |endpoint, label, api: bool| Route {
+        let route = |endpoint, label, api: Option<Api>| Route {
             endpoint,
             label,
-            auth: api,
-            rate_limited: api,
-            api: Api::OpenAi,
+            auth: api.is_some(),
+            rate_limited: api.is_some(),
+            api: api.unwrap_or(Api::OpenAi),
         };
         match table().into_iter().find(|e| e.path.matches(path)) {
             Some(e) => match &e.method {
-                Some(m) if m != method => route(
+                Some(m) if m != method && !(m == Method::GET && method == Method::HEAD) => route(
                     Endpoint::WrongMethod {
                         allow: allow_header(m),
                     },
@@ -161,7 +189,11 @@ impl Route {
             },
             // Unknown paths under the client API's prefix are still the API's: a client
             // without a key learns nothing about which paths exist.
-            None => route(Endpoint::NotFound, "other", path.starts_with("/v1/")),
+            None => route(
+                Endpoint::NotFound,
+                "other",
+                path.starts_with("/v1/").then_some(Api::OpenAi),
+            ),
         }
     }
 }

@@ -7,15 +7,15 @@
 //! | 2 | request-id (`layers::request_id`) | accepts a sane `x-request-id` or mints one; adds `RequestId` to extensions and the header to the response |
 //! | 3 | trace (`layers::trace`) | one span per request (method, route, request id; model, stream, attempts, status, latency recorded later); logs the end of streams |
 //! | 4 | metrics (`layers::metrics`) | `http_requests_total` and `http_request_duration_seconds`, recorded when the body ends or is dropped |
-//! | 5 | error-map (`layers::error_map`) | every `ProxyError` from inside becomes its response in the route's API shape (`error_response`, the one mapping; `api::error_body`), logged and counted once; outside, the stack is infallible |
+//! | 5 | error-map (`layers::error_map`) | every `ProxyError` from inside becomes its response in the route's API shape (`error_response`, the one mapping; `api::error_reply`: status and body), logged and counted once; outside, the stack is infallible |
 //! | 6 | header limits (`layers::header_limits`) | more than 128 header fields or 64 KiB of headers: 431 in the OpenAI shape (hyper accepts up to twice that, then answers with its own bare 431) |
 //! | 7 | CORS (tower-http, when `CORS_ENABLED`) | answers preflights; adds CORS headers |
 //! | 8 | auth (`layers::auth`) | parses the credential once and adds `ClientIdentity` (a key fingerprint, or anonymous) to extensions; with `API_KEYS`, the client API's routes (`/v1/*`) need a valid key (401 + `WWW-Authenticate`); repeated failures lock the address out (429) |
 //! | 9 | rate-limit (`layers::rate_limit`, when `RATE_LIMIT_RPM` > 0) | token bucket per `ClientIdentity` key, else per client IP (`TRUST_PROXY`), for `/v1/*`; 429 at once with `Retry-After` and `x-ratelimit-*`; never queues |
 //! | 10 | router (`router.rs`) | sends the request to its endpoint; `/v1/chat/completions` goes into the chat stack below |
 //!
-//! The chat stack, one per client API (`chat_stack::<A>`; today `POST /v1/chat/completions`
-//! with `api::openai::OpenAi`):
+//! The chat stack, one per client API (`chat_stack::<A>`: `POST /v1/chat/completions` with
+//! `api::openai::OpenAi`, `POST /v1/messages` with `api::anthropic::Anthropic`):
 //!
 //! | # | layer | contract |
 //! |---|---|---|
@@ -46,6 +46,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::api::anthropic::Anthropic;
 use crate::api::openai::images::fan_out::FanOutLayer;
 use crate::api::openai::images::OpenAiImages;
 use crate::api::openai::OpenAi;
@@ -66,7 +67,7 @@ use crate::layers::trace::TraceLayer;
 use crate::layers::validate::ValidateLayer;
 use crate::rate::{LocalBuckets, RateLimitStore};
 use crate::redis::rate_limit::RedisBuckets;
-use crate::router::{ChatStack, Router};
+use crate::router::{ChatStack, Router, Stacks};
 use crate::turn::ClientApi;
 
 /// The response body at the top of the stack (boxed once, by catch-panic).
@@ -184,7 +185,7 @@ pub(crate) fn build(state: Arc<AppState>) -> HttpService {
         .layer(MetricsLayer::new(state.metrics.clone()))
         .layer(ErrorMapLayer::new(
             state.metrics.clone(),
-            crate::api::error_body,
+            crate::api::error_reply,
         ))
         .layer(HeaderLimitLayer)
         .option_layer(cors_layer(&state))
@@ -197,8 +198,11 @@ pub(crate) fn build(state: Arc<AppState>) -> HttpService {
         .option_layer(rate_limit)
         .service(Router::new(
             state.clone(),
-            chat_stack::<OpenAi>(&state),
-            images_stack(&state),
+            Stacks {
+                chat: chat_stack::<OpenAi>(&state),
+                images: images_stack(&state),
+                messages: chat_stack::<Anthropic>(&state),
+            },
         ));
     BoxCloneService::new(svc)
 }

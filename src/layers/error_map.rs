@@ -11,15 +11,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 
 use crate::body::{json_response, ProxyBody};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::routes::{Api, Route};
 
-/// How each client API writes an error body (`api::error_body`).
-pub(crate) type ErrorBodies = fn(Api, &ProxyError) -> Bytes;
+/// How each client API writes an error: its status and body (`api::error_reply`).
+pub(crate) type ErrorBodies = fn(Api, &ProxyError) -> (StatusCode, Bytes);
 
 #[derive(Debug, Clone)]
 pub(crate) struct ErrorMapLayer {
@@ -101,7 +101,8 @@ where
             Ok(rsp) => Poll::Ready(Ok(rsp)),
             Err(e) => {
                 e.report(&self.metrics);
-                Poll::Ready(Ok(error_response(&e, (self.bodies)(self.api, &e))))
+                let (status, body) = (self.bodies)(self.api, &e);
+                Poll::Ready(Ok(error_response(&e, status, body)))
             }
         }
     }
@@ -109,9 +110,13 @@ where
 
 /// The one place an error becomes an HTTP response: status, the body in the client API's
 /// shape and the error's headers.
-pub(crate) fn error_response(e: &ProxyError, body: Bytes) -> Response<ProxyBody> {
+pub(crate) fn error_response(
+    e: &ProxyError,
+    status: StatusCode,
+    body: Bytes,
+) -> Response<ProxyBody> {
     let mut rsp = json_response(body);
-    *rsp.status_mut() = e.status();
+    *rsp.status_mut() = status;
     e.write_headers(rsp.headers_mut());
     rsp
 }
@@ -126,7 +131,7 @@ mod tests {
     async fn errors_become_openai_responses_and_are_counted() {
         let metrics = Metrics::new();
         let svc = ServiceBuilder::new()
-            .layer(ErrorMapLayer::new(metrics.clone(), crate::api::error_body))
+            .layer(ErrorMapLayer::new(metrics.clone(), crate::api::error_reply))
             .service(service_fn(|_r: Request<()>| {
                 Box::pin(async {
                     Err::<Response<ProxyBody>, _>(ProxyError::upstream(
@@ -157,8 +162,15 @@ mod tests {
     #[tokio::test]
     async fn the_body_is_written_in_the_routes_dialect() {
         // A writer per API; the layer must ask it with the route's API, whatever the error.
-        fn bodies(api: Api, e: &ProxyError) -> Bytes {
-            Bytes::from(format!("{api:?}:{}", e.code().unwrap_or_default()))
+        fn bodies(api: Api, e: &ProxyError) -> (StatusCode, Bytes) {
+            let status = match api {
+                Api::Anthropic => StatusCode::IM_A_TEAPOT,
+                Api::OpenAi => e.status(),
+            };
+            (
+                status,
+                Bytes::from(format!("{api:?}:{}", e.code().unwrap_or_default())),
+            )
         }
         let svc = ServiceBuilder::new()
             .layer(ErrorMapLayer::new(Metrics::new(), bodies))
@@ -176,5 +188,21 @@ mod tests {
             .unwrap()
             .to_bytes();
         assert_eq!(body, "OpenAi:invalid_api_key");
+        // An Anthropic route: its writer's status and body.
+        let svc = ServiceBuilder::new()
+            .layer(ErrorMapLayer::new(Metrics::new(), bodies))
+            .service(service_fn(|_r: Request<()>| {
+                Box::pin(async { Err::<Response<ProxyBody>, _>(ProxyError::InvalidApiKey) })
+            }));
+        let mut req = Request::new(());
+        req.extensions_mut()
+            .insert(Route::resolve(&hyper::Method::POST, "/v1/messages"));
+        let rsp = svc.oneshot(req).await.unwrap();
+        assert_eq!(rsp.status(), StatusCode::IM_A_TEAPOT);
+        let body = http_body_util::BodyExt::collect(rsp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, "Anthropic:invalid_api_key");
     }
 }

@@ -138,7 +138,7 @@ mod tests {
         let layer = RateLimitLayer::new(Arc::new(LocalBuckets::new(60, 1)), trust, Metrics::new());
         let metrics = Metrics::new();
         ServiceBuilder::new()
-            .layer(ErrorMapLayer::new(metrics, crate::api::error_body))
+            .layer(ErrorMapLayer::new(metrics, crate::api::error_reply))
             .layer(layer)
             .service(service_fn(|_r: Request<()>| {
                 Box::pin(async { Ok::<_, ProxyError>(Response::new(ProxyBody::empty())) })

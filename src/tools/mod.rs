@@ -75,6 +75,13 @@ impl ToolSet {
         }
     }
 
+    /// The tools a client offered, with the platform's reserved names aliased
+    /// ([`DEFAULT_RESERVED`]): how every client API builds its set.
+    pub fn offered(tools: Vec<ToolSpec>, choice: Choice, parallel: bool) -> Self {
+        let reserved: Vec<String> = DEFAULT_RESERVED.iter().map(|s| (*s).to_owned()).collect();
+        ToolSet::new(tools, choice, parallel, &reserved)
+    }
+
     pub fn spec(&self, client_name: &str) -> Option<&ToolSpec> {
         self.tools.iter().find(|t| t.name == client_name)
     }

@@ -56,4 +56,10 @@ pub trait ClientApi: Send + Sync + 'static {
 
     /// The error body before the answer began (in-band errors are the encoder's).
     fn error_body(e: &ProxyError) -> Bytes;
+
+    /// The status of an error response (an API may answer some errors with a status of its
+    /// own: Anthropic's 413 for a prompt too long).
+    fn error_status(e: &ProxyError) -> hyper::StatusCode {
+        e.status()
+    }
 }

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::ProxyError;
-use crate::tools::{Choice, ToolSet, ToolSpec, DEFAULT_RESERVED};
+use crate::tools::{Choice, ToolSet, ToolSpec};
 use crate::untrusted::clip;
 
 fn bad(message: impl Into<String>, param: &str) -> ProxyError {
@@ -119,8 +119,7 @@ pub fn parse(obj: &Map<String, Value>) -> Result<Option<ToolSet>, ProxyError> {
 }
 
 fn tool_set(specs: Vec<ToolSpec>, choice: Choice, parallel: bool) -> ToolSet {
-    let reserved: Vec<String> = DEFAULT_RESERVED.iter().map(|s| (*s).to_owned()).collect();
-    ToolSet::new(specs, choice, parallel, &reserved)
+    ToolSet::offered(specs, choice, parallel)
 }
 
 fn parallel(obj: &Map<String, Value>) -> Result<bool, ProxyError> {
