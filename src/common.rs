@@ -128,6 +128,23 @@ pub fn base64url_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// `prefix` and 24 random letters and digits, as the APIs' call and tool-use ids look
+/// (`call_…`, `toolu_…`): twelve from each of two random UUIDs (122 random bits each;
+/// 62^12 < 2^71).
+pub fn random_id(prefix: &str) -> String {
+    const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut id = String::with_capacity(prefix.len() + 24);
+    id.push_str(prefix);
+    for _ in 0..2 {
+        let mut n = random_uuid().as_u128();
+        for _ in 0..12 {
+            id.push(char::from(ALPHABET[(n % 62) as usize]));
+            n /= 62;
+        }
+    }
+    id
+}
+
 /// Lowercase hex SHA-256 (how the web front end sends passwords; the simulator checks
 /// them the same way; documents and uploads are named by it).
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -309,18 +309,7 @@ fn encode_signature(hash: Sha256) -> String {
 
 /// `toolu_` and 24 random letters and digits, as Anthropic's tool use ids look.
 pub fn tool_use_id() -> String {
-    const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut id = String::with_capacity(30);
-    id.push_str("toolu_");
-    // Twelve letters from each of two random UUIDs (of the per-thread generator's output).
-    for _ in 0..2 {
-        let mut n = crate::common::random_uuid().as_u128();
-        for _ in 0..12 {
-            id.push(char::from(ALPHABET[(n % 62) as usize]));
-            n /= 62;
-        }
-    }
-    id
+    crate::common::random_id("toolu_")
 }
 
 fn write_json_str(buf: &mut BytesMut, s: &str) {

@@ -260,19 +260,7 @@ pub fn finish_reason(reason: FinishReason, shape: CallShape) -> &'static str {
 
 /// `call_` and 24 random letters and digits, as OpenAI's ids look.
 pub fn call_id() -> String {
-    const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut id = String::with_capacity(29);
-    id.push_str("call_");
-    // Twelve letters from each of two random UUIDs (122 bits of the per-thread generator's
-    // output each; 62^12 < 2^71).
-    for _ in 0..2 {
-        let mut n = crate::common::random_uuid().as_u128();
-        for _ in 0..12 {
-            id.push(char::from(ALPHABET[(n % 62) as usize]));
-            n /= 62;
-        }
-    }
-    id
+    crate::common::random_id("call_")
 }
 
 fn write_json_str(buf: &mut BytesMut, s: &str) {
