@@ -282,7 +282,7 @@ async fn errors_come_in_anthropics_shape() {
         .as_str()
         .unwrap()
         .contains("max_tokens"));
-    // An unknown model.
+    // An unknown model (no alias part in it either).
     let r = messages(&h, json!({"model": "no-such-model", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["type"], "not_found_error");
@@ -315,4 +315,38 @@ async fn errors_come_in_anthropics_shape() {
             .any(|(e, d)| e == "error" && d["error"]["type"].is_string()),
         "{evs:?}"
     );
+}
+
+#[tokio::test]
+async fn claude_model_names_are_served_by_their_aliases() {
+    // The default MODEL_ALIASES: sonnet → qwen3.7-plus, haiku → its fast variant.
+    let h = Harness::start_with(&[], quick_sim()).await;
+    for model in [
+        "claude-sonnet-4-5-20250929",
+        "claude-haiku-4-5",
+        "claude-opus-5-5",
+    ] {
+        let r = messages(
+            &h,
+            json!({"model": model, "max_tokens": 64,
+            "messages": [{"role": "user", "content": "Title this chat"}]}),
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            200,
+            "{model}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        // Answered under the name the client asked for.
+        assert_eq!(r.json()["model"], model);
+    }
+    // An operator's own map replaces the default: a family it leaves out is unknown.
+    let h = Harness::start_with(&[("MODEL_ALIASES", "sonnet=qwen3.7-plus")], quick_sim()).await;
+    let ask = |model: &str| json!({"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(messages(&h, ask("claude-sonnet-4-5")).await.status, 200);
+    assert_eq!(messages(&h, ask("claude-opus-5-5")).await.status, 404);
+    // An alias to a model the catalogue lacks is no model either.
+    let h = Harness::start_with(&[("MODEL_ALIASES", "claude=qwen9-ultra")], quick_sim()).await;
+    assert_eq!(messages(&h, ask("claude-sonnet-4-5")).await.status, 404);
 }

@@ -123,7 +123,7 @@ pub async fn complete<A: ClientApi>(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     state.accounts.global.check()?;
     let catalog = state.catalog().await?;
-    let plan = plan(&req.turn, &catalog)?;
+    let plan = plan(&req.turn, &catalog, &state.config.model_aliases)?;
     let conv = &state.conversations;
     // The same request failed in a way a retry cannot change a moment ago: that answer
     // again, without an upstream call (and without another chat).

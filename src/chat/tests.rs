@@ -85,7 +85,7 @@ impl Rig {
 
     async fn req(&self, body: Value) -> Req {
         let api = parse(body.to_string().as_bytes()).unwrap();
-        let plan = plan(&api.turn, &self.state.catalog().await.unwrap()).unwrap();
+        let plan = plan(&api.turn, &self.state.catalog().await.unwrap(), &[]).unwrap();
         let chats = RequestChats::new(self.state.config.conversations.chats_per_request);
         Req { api, plan, chats }
     }

@@ -205,6 +205,31 @@ pub struct Config {
     /// without it, the admin API is off (404).
     pub admin_key: Option<Secret>,
     pub media: MediaConfig,
+    /// `MODEL_ALIASES`: names a client may use that are not the catalogue's (Claude Code's
+    /// `claude-*`), as `part=model` pairs: a requested name containing `part` (any case)
+    /// means `model`; the first pair that matches wins; catalogue names always win.
+    pub model_aliases: Vec<(String, String)>,
+}
+
+/// The default `MODEL_ALIASES`: Claude Code's model families onto the catalogue (`haiku`,
+/// its side requests — titles, summaries — to the fast variant, thinking off).
+pub const DEFAULT_MODEL_ALIASES: &str =
+    "haiku=qwen3.7-plus-fast,sonnet=qwen3.7-plus,opus=qwen3.8-max,claude=qwen3.7-plus";
+
+/// `part=model,part=model`.
+pub fn parse_model_aliases(v: &str) -> Result<Vec<(String, String)>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((part, model)) if !part.trim().is_empty() && !model.trim().is_empty() => {
+                Ok((part.trim().to_ascii_lowercase(), model.trim().to_owned()))
+            }
+            _ => Err(format!(
+                "MODEL_ALIASES: `{pair}` is not `part=model` (e.g. {DEFAULT_MODEL_ALIASES})"
+            )),
+        })
+        .collect()
 }
 
 /// Files and media: images in messages (their limits and the fetch policy) and the sources
@@ -351,6 +376,9 @@ impl Config {
         let server = ServerLimits::read(r);
         let upstream_limits = UpstreamLimits::read(r);
         let media = MediaConfig::read(r);
+        let model_aliases = r.parse_with("MODEL_ALIASES", parse_model_aliases, {
+            parse_model_aliases(DEFAULT_MODEL_ALIASES).unwrap_or_default()
+        });
         Config {
             host: listener.host,
             port: listener.port,
@@ -383,6 +411,7 @@ impl Config {
             accounts,
             admin_key: auth.admin_key,
             media,
+            model_aliases,
         }
     }
 

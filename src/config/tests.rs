@@ -222,3 +222,19 @@ fn secrets_do_not_debug_print() {
     let c = Config::from_source(&src(&[("QWEN_COOKIES", "token=supersecret")]), false).unwrap();
     assert!(!format!("{c:?}").contains("supersecret"));
 }
+
+#[test]
+fn model_aliases_are_part_model_pairs() {
+    assert_eq!(
+        parse_model_aliases(" Haiku = qwen3.7-plus-fast , claude=qwen3.7-plus,").unwrap(),
+        [
+            ("haiku".to_owned(), "qwen3.7-plus-fast".to_owned()),
+            ("claude".to_owned(), "qwen3.7-plus".to_owned())
+        ]
+    );
+    assert!(parse_model_aliases("claude")
+        .unwrap_err()
+        .contains("MODEL_ALIASES"));
+    assert!(parse_model_aliases("=qwen").is_err());
+    assert!(parse_model_aliases(DEFAULT_MODEL_ALIASES).unwrap().len() == 4);
+}

@@ -19,17 +19,28 @@ pub(crate) struct Plan {
     pub vision: bool,
 }
 
-/// Map a request onto the catalogue. Unknown models are a 404.
-pub(crate) fn plan(req: &TurnRequest, catalog: &Catalog) -> Result<Plan, ProxyError> {
+/// Map a request onto the catalogue (a name that is not the catalogue's through `aliases`,
+/// `MODEL_ALIASES`). Unknown models are a 404.
+pub(crate) fn plan(
+    req: &TurnRequest,
+    catalog: &Catalog,
+    aliases: &[(String, String)],
+) -> Result<Plan, ProxyError> {
     if let Output::Image { ratio } = req.output {
         return image_plan(req, catalog, ratio);
     }
-    let (model, variant) =
-        catalog
-            .resolve(&req.model)
-            .ok_or_else(|| ProxyError::ModelNotFound {
-                model: req.model.clone(),
-            })?;
+    let (model, variant) = catalog
+        .resolve(&req.model)
+        .or_else(|| {
+            let asked = req.model.to_ascii_lowercase();
+            let (_, model) = aliases
+                .iter()
+                .find(|(part, _)| asked.contains(part.as_str()))?;
+            catalog.resolve(model)
+        })
+        .ok_or_else(|| ProxyError::ModelNotFound {
+            model: req.model.clone(),
+        })?;
     // Images of the request's newest message go to a model that reads them, or nowhere (a
     // 400); older ones a model without vision is simply not shown (`media`).
     if !model.vision
