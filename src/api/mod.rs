@@ -24,3 +24,31 @@ pub fn error_reply(api: Api, e: &ProxyError) -> (StatusCode, Bytes) {
         Api::Anthropic => of::<anthropic::Anthropic>(e),
     }
 }
+
+/// The longest piece of a tool call's arguments one stream event carries (both APIs' parsers
+/// accumulate the pieces; a bounded event keeps frames bounded).
+pub const ARGUMENT_SLICE: usize = 4096;
+
+/// `text` in pieces of at most [`ARGUMENT_SLICE`] bytes, cut on character boundaries.
+pub(crate) fn argument_slices(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut cut = rest.len().min(ARGUMENT_SLICE);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (slice, tail) = rest.split_at(cut);
+        rest = tail;
+        Some(slice)
+    })
+}
+
+/// A JSON string, escaped, into an encoder's buffer.
+pub(crate) fn write_json_str(buf: &mut bytes::BytesMut, s: &str) {
+    use bytes::BufMut;
+    // Writing a `str` into a `BytesMut` cannot fail.
+    let _ = serde_json::to_writer(buf.writer(), s);
+}

@@ -172,37 +172,31 @@ mod tests {
                 Bytes::from(format!("{api:?}:{}", e.code().unwrap_or_default())),
             )
         }
-        let svc = ServiceBuilder::new()
-            .layer(ErrorMapLayer::new(Metrics::new(), bodies))
-            .service(service_fn(|_r: Request<()>| {
-                Box::pin(async { Err::<Response<ProxyBody>, _>(ProxyError::InvalidApiKey) })
-            }));
-        let mut req = Request::new(());
-        req.extensions_mut()
-            .insert(Route::resolve(&hyper::Method::POST, "/v1/chat/completions"));
-        let rsp = svc.oneshot(req).await.unwrap();
-        assert_eq!(rsp.status(), 401);
-        assert_eq!(rsp.headers()["www-authenticate"], "Bearer");
-        let body = http_body_util::BodyExt::collect(rsp.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
+        // The response an invalid key gets on the route of `path`.
+        let reply = |path: &'static str| async move {
+            let svc = ServiceBuilder::new()
+                .layer(ErrorMapLayer::new(Metrics::new(), bodies))
+                .service(service_fn(|_r: Request<()>| {
+                    Box::pin(async { Err::<Response<ProxyBody>, _>(ProxyError::InvalidApiKey) })
+                }));
+            let mut req = Request::new(());
+            req.extensions_mut()
+                .insert(Route::resolve(&hyper::Method::POST, path));
+            let rsp = svc.oneshot(req).await.unwrap();
+            let (status, headers) = (rsp.status(), rsp.headers().clone());
+            let body = http_body_util::BodyExt::collect(rsp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, headers, body)
+        };
+        let (status, headers, body) = reply("/v1/chat/completions").await;
+        assert_eq!(status, 401);
+        assert_eq!(headers["www-authenticate"], "Bearer");
         assert_eq!(body, "OpenAi:invalid_api_key");
         // An Anthropic route: its writer's status and body.
-        let svc = ServiceBuilder::new()
-            .layer(ErrorMapLayer::new(Metrics::new(), bodies))
-            .service(service_fn(|_r: Request<()>| {
-                Box::pin(async { Err::<Response<ProxyBody>, _>(ProxyError::InvalidApiKey) })
-            }));
-        let mut req = Request::new(());
-        req.extensions_mut()
-            .insert(Route::resolve(&hyper::Method::POST, "/v1/messages"));
-        let rsp = svc.oneshot(req).await.unwrap();
-        assert_eq!(rsp.status(), StatusCode::IM_A_TEAPOT);
-        let body = http_body_util::BodyExt::collect(rsp.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
+        let (status, _, body) = reply("/v1/messages").await;
+        assert_eq!(status, StatusCode::IM_A_TEAPOT);
         assert_eq!(body, "Anthropic:invalid_api_key");
     }
 }

@@ -31,13 +31,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 use super::Options;
+use crate::api::{argument_slices, write_json_str};
 use crate::error::ProxyError;
 use crate::translate::body::Render;
 use crate::translate::state::{Emit, FinishReason, ToolCall, Usage};
 use crate::turn::AnswerHead;
 
-/// The longest `partial_json` piece in one `input_json_delta`.
-pub const ARGUMENT_SLICE: usize = 4096;
+pub use crate::api::ARGUMENT_SLICE;
 
 /// The block that is open, if one is.
 #[derive(Debug)]
@@ -204,19 +204,12 @@ impl Emit for MessageEncoder {
         write_json_str(&mut self.buf, call.name);
         self.buf.put_slice(b",\"input\":{}}");
         self.end_event();
-        let mut rest = call.arguments;
-        while !rest.is_empty() {
-            let mut cut = rest.len().min(ARGUMENT_SLICE);
-            while !rest.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            let (slice, tail) = rest.split_at(cut);
+        for slice in argument_slices(call.arguments) {
             self.open_delta("input_json_delta");
             self.buf.put_slice(b"\"partial_json\":");
             write_json_str(&mut self.buf, slice);
             self.buf.put_u8(b'}');
             self.end_event();
-            rest = tail;
         }
         self.stop_block();
     }
@@ -310,11 +303,6 @@ fn encode_signature(hash: Sha256) -> String {
 /// `toolu_` and 24 random letters and digits, as Anthropic's tool use ids look.
 pub fn tool_use_id() -> String {
     crate::common::random_id("toolu_")
-}
-
-fn write_json_str(buf: &mut BytesMut, s: &str) {
-    // Writing a `str` into a `BytesMut` cannot fail.
-    let _ = serde_json::to_writer(buf.writer(), s);
 }
 
 #[cfg(test)]

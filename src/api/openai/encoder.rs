@@ -17,12 +17,12 @@ use std::fmt::Write as _;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::tools::CallShape;
+use crate::api::{argument_slices, write_json_str};
 use crate::error::ProxyError;
 use crate::translate::body::Render;
 use crate::translate::state::{Citation, Emit, FinishReason, ToolCall, Usage};
 
-/// The longest `arguments` piece in one chunk.
-pub const ARGUMENT_SLICE: usize = 4096;
+pub use crate::api::ARGUMENT_SLICE;
 
 #[derive(Debug)]
 pub struct ChunkEncoder {
@@ -223,13 +223,7 @@ impl Emit for ChunkEncoder {
             b",\"arguments\":\"\"}}]}"
         });
         self.close_choice(None);
-        let mut rest = call.arguments;
-        while !rest.is_empty() {
-            let mut cut = rest.len().min(ARGUMENT_SLICE);
-            while !rest.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            let (slice, tail) = rest.split_at(cut);
+        for slice in argument_slices(call.arguments) {
             self.open_choice();
             if legacy {
                 self.buf.put_slice(b"{\"function_call\":{\"arguments\":");
@@ -243,7 +237,6 @@ impl Emit for ChunkEncoder {
             self.buf
                 .put_slice(if legacy { b"}}".as_slice() } else { b"}}]}" });
             self.close_choice(None);
-            rest = tail;
         }
     }
 }
@@ -261,11 +254,6 @@ pub fn finish_reason(reason: FinishReason, shape: CallShape) -> &'static str {
 /// `call_` and 24 random letters and digits, as OpenAI's ids look.
 pub fn call_id() -> String {
     crate::common::random_id("call_")
-}
-
-fn write_json_str(buf: &mut BytesMut, s: &str) {
-    // Writing a `str` into a `BytesMut` cannot fail.
-    let _ = serde_json::to_writer(buf.writer(), s);
 }
 
 /// The OpenAI `usage` object.
