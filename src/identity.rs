@@ -13,7 +13,7 @@ use crate::common::Secret;
 
 /// The caller, as established by the auth layer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ClientIdentity {
+pub(crate) enum ClientIdentity {
     /// API keys are configured and the request presented this one (fingerprinted).
     Key(KeyFingerprint),
     /// API keys are off: every client shares one identity (and one set of conversations).
@@ -22,7 +22,7 @@ pub enum ClientIdentity {
 
 impl ClientIdentity {
     /// A stable, secret-free name: the key's fingerprint, or `anon`.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             ClientIdentity::Key(f) => f.as_str(),
             ClientIdentity::Anonymous => "anon",
@@ -34,17 +34,17 @@ impl ClientIdentity {
 /// key gives the same fingerprint on every instance (sessions and rate-limit buckets in
 /// Redis are shared), and adding or removing another key changes nobody else's.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct KeyFingerprint(String);
+pub(crate) struct KeyFingerprint(String);
 
 impl KeyFingerprint {
-    pub fn of(key: &str) -> Self {
+    pub(crate) fn of(key: &str) -> Self {
         let mut h = Sha256::new();
         h.update(b"qwen-proxy/client-identity/v1\xff");
         h.update(key.as_bytes());
         KeyFingerprint(crate::common::hex(&h.finalize()[..16]))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }

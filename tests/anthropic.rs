@@ -207,6 +207,65 @@ async fn a_tool_use_round_trip_continues_one_chat() {
     );
 }
 
+/// A session Claude Code names (its header, else `metadata.user_id`) scopes the
+/// conversations: two sessions with equal histories each continue their own upstream chat,
+/// and a third session never continues either.
+#[tokio::test]
+async fn each_named_session_continues_its_own_chat() {
+    let h = Harness::start_with(&[], quick_sim()).await;
+    let post = |body: Value, session: Option<&'static str>| {
+        let h = &h;
+        async move {
+            let mut headers = vec![("anthropic-version", "2023-06-01")];
+            headers.extend(session.map(|s| ("x-claude-code-session-id", s)));
+            let r = h
+                .post_raw(
+                    "/v1/messages",
+                    "application/json",
+                    body.to_string(),
+                    &headers,
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            r.json()["content"][0]["text"].as_str().unwrap().to_owned()
+        }
+    };
+    let first = json!({"role": "user", "content": "Plan the release"});
+    let turn = |history: Vec<Value>, user_id: Option<&str>| {
+        let mut body = json!({"model": MODEL, "max_tokens": 1024, "messages": history});
+        if let Some(id) = user_id {
+            body["metadata"] =
+                json!({"user_id": json!({"device_id": "d", "session_id": id}).to_string()});
+        }
+        body
+    };
+    // Session A by header, session B by metadata.user_id (Claude Code's JSON form).
+    let answer = post(turn(vec![first.clone()], None), Some("session-a")).await;
+    assert_eq!(
+        post(turn(vec![first.clone()], Some("session-b")), None).await,
+        answer
+    );
+    assert_eq!(h.sim_stats().await["chats_created"], 2);
+    let second = vec![
+        first,
+        json!({"role": "assistant", "content": answer}),
+        json!({"role": "user", "content": "And the changelog"}),
+    ];
+    post(turn(second.clone(), None), Some("session-a")).await;
+    post(turn(second.clone(), Some("session-b")), None).await;
+    assert_eq!(
+        h.sim_stats().await["chats_created"],
+        2,
+        "each session continued its own chat"
+    );
+    post(turn(second, None), Some("session-c")).await;
+    assert_eq!(
+        h.sim_stats().await["chats_created"],
+        3,
+        "another session's history is not continued"
+    );
+}
+
 #[tokio::test]
 async fn thinking_is_a_signed_block_when_asked_and_dropped_when_not() {
     let h = Harness::start_with(&[], quick_sim()).await;

@@ -40,6 +40,7 @@ use crate::app::AppState;
 use crate::body::ProxyBody;
 use crate::common::BoxFuture;
 use crate::conversation::budget::RequestChats;
+use crate::conversation::key::{owner, SESSION_HEADERS};
 use crate::error::{ProxyError, UpstreamClass};
 use crate::identity::ClientIdentity;
 use crate::server::RequestStart;
@@ -103,13 +104,15 @@ impl<A: ClientApi> tower::Service<Request<Arc<ApiRequest<A::Options>>>> for Chat
                     state.config.conversations.chats_per_request,
                 ))
             });
-        Box::pin(complete::<A>(
-            state,
-            req.into_body(),
-            identity,
-            start,
-            chats,
-        ))
+        // The session the client names (a header, else the body) narrows whose
+        // conversations this turn may continue.
+        let session = SESSION_HEADERS
+            .iter()
+            .find_map(|name| req.headers().get(*name))
+            .and_then(|v| v.to_str().ok())
+            .or(req.body().turn.session.as_deref());
+        let owner = owner(identity.as_str(), session);
+        Box::pin(complete::<A>(state, req.into_body(), owner, start, chats))
     }
 }
 
@@ -117,7 +120,7 @@ impl<A: ClientApi> tower::Service<Request<Arc<ApiRequest<A::Options>>>> for Chat
 pub async fn complete<A: ClientApi>(
     state: Arc<AppState>,
     req: Arc<ApiRequest<A::Options>>,
-    identity: ClientIdentity,
+    owner: String,
     start: Instant,
     chats: Arc<RequestChats>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -137,7 +140,7 @@ pub async fn complete<A: ClientApi>(
             req.turn.response_format,
             req.turn.tools.as_deref().map(|t| (&t.choice, t.parallel))
         );
-        conv.request_key(&req.turn, identity.as_str(), &plan.model, &settings)
+        conv.request_key(&req.turn, &owner, &plan.model, &settings)
     };
     if !conv.recent_failures.is_empty() {
         if let Some(mut e) = conv.recent_failures.get(&request_key()) {
@@ -149,7 +152,7 @@ pub async fn complete<A: ClientApi>(
             return Err(e.into());
         }
     }
-    let mut result = TurnState::<A>::begin(&state, &req, identity.as_str(), start, &chats, &plan)
+    let mut result = TurnState::<A>::begin(&state, &req, &owner, start, &chats, &plan)
         .await
         .run()
         .await;

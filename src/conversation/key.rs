@@ -12,6 +12,30 @@ use sha2::{Digest, Sha256};
 
 use crate::turn::{Message, Part, Role};
 
+/// The headers a client names its session by: Claude Code's, then the Codex CLI's
+/// (`session_id`, `session-id`, `conversation_id`).
+pub(crate) const SESSION_HEADERS: [&str; 4] = [
+    "x-claude-code-session-id",
+    "session_id",
+    "session-id",
+    "conversation_id",
+];
+
+/// Whose conversations a turn may continue: the client `identity`, narrowed to the session
+/// the client names, when it names one — two sessions never share an upstream chat, even
+/// with equal histories. The session is the client's string: only its hash goes into keys.
+pub(crate) fn owner(identity: &str, session: Option<&str>) -> String {
+    match session.map(str::trim).filter(|s| !s.is_empty()) {
+        None => identity.to_owned(),
+        Some(session) => {
+            let mut h = Sha256::new();
+            h.update(b"qwen-proxy/session/v1\xff");
+            h.update(session.as_bytes());
+            format!("{identity}/{}", crate::common::hex(&h.finalize()[..16]))
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct KeyBuilder {
     hasher: Sha256,
@@ -184,6 +208,21 @@ mod tests {
         }
         streamed.end();
         assert_eq!(streamed.finish(), key(&[(Role::Assistant, "Hello world")]));
+    }
+
+    #[test]
+    fn a_named_session_narrows_the_owner() {
+        assert_eq!(owner("anon", None), "anon");
+        assert_eq!(owner("anon", Some("  ")), "anon");
+        let a = owner("anon", Some("session-a"));
+        assert!(
+            a.starts_with("anon/") && a.len() == "anon/".len() + 32,
+            "{a}"
+        );
+        assert!(!a.contains("session-a"), "the client's string is hashed");
+        assert_eq!(a, owner("anon", Some("session-a")));
+        assert_ne!(a, owner("anon", Some("session-b")));
+        assert_ne!(a, owner("k1", Some("session-a")));
     }
 
     #[test]

@@ -262,4 +262,8 @@ pub struct TurnRequest {
     /// Function calling (emulated upstream); `None` for plain text.
     pub tools: Option<Arc<ToolSet>>,
     pub output: Output,
+    /// The conversation the body names (Anthropic's `metadata.user_id`, the Responses API's
+    /// `prompt_cache_key`): it narrows whose conversations the turn may continue (a session
+    /// header, read by the core, wins). As the client sent it; hashed before any use.
+    pub session: Option<String>,
 }

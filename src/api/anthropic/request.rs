@@ -130,11 +130,31 @@ pub fn parse(body: &[u8]) -> Result<ApiRequest<Options>, ProxyError> {
             response_format: ResponseFormat::Text,
             tools,
             output: Output::Text,
+            session: session(&obj),
         },
         options: Options {
             thinking: matches!(thinking, Some(ThinkingIntent::On | ThinkingIntent::Auto)),
             input_tokens,
         },
+    })
+}
+
+/// The session `metadata.user_id` names. Claude Code sends a JSON object in the string
+/// (`{"device_id":…,"session_id":…}`), older versions `user_…_account_…_session_<uuid>`;
+/// any other client's user id scopes its conversations as it is.
+fn session(obj: &Map<String, Value>) -> Option<String> {
+    let user = obj.get("metadata")?.get("user_id")?.as_str()?;
+    if user.is_empty() {
+        return None;
+    }
+    if let Ok(Value::Object(ids)) = serde_json::from_str::<Value>(user) {
+        if let Some(id) = ids.get("session_id").and_then(Value::as_str) {
+            return Some(id.to_owned());
+        }
+    }
+    Some(match user.rsplit_once("_session_") {
+        Some((_, id)) if !id.is_empty() => id.to_owned(),
+        _ => user.to_owned(),
     })
 }
 

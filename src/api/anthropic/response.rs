@@ -182,6 +182,7 @@ mod tests {
             response_format: ResponseFormat::Text,
             tools: None,
             output: Output::Text,
+            session: None,
         }
     }
 

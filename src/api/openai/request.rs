@@ -224,6 +224,7 @@ fn from_object(obj: &Map<String, Value>) -> Result<ApiRequest<Options>, ProxyErr
     Ok(ApiRequest {
         turn: TurnRequest {
             output: Output::Text,
+            session: None,
             model,
             messages,
             stream,

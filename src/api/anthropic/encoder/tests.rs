@@ -18,6 +18,7 @@ fn turn(model: &str, stop: &[&str]) -> TurnRequest {
         response_format: ResponseFormat::Text,
         tools: None,
         output: Output::Text,
+        session: None,
     }
 }
 

@@ -171,3 +171,33 @@ fn bad_requests_name_their_parameter() {
         "messages.0.content.0.source"
     );
 }
+
+#[test]
+fn metadata_user_id_names_the_session() {
+    let with = |user: &str| {
+        let body = format!(
+            r#"{{"model":"m","max_tokens":5,"messages":[{{"role":"user","content":"hi"}}],"metadata":{{"user_id":{}}}}}"#,
+            serde_json::Value::String(user.to_owned())
+        );
+        ok(&body).turn.session
+    };
+    // Claude Code today: JSON in the string.
+    assert_eq!(
+        with(r#"{"device_id":"d1","account_uuid":"","session_id":"5b0c-77"}"#).as_deref(),
+        Some("5b0c-77")
+    );
+    // Older Claude Code.
+    assert_eq!(
+        with("user_ab12_account__session_9f3e-11").as_deref(),
+        Some("9f3e-11")
+    );
+    // Anyone else's user id, as it is.
+    assert_eq!(with("alice").as_deref(), Some("alice"));
+    assert_eq!(with(""), None);
+    assert_eq!(
+        ok(r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#)
+            .turn
+            .session,
+        None
+    );
+}

@@ -202,6 +202,7 @@ pub fn parse(body: &[u8]) -> Result<ApiRequest<ImageOptions>, ProxyError> {
             response_format: ResponseFormat::Text,
             tools: None,
             output: Output::Image { ratio },
+            session: None,
         },
         options: ImageOptions { n, format },
     })
