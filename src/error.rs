@@ -143,6 +143,8 @@ pub enum ProxyError {
     ModelNotFound { model: String },
     /// No such route.
     RouteNotFound { path: String },
+    /// No stored response by that id (`GET`/`DELETE /v1/responses/{id}`).
+    ResponseNotFound { id: String },
     /// The route exists but not with this method; `allow` lists the methods it takes.
     MethodNotAllowed { allow: &'static str },
     /// The request body exceeds the configured limit.
@@ -228,9 +230,9 @@ impl ProxyError {
         use UpstreamClass as C;
         match self {
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ProxyError::ModelNotFound { .. } | ProxyError::RouteNotFound { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            ProxyError::ModelNotFound { .. }
+            | ProxyError::RouteNotFound { .. }
+            | ProxyError::ResponseNotFound { .. } => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UnsupportedMediaType | ProxyError::UnsupportedEncoding { .. } => {
@@ -276,6 +278,7 @@ impl ProxyError {
             ProxyError::BadRequest { code, .. } => *code,
             ProxyError::ModelNotFound { .. } => Some("model_not_found"),
             ProxyError::RouteNotFound { .. } => Some("not_found"),
+            ProxyError::ResponseNotFound { .. } => Some("response_not_found"),
             ProxyError::MethodNotAllowed { .. } => Some("method_not_allowed"),
             ProxyError::PayloadTooLarge { .. } => Some("payload_too_large"),
             ProxyError::UnsupportedMediaType => Some("unsupported_media_type"),
@@ -372,6 +375,7 @@ impl ProxyError {
             ProxyError::BadRequest { .. }
             | ProxyError::ModelNotFound { .. }
             | ProxyError::RouteNotFound { .. }
+            | ProxyError::ResponseNotFound { .. }
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::PayloadTooLarge { .. }
             | ProxyError::HeadersTooLarge { .. }
@@ -419,7 +423,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest { .. } => "bad_request",
             ProxyError::ModelNotFound { .. } => "model_not_found",
-            ProxyError::RouteNotFound { .. } => "not_found",
+            ProxyError::RouteNotFound { .. } | ProxyError::ResponseNotFound { .. } => "not_found",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::UnsupportedMediaType => "unsupported_media_type",
@@ -453,8 +457,13 @@ impl ProxyError {
                 "The model `{}` does not exist. GET /v1/models lists the available models.",
                 Untrusted(model)
             ),
+            ProxyError::ResponseNotFound { id } => format!(
+                "Response with id '{}' not found (kept only with `store: true`, for a day, on the instance that answered).",
+                Untrusted(id)
+            ),
             ProxyError::RouteNotFound { path } => format!(
-                "No route for {}. The API serves POST /v1/chat/completions, GET /v1/models and \
+                "No route for {}. The API serves POST /v1/chat/completions, POST /v1/messages, \
+                 POST /v1/responses, POST /v1/images/generations, GET /v1/models and \
                  GET /v1/models/{{id}}; GET /health and GET /metrics are for operators.",
                 Untrusted(path)
             ),

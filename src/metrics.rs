@@ -111,8 +111,8 @@ impl Metrics {
             ),
             ttft: histogram(
                 "chat_time_to_first_token_seconds",
-                "Time from request to the first content or reasoning byte sent to the client.",
-                &["model", "stream"],
+                "Time from request to the first content or reasoning byte sent to the client, by upstream model, streaming and client API (chat, messages, responses, images).",
+                &["model", "stream", "api"],
             ),
             stream_duration: histogram(
                 "chat_stream_duration_seconds",
@@ -121,13 +121,13 @@ impl Metrics {
             ),
             streams: counter_vec(
                 "chat_streams_total",
-                "Streamed chat responses by outcome (completed, error, cancelled).",
-                &["outcome"],
+                "Streamed responses by outcome (completed, error, cancelled) and client API.",
+                &["outcome", "api"],
             ),
             tokens: counter_vec(
                 "chat_tokens_total",
-                "Tokens reported by the upstream, by model and kind (prompt, completion, reasoning).",
-                &["model", "kind"],
+                "Tokens reported by the upstream, by model, kind (prompt, completion, reasoning) and client API.",
+                &["model", "kind", "api"],
             ),
             upstream_requests: counter_vec(
                 "upstream_requests_total",
@@ -317,11 +317,12 @@ mod tests {
         let b = Metrics::new();
         a.upstream_retries.inc();
         a.tokens
-            .with_label_values(&["qwen3.7-plus", "prompt"])
+            .with_label_values(&["qwen3.7-plus", "prompt", "chat"])
             .inc_by(7);
         let text = String::from_utf8(a.render()).unwrap();
         assert!(text.contains("upstream_retries_total 1"));
-        assert!(text.contains("chat_tokens_total{kind=\"prompt\",model=\"qwen3.7-plus\"} 7"));
+        assert!(text
+            .contains("chat_tokens_total{api=\"chat\",kind=\"prompt\",model=\"qwen3.7-plus\"} 7"));
         assert!(String::from_utf8(b.render())
             .unwrap()
             .contains("upstream_retries_total 0"));

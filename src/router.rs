@@ -32,6 +32,10 @@ pub(crate) struct Stacks {
     pub(crate) images: ChatStack,
     /// `POST /v1/messages`.
     pub(crate) messages: ChatStack,
+    /// `POST /v1/responses`.
+    pub(crate) responses: ChatStack,
+    /// What it keeps (`GET`/`DELETE /v1/responses/{id}`).
+    pub(crate) stored_responses: Arc<crate::api::responses::store::ResponseStore>,
 }
 
 #[derive(Clone)]
@@ -64,7 +68,10 @@ impl tower::Service<Request<Incoming>> for Router {
             let path = req.uri().path().trim_end_matches('/').to_owned();
             match Route::of(&req).endpoint {
                 // Draining: other instances take new completions (503 + Retry-After).
-                Endpoint::ChatCompletions | Endpoint::ImageGenerations | Endpoint::Messages
+                Endpoint::ChatCompletions
+                | Endpoint::ImageGenerations
+                | Endpoint::Messages
+                | Endpoint::Responses
                     if state.is_draining() =>
                 {
                     Err(ProxyError::ShuttingDown)
@@ -72,6 +79,13 @@ impl tower::Service<Request<Incoming>> for Router {
                 Endpoint::ChatCompletions => stacks.chat.oneshot(req).await,
                 Endpoint::ImageGenerations => stacks.images.oneshot(req).await,
                 Endpoint::Messages => stacks.messages.oneshot(req).await,
+                Endpoint::Responses => stacks.responses.oneshot(req).await,
+                Endpoint::StoredResponse => crate::api::responses::stored::serve(
+                    &stacks.stored_responses,
+                    req.method(),
+                    &path["/v1/responses/".len()..],
+                    req.uri().query(),
+                ),
                 Endpoint::CountTokens => crate::api::anthropic::count_tokens(&state, req).await,
                 // An Anthropic client (Claude Code's model discovery) reads its own shape.
                 Endpoint::Models if req.headers().contains_key("anthropic-version") => {
@@ -94,6 +108,7 @@ impl tower::Service<Request<Incoming>> for Router {
                             .iter()
                             .map(|m| ModelObject::new(&m.id, m.created))
                             .collect(),
+                        models: crate::api::responses::codex_models(&catalog),
                     };
                     Ok(json_response(serde_json::to_vec(&list).unwrap_or_default()))
                 }

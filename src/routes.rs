@@ -13,6 +13,20 @@ pub enum Api {
     OpenAi,
     /// Anthropic's Messages API (`/v1/messages`).
     Anthropic,
+    /// OpenAI's Responses API (`/v1/responses`): OpenAI's error shape, in a stream
+    /// `response.failed`.
+    Responses,
+}
+
+impl Api {
+    /// For logs and metrics: `chat`, `messages`, `responses`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Api::OpenAi => "chat",
+            Api::Anthropic => "messages",
+            Api::Responses => "responses",
+        }
+    }
 }
 
 /// What serves a request.
@@ -25,6 +39,10 @@ pub(crate) enum Endpoint {
     Messages,
     /// `POST /v1/messages/count_tokens` (Anthropic).
     CountTokens,
+    /// `POST /v1/responses`.
+    Responses,
+    /// `GET`/`DELETE /v1/responses/{id}`.
+    StoredResponse,
     Models,
     /// `GET /v1/models/{id}`.
     Model,
@@ -84,7 +102,7 @@ struct Entry {
 
 /// The table. Paths are matched without their trailing slash (`/v1/models/` is
 /// `/v1/models`; `/` is the empty path).
-fn table() -> [Entry; 12] {
+fn table() -> [Entry; 14] {
     use Endpoint as E;
     use PathMatch::{Below, Exact};
     let entry = |path, method, endpoint, label, api| Entry {
@@ -122,6 +140,21 @@ fn table() -> [Entry; 12] {
             E::CountTokens,
             "/v1/messages/count_tokens",
             Some(Api::Anthropic),
+        ),
+        entry(
+            Exact("/v1/responses"),
+            Some(Method::POST),
+            E::Responses,
+            "/v1/responses",
+            Some(Api::Responses),
+        ),
+        // GET and DELETE (the handler answers other methods with 405).
+        entry(
+            Below("/v1/responses/"),
+            None,
+            E::StoredResponse,
+            "/v1/responses/{id}",
+            Some(Api::Responses),
         ),
         entry(
             Exact("/v1/models"),

@@ -50,6 +50,9 @@ use crate::api::anthropic::Anthropic;
 use crate::api::openai::images::fan_out::FanOutLayer;
 use crate::api::openai::images::OpenAiImages;
 use crate::api::openai::OpenAi;
+use crate::api::responses::store::ResponseStore;
+use crate::api::responses::stored::StoredLayer;
+use crate::api::responses::Responses;
 use crate::app::AppState;
 use crate::chat::ChatCore;
 use crate::common::BoxError;
@@ -163,6 +166,29 @@ pub(crate) fn images_stack(state: &Arc<AppState>) -> ChatStack {
     BoxCloneService::new(svc)
 }
 
+/// The Responses stack: layers 11, 12, the stored responses (`api::responses::stored`:
+/// `previous_response_id` and `item_reference` resolved, the store handed to the encoder),
+/// 13, 14 for the Responses API.
+pub(crate) fn responses_stack(state: &Arc<AppState>, store: Arc<ResponseStore>) -> ChatStack {
+    let cfg = &state.config;
+    let svc = ServiceBuilder::new()
+        .layer(ConcurrencyLayer::new(
+            state.slots.clone(),
+            state.metrics.clone(),
+        ))
+        .layer(ValidateLayer::<Responses>::new(
+            cfg.max_body_bytes,
+            cfg.body_read_timeout,
+        ))
+        .layer(StoredLayer::new(store))
+        .layer(RetryLayer::new(
+            RetryPolicy::from_config(&cfg.retry, cfg.conversations.chats_per_request),
+            state.metrics.clone(),
+        ))
+        .service(ChatCore::<Responses>::new(state.clone()));
+    BoxCloneService::new(svc)
+}
+
 /// The whole stack (layers 1–10).
 pub(crate) fn build(state: Arc<AppState>) -> HttpService {
     let cfg = &state.config;
@@ -177,6 +203,9 @@ pub(crate) fn build(state: Arc<AppState>) -> HttpService {
         };
         RateLimitLayer::new(store, cfg.trust_proxy.clone(), state.metrics.clone())
     });
+    // Responses kept for `GET /v1/responses/{id}`, `previous_response_id` and
+    // `item_reference`: written by the Responses stack, read by the router too.
+    let stored_responses = Arc::new(ResponseStore::default());
     let svc = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(RouteLayer)
@@ -202,6 +231,8 @@ pub(crate) fn build(state: Arc<AppState>) -> HttpService {
                 chat: chat_stack::<OpenAi>(&state),
                 images: images_stack(&state),
                 messages: chat_stack::<Anthropic>(&state),
+                responses: responses_stack(&state, stored_responses.clone()),
+                stored_responses,
             },
         ));
     BoxCloneService::new(svc)

@@ -361,6 +361,19 @@ async fn errors_come_in_anthropics_shape() {
             .starts_with("prompt is too long"),
         "{e}"
     );
+    // A failure before the answer began is a status even when streamed (the stream's head,
+    // `message_start`, is not the answer): a quota a 429 with `Retry-After`. (Its own
+    // proxy: the quota rests the only account.)
+    let limited = Harness::start_with(&[], quick_sim()).await;
+    let r = messages(
+        &limited,
+        json!({"model": MODEL, "max_tokens": 50, "stream": true,
+        "messages": [{"role": "user", "content": "go @@sim:rate_limited=2"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    assert!(r.headers.contains_key("retry-after"));
     // An upstream failure mid-stream: an `error` event.
     let r = messages(
         &h,

@@ -465,7 +465,7 @@ async fn the_root_describes_the_api_and_wrong_methods_say_what_is_allowed() {
     }
     // An unknown /v1 route says which routes exist.
     let r = h
-        .post_raw("/v1/responses", "application/json", "{}", &[])
+        .post_raw("/v1/embeddings", "application/json", "{}", &[])
         .await;
     assert_eq!(r.status, 404);
     let message = r.error()["message"].as_str().unwrap().to_owned();

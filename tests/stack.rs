@@ -169,7 +169,7 @@ async fn metrics_after_traffic_pass_promtool() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let text = loop {
         let (_, text) = scrape(&h, None).await;
-        if text.contains("chat_streams_total{outcome=\"cancelled\"} 1")
+        if text.contains("chat_streams_total{api=\"chat\",outcome=\"cancelled\"} 1")
             || tokio::time::Instant::now() > deadline
         {
             break text;
@@ -191,10 +191,16 @@ async fn metrics_after_traffic_pass_promtool() {
         1.0
     );
     assert_eq!(
-        metric(&text, "chat_streams_total{outcome=\"completed\"}"),
+        metric(
+            &text,
+            "chat_streams_total{api=\"chat\",outcome=\"completed\"}"
+        ),
         1.0
     );
-    assert_eq!(metric(&text, "chat_streams_total{outcome=\"error\"}"), 1.0);
+    assert_eq!(
+        metric(&text, "chat_streams_total{api=\"chat\",outcome=\"error\"}"),
+        1.0
+    );
     // The accounts: the pool of one, now invalid; its turns counted by name.
     assert_eq!(metric(&text, "upstream_accounts{state=\"invalid\"}"), 1.0);
     assert_eq!(metric(&text, "upstream_accounts{state=\"ready\"}"), 0.0);
@@ -206,7 +212,10 @@ async fn metrics_after_traffic_pass_promtool() {
         1.0
     );
     assert_eq!(
-        metric(&text, "chat_streams_total{outcome=\"cancelled\"}"),
+        metric(
+            &text,
+            "chat_streams_total{api=\"chat\",outcome=\"cancelled\"}"
+        ),
         1.0
     );
     assert_eq!(metric(&text, "chat_active_streams"), 0.0);
@@ -226,13 +235,13 @@ async fn metrics_after_traffic_pass_promtool() {
     assert!(
         metric(
             &text,
-            "chat_tokens_total{kind=\"reasoning\",model=\"qwen3.7-plus\"}"
+            "chat_tokens_total{api=\"chat\",kind=\"reasoning\",model=\"qwen3.7-plus\"}"
         ) > 0.0
     );
     assert_eq!(
         metric(
             &text,
-            "chat_time_to_first_token_seconds_count{model=\"qwen3.7-plus\",stream=\"true\"}"
+            "chat_time_to_first_token_seconds_count{api=\"chat\",model=\"qwen3.7-plus\",stream=\"true\"}"
         ),
         3.0
     );

@@ -1,10 +1,11 @@
 //! The client APIs: each one parses its requests into the engine's turn and renders the
 //! engine's answers and errors in its own shapes (`turn::ClientApi`). Today the OpenAI Chat
-//! Completions API (`openai`, and its image generation) and Anthropic's Messages API
-//! (`anthropic`); OpenAI's Responses API will be a sibling of them.
+//! Completions API (`openai`, and its image generation), Anthropic's Messages API
+//! (`anthropic`) and OpenAI's Responses API (`responses`).
 
 pub mod anthropic;
 pub mod openai;
+pub mod responses;
 
 use bytes::Bytes;
 use hyper::StatusCode;
@@ -22,6 +23,7 @@ pub fn error_reply(api: Api, e: &ProxyError) -> (StatusCode, Bytes) {
     match api {
         Api::OpenAi => of::<openai::OpenAi>(e),
         Api::Anthropic => of::<anthropic::Anthropic>(e),
+        Api::Responses => of::<responses::Responses>(e),
     }
 }
 

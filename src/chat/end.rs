@@ -37,6 +37,8 @@ pub type TurnStages = (
 /// Whoever answers for one upstream turn.
 pub(super) struct TurnEnd {
     state: Arc<AppState>,
+    /// The client API (metric label).
+    api: &'static str,
     /// The resolved upstream model (metric label).
     model: String,
     chat_id: String,
@@ -54,6 +56,7 @@ pub(super) struct TurnEnd {
 impl TurnEnd {
     pub(super) fn new(
         state: Arc<AppState>,
+        api: &'static str,
         model: String,
         chat_id: String,
         lock: Option<ChatLock>,
@@ -61,6 +64,7 @@ impl TurnEnd {
     ) -> Self {
         Self {
             state,
+            api,
             model,
             chat_id,
             lock,
@@ -86,14 +90,14 @@ impl TurnEnd {
     fn record_tokens(&self, u: Usage) {
         let m = &self.state.metrics;
         m.tokens
-            .with_label_values(&[&self.model, "prompt"])
+            .with_label_values(&[&self.model, "prompt", self.api])
             .inc_by(u.prompt_tokens);
         m.tokens
-            .with_label_values(&[&self.model, "completion"])
+            .with_label_values(&[&self.model, "completion", self.api])
             .inc_by(u.completion_tokens);
         if let Some(r) = u.reasoning_tokens {
             m.tokens
-                .with_label_values(&[&self.model, "reasoning"])
+                .with_label_values(&[&self.model, "reasoning", self.api])
                 .inc_by(r);
         }
     }
@@ -124,7 +128,7 @@ impl TurnEnd {
         };
         let m = &self.state.metrics;
         m.active_streams.dec();
-        m.streams.with_label_values(&[outcome]).inc();
+        m.streams.with_label_values(&[outcome, self.api]).inc();
         m.stream_duration
             .with_label_values(&[outcome])
             .observe(start.elapsed().as_secs_f64());

@@ -119,6 +119,7 @@ impl<A: ClientApi> Attempt<'_, A> {
             UpstreamStream::new(upstream, pipeline, self.state.config.upstream.idle_timeout);
         let end = TurnEnd::new(
             self.state.clone(),
+            A::LABEL,
             self.plan.model.clone(),
             chat_id.clone(),
             lock,
@@ -183,7 +184,7 @@ impl<A: ClientApi> Attempt<'_, A> {
         state
             .metrics
             .ttft
-            .with_label_values(&[&self.plan.model, "true"])
+            .with_label_values(&[&self.plan.model, "true", A::LABEL])
             .observe(self.start.elapsed().as_secs_f64());
         let body = body.owned_by(end.streaming(self.start));
         let mut rsp = Response::new(ProxyBody::Stream(Box::pin(body)));
@@ -203,11 +204,11 @@ impl<A: ClientApi> Attempt<'_, A> {
         id: &str,
         sent: Instant,
     ) -> Result<Answered, ProxyError> {
-        let ttft = self
-            .state
-            .metrics
-            .ttft
-            .with_label_values(&[&self.plan.model, "false"]);
+        let ttft =
+            self.state
+                .metrics
+                .ttft
+                .with_label_values(&[&self.plan.model, "false", A::LABEL]);
         let collected = aggregate::collect(&mut stream, || {
             ttft.observe(self.start.elapsed().as_secs_f64())
         })

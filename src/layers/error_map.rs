@@ -165,7 +165,7 @@ mod tests {
         fn bodies(api: Api, e: &ProxyError) -> (StatusCode, Bytes) {
             let status = match api {
                 Api::Anthropic => StatusCode::IM_A_TEAPOT,
-                Api::OpenAi => e.status(),
+                Api::OpenAi | Api::Responses => e.status(),
             };
             (
                 status,

@@ -50,10 +50,12 @@ where
             .get::<RequestId>()
             .map(|r| r.as_str().to_owned())
             .unwrap_or_default();
+        let route = Route::of(&req);
         let span = tracing::info_span!(
             "request",
             method = %req.method(),
-            route = Route::of(&req).label,
+            route = route.label,
+            api = Empty,
             request_id = %id,
             model = Empty,
             stream = Empty,
@@ -61,6 +63,11 @@ where
             status = Empty,
             latency_ms = Empty,
         );
+        // The client API of the route (`chat`, `messages`, `responses`); none for an
+        // operator's route.
+        if route.auth {
+            span.record("api", route.api.label());
+        }
         let inner = span.in_scope(|| self.inner.call(req));
         ResponseFuture {
             inner: inner.instrument(span.clone()),

@@ -26,6 +26,8 @@ pub struct UpstreamModel {
     pub vision: bool,
     /// Draws images (the `t2i` chat type): the models of `/v1/images/generations`.
     pub image_generation: bool,
+    /// `meta.max_context_length`, when the catalogue says.
+    pub context_length: Option<u64>,
 }
 
 /// A requested name resolved against the catalogue.
@@ -210,6 +212,9 @@ fn parse_model(v: &Value) -> Option<UpstreamModel> {
         search: flag("search") || has_chat_type("search"),
         vision: flag("vision"),
         image_generation: has_chat_type("t2i"),
+        context_length: meta
+            .and_then(|m| m.get("max_context_length"))
+            .and_then(Value::as_u64),
         id,
     })
 }

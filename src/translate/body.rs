@@ -221,6 +221,10 @@ where
 {
     stream: UpstreamStream<B, S>,
     render: R,
+    /// What the encoder wrote before any upstream event (Anthropic's `message_start`,
+    /// the Responses API's `response.created`): the head of the stream, not a sign that
+    /// the answer began.
+    head: usize,
     phase: Phase,
     /// Told once; `None` before [`TranslateBody::owned_by`] and after it was told.
     owner: Option<O>,
@@ -240,6 +244,7 @@ where
     pub fn new(stream: UpstreamStream<B, S>, render: R, keep_alive: Option<Duration>) -> Self {
         Self {
             stream,
+            head: render.buffered(),
             render,
             phase: Phase::Streaming,
             owner: None,
@@ -279,9 +284,9 @@ where
     /// before any content becomes a proper HTTP status (and can still be retried).
     pub async fn prime(&mut self) -> Result<(), ProxyError> {
         poll_fn(|cx| loop {
-            // Primed once something is written for the client: a stage may hold the
-            // translator's first output back (a tool call being read).
-            if self.render.buffered() > 0 {
+            // Primed once something is written for the client beyond the stream's head: a
+            // stage may hold the translator's first output back (a tool call being read).
+            if self.render.buffered() > self.head {
                 return Poll::Ready(Ok(()));
             }
             match ready!(self.stream.poll_step(cx, &mut self.render)) {

@@ -39,6 +39,9 @@ pub trait ClientApi: Send + Sync + 'static {
     /// The prefix of a response id (`chatcmpl-`).
     const ID_PREFIX: &'static str;
 
+    /// The API in metrics and logs (`chat`, `messages`, `responses`, `images`).
+    const LABEL: &'static str;
+
     /// Parse a request body; a bad one is a 400 naming its parameter.
     fn parse(body: &[u8]) -> Result<ApiRequest<Self::Options>, ProxyError>;
 

@@ -266,4 +266,7 @@ pub struct TurnRequest {
     /// `prompt_cache_key`): it narrows whose conversations the turn may continue (a session
     /// header, read by the core, wins). As the client sent it; hashed before any use.
     pub session: Option<String>,
+    /// The client offered a hosted web search tool (the Responses API's `web_search`): the
+    /// turn runs with the upstream's own search, as a `-search` model variant does.
+    pub web_search: bool,
 }

@@ -62,7 +62,7 @@ pub(crate) fn plan(
     Ok(Plan {
         model: model.id.clone(),
         chat_type: "t2t",
-        features: FeatureConfig::new(thinking, variant.search),
+        features: FeatureConfig::new(thinking, variant.search || req.web_search),
         size: None,
         vision: model.vision,
     })

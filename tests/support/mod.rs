@@ -422,6 +422,18 @@ impl Harness {
         .await
     }
 
+    pub async fn delete(&self, path: &str) -> Reply {
+        Self::read(
+            self.send(
+                Request::delete(self.url(path))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await,
+        )
+        .await
+    }
+
     pub async fn sim_stats(&self) -> Value {
         let req = Request::get(format!("{}/__sim/stats", self.sim.base_url()))
             .body(Full::new(Bytes::new()))

@@ -38,6 +38,8 @@ impl ClientApi for Anthropic {
 
     const ID_PREFIX: &'static str = "msg_";
 
+    const LABEL: &'static str = "messages";
+
     fn parse(body: &[u8]) -> Result<ApiRequest<Options>, ProxyError> {
         request::parse(body)
     }

@@ -131,6 +131,7 @@ pub fn parse(body: &[u8]) -> Result<ApiRequest<Options>, ProxyError> {
             tools,
             output: Output::Text,
             session: session(&obj),
+            web_search: false,
         },
         options: Options {
             thinking: matches!(thinking, Some(ThinkingIntent::On | ThinkingIntent::Auto)),

@@ -183,6 +183,7 @@ mod tests {
             tools: None,
             output: Output::Text,
             session: None,
+            web_search: false,
         }
     }
 

@@ -30,6 +30,8 @@ impl ClientApi for OpenAi {
 
     const ID_PREFIX: &'static str = "chatcmpl-";
 
+    const LABEL: &'static str = "chat";
+
     fn parse(body: &[u8]) -> Result<ApiRequest<Options>, ProxyError> {
         request::parse(body)
     }

@@ -225,6 +225,7 @@ fn from_object(obj: &Map<String, Value>) -> Result<ApiRequest<Options>, ProxyErr
         turn: TurnRequest {
             output: Output::Text,
             session: None,
+            web_search: false,
             model,
             messages,
             stream,
@@ -401,7 +402,7 @@ fn parse_parts(parts: &[Value], param: &str) -> Result<Vec<Part>, ProxyError> {
 
 /// `{"type":"image_url","image_url":{"url":…,"detail":…}}` (or `image_url` as the string
 /// itself): a `data:` URI is decoded here; an address is fetched when a turn sends it (`media`).
-fn image_part(part: &Value, param: &str) -> Result<Part, ProxyError> {
+pub(crate) fn image_part(part: &Value, param: &str) -> Result<Part, ProxyError> {
     let url = match part.get("image_url") {
         Some(Value::String(u)) => u.as_str(),
         Some(Value::Object(o)) => o.get("url").and_then(Value::as_str).ok_or_else(|| {

@@ -164,4 +164,7 @@ impl<'a> ModelObject<'a> {
 pub struct ModelList<'a> {
     pub object: &'static str,
     pub data: Vec<ModelObject<'a>>,
+    /// The same models as the Codex CLI's catalogue reads them
+    /// (`api::responses::codex_models`): a client that reads only `data` ignores it.
+    pub models: Vec<serde_json::Value>,
 }

@@ -19,6 +19,7 @@ fn turn(model: &str, stop: &[&str]) -> TurnRequest {
         tools: None,
         output: Output::Text,
         session: None,
+        web_search: false,
     }
 }
 

@@ -70,6 +70,8 @@ impl ClientApi for OpenAiImages {
 
     const ID_PREFIX: &'static str = "img-";
 
+    const LABEL: &'static str = "images";
+
     fn parse(body: &[u8]) -> Result<ApiRequest<ImageOptions>, ProxyError> {
         parse(body)
     }
@@ -203,6 +205,7 @@ pub fn parse(body: &[u8]) -> Result<ApiRequest<ImageOptions>, ProxyError> {
             tools: None,
             output: Output::Image { ratio },
             session: None,
+            web_search: false,
         },
         options: ImageOptions { n, format },
     })
