@@ -54,22 +54,7 @@ describe('AI SDK: answers', () => {
     assert.equal(r.text, expected(prompt));
     assert.equal(r.finishReason, 'stop');
   });
-
-  // Caveat for the README: `createOpenAI(...)(model)` (no `.chat`) speaks the Responses API,
-  // POST /v1/responses, which the proxy does not serve. The 404 names the routes it does.
-  test('createOpenAI(...)(model) calls /v1/responses: a 404 that names /v1/chat/completions', async () => {
-    const openai = createOpenAI({ baseURL: proxy.baseURL, apiKey: 'unused' });
-    const r = await measure(proxy, () => generateText({ model: openai(MODEL), prompt: 'x' }));
-    // 4xx is not retryable: the SDK throws the APICallError itself, not a RetryError.
-    assert.ok(APICallError.isInstance(r.error), `expected an APICallError, got ${r.error ?? 'no error'}`);
-    assert.equal(r.error.statusCode, 404);
-    assert.equal(r.error.isRetryable, false);
-    assert.equal(new URL(r.error.url).pathname, '/v1/responses');
-    assert.match(r.error.message, /\/v1\/responses/);
-    assert.match(r.error.message, /POST \/v1\/chat\/completions/);
-    assert.equal(JSON.parse(r.error.responseBody).error.code, 'not_found');
-    assert.equal(r.delta, 0);
-  });
+  // `createOpenAI(...)(model)` (no `.chat`) speaks the Responses API: responses.test.js.
 });
 
 describe('AI SDK: an anti-bot challenge with the proxy cooldown on', () => {
