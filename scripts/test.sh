@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The single entry point for every test: formatting and lints, Rust unit and integration
 # tests, the bench targets in test mode, the real-client suites against the running binary
-# (official `openai` Python SDK, LangChain, the OpenAI Agents SDK; openai-node and the
-# Vercel AI SDK under Node's test runner), real coding agents run headless (Qwen Code, the
-# Cline CLI, opencode; once more against a simulated model with a real model's habits) and the
-# deployment files. Installs what it needs; starts what it needs on free ports and
+# (official `openai` and `anthropic` Python SDKs, LangChain, the OpenAI Agents SDK; openai-node,
+# the Vercel AI SDK and Anthropic's TypeScript SDK under Node's test runner), real coding agents
+# run headless (Qwen Code, the Cline CLI, opencode, Claude Code, the Codex CLI; once more against
+# a simulated model with a real model's habits) and the deployment files. Installs what it needs; starts what it needs on free ports and
 # leaves the host's own services alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +46,7 @@ cargo test --locked --lib --bins --tests
 step "benchmarks compile and run once (test mode)"
 cargo test --locked --bench pipeline --bench tool_scan --bench conversation --bench load --bench accounts
 
-step "real-client suite: official openai Python SDK"
+step "real-client suite: official openai and anthropic Python SDKs"
 cargo build --locked --bin qwen-proxy
 VENV=.venv
 if [ ! -x "$VENV/bin/python" ]; then
@@ -55,7 +55,7 @@ fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 QWEN_PROXY_BIN="$PWD/target/debug/qwen-proxy" "$VENV/bin/python" -m pytest -q tests/clients
 
-step "real-client suite: openai-node and the Vercel AI SDK (node --test)"
+step "real-client suite: openai-node, the Vercel AI SDK and Anthropic's SDK (node --test)"
 # npm ci installs exactly package-lock.json (and empties node_modules first); skipped while
 # node_modules holds the stamp of an install from the same package.json and lock.
 NODE_SUITE=tests/clients-node
@@ -65,7 +65,7 @@ if ! cat "$NODE_SUITE/package.json" "$NODE_SUITE/package-lock.json" | cmp -s - "
 fi
 QWEN_PROXY_BIN="$PWD/target/debug/qwen-proxy" npm --prefix "$NODE_SUITE" test
 
-step "real coding agents, headless: Qwen Code, the Cline CLI and opencode (node --test)"
+step "real coding agents, headless: Qwen Code, the Cline CLI, opencode, Claude Code and the Codex CLI (node --test)"
 # Each agent gets a scratch HOME, no proxy variables and a 120 s budget; the suite stops the
 # processes it started (Cline's daemon included) by pid. Installed as the suite above.
 AGENT_SUITE=tests/agents

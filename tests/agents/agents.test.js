@@ -1,12 +1,13 @@
 // Real coding-agent CLIs, headless, against `qwen-proxy --demo` (proxy + in-process simulator).
 //
-// For each agent (Qwen Code, the Cline CLI, opencode): its own proxy, its own scratch HOME (the
-// user's real configuration is never read or written), configuration through the agent's own
-// mechanisms (settings files in the scratch HOME, environment, flags), telemetry and update
-// checks off, proxy variables removed from the agent's environment (Qwen Code would route even
-// loopback traffic through HTTPS_PROXY). The prompt carries an `@@sim:call=NAME,ARGS_B64`
-// directive, so the simulated model calls one of the agent's real tools; the agent runs it,
-// sends the result back, and the model answers with the last line of that result.
+// For each agent (Qwen Code, the Cline CLI, opencode, Claude Code, Codex): its own proxy, its
+// own scratch HOME (the user's real configuration is never read or written), configuration
+// through the agent's own mechanisms (settings files in the scratch HOME, environment, flags),
+// telemetry and update checks off, proxy variables removed from the agent's environment (Qwen
+// Code would route even loopback traffic through HTTPS_PROXY). The prompt carries an
+// `@@sim:call=NAME,ARGS_B64` directive, so the simulated model calls one of the agent's real
+// tools; the agent runs it, sends the result back, and the model answers with the last line of
+// that result.
 //
 // Every process a test starts is found again by its scratch HOME (scanning /proc environ: the
 // HOME is a fresh mkdtemp path, so nothing else can match) and stopped by pid — this includes
@@ -17,6 +18,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
 import fs from 'node:fs/promises';
+import http from 'node:http';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
@@ -29,6 +31,9 @@ const require = createRequire(import.meta.url);
 const QWEN_CLI = path.join(path.dirname(require.resolve('@qwen-code/qwen-code/package.json')), 'cli.js');
 const CLINE_CLI = path.join(path.dirname(require.resolve('cline/package.json')), 'bin', 'cline');
 const OPENCODE_VERSION = require('opencode-ai/package.json').version;
+// Codex's launcher: it picks the platform package's native binary (`@openai/codex-linux-x64`,
+// …; ~420 MB, no install script) and runs it.
+const CODEX_CLI = path.join(path.dirname(require.resolve('@openai/codex/package.json')), 'bin', 'codex.js');
 
 /**
  * opencode's native binary. `opencode-ai`'s postinstall links the right platform package's
@@ -42,6 +47,23 @@ function opencodeBin() {
   } catch {}
   const pkg = `opencode-${process.platform === 'win32' ? 'windows' : process.platform}-${process.arch}`;
   return path.join(path.dirname(require.resolve(`${pkg}/package.json`)), 'bin', 'opencode');
+}
+
+/**
+ * Claude Code's native binary (~400 MB, one per platform package). `@anthropic-ai/claude-code`'s
+ * postinstall copies the platform package's binary over its bin/claude.exe placeholder; where
+ * install scripts did not run, the placeholder is a small stub, so fall back to the platform
+ * package (`-musl` on a musl libc, as the package's own installer decides).
+ */
+function claudeBin() {
+  const wrapper = path.dirname(require.resolve('@anthropic-ai/claude-code/package.json'));
+  const linked = path.join(wrapper, 'bin', 'claude.exe'); // its name on every platform
+  try {
+    if (statSync(linked).size > 1_000_000) return linked;
+  } catch {}
+  const musl = process.platform === 'linux' && process.report?.getReport?.().header?.glibcVersionRuntime === undefined;
+  const pkg = `@anthropic-ai/claude-code-${process.platform}-${process.arch}${musl ? '-musl' : ''}`;
+  return path.join(path.dirname(require.resolve(`${pkg}/package.json`)), process.platform === 'win32' ? 'claude.exe' : 'claude');
 }
 
 const AGENT_TIMEOUT_MS = 120_000;
@@ -667,5 +689,508 @@ describe('opencode (opencode-ai) headless', () => {
     // (opencode also asks for a session title, without tools, in a chat of its own.)
     assert.ok((await proxy.completionRequests()) - before >= 2, 'the tool turn and the answer turn both reached the simulator');
     t.diagnostic(`${r.ms} ms; upstream body bytes per chat turn: ${JSON.stringify(await upstreamTurns(proxy))}${await habitsMet(proxy)}`);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Claude Code
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * A pass-through between an agent (Claude Code, Codex) and its proxy that notes every request:
+ * method, path, body size, the parsed JSON body, and the proxy's status (with the start of an
+ * error's body). The proxy counts requests by route in /metrics, but not their sizes or models,
+ * and these tests report what the agent sent. Bytes go through untouched (a stream as it comes).
+ */
+async function startRecorder(target) {
+  const requests = [];
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const rec = { method: req.method, path: req.url, bytes: body.length };
+      try {
+        if (body.length) rec.body = JSON.parse(body);
+      } catch {}
+      requests.push(rec);
+      const up = http.request(new URL(req.url, target), { method: req.method, headers: req.headers }, (ur) => {
+        rec.status = ur.statusCode;
+        if (ur.statusCode >= 400) {
+          rec.error = '';
+          ur.on('data', (d) => {
+            if (rec.error.length < 2000) rec.error += d;
+          });
+        }
+        res.writeHead(ur.statusCode, ur.headers);
+        ur.pipe(res);
+      });
+      up.on('error', (e) => {
+        rec.status ??= 502;
+        rec.error = `relay: ${e.message}`;
+        if (res.headersSent) res.destroy();
+        else res.writeHead(502).end();
+      });
+      // The agent may drop a request it no longer needs: drop the proxy's too.
+      res.on('close', () => {
+        if (!res.writableFinished) up.destroy();
+      });
+      up.end(body);
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    requests,
+    async stop() {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/** The upstream chats created since the ids in `known` were taken, in creation order. */
+async function chatsSince(proxy, known) {
+  return Object.entries((await proxy.stats()).chats ?? {})
+    .filter(([id]) => !known.has(id))
+    .map(([id, c]) => ({ id, turns: c.turns ?? [] }));
+}
+
+/**
+ * The loop's turns continued one upstream chat: one chat created during the run (`known`: the
+ * chat ids before it) holds a turn for each loop request, each turn's parent the turn before
+ * (side requests, without the loop's history, may have chats of their own).
+ */
+async function oneChat(proxy, known, loop) {
+  const chats = await chatsSince(proxy, known);
+  const multi = chats.filter((c) => c.turns.length > 1);
+  assert.equal(multi.length, 1, `one upstream chat should carry the loop: ${JSON.stringify(chats)}`);
+  const { turns } = multi[0];
+  assert.equal(turns.length, loop.length, `one upstream turn per loop request: ${JSON.stringify(turns)}`);
+  assert.equal(turns[0].parent_id, null);
+  for (let i = 1; i < turns.length; i++) assert.equal(turns[i].parent_id, turns[i - 1].response_id, `turn ${i} continues turn ${i - 1}`);
+  return { chats: chats.length, upstreamBytes: turns.map((t) => t.body_bytes) };
+}
+
+/** The last non-empty line, trimmed: what the simulated model quotes (README "Simulator"). */
+function lastLine(text) {
+  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l);
+  return lines[lines.length - 1];
+}
+
+/** A tool_result's text (a string, or text blocks). */
+function resultText(block) {
+  return typeof block.content === 'string' ? block.content : block.content.map((c) => c.text ?? '').join('');
+}
+
+// Claude Code speaks Anthropic's Messages API (`POST /v1/messages?beta=true`, streamed) with its
+// default model (claude-opus-5-5 in 2.1.337, which the proxy maps to qwen3.8-max) and about a
+// dozen tools (Read, Write, Edit, Bash, …; ~49 KB first request). Headless (`-p`) with
+// nonessential traffic off it sent nothing else in 2.1.337 — no haiku title or topic request,
+// no count_tokens, no `HEAD /api/hello` probe; whatever a later version adds goes through the
+// same relay, is reported as a side request and must not be refused.
+describe('Claude Code (@anthropic-ai/claude-code) headless', () => {
+  let proxy;
+  let relay;
+  let s;
+  let CLAUDE;
+
+  before(async () => {
+    CLAUDE = claudeBin();
+    // Habits mode: the cycle from offset 6 (the other agents' calls meet 3–7 with
+    // AGENT_SUITE_HABITS=3), so these two calls meet own_name and case_variant.
+    proxy = await agentProxy(6);
+    relay = await startRecorder(new URL(proxy.baseURL).origin);
+    s = await scratch('claude');
+    await fs.mkdir(path.join(s.root, 'tmp'));
+  });
+
+  after(async () => {
+    try {
+      if (s) {
+        const left = await stopLeftovers(s.home);
+        assert.deepEqual(await processesWithHome(s.home), [], 'a Claude Code process survived');
+        if (left.length) console.log(`# claude: stopped leftover pids ${left.join(', ')}`);
+      }
+    } finally {
+      await removeScratch(s);
+      await relay?.stop();
+      await proxy?.stop();
+    }
+  });
+
+  /**
+   * `claude -p` with an API key needs no login. Its configuration lives in CLAUDE_CONFIG_DIR
+   * (inside the scratch HOME); no update check, telemetry, error reports or other traffic
+   * beyond the model's. `--dangerously-skip-permissions` refuses to run as root (as CI does), so
+   * the task's tools are granted by name; any other tool would be denied, not asked for.
+   */
+  function claude(prompt, tools) {
+    const env = agentEnv(s, {
+      // The Anthropic SDK appends /v1/messages itself: the base URL has no /v1. It points at the
+      // relay, which passes everything on to the proxy.
+      ANTHROPIC_BASE_URL: relay.url,
+      ANTHROPIC_API_KEY: API_KEY,
+      CLAUDE_CONFIG_DIR: path.join(s.home, '.claude'),
+      CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
+      DISABLE_TELEMETRY: '1',
+      DISABLE_ERROR_REPORTING: '1',
+      DISABLE_AUTOUPDATER: '1',
+    });
+    // `--allowedTools` takes several values, so `--` ends it before the prompt (Claude Code
+    // would otherwise read the prompt as a tool name and stop).
+    return run(CLAUDE, [
+      '-p',
+      '--output-format', 'stream-json', '--verbose',
+      '--allowedTools', tools.join(','),
+      '--', prompt,
+    ], { cwd: s.ws, env });
+  }
+
+  /** `--output-format stream-json --verbose`: one JSON event per line (system, assistant, user, result). */
+  function parse(r) {
+    const events = [];
+    for (const line of r.stdout.split('\n')) {
+      const l = line.trim();
+      if (!l) continue;
+      try {
+        events.push(JSON.parse(l));
+      } catch {
+        assert.fail(`unparsable stream-json line: ${l.slice(0, 300)}\n${describeRun(r)}`);
+      }
+    }
+    return events;
+  }
+
+  function toolEvents(events, name) {
+    const uses = events.filter((e) => e.type === 'assistant').flatMap((e) => e.message.content)
+      .filter((c) => c.type === 'tool_use' && c.name === name);
+    const results = events.filter((e) => e.type === 'user' && Array.isArray(e.message?.content))
+      .flatMap((e) => e.message.content)
+      .filter((c) => c.type === 'tool_result' && uses.some((u) => u.id === c.tool_use_id));
+    return { uses, results };
+  }
+
+  function finalResult(events, r) {
+    const result = events.find((e) => e.type === 'result');
+    assert.ok(result, `no result event\n${describeRun(r)}`);
+    assert.equal(result.subtype, 'success', describeRun(r));
+    assert.equal(result.is_error, false, describeRun(r));
+    assert.deepEqual(result.permission_denials, [], 'a tool the task needs was denied');
+    return result;
+  }
+
+  /**
+   * What Claude Code sent during one run (`from`: the relay's count before it): the agent loop —
+   * the requests for the model it announced, with its tools — and everything else (side
+   * requests: other models, count_tokens, probes). None may have been refused.
+   */
+  function traffic(events, from, tool) {
+    const model = events.find((e) => e.type === 'system' && e.subtype === 'init')?.model;
+    assert.ok(model, 'no init event naming the model');
+    const sent = relay.requests.slice(from);
+    const failed = sent.filter((q) => !(q.status < 400))
+      .map(({ method, path: p, body, status, error }) => ({ method, path: p, model: body?.model, status, error }));
+    assert.deepEqual(failed, [], 'the proxy refused or failed a request Claude Code sent');
+    const isLoop = (q) => q.method === 'POST' && /^\/v1\/messages(\?|$)/.test(q.path) && q.body?.model === model && Array.isArray(q.body.tools);
+    const loop = sent.filter(isLoop);
+    assert.ok(loop.length >= 2, `the tool turn and the answer turn both reached the proxy: ${loop.length} request(s)`);
+    // The directive's arguments are the ones Claude Code's own tool declares.
+    const declared = loop[0].body.tools.find((d) => d.name === tool);
+    assert.ok(declared, `Claude Code did not offer ${tool}: ${loop[0].body.tools.map((d) => d.name).join(', ')}`);
+    assert.equal(declared.input_schema?.properties?.file_path?.type, 'string', JSON.stringify(declared.input_schema));
+    const side = sent.filter((q) => !isLoop(q)).map((q) => `${q.method} ${q.path}${q.body?.model ? ` ${q.body.model}` : ''} ${q.bytes} B`);
+    const summary = `loop: ${loop.length} × POST /v1/messages ${model} (${loop[0].body.tools.length} tools; first body ${loop[0].bytes} B, ` +
+      `then ${loop.slice(1).map((q) => q.bytes).join(', ')} B); side requests: ${side.length ? side.join('; ') : 'none'}`;
+    return { loop, summary };
+  }
+
+  test('Read: the model calls the real tool, then answers with the file\'s last line', async (t) => {
+    const secret = token('claude-read');
+    const file = path.join(s.ws, 'notes.txt');
+    // No newline at the end: Read numbers a trailing newline as one more, empty line ("3\t"),
+    // and the simulated model would quote its number.
+    await fs.writeFile(file, `Notes for the agent test\n${secret}`);
+    const from = relay.requests.length;
+    const known = new Set(Object.keys((await proxy.stats()).chats ?? {}));
+
+    const r = await claude(`Read notes.txt @@sim:call=Read,${b64({ file_path: file })}`, ['Read']);
+
+    assert.equal(r.timedOut, false, describeRun(r));
+    assert.equal(r.code, 0, describeRun(r));
+    const events = parse(r);
+    const { uses, results } = toolEvents(events, 'Read');
+    if (endedHonestly(t, finalResult(events, r).result, results.length)) return;
+    assert.equal(uses.length, 1, `one Read call expected\n${describeRun(r)}`);
+    assert.deepEqual(uses[0].input, { file_path: file });
+    assert.equal(results.length, 1, `no tool_result for Read\n${describeRun(r)}`);
+    assert.notEqual(results[0].is_error, true, JSON.stringify(results[0]));
+    const { loop, summary } = traffic(events, from, 'Read');
+    // The answer quotes the last line of the tool result as the model received it: the file's
+    // last line, numbered by Read.
+    const received = loop[loop.length - 1].body.messages.at(-1).content.find((c) => c.type === 'tool_result');
+    assert.ok(received, 'the last request carries the tool result');
+    const quoted = lastLine(resultText(received));
+    assert.ok(quoted.endsWith(secret), `the tool result's last line is the file's: ${quoted}`);
+    const result = finalResult(events, r);
+    assert.equal(result.result.trim(), `${PREFIX}${quoted}".`);
+    assert.equal(result.num_turns, loop.length, 'one Claude Code turn per loop request');
+    const { chats, upstreamBytes } = await oneChat(proxy, known, loop);
+    t.diagnostic(`${r.ms} ms; ${summary}; upstream chats: ${chats}, loop turns' upstream body bytes ${upstreamBytes.join(', ')}${await habitsMet(proxy)}`);
+  });
+
+  test('Write: the model creates a file with the real tool', async (t) => {
+    const secret = token('claude-write');
+    const file = path.join(s.ws, 'created-by-claude.txt');
+    const content = `written by Claude Code\n${secret}\n`;
+    const from = relay.requests.length;
+    const known = new Set(Object.keys((await proxy.stats()).chats ?? {}));
+
+    const r = await claude(`Create the file @@sim:call=Write,${b64({ file_path: file, content })}`, ['Write']);
+
+    assert.equal(r.timedOut, false, describeRun(r));
+    assert.equal(r.code, 0, describeRun(r));
+    const events = parse(r);
+    const { uses, results } = toolEvents(events, 'Write');
+    if (endedHonestly(t, finalResult(events, r).result, results.length)) return;
+    assert.equal(uses.length, 1, `one Write call expected\n${describeRun(r)}`);
+    assert.deepEqual(uses[0].input, { file_path: file, content });
+    assert.equal(results.length, 1, `no tool_result for Write\n${describeRun(r)}`);
+    assert.notEqual(results[0].is_error, true, JSON.stringify(results[0]));
+    assert.equal(await fs.readFile(file, 'utf8'), content);
+    const { loop, summary } = traffic(events, from, 'Write');
+    const result = finalResult(events, r);
+    // The answer quotes Claude Code's confirmation, which names the file.
+    assert.ok(result.result.startsWith(PREFIX) && result.result.endsWith('".'), result.result);
+    assert.ok(result.result.includes(file), result.result);
+    assert.equal(result.num_turns, loop.length, 'one Claude Code turn per loop request');
+    const { chats } = await oneChat(proxy, known, loop);
+    t.diagnostic(`${r.ms} ms; ${summary}; upstream chats: ${chats}; answer: ${result.result}${await habitsMet(proxy)}`);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Codex CLI
+// ---------------------------------------------------------------------------------------------
+
+// Codex speaks OpenAI's Responses API (`POST /v1/responses`, streamed, `store: false`): every
+// request carries the whole history — a ~17 KB developer prompt, the environment context, the
+// prompt, and after a call the `reasoning`, `function_call` and `function_call_output` items —
+// and ~18 KB of tools (~41 KB first request in 0.171.0), with `prompt_cache_key` and the
+// `session-id` header both the thread id. Its shell tool is `exec_command` (`{cmd}`, run with
+// the user's shell `-lc` in the workspace). `apply_patch` is offered only for a model whose
+// catalogue entry asks for it, which a custom provider's model has not (the proxy's /v1/models
+// is OpenAI's list, not Codex's catalogue), so both tasks use the shell. With the config below
+// 0.171.0 sent nothing but the loop (no /models fetch, no update check, no analytics: it
+// connected to the relay only); whatever a later version adds goes through the same relay, is
+// reported as a side request and must not be refused.
+describe('Codex CLI (@openai/codex) exec', () => {
+  let proxy;
+  let relay;
+  let s;
+
+  before(async () => {
+    // Habits mode: the cycle from offset 7, so with AGENT_SUITE_HABITS=3 these two calls meet
+    // case_variant (`EXEC_COMMAND`, …; Claude Code's second call meets it too) and
+    // narrated_batch, which no other agent's call meets there (the others: 3–7, 9–10).
+    proxy = await agentProxy(7);
+    relay = await startRecorder(new URL(proxy.baseURL).origin);
+    s = await scratch('codex');
+    await fs.mkdir(path.join(s.root, 'tmp'));
+    await fs.mkdir(path.join(s.home, '.codex'));
+    // $CODEX_HOME/config.toml: one provider at the relay, speaking the Responses API over HTTP
+    // (no WebSocket transport), its key from the environment. No retries: a refused request
+    // or a broken stream must fail the run, not hide behind a second attempt. No update check,
+    // plugins (their marketplace sync), analytics or metrics export.
+    await fs.writeFile(path.join(s.home, '.codex', 'config.toml'), [
+      `model = "${MODEL}"`,
+      'model_provider = "qwen"',
+      'check_for_update_on_startup = false',
+      '',
+      '[model_providers.qwen]',
+      'name = "qwen-proxy"',
+      `base_url = "${relay.url}/v1"`,
+      'wire_api = "responses"',
+      'env_key = "QWEN_API_KEY"',
+      'supports_websockets = false',
+      'request_max_retries = 0',
+      'stream_max_retries = 0',
+      '',
+      '[features]',
+      'plugins = false',
+      '',
+      '[analytics]',
+      'enabled = false',
+      '',
+      '[otel]',
+      'metrics_exporter = "none"',
+      '',
+    ].join('\n'));
+  });
+
+  after(async () => {
+    try {
+      if (s) {
+        const left = await stopLeftovers(s.home);
+        assert.deepEqual(await processesWithHome(s.home), [], 'a Codex process survived');
+        if (left.length) console.log(`# codex: stopped leftover pids ${left.join(', ')}`);
+      }
+    } finally {
+      await removeScratch(s);
+      await relay?.stop();
+      await proxy?.stop();
+    }
+  });
+
+  /**
+   * `codex exec` needs no login with a provider key. The workspace is no git repository (hence
+   * the check skipped); `--sandbox workspace-write` lets the commands write there (Codex's
+   * bundled bubblewrap; it also runs as root). stdin is /dev/null: `codex exec` appends piped
+   * input to the prompt ("Reading additional input from stdin..." on stderr, then nothing).
+   */
+  function codex(prompt) {
+    // (The key's variable has no "proxy" in its name: agentEnv drops those.)
+    const env = agentEnv(s, { CODEX_HOME: path.join(s.home, '.codex'), QWEN_API_KEY: API_KEY });
+    return run(process.execPath, [
+      CODEX_CLI, 'exec',
+      '--skip-git-repo-check',
+      '--sandbox', 'workspace-write',
+      '--json',
+      prompt,
+    ], { cwd: s.ws, env });
+  }
+
+  /** `codex exec --json`: one JSON event per line (thread.started, turn.*, item.started/completed). */
+  function parse(r) {
+    const events = [];
+    for (const line of r.stdout.split('\n')) {
+      const l = line.trim();
+      if (!l) continue;
+      try {
+        events.push(JSON.parse(l));
+      } catch {
+        assert.fail(`unparsable --json line: ${l.slice(0, 300)}\n${describeRun(r)}`);
+      }
+    }
+    return events;
+  }
+
+  /** The completed items of one type (command_execution, agent_message, error, …). */
+  function completed(events, type) {
+    return events.filter((e) => e.type === 'item.completed' && e.item?.type === type).map((e) => e.item);
+  }
+
+  /**
+   * The run's one turn completed, with no error but Codex's notice that it has no catalogue
+   * metadata for the model (0.171.0 says so as an `error` item for any custom model; a stream
+   * error or reconnect would be another). Returns the last agent message: the answer.
+   */
+  function finalAnswer(events, r) {
+    assert.deepEqual(events.filter((e) => e.type === 'turn.failed' || e.type === 'error'), [], `failure events\n${describeRun(r)}`);
+    assert.equal(events.filter((e) => e.type === 'turn.completed').length, 1, `one completed turn expected\n${describeRun(r)}`);
+    const errors = completed(events, 'error').filter((i) => !/^Model metadata for `[^`]+` not found/.test(i.message));
+    assert.deepEqual(errors, [], `error items\n${describeRun(r)}`);
+    const said = completed(events, 'agent_message');
+    assert.ok(said.length > 0, `no agent_message\n${describeRun(r)}`);
+    return said[said.length - 1].text;
+  }
+
+  /** What Codex sent during one run (`from`: the relay's count before it); none refused. */
+  function sentSince(from) {
+    const sent = relay.requests.slice(from);
+    const failed = sent.filter((q) => !(q.status < 400))
+      .map(({ method, path: p, body, status, error }) => ({ method, path: p, model: body?.model, status, error }));
+    assert.deepEqual(failed, [], 'the proxy refused or failed a request Codex sent');
+    return sent;
+  }
+
+  /**
+   * The agent loop among what Codex sent — the Responses requests with a history — and the one
+   * call it made: the `function_call` its last request replays (its arguments exactly the
+   * directive's) and the `function_call_output` that answers it, the text the model received.
+   */
+  function traffic(sent, args) {
+    const isLoop = (q) => q.method === 'POST' && /^\/v1\/responses(\?|$)/.test(q.path) && Array.isArray(q.body?.input);
+    const loop = sent.filter(isLoop);
+    assert.ok(loop.length >= 2, `the tool turn and the answer turn both reached the proxy: ${loop.length} request(s)`);
+    assert.deepEqual([...new Set(loop.map((q) => q.body.model))], [MODEL], 'the configured model');
+    // The directive's arguments are the ones Codex's own tool declares.
+    const declared = loop[0].body.tools.find((d) => d.type === 'function' && d.name === 'exec_command');
+    assert.ok(declared, `Codex did not offer exec_command: ${loop[0].body.tools.map((d) => d.name ?? d.type).join(', ')}`);
+    assert.equal(declared.parameters?.properties?.cmd?.type, 'string', JSON.stringify(declared.parameters));
+    const input = loop[loop.length - 1].body.input;
+    const calls = input.filter((i) => i.type === 'function_call');
+    assert.equal(calls.length, 1, `one function_call in the replayed history: ${JSON.stringify(calls)}`);
+    assert.equal(calls[0].name, 'exec_command');
+    assert.deepEqual(JSON.parse(calls[0].arguments), args);
+    const outputs = input.filter((i) => i.type === 'function_call_output' && i.call_id === calls[0].call_id);
+    assert.equal(outputs.length, 1, `the call's output in the replayed history: ${JSON.stringify(input.slice(-3))}`);
+    assert.equal(typeof outputs[0].output, 'string', JSON.stringify(outputs[0]));
+    const side = sent.filter((q) => !isLoop(q)).map((q) => `${q.method} ${q.path}${q.body?.model ? ` ${q.body.model}` : ''} ${q.bytes} B`);
+    const summary = `loop: ${loop.length} × POST /v1/responses ${MODEL} (${loop[0].body.tools.length} tools; first body ${loop[0].bytes} B, ` +
+      `then ${loop.slice(1).map((q) => q.bytes).join(', ')} B); side requests: ${side.length ? side.join('; ') : 'none'}`;
+    return { loop, output: outputs[0].output, summary };
+  }
+
+  test('exec_command: the model runs `cat`, then answers with the file\'s last line', async (t) => {
+    const secret = token('codex-read');
+    const content = `Notes for the agent test\n${secret}\n`;
+    await fs.writeFile(path.join(s.ws, 'notes.txt'), content);
+    const args = { cmd: 'cat notes.txt' };
+    const from = relay.requests.length;
+    const known = new Set(Object.keys((await proxy.stats()).chats ?? {}));
+
+    const r = await codex(`Read notes.txt @@sim:call=exec_command,${b64(args)}`);
+
+    assert.equal(r.timedOut, false, describeRun(r));
+    assert.equal(r.code, 0, describeRun(r));
+    const events = parse(r);
+    const sent = sentSince(from);
+    const runs = completed(events, 'command_execution');
+    const answer = finalAnswer(events, r);
+    if (endedHonestly(t, answer, runs.length)) return;
+    assert.equal(runs.length, 1, `one command expected\n${describeRun(r)}`);
+    assert.ok(runs[0].command.includes(args.cmd), runs[0].command);
+    assert.equal(runs[0].status, 'completed', JSON.stringify(runs[0]));
+    assert.equal(runs[0].exit_code, 0, JSON.stringify(runs[0]));
+    assert.equal(runs[0].aggregated_output, content);
+    const { loop, output, summary } = traffic(sent, args);
+    // The answer quotes the last line of the tool result as the model received it: Codex's
+    // header lines (Chunk ID, Wall time, exit code, token count, "Output:"), then the file —
+    // whose trailing newline leaves an empty line, which the simulated model skips.
+    const quoted = lastLine(output);
+    assert.equal(quoted, secret, `the tool result's last line is the file's: ${output}`);
+    assert.equal(answer.trim(), `${PREFIX}${quoted}".`);
+    const { chats, upstreamBytes } = await oneChat(proxy, known, loop);
+    t.diagnostic(`${r.ms} ms; ${summary}; upstream chats: ${chats}, loop turns' upstream body bytes ${upstreamBytes.join(', ')}${await habitsMet(proxy)}`);
+  });
+
+  test('exec_command: the model writes a file with `printf`, and it appears in the workspace', async (t) => {
+    const secret = token('codex-write');
+    const file = path.join(s.ws, 'created-by-codex.txt');
+    const content = `written by Codex\n${secret}\n`;
+    // One single-quoted word holds the newlines; printf '%s' writes it as it is.
+    const args = { cmd: `printf '%s' '${content}' > created-by-codex.txt` };
+    const from = relay.requests.length;
+    const known = new Set(Object.keys((await proxy.stats()).chats ?? {}));
+
+    const r = await codex(`Create the file @@sim:call=exec_command,${b64(args)}`);
+
+    assert.equal(r.timedOut, false, describeRun(r));
+    assert.equal(r.code, 0, describeRun(r));
+    const events = parse(r);
+    const sent = sentSince(from);
+    const runs = completed(events, 'command_execution');
+    const answer = finalAnswer(events, r).trim();
+    if (endedHonestly(t, answer, runs.length)) return;
+    assert.equal(runs.length, 1, `one command expected\n${describeRun(r)}`);
+    assert.equal(runs[0].status, 'completed', JSON.stringify(runs[0]));
+    assert.equal(runs[0].exit_code, 0, JSON.stringify(runs[0]));
+    assert.equal(await fs.readFile(file, 'utf8'), content);
+    const { loop, output, summary } = traffic(sent, args);
+    // The command prints nothing: the result is Codex's header lines, the last "Output:".
+    assert.equal(answer, `${PREFIX}${lastLine(output)}".`);
+    const { chats } = await oneChat(proxy, known, loop);
+    t.diagnostic(`${r.ms} ms; ${summary}; upstream chats: ${chats}; answer: ${answer}${await habitsMet(proxy)}`);
   });
 });
