@@ -4,8 +4,8 @@
 # (official `openai` and `anthropic` Python SDKs, LangChain, the OpenAI Agents SDK; openai-node,
 # the Vercel AI SDK and Anthropic's TypeScript SDK under Node's test runner), real coding agents
 # run headless (Qwen Code, the Cline CLI, opencode, Claude Code, the Codex CLI; once more against
-# a simulated model with a real model's habits) and the deployment files. Installs what it needs; starts what it needs on free ports and
-# leaves the host's own services alone.
+# a simulated model with a real model's habits) and the deployment files. Installs what it
+# needs; starts what it needs on free ports and leaves the host's own services alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
