@@ -178,6 +178,12 @@ fn json_log_format_is_one_object_per_line() {
         "{logs}"
     );
     assert!(!logs.contains(BX_UA) && !logs.contains(API_KEY));
+    // Each request's lines carry its client API.
+    let finished = logs
+        .lines()
+        .find(|l| l.contains("request finished"))
+        .unwrap();
+    assert!(finished.contains("\"api\":\"chat\""), "{finished}");
 }
 
 #[test]

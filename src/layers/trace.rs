@@ -1,4 +1,4 @@
-//! One `tracing` span per request: method, route template, request id, and — recorded as
+//! One `tracing` span per request: method, route template, client API, request id, and — recorded as
 //! they become known — model, stream flag, upstream attempts, status and latency. Every
 //! log line of the request carries the span's fields. A streamed response logs its end
 //! (completed or cancelled, total duration) inside the same span.
