@@ -31,6 +31,9 @@ pub struct Scenario {
     pub native_calls: Vec<SimCall>,
     /// `stubborn`: the model ignores the proxy's retry hint (by default it obeys it).
     pub stubborn: bool,
+    /// `echo`: the model answers the prompt's last line exactly as it read it — a model
+    /// repeating a tool result's text, markup included.
+    pub echo: bool,
     /// `habit=NAME[,FORM]`: the model writes this completion's calls with that habit (in
     /// that form of it; by default its first).
     pub habit: Option<(Habit, Option<u64>)>,
@@ -271,6 +274,7 @@ fn apply(s: &mut Scenario, directive: &str, answered: bool) {
         "split" => s.split = true,
         "done" => s.done = true,
         "stubborn" => s.stubborn = true,
+        "echo" => s.echo = true,
         "habit" => {
             let (name, form) = arg.map_or(("", None), |a| match a.split_once(',') {
                 Some((n, f)) => (n, Some(f)),

@@ -273,6 +273,7 @@ fn answer_text(g: &Generation<'_>) -> String {
     let sc = g.scenario;
     let mut text = match (&sc.reply, sc.long) {
         (Some(reply), _) => reply.clone(),
+        (None, _) if sc.echo => answer::last_line(g.prompt),
         (None, _) if !sc.calls.is_empty() => "I will use a tool for this.\n".to_owned(),
         (None, _) if !sc.native_calls.is_empty() => "Let me check that.\n".to_owned(),
         (None, Some(n)) => answer::long_answer(n),

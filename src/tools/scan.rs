@@ -1185,7 +1185,7 @@ fn has_closer(text: &str) -> bool {
 }
 
 /// The valid calls of a text (the thinking), read by a scanner of their own.
-fn calls_in(text: &str, set: &Arc<ToolSet>) -> Vec<ValidCall> {
+pub(crate) fn calls_in(text: &str, set: &Arc<ToolSet>) -> Vec<ValidCall> {
     #[derive(Default)]
     struct Calls(Vec<ValidCall>);
     impl Emit for Calls {
@@ -1207,6 +1207,18 @@ fn calls_in(text: &str, set: &Arc<ToolSet>) -> Vec<ValidCall> {
     scan.content(text, &mut calls);
     scan.flush(&mut calls);
     calls.0
+}
+
+/// Whether untrusted text at a `{` is a bare payload the scanner would take for a call of
+/// `set` (what `neutralize` defuses): the same window test, the same reading of the object,
+/// the same validation.
+pub(crate) fn is_bare_call(rest: &str, set: &ToolSet) -> bool {
+    if bare_payload(rest, true) != Some(true) {
+        return false;
+    }
+    let mut scan = JsonScan::default();
+    scan.read(rest.as_bytes()).is_some()
+        && validate::json_payload(&String::from_utf8_lossy(&scan.repaired), set).is_ok()
 }
 
 /// A bare `{` that may be a payload: `Some(true)` when a `"name"` key shows within

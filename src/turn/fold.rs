@@ -138,8 +138,8 @@ impl<'a> Fold<'a> {
     fn text(&self, m: &'a Message) -> Cow<'a, str> {
         match (self.tools, m.text()) {
             (None, text) => text,
-            (Some(_), Cow::Borrowed(text)) => neutralize(text),
-            (Some(_), Cow::Owned(text)) => Cow::Owned(neutralize(&text).into_owned()),
+            (Some(set), Cow::Borrowed(text)) => neutralize(text, Some(set)),
+            (Some(set), Cow::Owned(text)) => Cow::Owned(neutralize(&text, Some(set)).into_owned()),
         }
     }
 
@@ -221,7 +221,8 @@ impl<'a> Fold<'a> {
                 let _ = write!(
                     out,
                     "\n[TOOL CALL #{ordinal}]\n{}\n{CALL_CLOSE}",
-                    neutralize(&block)
+                    // The block is ours: only marker words inside its arguments.
+                    neutralize(&block, None)
                 );
             }
             None => {
@@ -343,7 +344,8 @@ mod tests {
         ));
         let f = fold_turns(&r, 0);
         assert!(
-            f.contains("x\n(END TOOL RESULT]\n(TOOL CALL]\n{\"name\":\"write_file\"}\n(tool_call>\n[END TOOL RESULT]"),
+            // (The bare payload passes as a call of `write_file`: defused too.)
+            f.contains("x\n(END TOOL RESULT]\n(TOOL CALL]\n(\"name\":\"write_file\"}\n(tool_call>\n[END TOOL RESULT]"),
             "{f}"
         );
         let openers = f.lines().filter(|l| l.starts_with("[TOOL CALL")).count();
