@@ -979,20 +979,27 @@ describe('Claude Code (@anthropic-ai/claude-code) headless', () => {
 // and ~18 KB of tools (~41 KB first request in 0.171.0), with `prompt_cache_key` and the
 // `session-id` header both the thread id. Its shell tool is `exec_command` (`{cmd}`, run with
 // the user's shell `-lc` in the workspace). `apply_patch` is offered only for a model whose
-// catalogue entry asks for it, which a custom provider's model has not (the proxy's /v1/models
-// is OpenAI's list, not Codex's catalogue), so both tasks use the shell. With the config below
-// 0.171.0 sent nothing but the loop (no /models fetch, no update check, no analytics: it
-// connected to the relay only); whatever a later version adds goes through the same relay, is
-// reported as a side request and must not be refused.
+// catalogue entry asks for it, which a custom provider's model has not unless the provider
+// names a catalogue (`model_catalog_url`): the two shell tasks run without one (0.171.0 then
+// notes "Model metadata … not found" and falls back to its defaults), the patch task with the
+// proxy's (`GET /v1/models` carries Codex's `models` array next to OpenAI's `data`), which
+// also replaces the 17 KB prompt with the catalogue's short `base_instructions` and asks for
+// reasoning (`effort: "medium"`, the entry's default). With the config below 0.171.0 sent
+// nothing but the loop, and with the catalogue one `GET /v1/models?client_version=0.171.0`
+// before it (no update check, no analytics: it connected to the relay only); whatever a later
+// version adds goes through the same relay, is reported as a side request and must not be
+// refused.
 describe('Codex CLI (@openai/codex) exec', () => {
   let proxy;
   let relay;
   let s;
 
   before(async () => {
-    // Habits mode: the cycle from offset 7, so with AGENT_SUITE_HABITS=3 these two calls meet
+    // Habits mode: the cycle from offset 7, so with AGENT_SUITE_HABITS=3 the shell calls meet
     // case_variant (`EXEC_COMMAND`, …; Claude Code's second call meets it too) and
-    // narrated_batch, which no other agent's call meets there (the others: 3–7, 9–10).
+    // narrated_batch, which no other agent's call meets there (the others: 3–7, 9–10), and the
+    // patch call call_in_thinking in its odd form (the call only in the thinking, then a
+    // sentence: the streamed answer ends honestly, no tool runs).
     proxy = await agentProxy(7);
     relay = await startRecorder(new URL(proxy.baseURL).origin);
     s = await scratch('codex');
@@ -1048,7 +1055,7 @@ describe('Codex CLI (@openai/codex) exec', () => {
    * bundled bubblewrap; it also runs as root). stdin is /dev/null: `codex exec` appends piped
    * input to the prompt ("Reading additional input from stdin..." on stderr, then nothing).
    */
-  function codex(prompt) {
+  function codex(prompt, overrides = []) {
     // (The key's variable has no "proxy" in its name: agentEnv drops those.)
     const env = agentEnv(s, { CODEX_HOME: path.join(s.home, '.codex'), QWEN_API_KEY: API_KEY });
     return run(process.execPath, [
@@ -1056,6 +1063,8 @@ describe('Codex CLI (@openai/codex) exec', () => {
       '--skip-git-repo-check',
       '--sandbox', 'workspace-write',
       '--json',
+      // `-c key=value` (a TOML value) over config.toml, for this run only.
+      ...overrides.flatMap((o) => ['-c', o]),
       prompt,
     ], { cwd: s.ws, env });
   }
@@ -1082,8 +1091,9 @@ describe('Codex CLI (@openai/codex) exec', () => {
 
   /**
    * The run's one turn completed, with no error but Codex's notice that it has no catalogue
-   * metadata for the model (0.171.0 says so as an `error` item for any custom model; a stream
-   * error or reconnect would be another). Returns the last agent message: the answer.
+   * metadata for the model (0.171.0 says so as an `error` item for a custom provider's model
+   * when no catalogue names it; a stream error or reconnect would be another). Returns the last
+   * agent message: the answer.
    */
   function finalAnswer(events, r) {
     assert.deepEqual(events.filter((e) => e.type === 'turn.failed' || e.type === 'error'), [], `failure events\n${describeRun(r)}`);
@@ -1105,15 +1115,29 @@ describe('Codex CLI (@openai/codex) exec', () => {
   }
 
   /**
-   * The agent loop among what Codex sent — the Responses requests with a history — and the one
-   * call it made: the `function_call` its last request replays (its arguments exactly the
-   * directive's) and the `function_call_output` that answers it, the text the model received.
+   * The agent loop among what Codex sent — the Responses requests with a history, at least
+   * `min`: by default the tool turn and the answer turn — and a summary of it and of the side
+   * requests.
    */
-  function traffic(sent, args) {
+  function loopOf(sent, min = 2) {
     const isLoop = (q) => q.method === 'POST' && /^\/v1\/responses(\?|$)/.test(q.path) && Array.isArray(q.body?.input);
     const loop = sent.filter(isLoop);
-    assert.ok(loop.length >= 2, `the tool turn and the answer turn both reached the proxy: ${loop.length} request(s)`);
+    assert.ok(loop.length >= min, `${min} loop request(s) expected (the tool turn, the answer turn): ${loop.length} reached the proxy`);
     assert.deepEqual([...new Set(loop.map((q) => q.body.model))], [MODEL], 'the configured model');
+    const side = sent.filter((q) => !isLoop(q)).map((q) => `${q.method} ${q.path}${q.body?.model ? ` ${q.body.model}` : ''} ${q.bytes} B → ${q.status}`);
+    const then = loop.length > 1 ? `, then ${loop.slice(1).map((q) => q.bytes).join(', ')} B` : '';
+    const summary = `loop: ${loop.length} × POST /v1/responses ${MODEL} (${loop[0].body.tools.length} tools; first body ${loop[0].bytes} B${then}); ` +
+      `side requests: ${side.length ? side.join('; ') : 'none'}`;
+    return { loop, summary };
+  }
+
+  /**
+   * The agent loop and the one shell call Codex made: the `function_call` its last request
+   * replays (its arguments exactly the directive's) and the `function_call_output` that answers
+   * it, the text the model received.
+   */
+  function traffic(sent, args) {
+    const { loop, summary } = loopOf(sent);
     // The directive's arguments are the ones Codex's own tool declares.
     const declared = loop[0].body.tools.find((d) => d.type === 'function' && d.name === 'exec_command');
     assert.ok(declared, `Codex did not offer exec_command: ${loop[0].body.tools.map((d) => d.name ?? d.type).join(', ')}`);
@@ -1126,9 +1150,6 @@ describe('Codex CLI (@openai/codex) exec', () => {
     const outputs = input.filter((i) => i.type === 'function_call_output' && i.call_id === calls[0].call_id);
     assert.equal(outputs.length, 1, `the call's output in the replayed history: ${JSON.stringify(input.slice(-3))}`);
     assert.equal(typeof outputs[0].output, 'string', JSON.stringify(outputs[0]));
-    const side = sent.filter((q) => !isLoop(q)).map((q) => `${q.method} ${q.path}${q.body?.model ? ` ${q.body.model}` : ''} ${q.bytes} B`);
-    const summary = `loop: ${loop.length} × POST /v1/responses ${MODEL} (${loop[0].body.tools.length} tools; first body ${loop[0].bytes} B, ` +
-      `then ${loop.slice(1).map((q) => q.bytes).join(', ')} B); side requests: ${side.length ? side.join('; ') : 'none'}`;
     return { loop, output: outputs[0].output, summary };
   }
 
@@ -1192,5 +1213,88 @@ describe('Codex CLI (@openai/codex) exec', () => {
     assert.equal(answer, `${PREFIX}${lastLine(output)}".`);
     const { chats } = await oneChat(proxy, known, loop);
     t.diagnostic(`${r.ms} ms; ${summary}; upstream chats: ${chats}; answer: ${answer}${await habitsMet(proxy)}`);
+  });
+
+  test('apply_patch: with the proxy\'s model catalogue, the model adds a file with the real freeform tool', async (t) => {
+    const secret = token('codex-patch');
+    const name = 'created-by-patch.txt';
+    const file = path.join(s.ws, name);
+    const lines = ['written by apply_patch', secret];
+    // A freeform tool's call is its raw text; the model sees the tool as a function with one
+    // string parameter, `input`, and the proxy sends that back as the call's `input`.
+    const patch = `*** Begin Patch\n*** Add File: ${name}\n${lines.map((l) => `+${l}\n`).join('')}*** End Patch\n`;
+    // What the proxy serves as Codex's catalogue (the relay keeps no 200 body).
+    const catalogue = await (await fetch(`${proxy.baseURL}/models`)).json();
+    const entry = catalogue.models?.find((m) => m.slug === MODEL);
+    assert.ok(entry, `no Codex catalogue entry for ${MODEL}: ${JSON.stringify(catalogue).slice(0, 500)}`);
+    assert.equal(entry.apply_patch_tool_type, 'freeform');
+    // Codex keeps the catalogue in $CODEX_HOME/models_cache.json: none, so this run fetches it.
+    await fs.rm(path.join(s.home, '.codex', 'models_cache.json'), { force: true });
+    const from = relay.requests.length;
+    const known = new Set(Object.keys((await proxy.stats()).chats ?? {}));
+
+    const r = await codex(`Create the file @@sim:call=apply_patch,${b64({ input: patch })}`, [
+      `model_providers.qwen.model_catalog_url="${relay.url}/v1/models"`,
+    ]);
+
+    assert.equal(r.timedOut, false, describeRun(r));
+    assert.equal(r.code, 0, describeRun(r));
+    const events = parse(r);
+    const sent = sentSince(from);
+    // The catalogue: fetched through the relay, answered, and its entry found this time.
+    const fetches = sent.filter((q) => q.method === 'GET' && /^\/v1\/models(\?|$)/.test(q.path));
+    assert.ok(fetches.length >= 1, `Codex did not fetch the catalogue: ${sent.map((q) => `${q.method} ${q.path}`).join('; ')}`);
+    for (const q of fetches) assert.equal(q.status, 200, JSON.stringify(q));
+    const answer = finalAnswer(events, r).trim();
+    assert.deepEqual(completed(events, 'error'), [], `error items (a catalogue miss?)\n${describeRun(r)}`);
+    const changes = completed(events, 'file_change');
+    // (An honest end has only the tool turn.)
+    const { loop, summary } = loopOf(sent, 1);
+    // Codex declares apply_patch as the catalogue asks: a custom tool with its lark grammar.
+    const declared = loop[0].body.tools.filter((d) => d.name === 'apply_patch');
+    assert.equal(declared.length, 1, `Codex did not offer apply_patch once: ${loop[0].body.tools.map((d) => d.name ?? d.type).join(', ')}`);
+    assert.equal(declared[0].type, 'custom', JSON.stringify(declared[0]).slice(0, 500));
+    assert.equal(declared[0].format?.type, 'grammar', JSON.stringify(declared[0].format).slice(0, 500));
+    assert.equal(declared[0].format.syntax, 'lark');
+    assert.match(declared[0].format.definition, /Add File/);
+    // The catalogue's base_instructions replace Codex's own ~17 KB prompt as the first
+    // developer message.
+    const text = (item) => (Array.isArray(item.content) ? item.content.map((c) => c.text ?? '').join('') : String(item.content ?? ''));
+    const developer = loop[0].body.input.filter((i) => i.type === 'message' && i.role === 'developer');
+    assert.ok(developer.length > 0, 'no developer message in the first request');
+    assert.equal(loop[0].body.instructions ?? text(developer[0]), entry.base_instructions, 'the catalogue\'s base_instructions are the prompt');
+    const seen = `${r.ms} ms; catalogue: ${fetches.map((q) => `GET ${q.path} → ${q.status}`).join(', ')} (${catalogue.models.length} models; ` +
+      `${MODEL}: context ${entry.context_window}, reasoning ${entry.default_reasoning_level}); ${summary}; first request: ` +
+      `developer prompt ${Buffer.byteLength(text(developer[0]))} B, tools ${Buffer.byteLength(JSON.stringify(loop[0].body.tools))} B ` +
+      `(apply_patch ${Buffer.byteLength(JSON.stringify(declared[0]))} B), reasoning ${JSON.stringify(loop[0].body.reasoning)}`;
+    if (endedHonestly(t, answer, changes.length)) {
+      assert.equal(existsSync(file), false, 'no patch applied');
+      t.diagnostic(`${seen}${await habitsMet(proxy)}`);
+      return;
+    }
+    assert.ok(loop.length >= 2, `the tool turn and the answer turn both reached the proxy: ${loop.length} request(s)`);
+    assert.equal(changes.length, 1, `one file_change expected\n${describeRun(r)}`);
+    assert.equal(changes[0].status, 'completed', JSON.stringify(changes[0]));
+    assert.deepEqual(changes[0].changes, [{ path: file, kind: 'add' }]);
+    // apply_patch writes each added line with its newline.
+    assert.equal(await fs.readFile(file, 'utf8'), lines.map((l) => `${l}\n`).join(''));
+    // The last request replays the call as a `custom_tool_call` with the patch as its input,
+    // answered by a `custom_tool_call_output` (no function call in between).
+    const input = loop[loop.length - 1].body.input;
+    assert.deepEqual(input.filter((i) => i.type === 'function_call'), [], 'no function_call in the replayed history');
+    const calls = input.filter((i) => i.type === 'custom_tool_call');
+    assert.equal(calls.length, 1, `one custom_tool_call in the replayed history: ${JSON.stringify(input.slice(-3))}`);
+    assert.equal(calls[0].name, 'apply_patch');
+    assert.equal(calls[0].input, patch);
+    const outputs = input.filter((i) => i.type === 'custom_tool_call_output' && i.call_id === calls[0].call_id);
+    assert.equal(outputs.length, 1, `the call's output in the replayed history: ${JSON.stringify(input.slice(-3))}`);
+    assert.equal(typeof outputs[0].output, 'string', JSON.stringify(outputs[0]));
+    // The answer quotes the output's last line: Codex's "Success. Updated the following
+    // files:" list, the new file's line last.
+    const quoted = lastLine(outputs[0].output);
+    assert.equal(quoted, `A ${name}`, `the output's last line names the added file: ${outputs[0].output}`);
+    assert.equal(answer, `${PREFIX}${quoted}".`);
+    const { chats, upstreamBytes } = await oneChat(proxy, known, loop);
+    t.diagnostic(`${seen}; upstream chats: ${chats}, loop turns' upstream body bytes ${upstreamBytes.join(', ')}; answer: ${answer}${await habitsMet(proxy)}`);
   });
 });
