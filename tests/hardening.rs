@@ -379,6 +379,19 @@ async fn raw(h: &Harness, request: &[u8]) -> String {
 }
 
 #[tokio::test]
+async fn an_http11_request_without_host_is_400() {
+    let h = Harness::start_with(&[], quick_sim()).await;
+    let reply = raw(&h, b"GET /v1/models HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("`Host`"), "{reply}");
+    let reply = raw(&h, b"GET /v1/models HTTP/1.0\r\n\r\n").await;
+    assert!(
+        reply.starts_with("HTTP/1.0 200"),
+        "HTTP/1.0 needs no Host: {reply}"
+    );
+}
+
+#[tokio::test]
 async fn oversized_headers_get_431_in_the_openai_shape() {
     let h = Harness::start_with(&[], quick_sim()).await;
     let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();

@@ -1,5 +1,6 @@
 //! The request header limits (64 KiB, 128 headers), enforced here so that an oversized
-//! header block gets `431` in the OpenAI error shape.
+//! header block gets `431` in the OpenAI error shape; and the `Host` header an HTTP/1.1
+//! request must carry (RFC 9112 §3.2: a 400 without it, which hyper does not check).
 //!
 //! hyper rejects what it cannot parse before any service runs, with an empty body and no
 //! hook to change it. So the server lets hyper accept up to twice these limits
@@ -54,6 +55,13 @@ where
                 bytes,
             });
         }
+        // HTTP/2 names the authority in its pseudo-header; HTTP/1.0 needs none.
+        if req.version() == hyper::Version::HTTP_11 && !h.contains_key(hyper::header::HOST) {
+            return ResponseFuture::reject(ProxyError::bad_request(
+                "An HTTP/1.1 request needs a `Host` header.",
+                None,
+            ));
+        }
         ResponseFuture::Inner(self.inner.call(req))
     }
 }
@@ -76,6 +84,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_http11_request_without_host_is_400() {
+        let without = Request::builder().uri("/health").body(()).unwrap();
+        assert_eq!(status(without).await, 400);
+        let with = Request::builder()
+            .uri("/health")
+            .header("host", "x")
+            .body(())
+            .unwrap();
+        assert_eq!(status(with).await, 200);
+        let http10 = Request::builder()
+            .uri("/health")
+            .version(hyper::Version::HTTP_10)
+            .body(())
+            .unwrap();
+        assert_eq!(status(http10).await, 200);
+        let http2 = Request::builder()
+            .uri("http://x/health")
+            .version(hyper::Version::HTTP_2)
+            .body(())
+            .unwrap();
+        assert_eq!(status(http2).await, 200);
+    }
+
+    #[tokio::test]
     async fn too_many_or_too_big_headers_are_431() {
         let mut many = Request::builder();
         for i in 0..=MAX_HEADERS {
@@ -88,6 +120,7 @@ mod tests {
             .unwrap();
         assert_eq!(status(big).await, 431);
         let fine = Request::builder()
+            .header("host", "x")
             .header("x-ok", "v".repeat(MAX_HEADER_BYTES / 2))
             .body(())
             .unwrap();
