@@ -627,6 +627,16 @@ impl ProxyError {
         }
     }
 
+    /// A refused or throttled key: logged at debug level (request and refusal alike).
+    pub fn is_key_refusal(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::InvalidApiKey
+                | ProxyError::InvalidAdminKey
+                | ProxyError::AuthThrottled { .. }
+        )
+    }
+
     /// Log and count an error once (also errors that happen mid-stream). Three kinds, so
     /// an operator can tell them apart: the upstream failed (WARN, whatever the status —
     /// an expired credential or a spent quota is the operator's problem, not the
@@ -634,7 +644,11 @@ impl ProxyError {
     pub fn report(&self, metrics: &Metrics) {
         let status = self.status().as_u16();
         let error = self.metric_label();
-        if let Some(class) = self.upstream_class() {
+        if self.is_key_refusal() {
+            // Guessing is counted (`auth_failures_total`) and logged in aggregate by the auth
+            // layer: one line per refusal would let a guesser fill the disk.
+            tracing::debug!(status, error, "request rejected");
+        } else if let Some(class) = self.upstream_class() {
             metrics
                 .upstream_errors
                 .with_label_values(&[class.label()])

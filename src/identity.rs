@@ -30,6 +30,11 @@ impl ClientIdentity {
     }
 }
 
+/// The request presented the operators' key (`ADMIN_KEY`), as the auth layer checked it:
+/// the admin API answers, `/health` lists every account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OperatorAccess;
+
 /// A domain-separated SHA-256 of an API key, truncated to 128 bits, hex-encoded. The same
 /// key gives the same fingerprint on every instance (sessions and rate-limit buckets in
 /// Redis are shared), and adding or removing another key changes nobody else's.

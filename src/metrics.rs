@@ -166,7 +166,7 @@ impl Metrics {
             ),
             auth_failures: counter_vec(
                 "auth_failures_total",
-                "Requests refused for their API key: invalid_key (401), or throttled (429 while the address is locked out after repeated failures).",
+                "Requests refused for their key: invalid_key (401), throttled (429 while the address is locked out after repeated failures); for the operators' key (ADMIN_KEY, on /admin and /health): invalid_admin_key, admin_throttled.",
                 &["outcome"],
             ),
             tool_calls: counter_vec(

@@ -17,7 +17,7 @@ use crate::app::AppState;
 use crate::body::{json_response, ProxyBody};
 use crate::common::BoxFuture;
 use crate::error::ProxyError;
-use crate::identity::presents;
+use crate::identity::{presents, OperatorAccess};
 use crate::routes::{Endpoint, Route};
 
 /// The chat route's sub-stack (`stack::chat_stack`), type-erased once.
@@ -129,7 +129,10 @@ impl tower::Service<Request<Incoming>> for Router {
                 }
                 Endpoint::Admin => crate::admin::handle(&state, &req, &path).await,
                 Endpoint::Index => Ok(index()),
-                Endpoint::Health => Ok(health(&state).await),
+                Endpoint::Health => {
+                    let operator = req.extensions().get::<OperatorAccess>().is_some();
+                    Ok(health(&state, operator).await)
+                }
                 Endpoint::Metrics => metrics(&state, &req),
                 Endpoint::WrongMethod { allow } => Err(ProxyError::MethodNotAllowed { allow }),
                 Endpoint::NotFound => Err(ProxyError::RouteNotFound { path }),
@@ -156,7 +159,10 @@ fn index() -> Response<ProxyBody> {
     json_response(body.to_string().into_bytes())
 }
 
-async fn health(state: &AppState) -> Response<ProxyBody> {
+/// `GET /health`: status and why, version, uptime, upstream, account counts, the session
+/// store; the list of accounts only for the operators (`ADMIN_KEY`): with thousands of
+/// accounts it is large, and names are the operators' business.
+async fn health(state: &AppState, operator: bool) -> Response<ProxyBody> {
     let upstream = state.upstream_health().await;
     let store_degraded = !state.conversations.probe().await;
     let cooldown = state
@@ -203,14 +209,18 @@ async fn health(state: &AppState) -> Response<ProxyBody> {
             "latency_ms": upstream.latency_ms,
             "challenge_cooldown_seconds": cooldown.unwrap_or(0),
         },
-        "accounts": {
-            "counts": accounts,
-            "list": state
-                .accounts
-                .views()
-                .into_iter()
-                .map(|v| json!({"name": v.name, "state": v.state, "reason": v.reason, "until_ms": v.until_ms, "inflight": v.inflight}))
-                .collect::<Vec<_>>(),
+        "accounts": if operator {
+            json!({
+                "counts": accounts,
+                "list": state
+                    .accounts
+                    .views()
+                    .into_iter()
+                    .map(|v| json!({"name": v.name, "state": v.state, "reason": v.reason, "until_ms": v.until_ms, "inflight": v.inflight}))
+                    .collect::<Vec<_>>(),
+            })
+        } else {
+            json!({"counts": accounts})
         },
         "session_store": {
             "backend": if state.conversations.has_shared_store() { "redis" } else { "memory" },

@@ -220,6 +220,7 @@ pub(crate) fn build(state: Arc<AppState>) -> HttpService {
         .option_layer(cors_layer(&state))
         .layer(AuthLayer::new(
             &cfg.api_keys,
+            cfg.admin_key.clone(),
             cfg.trust_proxy.clone(),
             cfg.auth_failures,
             state.metrics.clone(),

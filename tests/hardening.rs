@@ -344,7 +344,7 @@ async fn after_a_challenge_the_upstream_is_left_alone_for_the_cooldown() {
         assert!((115..=120).contains(&left), "{left}");
     }
     assert_eq!(h.sim_stats().await["completion_requests"], calls);
-    let health = h.get("/health").await;
+    let health = h.health().await;
     assert_eq!(health.status, 200);
     let health = health.json();
     assert_eq!(health["status"], "degraded");
@@ -376,6 +376,57 @@ async fn raw(h: &Harness, request: &[u8]) -> String {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// `/health` without the operators' key gives counts, never the list of accounts (it is
+/// large with thousands of accounts, and names are the operators'); with it, the list.
+/// Guessing the operators' key is throttled like the API keys, on `/admin` and `/health`
+/// alike, and logged in aggregate.
+#[tokio::test]
+async fn operators_keys_guard_the_account_list_and_guessing_is_throttled() {
+    let h = Harness::start_with(&[("AUTH_FAILURE_LIMIT", "3")], quick_sim()).await;
+    let open = h.get("/health").await.json();
+    assert!(open["accounts"]["counts"].is_object(), "{open}");
+    assert!(open["accounts"].get("list").is_none(), "{open}");
+    let operator = h.health().await.json();
+    assert_eq!(operator["accounts"]["list"].as_array().unwrap().len(), 1);
+    let with = |key: &'static str, path: &'static str| {
+        let h = &h;
+        async move {
+            let req = hyper::Request::get(h.url(path))
+                .header("authorization", format!("Bearer {key}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            Harness::read(h.send(req).await).await
+        }
+    };
+    // A wrong key on /health: no list, still 200 (the probe stays open).
+    let wrong = with("not-the-admin-key", "/health").await;
+    assert_eq!(wrong.status, 200);
+    assert!(wrong.json()["accounts"].get("list").is_none());
+    for _ in 0..2 {
+        assert_eq!(
+            with("not-the-admin-key", "/admin/accounts").await.status,
+            401
+        );
+    }
+    // The third failure locked the address out: even the right key is not checked.
+    let locked = with(support::ADMIN_KEY, "/admin/accounts").await;
+    assert_eq!(
+        locked.status,
+        429,
+        "{}",
+        String::from_utf8_lossy(&locked.body)
+    );
+    assert!(locked.headers.contains_key("retry-after"));
+    assert!(h.health().await.json()["accounts"].get("list").is_none());
+    assert_eq!(h.get("/health").await.status, 200);
+    let metrics = String::from_utf8(h.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("auth_failures_total{outcome=\"invalid_admin_key\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("auth_failures_total{outcome=\"admin_throttled\"} 2"));
 }
 
 #[tokio::test]

@@ -253,3 +253,36 @@ fn text_logs_cannot_be_forged_or_coloured_by_clients() {
         "{rejected}"
     );
 }
+
+/// Key guessing is logged in aggregate: thirty wrong operators' keys make one warning (the
+/// lockout), not a line or two per attempt — a guesser cannot fill the disk.
+#[test]
+fn key_guessing_is_logged_in_aggregate() {
+    let (child, addr) = spawn_demo(&[
+        ("LOG_FORMAT", "json"),
+        ("ADMIN_KEY", "the-operators-key-0123456789"),
+        ("AUTH_FAILURE_LIMIT", "5"),
+    ]);
+    for _ in 0..30 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET /admin/accounts HTTP/1.1\r\nhost: x\r\nauthorization: Bearer guess\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        std::io::Read::read_to_string(&mut s, &mut reply).unwrap();
+        assert!(
+            reply.starts_with("HTTP/1.1 401") || reply.starts_with("HTTP/1.1 429"),
+            "{reply}"
+        );
+    }
+    let logs = logs_of(child);
+    // (The only requests were the guesses.)
+    let per_attempt: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("request finished") || l.contains("request rejected"))
+        .collect();
+    assert!(per_attempt.is_empty(), "per-attempt lines: {per_attempt:?}");
+    assert_eq!(logs.matches("locking it out").count(), 1, "{logs}");
+}

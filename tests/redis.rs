@@ -38,7 +38,7 @@ async fn a_conversation_continues_across_instances() {
     }
     let stats = h.sim_stats().await;
     assert_eq!(stats["chats_created"], 1, "{stats}");
-    let health = h.get_at(b.addr, "/health").await.json();
+    let health = h.health_at(b.addr).await.json();
     assert_eq!(
         health["session_store"],
         json!({"backend": "redis", "status": "ok"})
@@ -93,7 +93,7 @@ async fn redis_outage_degrades_then_recovers() {
     // Requests keep working (local state), the degradation is visible.
     let a2 = answer(&h, h.addr, &[user("one"), assistant(&a1), user("two")]).await;
     assert_eq!(a2, expected_answer("two"));
-    let health = h.get("/health").await.json();
+    let health = h.health().await.json();
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["session_store"]["status"], "degraded");
     let metrics = String::from_utf8(h.get("/metrics").await.body.to_vec()).unwrap();
@@ -102,7 +102,7 @@ async fn redis_outage_degrades_then_recovers() {
     redis.restart().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let health = h.get("/health").await.json();
+        let health = h.health().await.json();
         if health["session_store"]["status"] == "ok" {
             assert_eq!(health["status"], "ok");
             break;

@@ -379,7 +379,7 @@ async fn the_single_account_rests_after_its_quota_a_ban_or_a_refused_token() {
                 "says why: {message}"
             );
         }
-        let health = h.get("/health").await.json();
+        let health = h.health().await.json();
         assert_eq!(health["accounts"]["counts"]["usable"], 0, "{health}");
     }
 }
@@ -532,7 +532,7 @@ async fn unreachable_upstream_is_502() {
     let url = format!("http://127.0.0.1:{port}");
     let h = Harness::start_with(&[("QWEN_BASE_URL", &url)], Default::default()).await;
     assert_error_both(&h, "q", 502, "server_error", "upstream_unreachable").await;
-    let health = h.get("/health").await.json();
+    let health = h.health().await.json();
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["upstream"]["reachable"], false);
 }
@@ -795,7 +795,7 @@ async fn models_list_and_lookup() {
 #[tokio::test]
 async fn health_and_routing() {
     let h = Harness::start().await;
-    let health = h.get("/health").await;
+    let health = h.health().await;
     assert_eq!(health.status, 200);
     let v = health.json();
     assert_eq!(v["status"], "ok");
@@ -827,7 +827,7 @@ async fn api_keys_protect_v1() {
         )
         .await;
     assert_eq!(r.status, 200);
-    assert_eq!(h.get("/health").await.status, 200);
+    assert_eq!(h.health().await.status, 200);
 }
 
 // === cancellation ===

@@ -33,7 +33,7 @@ async fn request_id_is_returned_and_minted() {
         )
         .await;
     assert_eq!(r.headers["x-request-id"], "my-id-1");
-    let r = h.get("/health").await;
+    let r = h.health().await;
     assert_eq!(r.headers["x-request-id"].len(), 36);
     // Also on errors produced by inner layers.
     let r = h
@@ -74,7 +74,7 @@ async fn rate_limit_rejects_at_once_with_headers() {
     assert_eq!(r.headers["retry-after"], "1");
     assert_eq!(r.headers["x-ratelimit-remaining"], "0");
     // /health is not limited; the upstream saw only the two allowed requests.
-    assert_eq!(h.get("/health").await.status, 200);
+    assert_eq!(h.health().await.status, 200);
     assert_eq!(h.sim_stats().await["completion_requests"], 2);
 }
 
@@ -421,5 +421,5 @@ async fn slow_headers_are_cut_off() {
         "the server closes a connection whose headers do not arrive in time"
     );
     // A normal request still works.
-    assert_eq!(h.get("/health").await.status, 200);
+    assert_eq!(h.health().await.status, 200);
 }

@@ -8,10 +8,18 @@
 //! [`ClientIdentity::Anonymous`] (SDKs always send some key; an open server ignores it).
 //! `/health` and `/metrics` are not `/v1/*` and stay open here.
 //!
-//! Key guessing is throttled: failed attempts are counted per client address (as
-//! `TRUST_PROXY` resolves it) in a fixed window; from the `AUTH_FAILURE_LIMIT`th failure on,
-//! the address gets 429 with `Retry-After` until its window ends — without the key being
-//! checked, so a right guess inside the lockout teaches nothing. The counters are per
+//! The operators' key (`ADMIN_KEY`) is checked here too, for the operators' routes: a
+//! request to `/admin/*` or `/health` that presents it gets [`OperatorAccess`] (the admin
+//! API answers; `/health` lists every account, which it does not for anyone else). A wrong
+//! key on `/admin/*` is a 401; on `/health` it only means no list (the probe stays open).
+//!
+//! Key guessing is throttled, API keys and the operators' key each with their own counter:
+//! failed attempts are counted per client address (as `TRUST_PROXY` resolves it) in a fixed
+//! window; from the `AUTH_FAILURE_LIMIT`th failure on, the address gets 429 with
+//! `Retry-After` until its window ends — without the key being checked, so a right guess
+//! inside the lockout teaches nothing (on `/health`: no list, whatever it presents). Failures
+//! are logged in aggregate — one warning when an address is locked out, the refusals
+//! themselves at debug level — and counted in `auth_failures_total`. The counters are per
 //! instance.
 
 use std::collections::HashMap;
@@ -28,9 +36,11 @@ use crate::body::ProxyBody;
 use crate::config::{FailurePolicy, Secret};
 use crate::error::ProxyError;
 use crate::forwarded::TrustProxy;
-use crate::identity::{constant_time_eq, presented_credential, ClientIdentity, KeyFingerprint};
+use crate::identity::{
+    constant_time_eq, presented_credential, ClientIdentity, KeyFingerprint, OperatorAccess,
+};
 use crate::metrics::Metrics;
-use crate::routes::Route;
+use crate::routes::{Endpoint, Route};
 use crate::server::PeerAddr;
 
 #[derive(Clone)]
@@ -41,14 +51,18 @@ pub(crate) struct AuthLayer {
 struct Shared {
     /// Configured keys with their fingerprints (computed once).
     keys: Box<[(Box<[u8]>, KeyFingerprint)]>,
+    /// `ADMIN_KEY`.
+    admin_key: Option<Secret>,
     trust_proxy: TrustProxy,
     failures: FailureCounter,
+    admin_failures: FailureCounter,
     metrics: Arc<Metrics>,
 }
 
 impl AuthLayer {
     pub(crate) fn new(
         keys: &[Secret],
+        admin_key: Option<Secret>,
         trust_proxy: TrustProxy,
         policy: FailurePolicy,
         metrics: Arc<Metrics>,
@@ -63,8 +77,10 @@ impl AuthLayer {
         Self {
             shared: Arc::new(Shared {
                 keys,
+                admin_key,
                 trust_proxy,
-                failures: FailureCounter::new(policy),
+                failures: FailureCounter::new(policy, "API keys"),
+                admin_failures: FailureCounter::new(policy, "operator keys (ADMIN_KEY)"),
                 metrics,
             }),
         }
@@ -100,9 +116,55 @@ impl Shared {
         })
     }
 
-    fn authenticate<B>(&self, req: &Request<B>) -> Result<ClientIdentity, ProxyError> {
+    fn client_addr<B>(&self, req: &Request<B>) -> Option<IpAddr> {
         let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
-        let addr = self.trust_proxy.client_ip(req.headers(), peer);
+        self.trust_proxy.client_ip(req.headers(), peer)
+    }
+
+    /// The operators' key on an operators' route: `Ok(true)` when presented, `Ok(false)`
+    /// when not (then `/admin` refuses, `/health` answers without the list), an error for a
+    /// refused `/admin` request (a wrong key, or its address locked out).
+    fn operator<B>(&self, req: &Request<B>, admin: bool) -> Result<bool, ProxyError> {
+        let Some(key) = &self.admin_key else {
+            // The admin API is off (it says so); `/health` answers without the list.
+            return Ok(false);
+        };
+        let presented = presented_credential(req.headers());
+        // The open probe without a key is not an attempt.
+        if !admin && presented.is_none() {
+            return Ok(false);
+        }
+        let addr = self.client_addr(req);
+        let now = Instant::now();
+        if let Some(wait) = self.admin_failures.locked_out(addr, now) {
+            self.metrics
+                .auth_failures
+                .with_label_values(&["admin_throttled"])
+                .inc();
+            return match admin {
+                true => Err(ProxyError::AuthThrottled {
+                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                }),
+                false => Ok(false),
+            };
+        }
+        let presented = presented.unwrap_or("");
+        if constant_time_eq(presented.as_bytes(), key.expose().as_bytes()) {
+            return Ok(true);
+        }
+        self.admin_failures.record(addr, now);
+        self.metrics
+            .auth_failures
+            .with_label_values(&["invalid_admin_key"])
+            .inc();
+        match admin {
+            true => Err(ProxyError::InvalidAdminKey),
+            false => Ok(false),
+        }
+    }
+
+    fn authenticate<B>(&self, req: &Request<B>) -> Result<ClientIdentity, ProxyError> {
+        let addr = self.client_addr(req);
         let now = Instant::now();
         if let Some(wait) = self.failures.locked_out(addr, now) {
             self.metrics
@@ -141,7 +203,20 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let identity = if self.shared.keys.is_empty() || !Route::of(&req).auth {
+        let route = Route::of(&req);
+        if let Endpoint::Admin | Endpoint::Health = route.endpoint {
+            match self
+                .shared
+                .operator(&req, route.endpoint == Endpoint::Admin)
+            {
+                Ok(true) => {
+                    req.extensions_mut().insert(OperatorAccess);
+                }
+                Ok(false) => {}
+                Err(e) => return ResponseFuture::reject(e),
+            }
+        }
+        let identity = if self.shared.keys.is_empty() || !route.auth {
             Ok(ClientIdentity::Anonymous)
         } else {
             self.shared.authenticate(&req)
@@ -162,6 +237,8 @@ where
 /// share one counter.
 struct FailureCounter {
     policy: FailurePolicy,
+    /// What is guessed (for the lockout warning).
+    what: &'static str,
     windows: Mutex<HashMap<Option<IpAddr>, Window>>,
 }
 
@@ -175,9 +252,10 @@ struct Window {
 const SWEEP_THRESHOLD: usize = 10_000;
 
 impl FailureCounter {
-    fn new(policy: FailurePolicy) -> Self {
+    fn new(policy: FailurePolicy, what: &'static str) -> Self {
         Self {
             policy,
+            what,
             windows: Mutex::new(HashMap::new()),
         }
     }
@@ -218,7 +296,8 @@ impl FailureCounter {
                 client = %addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
                 failures = w.failures,
                 lockout_secs = window.as_secs(),
-                "repeated invalid API keys from one address; locking it out"
+                keys = self.what,
+                "repeated invalid keys from one address; locking it out (further refusals are logged at debug level and counted in auth_failures_total)"
             );
         }
     }
@@ -246,6 +325,7 @@ mod tests {
         ServiceBuilder::new()
             .layer(AuthLayer::new(
                 &keys,
+                None,
                 TrustProxy::Off,
                 policy,
                 Metrics::new(),

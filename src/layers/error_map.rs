@@ -118,6 +118,10 @@ pub(crate) fn error_response(
     let mut rsp = json_response(body);
     *rsp.status_mut() = status;
     e.write_headers(rsp.headers_mut());
+    if e.is_key_refusal() {
+        rsp.extensions_mut()
+            .insert(crate::layers::trace::LogQuietly);
+    }
     rsp
 }
 

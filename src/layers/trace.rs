@@ -106,10 +106,19 @@ where
             };
             return Poll::Ready(Ok(Response::from_parts(parts, body.observe(observer))));
         }
-        tracing::info!("request finished");
+        if rsp.extensions().get::<LogQuietly>().is_some() {
+            tracing::debug!("request finished");
+        } else {
+            tracing::info!("request finished");
+        }
         Poll::Ready(Ok(rsp))
     }
 }
+
+/// On a response: its request is logged at debug level (a refused key: guessing is
+/// logged in aggregate, `layers::auth`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogQuietly;
 
 struct StreamLog {
     span: Span,

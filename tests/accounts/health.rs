@@ -22,7 +22,7 @@ async fn a_daily_quota_moves_the_turn_and_the_cooled_account_rests() {
         assert!(r.headers.get("retry-after").is_none());
         sent += 1;
     }
-    let health = h.get("/health").await.json();
+    let health = h.health().await.json();
     let a = listed(&health, "a");
     assert_eq!(a["state"], "cooling", "{health}");
     assert!(a["reason"].as_str().unwrap().contains("daily quota"), "{a}");
@@ -82,7 +82,7 @@ async fn a_daily_quota_moves_the_turn_and_the_cooled_account_rests() {
         calls,
         "no upstream call"
     );
-    let health = h.get("/health").await.json();
+    let health = h.health().await.json();
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["accounts"]["counts"]["cooling"], 2);
     assert_eq!(health["accounts"]["counts"]["usable"], 0);
@@ -109,7 +109,7 @@ async fn a_challenge_quarantines_that_account_only() {
         ask_ok(&h, h.addr, &format!("challenge {sent}")).await;
         sent += 1;
     }
-    let health = h.get("/health").await.json();
+    let health = h.health().await.json();
     let a = listed(&health, "a");
     assert_eq!(a["state"], "quarantined", "{health}");
     assert!(a["reason"].as_str().unwrap().contains("challenge"), "{a}");
@@ -176,7 +176,7 @@ async fn a_chat_challenge_pauses_everyone_and_blames_nobody() {
             "{key}"
         );
     }
-    let health = h.get("/health").await.json();
+    let health = h.health().await.json();
     assert_eq!(state(&health, "a"), "ready", "not blamed: {health}");
     assert_eq!(state(&health, "b"), "ready", "not blamed: {health}");
     assert_eq!(health["status"], "degraded");
@@ -218,7 +218,7 @@ async fn a_ban_or_a_refused_session_takes_the_account_out_and_the_turn_moves() {
     for i in 0..3 {
         ask_ok(&h, h.addr, &format!("around them {i}")).await;
     }
-    let health = h.get("/health").await.json();
+    let health = h.health().await.json();
     let a = listed(&health, "a");
     assert_eq!(a["state"], "forbidden", "{health}");
     assert!(a["reason"].as_str().unwrap().contains("403"), "{a}");

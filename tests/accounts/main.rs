@@ -168,7 +168,7 @@ async fn admin(h: &Harness, addr: SocketAddr, method: &str, path: &str) -> Reply
 }
 
 async fn health(h: &Harness, addr: SocketAddr) -> Value {
-    h.get_at(addr, "/health").await.json()
+    h.health_at(addr).await.json()
 }
 
 /// One account of `/health`'s list.

@@ -13,7 +13,11 @@ async fn the_admin_api_needs_its_key() {
         password_account("p", "p@example.com", "pass-word-SECRET"),
     ]));
     // Without ADMIN_KEY there is no admin API.
-    let h = Harness::start_with(&[("QWEN_ACCOUNTS_FILE", file.path())], quick_sim()).await;
+    let h = Harness::start_with(
+        &[("QWEN_ACCOUNTS_FILE", file.path()), ("ADMIN_KEY", "")],
+        quick_sim(),
+    )
+    .await;
     let r = admin(&h, h.addr, "GET", "/admin/accounts").await;
     assert_eq!(r.status, 404);
     let p = h
@@ -284,7 +288,7 @@ async fn an_account_proxy_carries_its_traffic() {
     );
     assert!(sent.contains("token=tok-x"));
     assert!(!sent.contains("tok-y"), "y's traffic stays direct");
-    let admin_view = h.get("/health").await.json();
+    let admin_view = h.health().await.json();
     assert_eq!(admin_view["accounts"]["counts"]["ready"], 2);
 }
 

@@ -135,7 +135,7 @@ async fn an_expired_token_is_renewed_once_and_the_turn_sent_again() {
         "the turn, then once more after the renewal"
     );
     assert_eq!(metric(&h, h.addr, refreshes).await, 2.0);
-    let after = h.get("/health").await.json();
+    let after = h.health().await.json();
     let invalid: Vec<&str> = ["alice", "bob"]
         .into_iter()
         .filter(|name| state(&after, name) == "invalid")
@@ -238,7 +238,7 @@ async fn sign_ins_are_paced() {
         sim,
     )
     .await;
-    let before = h.get("/health").await.json();
+    let before = h.health().await.json();
     assert_eq!(before["accounts"]["counts"]["total"], 3);
     let hh = &h;
     wait_ready(hh, hh.addr, 3).await;

@@ -129,7 +129,7 @@ async fn an_account_dying_mid_traffic_loses_nothing_but_its_started_streams() {
         "the streams running on a, and only those, are cut"
     );
 
-    let health = h.get("/health").await.json();
+    let health = h.health().await.json();
     assert_eq!(state(&health, "a"), "forbidden", "{health}");
     let forbidden = r#"upstream_account_cooldowns_total{reason="forbidden"}"#;
     assert_eq!(metric(&h, h.addr, forbidden).await, 1.0);
@@ -243,13 +243,13 @@ async fn a_reload_keeps_open_streams() {
     sim_control(&h, "tok-c", "quota?hours=1").await;
     ask_ok(&h, h.addr, "c cools").await;
     assert_eq!(refused(&h.sim_stats().await, "tok-c"), 1);
-    let until = listed(&h.get("/health").await.json(), "c")["until_ms"].clone();
+    let until = listed(&h.health().await.json(), "c")["until_ms"].clone();
     let r = admin(&h, h.addr, "POST", "/admin/accounts/reload").await;
     assert_eq!(
         r.json()["reloaded"],
         json!({"kept": 2, "added": 0, "changed": 0, "removed": 0})
     );
-    let c = listed(&h.get("/health").await.json(), "c");
+    let c = listed(&h.health().await.json(), "c");
     assert_eq!(
         (c["state"].clone(), c["until_ms"].clone()),
         (json!("cooling"), until)

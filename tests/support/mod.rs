@@ -43,6 +43,10 @@ pub struct Proxy {
     served: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// The operators' key every test proxy has unless a test says otherwise (`("ADMIN_KEY", "")`:
+/// none): `/health` lists the accounts only for it.
+pub const ADMIN_KEY: &str = "admin-key-for-tests";
+
 impl Proxy {
     pub async fn start(sim_url: &str, env: &[(&str, &str)]) -> Self {
         let mut vars: HashMap<String, String> = HashMap::new();
@@ -55,9 +59,11 @@ impl Proxy {
         // Real backoff shape, short delays: tests stay fast.
         vars.insert("RETRY_INITIAL_DELAY".into(), "10".into());
         vars.insert("RETRY_MAX_DELAY".into(), "40".into());
+        vars.insert("ADMIN_KEY".into(), ADMIN_KEY.into());
         for (k, v) in env {
             vars.insert((*k).into(), (*v).into());
         }
+        vars.retain(|k, v| !(k == "ADMIN_KEY" && v.is_empty()));
         let config = Config::from_source(&vars, false).expect("valid test config");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
@@ -420,6 +426,20 @@ impl Harness {
             .await,
         )
         .await
+    }
+
+    /// `GET /health` as an operator (with the list of accounts).
+    pub async fn health(&self) -> Reply {
+        self.health_at(self.addr).await
+    }
+
+    /// `GET /health` of another instance, as an operator.
+    pub async fn health_at(&self, addr: SocketAddr) -> Reply {
+        let req = Request::get(format!("http://{addr}/health"))
+            .header("authorization", format!("Bearer {ADMIN_KEY}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        Self::read(self.send(req).await).await
     }
 
     pub async fn delete(&self, path: &str) -> Reply {
