@@ -127,8 +127,13 @@ impl Health {
     }
 
     /// An anti-bot challenge: quarantine for `base_ms`, doubled for each strike in a row.
+    /// One challenge is one strike: the requests that were already on their way when it
+    /// came meet it too, and find the account quarantined — the same event, not another.
     pub fn challenged(&self, now_ms: u64, base_ms: u64, what: &str) -> Health {
         if self.is_final() {
+            return self.clone();
+        }
+        if matches!(self, Health::Quarantined { until_ms, .. } if *until_ms > now_ms) {
             return self.clone();
         }
         let strikes = self.strikes() + 1;
@@ -181,6 +186,21 @@ mod tests {
         assert_eq!(h.back_at(1_000), Some(1_000 + 4 * 60 * MIN));
         assert!(h.usable(1_000 + 4 * 60 * MIN));
         assert_eq!(h.reason(), Some("daily quota reached; back in 4 h 0 min"));
+    }
+
+    #[test]
+    fn one_challenge_met_by_many_requests_is_one_strike() {
+        let base = 300_000;
+        let q1 = Health::Ready.challenged(0, base, "challenged");
+        // 29 more requests that were in flight meet the same challenge moments later.
+        let mut h = q1.clone();
+        for at in 1..30 {
+            h = h.challenged(at, base, "challenged");
+        }
+        assert_eq!(h, q1, "still strike 1, back after the first pause");
+        // After the pause, a new challenge is the next strike.
+        let q2 = h.challenged(base, base, "challenged");
+        assert!(q2.reason().unwrap().contains("strike 2"), "{q2:?}");
     }
 
     #[test]
