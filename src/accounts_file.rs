@@ -95,17 +95,34 @@ struct Entry {
     min_interval_ms: Option<u64>,
 }
 
-/// Read and check the accounts file: it must exist, not be readable by everyone (it holds
+/// The largest accounts file read (10,000 accounts take about 3 MB).
+pub(crate) const MAX_FILE_BYTES: u64 = 32 << 20;
+
+/// Read and check the accounts file: it must exist, be a regular file (a FIFO or a device
+/// would block the reader), at most [`MAX_FILE_BYTES`], not readable by everyone (it holds
 /// passwords and session cookies), and parse into at least one valid account.
 pub(crate) fn load_file(path: &Path) -> Result<Vec<AccountSpec>, Vec<String>> {
+    use std::io::Read;
     let shown = path.display();
-    let meta =
-        std::fs::metadata(path).map_err(|e| vec![format!("QWEN_ACCOUNTS_FILE {shown}: {e}")])?;
-    if let Some(problem) = permission_problem(&meta) {
-        return Err(vec![format!("QWEN_ACCOUNTS_FILE {shown}: {problem}")]);
+    let problem = |p: &dyn std::fmt::Display| vec![format!("QWEN_ACCOUNTS_FILE {shown}: {p}")];
+    let meta = std::fs::metadata(path).map_err(|e| problem(&e))?;
+    if !meta.is_file() {
+        return Err(problem(&"is not a regular file"));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![format!("QWEN_ACCOUNTS_FILE {shown}: {e}")])?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(problem(&format_args!(
+            "is {} bytes, more than the {MAX_FILE_BYTES} an accounts file may have",
+            meta.len()
+        )));
+    }
+    if let Some(p) = permission_problem(&meta) {
+        return Err(problem(&p));
+    }
+    // Bounded even if the file grows between the check and the read.
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES).read_to_string(&mut text))
+        .map_err(|e| problem(&e))?;
     parse(&text).map_err(|errors| {
         errors
             .into_iter()

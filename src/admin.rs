@@ -46,7 +46,7 @@ pub(crate) async fn handle(
             "accounts": pool.views(),
             "counts": pool.counts(),
         }))),
-        (&Method::POST, ["accounts", "reload"]) => match state.reload_accounts() {
+        (&Method::POST, ["accounts", "reload"]) => match state.reload_accounts().await {
             Ok(summary) => Ok(json_ok(
                 json!({"reloaded": summary, "counts": pool.counts()}),
             )),

@@ -45,6 +45,8 @@ pub struct AppState {
     /// Flipped to `true` when the grace period is over: open streams end in-band.
     abort_streams: watch::Sender<bool>,
     upstream_probe: Mutex<Option<(Instant, UpstreamHealth)>>,
+    /// Held while the accounts file is reloaded.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// Result of the last upstream reachability probe.
@@ -53,6 +55,9 @@ pub struct UpstreamHealth {
     pub reachable: bool,
     pub latency_ms: u64,
 }
+
+/// The longest a reload waits for the accounts file to be read.
+pub(crate) const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Probes are cached so that frequent health checks never hammer the upstream.
 const PROBE_TTL: Duration = Duration::from_secs(10);
@@ -105,6 +110,7 @@ impl AppState {
             draining: AtomicBool::new(false),
             abort_streams: watch::channel(false).0,
             upstream_probe: Mutex::new(None),
+            reloading: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -135,13 +141,30 @@ impl AppState {
     }
 
     /// Re-read `QWEN_ACCOUNTS_FILE` and swap the pool's accounts; open streams keep theirs.
-    pub fn reload_accounts(&self) -> Result<ReloadSummary, Vec<String>> {
-        let Some(path) = &self.config.accounts.file else {
+    /// The file is read on a blocking thread, within [`RELOAD_TIMEOUT`], one reload at a
+    /// time: a slow or stuck file system never holds the runtime, and reloads do not queue.
+    pub async fn reload_accounts(&self) -> Result<ReloadSummary, Vec<String>> {
+        let Some(path) = self.config.accounts.file.clone() else {
             return Err(vec![
                 "no QWEN_ACCOUNTS_FILE is configured: there is nothing to reload".to_owned(),
             ]);
         };
-        let specs = crate::accounts_file::load_file(path)?;
+        let Ok(_one_at_a_time) = self.reloading.try_lock() else {
+            return Err(vec![
+                "another reload of the accounts file is running".to_owned()
+            ]);
+        };
+        let read = tokio::task::spawn_blocking(move || crate::accounts_file::load_file(&path));
+        let specs = match tokio::time::timeout(RELOAD_TIMEOUT, read).await {
+            Ok(Ok(loaded)) => loaded?,
+            Ok(Err(e)) => return Err(vec![format!("reading the accounts file failed: {e}")]),
+            Err(_) => {
+                return Err(vec![format!(
+                    "reading the accounts file took longer than {} s",
+                    RELOAD_TIMEOUT.as_secs()
+                )])
+            }
+        };
         let summary = self.accounts.install(specs);
         tracing::info!(
             kept = summary.kept,

@@ -186,7 +186,7 @@ fn reload_on_hangup(state: std::sync::Arc<qwen_proxy::AppState>) -> tokio::task:
                 return;
             };
             while hangups.recv().await.is_some() {
-                if let Err(errors) = state.reload_accounts() {
+                if let Err(errors) = state.reload_accounts().await {
                     tracing::error!(
                         errors = %errors.join("; "),
                         "SIGHUP: the accounts file was not reloaded; the accounts in use stay"

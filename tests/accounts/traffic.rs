@@ -158,6 +158,44 @@ async fn admin_names(h: &Harness, addr: SocketAddr) -> Vec<String> {
         .collect()
 }
 
+/// A reload never freezes the proxy: the accounts file replaced by a FIFO (a read would block
+/// forever) is refused at once, two reloads at a time included, and traffic goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_a_file_that_would_block_is_refused_and_the_proxy_answers() {
+    let file = two_cookie_accounts();
+    let h = Harness::start_with(&[("QWEN_ACCOUNTS_FILE", file.path())], quick_sim()).await;
+    std::fs::remove_file(file.path()).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .args(["-m", "600", file.path()])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let reloads = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(
+            admin(&h, h.addr, "POST", "/admin/accounts/reload"),
+            admin(&h, h.addr, "POST", "/admin/accounts/reload")
+        )
+    })
+    .await
+    .expect("the reloads answer (a blocked read would hold them)");
+    for r in [reloads.0, reloads.1] {
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains("is not a regular file") || message.contains("another reload"),
+            "{message}"
+        );
+    }
+    let answered =
+        tokio::time::timeout(Duration::from_secs(5), ask_ok(&h, h.addr, "still here")).await;
+    assert!(answered.is_ok(), "the proxy answers after the reloads");
+    assert_eq!(
+        admin_names(&h, h.addr).await,
+        ["a", "b"],
+        "the accounts in use stay"
+    );
+}
+
 #[tokio::test]
 async fn a_reload_keeps_open_streams() {
     let file = two_cookie_accounts();
