@@ -630,6 +630,26 @@ async fn stall_hits_the_idle_timeout() {
     .await;
 }
 
+/// A trickling upstream (a byte every 100 ms: bytes keep coming, an event hardly ever
+/// completes) meets the idle timeout per event, not per byte: the request fails at the
+/// timeout instead of being held for the whole trickle (about a minute here).
+#[tokio::test]
+async fn a_trickle_of_bytes_does_not_restart_the_idle_timeout() {
+    let h = Harness::start_with(&[("UPSTREAM_IDLE_TIMEOUT", "500")], Default::default()).await;
+    for stream in [false, true] {
+        let started = std::time::Instant::now();
+        let r = h.ask(MODEL, "q @@sim:drip=100", stream).await;
+        let waited = started.elapsed();
+        assert!(
+            waited < std::time::Duration::from_secs(5),
+            "stream {stream}: held {waited:?} by a trickle"
+        );
+        // Before the first event: a status, streamed or not.
+        assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.error()["code"], "upstream_timeout");
+    }
+}
+
 #[tokio::test]
 async fn short_stall_within_timeout_is_fine() {
     let h = Harness::start().await;

@@ -19,6 +19,9 @@ pub struct Scenario {
     pub fault: Option<Fault>,
     pub in_progress: u32,
     pub stall: Option<Duration>,
+    /// `drip=MS`: every byte of the stream is its own write, MS apart (a trickling upstream:
+    /// bytes keep coming, events hardly ever complete).
+    pub drip: Option<Duration>,
     pub done: bool,
     /// `reply=B64`: the answer phase is exactly these bytes.
     pub reply: Option<String>,
@@ -292,6 +295,7 @@ fn apply(s: &mut Scenario, directive: &str, answered: bool) {
             None => s.unknown.push(directive.to_owned()),
         },
         "stall" => s.stall = Some(ms(5000)),
+        "drip" => s.drip = Some(ms(1000)),
         "in_progress" => s.in_progress = arg.and_then(|a| a.parse().ok()).unwrap_or(1),
         "rate_limited" => s.fault = Some(Fault::RateLimited(num(4.0))),
         "rate_limited_frame" => s.fault = Some(Fault::RateLimitedFrame(num(4.0))),

@@ -332,6 +332,13 @@ pub(super) fn into_steps(
             continue;
         }
         let bytes = Bytes::from(frame);
+        if let Some(gap) = sc.drip {
+            for at in 0..bytes.len() {
+                steps.push_back(Step::Write(bytes.slice(at..at + 1)));
+                steps.push_back(Step::Pause(gap));
+            }
+            continue;
+        }
         if !sc.split {
             steps.push_back(Step::Write(bytes));
             continue;

@@ -109,8 +109,14 @@ where
                         continue; // trailers carry nothing for us
                     };
                     let now = Instant::now();
-                    self.idle.as_mut().reset(now + self.idle_timeout);
+                    let events = self.pipeline.events();
                     let fed = self.pipeline.feed(data, out);
+                    // The idle timeout is per event: bytes that complete none (a trickle)
+                    // do not restart it, so the first event, and each after it, comes
+                    // within the timeout or the stream fails.
+                    if self.pipeline.events() > events {
+                        self.idle.as_mut().reset(now + self.idle_timeout);
+                    }
                     if self.first_output.is_none() && self.pipeline.emitted_anything() {
                         self.first_output = Some(now);
                     }

@@ -22,6 +22,8 @@ pub struct Pipeline<S> {
     stages: S,
     /// Used when the upstream reports no usage at all.
     prompt_tokens_estimate: u64,
+    /// Complete upstream events read so far (the idle timeout counts these, not bytes).
+    events: u64,
 }
 
 impl<S: Stage> Pipeline<S> {
@@ -31,7 +33,13 @@ impl<S: Stage> Pipeline<S> {
             translator: Translator::new(),
             stages,
             prompt_tokens_estimate,
+            events: 0,
         }
+    }
+
+    /// Complete upstream events read so far.
+    pub fn events(&self) -> u64 {
+        self.events
     }
 
     /// Feed one upstream chunk; deltas go through the stages to `out`.
@@ -43,6 +51,7 @@ impl<S: Stage> Pipeline<S> {
             let Some(data) = self.decoder.next_data_ref().map_err(protocol)? else {
                 return Ok(Progress::Continue);
             };
+            self.events += 1;
             let mut through = Through {
                 stage: &mut self.stages,
                 next: out,
