@@ -277,7 +277,13 @@ Or with the OpenAI Python SDK (pip install openai):
   stream = client.chat.completions.create(model=\"qwen3.7-plus\", stream=True, messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}])
   for chunk in stream:
       print(chunk.choices[0].delta.content or \"\", end=\"\", flush=True)
-{tools_demo}",
+{tools_demo}
+Coding agents: Claude Code (Anthropic's API, no /v1):
+  ANTHROPIC_BASE_URL={base} ANTHROPIC_API_KEY=<key> claude
+The Codex CLI (the Responses API): a provider in ~/.codex/config.toml with
+  base_url = \"{base}/v1\", wire_api = \"responses\", supports_websockets = false
+(README, \"Coding agents\", for these and the others.)
+",
         env!("CARGO_PKG_VERSION")
     );
     // A closed stdout (piped into `head`, a supervisor that went away) must not kill the
