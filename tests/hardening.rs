@@ -535,3 +535,113 @@ async fn the_root_describes_the_api_and_wrong_methods_say_what_is_allowed() {
     let message = r.error()["message"].as_str().unwrap().to_owned();
     assert!(message.contains("POST /v1/chat/completions"), "{message}");
 }
+
+// === a hung upstream ===
+
+/// An upstream that accepts connections and never answers: a burst of ten requests fails
+/// together at the configured timeout — not one after another, each waiting for the one
+/// before (they shared the catalogue's fetch, and each fetched again after the last failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_upstream_fails_a_burst_together() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", hole.local_addr().unwrap());
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = hole.accept().await {
+            held.push(c);
+        }
+    });
+    let proxy = support::Proxy::start(&url, &[("UPSTREAM_HEADER_TIMEOUT", "1000")]).await;
+    let body = json!({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "hi"}]})
+        .to_string();
+    let started = std::time::Instant::now();
+    let one = |body: String| async move {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut reply)).await;
+        (
+            String::from_utf8_lossy(&reply).into_owned(),
+            started.elapsed(),
+        )
+    };
+    let replies = futures::future::join_all((0..10).map(|_| one(body.clone()))).await;
+    holder.abort();
+    let times: Vec<Duration> = replies.iter().map(|(_, t)| *t).collect();
+    for (reply, _) in &replies {
+        assert!(
+            reply.starts_with("HTTP/1.1 504"),
+            "{}",
+            &reply[..reply.len().min(300)]
+        );
+    }
+    let (first, last) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+    assert!(
+        *last - *first < Duration::from_millis(1500),
+        "the burst failed one after another: {times:?}"
+    );
+}
+
+/// `FIRST_TOKEN_TIMEOUT` is the most a client waits for its answer to begin, whatever the
+/// per-step timeouts add up to: against a hung upstream with a 10 s header timeout, 504 after
+/// about one second, streamed and not. An answer that began in time takes as long as it
+/// needs (a non-streamed one included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waits_at_most_the_first_token_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", hole.local_addr().unwrap());
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = hole.accept().await {
+            held.push(c);
+        }
+    });
+    let proxy = support::Proxy::start(
+        &url,
+        &[
+            ("UPSTREAM_HEADER_TIMEOUT", "10000"),
+            ("FIRST_TOKEN_TIMEOUT", "1000"),
+        ],
+    )
+    .await;
+    for stream in [false, true] {
+        let body = json!({"model": "qwen3.7-plus", "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}]})
+        .to_string();
+        let started = std::time::Instant::now();
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut reply)).await;
+        let reply = String::from_utf8_lossy(&reply);
+        let waited = started.elapsed();
+        assert!(reply.starts_with("HTTP/1.1 504"), "{reply}");
+        assert!(reply.contains("FIRST_TOKEN_TIMEOUT"), "{reply}");
+        assert!(
+            waited < Duration::from_secs(3),
+            "stream {stream}: waited {waited:?}"
+        );
+    }
+    holder.abort();
+    // An answer that begins in time may take longer than the bound.
+    let h = Harness::start_with(&[("FIRST_TOKEN_TIMEOUT", "500")], quick_sim()).await;
+    let started = std::time::Instant::now();
+    let r = h
+        .ask("qwen3.7-plus", "q @@sim:long=300 @@sim:delay=10", false)
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        started.elapsed() > Duration::from_millis(500),
+        "the answer took its time"
+    );
+}

@@ -364,6 +364,7 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
             start: self.start,
             tool_retry,
             opened_chat: opened,
+            chats: self.chats,
         }
         .respond(lock, lease)
         .await;

@@ -14,6 +14,7 @@ use crate::accounts::Lease;
 use crate::app::AppState;
 use crate::body::{json_response, ProxyBody};
 use crate::common::epoch_secs;
+use crate::conversation::budget::RequestChats;
 use crate::conversation::transcript::Transcript;
 use crate::conversation::{ChatLock, ChatTarget, Prepared};
 use crate::error::ProxyError;
@@ -41,6 +42,8 @@ pub(super) struct Attempt<'a, A: ClientApi> {
     pub tool_retry: bool,
     /// This attempt opened its chat.
     pub opened_chat: bool,
+    /// The request's ledger (shared with the retry layer): told when the answer begins.
+    pub chats: &'a RequestChats,
 }
 
 /// What an attempt came to.
@@ -174,6 +177,8 @@ impl<A: ClientApi> Attempt<'_, A> {
                 }
             }
         }
+        // The answer began (or goes out as it comes): `FIRST_TOKEN_TIMEOUT` is met.
+        self.chats.mark_began();
         if let Some(first) = body.first_output() {
             self.saw_first_output(first.saturating_duration_since(sent));
         }
@@ -210,7 +215,9 @@ impl<A: ClientApi> Attempt<'_, A> {
                 .ttft
                 .with_label_values(&[&self.plan.model, "false", A::LABEL]);
         let collected = aggregate::collect(&mut stream, || {
-            ttft.observe(self.start.elapsed().as_secs_f64())
+            ttft.observe(self.start.elapsed().as_secs_f64());
+            // The answer began: `FIRST_TOKEN_TIMEOUT` is met, the rest may take its time.
+            self.chats.mark_began();
         })
         .await;
         if let Some(first) = stream.first_output() {

@@ -148,6 +148,9 @@ pub struct RetryConfig {
     pub initial_delay: Duration,
     pub max_delay: Duration,
     pub multiplier: f64,
+    /// `FIRST_TOKEN_TIMEOUT`: the longest a client waits for its answer to begin, whatever
+    /// comes before (retries, accounts, chats, queues); zero: no bound but the per-step ones.
+    pub first_token_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -197,6 +197,7 @@ impl RetryConfig {
             initial_delay: r.millis("RETRY_INITIAL_DELAY", 1_000, true),
             max_delay: r.millis("RETRY_MAX_DELAY", 10_000, true),
             multiplier: r.parse("RETRY_BACKOFF_MULTIPLIER", 2.0, "a number"),
+            first_token_timeout: r.millis("FIRST_TOKEN_TIMEOUT", 120_000, true),
         };
         if retry.max_attempts == 0 {
             r.error("RETRY_MAX_ATTEMPTS must be at least 1");

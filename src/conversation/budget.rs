@@ -23,7 +23,7 @@
 //! The window and the memo are per process (a fleet behind a balancer bounds each instance).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ pub struct RequestChats {
     /// Every chat opened, moves off an account included (the metric).
     opened: AtomicU32,
     last_failure: Mutex<Option<UpstreamError>>,
+    /// The answer began: the upstream's first content or reasoning was read (the retry
+    /// layer's deadline no longer applies).
+    began: AtomicBool,
 }
 
 impl RequestChats {
@@ -53,7 +56,17 @@ impl RequestChats {
             counted: AtomicU32::new(0),
             opened: AtomicU32::new(0),
             last_failure: Mutex::new(None),
+            began: AtomicBool::new(false),
         }
+    }
+
+    /// The answer began (the upstream's first output was read).
+    pub fn mark_began(&self) {
+        self.began.store(true, Ordering::Relaxed);
+    }
+
+    pub fn began(&self) -> bool {
+        self.began.load(Ordering::Relaxed)
     }
 
     /// Chats this request may still open.

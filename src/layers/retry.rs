@@ -30,6 +30,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::{Request, Response};
+use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::ServiceExt;
 
@@ -38,8 +39,9 @@ use crate::body::ProxyBody;
 use crate::common::BoxFuture;
 use crate::config::RetryConfig;
 use crate::conversation::budget::RequestChats;
-use crate::error::{ProxyError, UpstreamClass as C};
+use crate::error::{ProxyError, UpstreamClass as C, UpstreamError};
 use crate::metrics::Metrics;
+use crate::server::RequestStart;
 
 #[derive(Debug, Clone)]
 pub(crate) struct RetryPolicy {
@@ -47,6 +49,8 @@ pub(crate) struct RetryPolicy {
     pub backoff: Backoff,
     /// Upstream chats one request may open (`CHATS_PER_REQUEST`).
     pub chats_per_request: u32,
+    /// `FIRST_TOKEN_TIMEOUT` (`None`: off).
+    pub first_token_timeout: Option<Duration>,
 }
 
 impl RetryPolicy {
@@ -55,6 +59,8 @@ impl RetryPolicy {
             max_attempts: c.max_attempts,
             backoff: Backoff::from_config(c),
             chats_per_request,
+            first_token_timeout: (!c.first_token_timeout.is_zero())
+                .then_some(c.first_token_timeout),
         }
     }
 
@@ -157,10 +163,22 @@ where
             let (mut parts, body) = req.into_parts();
             let chats = Arc::new(RequestChats::new(layer.policy.chats_per_request));
             parts.extensions.insert(chats.clone());
+            // The whole wait for the answer to begin is bounded, from the request's arrival.
+            let deadline = layer.policy.first_token_timeout.map(|total| {
+                let start = parts
+                    .extensions
+                    .get::<RequestStart>()
+                    .map_or_else(Instant::now, |s| s.0);
+                (start + total, total)
+            });
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let result = svc.ready().await?.call(copy_request(&parts, &body)).await;
+                let call = svc.ready().await?.call(copy_request(&parts, &body));
+                let result = match deadline {
+                    None => call.await,
+                    Some((at, total)) => within_deadline(call, at, total, &chats).await,
+                };
                 // Recorded once, when the attempts are over: a span field recorded again is
                 // printed again on every later line.
                 let finished = |result| {
@@ -193,6 +211,12 @@ where
                     return finished(Err(err));
                 }
                 layer.metrics.upstream_retries.inc();
+                // No retry that would start past the deadline.
+                if let Some((at, total)) = deadline {
+                    if Instant::now() + delay >= at {
+                        return finished(Err(first_token_timeout(total)));
+                    }
+                }
                 tracing::info!(
                     attempt,
                     error = err.metric_label(),
@@ -205,6 +229,38 @@ where
     }
 }
 
+/// One attempt, given up at `at` unless its answer began by then (then it takes its time).
+async fn within_deadline<F>(
+    call: F,
+    at: Instant,
+    total: Duration,
+    chats: &RequestChats,
+) -> Result<Response<ProxyBody>, ProxyError>
+where
+    F: std::future::Future<Output = Result<Response<ProxyBody>, ProxyError>>,
+{
+    tokio::pin!(call);
+    tokio::select! {
+        result = &mut call => result,
+        () = tokio::time::sleep_until(at) => match chats.began() {
+            true => call.await,
+            false => Err(first_token_timeout(total)),
+        },
+    }
+}
+
+/// The answer did not begin within `FIRST_TOKEN_TIMEOUT`.
+fn first_token_timeout(total: Duration) -> ProxyError {
+    UpstreamError::new(
+        C::Timeout,
+        format!(
+            "no answer began within {} s (FIRST_TOKEN_TIMEOUT)",
+            total.as_secs_f32()
+        ),
+    )
+    .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +271,7 @@ mod tests {
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
+            first_token_timeout: None,
             chats_per_request: 8,
             max_attempts: 4,
             backoff: Backoff {

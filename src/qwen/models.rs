@@ -220,13 +220,18 @@ fn parse_model(v: &Value) -> Option<UpstreamModel> {
 }
 
 /// The catalogue, fetched from the upstream and cached for `MODELS_CACHE_DURATION`.
-/// Concurrent misses share one fetch; a failed refresh keeps serving the stale copy.
+/// Concurrent misses share one fetch — its catalogue, or its failure: requests that waited
+/// for a fetch that failed fail with it together, rather than each fetching again in turn
+/// (a hung upstream would otherwise turn a burst into a queue). A failed refresh keeps
+/// serving the stale copy.
 #[derive(Debug)]
 pub struct ModelCache {
     client: QwenClient,
     ttl: Duration,
     current: RwLock<Option<(Instant, Arc<Catalog>)>>,
-    refresh: Mutex<()>,
+    /// Held by the one fetch in flight; it holds when the last fetch ended, and its error
+    /// if it failed.
+    refresh: Mutex<Option<(Instant, ProxyError)>>,
 }
 
 impl ModelCache {
@@ -235,7 +240,7 @@ impl ModelCache {
             client,
             ttl,
             current: RwLock::new(None),
-            refresh: Mutex::new(()),
+            refresh: Mutex::new(None),
         }
     }
 
@@ -245,9 +250,16 @@ impl ModelCache {
         if let Some(c) = self.fresh().await {
             return Ok(c);
         }
-        let _guard = self.refresh.lock().await;
+        let asked = Instant::now();
+        let mut last_failure = self.refresh.lock().await;
         if let Some(c) = self.fresh().await {
             return Ok(c);
+        }
+        // A fetch failed while this request waited for it: its answer is this one's too.
+        if let Some((at, e)) = last_failure.as_ref() {
+            if *at >= asked {
+                return Err(e.clone());
+            }
         }
         let guest = who.is_none();
         let who = who.unwrap_or_else(|| {
@@ -256,7 +268,9 @@ impl ModelCache {
                     .caller(&Credentials::default(), super::client::Route::Direct),
             )
         });
-        match self.client.fetch_models(&who).await {
+        let fetched = self.client.fetch_models(&who).await;
+        *last_failure = fetched.as_ref().err().map(|e| (Instant::now(), e.clone()));
+        match fetched {
             Ok(json) => {
                 let catalog = Arc::new(Catalog::from_json(&json));
                 // A guest's catalogue is partial (its length varies): serve it, but fetch
