@@ -28,6 +28,19 @@ pub(crate) fn json_response(body: impl Into<Bytes>) -> Response<ProxyBody> {
     rsp
 }
 
+/// A server-sent event stream: its content type, no caching, no buffering in nginx.
+pub(crate) fn sse_response(body: ProxyBody) -> Response<ProxyBody> {
+    let mut rsp = Response::new(body);
+    let h = rsp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    rsp
+}
+
 /// Hooks on a response body's life. Dropping the observer releases what it holds.
 pub trait BodyObserver: Send + 'static {
     /// The first data frame is about to be sent.

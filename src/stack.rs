@@ -21,7 +21,8 @@
 //! |---|---|---|
 //! | 11 | concurrency (`layers::concurrency`) | `MAX_CONCURRENT_STREAMS` permits, 503 at once past it; the permit travels in the response body |
 //! | 12 | validate (`layers::validate`) | content type, no `Content-Encoding` (415), body size (413), body read deadline (408), JSON → `Arc<ApiRequest>` (the turn and the API's options, `ClientApi::parse`) as the request body (400s name the `param`) |
-//! | 13 | retry (`layers::retry`) | backoff with full jitter and a budget, per error class; shares the request's chat ledger with the core |
+//! | 12a | early commit (`layers::early_commit`) | a streamed answer not begun after `STREAM_COMMIT_DELAY`: 200, SSE headers and comments while it waits; a later failure is the API's in-band error |
+//! | 13 | retry (`layers::retry`) | backoff with full jitter and a budget, per error class, within `FIRST_TOKEN_TIMEOUT`; shares the request's chat ledger with the core |
 //! | 14 | core (`chat::ChatCore<A>`) | plan → chat → completion → the API's primed stream or body |
 //!
 //! The images stack (`images_stack`, `POST /v1/images/generations`) is the same with the
@@ -59,6 +60,7 @@ use crate::common::BoxError;
 use crate::error::ProxyError;
 use crate::layers::auth::AuthLayer;
 use crate::layers::concurrency::ConcurrencyLayer;
+use crate::layers::early_commit::EarlyCommitLayer;
 use crate::layers::error_map::ErrorMapLayer;
 use crate::layers::header_limits::HeaderLimitLayer;
 use crate::layers::metrics::MetricsLayer;
@@ -137,6 +139,11 @@ pub(crate) fn chat_stack<A: ClientApi>(state: &Arc<AppState>) -> ChatStack {
             cfg.max_body_bytes,
             cfg.body_read_timeout,
         ))
+        .layer(EarlyCommitLayer::<A>::new(
+            cfg.stream_commit_delay,
+            cfg.sse_keepalive,
+            state.metrics.clone(),
+        ))
         .layer(RetryLayer::new(
             RetryPolicy::from_config(&cfg.retry, cfg.conversations.chats_per_request),
             state.metrics.clone(),
@@ -179,6 +186,11 @@ pub(crate) fn responses_stack(state: &Arc<AppState>, store: Arc<ResponseStore>) 
         .layer(ValidateLayer::<Responses>::new(
             cfg.max_body_bytes,
             cfg.body_read_timeout,
+        ))
+        .layer(EarlyCommitLayer::<Responses>::new(
+            cfg.stream_commit_delay,
+            cfg.sse_keepalive,
+            state.metrics.clone(),
         ))
         .layer(StoredLayer::new(store))
         .layer(RetryLayer::new(

@@ -645,3 +645,61 @@ async fn a_client_waits_at_most_the_first_token_timeout() {
         "the answer took its time"
     );
 }
+
+/// A streamed answer that has not begun after `STREAM_COMMIT_DELAY` is committed: 200 and a
+/// comment right then, comments while it waits, then the answer. A failure after the
+/// commit is an in-band error event; a failure before it keeps its status.
+#[tokio::test]
+async fn a_waiting_stream_is_committed_with_comments() {
+    let h = Harness::start_with(&[("STREAM_COMMIT_DELAY", "300")], quick_sim()).await;
+    let post = |prompt: &str| {
+        let body = json!({"model": "qwen3.7-plus", "stream": true,
+            "messages": [{"role": "user", "content": prompt}]});
+        hyper::Request::post(h.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .unwrap()
+    };
+    let started = std::time::Instant::now();
+    let rsp = h.send(post("q @@sim:ttft=1500")).await;
+    let head_after = started.elapsed();
+    assert_eq!(rsp.status(), 200);
+    assert!(
+        head_after < Duration::from_millis(1200),
+        "headers after {head_after:?}: the commit waited for the first token"
+    );
+    assert_eq!(rsp.headers()["content-type"], "text/event-stream");
+    let r = Harness::read(rsp).await;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(text.starts_with(": waiting for the upstream\n\n"), "{text}");
+    let s = support::summarize(&r.events());
+    assert_eq!(s.content, support::expected_answer("q"));
+    assert_eq!(s.finish_reason.as_deref(), Some("stop"));
+    // A failure after the commit: the API's in-band error, never a clean end.
+    let r = Harness::read(
+        h.send(post("q @@sim:ttft=1000 @@sim:rate_limited_frame=2"))
+            .await,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let s = support::summarize(&r.events());
+    assert!(s.error.is_some(), "{}", String::from_utf8_lossy(&r.body));
+    assert!(s.finish_reason.is_none());
+    // A failure before the delay keeps its honest status (another proxy: the quota above
+    // rests the only account).
+    let h = Harness::start_with(&[("STREAM_COMMIT_DELAY", "300")], quick_sim()).await;
+    let r = h
+        .post_raw(
+            "/v1/chat/completions",
+            "application/json",
+            json!({"model": "qwen3.7-plus", "stream": true,
+                "messages": [{"role": "user", "content": "q @@sim:rate_limited=2"}]})
+            .to_string(),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 429);
+    assert!(r.headers.contains_key("retry-after"));
+}

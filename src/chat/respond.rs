@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::Response;
 use tokio::time::Instant;
 
@@ -192,12 +191,9 @@ impl<A: ClientApi> Attempt<'_, A> {
             .with_label_values(&[&self.plan.model, "true", A::LABEL])
             .observe(self.start.elapsed().as_secs_f64());
         let body = body.owned_by(end.streaming(self.start));
-        let mut rsp = Response::new(ProxyBody::Stream(Box::pin(body)));
-        let h = rsp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        Ok(Answered::Response(rsp))
+        Ok(Answered::Response(crate::body::sse_response(
+            ProxyBody::Stream(Box::pin(body)),
+        )))
     }
 
     /// The whole answer as one body. Any upstream error — also one after

@@ -192,6 +192,9 @@ pub struct Config {
     /// After an anti-bot challenge, no upstream completion for this long.
     pub challenge_cooldown: Duration,
     pub sse_keepalive: Duration,
+    /// `STREAM_COMMIT_DELAY`: a streamed answer not begun by then gets its 200 and SSE
+    /// comments while it waits (0: only once the upstream answers).
+    pub stream_commit_delay: Duration,
     pub shutdown_grace: Duration,
     /// The whole request header block must arrive within this (slowloris protection).
     pub header_read_timeout: Duration,
@@ -404,6 +407,7 @@ impl Config {
             upstream_body_limit: upstream_limits.upstream_body_limit,
             challenge_cooldown: upstream_limits.challenge_cooldown,
             sse_keepalive: server.sse_keepalive,
+            stream_commit_delay: server.stream_commit_delay,
             shutdown_grace: server.shutdown_grace,
             header_read_timeout: server.header_read_timeout,
             rate_limit_rpm: rate_limit.rate_limit_rpm,

@@ -369,6 +369,7 @@ pub(super) struct ServerLimits {
     pub(super) max_body_bytes: usize,
     pub(super) body_read_timeout: Duration,
     pub(super) sse_keepalive: Duration,
+    pub(super) stream_commit_delay: Duration,
     pub(super) shutdown_grace: Duration,
     pub(super) header_read_timeout: Duration,
 }
@@ -380,6 +381,7 @@ impl ServerLimits {
             max_body_bytes: r.parse("MAX_BODY_BYTES", 4 << 20, "a number of bytes"),
             body_read_timeout: r.millis("BODY_READ_TIMEOUT", 30_000, false),
             sse_keepalive: r.millis("SSE_KEEPALIVE_INTERVAL", 15_000, false),
+            stream_commit_delay: r.millis("STREAM_COMMIT_DELAY", 5_000, true),
             shutdown_grace: r.millis("SHUTDOWN_GRACE", 30_000, true),
             header_read_timeout: r.millis("HEADER_READ_TIMEOUT", 30_000, false),
         };

@@ -2,6 +2,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod concurrency;
+pub(crate) mod early_commit;
 pub(crate) mod error_map;
 pub(crate) mod header_limits;
 pub(crate) mod metrics;
