@@ -524,6 +524,25 @@ pub struct Nginx {
     pub port: u16,
 }
 
+impl Nginx {
+    /// `nginx -s reload`: new workers with the configuration read again; the old ones finish
+    /// the connections they hold.
+    pub fn reload(&self) {
+        let status = Command::new(nginx_binary())
+            .args([
+                "-p",
+                &self.dir.to_string_lossy(),
+                "-c",
+                &self.dir.join("nginx.conf").to_string_lossy(),
+                "-s",
+                "reload",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "nginx -s reload");
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM makes the master stop its workers; SIGKILL would orphan them, still
