@@ -24,6 +24,8 @@ pub struct Metrics {
     pub upstream_retries: IntCounter,
     pub chats_per_request: Histogram,
     pub active_streams: IntGauge,
+    /// Tasks alive on the runtime (set when scraped): flat under steady traffic, or a leak.
+    pub alive_tasks: IntGauge,
     pub rate_limited: IntCounter,
     pub auth_failures: IntCounterVec,
     pub tool_calls: IntCounterVec,
@@ -157,6 +159,15 @@ impl Metrics {
             active_streams: {
                 let g = IntGauge::new("chat_active_streams", "Streamed chat responses in flight.")
                     .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            alive_tasks: {
+                let g = IntGauge::new(
+                    "tokio_alive_tasks",
+                    "Tasks alive on the server's runtime when scraped (a leak shows as growth).",
+                )
+                .expect("valid metric");
                 registry.register(Box::new(g.clone())).expect("registered once");
                 g
             },

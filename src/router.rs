@@ -248,6 +248,11 @@ fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response<ProxyBo
         .map_or(0, |d| d.as_secs_f64().ceil() as i64);
     state.accounts.publish_gauges();
     state.metrics.upstream_cooldown.set(cooldown);
+    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    state
+        .metrics
+        .alive_tasks
+        .set(i64::try_from(tasks).unwrap_or(i64::MAX));
     let mut rsp = Response::new(ProxyBody::full(state.metrics.render()));
     rsp.headers_mut().insert(
         CONTENT_TYPE,
