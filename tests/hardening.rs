@@ -540,7 +540,8 @@ async fn the_root_describes_the_api_and_wrong_methods_say_what_is_allowed() {
 
 /// An upstream that accepts connections and never answers: a burst of ten requests fails
 /// together at the configured timeout — not one after another, each waiting for the one
-/// before (they shared the catalogue's fetch, and each fetched again after the last failed).
+/// before (they shared the catalogue's fetch, and each fetched again after the last failed);
+/// other requests are answered meanwhile, and no task is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_upstream_fails_a_burst_together() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -570,8 +571,33 @@ async fn a_hung_upstream_fails_a_burst_together() {
             started.elapsed(),
         )
     };
-    let replies = futures::future::join_all((0..10).map(|_| one(body.clone()))).await;
+    let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let idle_tasks = tasks();
+    // Other requests are unaffected while the burst hangs: the metrics answer at once.
+    let burst = futures::future::join_all((0..10).map(|_| one(body.clone())));
+    let probe = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        let read = tokio::time::timeout(Duration::from_millis(500), s.read_to_end(&mut reply));
+        assert!(read.await.is_ok(), "/metrics answers while the burst hangs");
+        assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200"));
+    };
+    let (replies, ()) = tokio::join!(burst, probe);
     holder.abort();
+    // Nothing is left behind: the runtime's tasks come back to where they were.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tasks() > idle_tasks + 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        tasks() <= idle_tasks + 2,
+        "tasks grew: {idle_tasks} before, {} after",
+        tasks()
+    );
     let times: Vec<Duration> = replies.iter().map(|(_, t)| *t).collect();
     for (reply, _) in &replies {
         assert!(
