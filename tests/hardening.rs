@@ -571,7 +571,11 @@ async fn a_hung_upstream_fails_a_burst_together() {
             started.elapsed(),
         )
     };
-    let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
     let idle_tasks = tasks();
     // Other requests are unaffected while the burst hangs: the metrics answer at once.
     let burst = futures::future::join_all((0..10).map(|_| one(body.clone())));
