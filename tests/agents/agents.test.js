@@ -772,6 +772,21 @@ async function oneChat(proxy, known, loop) {
   return { chats: chats.length, upstreamBytes: turns.map((t) => t.body_bytes) };
 }
 
+/** An agent's JSON-lines output (`what`: its flag, for the failure message): one event per line. */
+function jsonLines(r, what) {
+  const events = [];
+  for (const line of r.stdout.split('\n')) {
+    const l = line.trim();
+    if (!l) continue;
+    try {
+      events.push(JSON.parse(l));
+    } catch {
+      assert.fail(`unparsable ${what} line: ${l.slice(0, 300)}\n${describeRun(r)}`);
+    }
+  }
+  return events;
+}
+
 /** The last non-empty line, trimmed: what the simulated model quotes (README "Simulator"). */
 function lastLine(text) {
   const lines = text.split('\n').map((l) => l.trim()).filter((l) => l);
@@ -848,19 +863,7 @@ describe('Claude Code (@anthropic-ai/claude-code) headless', () => {
   }
 
   /** `--output-format stream-json --verbose`: one JSON event per line (system, assistant, user, result). */
-  function parse(r) {
-    const events = [];
-    for (const line of r.stdout.split('\n')) {
-      const l = line.trim();
-      if (!l) continue;
-      try {
-        events.push(JSON.parse(l));
-      } catch {
-        assert.fail(`unparsable stream-json line: ${l.slice(0, 300)}\n${describeRun(r)}`);
-      }
-    }
-    return events;
-  }
+  const parse = (r) => jsonLines(r, 'stream-json');
 
   function toolEvents(events, name) {
     const uses = events.filter((e) => e.type === 'assistant').flatMap((e) => e.message.content)
@@ -1070,19 +1073,7 @@ describe('Codex CLI (@openai/codex) exec', () => {
   }
 
   /** `codex exec --json`: one JSON event per line (thread.started, turn.*, item.started/completed). */
-  function parse(r) {
-    const events = [];
-    for (const line of r.stdout.split('\n')) {
-      const l = line.trim();
-      if (!l) continue;
-      try {
-        events.push(JSON.parse(l));
-      } catch {
-        assert.fail(`unparsable --json line: ${l.slice(0, 300)}\n${describeRun(r)}`);
-      }
-    }
-    return events;
-  }
+  const parse = (r) => jsonLines(r, '--json');
 
   /** The completed items of one type (command_execution, agent_message, error, …). */
   function completed(events, type) {
