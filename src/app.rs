@@ -31,7 +31,7 @@ pub struct AppState {
     pub slots: Arc<CompletionSlots>,
     /// The Qwen accounts: selection, health, sign-in.
     pub accounts: Arc<Pool>,
-    /// The shared Redis connection pool, when `REDIS_URL` is set.
+    /// The shared Redis client, when `REDIS_URL` is set.
     pub redis: Option<Arc<RedisClient>>,
     /// Files uploaded per account (documents of long contexts, images), and parse pauses.
     pub(crate) uploads: crate::qwen::files::UploadCache,
@@ -76,9 +76,9 @@ impl AppState {
         let client = QwenClient::new(&config.upstream, metrics.clone());
         let models = ModelCache::new(client.clone(), config.models_cache_duration);
         let redis = config
-            .redis_url
-            .clone()
-            .map(|url| Arc::new(RedisClient::new(url)));
+            .redis
+            .as_ref()
+            .map(|redis| Arc::new(RedisClient::new(redis)));
         let conversations = build_conversations(&config, redis.clone(), metrics.clone());
         let accounts = Pool::new(
             client.clone(),

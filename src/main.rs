@@ -335,7 +335,7 @@ fn check(a: ServeArgs) -> ExitCode {
     // Read-only towards everything shared: no Redis (a running fleet must not adopt what a
     // check sees), and no token is refreshed (a rotating refresh token would be spent).
     let mut config = config;
-    config.redis_url = None;
+    config.redis = None;
     runtime().block_on(async move {
         let app = App::new(config);
         let state = app.state.clone();

@@ -1,6 +1,8 @@
 //! Several proxy instances sharing a real `redis-server` (started on a free port): one
-//! conversation continues across instances, locks and rate limits hold across them, and a
-//! Redis outage degrades to local state and recovers by itself.
+//! conversation continues across instances, locks and rate limits hold across them, a
+//! Redis outage degrades to local state and recovers by itself, the first turn after a
+//! Redis restart finds the shared store at once, and a Redis that stops answering costs
+//! each command its timeout only.
 
 // Tests and benches: a failed unwrap is a failure with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -117,6 +119,131 @@ async fn redis_outage_degrades_then_recovers() {
     assert!(metrics.contains("session_store_up 1"), "{metrics}");
 }
 
+/// Before, a restart left every pooled connection dead, and the first commands after it
+/// failed on them: the instance fell back to local state, and the conversation's next
+/// turn, on another instance, opened a second upstream chat. The client now reconnects as
+/// soon as Redis goes, and a command waits for the new connection.
+#[tokio::test]
+async fn the_first_turns_after_a_redis_restart_continue_one_chat() {
+    let mut redis = RedisServer::start().await;
+    let url = redis.url();
+    let h = Harness::start_with(&[("REDIS_URL", &url)], quick_sim()).await;
+    let b = h.another_proxy(&[("REDIS_URL", &url)]).await;
+    // Both instances have used Redis (their connections are open and idle).
+    for (i, addr) in [h.addr, b.addr].into_iter().enumerate() {
+        let first = answer(&h, addr, &[user(&format!("warm {i}"))]).await;
+        let next = [user(&format!("warm {i}")), assistant(&first), user("again")];
+        answer(&h, addr, &next).await;
+    }
+    let before = h.sim_stats().await["chats_created"].as_u64().unwrap();
+
+    redis.restart().await;
+    // At once: a two-turn conversation over both instances, then a third turn.
+    let mut messages = vec![user("after the restart")];
+    for (k, addr) in [h.addr, b.addr, h.addr].into_iter().enumerate() {
+        let a = answer(&h, addr, &messages).await;
+        messages.push(assistant(&a));
+        messages.push(user(&format!("turn {}", k + 2)));
+    }
+    let stats = h.sim_stats().await;
+    assert_eq!(
+        stats["chats_created"].as_u64().unwrap() - before,
+        1,
+        "one upstream chat for the conversation: {stats}"
+    );
+    for addr in [h.addr, b.addr] {
+        let health = h.health_at(addr).await.json();
+        assert_eq!(health["session_store"]["status"], "ok", "{health}");
+        let metrics = String::from_utf8(h.get_at(addr, "/metrics").await.body.to_vec()).unwrap();
+        assert!(metrics.contains("session_store_up 1"), "no command failed");
+    }
+    assert!(
+        redis.keys().iter().any(|k| k.starts_with("qp:s:")),
+        "the session is in the new Redis"
+    );
+}
+
+/// While Redis is away, a request pays `REDIS_TIMEOUT` once, not on every command: once a
+/// command failed unconnected, the others fail at once (rate limits and sessions go local)
+/// until the client has reconnected by itself.
+#[tokio::test]
+async fn an_outage_costs_one_timeout_not_one_per_command() {
+    let mut redis = RedisServer::start().await;
+    let url = redis.url();
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_TIMEOUT", "1000"),
+        ("RATE_LIMIT_RPM", "60000"),
+        ("RATE_LIMIT_BURST", "1000"),
+    ];
+    let h = Harness::start_with(&env, quick_sim()).await;
+    answer(&h, h.addr, &[user("before")]).await;
+    redis.stop();
+    answer(&h, h.addr, &[user("the first after")]).await;
+    let started = tokio::time::Instant::now();
+    for i in 0..10 {
+        let q = format!("during {i}");
+        assert_eq!(answer(&h, h.addr, &[user(&q)]).await, expected_answer(&q));
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "ten requests took {took:?} (a second each would be a wait per command)"
+    );
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.health().await.json()["session_store"]["status"] != "ok" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "store did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let keys = redis.keys();
+    answer(&h, h.addr, &[user("after")]).await;
+    assert!(
+        redis.keys().len() > keys.len(),
+        "Redis used again: {:?}",
+        redis.keys()
+    );
+}
+
+/// A Redis that stops answering without closing its connections (frozen, or a network
+/// fault): each command gives up after `REDIS_TIMEOUT`, requests go on with local state,
+/// and Redis is used again when it answers.
+#[tokio::test]
+async fn a_frozen_redis_costs_each_command_its_timeout() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let h = Harness::start_with(
+        &[("REDIS_URL", &url), ("REDIS_TIMEOUT", "300")],
+        quick_sim(),
+    )
+    .await;
+    let a1 = answer(&h, h.addr, &[user("one")]).await;
+    redis.signal("STOP");
+    let started = tokio::time::Instant::now();
+    let a2 = answer(&h, h.addr, &[user("one"), assistant(&a1), user("two")]).await;
+    assert_eq!(a2, expected_answer("two"));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let health = h.health().await.json();
+    assert_eq!(health["session_store"]["status"], "degraded", "{health}");
+    redis.signal("CONT");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = h.health().await.json();
+        if health["session_store"]["status"] == "ok" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "store did not recover: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn expired_sessions_chats_are_deleted_upstream() {
     for redis in [true, false] {
@@ -150,12 +277,10 @@ async fn expired_sessions_chats_are_deleted_upstream() {
 
 #[tokio::test]
 async fn redis_locks_are_owned_renewable_and_expire() {
-    use qwen_proxy::config::RedisUrl;
     use qwen_proxy::conversation::store::SessionStore;
     use qwen_proxy::redis::sessions::RedisStore;
-    use qwen_proxy::redis::RedisClient;
     let redis = RedisServer::start().await;
-    let client = std::sync::Arc::new(RedisClient::new(RedisUrl::parse(&redis.url()).unwrap()));
+    let client = std::sync::Arc::new(redis.client());
     let store = RedisStore::new(client, Duration::from_secs(60));
     let ttl = Duration::from_millis(300);
     assert!(store.try_lock("chat", "me", ttl).await.unwrap());

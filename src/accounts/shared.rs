@@ -2,43 +2,70 @@
 //! is cooling, quarantined or disabled, and tokens survive a restart (an auth-domain
 //! refresh token is rotated on every use: the newest must outlive the process).
 //!
-//! Keys:
-//! * `qp:acct:<name>:health` → `{"changed_ms", "health", "spec"}`: the newest change wins
+//! Keys (one hash tag per account, so an account's keys share a Cluster slot — the renewal
+//! lock with the token it guards):
+//! * `qp:acct:{<name>}:health` → `{"changed_ms", "health", "spec"}`: the newest change wins
 //!   (every instance publishes its own changes and adopts newer ones at each sync, every
 //!   few seconds);
-//! * `qp:acct:<name>:disabled` → present while an operator has the account disabled (no
-//!   expiry; only an operator's enable removes it);
-//! * `qp:acct:<name>:token` → `{"spec", "token"}`, kept as long as its refresh token lives;
-//! * `qp:acct:<name>:renewing` → the instance renewing the token (so a rotating refresh
+//! * `qp:acct:{<name>}:operator` → `{"disabled", "at_ms", "spec"}`: an operator's last
+//!   disable or enable (no expiry), the newest wins;
+//! * `qp:acct:{<name>}:token` → `{"spec", "token"}`, kept as long as its refresh token lives;
+//! * `qp:acct:{<name>}:renewing` → the instance renewing the token (so a rotating refresh
 //!   token is never presented twice).
+//!
+//! Before the hash tag these were `qp:acct:<name>:…` (and a disable was the key
+//! `…:disabled`): a token or a disable found only there is still honoured.
+//!
+//! **An operator's verdict outlives Redis.** Each instance keeps the last disable or enable
+//! it made or adopted, and at each sync compares it with Redis: a newer one there is
+//! adopted; an older one, or none (Redis restarted empty, or the verdict was given while
+//! Redis was away), is replaced by its own. So a disable holds through a Redis restart on
+//! every instance that knew it, and a disable given during an outage holds on its instance
+//! at once and on the others once Redis is back. Verdicts are ordered by the wall clock of
+//! the instance that gave them (instances keep their clocks in sync). What no instance
+//! remembers — every instance restarted while Redis was empty — is lost.
 //!
 //! `spec` is the fingerprint of the entry's credentials: what was recorded about other
 //! credentials under the same name (a new cookie, a new password) is ignored; editing its
-//! pacing or proxy keeps it. Redis trouble never stops the proxy:
-//! each instance then goes on with what it knows.
+//! pacing or proxy keeps it. Redis trouble never stops the proxy: each instance then goes
+//! on with what it knows.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::credential::Token;
 use super::health::Health;
 use super::{Account, Pool};
-use crate::redis::{RedisClient, Reply};
+use crate::redis::{RedisClient, RedisError};
 
 /// A refresh token lives 30 days upstream.
 const REFRESH_TOKEN_SECS: u64 = 30 * 86_400;
 /// Longest a renewal may hold the shared lock (a paced sign-in included).
 const RENEWAL_LOCK_MS: u64 = 120_000;
 
-const LOCK: &str = "return redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])";
+/// 1 when `ARGV[1]` holds the lock now (taken, or already its own: a retried call), else 0.
+const LOCK: &str = "local v = redis.call('get', KEYS[1]) \
+    if v == false then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 \
+    elseif v == ARGV[1] then return 1 else return 0 end";
 const UNLOCK: &str =
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+/// Store a verdict unless Redis holds one at least as new: 1 if stored.
+const PUT_VERDICT: &str = "local cur = redis.call('get', KEYS[1]) \
+    if cur then local ok, v = pcall(cjson.decode, cur) \
+      if ok and type(v) == 'table' and tonumber(v['at_ms']) \
+        and tonumber(v['at_ms']) >= tonumber(ARGV[2]) then return 0 end end \
+    redis.call('set', KEYS[1], ARGV[1]) return 1";
 
 #[derive(Debug, Clone)]
 pub struct SharedAccounts {
     client: Arc<RedisClient>,
+    /// The last operator's verdict this instance gave or adopted, by account name: what it
+    /// republishes when Redis lost it or never got it.
+    verdicts: Arc<Mutex<HashMap<String, Verdict>>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -57,7 +84,23 @@ struct StoredToken {
     token: Token,
 }
 
+/// An operator's disable or enable of one account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Verdict {
+    disabled: bool,
+    /// When it was given (Unix ms, the giving instance's clock); the newest wins.
+    at_ms: u64,
+    /// The credentials it was about.
+    spec: String,
+}
+
+/// An account's key (`what`: health, operator, token, renewing), under its hash tag.
 fn key(name: &str, what: &str) -> String {
+    format!("qp:acct:{{{name}}}:{what}")
+}
+
+/// The key before the hash tag (read when the new one is missing).
+fn legacy_key(name: &str, what: &str) -> String {
     format!("qp:acct:{name}:{what}")
 }
 
@@ -72,20 +115,19 @@ impl RenewalLock {
     /// Release it (after the new token is stored). A lock never released (the renewal
     /// was aborted) expires by itself.
     pub async fn release(self) {
-        let args: [&[u8]; 5] = [
-            b"EVAL",
-            UNLOCK.as_bytes(),
-            b"1",
-            self.key.as_bytes(),
-            self.owner.as_bytes(),
-        ];
-        let _ = self.client.cmd(&args).await;
+        let _ = self
+            .client
+            .eval::<i64>(UNLOCK, &[&self.key], &[&self.owner])
+            .await;
     }
 }
 
 impl SharedAccounts {
     pub fn new(client: Arc<RedisClient>) -> Self {
-        Self { client }
+        Self {
+            client,
+            verdicts: Default::default(),
+        }
     }
 
     /// Tell the other instances (in the background: state changes happen on the request
@@ -121,20 +163,106 @@ impl SharedAccounts {
         }
     }
 
-    /// An operator's disable (kept without expiry) or enable (removed), awaited: an enable
-    /// sent to another instance than the disable must find it.
+    /// An operator's disable or enable: this instance's verdict from now on (whatever Redis
+    /// says until something newer), published at once if Redis answers — awaited, so an
+    /// enable sent to another instance than the disable finds it — and at the next syncs
+    /// otherwise.
     pub async fn publish_operator(&self, account: &Account, disabled: bool) {
-        let k = key(account.name(), "disabled");
-        let r = if disabled {
-            self.client
-                .cmd(&[b"SET", k.as_bytes(), account.credentials.as_bytes()])
-                .await
-        } else {
-            self.client.cmd(&[b"DEL", k.as_bytes()]).await
+        let name = account.name();
+        let verdict = {
+            let mut verdicts = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+            let previous = verdicts.get(name).map_or(0, |v| v.at_ms);
+            let verdict = Verdict {
+                disabled,
+                // Later than the one it replaces, whatever the clock did.
+                at_ms: crate::common::epoch_millis().max(previous + 1),
+                spec: account.credentials.clone(),
+            };
+            verdicts.insert(name.to_owned(), verdict.clone());
+            verdict
         };
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "could not share an operator's disable or enable");
+        let published = self.put_verdict(name, &verdict).await.map(drop);
+        // A disable from before the hash tag must not outlive this enable.
+        let legacy = match (&published, disabled) {
+            (Ok(()), false) => self.client.del(&legacy_key(name, "disabled")).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = published.and(legacy) {
+            tracing::warn!(
+                error = %e,
+                account = %crate::untrusted::Untrusted(name),
+                "Redis did not take an operator's {}; it holds on this instance and is \
+                 published when Redis answers",
+                if disabled { "disable" } else { "enable" }
+            );
         }
+    }
+
+    /// Store `verdict` unless Redis holds a newer one: whether it was stored.
+    async fn put_verdict(&self, name: &str, verdict: &Verdict) -> Result<bool, RedisError> {
+        let json = serde_json::to_string(verdict).map_err(|e| RedisError(e.to_string()))?;
+        let at = verdict.at_ms.to_string();
+        let stored: i64 = self
+            .client
+            .eval(PUT_VERDICT, &[&key(name, "operator")], &[&json, &at])
+            .await?;
+        Ok(stored == 1)
+    }
+
+    /// The operator's verdict on `account` that holds now: Redis's when newer than this
+    /// instance's (then adopted), else this instance's (then published again: Redis lost
+    /// it, or never had it). `Err` when Redis did not answer.
+    async fn operator_verdict(&self, account: &Account) -> Result<Option<Verdict>, ()> {
+        let name = account.name();
+        let stored = match self.get_checked(&key(name, "operator")).await? {
+            Some(json) => serde_json::from_str::<Verdict>(&json).ok(),
+            // Before the hash tag: a disable was a key holding the spec, as old as can be.
+            None => self
+                .get_checked(&legacy_key(name, "disabled"))
+                .await?
+                .map(|spec| Verdict {
+                    disabled: true,
+                    at_ms: 0,
+                    spec,
+                }),
+        }
+        .filter(|v| v.spec == account.credentials);
+        let (holds, republish) = {
+            let mut verdicts = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = verdicts
+                .get(name)
+                .filter(|v| v.spec == account.credentials)
+                .cloned();
+            match (mine, stored) {
+                (Some(mine), Some(theirs)) if theirs.at_ms > mine.at_ms => {
+                    verdicts.insert(name.to_owned(), theirs.clone());
+                    (Some(theirs), false)
+                }
+                (Some(mine), theirs) => {
+                    let lost = theirs.as_ref() != Some(&mine);
+                    (Some(mine), lost)
+                }
+                (None, Some(theirs)) => {
+                    verdicts.insert(name.to_owned(), theirs.clone());
+                    (Some(theirs), false)
+                }
+                (None, None) => (None, false),
+            }
+        };
+        if let Some(verdict) = holds.as_ref().filter(|_| republish) {
+            match self.put_verdict(name, verdict).await {
+                // Redis holds one as new (about other credentials, or just written by
+                // another instance: adopted at the next sync if about these).
+                Ok(false) => {}
+                Ok(true) => tracing::info!(
+                    account = %crate::untrusted::Untrusted(name),
+                    disabled = verdict.disabled,
+                    "an operator's verdict Redis did not hold is published again"
+                ),
+                Err(e) => tracing::debug!(error = %e, "an operator's verdict not published yet"),
+            }
+        }
+        Ok(holds)
     }
 
     /// `SET key value EX ttl`, the value as JSON.
@@ -143,18 +271,11 @@ impl SharedAccounts {
         key: &str,
         value: &impl Serialize,
         ttl_secs: u64,
-    ) -> Result<(), crate::redis::RedisError> {
-        let json =
-            serde_json::to_string(value).map_err(|e| crate::redis::RedisError(e.to_string()))?;
-        let ttl = ttl_secs.to_string();
-        let args: [&[u8]; 5] = [
-            b"SET",
-            key.as_bytes(),
-            json.as_bytes(),
-            b"EX",
-            ttl.as_bytes(),
-        ];
-        self.client.cmd(&args).await.map(|_| ())
+    ) -> Result<(), RedisError> {
+        let json = serde_json::to_string(value).map_err(|e| RedisError(e.to_string()))?;
+        self.client
+            .set(key, &json, Some(Duration::from_secs(ttl_secs)))
+            .await
     }
 
     /// The same in the background (a state change on the request path).
@@ -167,20 +288,15 @@ impl SharedAccounts {
         });
     }
 
-    async fn get(&self, key: &str) -> Option<Vec<u8>> {
+    async fn get(&self, key: &str) -> Option<String> {
         self.get_checked(key).await.ok().flatten()
     }
 
     /// The value, `Ok(None)` when absent, `Err` when Redis did not answer.
-    async fn get_checked(&self, key: &str) -> Result<Option<Vec<u8>>, ()> {
-        match self.client.cmd(&[b"GET", key.as_bytes()]).await {
-            Ok(Reply::Bulk(Some(b))) => Ok(Some(b)),
-            Ok(_) => Ok(None),
-            Err(e) => {
-                tracing::debug!(error = %e, "account state not readable from redis");
-                Err(())
-            }
-        }
+    async fn get_checked(&self, key: &str) -> Result<Option<String>, ()> {
+        self.client.get(key).await.map_err(|e| {
+            tracing::debug!(error = %e, "account state not readable from redis");
+        })
     }
 
     /// Take the account's renewal lock, unless another instance holds it (`None`). With
@@ -189,16 +305,12 @@ impl SharedAccounts {
         let key = key(name, "renewing");
         let owner = crate::common::random_uuid().to_string();
         let ttl = RENEWAL_LOCK_MS.to_string();
-        let args: [&[u8]; 6] = [
-            b"EVAL",
-            LOCK.as_bytes(),
-            b"1",
-            key.as_bytes(),
-            owner.as_bytes(),
-            ttl.as_bytes(),
-        ];
-        match self.client.cmd(&args).await {
-            Ok(Reply::Simple(_)) => Some(Some(RenewalLock {
+        match self
+            .client
+            .eval::<i64>(LOCK, &[&key], &[&owner, &ttl])
+            .await
+        {
+            Ok(1) => Some(Some(RenewalLock {
                 client: self.client.clone(),
                 key,
                 owner,
@@ -208,18 +320,19 @@ impl SharedAccounts {
         }
     }
 
-    /// Adopt what other instances know: newer state changes, newer tokens.
+    /// Adopt what other instances know: newer state changes, newer tokens; and keep the
+    /// operators' verdicts in Redis.
     pub async fn sync(&self, pool: &Pool) {
         for account in pool.list().iter() {
-            // An operator's disable first: it is not a state the others may change.
-            match self.get_checked(&key(account.name(), "disabled")).await {
-                Ok(Some(spec)) if spec == account.credentials.as_bytes() => {
+            // An operator's verdict first: it is not a state the others may change.
+            match self.operator_verdict(account).await {
+                Ok(Some(v)) if v.disabled => {
                     if account.health() != Health::Disabled {
                         pool.transition(account, "disabled", |_| Health::Disabled);
                     }
                     continue;
                 }
-                Ok(_) if account.health() == Health::Disabled => {
+                Ok(Some(_)) if account.health() == Health::Disabled => {
                     // Enabled by an operator on another instance.
                     let has_token = account.caller().is_some();
                     pool.transition(account, "enabled", |_| {
@@ -233,8 +346,8 @@ impl SharedAccounts {
                 Ok(_) => {}
                 Err(()) => continue,
             }
-            if let Some(bytes) = self.get(&key(account.name(), "health")).await {
-                match serde_json::from_slice::<Stamped>(&bytes) {
+            if let Some(json) = self.get(&key(account.name(), "health")).await {
+                match serde_json::from_str::<Stamped>(&json) {
                     Ok(s) if s.spec == account.credentials => {
                         account.adopt_health(s.health, s.changed_ms);
                     }
@@ -251,10 +364,16 @@ impl SharedAccounts {
     /// one before a restart) replaces it: newer by its `exp`, else by when it was obtained.
     /// An expired one is adopted for its refresh token (the renewal then uses it).
     pub async fn adopt_token(&self, pool: &Pool, account: &Account) {
-        let Some(bytes) = self.get(&key(account.name(), "token")).await else {
-            return;
+        let name = account.name();
+        let json = match self.get(&key(name, "token")).await {
+            Some(json) => json,
+            // Stored before the hash tag (the upgrade must not lose a rotated refresh token).
+            None => match self.get(&legacy_key(name, "token")).await {
+                Some(json) => json,
+                None => return,
+            },
         };
-        let stored = match serde_json::from_slice::<StoredToken>(&bytes) {
+        let stored = match serde_json::from_str::<StoredToken>(&json) {
             // Another entry's token (the email or cookies changed since) is not this one's.
             Ok(record) if record.spec == account.credentials => record.token,
             _ => return,
@@ -305,5 +424,23 @@ impl Account {
         );
         *g = health;
         self.health_changed_ms.store(changed_ms, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One account's keys share a Cluster slot (its hash tag): the renewal lock with the
+    /// token it guards, the operator's verdict with the state.
+    #[test]
+    fn an_accounts_keys_share_one_slot() {
+        for name in ["a", "work", "alt-1.x_y"] {
+            let slot = |what| fred::util::redis_keyslot(key(name, what).as_bytes());
+            for what in ["health", "operator", "renewing"] {
+                assert_eq!(slot(what), slot("token"), "{name} {what}");
+            }
+            assert_eq!(slot("token"), fred::util::redis_keyslot(name.as_bytes()));
+        }
     }
 }

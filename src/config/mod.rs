@@ -24,6 +24,9 @@ use sections::{Auth, Listener, Logging, RateLimit, ServerLimits, Sessions, Upstr
 use source::Reader;
 pub use source::{parse_dotenv, parse_duration, parse_log_level, Env, Source};
 
+pub use self::redis::{RedisConfig, RedisMode, RedisUrl};
+
+mod redis;
 mod sections;
 mod source;
 
@@ -39,65 +42,6 @@ pub struct FailurePolicy {
     /// Failures per window that lock an address out; 0 turns throttling off.
     pub limit: u32,
     pub window: Duration,
-}
-
-/// Parsed `redis://[[user]:password@]host[:port][/db]` (the password never prints).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisUrl {
-    pub host: String,
-    pub port: u16,
-    pub db: u32,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-}
-
-impl RedisUrl {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("redis://").ok_or_else(|| {
-            "REDIS_URL must start with redis:// (TLS rediss:// is not supported yet)".to_owned()
-        })?;
-        let (auth, hostpart) = match rest.rsplit_once('@') {
-            Some((a, h)) => (Some(a), h),
-            None => (None, rest),
-        };
-        let (hostport, db) = match hostpart.split_once('/') {
-            Some((h, d)) if !d.is_empty() => (
-                h,
-                d.parse()
-                    .map_err(|_| format!("REDIS_URL database `{d}` is not a number"))?,
-            ),
-            Some((h, _)) => (h, 0),
-            None => (hostpart, 0),
-        };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse()
-                    .map_err(|_| format!("REDIS_URL port `{p}` is not a number"))?,
-            ),
-            None => (hostport, 6379),
-        };
-        if host.is_empty() {
-            return Err("REDIS_URL has no host".to_owned());
-        }
-        let (username, password) = match auth {
-            None => (None, None),
-            Some(a) => match a.split_once(':') {
-                Some((u, p)) => ((!u.is_empty()).then(|| u.to_owned()), Some(Secret::new(p))),
-                None => (None, Some(Secret::new(a))),
-            },
-        };
-        Ok(Self {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port,
-            db,
-            username,
-            password,
-        })
-    }
 }
 
 /// Everything the Qwen client needs.
@@ -181,8 +125,8 @@ pub struct Config {
     pub api_keys: Vec<Secret>,
     /// Invalid keys per address and window before the address is locked out.
     pub auth_failures: FailurePolicy,
-    /// `REDIS_URL`, parsed (its password never prints).
-    pub redis_url: Option<RedisUrl>,
+    /// `REDIS_URL` and the other `REDIS_*` settings (passwords never print).
+    pub redis: Option<RedisConfig>,
     pub max_body_bytes: usize,
     /// The whole request body must arrive within this (after the headers).
     pub body_read_timeout: Duration,
@@ -374,7 +318,7 @@ impl Config {
         let retry = RetryConfig::read(r);
         let cors = CorsConfig::read(r);
         let auth = Auth::read(r);
-        let redis_url = r.parse_with("REDIS_URL", |v| RedisUrl::parse(v).map(Some), None);
+        let redis = RedisConfig::read(r);
         let conversations = ConversationConfig::read(r);
         let sessions = Sessions::read(r);
         let rate_limit = RateLimit::read(r);
@@ -401,7 +345,7 @@ impl Config {
             trust_proxy,
             api_keys: auth.api_keys,
             auth_failures: auth.auth_failures,
-            redis_url,
+            redis,
             max_body_bytes: server.max_body_bytes,
             body_read_timeout: server.body_read_timeout,
             upstream_body_limit: upstream_limits.upstream_body_limit,

@@ -162,26 +162,88 @@ fn a_named_env_file_must_exist() {
 fn url_forms() {
     let u = RedisUrl::parse("redis://127.0.0.1:6390/2").unwrap();
     assert_eq!(
-        (u.host.as_str(), u.port, u.db, u.password.is_none()),
-        ("127.0.0.1", 6390, 2, true)
+        (u.hosts.as_slice(), u.db, u.password.is_none(), u.tls),
+        (&[("127.0.0.1".to_owned(), 6390)][..], 2, true, false)
     );
     let u = RedisUrl::parse("redis://:pw@cache").unwrap();
     assert_eq!(
         (
-            u.host.as_str(),
-            u.port,
+            u.hosts[0].clone(),
             u.password.as_ref().map(Secret::expose),
             u.username
         ),
-        ("cache", 6379, Some("pw"), None)
+        (("cache".to_owned(), 6379), Some("pw"), None)
     );
     let u = RedisUrl::parse("redis://me:pw@[::1]:7000").unwrap();
     assert_eq!(
-        (u.host.as_str(), u.port, u.username.as_deref()),
-        ("::1", 7000, Some("me"))
+        (u.hosts[0].clone(), u.username.as_deref()),
+        (("::1".to_owned(), 7000), Some("me"))
     );
-    assert!(RedisUrl::parse("rediss://x").is_err());
+    // TLS, an ACL user with a percent-encoded password, several hosts.
+    let u = RedisUrl::parse("rediss://app:p%40ss%3Aw@a:7000,b,[::1]:7002/0").unwrap();
+    assert!(u.tls);
+    assert_eq!(u.password.as_ref().map(Secret::expose), Some("p@ss:w"));
+    assert_eq!(
+        u.hosts,
+        [
+            ("a".to_owned(), 7000),
+            ("b".to_owned(), 6379),
+            ("::1".to_owned(), 7002)
+        ]
+    );
+    assert!(RedisUrl::parse("http://x").is_err());
     assert!(RedisUrl::parse("redis://x:port").is_err());
+    assert!(RedisUrl::parse("redis://a,").is_err());
+    assert!(RedisUrl::parse("redis://x/256").is_err());
+}
+
+#[test]
+fn redis_modes() {
+    let read = |vars: &[(&str, &str)]| {
+        let mut all = vec![("QWEN_COOKIES", "token=t")];
+        all.extend_from_slice(vars);
+        Config::from_source(&src(&all), false)
+    };
+    let c = read(&[("REDIS_URL", "redis://a:1,b:2"), ("REDIS_CLUSTER", "true")]).unwrap();
+    assert_eq!(c.redis.unwrap().mode, RedisMode::Cluster);
+    let c = read(&[
+        ("REDIS_URL", "rediss://app:secret@s1:26379,s2:26379/3"),
+        ("REDIS_SENTINEL_MASTER", "main"),
+        ("REDIS_SENTINEL_PASSWORD", "sentinel-secret"),
+        ("REDIS_TIMEOUT", "2s"),
+    ])
+    .unwrap();
+    let redis = c.redis.unwrap();
+    assert!(
+        matches!(&redis.mode, RedisMode::Sentinel { master, password: Some(_), .. } if master == "main")
+    );
+    assert_eq!(redis.timeout, Duration::from_secs(2));
+    let printed = format!("{redis:?}");
+    assert!(!printed.contains("secret"), "{printed}");
+    // Several hosts need a mode; a Cluster has no databases; a CA needs TLS; a missing CA
+    // file is reported; one mode at a time. Every problem at once, no password in them.
+    let e = read(&[("REDIS_URL", "redis://:hunter2@a,b/1")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("REDIS_CLUSTER=true"), "{e}");
+    let e = read(&[
+        ("REDIS_URL", "redis://:hunter2@a/1"),
+        ("REDIS_CLUSTER", "true"),
+        ("REDIS_CA_FILE", "/nonexistent/ca.pem"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("database"), "{e}");
+    assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+    let e = read(&[
+        ("REDIS_URL", "redis://a"),
+        ("REDIS_CLUSTER", "true"),
+        ("REDIS_SENTINEL_MASTER", "m"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("exclude each other"), "{e}");
 }
 
 #[test]

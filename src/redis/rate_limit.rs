@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{RedisClient, Reply};
+use super::RedisClient;
 use crate::common::BoxFuture;
 use crate::rate::{decision, LocalBuckets, RateDecision, RateLimitStore};
 
@@ -50,27 +50,13 @@ impl RateLimitStore for RedisBuckets {
             let k = format!("qp:rl:{key}");
             let rate = (f64::from(self.per_minute) / 60.0).to_string();
             let burst = self.burst.max(1).to_string();
-            let reply = self
+            let reply: Result<(i64, String), _> = self
                 .client
-                .cmd(&[
-                    b"EVAL",
-                    RATE_LIMIT_SCRIPT.as_bytes(),
-                    b"1",
-                    k.as_bytes(),
-                    rate.as_bytes(),
-                    burst.as_bytes(),
-                ])
+                .eval(RATE_LIMIT_SCRIPT, &[&k], &[&rate, &burst])
                 .await;
-            let parsed = match reply {
-                Ok(Reply::Array(Some(items))) => match items.as_slice() {
-                    [Reply::Int(allowed), Reply::Bulk(Some(tokens))] => std::str::from_utf8(tokens)
-                        .ok()
-                        .and_then(|t| t.parse::<f64>().ok())
-                        .map(|t| (*allowed == 1, t)),
-                    _ => None,
-                },
-                _ => None,
-            };
+            let parsed = reply
+                .ok()
+                .and_then(|(allowed, tokens)| Some((allowed == 1, tokens.parse::<f64>().ok()?)));
             match parsed {
                 Some((allowed, tokens)) => {
                     if self.degraded.swap(false, Ordering::Relaxed) {

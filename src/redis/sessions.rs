@@ -1,14 +1,13 @@
 //! The Redis session store: sessions, per-chat locks and chat last-use times, shared by
-//! every instance.
-//!
-//! Keys (prefix `qp:`): `qp:s:<conversation key>` → session JSON (PX = `SESSION_TIMEOUT`,
-//! refreshed on use); `qp:lock:<chat_id>` → owner token (SET NX PX); `qp:chats` → sorted set
-//! chat_id → last use (ms), for `CHAT_CLEANUP=delete`.
+//! every instance. Every operation touches one key (the layout: `crate::redis`):
+//! `qp:s:<conversation key>` → session JSON (PX = `SESSION_TIMEOUT`, refreshed on use);
+//! `qp:lock:<chat_id>` → owner token; `qp:chats` → sorted set chat_id → last use (ms), for
+//! `CHAT_CLEANUP=delete`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{expect_ok, RedisClient, RedisError, Reply};
+use super::{RedisClient, RedisError};
 use crate::common::{epoch_millis, BoxFuture};
 use crate::conversation::store::{Session, SessionStore, StoreError};
 
@@ -39,12 +38,14 @@ fn lock_key(chat_id: &str) -> String {
     format!("qp:lock:{chat_id}")
 }
 
-/// Take the lock if free, or extend it if `owner` already holds it (renewal).
+/// Take the lock if free, or extend it if `owner` already holds it (renewal): 1 if held
+/// by `owner` now, else 0. (A retry of the same call after a lost answer is a renewal.)
 const LOCK: &str = "local v = redis.call('get', KEYS[1]) \
-    if v == false then return redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
-    elseif v == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return redis.status_reply('OK') \
-    else return false end";
+    if v == false then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 \
+    elseif v == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 \
+    else return 0 end";
 const UNLOCK: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+const CHATS: &str = "qp:chats";
 const TAKE_IDLE: &str =
     "local c = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100) \
     if #c > 0 then redis.call('zrem', KEYS[1], unpack(c)) end return c";
@@ -55,11 +56,9 @@ impl RedisStore {
     }
 
     async fn touch_chat(&self, chat_id: &str) -> Result<(), StoreError> {
-        let now = epoch_millis().to_string();
         self.client
-            .cmd(&[b"ZADD", b"qp:chats", now.as_bytes(), chat_id.as_bytes()])
+            .zadd(CHATS, epoch_millis() as f64, chat_id)
             .await
-            .map(|_| ())
             .map_err(Into::into)
     }
 }
@@ -67,13 +66,7 @@ impl RedisStore {
 impl SessionStore for RedisStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
         Box::pin(async move {
-            let k = session_key(key);
-            let ttl = self.ttl.as_millis().to_string();
-            let reply = self
-                .client
-                .cmd(&[b"GETEX", k.as_bytes(), b"PX", ttl.as_bytes()])
-                .await?;
-            let Some(json) = reply.into_string() else {
+            let Some(json) = self.client.get_ex(&session_key(key), self.ttl).await? else {
                 return Ok(None);
             };
             let session: Session = serde_json::from_str(&json).map_err(err)?;
@@ -88,27 +81,16 @@ impl SessionStore for RedisStore {
         session: &'a Session,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let k = session_key(key);
             let json = serde_json::to_string(session).map_err(err)?;
-            let ttl = self.ttl.as_millis().to_string();
-            expect_ok(
-                self.client
-                    .cmd(&[b"SET", k.as_bytes(), json.as_bytes(), b"PX", ttl.as_bytes()])
-                    .await?,
-            )?;
+            self.client
+                .set(&session_key(key), &json, Some(self.ttl))
+                .await?;
             self.touch_chat(&session.owned_chat()).await
         })
     }
 
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let k = session_key(key);
-            self.client
-                .cmd(&[b"DEL", k.as_bytes()])
-                .await
-                .map(|_| ())
-                .map_err(Into::into)
-        })
+        Box::pin(async move { self.client.del(&session_key(key)).await.map_err(Into::into) })
     }
 
     fn try_lock<'a>(
@@ -118,20 +100,12 @@ impl SessionStore for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
-            let k = lock_key(chat_id);
             let ttl = ttl.as_millis().max(1).to_string();
-            let r = self
+            let held: i64 = self
                 .client
-                .cmd(&[
-                    b"EVAL",
-                    LOCK.as_bytes(),
-                    b"1",
-                    k.as_bytes(),
-                    owner.as_bytes(),
-                    ttl.as_bytes(),
-                ])
+                .eval(LOCK, &[&lock_key(chat_id)], &[owner, &ttl])
                 .await?;
-            Ok(matches!(r, Reply::Simple(_)))
+            Ok(held == 1)
         })
     }
 
@@ -141,18 +115,11 @@ impl SessionStore for RedisStore {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let k = lock_key(chat_id);
-            self.client
-                .cmd(&[
-                    b"EVAL",
-                    UNLOCK.as_bytes(),
-                    b"1",
-                    k.as_bytes(),
-                    owner.as_bytes(),
-                ])
-                .await
-                .map(|_| ())
-                .map_err(Into::into)
+            let _: i64 = self
+                .client
+                .eval(UNLOCK, &[&lock_key(chat_id)], &[owner])
+                .await?;
+            Ok(())
         })
     }
 
@@ -164,33 +131,13 @@ impl SessionStore for RedisStore {
             let cutoff = epoch_millis()
                 .saturating_sub(idle.as_millis() as u64)
                 .to_string();
-            let r = self
-                .client
-                .cmd(&[
-                    b"EVAL",
-                    TAKE_IDLE.as_bytes(),
-                    b"1",
-                    b"qp:chats",
-                    cutoff.as_bytes(),
-                ])
-                .await?;
-            Ok(match r {
-                Reply::Array(Some(items)) => {
-                    items.into_iter().filter_map(Reply::into_string).collect()
-                }
-                _ => Vec::new(),
-            })
+            let chats: Vec<String> = self.client.eval(TAKE_IDLE, &[CHATS], &[&cutoff]).await?;
+            Ok(chats)
         })
     }
 
     fn sweep(&self) -> BoxFuture<'_, Result<Option<usize>, StoreError>> {
         // Redis expires sessions itself; a PING tells whether it is reachable.
-        Box::pin(async move {
-            self.client
-                .cmd(&[b"PING"])
-                .await
-                .map(|_| None)
-                .map_err(Into::into)
-        })
+        Box::pin(async move { self.client.ping().await.map(|()| None).map_err(Into::into) })
     }
 }

@@ -1,5 +1,6 @@
 //! Several instances over a real redis-server: shared cooldowns, state adopted later, tokens
-//! surviving a restart.
+//! surviving a restart, an operator's disable surviving Redis (restarted empty, or away
+//! when the disable was given).
 
 use super::*;
 
@@ -88,8 +89,8 @@ async fn an_instance_started_later_adopts_the_shared_state() {
         "both states stored",
         Duration::from_secs(5),
         || async move {
-            let a = redis_get(port, "qp:acct:a:health").await?;
-            let b = redis_get(port, "qp:acct:b:health").await?;
+            let a = redis_get(port, "qp:acct:{a}:health").await?;
+            let b = redis_get(port, "qp:acct:{b}:health").await?;
             (a.contains("cooling") && b.contains("disabled")).then_some(())
         },
     )
@@ -173,7 +174,7 @@ async fn a_token_survives_a_restart_through_redis() {
     ask_ok(&h, h.addr, "before the restart").await;
     let port = redis.port;
     eventually("the token stored", Duration::from_secs(5), || async move {
-        redis_get(port, "qp:acct:alice:token").await
+        redis_get(port, "qp:acct:{alice}:token").await
     })
     .await;
     assert_eq!(h.sim_stats().await["signins"], 1);
@@ -187,4 +188,99 @@ async fn a_token_survives_a_restart_through_redis() {
     assert_eq!(stats["signins"], 1, "no second sign-in");
     assert_eq!(completions(&stats, "alice@example.com"), 2);
     assert_eq!(refused(&stats, "alice@example.com"), 0);
+}
+
+/// Before, an operator's disable lived only in Redis: Redis restarted empty, and at their
+/// next sync every instance took the missing key for an enable; a disable given while Redis
+/// was away answered 200 and was undone when Redis came back. Each instance now keeps the
+/// verdicts it gave or adopted and gives them back to a Redis that lost them.
+#[tokio::test]
+async fn an_operators_disable_outlives_redis() {
+    let mut redis = RedisServer::start().await;
+    let url = redis.url();
+    let file = AccountsFile::new(&json!([
+        cookie_account("a"),
+        cookie_account("b"),
+        cookie_account("c")
+    ]));
+    let env = [
+        ("QWEN_ACCOUNTS_FILE", file.path()),
+        ("REDIS_URL", url.as_str()),
+        ("ADMIN_KEY", ADMIN_KEY),
+    ];
+    let h = Harness::start_with(&env, quick_sim()).await;
+    let second = h.another_proxy(&env).await;
+    let both = [h.addr, second.addr];
+    let hh = &h;
+    let disabled_everywhere = |names: &'static [&'static str]| async move {
+        for addr in both {
+            let seen = health(hh, addr).await;
+            if names.iter().any(|n| state(&seen, n) != "disabled") {
+                return None;
+            }
+        }
+        Some(())
+    };
+
+    // 1. Disabled on the first instance, known to the second; then Redis restarts empty.
+    let r = admin(&h, h.addr, "POST", "/admin/accounts/a/disable").await;
+    assert_eq!(r.status, 200);
+    let within = Duration::from_secs(12);
+    eventually("a disabled on both", within, || disabled_everywhere(&["a"])).await;
+    redis.restart().await;
+    // Both instances have synced with the empty Redis twice since (a sync every 5 s; the
+    // first sync after a restart used to fail on the dead connections of the old client).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    disabled_everywhere(&["a"])
+        .await
+        .expect("a still disabled on both instances after Redis restarted empty");
+    let stored = redis_get(redis.port, "qp:acct:{a}:operator").await;
+    assert!(
+        stored.is_some_and(|v| v.contains("\"disabled\":true")),
+        "the disable given back to Redis"
+    );
+
+    // 2. Redis goes away; b is disabled on the second instance meanwhile (200, and it holds
+    //    there); Redis comes back empty and the first instance learns it.
+    redis.stop();
+    let r = admin(&h, second.addr, "POST", "/admin/accounts/b/disable").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(state(&health(&h, second.addr).await, "b"), "disabled");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart().await;
+    eventually("b disabled on both", within, || disabled_everywhere(&["b"])).await;
+
+    // Both instances have synced with the new Redis since (a sync every 5 s): a and b stay
+    // out of rotation on both, and only c takes turns.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    disabled_everywhere(&["a", "b"])
+        .await
+        .expect("a and b still disabled on both instances");
+    let before = h.sim_stats().await;
+    for (i, addr) in both.into_iter().enumerate() {
+        for k in 0..2 {
+            ask_ok(&h, addr, &format!("instance {i} turn {k}")).await;
+        }
+    }
+    let after = h.sim_stats().await;
+    for key in ["tok-a", "tok-b"] {
+        assert_eq!(completions(&after, key), completions(&before, key), "{key}");
+    }
+    assert_eq!(
+        completions(&after, "tok-c"),
+        completions(&before, "tok-c") + 4
+    );
+
+    // An operator's enable, on the other instance than the disable, still reaches both.
+    let r = admin(&h, second.addr, "POST", "/admin/accounts/a/enable").await;
+    assert_eq!(r.status, 200);
+    eventually("a enabled on both", within, || async move {
+        for addr in both {
+            if state(&health(hh, addr).await, "a") != "ready" {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
 }

@@ -5,6 +5,10 @@
 
 pub mod calls;
 pub mod process;
+pub mod redis;
+
+#[allow(unused_imports)]
+pub use redis::RedisServer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -87,77 +91,6 @@ impl Drop for Proxy {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-    }
-}
-
-/// A real `redis-server` on a free loopback port, killed on drop.
-pub struct RedisServer {
-    child: Option<std::process::Child>,
-    pub port: u16,
-}
-
-impl RedisServer {
-    pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = RedisServer { child: None, port };
-        r.spawn().await;
-        r
-    }
-
-    async fn spawn(&mut self) {
-        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = std::process::Command::new(&bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("`{bin}` is required (Debian package redis-server; scripts/test.sh installs it): {e}"));
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = [0u8; 7];
-                if s.write_all(b"PING\r\n").await.is_ok()
-                    && s.read_exact(&mut buf).await.is_ok()
-                    && &buf == b"+PONG\r\n"
-                {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start on {}",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub async fn restart(&mut self) {
-        self.stop();
-        self.spawn().await;
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
