@@ -51,6 +51,18 @@ pub mod translate;
 pub(crate) mod turn;
 pub mod untrusted;
 
+/// Entry points for the fuzz targets (`fuzz/`) into crate-private parsers. Not an API: no
+/// stability, not for other callers.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::accounts_file::{AccountSpec, Login};
+
+    /// The accounts file's parser (`QWEN_ACCOUNTS_FILE`): the specs, or every problem.
+    pub fn parse_accounts_file(text: &str) -> Result<Vec<AccountSpec>, Vec<String>> {
+        crate::accounts_file::parse(text)
+    }
+}
+
 use std::future::Future;
 use std::sync::Arc;
 
