@@ -61,6 +61,12 @@ pub(crate) const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Probes are cached so that frequent health checks never hammer the upstream.
 const PROBE_TTL: Duration = Duration::from_secs(10);
+/// `CHAT_CLEANUP=delete` deletes one chat per this (the upstream's anti-bot scoring dislikes
+/// bursts): 2 a second.
+const CHAT_DELETE_SPACING: Duration = Duration::from_millis(500);
+/// Chats waiting for deletion at most (~80 minutes at that rate); idle chats beyond it are
+/// left upstream.
+const CHAT_DELETE_BACKLOG: usize = 10_000;
 
 impl AppState {
     pub fn new(config: Config) -> Arc<Self> {
@@ -178,52 +184,79 @@ impl AppState {
 
     /// Periodic housekeeping until the returned task is aborted: sweep expired sessions and,
     /// with `CHAT_CLEANUP=delete`, delete the upstream chats nobody uses any more, at a
-    /// bounded rate.
+    /// bounded rate. The two run side by side in the one task: deletions are slow by design
+    /// and must never hold up the sweep.
     pub fn spawn_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let state = self.clone();
         tokio::spawn(async move {
-            let cfg = &state.config;
-            let mut tick = tokio::time::interval(cfg.session_cleanup_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                state.conversations.sweep().await;
-                if !cfg.conversations.delete_chats {
-                    continue;
+            let sweep = async {
+                let mut tick = tokio::time::interval(state.config.session_cleanup_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    state.conversations.sweep().await;
                 }
-                for owned in state
-                    .conversations
-                    .take_idle_chats(cfg.session_timeout)
-                    .await
-                {
-                    // A chat belongs to the account that created it: only its token may
-                    // delete it. An account that is gone leaves its chats behind.
-                    let (account, chat_id) = crate::conversation::store::split_owned_chat(&owned);
-                    let caller = match account {
-                        Some(name) => state.accounts.cleanup_caller_of(name),
-                        None => state.accounts.any_caller(),
-                    };
-                    let outcome = match caller {
-                        // Gone, or left alone (quarantined, refused, disabled): its chats stay.
-                        None => "skipped",
-                        Some(who) => match state.client.delete_chat(&who, chat_id).await {
-                            Ok(()) => "deleted",
-                            Err(e) => {
-                                tracing::debug!(error = %e, "deleting an expired chat failed");
-                                "failed"
-                            }
-                        },
-                    };
-                    state
-                        .metrics
-                        .chats_deleted
-                        .with_label_values(&[outcome])
-                        .inc();
-                    // Bounded rate: the upstream's anti-bot scoring dislikes bursts.
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+            };
+            if state.config.conversations.delete_chats {
+                tokio::join!(sweep, state.delete_idle_chats());
+            } else {
+                sweep.await;
             }
         })
+    }
+
+    /// `CHAT_CLEANUP=delete`: every cleanup interval, take the chats unused for the session
+    /// timeout and delete them upstream one per `CHAT_DELETE_SPACING`. What cannot be deleted
+    /// at that rate waits in a bounded backlog; beyond it a chat is left upstream and
+    /// counted (`dropped`), so falling behind costs chats left behind, never memory.
+    async fn delete_idle_chats(&self) {
+        let cfg = &self.config;
+        let mut backlog = std::collections::VecDeque::new();
+        let mut tick = tokio::time::interval(cfg.session_cleanup_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let per_round = (cfg.session_cleanup_interval.as_millis() / CHAT_DELETE_SPACING.as_millis())
+            .max(1) as usize;
+        let deleted = &self.metrics.chats_deleted;
+        loop {
+            tick.tick().await;
+            let room = CHAT_DELETE_BACKLOG.saturating_sub(backlog.len());
+            let idle = self
+                .conversations
+                .take_idle_chats(cfg.session_timeout, room)
+                .await;
+            backlog.extend(idle.chats);
+            deleted
+                .with_label_values(&["dropped"])
+                .inc_by(idle.forgotten);
+            for owned in backlog.drain(..per_round.min(backlog.len())) {
+                deleted
+                    .with_label_values(&[self.delete_chat(&owned).await])
+                    .inc();
+                tokio::time::sleep(CHAT_DELETE_SPACING).await;
+            }
+        }
+    }
+
+    /// Delete one tracked chat (`<account>/<chat_id>`) upstream; the outcome's label.
+    async fn delete_chat(&self, owned: &str) -> &'static str {
+        // A chat belongs to the account that created it: only its token may delete it. An
+        // account that is gone leaves its chats behind.
+        let (account, chat_id) = crate::conversation::store::split_owned_chat(owned);
+        let caller = match account {
+            Some(name) => self.accounts.cleanup_caller_of(name),
+            None => self.accounts.any_caller(),
+        };
+        // Gone, or left alone (quarantined, refused, disabled): its chats stay.
+        let Some(who) = caller else {
+            return "skipped";
+        };
+        match self.client.delete_chat(&who, chat_id).await {
+            Ok(()) => "deleted",
+            Err(e) => {
+                tracing::debug!(error = %e, "deleting an expired chat failed");
+                "failed"
+            }
+        }
     }
 
     /// Is the upstream reachable? (`GET /api/models`, which needs no credentials.)
@@ -261,8 +294,12 @@ fn build_conversations(
     metrics: Arc<Metrics>,
 ) -> Arc<Conversations> {
     let ttl = config.session_timeout;
-    let memory = Arc::new(MemoryStore::new(ttl, config.conversations.max_sessions));
-    let redis = redis.map(|client| Arc::new(RedisStore::new(client, ttl)));
+    let track_chats = config.conversations.delete_chats;
+    let memory = Arc::new(
+        MemoryStore::new(ttl, config.conversations.max_sessions).tracking_chats(track_chats),
+    );
+    let redis =
+        redis.map(|client| Arc::new(RedisStore::new(client, ttl).tracking_chats(track_chats)));
     let (primary, fallback): (Arc<dyn SessionStore>, _) = match redis {
         Some(r) => (r, Some(memory)),
         None => (memory, None),

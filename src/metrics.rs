@@ -289,7 +289,7 @@ impl Metrics {
             ),
             chats_deleted: counter_vec(
                 "upstream_chats_deleted_total",
-                "Upstream chats of expired sessions deleted (CHAT_CLEANUP=delete), by outcome: deleted, failed, skipped (the owning account is gone, quarantined, refused or disabled).",
+                "Upstream chats of expired sessions deleted (CHAT_CLEANUP=delete), by outcome: deleted, failed, skipped (the owning account is gone, quarantined, refused or disabled), dropped (left upstream: more chats expired than 2 a second can delete, beyond a backlog of 10,000).",
                 &["outcome"],
             ),
             registry,

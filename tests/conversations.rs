@@ -378,3 +378,59 @@ async fn an_agent_sized_conversation_is_never_folded_again_just_to_save_a_wait()
         "{metrics}"
     );
 }
+
+/// `conversation_sessions` as the last sweep set it.
+async fn sessions_gauge(h: &Harness) -> f64 {
+    let metrics = String::from_utf8(h.get("/metrics").await.body.to_vec()).unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("conversation_sessions "))
+        .map_or(-1.0, |v| v.trim().parse().unwrap())
+}
+
+/// The soak's stall: with `CHAT_CLEANUP=delete` the deletions (two a second, by design) ran
+/// inside the sweep's loop, so a batch of expired chats stopped the sweep for its length.
+#[tokio::test]
+async fn chat_deletion_does_not_hold_up_the_session_sweep() {
+    let h = harness(&[
+        ("CHAT_CLEANUP", "delete"),
+        ("SESSION_TIMEOUT", "1000"),
+        ("SESSION_CLEANUP_INTERVAL", "50"),
+    ])
+    .await;
+    // Ten at once, so that they expire in the same sweep interval.
+    let prompts: Vec<Vec<Value>> = (0..10)
+        .map(|i| vec![user(&format!("first batch {i}"))])
+        .collect();
+    futures::future::join_all(prompts.iter().map(|p| turn(&h, p, false))).await;
+    // They expire; deleting their ten chats takes five seconds from here.
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    for i in 0..3 {
+        turn(&h, &[user(&format!("second batch {i}"))], false).await;
+    }
+    // The sweep sees the three live, then expired.
+    let mut seen = Vec::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_millis(2500) {
+        let n = sessions_gauge(&h).await;
+        if seen.last() != Some(&n) {
+            seen.push(n);
+        }
+        if n == 0.0 && seen.iter().any(|&v| v >= 1.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let last = seen.last().copied();
+    assert!(
+        seen.iter().any(|&v| v >= 1.0) && last == Some(0.0),
+        "the gauge over 2.5 s: {seen:?}"
+    );
+    let deleted = h
+        .wait_for_stats(|s| s["chats"].as_object().is_some_and(|c| c.len() <= 3))
+        .await;
+    assert!(
+        deleted["chats"].as_object().unwrap().len() <= 3,
+        "{deleted}"
+    );
+}

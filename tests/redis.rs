@@ -40,6 +40,12 @@ async fn a_conversation_continues_across_instances() {
     }
     let stats = h.sim_stats().await;
     assert_eq!(stats["chats_created"], 1, "{stats}");
+    // Without CHAT_CLEANUP=delete nobody would take a chat's last use out again.
+    assert!(
+        !redis.keys().iter().any(|k| k == "qp:chats"),
+        "{:?}",
+        redis.keys()
+    );
     let health = h.health_at(b.addr).await.json();
     assert_eq!(
         health["session_store"],

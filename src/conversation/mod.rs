@@ -584,9 +584,10 @@ impl Conversations {
         live
     }
 
-    /// Chats unused for `idle`, for upstream deletion (each returned once).
-    pub async fn take_idle_chats(&self, idle: Duration) -> Vec<String> {
-        with_store!(self, |s| s.take_idle_chats(idle)).unwrap_or_default()
+    /// Chats unused for `idle`, at most `max`, for upstream deletion (each returned once;
+    /// the idle ones beyond `max` forgotten and counted).
+    pub async fn take_idle_chats(&self, idle: Duration, max: usize) -> store::IdleChats {
+        with_store!(self, |s| s.take_idle_chats(idle, max)).unwrap_or_default()
     }
 }
 

@@ -1,8 +1,10 @@
 //! Session storage behind a trait: memory (default) and Redis (`REDIS_URL`, many instances).
 //!
 //! Both keep the same semantics: sessions expire after `SESSION_TIMEOUT` of disuse; the
-//! per-chat lock is an expiring entry with an owner token, released only by its owner; the
-//! last use of every chat is tracked so `CHAT_CLEANUP=delete` can delete abandoned chats.
+//! per-chat lock is an expiring entry with an owner token, released only by its owner; with
+//! `CHAT_CLEANUP=delete` (and only then: `tracking_chats`) the last use of every chat is
+//! tracked so abandoned chats can be deleted. Untracked, nothing would ever take the entries
+//! out again: one per chat ever continued, without bound.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -47,6 +49,14 @@ pub fn split_owned_chat(owned: &str) -> (Option<&str>, &str) {
     }
 }
 
+/// What `take_idle_chats` hands over: chats to delete, oldest first, and how many more idle
+/// chats it forgot (left upstream) because the caller had no room for them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IdleChats {
+    pub chats: Vec<String>,
+    pub forgotten: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreError(pub String);
 
@@ -80,11 +90,14 @@ pub trait SessionStore: Send + Sync + 'static {
         chat_id: &'a str,
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Chats unused for `idle`: returned once each (for upstream deletion).
+    /// Chats unused for `idle`, at most `max` of them, each returned once (for upstream
+    /// deletion); every other idle chat is forgotten and counted, so the index stays bounded
+    /// when deletion falls behind.
     fn take_idle_chats<'a>(
         &'a self,
         idle: Duration,
-    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+        max: usize,
+    ) -> BoxFuture<'a, Result<IdleChats, StoreError>>;
     /// Drop expired entries; returns the live session count when the store knows it.
     fn sweep(&self) -> BoxFuture<'_, Result<Option<usize>, StoreError>>;
 }
@@ -94,6 +107,7 @@ pub trait SessionStore: Send + Sync + 'static {
 pub struct MemoryStore {
     ttl: Duration,
     max_entries: usize,
+    track_chats: bool,
     inner: Mutex<Inner>,
 }
 
@@ -104,6 +118,7 @@ struct Inner {
     order: VecDeque<(u64, String)>,
     tick: u64,
     locks: HashMap<String, (String, Instant)>,
+    /// Chat → last use, only when tracking (`take_idle_chats` empties it).
     chats: HashMap<String, Instant>,
 }
 
@@ -119,8 +134,15 @@ impl MemoryStore {
         Self {
             ttl,
             max_entries: max_entries.max(1),
+            track_chats: false,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Record each chat's last use for `take_idle_chats` (`CHAT_CLEANUP=delete`).
+    pub fn tracking_chats(mut self, on: bool) -> Self {
+        self.track_chats = on;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -146,7 +168,9 @@ impl MemoryStore {
         e.last_used = now;
         let session = e.session.clone();
         inner.order.push_back((tick, key.to_owned()));
-        inner.chats.insert(session.owned_chat(), now);
+        if self.track_chats {
+            inner.chats.insert(session.owned_chat(), now);
+        }
         Some(session)
     }
 
@@ -165,7 +189,9 @@ impl MemoryStore {
             },
         );
         inner.order.push_back((tick, key.to_owned()));
-        inner.chats.insert(session.owned_chat(), now);
+        if self.track_chats {
+            inner.chats.insert(session.owned_chat(), now);
+        }
         while inner.sessions.len() > self.max_entries {
             let Some((t, k)) = inner.order.pop_front() else {
                 break;
@@ -240,19 +266,26 @@ impl SessionStore for MemoryStore {
     fn take_idle_chats<'a>(
         &'a self,
         idle: Duration,
-    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        max: usize,
+    ) -> BoxFuture<'a, Result<IdleChats, StoreError>> {
         let now = Instant::now();
         let mut g = self.lock();
-        let idle_chats: Vec<String> = g
+        let mut idle_chats: Vec<(Instant, String)> = g
             .chats
             .iter()
             .filter(|(_, last)| now.duration_since(**last) > idle)
-            .map(|(c, _)| c.clone())
+            .map(|(chat, last)| (*last, chat.clone()))
             .collect();
-        for c in &idle_chats {
-            g.chats.remove(c);
+        for (_, chat) in &idle_chats {
+            g.chats.remove(chat);
         }
-        ready(Ok(idle_chats))
+        idle_chats.sort_unstable();
+        let forgotten = idle_chats.len().saturating_sub(max) as u64;
+        idle_chats.truncate(max);
+        ready(Ok(IdleChats {
+            chats: idle_chats.into_iter().map(|(_, c)| c).collect(),
+            forgotten,
+        }))
     }
 
     fn sweep(&self) -> BoxFuture<'_, Result<Option<usize>, StoreError>> {
@@ -345,18 +378,53 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_chats_are_reported_once() {
-        let m = MemoryStore::new(Duration::from_secs(100), 10);
+        let m = MemoryStore::new(Duration::from_secs(100), 10).tracking_chats(true);
         m.put("a", &s("c1")).await.unwrap();
         tokio::time::advance(Duration::from_secs(5)).await;
         m.put("b", &s("c2")).await.unwrap();
-        assert_eq!(
-            m.take_idle_chats(Duration::from_secs(3)).await.unwrap(),
-            vec!["c1".to_owned()]
-        );
-        assert!(m
-            .take_idle_chats(Duration::from_secs(3))
+        let taken = m.take_idle_chats(Duration::from_secs(3), 10).await.unwrap();
+        assert_eq!(taken.chats, vec!["c1".to_owned()]);
+        assert_eq!(taken.forgotten, 0);
+        let again = m.take_idle_chats(Duration::from_secs(3), 10).await.unwrap();
+        assert_eq!(again, IdleChats::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_chats_beyond_the_callers_room_are_forgotten_oldest_kept() {
+        let m = MemoryStore::new(Duration::from_secs(100), 10).tracking_chats(true);
+        for c in ["c1", "c2", "c3", "c4"] {
+            m.put(c, &s(c)).await.unwrap();
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        m.put("c5", &s("c5")).await.unwrap();
+        let taken = m
+            .take_idle_chats(Duration::from_millis(500), 2)
             .await
-            .unwrap()
-            .is_empty());
+            .unwrap();
+        assert_eq!(taken.chats, vec!["c1".to_owned(), "c2".to_owned()]);
+        assert_eq!(taken.forgotten, 2, "c3 and c4");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let rest = m
+            .take_idle_chats(Duration::from_millis(500), 2)
+            .await
+            .unwrap();
+        assert_eq!(rest.chats, vec!["c5".to_owned()]);
+    }
+
+    /// The soak's leak: every chat ever continued stayed in the chat index when nothing
+    /// (no `CHAT_CLEANUP=delete`) would take it out again.
+    #[tokio::test(start_paused = true)]
+    async fn without_chat_cleanup_nothing_is_kept_per_chat() {
+        let m = MemoryStore::new(Duration::from_secs(10), 100);
+        for i in 0..1000 {
+            let key = format!("k{}", i % 50);
+            m.put(&key, &s(&format!("c{i}"))).await.unwrap();
+            m.get(&key).await.unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(m.sweep().await.unwrap(), Some(0));
+        let g = m.lock();
+        assert!(g.chats.is_empty(), "{} chats kept", g.chats.len());
+        assert!(g.order.is_empty() && g.sessions.is_empty() && g.locks.is_empty());
     }
 }

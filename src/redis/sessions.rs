@@ -1,15 +1,15 @@
 //! The Redis session store: sessions, per-chat locks and chat last-use times, shared by
 //! every instance. Every operation touches one key (the layout: `crate::redis`):
 //! `qp:s:<conversation key>` → session JSON (PX = `SESSION_TIMEOUT`, refreshed on use);
-//! `qp:lock:<chat_id>` → owner token; `qp:chats` → sorted set chat_id → last use (ms), for
-//! `CHAT_CLEANUP=delete`.
+//! `qp:lock:<chat_id>` → owner token; `qp:chats` → sorted set chat_id → last use (ms), written
+//! only with `CHAT_CLEANUP=delete` (`tracking_chats`), whose deletions take the entries out.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{RedisClient, RedisError};
 use crate::common::{epoch_millis, BoxFuture};
-use crate::conversation::store::{Session, SessionStore, StoreError};
+use crate::conversation::store::{IdleChats, Session, SessionStore, StoreError};
 
 impl From<RedisError> for StoreError {
     fn from(e: RedisError) -> Self {
@@ -26,6 +26,7 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 pub struct RedisStore {
     client: Arc<RedisClient>,
     ttl: Duration,
+    track_chats: bool,
 }
 
 /// The Redis key of a conversation's session.
@@ -46,16 +47,34 @@ const LOCK: &str = "local v = redis.call('get', KEYS[1]) \
     else return 0 end";
 const UNLOCK: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 const CHATS: &str = "qp:chats";
+/// The oldest `ARGV[2]` chats idle since `ARGV[1]`, all idle ones removed; the reply is the
+/// count of the others (forgotten) followed by the chats.
 const TAKE_IDLE: &str =
-    "local c = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100) \
-    if #c > 0 then redis.call('zrem', KEYS[1], unpack(c)) end return c";
+    "local c = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2]) \
+    local n = redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[1]) \
+    table.insert(c, 1, tostring(n - #c)) return c";
 
 impl RedisStore {
     pub fn new(client: Arc<RedisClient>, ttl: Duration) -> Self {
-        Self { client, ttl }
+        Self {
+            client,
+            ttl,
+            track_chats: false,
+        }
+    }
+
+    /// Record each chat's last use for `take_idle_chats` (`CHAT_CLEANUP=delete`); without
+    /// it `qp:chats` would grow by every chat ever continued, and each use would cost a
+    /// round trip more.
+    pub fn tracking_chats(mut self, on: bool) -> Self {
+        self.track_chats = on;
+        self
     }
 
     async fn touch_chat(&self, chat_id: &str) -> Result<(), StoreError> {
+        if !self.track_chats {
+            return Ok(());
+        }
         self.client
             .zadd(CHATS, epoch_millis() as f64, chat_id)
             .await
@@ -126,13 +145,24 @@ impl SessionStore for RedisStore {
     fn take_idle_chats<'a>(
         &'a self,
         idle: Duration,
-    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        max: usize,
+    ) -> BoxFuture<'a, Result<IdleChats, StoreError>> {
         Box::pin(async move {
             let cutoff = epoch_millis()
                 .saturating_sub(idle.as_millis() as u64)
                 .to_string();
-            let chats: Vec<String> = self.client.eval(TAKE_IDLE, &[CHATS], &[&cutoff]).await?;
-            Ok(chats)
+            let mut reply: Vec<String> = self
+                .client
+                .eval(TAKE_IDLE, &[CHATS], &[&cutoff, &max.to_string()])
+                .await?;
+            if reply.is_empty() {
+                return Err(err("TAKE_IDLE answered nothing"));
+            }
+            let forgotten = reply.remove(0).parse().map_err(err)?;
+            Ok(IdleChats {
+                chats: reply,
+                forgotten,
+            })
         })
     }
 
