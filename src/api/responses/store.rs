@@ -21,9 +21,12 @@ use super::encoder::Item;
 use super::request::{call_message, merge_calls};
 use super::tools::{custom_arguments, flat_name};
 use crate::error::ProxyError;
-use crate::turn::{CalledTool, Message, Part, Role};
+use crate::turn::{CalledTool, Message, Role};
 
-/// The most bytes kept (responses, their messages and items, estimated).
+mod footprint;
+
+/// The most bytes kept: what the responses, their messages and items cost the allocator
+/// (`footprint`).
 pub const MAX_BYTES: usize = 128 * 1024 * 1024;
 /// How long a response is kept.
 pub const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -62,21 +65,6 @@ impl Default for ResponseStore {
     fn default() -> Self {
         Self::new(MAX_BYTES, TTL)
     }
-}
-
-fn message_bytes(m: &Message) -> usize {
-    m.content
-        .iter()
-        .map(|p| match p {
-            Part::Text(t) | Part::ImageUrl(t) => t.len(),
-            Part::File(f) => f.bytes.len(),
-        })
-        .sum::<usize>()
-        + m.tool_calls
-            .iter()
-            .map(|c| c.id.len() + c.name.len() + c.arguments.len())
-            .sum::<usize>()
-        + 64
 }
 
 /// An output item as the message a later turn's history holds (reasoning holds nothing).
@@ -134,7 +122,9 @@ impl ResponseStore {
         own: Vec<Message>,
         items: &[Item],
     ) {
-        let object = Bytes::from(object.to_string());
+        let mut object = serde_json::to_vec(object).unwrap_or_default();
+        object.shrink_to_fit();
+        let object = Bytes::from(object);
         let mut messages = own;
         let mut by_id = Vec::new();
         for item in items {
@@ -144,9 +134,8 @@ impl ResponseStore {
             }
         }
         merge_calls(&mut messages);
-        let bytes = object.len()
-            + messages.iter().map(message_bytes).sum::<usize>()
-            + by_id.iter().map(|(_, m)| message_bytes(m)).sum::<usize>();
+        messages.shrink_to_fit();
+        let bytes = stored_bytes(id, previous, &object, &messages, &by_id);
         if bytes > self.max_bytes {
             return;
         }
@@ -167,6 +156,11 @@ impl ResponseStore {
                 bytes,
             },
         );
+    }
+
+    /// What the kept responses cost (`footprint`), for tests and the budget's users.
+    pub fn kept_bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// The `response` object, while it is kept.
@@ -213,6 +207,32 @@ impl ResponseStore {
         inner.evict(Instant::now(), self.ttl, self.max_bytes);
         inner.items.get(id).cloned()
     }
+}
+
+/// What keeping a response costs: its entry in `responses` (id, `Stored`, the object, the
+/// messages, the item ids), in `order`, and each item's entry in `items`.
+fn stored_bytes(
+    id: &str,
+    previous: Option<&str>,
+    object: &Bytes,
+    messages: &Vec<Message>,
+    items: &[(String, Message)],
+) -> usize {
+    use footprint::{heap, string, table_entry};
+    let item_ids = heap(items.len() * std::mem::size_of::<String>())
+        + items.iter().map(|(i, _)| string(i)).sum::<usize>();
+    let response = table_entry::<(String, Stored)>()
+        + string(id)
+        + previous.map_or(0, string)
+        + heap(object.len())
+        + footprint::messages(messages)
+        + item_ids;
+    let order = table_entry::<(Instant, String)>() + string(id);
+    let items: usize = items
+        .iter()
+        .map(|(i, m)| table_entry::<(String, Message)>() + string(i) + footprint::message(m))
+        .sum();
+    response + order + items
 }
 
 impl Inner {

@@ -1,6 +1,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::turn::Part;
 
 fn text(role: Role, t: &str) -> Message {
     Message::text_message(role, t)
