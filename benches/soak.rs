@@ -27,16 +27,21 @@
 //!   5 s passed with the client's connections closed (quiet). Written to
 //!   `target/soak/soak.csv` (`SOAK_CSV`) and printed.
 //! * **Verdict.** Over the load samples, the median of the last third against the median of
-//!   the second (the first is warm-up): the growth of each series. After the quiet: no
-//!   stream active, tasks and fds back within a few of the idle baseline. In the full mode
-//!   (`SOAK_SECONDS` ≥ 300) the bench exits 1 if either process's RSS grew over 10 %, a
-//!   stream is still active, tasks or fds stay over the idle baseline by more than 16, the
-//!   simulator still has a stream in flight, or over 1 % of the operations were unexpected.
+//!   the second (the first is warm-up): the growth of each series, and its least-squares
+//!   slope over those two thirds (a ramp shows there before it passes a limit). After the
+//!   quiet: no stream active, tasks and fds back within a few of the idle baseline. In the
+//!   full mode (`SOAK_SECONDS` ≥ 300) the bench exits 1 if either process's RSS grew over
+//!   10 %, a stream is still active, tasks or fds stay over the idle baseline by more than
+//!   16, the simulator still has a stream in flight, or over 1 % of the operations were
+//!   unexpected.
 //!
-//! `cargo bench --bench soak` (or `scripts/soak.sh`) runs `SOAK_SECONDS` (default 600).
-//! Under `cargo test` (no `--bench`) it runs 5 s of the same traffic (every kind at least
-//! once) against the debug build and checks loosely: every kind ran, at most 10 %
-//! unexpected, no stream left, tasks and fds back near the baseline.
+//! `cargo bench --bench soak` (or `scripts/soak.sh`) runs `SOAK_SECONDS` (default 600);
+//! below 300 s it is a trial that reports and exits 0. Under `cargo test` (no `--bench`) it
+//! runs 5 s of the same traffic (every kind at least once) against the debug build and checks
+//! loosely: every kind ran, at most 10 % unexpected, no stream left, tasks and fds back near
+//! the baseline. For diagnosis: `SOAK_MIX=kind,…` (only these kinds), `SOAK_THINK_MS=LO,HI`,
+//! `SOAK_PROXY_ENV=K=V,…` (more configuration for the proxy), `SOAK_CLIENTS`. BENCHMARKS.md
+//! §8 has the method, the mix and the results.
 
 // Tests and benches: a failed unwrap is a failure with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -373,8 +378,8 @@ async fn main() {
         ("sim threads", |s| s.sim_threads, false),
     ];
     println!(
-        "\n{:<22} {:>10} {:>12} {:>12} {:>10} {:>10}",
-        "series", "idle", "2nd third", "last third", "growth", "quiet"
+        "\n{:<22} {:>10} {:>12} {:>12} {:>10} {:>12} {:>10}",
+        "series", "idle", "2nd third", "last third", "growth", "slope/min", "quiet"
     );
     let mut rss_growth = Vec::new();
     for (name, f, pct_wise) in series {
@@ -388,13 +393,27 @@ async fn main() {
             rss_growth.push((name, th.growth_pct()));
         }
         println!(
-            "{:<22} {:>10} {:>12.1} {:>12.1} {:>10} {:>10}",
+            "{:<22} {:>10} {:>12.1} {:>12.1} {:>10} {:>+12.1} {:>10}",
             name,
             f(&idle),
             th.second,
             th.last,
             growth,
+            Thirds::slope_per_min(&load, f),
             f(&after)
+        );
+    }
+    // What a steady growth of the proxy's memory costs per request (after warm-up; not for a
+    // run of a few samples, where the slope is noise).
+    if let (true, Some(first), Some(last)) =
+        (load.len() >= 9, load.get(load.len() / 3), load.last())
+    {
+        let minutes = (last.t - first.t) / 60.0;
+        let per_min = last.requests.saturating_sub(first.requests) as f64 / minutes.max(1e-9);
+        let slope = Thirds::slope_per_min(&load, |s| s.proxy_rss_kib);
+        println!(
+            "proxy RSS after warm-up: {slope:+.0} KiB/min at {per_min:.0} requests/min = {:+.0} bytes per request",
+            1024.0 * slope / per_min.max(1e-9)
         );
     }
 

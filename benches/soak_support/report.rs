@@ -184,6 +184,25 @@ impl Thirds {
             last: part(2 * n / 3, n),
         }
     }
+    /// The least-squares slope per minute over the second and last thirds: a ramp shows
+    /// here even when the growth between thirds stays under the limit.
+    pub fn slope_per_min(load: &[Sample], f: impl Fn(&Sample) -> u64) -> f64 {
+        let after = &load[load.len() / 3..];
+        let n = after.len() as f64;
+        if after.len() < 2 {
+            return 0.0;
+        }
+        let mx = after.iter().map(|s| s.t).sum::<f64>() / n;
+        let my = after.iter().map(|s| f(s) as f64).sum::<f64>() / n;
+        let sxx: f64 = after.iter().map(|s| (s.t - mx).powi(2)).sum();
+        let sxy: f64 = after.iter().map(|s| (s.t - mx) * (f(s) as f64 - my)).sum();
+        if sxx > 0.0 {
+            60.0 * sxy / sxx
+        } else {
+            0.0
+        }
+    }
+
     pub fn growth(self) -> f64 {
         self.last - self.second
     }

@@ -47,17 +47,21 @@ pub fn accounts() -> Vec<Account> {
 }
 
 /// The simulator and the proxy. Dropped in field order: the proxy first, then the
-/// simulator; each gets SIGTERM, then SIGKILL after 2 s (`process::terminate`).
+/// simulator (each gets SIGTERM, then SIGKILL after 2 s: `process::terminate`), then the
+/// scratch directory of their accounts files.
 pub struct Stack {
     pub proxy: Running,
     pub sim: Running,
     pub accounts: Vec<Account>,
-    dir: PathBuf,
+    _dir: ScratchDir,
 }
 
-impl Drop for Stack {
+/// A directory removed when dropped (also when a start fails half-way).
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -71,7 +75,9 @@ impl Stack {
     /// `logs/{tag}-sim.log` and `logs/{tag}-proxy.log`.
     /// `extra`: more variables for the proxy (`SOAK_PROXY_ENV`, for diagnosis).
     pub fn start(logs: &Path, tag: &str, extra: &[(String, String)]) -> Stack {
-        let dir = std::env::temp_dir().join(format!("qwen-soak-{}", std::process::id()));
+        let scratch =
+            ScratchDir(std::env::temp_dir().join(format!("qwen-soak-{}", std::process::id())));
+        let dir = scratch.0.clone();
         std::fs::create_dir_all(&dir).unwrap();
         let accounts = accounts();
 
@@ -159,7 +165,7 @@ impl Stack {
             proxy,
             sim,
             accounts,
-            dir,
+            _dir: scratch,
         }
     }
 
