@@ -47,7 +47,7 @@ step "Rust unit and integration tests"
 cargo test --locked --lib --bins --tests
 
 step "benchmarks compile and run once (test mode)"
-cargo test --locked --bench pipeline --bench tool_scan --bench conversation --bench load --bench accounts
+cargo test --locked --bench pipeline --bench tool_scan --bench conversation --bench load --bench accounts --bench soak
 
 step "real-client suite: official openai and anthropic Python SDKs"
 cargo build --locked --bin qwen-proxy
