@@ -307,3 +307,71 @@ async fn concurrent_first_requests_share_one_h2c_probe() {
     assert_eq!(stats["completion_requests"], 8, "{stats}");
     assert_eq!(stats["http2_requests"], 0, "{stats}");
 }
+
+/// Issue 23: under load the HTTP/2 upstream connection broke. A stream dropped before its
+/// last frame (a client gone mid-answer) is reset by the h2 client, which remembers only a
+/// few reset streams for a short while; the upstream's DATA still in flight for a forgotten
+/// one is answered with a counted error reset, and after 1,024 of those the client tears the
+/// connection down (GOAWAY `too_many_internal_resets`) — every stream on it fails. Here
+/// 3,000 streams are dropped after their first chunk, 64 at a time, on several worker
+/// threads, with whole answers running beside them on the same upstream connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousands_of_dropped_streams_leave_the_upstream_connection_whole() {
+    use futures::StreamExt;
+    use http_body_util::BodyExt;
+    let h = Harness::start_with(&[("MAX_CONCURRENT_STREAMS", "0")], support::quick_sim()).await;
+    let abort = |k: usize| {
+        let h = &h;
+        async move {
+            let body = serde_json::json!({"model": "qwen3.7-plus", "stream": true,
+                "messages": [{"role": "user",
+                    "content": format!("dropped {k} @@sim:long=20000 @@sim:delay=1")}]});
+            let req = hyper::Request::post(h.url("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    body.to_string(),
+                )))
+                .unwrap();
+            let rsp = h.send(req).await;
+            assert_eq!(rsp.status(), 200);
+            let mut body = rsp.into_body();
+            let first = body.frame().await.unwrap().unwrap();
+            assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+            // Dropped here, mid-answer.
+        }
+    };
+    let whole = |k: usize| {
+        let h = &h;
+        async move {
+            let question = format!("whole {k}");
+            let r = h
+                .chat(serde_json::json!({"model": "qwen3.7-plus", "stream": true,
+                    "messages": [{"role": "user", "content": question}]}))
+                .await;
+            (
+                r.status,
+                support::summarize(&r.events()).content == support::expected_answer(&question),
+            )
+        }
+    };
+    let aborts = futures::stream::iter(0..3_000).for_each_concurrent(64, abort);
+    let answers = futures::stream::iter(0..300)
+        .map(whole)
+        .buffer_unordered(8)
+        .collect::<Vec<_>>();
+    let ((), answers) = tokio::join!(aborts, answers);
+    let failed: Vec<_> = answers.iter().filter(|(s, ok)| *s != 200 || !ok).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 300 whole answers failed: {failed:?}",
+        failed.len()
+    );
+    let stats = h.sim_stats().await;
+    assert!(stats["http2_requests"].as_u64().unwrap() > 3_000, "{stats}");
+    let metrics = String::from_utf8(h.get("/metrics").await.body.to_vec()).unwrap();
+    let errors: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("upstream_errors_total{"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}

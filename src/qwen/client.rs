@@ -130,9 +130,23 @@ fn pooled(http2_only: bool) -> hyper_util::client::legacy::Builder {
         // connections are bounded by the peak concurrency (itself bounded by
         // MAX_CONCURRENT_STREAMS) and closed after the idle timeout.
         .pool_max_idle_per_host(usize::MAX)
+        // A stream dropped before its end (a client gone mid-answer, a timeout) is reset,
+        // which stops the generation upstream. The upstream's frames already in flight for
+        // it must be recognised as a reset stream's: h2 remembers only 50 for a second by
+        // default, and answers a frame of a forgotten one with a reset of its own that it
+        // counts as an error; after 1,024 of those in the connection's life it tears the
+        // connection down (GOAWAY `too_many_internal_resets`), failing every stream on it.
+        // Remember as many as the busiest second aborts, and do not count the rest against
+        // a connection to our one upstream (the limit guards servers against abusive
+        // clients; here we open the streams).
+        .http2_max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
+        .http2_max_local_error_reset_streams(None)
         .http2_only(http2_only);
     b
 }
+
+/// Streams reset by us whose late frames are still recognised (h2's default: 50).
+const RESET_STREAMS_REMEMBERED: usize = 4096;
 
 impl QwenClient {
     pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
