@@ -8,6 +8,7 @@ use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 
 use crate::accounts::{Pool, PoolSettings, ReloadSummary};
+use crate::chat_pool::{ChatPool, MemoryPool, PoolStore};
 use crate::config::Config;
 use crate::conversation::key::fingerprint;
 use crate::conversation::store::{MemoryStore, SessionStore};
@@ -16,6 +17,7 @@ use crate::layers::concurrency::CompletionSlots;
 use crate::metrics::Metrics;
 use crate::qwen::client::QwenClient;
 use crate::qwen::models::{Catalog, ModelCache};
+use crate::redis::chat_pool::RedisPool;
 use crate::redis::sessions::RedisStore;
 use crate::redis::RedisClient;
 
@@ -31,6 +33,8 @@ pub struct AppState {
     pub slots: Arc<CompletionSlots>,
     /// The Qwen accounts: selection, health, sign-in.
     pub accounts: Arc<Pool>,
+    /// Chats made ahead per account (`CHAT_POOL_SIZE`).
+    pub chat_pool: Arc<ChatPool>,
     /// The shared Redis client, when `REDIS_URL` is set.
     pub redis: Option<Arc<RedisClient>>,
     /// Files uploaded per account (documents of long contexts, images), and parse pauses.
@@ -100,8 +104,19 @@ impl AppState {
                 .clone()
                 .map(crate::accounts::shared::SharedAccounts::new),
         );
+        let chat_pool = Arc::new(ChatPool::new(
+            match &redis {
+                Some(client) => Arc::new(RedisPool::new(client.clone())) as Arc<dyn PoolStore>,
+                None => Arc::new(MemoryPool::default()),
+            },
+            config.conversations.pool_size,
+            config.conversations.pool_ttl,
+            client.clone(),
+            metrics.clone(),
+        ));
         Arc::new(AppState {
             accounts,
+            chat_pool,
             slots: Arc::new(CompletionSlots::new(config.max_concurrent_streams)),
             config: Arc::new(config),
             client,
@@ -195,6 +210,11 @@ impl AppState {
                 loop {
                     tick.tick().await;
                     state.conversations.sweep().await;
+                    if !state.config.conversations.delete_chats {
+                        // Chats made ahead that expired unused are left upstream, like
+                        // any other chat without CHAT_CLEANUP=delete.
+                        state.chat_pool.take_expired().await;
+                    }
                 }
             };
             if state.config.conversations.delete_chats {
@@ -206,7 +226,8 @@ impl AppState {
     }
 
     /// `CHAT_CLEANUP=delete`: every cleanup interval, take the chats unused for the session
-    /// timeout and delete them upstream one per `CHAT_DELETE_SPACING`. What cannot be deleted
+    /// timeout and the chats made ahead that expired unused, and delete them upstream one
+    /// per `CHAT_DELETE_SPACING`. What cannot be deleted
     /// at that rate waits in a bounded backlog; beyond it a chat is left upstream and
     /// counted (`dropped`), so falling behind costs chats left behind, never memory.
     async fn delete_idle_chats(&self) {
@@ -219,19 +240,29 @@ impl AppState {
         let deleted = &self.metrics.chats_deleted;
         loop {
             tick.tick().await;
+            // Unused chats made ahead first: they are few (the pools' size at most).
+            for (account, chat) in self.chat_pool.take_expired().await {
+                if backlog.len() < CHAT_DELETE_BACKLOG {
+                    backlog.push_back((format!("{account}/{chat}"), true));
+                } else {
+                    deleted.with_label_values(&["dropped"]).inc();
+                }
+            }
             let room = CHAT_DELETE_BACKLOG.saturating_sub(backlog.len());
             let idle = self
                 .conversations
                 .take_idle_chats(cfg.session_timeout, room)
                 .await;
-            backlog.extend(idle.chats);
+            backlog.extend(idle.chats.into_iter().map(|chat| (chat, false)));
             deleted
                 .with_label_values(&["dropped"])
                 .inc_by(idle.forgotten);
-            for owned in backlog.drain(..per_round.min(backlog.len())) {
-                deleted
-                    .with_label_values(&[self.delete_chat(&owned).await])
-                    .inc();
+            for (owned, made_ahead) in backlog.drain(..per_round.min(backlog.len())) {
+                let outcome = self.delete_chat(&owned).await;
+                deleted.with_label_values(&[outcome]).inc();
+                if made_ahead && outcome == "deleted" {
+                    self.metrics.chat_pool.with_label_values(&["deleted"]).inc();
+                }
                 tokio::time::sleep(CHAT_DELETE_SPACING).await;
             }
         }

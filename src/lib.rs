@@ -27,6 +27,7 @@ pub(crate) mod app;
 pub(crate) mod backoff;
 pub(crate) mod body;
 pub mod chat;
+pub mod chat_pool;
 pub mod cli;
 pub mod common;
 pub mod config;

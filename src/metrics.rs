@@ -51,6 +51,7 @@ pub struct Metrics {
     /// Pictures `/v1/images/generations` answered with.
     pub images_generated: IntCounter,
     pub chats_deleted: IntCounterVec,
+    pub chat_pool: IntCounterVec,
     pub accounts: IntGaugeVec,
     pub account_cooldowns: IntCounterVec,
     pub account_signins: IntCounterVec,
@@ -291,6 +292,11 @@ impl Metrics {
                 "upstream_chats_deleted_total",
                 "Upstream chats of expired sessions deleted (CHAT_CLEANUP=delete), by outcome: deleted, failed, skipped (the owning account is gone, quarantined, refused or disabled), dropped (left upstream: more chats expired than 2 a second can delete, beyond a backlog of 10,000).",
                 &["outcome"],
+            ),
+            chat_pool: counter_vec(
+                "upstream_chat_pool_total",
+                "Chats made ahead (CHAT_POOL_SIZE), by event: hit (a new chat's turn took a ready chat), miss (none was ready: made while the turn waited), made (made ahead), expired (unused for CHAT_POOL_TTL: taken out), deleted (an expired one deleted upstream, CHAT_CLEANUP=delete), stale (unknown upstream when taken, or dropped with it).",
+                &["event"],
             ),
             registry,
         };

@@ -151,6 +151,21 @@ impl Account {
             .clone()
     }
 
+    /// Its caller for a call that is no turn (a chat made ahead): once its minimum interval
+    /// has passed — without taking it, so no turn waits for such a call — and if it takes
+    /// turns then.
+    pub async fn ready_caller(&self) -> Option<Arc<Caller>> {
+        let pace = self.pace_left(Instant::now());
+        if !pace.is_zero() {
+            tokio::time::sleep(pace).await;
+        }
+        if self.takes_turns(epoch_millis()) {
+            self.caller()
+        } else {
+            None
+        }
+    }
+
     /// A renewal failed for a passing reason: the next waits 30 s, doubling up to 10 min.
     fn back_off_renewal(&self) {
         let failures = self.renew_failures.fetch_add(1, Ordering::Relaxed).min(5);

@@ -50,6 +50,19 @@ pub(super) struct TurnState<'a, A: ClientApi> {
     /// No attempt was sent yet.
     first_attempt: bool,
     trail: AccountTrail,
+    /// Whether the turn's new chats come from the chats made ahead.
+    pool: PoolUse,
+}
+
+/// The turn and the chats made ahead (`chat_pool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolUse {
+    /// A new chat is taken from the account's pool when it has one.
+    Allowed,
+    /// The chat of the attempt in flight was taken from the pool.
+    Taken,
+    /// A chat taken from the pool was unknown upstream: this turn makes its own.
+    Spoiled,
 }
 
 impl<'a, A: ClientApi> TurnState<'a, A> {
@@ -85,6 +98,7 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
             wait: Duration::ZERO,
             first_attempt: true,
             trail: AccountTrail::default(),
+            pool: PoolUse::Allowed,
         };
         // The remembered chat's account cannot take turns now (cooling, quarantined, gone):
         // the conversation moves to a fresh chat, with its history folded, elsewhere.
@@ -175,6 +189,25 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
     /// to a fresh chat — or the request fails with `e` (or what the account move says).
     pub(super) async fn after_failure(&mut self, e: ProxyError) -> Result<(), ProxyError> {
         let conv = &self.state.conversations;
+        if self.stale_chat(&Err::<(), _>(&e)) {
+            // A chat made ahead that the upstream no longer knows: the turn goes to a chat
+            // made now, as if the stale one had never been taken (it is not counted against
+            // the request's chats: `moving`), and the pool's other chats of its kind go.
+            if let Some(account) = self.prepared.account.take() {
+                self.state
+                    .chat_pool
+                    .discard(&account, self.plan.chat_type, &self.plan.model)
+                    .await;
+            }
+            tracing::info!("a chat made ahead was unknown upstream; making one for the turn");
+            self.pool = PoolUse::Spoiled;
+            self.prepared.target = ChatTarget::NewChat;
+            self.trail.moving = true;
+            return Ok(());
+        }
+        if self.pool == PoolUse::Taken {
+            self.pool = PoolUse::Allowed;
+        }
         let image = self.req.turn.output != Output::Text;
         match account_move(self.state, &mut self.trail, &e, image).await {
             AccountMove::Stay => {}
@@ -337,10 +370,29 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
             let moving = std::mem::take(&mut self.trail.moving);
             self.may_create_chat(moving)?;
             let asked = Instant::now();
-            let chat_id = state
-                .client
-                .create_chat(lease.caller(), &self.plan.model, self.plan.chat_type)
-                .await?;
+            let ready = match self.pool {
+                PoolUse::Spoiled => None,
+                _ => {
+                    state
+                        .chat_pool
+                        .take(lease.account(), self.plan.chat_type, &self.plan.model)
+                        .await
+                }
+            };
+            let chat_id = match ready {
+                Some(chat_id) => {
+                    self.pool = PoolUse::Taken;
+                    chat_id
+                }
+                None => {
+                    state
+                        .client
+                        .create_chat(lease.caller(), &self.plan.model, self.plan.chat_type)
+                        .await?
+                }
+            };
+            // What a new chat costs the turn now (the pool's hits included): the busy
+            // window weighs it against waiting for a busy chat.
             conv.chat_created_in(asked.elapsed());
             // Counted once it exists: a `chats/new` that failed opened nothing.
             self.chats.opened(!moving);
@@ -371,7 +423,7 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
         // The chat this attempt opened came to nothing: its turn failed before the answer
         // began, or the answer is asked for again (a stream that fails later is counted
         // where its turn ends).
-        if opened && !matches!(result, Ok(Answered::Response(_))) {
+        if opened && !matches!(result, Ok(Answered::Response(_))) && !self.stale_chat(&result) {
             conv.chat_window
                 .came_to_nothing(&self.prepared.conversation);
         }
@@ -385,6 +437,13 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
             }
         }
         result
+    }
+
+    /// Whether `result` is the failure of a chat taken from the pool that the upstream did
+    /// not know (before anything was answered: `chat_not_found` comes first).
+    fn stale_chat<T, E: std::borrow::Borrow<ProxyError>>(&self, result: &Result<T, E>) -> bool {
+        self.pool == PoolUse::Taken
+            && matches!(result, Err(e) if e.borrow().upstream_class() == Some(UpstreamClass::ChatNotFound))
     }
 
     /// A fresh chat with the whole history folded (`mode`: the turn metric's label).

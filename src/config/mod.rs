@@ -246,6 +246,11 @@ pub struct ConversationConfig {
     /// `CHATS_PER_CONVERSATION_PER_MINUTE`: a conversation opens no more upstream chats once
     /// this many of its chats came to nothing within a minute (0: no bound).
     pub chats_per_minute: usize,
+    /// `CHAT_POOL_SIZE`: chats each account keeps made ahead per chat type and model in use
+    /// (`chat_pool`; 0: off).
+    pub pool_size: usize,
+    /// `CHAT_POOL_TTL` (ms): a chat made ahead and not used within this is not handed out.
+    pub pool_ttl: Duration,
 }
 
 /// The account pool's configuration.

@@ -312,6 +312,8 @@ impl ConversationConfig {
             ),
             chats_per_request: r.parse("CHATS_PER_REQUEST", 2, "a whole number"),
             chats_per_minute: r.parse("CHATS_PER_CONVERSATION_PER_MINUTE", 10, "a whole number"),
+            pool_size: r.parse("CHAT_POOL_SIZE", 2, "a whole number"),
+            pool_ttl: r.millis("CHAT_POOL_TTL", 900_000, false),
         };
         if conversations.max_sessions == 0
             || conversations.queue_max == 0

@@ -48,7 +48,8 @@ pub struct Proxy {
 }
 
 /// The operators' key every test proxy has unless a test says otherwise (`("ADMIN_KEY", "")`:
-/// none): `/health` lists the accounts only for it.
+/// none): `/health` lists the accounts only for it. Test proxies also make no chats ahead
+/// unless a test sets `CHAT_POOL_SIZE`.
 pub const ADMIN_KEY: &str = "admin-key-for-tests";
 
 impl Proxy {
@@ -64,6 +65,8 @@ impl Proxy {
         vars.insert("RETRY_INITIAL_DELAY".into(), "10".into());
         vars.insert("RETRY_MAX_DELAY".into(), "40".into());
         vars.insert("ADMIN_KEY".into(), ADMIN_KEY.into());
+        // No chats made ahead unless the test asks (tests count the upstream's chats).
+        vars.insert("CHAT_POOL_SIZE".into(), "0".into());
         for (k, v) in env {
             vars.insert((*k).into(), (*v).into());
         }
