@@ -16,7 +16,13 @@
 //!   30 ms per 1,000 tokens it has not read (prefill). Upstream bytes, chats and the mean
 //!   step time for `wait`, `adaptive` and a fresh chat every step, at several busy windows.
 //!
-//! `cargo bench --bench conversation` runs the full measurement (30 conversations per mode);
+//! * the first turn of a new conversation: time to first token against a `chats/new` of 0,
+//!   300 and 600 ms, without and with chats made ahead (`CHAT_POOL_SIZE`), conversations
+//!   arriving every 100 ms; pool hits and the upstream chats made beyond one per
+//!   conversation.
+//!
+//! `cargo bench --bench conversation` runs (`CONVERSATION_BENCH=first_turn`: only the first
+//! turns) the full measurement (30 conversations per mode);
 //! under `cargo test` (no `--bench` argument) it runs a quick smoke version, which asserts
 //! that the agent loop's answers are all complete and that the learned window spares the
 //! later steps a busy refusal.
@@ -60,7 +66,7 @@ async fn start_with(
         chunk_chars: 8,
         prefill_per_1k_tokens: Duration::ZERO,
     };
-    start_timed(mode, busy_policy, timing, linger).await
+    start_timed(mode, busy_policy, timing, linger, &[]).await
 }
 
 async fn start_timed(
@@ -68,6 +74,7 @@ async fn start_timed(
     busy_policy: &str,
     timing: SimTiming,
     linger: Duration,
+    env: &[(&str, &str)],
 ) -> (Simulator, SocketAddr) {
     let sim = Simulator::start(
         SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -85,8 +92,11 @@ async fn start_timed(
         ("CONVERSATION_MODE", mode.to_owned()),
         ("BUSY_CHAT_POLICY", busy_policy.to_owned()),
         ("LOG_LEVEL", "error".to_owned()),
+        // Chats made ahead only where measured (`first_turns`).
+        ("CHAT_POOL_SIZE", "0".to_owned()),
     ]
     .into_iter()
+    .chain(env.iter().map(|&(k, v)| (k, v.to_owned())))
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let app = App::new(Config::from_source(&vars, false).expect("config"));
@@ -330,7 +340,7 @@ async fn agent_loop_80k(mode: &str, policy: &str, linger: Duration, steps: usize
         chunk_chars: 16,
         prefill_per_1k_tokens: qwen_proxy::sim::PREFILL_PER_1K_TOKENS,
     };
-    let (sim, addr) = start_timed(mode, policy, timing, linger).await;
+    let (sim, addr) = start_timed(mode, policy, timing, linger, &[]).await;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let captured = qwen_code_request();
     let mut messages = vec![
@@ -478,6 +488,128 @@ async fn agent_loops(full: bool) {
     }
 }
 
+/// What `first_turns` measured.
+struct FirstTurns {
+    ttft: Vec<Duration>,
+    hits: u64,
+    /// Upstream chats made beyond one per conversation, the warm-up's included: the
+    /// pool's chats still waiting at the end (none expired within a run).
+    extra_chats: u64,
+}
+
+/// `n` new conversations, one every `every` (open loop), each a streamed first turn, against
+/// a `chats/new` of `chat_latency` with `pool` chats made ahead (after one conversation that
+/// fills the pool and a pause for it to fill).
+async fn first_turns(chat_latency: Duration, pool: usize, n: usize, every: Duration) -> FirstTurns {
+    let timing = SimTiming {
+        chat_latency,
+        ttft: Duration::from_millis(20),
+        frame_delay: Duration::from_millis(2),
+        chunk_chars: 8,
+        prefill_per_1k_tokens: Duration::ZERO,
+    };
+    let size = pool.to_string();
+    let (sim, addr) = start_timed(
+        "continue",
+        "adaptive",
+        timing,
+        LINGER,
+        &[("CHAT_POOL_SIZE", size.as_str())],
+    )
+    .await;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    turn(
+        &client,
+        addr,
+        &[json!({"role": "user", "content": "warm-up"})],
+    )
+    .await;
+    tokio::time::sleep(chat_latency * 2 + Duration::from_millis(200)).await;
+    let start = Instant::now();
+    let runs: Vec<_> = (0..n)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(start + every * i as u32).await;
+                let prompt = format!("first turn of conversation {i}");
+                turn(&client, addr, &[json!({"role": "user", "content": prompt})])
+                    .await
+                    .0
+            })
+        })
+        .collect();
+    let mut ttft = Vec::with_capacity(n);
+    for run in runs {
+        ttft.push(run.await.expect("turn"));
+    }
+    ttft.sort();
+    // Let the last top-ups land before counting.
+    tokio::time::sleep(chat_latency + Duration::from_millis(100)).await;
+    let after = stats(&client, &sim).await["chats_created"]
+        .as_u64()
+        .unwrap_or(0);
+    let metrics = {
+        let req = Request::get(format!("http://{addr}/metrics"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let body = client.request(req).await.expect("metrics").into_body();
+        String::from_utf8(body.collect().await.expect("body").to_bytes().to_vec()).expect("utf-8")
+    };
+    let hits = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("upstream_chat_pool_total{event=\"hit\"} "))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+    FirstTurns {
+        ttft,
+        hits,
+        extra_chats: after.saturating_sub(n as u64 + 1),
+    }
+}
+
+/// The first turn's time to first token with and without chats made ahead (issue 23).
+async fn first_turn_latency(full: bool) {
+    let every = Duration::from_millis(100);
+    // (chats/new latency ms, pool size, conversation counts)
+    let runs: Vec<(u64, usize, Vec<usize>)> = if full {
+        vec![
+            (0, 0, vec![1, 100, 1000]),
+            (300, 0, vec![1, 100]),
+            (300, 2, vec![1, 100]),
+            (300, 8, vec![1, 100, 1000]),
+            (600, 0, vec![1, 100]),
+            (600, 2, vec![1, 100]),
+            (600, 8, vec![1, 100, 1000]),
+        ]
+    } else {
+        vec![(0, 0, vec![3]), (300, 2, vec![3])]
+    };
+    println!(
+        "first turn of a new conversation, one every {} ms: time to first token (simulator TTFT 20 ms)",
+        every.as_millis()
+    );
+    println!("  chats/new   pool      N       p50        p90        p99   pool hits   extra chats per 1,000");
+    for (latency_ms, pool, counts) in runs {
+        for n in counts {
+            let r = first_turns(Duration::from_millis(latency_ms), pool, n, every).await;
+            println!(
+                "  {:>6} ms {:>6} {:>6} {:>7.1} ms {:>7.1} ms {:>7.1} ms {:>7}/{:<5} {:>10.0}",
+                latency_ms,
+                pool,
+                n,
+                percentile(&r.ttft, 0.5).as_secs_f64() * 1e3,
+                percentile(&r.ttft, 0.9).as_secs_f64() * 1e3,
+                percentile(&r.ttft, 0.99).as_secs_f64() * 1e3,
+                r.hits,
+                n,
+                r.extra_chats as f64 * 1000.0 / n as f64
+            );
+            if !full && pool > 0 {
+                assert!(r.hits >= 1, "a warm pool hands out chats");
+            }
+        }
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (n, turns) = if full { (30, 20) } else { (2, 3) };
@@ -487,6 +619,11 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
+        // `CONVERSATION_BENCH=first_turn`: only the first-turn measurement.
+        if std::env::var("CONVERSATION_BENCH").is_ok_and(|v| v == "first_turn") {
+            first_turn_latency(full).await;
+            return;
+        }
         let cont = turn2_ttft("continue", n).await;
         let fresh = turn2_ttft("stateless", n).await;
         println!("conversation benchmark ({} conversations per mode; chats/new latency 300 ms, TTFT 20 ms)", n);
@@ -515,5 +652,6 @@ fn main() {
         );
         agent_loops(full).await;
         agent_loops_80k(full).await;
+        first_turn_latency(full).await;
     });
 }
