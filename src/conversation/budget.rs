@@ -136,12 +136,18 @@ impl ChatWindow {
             return Ok(());
         }
         let now = Instant::now();
-        self.with(conversation, now, |times| match times.front() {
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        // A question only: a conversation with nothing counted gets no entry.
+        let Some(times) = opened.get_mut(conversation) else {
+            return Ok(());
+        };
+        self.expire(times, now);
+        match times.front() {
             Some(oldest) if times.len() >= self.limit => {
                 Err((*oldest + self.span).saturating_duration_since(now))
             }
             _ => Ok(()),
-        })
+        }
     }
 
     /// Whether the window has room for one more chat.
@@ -156,16 +162,6 @@ impl ChatWindow {
             return;
         }
         let now = Instant::now();
-        self.with(conversation, now, |times| times.push_back(now));
-    }
-
-    /// Run `f` on the conversation's times still in the window.
-    fn with<T>(
-        &self,
-        conversation: &str,
-        now: Instant,
-        f: impl FnOnce(&mut VecDeque<Instant>) -> T,
-    ) -> T {
         let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
         // Conversations with nothing left in their window go, once the map has grown by
         // half since the last time (not a whole scan per call).
@@ -179,13 +175,18 @@ impl ChatWindow {
             self.sweep_at.store(next, Ordering::Relaxed);
         }
         let times = opened.entry(conversation.to_owned()).or_default();
+        self.expire(times, now);
+        times.push_back(now);
+    }
+
+    /// Drop the times that left the window.
+    fn expire(&self, times: &mut VecDeque<Instant>, now: Instant) {
         while times
             .front()
             .is_some_and(|t| now.duration_since(*t) >= self.span)
         {
             times.pop_front();
         }
-        f(times)
     }
 }
 
@@ -298,6 +299,17 @@ mod tests {
         let unbounded = ChatWindow::new(0, Duration::from_secs(60));
         unbounded.came_to_nothing("x");
         assert_eq!(unbounded.admit("x"), Ok(()));
+    }
+
+    /// Every new conversation asks before its first chat; asking must not leave an entry
+    /// behind (the soak's memory ramp: thousands of empty entries between sweeps).
+    #[test]
+    fn asking_leaves_nothing_behind() {
+        let w = ChatWindow::new(10, Duration::from_secs(60));
+        for i in 0..10_000 {
+            assert!(w.has_room(&format!("conversation {i}")));
+        }
+        assert_eq!(w.opened.lock().unwrap().len(), 0);
     }
 
     #[tokio::test(start_paused = true)]
