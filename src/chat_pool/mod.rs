@@ -231,53 +231,49 @@ impl ChatPool {
         });
     }
 
-    /// Make chats until the pool holds `size`: as many at once as it lacks, while the
-    /// account takes turns, paced by its minimum interval; stop at the first failure.
+    /// Make chats until the pool holds `size`: as many in flight as it lacks, another
+    /// started as soon as one lands while takes keep it lacking (not in rounds: a round
+    /// would wait for its slowest call), while the account takes turns, paced by its minimum
+    /// interval; stop at the first failure (the calls in flight are dropped with the set).
     async fn fill(&self, account: &Arc<Account>, key: &PoolKey) {
+        let mut making = tokio::task::JoinSet::new();
         loop {
-            let held = match self.store.len(key).await {
-                Ok(n) => n,
-                Err(_) => return,
-            };
-            let lacking = self.size.saturating_sub(held);
-            if lacking == 0 {
-                return;
-            }
-            let Some(caller) = account.ready_caller().await else {
+            let Ok(held) = self.store.len(key).await else {
                 return;
             };
-            // At once, as the turns they replace would have; a dropped set aborts them.
-            let mut making = tokio::task::JoinSet::new();
-            for _ in 0..lacking {
-                let (client, caller, key) = (self.client.clone(), caller.clone(), key.clone());
-                making.spawn(async move {
-                    client
-                        .create_chat(&caller, &key.model, &key.chat_type)
-                        .await
-                });
-            }
-            let mut failed = false;
-            while let Some(chat) = making.join_next().await {
-                match chat.unwrap_or_else(|e| Err(ProxyError::Internal(e.to_string()))) {
-                    Ok(id) => {
-                        let chat = ReadyChat {
-                            id,
-                            made_ms: epoch_millis(),
-                        };
-                        if let Err(e) = self.store.put(key, chat).await {
-                            tracing::debug!(error = %e, "a chat made ahead could not be kept");
-                            return;
-                        }
-                        self.count("made");
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "making a chat ahead failed");
-                        failed = true;
-                    }
+            let lacking = self.size.saturating_sub(held + making.len());
+            if lacking > 0 {
+                let Some(caller) = account.ready_caller().await else {
+                    return;
+                };
+                for _ in 0..lacking {
+                    let (client, caller, key) = (self.client.clone(), caller.clone(), key.clone());
+                    making.spawn(async move {
+                        client
+                            .create_chat(&caller, &key.model, &key.chat_type)
+                            .await
+                    });
                 }
             }
-            if failed {
+            let Some(made) = making.join_next().await else {
                 return;
+            };
+            match made.unwrap_or_else(|e| Err(ProxyError::Internal(e.to_string()))) {
+                Ok(id) => {
+                    let chat = ReadyChat {
+                        id,
+                        made_ms: epoch_millis(),
+                    };
+                    if let Err(e) = self.store.put(key, chat).await {
+                        tracing::debug!(error = %e, "a chat made ahead could not be kept");
+                        return;
+                    }
+                    self.count("made");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "making a chat ahead failed");
+                    return;
+                }
             }
         }
     }
