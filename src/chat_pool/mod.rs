@@ -22,9 +22,11 @@
 
 mod memory;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::accounts::Account;
 use crate::common::{epoch_millis, BoxFuture};
@@ -91,8 +93,9 @@ pub struct ChatPool {
     size: usize,
     ttl: Duration,
     client: QwenClient,
-    /// Pools with a top-up running on this instance (one at a time per pool).
-    filling: Mutex<HashSet<PoolKey>>,
+    /// Pools with a top-up running on this instance (one at a time per pool), each with
+    /// the bell a take rings to wake it.
+    filling: Mutex<HashMap<PoolKey, Arc<Notify>>>,
     /// Expired chats a take passed, `(account, chat)`, until the housekeeping collects them.
     passed: Mutex<Vec<(String, String)>>,
     metrics: Arc<Metrics>,
@@ -129,7 +132,7 @@ impl ChatPool {
             size,
             ttl,
             client,
-            filling: Mutex::new(HashSet::new()),
+            filling: Mutex::new(HashMap::new()),
             passed: Mutex::new(Vec::new()),
             metrics,
         }
@@ -213,29 +216,35 @@ impl ChatPool {
         expired
     }
 
-    /// Fill `key`'s pool up to `size` in the background, unless a top-up of it runs here.
+    /// Fill `key`'s pool up to `size` in the background, or wake the top-up of it that runs
+    /// here (it counts again what the pool lacks).
     fn top_up(self: &Arc<Self>, account: Arc<Account>, key: PoolKey) {
-        {
+        let bell = {
             let mut filling = self.filling.lock().unwrap_or_else(|p| p.into_inner());
-            if !filling.insert(key.clone()) {
+            if let Some(bell) = filling.get(&key) {
+                bell.notify_one();
                 return;
             }
-        }
+            let bell = Arc::new(Notify::new());
+            filling.insert(key.clone(), bell.clone());
+            bell
+        };
         let pool = self.clone();
         tokio::spawn(async move {
             let _done = Filling {
                 pool: &pool,
                 key: &key,
             };
-            pool.fill(&account, &key).await;
+            pool.fill(&account, &key, &bell).await;
         });
     }
 
-    /// Make chats until the pool holds `size`: as many in flight as it lacks, another
-    /// started as soon as one lands while takes keep it lacking (not in rounds: a round
-    /// would wait for its slowest call), while the account takes turns, paced by its minimum
-    /// interval; stop at the first failure (the calls in flight are dropped with the set).
-    async fn fill(&self, account: &Arc<Account>, key: &PoolKey) {
+    /// Make chats until the pool holds `size`: as many in flight as it lacks, counted again
+    /// whenever one lands or a take rings `bell` (not in rounds: a round would wait for its
+    /// slowest call while takes empty the pool), while the account takes turns, paced by
+    /// its minimum interval; stop at the first failure (the calls in flight are dropped with
+    /// the set).
+    async fn fill(&self, account: &Arc<Account>, key: &PoolKey, bell: &Notify) {
         let mut making = tokio::task::JoinSet::new();
         loop {
             let Ok(held) = self.store.len(key).await else {
@@ -255,8 +264,15 @@ impl ChatPool {
                     });
                 }
             }
-            let Some(made) = making.join_next().await else {
+            if making.is_empty() {
                 return;
+            }
+            let made = tokio::select! {
+                made = making.join_next() => match made {
+                    Some(made) => made,
+                    None => return,
+                },
+                () = bell.notified() => continue,
             };
             match made.unwrap_or_else(|e| Err(ProxyError::Internal(e.to_string()))) {
                 Ok(id) => {
