@@ -721,6 +721,9 @@ impl SimService {
             chat.in_flight = true;
             chat.completions += 1;
             chat.last_parent_id = parent.clone();
+            if chat.turns.is_empty() {
+                self.state.chats_used.fetch_add(1, Ordering::Relaxed);
+            }
             chat.turns.push(TurnRecord {
                 parent_id: parent.clone(),
                 response_id: response_id.clone(),

@@ -71,6 +71,9 @@ pub struct SimState {
     pub chats: Mutex<HashMap<String, Chat>>,
     pub replay: Mutex<VecDeque<(Bytes, usize)>>,
     pub chats_created: AtomicU64,
+    /// Chats that received a first completion (a chat made ahead and never used is created,
+    /// not used).
+    pub chats_used: AtomicU64,
     pub completions: AtomicU64,
     pub completion_requests: AtomicU64,
     pub aborted_streams: AtomicU64,
@@ -135,6 +138,7 @@ impl SimState {
         let auth = lock(&self.auth);
         json!({
             "chats_created": self.chats_created.load(Ordering::Relaxed),
+            "chats_used": self.chats_used.load(Ordering::Relaxed),
             "completions": self.completions.load(Ordering::Relaxed),
             "completion_requests": self.completion_requests.load(Ordering::Relaxed),
             "aborted_streams": self.aborted_streams.load(Ordering::Relaxed),

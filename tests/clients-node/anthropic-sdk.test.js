@@ -172,7 +172,7 @@ describe('anthropic-sdk: tool use', () => {
       const city = stream ? 'Paris' : 'Tokyo';
       const args = { city };
       const first = { role: 'user', content: `What is the weather in ${city}? ${callDirective('get_weather', args)}` };
-      const chatsBefore = (await proxy.stats()).chats_created;
+      const chatsBefore = (await proxy.stats()).chats_used;
       const ask = async (messages) => {
         const params = { model: MODEL, max_tokens: 1024, tools: [WEATHER], messages };
         if (!stream) return c.messages.create(params);
@@ -206,7 +206,7 @@ describe('anthropic-sdk: tool use', () => {
       // The simulated model answers with the tool result's last line.
       assert.equal(answer.content[0].text, expected(result));
       assert.equal(expected(result), 'Simulated answer — 模拟回答: you said "sunny, 21 °C".');
-      assert.equal((await proxy.stats()).chats_created - chatsBefore, 1, 'the result continued the call\'s chat');
+      assert.equal((await proxy.stats()).chats_used - chatsBefore, 1, 'the result continued the call\'s chat');
     });
 
     // Under tool_choice `any` (OpenAI's `required`) a call to a tool the request does not

@@ -172,7 +172,7 @@ def test_tool_use_round_trip(demo, streamed):
     city = "Paris" if streamed else "Tokyo"
     args = {"city": city}
     first = {"role": "user", "content": f"What is the weather in {city}? {call_directive('get_weather', args)}"}
-    before = sim_stats(demo["sim_url"])["chats_created"]
+    before = sim_stats(demo["sim_url"])["chats_used"]
 
     def ask(messages):
         if not streamed:
@@ -210,7 +210,7 @@ def test_tool_use_round_trip(demo, streamed):
     assert answer.content[0].text == expected(result)
     assert expected(result) == 'Simulated answer — 模拟回答: you said "sunny, 21 °C".'
     # The result continued the call's upstream chat.
-    assert sim_stats(demo["sim_url"])["chats_created"] - before == 1
+    assert sim_stats(demo["sim_url"])["chats_used"] - before == 1
 
 
 def test_tool_result_with_is_error_and_blocks(client):

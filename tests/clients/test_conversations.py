@@ -23,7 +23,7 @@ def stats(sim_url):
 
 def chat_of(before, after):
     """The one chat that is new or changed between two stats snapshots."""
-    changed = [cid for cid, c in after["chats"].items() if before["chats"].get(cid) != c]
+    changed = [cid for cid, c in after["chats"].items() if c["turns"] and before["chats"].get(cid) != c]
     assert len(changed) == 1, changed
     return after["chats"][changed[0]]
 
@@ -48,7 +48,7 @@ def test_five_turns_reuse_one_chat(client, demo):
         assert answer == expected(question)
         messages.append({"role": "assistant", "content": answer})
     after = stats(demo["sim_url"])
-    assert after["chats_created"] - before["chats_created"] == 1, "turns 2-5 created no chat"
+    assert after["chats_used"] - before["chats_used"] == 1, "turns 2-5 created no chat"
     turns = chat_of(before, after)["turns"]
     assert len(turns) == 5
     assert turns[0]["parent_id"] is None
@@ -70,13 +70,13 @@ def test_regenerate_and_edit(client, demo):
         rsp = client.chat.completions.create(model=MODEL, messages=history)
         assert rsp.choices[0].message.content == expected("regen two")
     after = stats(demo["sim_url"])
-    assert after["chats_created"] == before["chats_created"], "regenerate continues the chat"
+    assert after["chats_used"] == before["chats_used"], "regenerate continues the chat"
     turns = chat_of(before, after)["turns"]
     assert turns[-1]["parent_id"] == turns[-2]["parent_id"] == turns[0]["response_id"]
 
     edited = [dict(history[0], content="regen one, edited")] + history[1:]
     client.chat.completions.create(model=MODEL, messages=edited)
-    assert stats(demo["sim_url"])["chats_created"] == after["chats_created"] + 1, "an edit gets a fresh chat"
+    assert stats(demo["sim_url"])["chats_used"] == after["chats_used"] + 1, "an edit gets a fresh chat"
 
 
 def test_concurrent_requests_on_one_conversation(client, demo):
@@ -90,4 +90,4 @@ def test_concurrent_requests_on_one_conversation(client, demo):
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
         answers = list(pool.map(lambda _: client.chat.completions.create(model=MODEL, messages=history), range(3)))
     assert [a.choices[0].message.content for a in answers] == [expected("busy two")] * 3
-    assert stats(demo["sim_url"])["chats_created"] == before["chats_created"], "queued on the same chat"
+    assert stats(demo["sim_url"])["chats_used"] == before["chats_used"], "queued on the same chat"

@@ -87,12 +87,12 @@ class Upstream:
 
     def __enter__(self):
         s = sim_stats(self.demo)
-        self.chats0, self.completions0 = s["chats_created"], s["completions"]
+        self.chats0, self.completions0 = s["chats_used"], s["completions"]
         return self
 
     def __exit__(self, *exc):
         s = sim_stats(self.demo)
-        self.chats = s["chats_created"] - self.chats0
+        self.chats = s["chats_used"] - self.chats0
         self.completions = s["completions"] - self.completions0
 
 

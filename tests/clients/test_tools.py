@@ -379,7 +379,7 @@ def test_manual_agent_loop_stays_on_one_upstream_chat(client, demo):
     assert final.choices[0].finish_reason == "stop"
     assert final.choices[0].message.tool_calls is None
     assert final.choices[0].message.content == 'Simulated answer — 模拟回答: you said "total is 7, order closed".'
-    assert after["chats_created"] - before["chats_created"] == 1, "the whole loop continued one chat"
+    assert after["chats_used"] - before["chats_used"] == 1, "the whole loop continued one chat"
     assert after["completions"] - before["completions"] == 4
 
 
@@ -428,7 +428,7 @@ def test_langchain_invoke_agent_loop(demo):
     assert isinstance(last, AIMessage) and last.tool_calls == []
     assert last.content == 'Simulated answer — 模拟回答: you said "the sum is 30".'
     assert len(messages) == 5  # human, ai(2 calls), tool, tool, ai
-    assert after["chats_created"] - before["chats_created"] == 1
+    assert after["chats_used"] - before["chats_used"] == 1
 
 
 def test_langchain_stream_agent_loop(demo):
