@@ -32,8 +32,10 @@ use super::ToolSet;
 use crate::translate::stage::Stage;
 use crate::translate::state::{Emit, FinishReason, PlatformFrame, ToolCall};
 
-/// Characters from an opener to its payload's `{`.
+/// Bytes from an opener's end to where its payload begins (its `{` or [`XML_OPEN`]).
 pub const PAYLOAD_WINDOW: usize = 128;
+/// The tag that begins a payload of the Qwen3-Coder XML form.
+const XML_OPEN: &str = "<function=";
 /// A payload larger than this is given up on and released as text.
 pub const SPAN_MAX: usize = 1 << 20;
 /// Stray `}` / `]` skipped between a payload and its closer.
@@ -592,12 +594,19 @@ impl ToolScan {
                 };
                 return true;
             }
-            if self.pending[at..].starts_with("<function=") {
+            let rest = &self.pending[at..];
+            if rest.starts_with(XML_OPEN) {
                 self.state = State::Xml {
                     start: at,
                     searched: 0,
                 };
                 return true;
+            }
+            if !eof && rest.len() < XML_OPEN.len() && XML_OPEN.starts_with(rest) {
+                // A `<function=` may begin inside the window and end past what has come:
+                // wait for it, or the window would close on it in one split and not in
+                // another (the window counts where a payload begins, not where it ends).
+                return false;
             }
             if prev == ']' && c == '(' {
                 // `[tool calls](https://…)`: a markdown link.

@@ -47,6 +47,7 @@ struct Out {
     calls: Vec<(String, String)>,
     finish: Option<FinishReason>,
     retry: Option<Hint>,
+    stats: ScanStats,
 }
 
 fn run_pieces(set: &ToolSet, retry: bool, pieces: &[&str], reasoning: &[&str]) -> Out {
@@ -79,6 +80,7 @@ fn run_pieces_in(
         calls: out.calls,
         finish: scan.finish_reason(),
         retry: scan.retry(),
+        stats: scan.stats(),
     }
 }
 
@@ -113,6 +115,35 @@ fn scan_with(set: &ToolSet, retry: bool, upstream: &str) -> Out {
         );
     }
     whole
+}
+
+/// The outcome of `thinking` and `answer` each given whole, checked to be the same under
+/// every split of either (the other whole): into two pieces at each character boundary, and
+/// into single characters (chunk invariance, §6.5). Exhaustive where `scan_with` samples.
+fn every_split(set: &ToolSet, retry: bool, streaming: bool, thinking: &str, answer: &str) -> Out {
+    fn whole(text: &str) -> Vec<&str> {
+        [text].into_iter().filter(|t| !t.is_empty()).collect()
+    }
+    let run =
+        |thinking: &[&str], answer: &[&str]| run_pieces_in(streaming, set, retry, answer, thinking);
+    let expected = run(&whole(thinking), &whole(answer));
+    for (what, text) in [("thinking", thinking), ("answer", answer)] {
+        let mut splits: Vec<Vec<&str>> = text
+            .char_indices()
+            .skip(1)
+            .map(|(i, _)| vec![&text[..i], &text[i..]])
+            .collect();
+        splits.push(split_at_chars(text, || 1));
+        for pieces in splits {
+            let got = if what == "thinking" {
+                run(&pieces, &whole(answer))
+            } else {
+                run(&whole(thinking), &pieces)
+            };
+            assert_eq!(got, expected, "the {what} split as {pieces:?}");
+        }
+    }
+    expected
 }
 
 fn scan(upstream: &str) -> Out {
@@ -867,4 +898,34 @@ fn review_json_on_a_narration_line_without_a_closer_is_not_shown_after_a_call() 
     ));
     assert_eq!(out.calls.len(), 1);
     assert_eq!(out.content, "");
+}
+
+#[test]
+fn a_function_tag_at_the_edge_of_the_payload_window_reads_the_same_in_any_split() {
+    // A `<function=` that begins inside the window after an opener and ends past it: the
+    // window closed on it when a piece ended inside the tag, so the same answer was a call
+    // whole and prose in pieces (fuzz finding, tool_scan/function-tag-at-window-edge).
+    let minimized = format!("<tool_call{}<function=", "\u{FFFD}".repeat(40));
+    let out = every_split(&auto(), false, false, "", &minimized);
+    assert_eq!(
+        out.stats.invalid, 1,
+        "a call the answer ended inside: {out:?}"
+    );
+    let block = "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>";
+    for pad in PAYLOAD_WINDOW - 12..=PAYLOAD_WINDOW + 2 {
+        let text = format!("<tool_call>{}{block}\n</tool_call>", " ".repeat(pad));
+        let out = every_split(&auto(), false, false, "", &text);
+        // The tag begins `pad + 1` bytes after the opener (`>` included).
+        if pad < PAYLOAD_WINDOW {
+            assert_eq!(
+                out.calls,
+                [call("get_weather", r#"{"city":"Paris"}"#)],
+                "pad {pad}"
+            );
+        } else {
+            assert!(out.calls.is_empty(), "pad {pad}: {out:?}");
+        }
+        let cut = format!("<tool_call>{}<function=", " ".repeat(pad));
+        every_split(&auto(), true, false, "", &cut);
+    }
 }
