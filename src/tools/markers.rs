@@ -32,19 +32,18 @@ pub fn open(s: &str) -> Match {
                         m.separators();
                         m.word("call")
                     })
-                    .and_then(|_| {
-                        m.optional(b's');
-                        m.full()
-                    }),
+                    .and_then(|_| m.optional(b's'))
+                    .and_then(|_| m.full()),
             )
         }
         Some(b'<') => {
             m.skip_spaces();
             let at = m.at;
-            let tool = outcome(m.word("tool_call").and_then(|_| {
-                m.optional(b's');
-                m.full()
-            }));
+            let tool = outcome(
+                m.word("tool_call")
+                    .and_then(|_| m.optional(b's'))
+                    .and_then(|_| m.full()),
+            );
             if tool != Match::No {
                 return tool;
             }
@@ -85,10 +84,9 @@ pub fn close(s: &str) -> Match {
     } else {
         m.literal(b'/').and_then(|_| m.word("tool_call"))
     };
-    if let Err(e) = head {
+    if let Err(e) = head.and_then(|_| m.optional(b's')) {
         return e;
     }
-    m.optional(b's');
     // A tight tail up to the closing bracket: `]`, `>` or a full-width `＞`.
     let rest = &s[m.at..];
     for (i, c) in rest.char_indices() {
@@ -168,13 +166,17 @@ impl<'a> Matcher<'a> {
         }
     }
 
-    fn optional(&mut self, b: u8) {
-        if self
-            .s
-            .get(self.at)
-            .is_some_and(|x| x.eq_ignore_ascii_case(&b))
-        {
-            self.at += 1;
+    /// A byte the marker may have: taken when it is there. The text ending before it is
+    /// `Partial`: the next piece may bring it, and a marker must be as long whether the text
+    /// comes whole or in pieces (the payload window counts from its end).
+    fn optional(&mut self, b: u8) -> Step {
+        match self.s.get(self.at) {
+            None => Err(Match::Partial),
+            Some(x) if x.eq_ignore_ascii_case(&b) => {
+                self.at += 1;
+                Ok(())
+            }
+            Some(_) => Ok(()),
         }
     }
 
@@ -203,9 +205,22 @@ mod tests {
             assert!(matches!(open(s), Match::Full(_)), "{s}");
         }
         assert_eq!(open("[TOOL CALL]"), Match::Full(10));
-        for s in ["[", "[T", "[TOOL ", "<tool_c", "<"] {
+        // Also a marker that is whole but may still take its `s`: `[TOOL CALLS` is one
+        // byte longer than `[TOOL CALL`, and the text after it is counted from its end.
+        for s in [
+            "[",
+            "[T",
+            "[TOOL ",
+            "<tool_c",
+            "<",
+            "[TOOL CALL",
+            "<tool_call",
+        ] {
             assert_eq!(open(s), Match::Partial, "{s}");
         }
+        assert_eq!(open("[TOOL CALLS"), Match::Full(11));
+        assert_eq!(open("<tool_calls"), Match::Full(11));
+        assert_eq!(open("<function_calls"), Match::Full(15));
         for s in [
             "[tools]",
             "[link](x)",

@@ -929,3 +929,24 @@ fn a_function_tag_at_the_edge_of_the_payload_window_reads_the_same_in_any_split(
         every_split(&auto(), true, false, "", &cut);
     }
 }
+
+#[test]
+fn an_opener_is_as_long_whole_as_in_pieces() {
+    // `[TOOL CALL` at the end of a piece was taken whole, a byte shorter than the
+    // `[TOOL CALLS` the next piece made of it: the payload window (counted from the
+    // opener's end) reached one byte less far, and a payload at its edge was missed.
+    let payload = r#"{"name":"get_weather","arguments":{"city":"Paris"}}"#;
+    for opener in ["[TOOL CALLS]", "<tool_calls>", "[TOOL CALL]"] {
+        for pad in PAYLOAD_WINDOW - 2..=PAYLOAD_WINDOW + 1 {
+            let text = format!("{opener}{}{payload}", " ".repeat(pad));
+            every_split(&auto(), false, false, "", &text);
+            every_split(
+                &auto(),
+                false,
+                false,
+                "",
+                &format!("{opener}{}", " ".repeat(pad)),
+            );
+        }
+    }
+}
