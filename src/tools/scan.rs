@@ -271,6 +271,11 @@ struct ThinkingWatch {
     /// How far the block got: 0 nothing, 1 opener, 2 name, 3 closer.
     progress: u8,
     call: bool,
+    /// Bytes of thinking fed so far (`tail` is the end of them, byte for byte: the mapping
+    /// above keeps every character's length).
+    fed: usize,
+    /// Where in the thinking the first opener begins, once seen.
+    opened_at: Option<usize>,
 }
 
 impl ThinkingWatch {
@@ -293,6 +298,7 @@ impl ThinkingWatch {
     }
 
     fn feed(&mut self, text: &str) {
+        self.fed += text.len();
         if self.call {
             return;
         }
@@ -300,6 +306,7 @@ impl ThinkingWatch {
             '_' | '-' => ' ',
             c => c.to_ascii_lowercase(),
         }));
+        let tail_start = self.fed - self.tail.len();
         // `tail` starts after the last step found, so each step is looked for only in the
         // text after the one before it.
         let mut searched = 0;
@@ -312,6 +319,9 @@ impl ThinkingWatch {
             else {
                 break;
             };
+            if self.progress == 0 {
+                self.opened_at = Some(tail_start + searched + at);
+            }
             searched += at + len;
             self.progress += 1;
         }
@@ -1003,9 +1013,11 @@ impl ToolScan {
         false
     }
 
-    /// Watch the thinking for a call, and keep it from the first opener on (with the few
-    /// bytes before, where the opener may have begun), up to [`THINKING_KEPT`]: a call the
-    /// answer leaves out is taken from there.
+    /// Watch the thinking for a call, and keep it from the first opener on, up to
+    /// [`THINKING_KEPT`]: a call the answer leaves out is taken from there. What is kept is
+    /// the same however the thinking came in pieces: it starts exactly at the opener (a
+    /// payload written before it is not the block's), wherever the piece that completed
+    /// the opener began.
     fn keep_thinking(&mut self, text: &str) {
         let was_open = self.thinking.opened();
         self.thinking.feed(text);
@@ -1013,14 +1025,25 @@ impl ToolScan {
             return; // given up on for good: what is kept stays one stretch of the thinking
         }
         self.thinking_text.push_str(text);
-        if !was_open && !self.thinking.opened() {
-            // Nothing to keep yet but a tail that may hold the start of an opener.
-            let keep_from = self.thinking_text.len().saturating_sub(markers::OPEN_MAX);
-            let keep_from = (keep_from..=self.thinking_text.len())
-                .find(|&i| self.thinking_text.is_char_boundary(i))
-                .unwrap_or(self.thinking_text.len());
-            self.thinking_text.drain(..keep_from);
+        if was_open {
+            return;
         }
+        let keep_from = match self.thinking.opened_at {
+            // Opened in this piece: `thinking_text` is the end of the thinking, and holds
+            // the opener whole (the watch keeps fewer bytes back than `OPEN_MAX`).
+            Some(at) => {
+                let kept_from = self.thinking.fed - self.thinking_text.len();
+                at.saturating_sub(kept_from)
+            }
+            // Nothing to keep yet but a tail that may hold the start of an opener.
+            None => {
+                let from = self.thinking_text.len().saturating_sub(markers::OPEN_MAX);
+                (from..=self.thinking_text.len())
+                    .find(|&i| self.thinking_text.is_char_boundary(i))
+                    .unwrap_or(self.thinking_text.len())
+            }
+        };
+        self.thinking_text.drain(..keep_from);
     }
 
     /// Emit the valid calls the thinking wrote (a call repeated word for word once: a

@@ -950,3 +950,25 @@ fn an_opener_is_as_long_whole_as_in_pieces() {
         }
     }
 }
+
+#[test]
+fn the_thinking_kept_for_a_call_is_the_same_in_any_split() {
+    // The thinking is kept from its first opener on. The kept text began wherever the piece
+    // that completed the opener began, so a payload written before the opener was read as
+    // the call when the thinking came whole, and not in pieces (fuzz finding,
+    // tool_scan/thinking-kept-text-depends-on-split). It is not the block's payload.
+    let named = set_with(Choice::Named("get_weather".into()), false);
+    for thinking in [
+        r#"{"name":"getweather"}[TOOL CALL"#,
+        "The call:\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n[TOOL CALL]",
+    ] {
+        let out = every_split(&named, false, false, thinking, "");
+        assert!(out.calls.is_empty(), "{thinking:?}: {out:?}");
+    }
+    // A block after some thinking, written in any pieces, is the call.
+    let thinking = "The user wants the weather, so:\n\n[TOOL CALL]\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}\n[END TOOL CALL]";
+    for streaming in [false, true] {
+        let out = every_split(&auto(), true, streaming, thinking, "");
+        assert_eq!(out.calls, [call("get_weather", r#"{"city":"Paris"}"#)]);
+    }
+}
