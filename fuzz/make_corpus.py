@@ -265,7 +265,8 @@ def main():
     ]
     for i, doc in enumerate(accounts):
         write("accounts_file", "file-%d" % i, json.dumps(doc, ensure_ascii=False, indent=2))
-    for i, text in enumerate(["{}", "[]", "[", '[{"name": "x", "cookies": "token=t"}]', "[1, null, \"s\"]"]):
+    for i, text in enumerate(["{}", "[]", "[", '[{"name": "x", "cookies": "token=t"}]', "[1, null, \"s\"]",
+                                  '[["x", "token=t"]]']):
         write("accounts_file", "edge-%d" % i, text)
     for i in range(4):
         write("accounts_file", "structured-%d" % i, b"\0" + hashlib.sha256(b"accounts" + bytes([i])).digest() * 6)
