@@ -941,12 +941,17 @@ impl ToolScan {
     /// call (`after`).
     fn narration(&mut self, eof: bool) -> bool {
         // A call written on the narration's line ("Next: [TOOL CALL] {…}", or its bare
-        // payload with a closer after it) is the next call.
+        // payload with a closer after it) is the next call — within the bound: the bytes
+        // before it count as narration, as they do when they came in earlier pieces (and
+        // were skipped then), so the same answer gives the same calls in any split.
         let line_end = self.pending.find('\n').unwrap_or(self.pending.len());
         for (i, c) in self.pending[..line_end].char_indices() {
             if c == '{' {
                 match bare_payload(&self.pending[i..], eof) {
                     Some(true) => {
+                        if self.narrated.0 + i > NARRATION_MAX {
+                            return self.end_answer();
+                        }
                         self.narrated.0 += i;
                         self.pending.drain(..i);
                         self.state = State::Json {
@@ -967,6 +972,9 @@ impl ToolScan {
             }
             match markers::open(&self.pending[i..]) {
                 Match::Full(n) => {
+                    if self.narrated.0 + i > NARRATION_MAX {
+                        return self.end_answer();
+                    }
                     self.narrated.0 += i;
                     self.pending.drain(..i);
                     self.state = State::Tail { opener: n };

@@ -972,3 +972,24 @@ fn the_thinking_kept_for_a_call_is_the_same_in_any_split() {
         assert_eq!(out.calls, [call("get_weather", r#"{"city":"Paris"}"#)]);
     }
 }
+
+#[test]
+fn the_narration_bound_is_the_same_whole_and_in_pieces() {
+    // Narration after a call is skipped to find the next call, up to NARRATION_MAX bytes.
+    // Skipped in pieces it was counted and ended the answer; with the next opener on the
+    // same line, in the same piece, it was not counted, and the second call went out (fuzz
+    // finding, tool_scan/narration-bound-depends-on-split).
+    let call = "<tool_call>\n{\"name\":\"Write\"}";
+    for n in NARRATION_MAX - 2..=NARRATION_MAX + 2 {
+        for narration in ["x".repeat(n), format!("{}\u{FFFD}", "x".repeat(n - 3))] {
+            let text = format!("{call}\n</tool_call>\n{narration}{call}\n</tool_call>");
+            let out = every_split(&auto(), false, false, "", &text);
+            // The narration runs from after the first closer (and the whitespace after it)
+            // to the second opener.
+            let skipped = narration.len();
+            let calls = if skipped > NARRATION_MAX { 1 } else { 2 };
+            assert_eq!(out.calls.len(), calls, "{skipped} bytes of narration");
+            assert_eq!(out.content, "");
+        }
+    }
+}
