@@ -100,6 +100,35 @@ pub fn close(s: &str) -> Match {
     Match::Partial
 }
 
+/// A result marker at the start of `s`, as a model imitating the fold's results writes one
+/// after its call: `[TOOL RESULT`, `[/TOOL RESULT`, `[ tool_result`, and `[TOOL CALL` too
+/// (the words the fold brackets), spaced, cased and joined as the openers are — a bounded
+/// form, so that a prefix of it is `Partial` and the scanner holds only a few bytes.
+pub fn result(s: &str) -> Match {
+    let mut m = Matcher::new(s);
+    match m.next_byte() {
+        Some(b'[') => {}
+        Some(_) => return Match::No,
+        None => return Match::Partial,
+    }
+    m.skip_spaces();
+    if m.s.get(m.at) == Some(&b'/') {
+        m.at += 1;
+        m.skip_spaces();
+    }
+    let head = m.word("tool").map(|_| m.separators());
+    if let Err(e) = head {
+        return e;
+    }
+    let at = m.at;
+    match outcome(m.word("call").and_then(|_| m.full())) {
+        Match::No => {}
+        call => return call,
+    }
+    m.at = at;
+    outcome(m.word("result").and_then(|_| m.full()))
+}
+
 /// A cursor over the candidate; every step reports `Partial` when the text runs out.
 struct Matcher<'a> {
     s: &'a [u8],
@@ -230,6 +259,42 @@ mod tests {
             "x",
         ] {
             assert_eq!(open(s), Match::No, "{s}");
+        }
+    }
+
+    #[test]
+    fn result_markers_in_a_bounded_form() {
+        for (s, n) in [
+            ("[TOOL RESULT #1]", 12),
+            ("[/TOOL RESULT]", 13),
+            ("[ / tool_result]", 15),
+            ("[Tool-Result", 12),
+            ("[TOOL CALL]", 10),
+        ] {
+            assert_eq!(result(s), Match::Full(n), "{s}");
+        }
+        for s in [
+            "[",
+            "[ ",
+            "[/",
+            "[TOO",
+            "[TOOL ",
+            "[TOOL  ",
+            "[TOOL RES",
+            "[TOOL C",
+        ] {
+            assert_eq!(result(s), Match::Partial, "{s}");
+        }
+        // Past the separators the openers allow, it is text: what a prefix may still become
+        // is decided within a few bytes, whatever the split.
+        for s in [
+            "[TOOL   RESULT]",
+            "[   TOOL RESULT]",
+            "[TOOLS]",
+            "[link](x)",
+            "<tool_result>",
+        ] {
+            assert_eq!(result(s), Match::No, "{s}");
         }
     }
 

@@ -902,14 +902,10 @@ impl ToolScan {
                 return self.end_answer();
             }
         }
-        if self.pending.starts_with('[') {
-            let word = self.pending[1..].trim_start_matches([' ', '/']);
-            if !eof && word.len() < "tool result".len() {
-                return false;
-            }
-            if super::starts_with_marker_word(word) {
-                return self.end_answer();
-            }
+        match markers::result(&self.pending) {
+            Match::Full(_) => return self.end_answer(),
+            Match::Partial if !eof => return false,
+            _ => {}
         }
         if parallel && self.pending.starts_with('{') {
             match bare_payload(&self.pending, eof) {

@@ -993,3 +993,28 @@ fn the_narration_bound_is_the_same_whole_and_in_pieces() {
         }
     }
 }
+
+#[test]
+fn a_result_marker_after_a_call_is_told_the_same_in_any_split() {
+    // After a call, a result the model writes itself (`[TOOL RESULT …`) ends the answer.
+    // It was read with any number of spaces before its words, but held back only until
+    // eleven bytes had come: `[TOOL` and spaces at a piece's end was narration, and the
+    // next call went out; whole, the same text ended the answer (fuzz finding,
+    // tool_scan/result-marker-spacing). Now it is spelled as the openers are.
+    for spaces in [1, 2, 3, 12] {
+        let text = format!(
+            "{PARIS}\n[TOOL{}RESULT #1]\nsunny\n{PARIS}",
+            " ".repeat(spaces)
+        );
+        let out = every_split(&auto(), false, false, "", &text);
+        let calls = if spaces <= 2 { 1 } else { 2 };
+        assert_eq!(out.calls.len(), calls, "{spaces} spaces");
+        assert_eq!(out.content, "");
+    }
+    for text in [
+        format!("{PARIS}\n[/TOOL RESULT]\n{PARIS}"),
+        format!("{PARIS}\n[ tool_result]\n{PARIS}"),
+    ] {
+        assert_eq!(every_split(&auto(), false, false, "", &text).calls.len(), 1);
+    }
+}
