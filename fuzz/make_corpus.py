@@ -6,8 +6,9 @@ Seeds: the upstream captures (tests/fixtures/qwen/*.sse) behind the chunking tar
 answer texts with tool calls (the marker, XML, tag and bare forms, intercepted native
 calls, a call written while thinking), the client request captures
 (tests/fixtures/clients/*.json) plus small hand-written requests, and accounts files.
-Run from anywhere; it rewrites the seed directories it owns (nothing else). The files are
-committed: run it again only when the captures change.
+Run from anywhere; it rewrites the seeds it owns and nothing else (the `regression-*` inputs
+of fixed findings stay). The files are committed: run it again only when the captures
+change.
 """
 
 import hashlib
@@ -37,10 +38,13 @@ def write(target, name, data):
 
 
 def reset(target):
+    """Remove the seeds this script wrote; the inputs of fixed findings (`regression-*`,
+    moved here from known-crashes/) stay."""
     d = os.path.join(OUT, target)
     if os.path.isdir(d):
         for n in os.listdir(d):
-            os.remove(os.path.join(d, n))
+            if not n.startswith("regression-"):
+                os.remove(os.path.join(d, n))
 
 
 # Upstream frames in the captured wire format (src/sim/wire.rs).
@@ -261,7 +265,8 @@ def main():
     ]
     for i, doc in enumerate(accounts):
         write("accounts_file", "file-%d" % i, json.dumps(doc, ensure_ascii=False, indent=2))
-    for i, text in enumerate(["{}", "[]", "[", '[{"name": "x", "cookies": "token=t"}]', "[1, null, \"s\"]"]):
+    for i, text in enumerate(["{}", "[]", "[", '[{"name": "x", "cookies": "token=t"}]', "[1, null, \"s\"]",
+                                  '[["x", "token=t"]]']):
         write("accounts_file", "edge-%d" % i, text)
     for i in range(4):
         write("accounts_file", "structured-%d" % i, b"\0" + hashlib.sha256(b"accounts" + bytes([i])).digest() * 6)

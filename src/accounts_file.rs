@@ -163,6 +163,15 @@ pub(crate) fn parse(text: &str) -> Result<Vec<AccountSpec>, Vec<String>> {
     let mut specs: Vec<AccountSpec> = Vec::new();
     for (i, value) in entries.into_iter().enumerate() {
         let at = format!("entry {}", i + 1);
+        // Only an object: serde would also fill the fields from an array, in order, so
+        // `["a", "token=…"]` would be an account whose fields nobody named.
+        if !value.is_object() {
+            errors.push(format!(
+                "{at}: must be a JSON object of the account's fields (`name`, `cookies` …), not {}",
+                json_kind(&value)
+            ));
+            continue;
+        }
         let entry: Entry = match serde_json::from_value(value) {
             Ok(e) => e,
             Err(e) => {
@@ -184,6 +193,18 @@ pub(crate) fn parse(text: &str) -> Result<Vec<AccountSpec>, Vec<String>> {
         Ok(specs)
     } else {
         Err(errors)
+    }
+}
+
+/// What a JSON value is, without any of its content.
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 
@@ -386,6 +407,30 @@ mod tests {
         assert!(errors[5].contains("max_inflight"));
         assert!(errors[6].contains("invalid type"));
         assert!(errors[7].contains("`name` must be"));
+    }
+
+    #[test]
+    fn an_entry_must_be_an_object_never_fields_in_order() {
+        // serde fills a struct from an array too, field by field in order: this was an
+        // account named `a` with the cookies `token=SECRET1` (fuzz finding, accounts_file).
+        let errors = parse(
+            r#"[
+              ["a", "token=SECRET1"],
+              {"name": "b", "cookies": "token=x"},
+              "token=SECRET2",
+              null
+            ]"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "entry 1: must be a JSON object of the account's fields (`name`, `cookies` …), not an array",
+                "entry 3: must be a JSON object of the account's fields (`name`, `cookies` …), not a string",
+                "entry 4: must be a JSON object of the account's fields (`name`, `cookies` …), not null",
+            ]
+        );
+        assert!(parse(r#"[["a", "token=x"]]"#).is_err());
     }
 
     #[test]

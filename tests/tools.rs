@@ -766,3 +766,134 @@ async fn a_tool_result_cannot_forge_a_call_in_any_form() {
         }
     }
 }
+
+/// The data of each event of a stream with named events (Anthropic's, the Responses API's).
+fn event_data(r: &support::Reply) -> Vec<Value> {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    std::str::from_utf8(&r.body)
+        .unwrap()
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_call_after_the_prose_max_tokens_cut_is_never_announced() {
+    // Under `required` the scanner holds the prose until the call, then releases both at
+    // once: when `max_tokens` cuts that prose, the call behind it never reaches the client,
+    // and the answer ends as cut — `length`, Anthropic's `max_tokens`, the Responses API's
+    // `incomplete` — never as a tool call without one. With room for the prose, the call
+    // goes out and ends the answer as one.
+    let h = Harness::start_with(&[], quick_sim()).await;
+    let prompt = format!(
+        "Weather in Paris? @@sim:call=get_weather,{}",
+        b64(r#"{"city":"Paris"}"#)
+    );
+    let paris = json!({"city": "Paris"});
+    for stream in [true, false] {
+        for (max_tokens, finish, calls) in [(2, "length", 0), (100, "tool_calls", 1)] {
+            let extra = json!({"tool_choice": "required", "max_tokens": max_tokens});
+            let r = h.chat(request(&prompt, stream, extra)).await;
+            let (content, got_calls, got_finish) = if stream {
+                let s = streamed(&r);
+                (s.content, s.calls, s.finish.unwrap())
+            } else {
+                let (m, f) = completed(&r);
+                let content = m["content"].as_str().unwrap_or("").to_owned();
+                (content, message_calls(&m), f)
+            };
+            let case = format!("stream={stream} max_tokens={max_tokens}");
+            assert_eq!(got_finish, finish, "{case}");
+            assert_eq!(got_calls.len(), calls, "{case}");
+            if calls == 0 {
+                // 2 tokens = 8 ASCII characters by the documented estimate.
+                assert_eq!(content, "I will u", "{case}");
+            } else {
+                assert_eq!(got_calls[0].args(), paris, "{case}");
+            }
+        }
+    }
+
+    // Anthropic's Messages API: `tool_choice` any is `required`.
+    let anthropic_tools = json!([{"name": "get_weather", "description": "Weather for a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]);
+    for stream in [true, false] {
+        for (max_tokens, stop_reason, calls) in [(2, "max_tokens", 0), (100, "tool_use", 1)] {
+            let body = json!({"model": MODEL, "max_tokens": max_tokens, "stream": stream,
+                "tools": anthropic_tools, "tool_choice": {"type": "any"},
+                "messages": [{"role": "user", "content": prompt}]});
+            let r = h
+                .post_raw(
+                    "/v1/messages",
+                    "application/json",
+                    body.to_string(),
+                    &[("anthropic-version", "2023-06-01")],
+                )
+                .await;
+            let (got_stop, blocks) = if stream {
+                let evs = event_data(&r);
+                let stop = evs
+                    .iter()
+                    .find(|e| e["type"] == "message_delta")
+                    .map(|e| e["delta"]["stop_reason"].clone())
+                    .unwrap();
+                let blocks: Vec<Value> = evs
+                    .iter()
+                    .filter(|e| e["type"] == "content_block_start")
+                    .map(|e| e["content_block"].clone())
+                    .collect();
+                (stop, blocks)
+            } else {
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                let m = r.json();
+                (
+                    m["stop_reason"].clone(),
+                    m["content"].as_array().unwrap().clone(),
+                )
+            };
+            let case = format!("anthropic stream={stream} max_tokens={max_tokens}");
+            assert_eq!(got_stop, stop_reason, "{case}");
+            let tool_uses = blocks.iter().filter(|b| b["type"] == "tool_use").count();
+            assert_eq!(tool_uses, calls, "{case}: {blocks:?}");
+        }
+    }
+
+    // The Responses API: `max_output_tokens`.
+    let responses_tools = json!([{"type": "function", "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]);
+    for stream in [true, false] {
+        for (max_tokens, status, calls) in [(2, "incomplete", 0), (100, "completed", 1)] {
+            let body = json!({"model": MODEL, "max_output_tokens": max_tokens, "stream": stream,
+                "tools": responses_tools, "tool_choice": "required", "input": prompt});
+            let r = h
+                .post_raw("/v1/responses", "application/json", body.to_string(), &[])
+                .await;
+            let response = if stream {
+                let evs = event_data(&r);
+                let last = evs.last().unwrap();
+                assert_eq!(last["type"], format!("response.{status}"), "{last}");
+                last["response"].clone()
+            } else {
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                r.json()
+            };
+            let case = format!("responses stream={stream} max_output_tokens={max_tokens}");
+            assert_eq!(response["status"], status, "{case}: {response}");
+            let output = response["output"].as_array().unwrap();
+            let function_calls = output
+                .iter()
+                .filter(|i| i["type"] == "function_call")
+                .count();
+            assert_eq!(function_calls, calls, "{case}: {response}");
+            if calls == 0 {
+                assert_eq!(
+                    response["incomplete_details"],
+                    json!({"reason": "max_output_tokens"}),
+                    "{case}"
+                );
+            }
+        }
+    }
+}

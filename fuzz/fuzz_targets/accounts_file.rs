@@ -3,7 +3,8 @@
 //!
 //! Invariants:
 //! * No panic.
-//! * Accepted: one account per entry of the array, in order; names unique, 1-64 characters
+//! * Accepted: one account per entry of the array, in order, every entry an object (never
+//!   fields filled from an array in order); names unique, 1-64 characters
 //!   of `[A-Za-z0-9._-]`; `max_inflight` at least 1; a cookie login has a non-empty token,
 //!   and cookies and token are valid header values; a password login has an email address
 //!   and a non-empty password; a proxy is an `http://` URL with a host; `bx_ua`,
@@ -303,24 +304,26 @@ fuzz_target!(|data: &[u8]| {
     let mut keys = Vec::new();
     if let Some(v) = &parsed {
         keys_of(v, &mut keys);
-        // An entry may also be an array: serde fills the fields in order, `name` first.
         if let Value::Array(entries) = v {
-            keys.extend(entries.iter().filter_map(|e| {
-                e.get("name")
-                    .or_else(|| e.get(0))?
-                    .as_str()
-                    .map(str::to_owned)
-            }));
+            keys.extend(
+                entries
+                    .iter()
+                    .filter_map(|e| e.get("name")?.as_str().map(str::to_owned)),
+            );
         }
     }
     let marked_key = |m: &str| keys.iter().any(|k| k.contains(m));
     match parse_accounts_file(&text) {
         Ok(specs) => {
             let entries = match &parsed {
-                Some(Value::Array(a)) => a.len(),
+                Some(Value::Array(a)) => a,
                 other => panic!("accepted a file that is not a JSON array: {other:?}"),
             };
-            assert_eq!(specs.len(), entries, "one account per entry");
+            assert!(
+                entries.iter().all(Value::is_object),
+                "accepted an entry that is not an object: {entries:?}"
+            );
+            assert_eq!(specs.len(), entries.len(), "one account per entry");
             for (i, spec) in specs.iter().enumerate() {
                 check_spec(spec);
                 assert!(

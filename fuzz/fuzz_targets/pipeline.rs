@@ -14,7 +14,8 @@
 //!   the finish reason matches the end; an upstream error is one OpenAI error event.
 //! * Tool calls only with tools on, at most one without parallel calls, only offered names
 //!   (the named one under a named `tool_choice`), arguments a JSON object; a `tool_calls`
-//!   finish has calls.
+//!   finish has calls, and an answer with calls that ends without an error ends with
+//!   `tool_calls` (not with a limit's `length` or `stop`).
 //!
 //! Header (see `fuzz_support`). Config byte 0: bit 0 tools, bits 1-2 `tool_choice` (auto,
 //! required, named `get_weather`, auto), bit 3 parallel calls, bit 4 retry allowed, bit 5
@@ -384,6 +385,15 @@ fn check_calls(cfg: &Config, run: &Run) {
     };
     if run.end == Ok(FinishReason::ToolCalls) {
         assert!(!calls.is_empty(), "finish tool_calls without a call");
+    }
+    if !calls.is_empty() && run.end.is_ok() {
+        // A call that went out whole is what the answer ended with, even when a limit cut
+        // text after it.
+        assert_eq!(
+            run.end,
+            Ok(FinishReason::ToolCalls),
+            "calls without tool_calls"
+        );
     }
     if !set.parallel {
         assert!(

@@ -32,19 +32,18 @@ pub fn open(s: &str) -> Match {
                         m.separators();
                         m.word("call")
                     })
-                    .and_then(|_| {
-                        m.optional(b's');
-                        m.full()
-                    }),
+                    .and_then(|_| m.optional(b's'))
+                    .and_then(|_| m.full()),
             )
         }
         Some(b'<') => {
             m.skip_spaces();
             let at = m.at;
-            let tool = outcome(m.word("tool_call").and_then(|_| {
-                m.optional(b's');
-                m.full()
-            }));
+            let tool = outcome(
+                m.word("tool_call")
+                    .and_then(|_| m.optional(b's'))
+                    .and_then(|_| m.full()),
+            );
             if tool != Match::No {
                 return tool;
             }
@@ -85,10 +84,9 @@ pub fn close(s: &str) -> Match {
     } else {
         m.literal(b'/').and_then(|_| m.word("tool_call"))
     };
-    if let Err(e) = head {
+    if let Err(e) = head.and_then(|_| m.optional(b's')) {
         return e;
     }
-    m.optional(b's');
     // A tight tail up to the closing bracket: `]`, `>` or a full-width `＞`.
     let rest = &s[m.at..];
     for (i, c) in rest.char_indices() {
@@ -100,6 +98,35 @@ pub fn close(s: &str) -> Match {
         }
     }
     Match::Partial
+}
+
+/// A result marker at the start of `s`, as a model imitating the fold's results writes one
+/// after its call: `[TOOL RESULT`, `[/TOOL RESULT`, `[ tool_result`, and `[TOOL CALL` too
+/// (the words the fold brackets), spaced, cased and joined as the openers are — a bounded
+/// form, so that a prefix of it is `Partial` and the scanner holds only a few bytes.
+pub fn result(s: &str) -> Match {
+    let mut m = Matcher::new(s);
+    match m.next_byte() {
+        Some(b'[') => {}
+        Some(_) => return Match::No,
+        None => return Match::Partial,
+    }
+    m.skip_spaces();
+    if m.s.get(m.at) == Some(&b'/') {
+        m.at += 1;
+        m.skip_spaces();
+    }
+    let head = m.word("tool").map(|_| m.separators());
+    if let Err(e) = head {
+        return e;
+    }
+    let at = m.at;
+    match outcome(m.word("call").and_then(|_| m.full())) {
+        Match::No => {}
+        call => return call,
+    }
+    m.at = at;
+    outcome(m.word("result").and_then(|_| m.full()))
 }
 
 /// A cursor over the candidate; every step reports `Partial` when the text runs out.
@@ -168,13 +195,17 @@ impl<'a> Matcher<'a> {
         }
     }
 
-    fn optional(&mut self, b: u8) {
-        if self
-            .s
-            .get(self.at)
-            .is_some_and(|x| x.eq_ignore_ascii_case(&b))
-        {
-            self.at += 1;
+    /// A byte the marker may have: taken when it is there. The text ending before it is
+    /// `Partial`: the next piece may bring it, and a marker must be as long whether the text
+    /// comes whole or in pieces (the payload window counts from its end).
+    fn optional(&mut self, b: u8) -> Step {
+        match self.s.get(self.at) {
+            None => Err(Match::Partial),
+            Some(x) if x.eq_ignore_ascii_case(&b) => {
+                self.at += 1;
+                Ok(())
+            }
+            Some(_) => Ok(()),
         }
     }
 
@@ -203,9 +234,22 @@ mod tests {
             assert!(matches!(open(s), Match::Full(_)), "{s}");
         }
         assert_eq!(open("[TOOL CALL]"), Match::Full(10));
-        for s in ["[", "[T", "[TOOL ", "<tool_c", "<"] {
+        // Also a marker that is whole but may still take its `s`: `[TOOL CALLS` is one
+        // byte longer than `[TOOL CALL`, and the text after it is counted from its end.
+        for s in [
+            "[",
+            "[T",
+            "[TOOL ",
+            "<tool_c",
+            "<",
+            "[TOOL CALL",
+            "<tool_call",
+        ] {
             assert_eq!(open(s), Match::Partial, "{s}");
         }
+        assert_eq!(open("[TOOL CALLS"), Match::Full(11));
+        assert_eq!(open("<tool_calls"), Match::Full(11));
+        assert_eq!(open("<function_calls"), Match::Full(15));
         for s in [
             "[tools]",
             "[link](x)",
@@ -215,6 +259,42 @@ mod tests {
             "x",
         ] {
             assert_eq!(open(s), Match::No, "{s}");
+        }
+    }
+
+    #[test]
+    fn result_markers_in_a_bounded_form() {
+        for (s, n) in [
+            ("[TOOL RESULT #1]", 12),
+            ("[/TOOL RESULT]", 13),
+            ("[ / tool_result]", 15),
+            ("[Tool-Result", 12),
+            ("[TOOL CALL]", 10),
+        ] {
+            assert_eq!(result(s), Match::Full(n), "{s}");
+        }
+        for s in [
+            "[",
+            "[ ",
+            "[/",
+            "[TOO",
+            "[TOOL ",
+            "[TOOL  ",
+            "[TOOL RES",
+            "[TOOL C",
+        ] {
+            assert_eq!(result(s), Match::Partial, "{s}");
+        }
+        // Past the separators the openers allow, it is text: what a prefix may still become
+        // is decided within a few bytes, whatever the split.
+        for s in [
+            "[TOOL   RESULT]",
+            "[   TOOL RESULT]",
+            "[TOOLS]",
+            "[link](x)",
+            "<tool_result>",
+        ] {
+            assert_eq!(result(s), Match::No, "{s}");
         }
     }
 

@@ -32,8 +32,10 @@ use super::ToolSet;
 use crate::translate::stage::Stage;
 use crate::translate::state::{Emit, FinishReason, PlatformFrame, ToolCall};
 
-/// Characters from an opener to its payload's `{`.
+/// Bytes from an opener's end to where its payload begins (its `{` or [`XML_OPEN`]).
 pub const PAYLOAD_WINDOW: usize = 128;
+/// The tag that begins a payload of the Qwen3-Coder XML form.
+const XML_OPEN: &str = "<function=";
 /// A payload larger than this is given up on and released as text.
 pub const SPAN_MAX: usize = 1 << 20;
 /// Stray `}` / `]` skipped between a payload and its closer.
@@ -269,6 +271,11 @@ struct ThinkingWatch {
     /// How far the block got: 0 nothing, 1 opener, 2 name, 3 closer.
     progress: u8,
     call: bool,
+    /// Bytes of thinking fed so far (`tail` is the end of them, byte for byte: the mapping
+    /// above keeps every character's length).
+    fed: usize,
+    /// Where in the thinking the first opener begins, once seen.
+    opened_at: Option<usize>,
 }
 
 impl ThinkingWatch {
@@ -291,6 +298,7 @@ impl ThinkingWatch {
     }
 
     fn feed(&mut self, text: &str) {
+        self.fed += text.len();
         if self.call {
             return;
         }
@@ -298,6 +306,7 @@ impl ThinkingWatch {
             '_' | '-' => ' ',
             c => c.to_ascii_lowercase(),
         }));
+        let tail_start = self.fed - self.tail.len();
         // `tail` starts after the last step found, so each step is looked for only in the
         // text after the one before it.
         let mut searched = 0;
@@ -310,6 +319,9 @@ impl ThinkingWatch {
             else {
                 break;
             };
+            if self.progress == 0 {
+                self.opened_at = Some(tail_start + searched + at);
+            }
             searched += at + len;
             self.progress += 1;
         }
@@ -592,12 +604,19 @@ impl ToolScan {
                 };
                 return true;
             }
-            if self.pending[at..].starts_with("<function=") {
+            let rest = &self.pending[at..];
+            if rest.starts_with(XML_OPEN) {
                 self.state = State::Xml {
                     start: at,
                     searched: 0,
                 };
                 return true;
+            }
+            if !eof && rest.len() < XML_OPEN.len() && XML_OPEN.starts_with(rest) {
+                // A `<function=` may begin inside the window and end past what has come:
+                // wait for it, or the window would close on it in one split and not in
+                // another (the window counts where a payload begins, not where it ends).
+                return false;
             }
             if prev == ']' && c == '(' {
                 // `[tool calls](https://…)`: a markdown link.
@@ -883,14 +902,10 @@ impl ToolScan {
                 return self.end_answer();
             }
         }
-        if self.pending.starts_with('[') {
-            let word = self.pending[1..].trim_start_matches([' ', '/']);
-            if !eof && word.len() < "tool result".len() {
-                return false;
-            }
-            if super::starts_with_marker_word(word) {
-                return self.end_answer();
-            }
+        match markers::result(&self.pending) {
+            Match::Full(_) => return self.end_answer(),
+            Match::Partial if !eof => return false,
+            _ => {}
         }
         if parallel && self.pending.starts_with('{') {
             match bare_payload(&self.pending, eof) {
@@ -922,12 +937,17 @@ impl ToolScan {
     /// call (`after`).
     fn narration(&mut self, eof: bool) -> bool {
         // A call written on the narration's line ("Next: [TOOL CALL] {…}", or its bare
-        // payload with a closer after it) is the next call.
+        // payload with a closer after it) is the next call — within the bound: the bytes
+        // before it count as narration, as they do when they came in earlier pieces (and
+        // were skipped then), so the same answer gives the same calls in any split.
         let line_end = self.pending.find('\n').unwrap_or(self.pending.len());
         for (i, c) in self.pending[..line_end].char_indices() {
             if c == '{' {
                 match bare_payload(&self.pending[i..], eof) {
                     Some(true) => {
+                        if self.narrated.0 + i > NARRATION_MAX {
+                            return self.end_answer();
+                        }
                         self.narrated.0 += i;
                         self.pending.drain(..i);
                         self.state = State::Json {
@@ -948,6 +968,9 @@ impl ToolScan {
             }
             match markers::open(&self.pending[i..]) {
                 Match::Full(n) => {
+                    if self.narrated.0 + i > NARRATION_MAX {
+                        return self.end_answer();
+                    }
                     self.narrated.0 += i;
                     self.pending.drain(..i);
                     self.state = State::Tail { opener: n };
@@ -994,9 +1017,11 @@ impl ToolScan {
         false
     }
 
-    /// Watch the thinking for a call, and keep it from the first opener on (with the few
-    /// bytes before, where the opener may have begun), up to [`THINKING_KEPT`]: a call the
-    /// answer leaves out is taken from there.
+    /// Watch the thinking for a call, and keep it from the first opener on, up to
+    /// [`THINKING_KEPT`]: a call the answer leaves out is taken from there. What is kept is
+    /// the same however the thinking came in pieces: it starts exactly at the opener (a
+    /// payload written before it is not the block's), wherever the piece that completed
+    /// the opener began.
     fn keep_thinking(&mut self, text: &str) {
         let was_open = self.thinking.opened();
         self.thinking.feed(text);
@@ -1004,14 +1029,25 @@ impl ToolScan {
             return; // given up on for good: what is kept stays one stretch of the thinking
         }
         self.thinking_text.push_str(text);
-        if !was_open && !self.thinking.opened() {
-            // Nothing to keep yet but a tail that may hold the start of an opener.
-            let keep_from = self.thinking_text.len().saturating_sub(markers::OPEN_MAX);
-            let keep_from = (keep_from..=self.thinking_text.len())
-                .find(|&i| self.thinking_text.is_char_boundary(i))
-                .unwrap_or(self.thinking_text.len());
-            self.thinking_text.drain(..keep_from);
+        if was_open {
+            return;
         }
+        let keep_from = match self.thinking.opened_at {
+            // Opened in this piece: `thinking_text` is the end of the thinking, and holds
+            // the opener whole (the watch keeps fewer bytes back than `OPEN_MAX`).
+            Some(at) => {
+                let kept_from = self.thinking.fed - self.thinking_text.len();
+                at.saturating_sub(kept_from)
+            }
+            // Nothing to keep yet but a tail that may hold the start of an opener.
+            None => {
+                let from = self.thinking_text.len().saturating_sub(markers::OPEN_MAX);
+                (from..=self.thinking_text.len())
+                    .find(|&i| self.thinking_text.is_char_boundary(i))
+                    .unwrap_or(self.thinking_text.len())
+            }
+        };
+        self.thinking_text.drain(..keep_from);
     }
 
     /// Emit the valid calls the thinking wrote (a call repeated word for word once: a

@@ -31,6 +31,10 @@ pub struct Limits {
     max_quarters: Option<u64>,
     used_quarters: u64,
     finish: Option<FinishReason>,
+    /// The cut dropped something: text past it, a call after it.
+    dropped: bool,
+    /// A call went out (before any cut).
+    passed_call: bool,
 }
 
 impl Limits {
@@ -45,6 +49,8 @@ impl Limits {
             max_quarters: max_tokens.map(|t| t.saturating_mul(4)),
             used_quarters: 0,
             finish: None,
+            dropped: false,
+            passed_call: false,
         }
     }
 
@@ -55,6 +61,7 @@ impl Limits {
 
     fn on_content(&mut self, text: &str, inner: &mut impl Emit) {
         if self.finish.is_some() {
+            self.dropped |= !text.is_empty();
             return;
         }
         if self.stops.is_empty() {
@@ -73,6 +80,7 @@ impl Limits {
             self.held.clear();
             self.pass_budget(&before, inner);
             self.finish.get_or_insert(FinishReason::StopSequence(index));
+            self.dropped = true;
             return;
         }
         let keep = self.partial_match_len();
@@ -116,6 +124,7 @@ impl Limits {
             if self.used_quarters + cost > max {
                 cut = i;
                 self.finish = Some(FinishReason::Length);
+                self.dropped = true;
                 break;
             }
             self.used_quarters += cost;
@@ -150,7 +159,10 @@ impl Stage for Limits {
             self.pass_budget(&held, next);
         }
         if self.finish.is_none() {
+            self.passed_call = true;
             next.tool_call(call);
+        } else {
+            self.dropped = true;
         }
     }
 
@@ -163,6 +175,14 @@ impl Stage for Limits {
 
     fn finish_reason(&self) -> Option<FinishReason> {
         self.finish
+    }
+
+    /// The cut dropped text or a call of the stages ahead before any call went out: a call
+    /// the tool-call scanner emitted after the prose `max_tokens` cut never reached the
+    /// client, and the answer ends with `length`, not `tool_calls`. A call that went out
+    /// whole keeps `tool_calls`.
+    fn cut_short(&self) -> bool {
+        self.finish.is_some() && self.dropped && !self.passed_call
     }
 
     /// Without upstream usage, completion tokens are the estimate of what passed; when
@@ -243,6 +263,73 @@ mod tests {
         assert_eq!(l.finish_reason(), Some(FinishReason::Length));
         let mut l = Limits::new(vec![], Some(2));
         assert_eq!(run(&mut l, &["你好吗"]), "你好");
+    }
+
+    /// Releases its prose and, the first time, a call after it, and then says the answer
+    /// ended with the call: the tool-call scanner under `required`, which holds the prose
+    /// and lets it go with the call, in one upstream event.
+    #[derive(Default)]
+    struct ProseThenCall {
+        called: bool,
+    }
+
+    impl Stage for ProseThenCall {
+        fn reasoning(&mut self, text: &str, next: &mut impl Emit) {
+            next.reasoning(text);
+        }
+        fn content(&mut self, text: &str, next: &mut impl Emit) {
+            next.content(text);
+            if !self.called {
+                self.called = true;
+                next.tool_call(&ToolCall {
+                    name: "f",
+                    arguments: "{}",
+                });
+            }
+        }
+        fn finish_reason(&self) -> Option<FinishReason> {
+            self.called.then_some(FinishReason::ToolCalls)
+        }
+    }
+
+    #[test]
+    fn a_call_behind_the_cut_is_dropped_and_the_answer_ends_with_the_cut() {
+        // Fuzz finding pipeline/limits-drops-call: the call was dropped, and the pair still
+        // said `tool_calls` (the scanner's reason came first).
+        let prose = "Let me check."; // 13 ASCII characters: 3.25 tokens
+        for (limits, finish, calls) in [
+            (Limits::new(vec![], Some(1)), FinishReason::Length, 0),
+            (Limits::new(vec![], Some(3)), FinishReason::Length, 0),
+            (
+                Limits::new(vec!["check".into()], None),
+                FinishReason::StopSequence(0),
+                0,
+            ),
+            // Room for the prose: the call goes out and ends the answer.
+            (Limits::new(vec![], Some(4)), FinishReason::ToolCalls, 1),
+            (Limits::new(vec![], None), FinishReason::ToolCalls, 1),
+        ] {
+            let mut stages = (ProseThenCall::default(), limits);
+            let mut out = Recorder::default();
+            stages.content(prose, &mut out);
+            stages.flush(&mut out);
+            assert_eq!(stages.finish_reason(), Some(finish), "{:?}", out.pieces);
+            assert_eq!(out.calls.len(), calls, "{:?}", out.pieces);
+        }
+        // The budget spent exactly by the prose: nothing is left for the call either.
+        let mut stages = (ProseThenCall::default(), Limits::new(vec![], Some(1)));
+        let mut out = Recorder::default();
+        stages.content("Chpg", &mut out);
+        assert_eq!(out.pieces, ["c:Chpg"]);
+        assert_eq!(stages.finish_reason(), Some(FinishReason::Length));
+        // A call that went out whole keeps `tool_calls`, even when text after it is cut.
+        let mut stages = (ProseThenCall::default(), Limits::new(vec![], Some(4)));
+        let mut out = Recorder::default();
+        stages.content(prose, &mut out);
+        stages.content(" And a long story after the call.", &mut out);
+        assert_eq!(out.calls.len(), 1);
+        assert_eq!(stages.1.finish_reason(), Some(FinishReason::Length));
+        assert_eq!(stages.finish_reason(), Some(FinishReason::ToolCalls));
     }
 
     #[test]

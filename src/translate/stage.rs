@@ -40,6 +40,13 @@ pub trait Stage {
     fn finish_reason(&self) -> Option<FinishReason> {
         None
     }
+    /// This stage ended the output before something the stages ahead of it sent had passed
+    /// (text past the cut, a call after it), and before any call of theirs did: how they
+    /// say the answer ended (`tool_calls` after their calls) describes an answer the client
+    /// did not get, and this stage's reason stands.
+    fn cut_short(&self) -> bool {
+        false
+    }
     /// Correct the usage reported to the client for what this stage let through
     /// (`reported`: the upstream sent usage of its own).
     fn account(&self, usage: &mut Usage, reported: bool) {
@@ -155,6 +162,10 @@ impl<S: Stage> Stage for Option<S> {
         self.as_ref().and_then(Stage::finish_reason)
     }
 
+    fn cut_short(&self) -> bool {
+        self.as_ref().is_some_and(Stage::cut_short)
+    }
+
     fn account(&self, usage: &mut Usage, reported: bool) {
         if let Some(s) = self {
             s.account(usage, reported);
@@ -205,8 +216,17 @@ impl<A: Stage, B: Stage> Stage for (A, B) {
         b.flush(next);
     }
 
+    /// The first stage's reason, unless the second one cut its answer short: then the
+    /// answer the client got ended at the second one's cut.
     fn finish_reason(&self) -> Option<FinishReason> {
-        self.0.finish_reason().or_else(|| self.1.finish_reason())
+        match self.1.finish_reason() {
+            Some(cut) if self.1.cut_short() => Some(cut),
+            second => self.0.finish_reason().or(second),
+        }
+    }
+
+    fn cut_short(&self) -> bool {
+        self.0.cut_short() || self.1.cut_short()
     }
 
     fn account(&self, usage: &mut Usage, reported: bool) {

@@ -47,6 +47,7 @@ struct Out {
     calls: Vec<(String, String)>,
     finish: Option<FinishReason>,
     retry: Option<Hint>,
+    stats: ScanStats,
 }
 
 fn run_pieces(set: &ToolSet, retry: bool, pieces: &[&str], reasoning: &[&str]) -> Out {
@@ -79,6 +80,7 @@ fn run_pieces_in(
         calls: out.calls,
         finish: scan.finish_reason(),
         retry: scan.retry(),
+        stats: scan.stats(),
     }
 }
 
@@ -113,6 +115,35 @@ fn scan_with(set: &ToolSet, retry: bool, upstream: &str) -> Out {
         );
     }
     whole
+}
+
+/// The outcome of `thinking` and `answer` each given whole, checked to be the same under
+/// every split of either (the other whole): into two pieces at each character boundary, and
+/// into single characters (chunk invariance, §6.5). Exhaustive where `scan_with` samples.
+fn every_split(set: &ToolSet, retry: bool, streaming: bool, thinking: &str, answer: &str) -> Out {
+    fn whole(text: &str) -> Vec<&str> {
+        [text].into_iter().filter(|t| !t.is_empty()).collect()
+    }
+    let run =
+        |thinking: &[&str], answer: &[&str]| run_pieces_in(streaming, set, retry, answer, thinking);
+    let expected = run(&whole(thinking), &whole(answer));
+    for (what, text) in [("thinking", thinking), ("answer", answer)] {
+        let mut splits: Vec<Vec<&str>> = text
+            .char_indices()
+            .skip(1)
+            .map(|(i, _)| vec![&text[..i], &text[i..]])
+            .collect();
+        splits.push(split_at_chars(text, || 1));
+        for pieces in splits {
+            let got = if what == "thinking" {
+                run(&pieces, &whole(answer))
+            } else {
+                run(&whole(thinking), &pieces)
+            };
+            assert_eq!(got, expected, "the {what} split as {pieces:?}");
+        }
+    }
+    expected
 }
 
 fn scan(upstream: &str) -> Out {
@@ -867,4 +898,123 @@ fn review_json_on_a_narration_line_without_a_closer_is_not_shown_after_a_call() 
     ));
     assert_eq!(out.calls.len(), 1);
     assert_eq!(out.content, "");
+}
+
+#[test]
+fn a_function_tag_at_the_edge_of_the_payload_window_reads_the_same_in_any_split() {
+    // A `<function=` that begins inside the window after an opener and ends past it: the
+    // window closed on it when a piece ended inside the tag, so the same answer was a call
+    // whole and prose in pieces (fuzz finding, tool_scan/function-tag-at-window-edge).
+    let minimized = format!("<tool_call{}<function=", "\u{FFFD}".repeat(40));
+    let out = every_split(&auto(), false, false, "", &minimized);
+    assert_eq!(
+        out.stats.invalid, 1,
+        "a call the answer ended inside: {out:?}"
+    );
+    let block = "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>";
+    for pad in PAYLOAD_WINDOW - 12..=PAYLOAD_WINDOW + 2 {
+        let text = format!("<tool_call>{}{block}\n</tool_call>", " ".repeat(pad));
+        let out = every_split(&auto(), false, false, "", &text);
+        // The tag begins `pad + 1` bytes after the opener (`>` included).
+        if pad < PAYLOAD_WINDOW {
+            assert_eq!(
+                out.calls,
+                [call("get_weather", r#"{"city":"Paris"}"#)],
+                "pad {pad}"
+            );
+        } else {
+            assert!(out.calls.is_empty(), "pad {pad}: {out:?}");
+        }
+        let cut = format!("<tool_call>{}<function=", " ".repeat(pad));
+        every_split(&auto(), true, false, "", &cut);
+    }
+}
+
+#[test]
+fn an_opener_is_as_long_whole_as_in_pieces() {
+    // `[TOOL CALL` at the end of a piece was taken whole, a byte shorter than the
+    // `[TOOL CALLS` the next piece made of it: the payload window (counted from the
+    // opener's end) reached one byte less far, and a payload at its edge was missed.
+    let payload = r#"{"name":"get_weather","arguments":{"city":"Paris"}}"#;
+    for opener in ["[TOOL CALLS]", "<tool_calls>", "[TOOL CALL]"] {
+        for pad in PAYLOAD_WINDOW - 2..=PAYLOAD_WINDOW + 1 {
+            let text = format!("{opener}{}{payload}", " ".repeat(pad));
+            every_split(&auto(), false, false, "", &text);
+            every_split(
+                &auto(),
+                false,
+                false,
+                "",
+                &format!("{opener}{}", " ".repeat(pad)),
+            );
+        }
+    }
+}
+
+#[test]
+fn the_thinking_kept_for_a_call_is_the_same_in_any_split() {
+    // The thinking is kept from its first opener on. The kept text began wherever the piece
+    // that completed the opener began, so a payload written before the opener was read as
+    // the call when the thinking came whole, and not in pieces (fuzz finding,
+    // tool_scan/thinking-kept-text-depends-on-split). It is not the block's payload.
+    let named = set_with(Choice::Named("get_weather".into()), false);
+    for thinking in [
+        r#"{"name":"getweather"}[TOOL CALL"#,
+        "The call:\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n[TOOL CALL]",
+    ] {
+        let out = every_split(&named, false, false, thinking, "");
+        assert!(out.calls.is_empty(), "{thinking:?}: {out:?}");
+    }
+    // A block after some thinking, written in any pieces, is the call.
+    let thinking = "The user wants the weather, so:\n\n[TOOL CALL]\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}\n[END TOOL CALL]";
+    for streaming in [false, true] {
+        let out = every_split(&auto(), true, streaming, thinking, "");
+        assert_eq!(out.calls, [call("get_weather", r#"{"city":"Paris"}"#)]);
+    }
+}
+
+#[test]
+fn the_narration_bound_is_the_same_whole_and_in_pieces() {
+    // Narration after a call is skipped to find the next call, up to NARRATION_MAX bytes.
+    // Skipped in pieces it was counted and ended the answer; with the next opener on the
+    // same line, in the same piece, it was not counted, and the second call went out (fuzz
+    // finding, tool_scan/narration-bound-depends-on-split).
+    let call = "<tool_call>\n{\"name\":\"Write\"}";
+    for n in NARRATION_MAX - 2..=NARRATION_MAX + 2 {
+        for narration in ["x".repeat(n), format!("{}\u{FFFD}", "x".repeat(n - 3))] {
+            let text = format!("{call}\n</tool_call>\n{narration}{call}\n</tool_call>");
+            let out = every_split(&auto(), false, false, "", &text);
+            // The narration runs from after the first closer (and the whitespace after it)
+            // to the second opener.
+            let skipped = narration.len();
+            let calls = if skipped > NARRATION_MAX { 1 } else { 2 };
+            assert_eq!(out.calls.len(), calls, "{skipped} bytes of narration");
+            assert_eq!(out.content, "");
+        }
+    }
+}
+
+#[test]
+fn a_result_marker_after_a_call_is_told_the_same_in_any_split() {
+    // After a call, a result the model writes itself (`[TOOL RESULT …`) ends the answer.
+    // It was read with any number of spaces before its words, but held back only until
+    // eleven bytes had come: `[TOOL` and spaces at a piece's end was narration, and the
+    // next call went out; whole, the same text ended the answer (fuzz finding,
+    // tool_scan/result-marker-spacing). Now it is spelled as the openers are.
+    for spaces in [1, 2, 3, 12] {
+        let text = format!(
+            "{PARIS}\n[TOOL{}RESULT #1]\nsunny\n{PARIS}",
+            " ".repeat(spaces)
+        );
+        let out = every_split(&auto(), false, false, "", &text);
+        let calls = if spaces <= 2 { 1 } else { 2 };
+        assert_eq!(out.calls.len(), calls, "{spaces} spaces");
+        assert_eq!(out.content, "");
+    }
+    for text in [
+        format!("{PARIS}\n[/TOOL RESULT]\n{PARIS}"),
+        format!("{PARIS}\n[ tool_result]\n{PARIS}"),
+    ] {
+        assert_eq!(every_split(&auto(), false, false, "", &text).calls.len(), 1);
+    }
 }
