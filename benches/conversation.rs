@@ -49,6 +49,18 @@ type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Ful
 
 const LINGER: Duration = Duration::from_millis(50);
 
+/// The simulator's timing in most measurements: first token 20 ms, 8 characters every 2 ms,
+/// no prefill; `chats/new` as given.
+fn quick_timing(chat_latency: Duration) -> SimTiming {
+    SimTiming {
+        chat_latency,
+        ttft: Duration::from_millis(20),
+        frame_delay: Duration::from_millis(2),
+        chunk_chars: 8,
+        prefill_per_1k_tokens: Duration::ZERO,
+    }
+}
+
 async fn start(mode: &str) -> (Simulator, SocketAddr) {
     start_with(mode, "adaptive", Duration::from_millis(300), LINGER).await
 }
@@ -59,13 +71,7 @@ async fn start_with(
     chat_latency: Duration,
     linger: Duration,
 ) -> (Simulator, SocketAddr) {
-    let timing = SimTiming {
-        chat_latency,
-        ttft: Duration::from_millis(20),
-        frame_delay: Duration::from_millis(2),
-        chunk_chars: 8,
-        prefill_per_1k_tokens: Duration::ZERO,
-    };
+    let timing = quick_timing(chat_latency);
     start_timed(mode, busy_policy, timing, linger, &[]).await
 }
 
@@ -501,13 +507,7 @@ struct FirstTurns {
 /// a `chats/new` of `chat_latency` with `pool` chats made ahead (after one conversation that
 /// fills the pool and a pause for it to fill).
 async fn first_turns(chat_latency: Duration, pool: usize, n: usize, every: Duration) -> FirstTurns {
-    let timing = SimTiming {
-        chat_latency,
-        ttft: Duration::from_millis(20),
-        frame_delay: Duration::from_millis(2),
-        chunk_chars: 8,
-        prefill_per_1k_tokens: Duration::ZERO,
-    };
+    let timing = quick_timing(chat_latency);
     let size = pool.to_string();
     let (sim, addr) = start_timed(
         "continue",

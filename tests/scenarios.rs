@@ -858,13 +858,7 @@ async fn client_disconnect_aborts_the_upstream_stream() {
     let h = Harness::start().await;
     let body = json!({"model": MODEL, "stream": true,
                       "messages": [{"role": "user", "content": "x @@sim:long=100000 @@sim:delay=20"}]});
-    let req = hyper::Request::post(h.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
-        .unwrap();
-    let rsp = h.send(req).await;
+    let rsp = h.chat_response(&body).await;
     assert_eq!(rsp.status(), 200);
     let mut body = rsp.into_body();
     let first = body.frame().await.unwrap().unwrap();

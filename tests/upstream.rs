@@ -326,13 +326,7 @@ async fn thousands_of_dropped_streams_leave_the_upstream_connection_whole() {
             let body = serde_json::json!({"model": "qwen3.7-plus", "stream": true,
                 "messages": [{"role": "user",
                     "content": format!("dropped {k} @@sim:long=20000 @@sim:delay=1")}]});
-            let req = hyper::Request::post(h.url("/v1/chat/completions"))
-                .header("content-type", "application/json")
-                .body(http_body_util::Full::new(bytes::Bytes::from(
-                    body.to_string(),
-                )))
-                .unwrap();
-            let rsp = h.send(req).await;
+            let rsp = h.chat_response(&body).await;
             assert_eq!(rsp.status(), 200);
             let mut body = rsp.into_body();
             let first = body.frame().await.unwrap().unwrap();

@@ -291,6 +291,16 @@ impl Harness {
             .expect("request succeeds")
     }
 
+    /// A chat completion request whose response is handed back unread (to read it frame by
+    /// frame, or to drop it mid-answer).
+    pub async fn chat_response(&self, body: &Value) -> Response<Incoming> {
+        let req = Request::post(self.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        self.send(req).await
+    }
+
     pub async fn read(rsp: Response<Incoming>) -> Reply {
         let status = rsp.status();
         let headers = rsp.headers().clone();
