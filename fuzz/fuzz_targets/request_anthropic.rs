@@ -14,9 +14,7 @@
 
 #![no_main]
 
-use fuzz_support::{
-    check_request_error, check_turn, request_body, ErrorShape, COMMON_KEYS, COMMON_STRINGS,
-};
+use fuzz_support::{check_request_parser, ErrorShape};
 use libfuzzer_sys::fuzz_target;
 use qwen_proxy::api::anthropic::request::parse;
 
@@ -41,35 +39,21 @@ const KEYS: &[&str] = &[
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let keys: Vec<&str> = COMMON_KEYS.iter().chain(KEYS).copied().collect();
-    let Some(body) = request_body(data, &keys, COMMON_STRINGS) else {
-        return;
-    };
-    match parse(&body) {
-        Ok(req) => {
-            check_turn!(req.turn);
-            assert_eq!(req.turn.model, req.turn.model.trim(), "an untrimmed model");
-            assert!(
-                req.turn.max_tokens.is_some_and(|n| n >= 1),
-                "max_tokens {:?}",
-                req.turn.max_tokens
-            );
-            assert!(
-                req.turn
-                    .messages
-                    .iter()
-                    .any(|m| matches!(format!("{:?}", m.role).as_str(), "User" | "Tool")),
-                "no user message"
-            );
-            let again = parse(&body).expect("the same body parses again");
-            assert!(
-                again.turn == req.turn && again.options == req.options,
-                "parsing is not deterministic"
-            );
-        }
-        Err(e) => {
-            check_request_error(&body, &e, ErrorShape::Anthropic);
-            assert_eq!(parse(&body).err(), Some(e), "parsing is not deterministic");
-        }
-    }
+    check_request_parser!(data, KEYS, parse, ErrorShape::Anthropic, |req, body| {
+        assert_eq!(req.turn.model, req.turn.model.trim(), "an untrimmed model");
+        assert!(
+            req.turn.max_tokens.is_some_and(|n| n >= 1),
+            "max_tokens {:?}",
+            req.turn.max_tokens
+        );
+        assert!(
+            req.turn
+                .messages
+                .iter()
+                .any(|m| matches!(format!("{:?}", m.role).as_str(), "User" | "Tool")),
+            "no user message"
+        );
+        let again = parse(&body).expect("the same body parses again");
+        assert!(again.options == req.options, "parsing is not deterministic");
+    });
 });

@@ -14,9 +14,7 @@
 
 #![no_main]
 
-use fuzz_support::{
-    check_request_error, check_turn, request_body, ErrorShape, COMMON_KEYS, COMMON_STRINGS,
-};
+use fuzz_support::{check_request_parser, ErrorShape};
 use libfuzzer_sys::fuzz_target;
 use qwen_proxy::api::responses::request::parse;
 
@@ -43,33 +41,20 @@ const KEYS: &[&str] = &[
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let keys: Vec<&str> = COMMON_KEYS.iter().chain(KEYS).copied().collect();
-    let Some(body) = request_body(data, &keys, COMMON_STRINGS) else {
-        return;
-    };
-    match parse(&body) {
-        Ok(req) => {
-            check_turn!(req.turn);
-            let o = &req.options;
+    check_request_parser!(data, KEYS, parse, ErrorShape::OpenAi, |req, body| {
+        let o = &req.options;
+        assert!(
+            o.previous_response_id
+                .as_ref()
+                .is_none_or(|id| !id.is_empty()),
+            "an empty previous_response_id"
+        );
+        for (at, id) in &o.references {
+            assert!(!id.is_empty(), "an empty item_reference id");
             assert!(
-                o.previous_response_id
-                    .as_ref()
-                    .is_none_or(|id| !id.is_empty()),
-                "an empty previous_response_id"
+                *at <= req.turn.messages.len(),
+                "a reference past the messages"
             );
-            for (at, id) in &o.references {
-                assert!(!id.is_empty(), "an empty item_reference id");
-                assert!(
-                    *at <= req.turn.messages.len(),
-                    "a reference past the messages"
-                );
-            }
-            let again = parse(&body).expect("the same body parses again");
-            assert!(again.turn == req.turn, "parsing is not deterministic");
         }
-        Err(e) => {
-            check_request_error(&body, &e, ErrorShape::OpenAi);
-            assert_eq!(parse(&body).err(), Some(e), "parsing is not deterministic");
-        }
-    }
+    });
 });

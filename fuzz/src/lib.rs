@@ -441,3 +441,29 @@ macro_rules! check_turn {
         }
     }};
 }
+
+/// A request parser's target: the body from `data` (`request_body` with the common keys and
+/// `keys`); a parsed request passes `check_turn!`, then `checks` (with the request and the
+/// body bound to the given names), and parses the same again; an error is a well-formed 400 in `shape`
+/// (`check_request_error`) and the same error again.
+#[macro_export]
+macro_rules! check_request_parser {
+    ($data:expr, $keys:expr, $parse:path, $shape:expr, |$req:ident, $body:ident| $checks:block) => {{
+        let keys: Vec<&str> = $crate::COMMON_KEYS.iter().chain($keys).copied().collect();
+        let Some($body) = $crate::request_body($data, &keys, $crate::COMMON_STRINGS) else {
+            return;
+        };
+        match $parse(&$body) {
+            Ok($req) => {
+                $crate::check_turn!($req.turn);
+                $checks
+                let again = $parse(&$body).expect("the same body parses again");
+                assert!(again.turn == $req.turn, "parsing is not deterministic");
+            }
+            Err(e) => {
+                $crate::check_request_error(&$body, &e, $shape);
+                assert_eq!($parse(&$body).err(), Some(e), "parsing is not deterministic");
+            }
+        }
+    }};
+}
