@@ -64,6 +64,8 @@ impl Rig {
         vars.insert("QWEN_AUTH_BASE_URL".into(), sim.base_url());
         vars.insert("RETRY_INITIAL_DELAY".into(), "10".into());
         vars.insert("RETRY_MAX_DELAY".into(), "40".into());
+        // These tests count the upstream's chats: none made ahead.
+        vars.insert("CHAT_POOL_SIZE".into(), "0".into());
         let accounts_dir = (!accounts.is_empty()).then(|| accounts_file(accounts));
         match &accounts_dir {
             None => vars.insert("QWEN_COOKIES".into(), "token=test-token; other=1".into()),
