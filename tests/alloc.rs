@@ -10,7 +10,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,27 +24,28 @@ use qwen_proxy::translate::pipeline::{Pipeline, Progress};
 
 struct Counting;
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-/// Heap bytes and allocations alive, counted like `ALLOCATIONS`: what the measuring thread
-/// allocated minus what it freed while counting.
-static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
-static LIVE_ALLOCATIONS: AtomicI64 = AtomicI64::new(0);
-
+// Every counter is the measuring thread's own: the tests run in parallel, and one test's
+// allocations must not land in another's count.
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    /// Heap bytes and allocations alive: what the thread allocated minus what it freed
+    /// while counting.
+    static LIVE_BYTES: Cell<i64> = const { Cell::new(0) };
+    static LIVE_ALLOCATIONS: Cell<i64> = const { Cell::new(0) };
 }
 
 fn note() {
     if COUNTING.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
     }
 }
 
 /// `bytes` more (or fewer) alive in `allocations` more (or fewer) allocations.
 fn note_live(bytes: i64, allocations: i64) {
     if COUNTING.with(Cell::get) {
-        LIVE_BYTES.fetch_add(bytes, Ordering::Relaxed);
-        LIVE_ALLOCATIONS.fetch_add(allocations, Ordering::Relaxed);
+        LIVE_BYTES.with(|n| n.set(n.get() + bytes));
+        LIVE_ALLOCATIONS.with(|n| n.set(n.get() + allocations));
     }
 }
 
@@ -118,14 +118,14 @@ fn allocations_per_event(
         sent += enc.take().map_or(0, |b| b.len());
     }
     COUNTING.with(|c| c.set(true));
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = ALLOCATIONS.with(Cell::get);
     for c in &chunks[warm..] {
         let progress = p.feed(c.clone(), &mut enc);
         // The frame goes to the socket and is dropped, as hyper does.
         sent += enc.take().map_or(0, |b| b.len());
         assert_eq!(progress, Ok(Progress::Continue));
     }
-    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    let after = ALLOCATIONS.with(Cell::get);
     COUNTING.with(|c| c.set(false));
     assert!(sent > 0);
     (after - before) as f64 / events_measured as f64
@@ -134,9 +134,9 @@ fn allocations_per_event(
 #[test]
 fn the_counter_counts() {
     COUNTING.with(|c| c.set(true));
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = ALLOCATIONS.with(Cell::get);
     let v = std::hint::black_box(vec![1u8; 64]);
-    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    let after = ALLOCATIONS.with(Cell::get);
     COUNTING.with(|c| c.set(false));
     drop(v);
     assert_eq!(after - before, 1);
@@ -221,15 +221,15 @@ fn a_stored_responses_counted_cost_covers_its_heap() {
         .collect();
 
     // Counting only inside `save`: what it allocates and keeps.
-    let bytes_before = LIVE_BYTES.load(Ordering::Relaxed);
-    let allocations_before = LIVE_ALLOCATIONS.load(Ordering::Relaxed);
+    let bytes_before = LIVE_BYTES.with(Cell::get);
+    let allocations_before = LIVE_ALLOCATIONS.with(Cell::get);
     for (id, object, items) in &turns {
         COUNTING.with(|c| c.set(true));
         store.save(id, None, object, Vec::new(), items);
         COUNTING.with(|c| c.set(false));
     }
-    let held = LIVE_BYTES.load(Ordering::Relaxed) - bytes_before
-        + MALLOC_OVERHEAD * (LIVE_ALLOCATIONS.load(Ordering::Relaxed) - allocations_before);
+    let held = LIVE_BYTES.with(Cell::get) - bytes_before
+        + MALLOC_OVERHEAD * (LIVE_ALLOCATIONS.with(Cell::get) - allocations_before);
     drop(turns);
 
     let counted = store.kept_bytes() as i64;
