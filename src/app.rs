@@ -8,6 +8,7 @@ use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 
 use crate::accounts::{Pool, PoolSettings, ReloadSummary};
+use crate::chat_pool::redis::RedisPool;
 use crate::chat_pool::{ChatPool, MemoryPool, PoolStore};
 use crate::config::Config;
 use crate::conversation::key::fingerprint;
@@ -17,7 +18,6 @@ use crate::layers::concurrency::CompletionSlots;
 use crate::metrics::Metrics;
 use crate::qwen::client::QwenClient;
 use crate::qwen::models::{Catalog, ModelCache};
-use crate::redis::chat_pool::RedisPool;
 use crate::redis::sessions::RedisStore;
 use crate::redis::RedisClient;
 

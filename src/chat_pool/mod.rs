@@ -21,6 +21,7 @@
 //!   unseen by the client, and the account's other ready chats of that kind are dropped.
 
 mod memory;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

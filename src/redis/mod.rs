@@ -1,6 +1,6 @@
 //! Redis, for state shared by several instances: the client (`RedisClient`, over the `fred`
-//! crate), the session store (`sessions`), the chats made ahead (`chat_pool`) and the
-//! rate-limit buckets (`rate_limit`); account
+//! crate), the session store (`sessions`) and the rate-limit buckets (`rate_limit`); the
+//! chats made ahead (`chat_pool::redis`) and account
 //! state and tokens (`accounts::shared`) use the same client.
 //!
 //! **Why `fred`.** It keeps one multiplexed connection per node that reconnects by itself
@@ -39,14 +39,13 @@
 //! | `qp:acct:{<name>}:operator` | an operator's disable or enable, newest wins | none |
 //! | `qp:acct:{<name>}:token` | an account's token | as long as its refresh token lives |
 //! | `qp:acct:{<name>}:renewing` | the renewal lock (with the token it guards, one slot) | 120 s |
-//! | `qp:acct:{<name>}:pool:<chat type>:<model>` | chats made ahead (list of `<made ms> <id>`, oldest first; `chat_pool`) | taken out when expired |
+//! | `qp:acct:{<name>}:pool:<chat type>:<model>` | chats made ahead (list of `<made ms> <id>`, oldest first; `chat_pool::redis`) | taken out when expired |
 //! | `qp:pools` | set of every pool filled (`<name>\t<chat type>\t<model>`), for the expiry sweep | none |
 //!
 //! The account keys were `qp:acct:<name>:…` before the tag; the token and an operator's
 //! disable are still read from there when the new key is missing, so an upgrade spends no
 //! refresh token and keeps what operators disabled.
 
-pub mod chat_pool;
 pub mod rate_limit;
 pub mod sessions;
 

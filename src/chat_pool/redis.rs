@@ -1,4 +1,4 @@
-//! The chat pools in Redis, shared by every instance (`crate::chat_pool`): per pool a list
+//! The chat pools in Redis, shared by every instance: per pool a list
 //! `qp:acct:{<account>}:pool:<chat type>:<model>` of `"<made ms> <chat id>"`, oldest
 //! first, and the set `qp:pools` naming every pool ever filled (`<account>\t<chat
 //! type>\t<model>`, for the expiry sweep; bounded by accounts × chat types × models). A
@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use super::RedisClient;
-use crate::chat_pool::{PoolKey, PoolStore, ReadyChat, Taken};
+use super::{PoolKey, PoolStore, ReadyChat, Taken};
 use crate::common::BoxFuture;
 use crate::conversation::store::StoreError;
+use crate::redis::RedisClient;
 
 const POOLS: &str = "qp:pools";
 
