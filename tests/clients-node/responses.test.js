@@ -54,8 +54,8 @@ async function upstream(proxy, fn) {
   const s0 = await proxy.stats();
   const value = await fn();
   const s1 = await proxy.stats();
-  assert.ok(Number.isInteger(s0.chats_created) && Number.isInteger(s0.completions), 'no /__sim/stats counters');
-  return { value, chats: s1.chats_created - s0.chats_created, completions: s1.completions - s0.completions };
+  assert.ok(Number.isInteger(s0.chats_used) && Number.isInteger(s0.completions), 'no /__sim/stats counters');
+  return { value, chats: s1.chats_used - s0.chats_used, completions: s1.completions - s0.completions };
 }
 
 function checkUsage(usage) {

@@ -11,7 +11,7 @@
 // line of that result.
 //
 // The describe blocks run concurrently, each on its own proxy (so the simulator's
-// `chats_created` counter belongs to one block); the tests inside a block run one by one.
+// `chats_used` counter belongs to one block); the tests inside a block run one by one.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -70,8 +70,8 @@ function useProxy() {
 }
 
 async function chatsCreated(proxy) {
-  const n = (await proxy.stats()).chats_created;
-  assert.ok(Number.isInteger(n), '/__sim/stats has no chats_created counter');
+  const n = (await proxy.stats()).chats_used;
+  assert.ok(Number.isInteger(n), '/__sim/stats has no chats_used counter');
   return n;
 }
 
@@ -285,7 +285,7 @@ describe('function calling through real clients', { concurrency: true }, () => {
     }
 
     for (const stream of [false, true]) {
-      test(`runTools (stream ${stream}): two calls run the JS function, then the final answer; chats_created +1`, async () => {
+      test(`runTools (stream ${stream}): two calls run the JS function, then the final answer; chats_used +1`, async () => {
         const before = await chatsCreated(box.proxy);
         const received = [];
         const runner = client().chat.completions.runTools({
