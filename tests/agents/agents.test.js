@@ -252,7 +252,7 @@ async function removeScratch(s) {
 /** The simulator's first-turn body sizes, for the diagnostics. */
 async function upstreamTurns(proxy) {
   const stats = await proxy.stats();
-  return Object.values(stats.chats ?? {}).map((c) => (c.turns ?? []).map((t) => t.body_bytes));
+  return Object.values(stats.chats ?? {}).map((c) => (c.turns ?? []).map((t) => t.body_bytes)).filter((b) => b.length > 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -749,17 +749,26 @@ async function startRecorder(target) {
   };
 }
 
-/** The upstream chats created since the ids in `known` were taken, in creation order. */
-async function chatsSince(proxy, known) {
-  return Object.entries((await proxy.stats()).chats ?? {})
-    .filter(([id]) => !known.has(id))
-    .map(([id, c]) => ({ id, turns: c.turns ?? [] }));
+/** Every upstream chat and how many turns it holds now (`chatsSince` compares with it). */
+async function chatSnapshot(proxy) {
+  return new Map(Object.entries((await proxy.stats()).chats ?? {}).map(([id, c]) => [id, (c.turns ?? []).length]));
 }
 
 /**
- * The loop's turns continued one upstream chat: one chat created during the run (`known`: the
- * chat ids before it) holds a turn for each loop request, each turn's parent the turn before
- * (side requests, without the loop's history, may have chats of their own).
+ * The upstream chats that took turns since `known` (a `chatSnapshot`), each with those turns
+ * only, in creation order. A chat made ahead before the run (the proxy's chat pool) counts by
+ * the turns it took, not by when it was created.
+ */
+async function chatsSince(proxy, known) {
+  return Object.entries((await proxy.stats()).chats ?? {})
+    .map(([id, c]) => ({ id, turns: (c.turns ?? []).slice(known.get(id) ?? 0) }))
+    .filter((c) => c.turns.length > 0);
+}
+
+/**
+ * The loop's turns continued one upstream chat: one chat that took turns during the run
+ * (`known`: the snapshot before it) holds a turn for each loop request, each turn's parent
+ * the turn before (side requests, without the loop's history, may have chats of their own).
  */
 async function oneChat(proxy, known, loop) {
   const chats = await chatsSince(proxy, known);
@@ -915,7 +924,7 @@ describe('Claude Code (@anthropic-ai/claude-code) headless', () => {
     // and the simulated model would quote its number.
     await fs.writeFile(file, `Notes for the agent test\n${secret}`);
     const from = relay.requests.length;
-    const known = new Set(Object.keys((await proxy.stats()).chats ?? {}));
+    const known = await chatSnapshot(proxy);
 
     const r = await claude(`Read notes.txt @@sim:call=Read,${b64({ file_path: file })}`, ['Read']);
 
@@ -947,7 +956,7 @@ describe('Claude Code (@anthropic-ai/claude-code) headless', () => {
     const file = path.join(s.ws, 'created-by-claude.txt');
     const content = `written by Claude Code\n${secret}\n`;
     const from = relay.requests.length;
-    const known = new Set(Object.keys((await proxy.stats()).chats ?? {}));
+    const known = await chatSnapshot(proxy);
 
     const r = await claude(`Create the file @@sim:call=Write,${b64({ file_path: file, content })}`, ['Write']);
 
@@ -1150,7 +1159,7 @@ describe('Codex CLI (@openai/codex) exec', () => {
     await fs.writeFile(path.join(s.ws, 'notes.txt'), content);
     const args = { cmd: 'cat notes.txt' };
     const from = relay.requests.length;
-    const known = new Set(Object.keys((await proxy.stats()).chats ?? {}));
+    const known = await chatSnapshot(proxy);
 
     const r = await codex(`Read notes.txt @@sim:call=exec_command,${b64(args)}`);
 
@@ -1184,7 +1193,7 @@ describe('Codex CLI (@openai/codex) exec', () => {
     // One single-quoted word holds the newlines; printf '%s' writes it as it is.
     const args = { cmd: `printf '%s' '${content}' > created-by-codex.txt` };
     const from = relay.requests.length;
-    const known = new Set(Object.keys((await proxy.stats()).chats ?? {}));
+    const known = await chatSnapshot(proxy);
 
     const r = await codex(`Create the file @@sim:call=exec_command,${b64(args)}`);
 
@@ -1222,7 +1231,7 @@ describe('Codex CLI (@openai/codex) exec', () => {
     // Codex keeps the catalogue in $CODEX_HOME/models_cache.json: none, so this run fetches it.
     await fs.rm(path.join(s.home, '.codex', 'models_cache.json'), { force: true });
     const from = relay.requests.length;
-    const known = new Set(Object.keys((await proxy.stats()).chats ?? {}));
+    const known = await chatSnapshot(proxy);
 
     const r = await codex(`Create the file @@sim:call=apply_patch,${b64({ input: patch })}`, [
       `model_providers.qwen.model_catalog_url="${relay.url}/v1/models"`,
