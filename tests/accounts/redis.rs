@@ -51,9 +51,9 @@ async fn two_instances_share_cooldowns_through_redis() {
     assert_eq!(refused(&stats, "tok-a"), 1);
 }
 
-#[tokio::test]
-async fn an_instance_started_later_adopts_the_shared_state() {
-    let redis = RedisServer::start().await;
+/// A proxy with the cookie accounts a, b and c sharing `redis`: the accounts file (kept
+/// alive with the harness), Redis's URL, the harness.
+async fn three_accounts_over(redis: &RedisServer) -> (AccountsFile, String, Harness) {
     let url = redis.url();
     let file = AccountsFile::new(&json!([
         cookie_account("a"),
@@ -66,6 +66,18 @@ async fn an_instance_started_later_adopts_the_shared_state() {
         ("ADMIN_KEY", ADMIN_KEY),
     ];
     let h = Harness::start_with(&env, quick_sim()).await;
+    (file, url, h)
+}
+
+#[tokio::test]
+async fn an_instance_started_later_adopts_the_shared_state() {
+    let redis = RedisServer::start().await;
+    let (file, url, h) = three_accounts_over(&redis).await;
+    let env = [
+        ("QWEN_ACCOUNTS_FILE", file.path()),
+        ("REDIS_URL", url.as_str()),
+        ("ADMIN_KEY", ADMIN_KEY),
+    ];
     // On the first instance: a cools on its quota, the operator disables b.
     sim_control(&h, "tok-a", "quota?hours=1").await;
     let mut sent = 0;
@@ -197,18 +209,12 @@ async fn a_token_survives_a_restart_through_redis() {
 #[tokio::test]
 async fn an_operators_disable_outlives_redis() {
     let mut redis = RedisServer::start().await;
-    let url = redis.url();
-    let file = AccountsFile::new(&json!([
-        cookie_account("a"),
-        cookie_account("b"),
-        cookie_account("c")
-    ]));
+    let (file, url, h) = three_accounts_over(&redis).await;
     let env = [
         ("QWEN_ACCOUNTS_FILE", file.path()),
         ("REDIS_URL", url.as_str()),
         ("ADMIN_KEY", ADMIN_KEY),
     ];
-    let h = Harness::start_with(&env, quick_sim()).await;
     let second = h.another_proxy(&env).await;
     let both = [h.addr, second.addr];
     let hh = &h;
