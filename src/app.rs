@@ -44,6 +44,8 @@ pub struct AppState {
     /// Accounts whose daily image generations are used up (image turns avoid them).
     pub(crate) image_quota: crate::accounts::ImageQuota,
     pub started: Instant,
+    /// Every worker's runtime (`crate::workers`), once serving: the runtime metrics sum them.
+    pub(crate) runtimes: std::sync::OnceLock<Vec<tokio::runtime::Handle>>,
     /// Set when shutdown begins: `/health` reports `draining`.
     draining: AtomicBool,
     /// Flipped to `true` when the grace period is over: open streams end in-band.
@@ -83,7 +85,7 @@ impl AppState {
             },
             metrics.clone(),
         );
-        let client = QwenClient::new(&config.upstream, metrics.clone());
+        let client = QwenClient::new(&config.upstream, config.workers.runtimes(), metrics.clone());
         let models = ModelCache::new(client.clone(), config.models_cache_duration);
         let redis = config
             .redis
@@ -128,6 +130,7 @@ impl AppState {
             image_quota: Default::default(),
             redis,
             started: Instant::now(),
+            runtimes: std::sync::OnceLock::new(),
             draining: AtomicBool::new(false),
             abort_streams: watch::channel(false).0,
             upstream_probe: Mutex::new(None),

@@ -51,6 +51,7 @@ pub mod tools;
 pub mod translate;
 pub(crate) mod turn;
 pub mod untrusted;
+pub mod workers;
 
 /// Entry points for the fuzz targets (`fuzz/`) into crate-private parsers. Not an API: no
 /// stability, not for other callers.
@@ -68,6 +69,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub use app::AppState;
 pub use config::Config;
@@ -91,28 +93,87 @@ impl App {
 
     /// Serve until `shutdown` resolves; then report `draining` on `/health` and refuse new
     /// completions (503) while open ones finish, for at most `SHUTDOWN_GRACE`; end the
-    /// rest with an in-band error event.
+    /// rest with an in-band error event. All on the caller's runtime.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let header_read_timeout = self.state.config.header_read_timeout;
-        let (draining, idle, aborting) =
-            (self.state.clone(), self.state.clone(), self.state.clone());
+        self.serve_on_workers(vec![listener], shutdown).await;
+    }
+
+    /// [`App::serve`] on one single-threaded runtime per listener (`crate::workers`,
+    /// `server::bind_each`): the first on the caller's runtime (which also runs the
+    /// background work), each other one on a thread of its own. Returns when every worker
+    /// has finished.
+    pub async fn serve_on_workers(
+        self,
+        listeners: Vec<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut listeners = listeners.into_iter();
+        let Some(listener) = listeners.next() else {
+            return;
+        };
+        // Deregistered from this runtime, for the other workers' to take.
+        let others: std::io::Result<Vec<_>> = listeners.map(TcpListener::into_std).collect();
         let housekeeping = self.state.spawn_housekeeping();
         let renewals = self.state.accounts.spawn_renewals();
-        let shutdown = server::Shutdown {
-            signal: async move {
-                shutdown.await;
-                draining.start_draining();
-            },
-            idle: move || async move { idle.slots.idle().await },
-            grace: self.state.config.shutdown_grace,
-            grace_over: move || aborting.abort_streams(),
+        // Shutdown begins here and reaches the other workers through `stop`.
+        let (stop, stopped) = watch::channel(false);
+        let others = {
+            let (state, service) = (self.state.clone(), self.service.clone());
+            others.and_then(|others| {
+                workers::spawn(others, move |listener| {
+                    let mut stopped = stopped.clone();
+                    let signal = async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    };
+                    serve_worker(state.clone(), service.clone(), listener, signal)
+                })
+            })
         };
-        let options = server::ConnOptions {
-            header_read_timeout,
-            http1_only: false,
+        let others = match others {
+            Ok(others) => {
+                let _ = self.state.runtimes.set(others.handles.clone());
+                Some(others)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the worker threads; serving on one");
+                None
+            }
         };
-        server::serve(listener, self.service, shutdown, options).await;
+        let signal = async move {
+            shutdown.await;
+            stop.send_replace(true);
+        };
+        serve_worker(self.state.clone(), self.service, listener, signal).await;
+        if let Some(others) = others {
+            others.join().await;
+        }
         housekeeping.abort();
         renewals.abort();
     }
+}
+
+/// One worker's accept loop until `signal`, then the two-phase shutdown (`server::serve`).
+async fn serve_worker(
+    state: Arc<AppState>,
+    service: stack::HttpService,
+    listener: TcpListener,
+    signal: impl Future<Output = ()>,
+) {
+    let (draining, idle, aborting) = (state.clone(), state.clone(), state.clone());
+    let shutdown = server::Shutdown {
+        signal: async move {
+            signal.await;
+            draining.start_draining();
+        },
+        idle: move || async move { idle.slots.idle().await },
+        grace: state.config.shutdown_grace,
+        grace_over: move || aborting.abort_streams(),
+    };
+    let worker = workers::current().unwrap_or(0).to_string();
+    let options = server::ConnOptions {
+        accepted: Some(state.metrics.connections.with_label_values(&[&worker])),
+        header_read_timeout: state.config.header_read_timeout,
+        http1_only: false,
+    };
+    server::serve(listener, service, shutdown, options).await;
 }

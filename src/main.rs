@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
 use qwen_proxy::cli::{self, Command, ServeArgs, SimArgs};
-use qwen_proxy::config::{Config, Env, LogFormat};
+use qwen_proxy::config::{Config, Env, LogFormat, Workers};
 use qwen_proxy::sim::{SimConfig, SimTiming, Simulator};
 use qwen_proxy::App;
 
@@ -40,17 +40,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// The simulator's and `check`'s runtime: work-stealing over every core.
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
+    exit_unless_started(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    )
+}
+
+/// The proxy's runtime on the main thread: worker 0 of `WORKERS` single-threaded ones
+/// (`qwen_proxy::workers`), or the one work-stealing runtime with `WORKERS` threads.
+fn serving_runtime(workers: Workers) -> tokio::runtime::Runtime {
+    if workers.work_stealing {
+        exit_unless_started(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers.threads)
+                .enable_all()
+                .build(),
+        )
+    } else {
+        qwen_proxy::workers::enter(0);
+        exit_unless_started(qwen_proxy::workers::current_thread_runtime())
     }
+}
+
+fn exit_unless_started(
+    runtime: std::io::Result<tokio::runtime::Runtime>,
+) -> tokio::runtime::Runtime {
+    runtime.unwrap_or_else(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        std::process::exit(1);
+    })
 }
 
 fn load_config(a: &ServeArgs, demo: bool) -> Result<Config, String> {
@@ -116,7 +137,8 @@ fn serve(a: ServeArgs) -> ExitCode {
         }
     };
     init_tracing(&config);
-    runtime().block_on(async move {
+    let workers = config.workers;
+    serving_runtime(workers).block_on(async move {
         let mut _sim = None;
         if a.demo {
             // Realistic pacing, so the demo visibly streams.
@@ -151,14 +173,18 @@ fn serve(a: ServeArgs) -> ExitCode {
             }
         }
         let addr = SocketAddr::new(config.host, config.port);
-        let listener = match qwen_proxy::server::bind(addr, config.listen_backlog) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: cannot listen on {addr}: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let bound = listener.local_addr().unwrap_or(addr);
+        let listeners =
+            match qwen_proxy::server::bind_each(addr, config.listen_backlog, workers.runtimes()) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: cannot listen on {addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+        let bound = listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or(addr);
         warn_about_exposure(&config, bound);
         warn_about_backlog(config.listen_backlog);
         print_banner(
@@ -166,10 +192,17 @@ fn serve(a: ServeArgs) -> ExitCode {
             _sim.as_ref().map(Simulator::base_url),
             !config.api_keys.is_empty(),
         );
-        tracing::info!(%bound, demo = a.demo, upstream = %config.upstream.base_url, "qwen-proxy listening");
+        tracing::info!(
+            %bound,
+            demo = a.demo,
+            upstream = %config.upstream.base_url,
+            threads = workers.threads,
+            work_stealing = workers.work_stealing,
+            "qwen-proxy listening"
+        );
         let app = App::new(config);
         let reloads = reload_on_hangup(app.state.clone());
-        app.serve(listener, shutdown_signal()).await;
+        app.serve_on_workers(listeners, shutdown_signal()).await;
         reloads.abort();
         ExitCode::SUCCESS
     })

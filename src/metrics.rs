@@ -14,6 +14,8 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
+    /// Client connections accepted, per worker thread (`WORKERS`): how evenly they spread.
+    pub connections: IntCounterVec,
     pub http_duration: HistogramVec,
     pub ttft: HistogramVec,
     pub stream_duration: HistogramVec,
@@ -106,6 +108,11 @@ impl Metrics {
                 "http_requests_total",
                 "HTTP requests by route template, method and status.",
                 &["route", "method", "status"],
+            ),
+            connections: counter_vec(
+                "http_connections_accepted_total",
+                "Client connections accepted, by worker thread (WORKERS).",
+                &["worker"],
             ),
             http_duration: histogram(
                 "http_request_duration_seconds",

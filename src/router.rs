@@ -248,9 +248,7 @@ fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response<ProxyBo
         .map_or(0, |d| d.as_secs_f64().ceil() as i64);
     state.accounts.publish_gauges();
     state.metrics.upstream_cooldown.set(cooldown);
-    let tasks = tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks();
+    let tasks = crate::workers::alive_tasks(state.runtimes.get().map_or(&[], Vec::as_slice));
     state
         .metrics
         .alive_tasks

@@ -42,14 +42,70 @@ pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
 /// Bind `addr` with `SO_REUSEADDR` (a restart need not wait for `TIME_WAIT`) and listen
 /// with `backlog` pending connections.
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    listen(addr, backlog, false)
+}
+
+/// `count` listening sockets on `addr`, one per worker (`crate::workers`), sharing the port
+/// with `SO_REUSEPORT`: the kernel spreads new connections over them by their addresses, so
+/// a burst lands on every worker, not on whichever woke first. One socket for one worker.
+///
+/// `SO_REUSEPORT` would also let a second proxy started on the same port by mistake join the
+/// group and quietly take part of the connections; a plain bind first (which fails against
+/// any socket on the port, in a group or not) keeps "address in use" an error. A port of 0
+/// is chosen by that bind and shared by the rest.
+pub fn bind_each(
+    addr: SocketAddr,
+    backlog: u32,
+    count: usize,
+) -> std::io::Result<Vec<TcpListener>> {
+    if count <= 1 {
+        return Ok(vec![bind(addr, backlog)?]);
+    }
+    let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
+    (0..count).map(|_| listen(addr, backlog, true)).collect()
+}
+
+fn listen(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        set_reuse_port(&socket)?;
+    }
     socket.bind(addr)?;
     socket.listen(backlog)
+}
+
+#[cfg(all(
+    unix,
+    not(any(
+        target_os = "solaris",
+        target_os = "illumos",
+        target_os = "cygwin",
+        target_os = "nuttx"
+    ))
+))]
+fn set_reuse_port(socket: &TcpSocket) -> std::io::Result<()> {
+    socket.set_reuseport(true)
+}
+
+#[cfg(not(all(
+    unix,
+    not(any(
+        target_os = "solaris",
+        target_os = "illumos",
+        target_os = "cygwin",
+        target_os = "nuttx"
+    ))
+)))]
+fn set_reuse_port(_: &TcpSocket) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "a socket per worker needs SO_REUSEPORT: set WORKERS=1 or WORK_STEALING=true",
+    ))
 }
 
 /// The peer address, put in request extensions for layers that need it.
@@ -78,8 +134,10 @@ pub struct Shutdown<Signal, Idle, Over> {
 }
 
 /// How connections are served.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnOptions {
+    /// Counted once per accepted connection (the proxy's per-worker counter).
+    pub accepted: Option<prometheus::IntCounter>,
     /// The whole request header block must arrive within this (slowloris protection).
     pub header_read_timeout: Duration,
     /// Refuse HTTP/2 (h2c): what an HTTP/1.1-only server does (the simulator's
@@ -138,6 +196,9 @@ pub async fn serve<S, B, Signal, Idle, IdleFut, Over>(
             }
         };
         let _ = stream.set_nodelay(true);
+        if let Some(accepted) = &options.accepted {
+            accepted.inc();
+        }
         let svc =
             tower::ServiceExt::map_request(service.clone(), move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer));

@@ -54,7 +54,7 @@ async fn client_for(sim: &Simulator, extra: &[(&str, &str)]) -> AccountClient {
         vars.insert((*k).into(), (*v).into());
     }
     let config = Config::from_source(&vars, false).unwrap();
-    let client = QwenClient::new(&config.upstream, qwen_proxy::metrics::Metrics::new());
+    let client = QwenClient::new(&config.upstream, 1, qwen_proxy::metrics::Metrics::new());
     let who = client.caller(
         &Credentials {
             cookies: config.upstream.cookies.clone(),

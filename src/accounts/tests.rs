@@ -13,7 +13,7 @@ fn pool_of(file: &str) -> Arc<Pool> {
         HashMap::from([("QWEN_COOKIES".to_owned(), "token=unused".to_owned())]);
     let config = crate::config::Config::from_source(&vars, false).unwrap();
     let metrics = Metrics::new();
-    let client = QwenClient::new(&config.upstream, metrics.clone());
+    let client = QwenClient::new(&config.upstream, 1, metrics.clone());
     Pool::new(
         client,
         PoolSettings {

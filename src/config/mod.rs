@@ -104,12 +104,43 @@ pub struct CorsConfig {
     pub credentials: bool,
 }
 
+/// How requests are spread over the machine's cores (README, "Cores").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workers {
+    /// `WORKERS`: threads serving requests (`auto`: one per CPU this process may use).
+    pub threads: usize,
+    /// `WORK_STEALING`: one multi-threaded runtime whose threads take each other's work,
+    /// instead of one single-threaded runtime per thread, each keeping its connections.
+    pub work_stealing: bool,
+}
+
+impl Workers {
+    /// More threads than this is a typo, not a machine.
+    pub const MAX: usize = 1024;
+
+    /// One per CPU this process may use (its affinity mask and cgroup quota included).
+    pub fn available() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(Self::MAX))
+    }
+
+    /// Runtimes that each own their connections: one per thread, or the one shared.
+    pub fn runtimes(&self) -> usize {
+        if self.work_stealing {
+            1
+        } else {
+            self.threads
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host: IpAddr,
     pub port: u16,
     /// Pending connections the kernel queues before `accept` (capped by `somaxconn`).
     pub listen_backlog: u32,
+    /// The threads that serve requests (`WORKERS`, `WORK_STEALING`).
+    pub workers: Workers,
     pub upstream: UpstreamConfig,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -338,6 +369,7 @@ impl Config {
             host: listener.host,
             port: listener.port,
             listen_backlog: listener.listen_backlog,
+            workers: listener.workers,
             upstream,
             log_level: logging.log_level,
             log_format: logging.log_format,

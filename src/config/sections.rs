@@ -6,11 +6,13 @@ use std::time::Duration;
 use super::source::{parse_host, Reader};
 use super::*;
 
-/// `HOST`, `PORT`, `LISTEN_BACKLOG`: the listening socket.
+/// `HOST`, `PORT`, `LISTEN_BACKLOG`: the listening socket; `WORKERS`, `WORK_STEALING`: the
+/// threads that serve it.
 pub(super) struct Listener {
     pub(super) host: IpAddr,
     pub(super) port: u16,
     pub(super) listen_backlog: u32,
+    pub(super) workers: Workers,
 }
 
 impl Listener {
@@ -35,10 +37,31 @@ impl Listener {
         if listen_backlog == 0 {
             r.error("LISTEN_BACKLOG must be at least 1");
         }
+        let threads = r.parse_with(
+            "WORKERS",
+            |v| {
+                if v.eq_ignore_ascii_case("auto") {
+                    return Ok(Workers::available());
+                }
+                match v.parse::<usize>() {
+                    Ok(n) if (1..=Workers::MAX).contains(&n) => Ok(n),
+                    _ => Err(format!(
+                        "WORKERS={v:?} must be auto or a number of threads from 1 to {}",
+                        Workers::MAX
+                    )),
+                }
+            },
+            Workers::available(),
+        );
+        let work_stealing = r.bool("WORK_STEALING", false);
         Listener {
             host,
             port,
             listen_backlog,
+            workers: Workers {
+                threads,
+                work_stealing,
+            },
         }
     }
 }

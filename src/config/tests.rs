@@ -300,3 +300,28 @@ fn model_aliases_are_part_model_pairs() {
     assert!(parse_model_aliases("=qwen").is_err());
     assert!(parse_model_aliases(DEFAULT_MODEL_ALIASES).unwrap().len() == 4);
 }
+
+#[test]
+fn workers_are_a_thread_per_cpu_unless_set() {
+    let workers = |env: &[(&str, &str)]| {
+        let mut vars = vec![("QWEN_COOKIES", "token=abc")];
+        vars.extend_from_slice(env);
+        Config::from_source(&src(&vars), false).map(|c| c.workers)
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let default = workers(&[]).unwrap();
+    assert_eq!((default.threads, default.work_stealing), (cpus, false));
+    assert_eq!(default.runtimes(), cpus);
+    assert_eq!(workers(&[("WORKERS", "AUTO")]).unwrap().threads, cpus);
+    let stealing = workers(&[("WORKERS", "3"), ("WORK_STEALING", "true")]).unwrap();
+    assert_eq!((stealing.threads, stealing.runtimes()), (3, 1));
+    for bad in ["0", "-1", "two", "1025"] {
+        let e = workers(&[("WORKERS", bad)]).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "WORKERS=\"{bad}\" must be auto or a number of threads from 1 to 1024"
+            )),
+            "{e}"
+        );
+    }
+}

@@ -31,6 +31,7 @@ use crate::common::{epoch_millis, epoch_secs};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::{ProxyError, UpstreamClass, UpstreamError};
 use crate::metrics::Metrics;
+use crate::workers::Lanes;
 
 /// Error documents are small; anything bigger is not one.
 const ERROR_BODY_LIMIT: usize = 256 * 1024;
@@ -70,8 +71,10 @@ pub struct QwenClient {
 
 #[derive(Debug)]
 struct Inner {
-    /// HTTP/1.1 or what ALPN agrees (HTTP/2 only with `UPSTREAM_HTTP2=true`).
-    http: HttpClient,
+    /// HTTP/1.1 or what ALPN agrees (HTTP/2 only with `UPSTREAM_HTTP2=true`); a pool per
+    /// worker, so a worker's upstream connections are driven on its own thread
+    /// (`crate::workers`).
+    http: Lanes<HttpClient>,
     /// `auto` on a plain-HTTP upstream: HTTP/2 by prior knowledge, while it works.
     h2c: Option<H2c>,
     base: String,
@@ -89,7 +92,7 @@ struct Inner {
 /// over HTTP/1.1 and the next one probes again. No real request is ever sent twice.
 #[derive(Debug)]
 struct H2c {
-    client: HttpClient,
+    client: Lanes<HttpClient>,
     state: AtomicU8,
     /// One probe at a time; the others wait for its verdict.
     probing: tokio::sync::Mutex<()>,
@@ -149,17 +152,20 @@ fn pooled(http2_only: bool) -> hyper_util::client::legacy::Builder {
 const RESET_STREAMS_REMEMBERED: usize = 4096;
 
 impl QwenClient {
-    pub fn new(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Self {
+    /// `lanes`: connection pools, one per worker runtime (`Workers::runtimes`).
+    pub fn new(cfg: &UpstreamConfig, lanes: usize, metrics: Arc<Metrics>) -> Self {
         let plain = cfg.base_url.scheme_str() == Some("http");
         let h2c = (plain && cfg.protocol == UpstreamProtocol::Auto).then(|| H2c {
-            client: http_client(cfg, true),
+            client: Lanes::new(lanes, || http_client(cfg, true)),
             state: AtomicU8::new(H2C_UNKNOWN),
             probing: tokio::sync::Mutex::new(()),
             timeout: cfg.connect_timeout,
         });
         QwenClient {
             inner: Arc::new(Inner {
-                http: http_client(cfg, cfg.protocol == UpstreamProtocol::Http2),
+                http: Lanes::new(lanes, || {
+                    http_client(cfg, cfg.protocol == UpstreamProtocol::Http2)
+                }),
                 h2c,
                 base: cfg.base_url.to_string().trim_end_matches('/').to_owned(),
                 auth_base: cfg
@@ -272,8 +278,8 @@ impl QwenClient {
             return self.exchange(client, req).await;
         }
         let client = match &self.inner.h2c {
-            Some(h2c) if self.h2c_usable(h2c).await => &h2c.client,
-            _ => &self.inner.http,
+            Some(h2c) if self.h2c_usable(h2c).await => h2c.client.get(),
+            _ => self.inner.http.get(),
         };
         self.exchange(client, req).await
     }
@@ -301,7 +307,7 @@ impl QwenClient {
             return false;
         };
         let h2c_error =
-            match tokio::time::timeout(h2c.timeout, self.exchange(&h2c.client, req)).await {
+            match tokio::time::timeout(h2c.timeout, self.exchange(h2c.client.get(), req)).await {
                 Ok(Ok(_)) => {
                     h2c.state.store(H2C_WORKS, Ordering::Release);
                     return true;
@@ -313,7 +319,7 @@ impl QwenClient {
             return false;
         };
         if let Ok(Ok(_)) =
-            tokio::time::timeout(h2c.timeout, self.exchange(&self.inner.http, req)).await
+            tokio::time::timeout(h2c.timeout, self.exchange(self.inner.http.get(), req)).await
         {
             h2c.state.store(H2C_REFUSED, Ordering::Release);
             tracing::warn!(
@@ -368,7 +374,7 @@ impl QwenClient {
         let req = Request::get(uri)
             .body(Full::new(Bytes::new()))
             .map_err(|e| ProxyError::Internal(format!("building a download: {e}")))?;
-        let rsp = self.exchange(&self.inner.http, req).await?;
+        let rsp = self.exchange(self.inner.http.get(), req).await?;
         if !rsp.status().is_success() {
             return Err(failed(format!(
                 "the upstream's image address answered {}",

@@ -222,6 +222,7 @@ impl Simulator {
                 grace_over: || {},
             },
             crate::server::ConnOptions {
+                accepted: None,
                 header_read_timeout: Duration::from_secs(30),
                 http1_only,
             },

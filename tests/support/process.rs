@@ -89,6 +89,27 @@ impl Running {
         err
     }
 
+    /// Ask it to stop (SIGTERM) without waiting.
+    pub fn request_stop(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+    }
+
+    /// Its exit status, once it has exited within `within` (then reaped).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Stop it now (as a crash would: SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -32,7 +32,7 @@ async fn rig() -> Rig {
     vars.insert("QWEN_BASE_URL".into(), sim.base_url());
     vars.insert("QWEN_COOKIES".into(), "token=acct-files".into());
     let config = Config::from_source(&vars, false).unwrap();
-    let client = QwenClient::new(&config.upstream, crate::metrics::Metrics::new());
+    let client = QwenClient::new(&config.upstream, 1, crate::metrics::Metrics::new());
     let who = client.caller(
         &Credentials {
             cookies: config.upstream.cookies.clone(),
