@@ -1,4 +1,5 @@
-//! The load tool: concurrent streaming chat requests, four ways, against fresh servers.
+//! The load tool: concurrent chat requests — streaming, or non-streamed in an open loop —
+//! several ways, against fresh servers.
 //!
 //! Ways (`--ways`; all but `proxy-h1` by default):
 //! * `direct`   — the client speaks the Qwen web protocol to the simulator itself
@@ -14,10 +15,19 @@
 //!
 //! The simulator runs as its own process with fixed timing (TTFT 50 ms, 20 answer frames of
 //! 4 characters 5 ms apart). The servers are pinned to CPU 1 (when `taskset` exists and
-//! the machine has two CPUs online), the client to CPU 0 by `scripts/bench-load.sh`. All
-//! three servers listen with a backlog of 1024 (the proxy's and the simulator's default,
-//! and nginx's `backlog=` here), which the kernel caps at `net.core.somaxconn` (4096 on
-//! this machine), so no way gets a longer accept queue than another.
+//! the machine has two CPUs online), the client to CPU 0 by `scripts/bench-load.sh`, and
+//! nginx runs one worker. `--unpinned` is the set-up users deploy instead: nothing pinned
+//! (the script leaves the client alone too), nginx with `worker_processes auto` (a worker
+//! per core), the client's runtime as it is; its rows say `pinned: false` and their mode
+//! ends in ` unpinned`, and since no core is anyone's, only how busy all cores were
+//! together is reported (`cores_busy`), not the client's and the servers' core.
+//! `--proxy-env KEY=VALUE` (repeatable) sets the proxy's environment after the tool's own
+//! (`MAX_CONCURRENT_STREAMS=0`, `CONVERSATION_MODE=stateless`, `LOG_LEVEL=warn`), so it
+//! can override them; `LOAD_PROXY_BIN=PATH` runs another build of the binary (the
+//! simulator too). Both are recorded in the rows (`proxy_env`, `binary`). All three
+//! servers listen with a backlog of 1024 (the proxy's and the simulator's default, and
+//! nginx's `backlog=` here), which the kernel caps at `net.core.somaxconn` (4096 on this
+//! machine), so no way gets a longer accept queue than another.
 //!
 //! Modes:
 //! * `first-herd` and `warm`: for every N and way the simulator and the middle process are
@@ -37,6 +47,18 @@
 //!   with no delay at all (TTFT 0, frames 0 ms apart) and C client loops (`--concurrency`,
 //!   default 50; a list runs each) send streaming requests back to back for SECS seconds,
 //!   after an unmeasured warm-up of a fifth of that (at most 1 s) on the same client.
+//! * `non-stream R/s` (`--non-stream`, instead of the herds): what the proxy adds to a
+//!   non-streamed completion. With the herd timing (a request takes ~0.15 s, so ~150 are
+//!   in flight at 1,000/s), for each rate R (`--rates`, default 100,1000) an open loop
+//!   starts request i at start + i/R in a task of its own for S seconds (`--seconds`,
+//!   default 10), whatever is outstanding — the client never waits for a response before
+//!   starting the next — after an unmeasured warm-up at the same rate (a fifth of S, at
+//!   most 1 s). Latency runs from the *scheduled* start to the body's last byte, so a late
+//!   start is charged to the request (no coordinated omission), and how late starts were is
+//!   recorded. `direct` makes the chat and reads the completion's SSE body to its end (the
+//!   Qwen web API only streams); the proxy ways ask OpenAI's `stream: false` and check
+//!   `choices[0].message.content`. nginx is skipped: through it the client reads the same
+//!   Qwen stream as direct.
 //!
 //! Per row: TTFT p50/p90/p99 and the added p50/p99 over `direct` (same N and mode, this run
 //! or else `load.json`), inter-chunk p99, requests/s, chunks/s, CPU seconds per 1,000
@@ -52,18 +74,32 @@
 //! nothing else on the machine connects; a listen overflow costs a client a SYN
 //! retransmit, one second. A row is `saturated` when its baseline is (report::saturation):
 //! direct's TTFT p50 over twice the simulator's 50 ms, or the client's core or the
-//! servers' busy ≥ 90 % of direct's run; in throughput mode, where the servers' core is
-//! meant to be busy, when the client's core was during the row's own run.
+//! servers' (unpinned: all cores) busy ≥ 90 % of direct's run; in throughput mode, where
+//! the servers' core is meant to be busy, when the client's core was during the row's own
+//! run.
 //!
-//! Bench mode writes `docs/bench/load.json` (merged with earlier runs, key = way, N, mode;
-//! the machine's facts once per file); `scripts/load_charts.py` draws the charts from it.
-//! `scripts/bench-load.sh` runs both (release build, raised fd limit, pinning):
+//! A non-stream row has instead: requests, ok, errors by kind, wrong answers, latency
+//! p50/p90/p99/p99.9 and the added p50/p99 over `direct` at the same rate (this run or
+//! `load.json`), the achieved rate (completions over the run's wall time, which ends with
+//! the last response), how late requests started (p99, max), the most in flight, CPU
+//! seconds per 1,000 requests of the middle process and of the simulator, and the
+//! client's CPU and core use. It is `saturated` when its own client was (core ≥ 90 %
+//! busy, or a start over 10 ms late: the schedule was the client's), or the servers' core
+//! (unpinned: all cores) under direct.
+//!
+//! Bench mode writes `docs/bench/load.json` (merged with earlier runs, key = way, N, mode,
+//! pinned, proxy env, binary; the machine's facts once per file); `scripts/load_charts.py`
+//! draws the charts from its pinned, default-setting streaming rows.
+//! `scripts/bench-load.sh` runs both (release build, raised fd limit, pinning unless
+//! `--unpinned`):
 //!     cargo bench --bench load -- [--n 1,100,1000,10000]
 //!         [--ways direct,proxy,proxy-h2,proxy-h1,nginx] [--rounds 3]
 //!         [--open-rate R] [--frame-delay-ms D] [--throughput SECS [--concurrency C,…]]
+//!         [--non-stream [--rates 100,1000] [--seconds 10]]
+//!         [--unpinned] [--proxy-env KEY=VALUE]…
 //! Under `cargo test` (no `--bench`) it is a quick correctness smoke test: N = 1 and 20,
-//! direct, proxy and proxy-h2, one round; every stream completes with the simulator's
-//! answer and no errors.
+//! direct, proxy and proxy-h2, one round, then the non-stream mode at 20/s for 1 s, direct
+//! and proxy; every request completes with the simulator's answer and no errors.
 
 // Tests and benches: a failed unwrap is a failure with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -89,10 +125,12 @@ mod report;
 #[path = "load_support/servers.rs"]
 mod servers;
 
-use client::{new_client, one_stream, HttpClient, Stream, StreamError};
-use measure::{measure, summarize, Opening, Round};
+use client::{
+    new_client, one_stream, scheduled_completion, HttpClient, Scheduled, Stream, StreamError,
+};
+use measure::{measure, summarize, summarize_completions, Opening, Round};
 use report::Row;
-use servers::{Servers, Timing, Way};
+use servers::{Servers, Setup, Timing, Way};
 
 /// The simulator's TTFT in the herd and open modes.
 const SIM_TTFT_MS: u64 = 50;
@@ -104,8 +142,13 @@ const SETTLE: Duration = Duration::from_millis(100);
 
 /// Fresh servers for `way`, settled, with the middle's resident size before any stream and a
 /// new client keeping up to `idle` connections. `None` (said once) when nginx is missing.
-async fn start_way(way: Way, timing: Timing, idle: usize) -> Option<(Servers, u64, HttpClient)> {
-    let Some(servers) = Servers::start(way, timing).await else {
+async fn start_way(
+    way: Way,
+    timing: Timing,
+    setup: &Setup,
+    idle: usize,
+) -> Option<(Servers, u64, HttpClient)> {
+    let Some(servers) = Servers::start(way, timing, setup).await else {
         eprintln!("nginx not found: skipping the nginx way");
         return None;
     };
@@ -116,7 +159,8 @@ async fn start_way(way: Way, timing: Timing, idle: usize) -> Option<(Servers, u6
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--n 1,100,1000,10000] \
     [--ways direct,proxy,proxy-h2,proxy-h1,nginx] [--rounds R] [--open-rate R] [--frame-delay-ms D] \
-    [--throughput SECS [--concurrency C,…]]";
+    [--throughput SECS [--concurrency C,…] | --non-stream [--rates 100,1000] [--seconds S]] \
+    [--unpinned] [--proxy-env KEY=VALUE]…";
 
 struct Options {
     /// `cargo bench` (`--bench`): measure and write `load.json`; else the smoke test.
@@ -128,6 +172,12 @@ struct Options {
     frame_delay_ms: u64,
     throughput: Option<f64>,
     concurrency: Vec<usize>,
+    /// `--non-stream`: the open loop of non-streamed completions, at each of `rates` per
+    /// second for `seconds`.
+    non_stream: bool,
+    rates: Vec<f64>,
+    seconds: f64,
+    setup: Setup,
 }
 
 fn list<T: std::str::FromStr>(flag: &str, v: &str) -> Result<Vec<T>, String> {
@@ -166,11 +216,23 @@ fn options() -> Result<Options, String> {
         frame_delay_ms: 5,
         throughput: None,
         concurrency: vec![50],
+        non_stream: false,
+        rates: if full {
+            vec![100.0, 1000.0]
+        } else {
+            vec![20.0]
+        },
+        seconds: if full { 10.0 } else { 1.0 },
+        setup: Setup {
+            pinned: servers::pinning(),
+            proxy_env: Vec::new(),
+        },
     };
     let mut it = args.iter().flat_map(|a| match a.split_once('=') {
         Some((flag, value)) if flag.starts_with("--") => vec![flag.to_owned(), value.to_owned()],
         _ => vec![a.clone()],
     });
+    let mut ways_given = false;
     while let Some(flag) = it.next() {
         let flag = flag.as_str();
         let takes_value = [
@@ -181,11 +243,18 @@ fn options() -> Result<Options, String> {
             "--frame-delay-ms",
             "--throughput",
             "--concurrency",
+            "--rates",
+            "--seconds",
+            "--proxy-env",
         ];
         if !takes_value.contains(&flag) {
-            // `--bench`; in test mode also whatever the test runner passes (`--nocapture`).
-            if full && flag != "--bench" {
-                return Err(format!("unknown argument {flag:?}"));
+            match flag {
+                "--unpinned" => o.setup.pinned = false,
+                "--non-stream" => o.non_stream = true,
+                // `--bench`; in test mode also whatever the test runner passes
+                // (`--nocapture`).
+                _ if full && flag != "--bench" => return Err(format!("unknown argument {flag:?}")),
+                _ => {}
             }
             continue;
         }
@@ -193,6 +262,7 @@ fn options() -> Result<Options, String> {
         match flag {
             "--n" => o.ns = list(flag, &v)?,
             "--ways" => {
+                ways_given = true;
                 o.ways = v
                     .split(',')
                     .map(|w| Way::parse(w.trim()).ok_or_else(|| format!("--ways: no way {w:?}")))
@@ -202,11 +272,28 @@ fn options() -> Result<Options, String> {
             "--open-rate" => o.open_rate = one(flag, &v)?,
             "--frame-delay-ms" => o.frame_delay_ms = one(flag, &v)?,
             "--throughput" => o.throughput = Some(one(flag, &v)?),
-            _ => o.concurrency = list(flag, &v)?,
+            "--concurrency" => o.concurrency = list(flag, &v)?,
+            "--rates" => o.rates = list(flag, &v)?,
+            "--seconds" => o.seconds = one(flag, &v)?,
+            _ => {
+                let (k, value) = v
+                    .split_once('=')
+                    .ok_or_else(|| format!("--proxy-env: KEY=VALUE, not {v:?}"))?;
+                o.setup.proxy_env.push((k.to_owned(), value.to_owned()));
+            }
         }
     }
     if o.rounds == 0 {
         return Err("--rounds: at least 1".into());
+    }
+    if o.non_stream && !ways_given {
+        o.ways.retain(|w| *w != Way::Nginx); // see `run_non_stream`
+    }
+    if o.non_stream && o.throughput.is_some() {
+        return Err("--non-stream and --throughput: one mode at a time".into());
+    }
+    if o.rates.iter().any(|r| *r <= 0.0) || o.seconds <= 0.0 {
+        return Err("--rates and --seconds: above 0".into());
     }
     // The baseline first, so the other ways' rows can be compared with it as they print.
     o.ways.sort();
@@ -220,10 +307,30 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What every row of a run is stamped with.
+struct Stamp {
+    commit: Option<String>,
+    setup: Setup,
+    /// `LOAD_PROXY_BIN`, when it was used.
+    binary: Option<String>,
+}
+
 /// Stamp, compare with the baseline, print, remember.
-fn emit(mut row: Row, known: &mut Vec<Row>, commit: &Option<String>) -> Row {
+fn emit(mut row: Row, known: &mut Vec<Row>, stamp: &Stamp) -> Row {
     row.run_unix = now_unix();
-    row.commit.clone_from(commit);
+    row.commit.clone_from(&stamp.commit);
+    row.pinned = stamp.setup.pinned;
+    if !row.pinned {
+        row.mode += " unpinned";
+    }
+    // Only the proxy runs with them; the other ways' rows are the same measurement whatever
+    // they were.
+    if row.way.starts_with("proxy") {
+        row.proxy_env = (stamp.setup.proxy_env.iter())
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+    }
+    row.binary.clone_from(&stamp.binary);
     report::relate(&mut row, known);
     println!("{}", report::line(&row));
     known.push(row.clone());
@@ -262,10 +369,11 @@ async fn herd_round(
         }
         streams
     };
-    measure(servers, &open, work).await
+    let (usage, streams) = measure(servers, &open, work).await;
+    Round { usage, streams }
 }
 
-async fn run_herds(o: &Options, known: &mut Vec<Row>, commit: &Option<String>) -> Vec<Row> {
+async fn run_herds(o: &Options, known: &mut Vec<Row>, stamp: &Stamp) -> Vec<Row> {
     let timing = Timing {
         ttft_ms: SIM_TTFT_MS,
         frame_delay_ms: o.frame_delay_ms,
@@ -282,7 +390,8 @@ async fn run_herds(o: &Options, known: &mut Vec<Row>, commit: &Option<String>) -
     let mut rows = Vec::new();
     for &n in &o.ns {
         for &way in &o.ways {
-            let Some((servers, rss_base, client)) = start_way(way, timing, n).await else {
+            let Some((servers, rss_base, client)) = start_way(way, timing, &o.setup, n).await
+            else {
                 continue;
             };
             let mut rounds = Vec::with_capacity(o.rounds);
@@ -296,10 +405,10 @@ async fn run_herds(o: &Options, known: &mut Vec<Row>, commit: &Option<String>) -
             servers.stop();
             let (round1, rest) = rounds.split_at(1);
             let row = summarize(way, first.clone(), n, round1, opening, rss_base, timing);
-            rows.push(emit(row, known, commit));
+            rows.push(emit(row, known, stamp));
             if !rest.is_empty() {
                 let row = summarize(way, warm.clone(), n, rest, opening, rss_base, timing);
-                rows.push(emit(row, known, commit));
+                rows.push(emit(row, known, stamp));
             }
         }
     }
@@ -335,12 +444,7 @@ async fn loops(
     streams
 }
 
-async fn run_throughput(
-    o: &Options,
-    secs: f64,
-    known: &mut Vec<Row>,
-    commit: &Option<String>,
-) -> Vec<Row> {
+async fn run_throughput(o: &Options, secs: f64, known: &mut Vec<Row>, stamp: &Stamp) -> Vec<Row> {
     // No simulated latency: the servers' work per stream is all that paces the loops.
     let timing = Timing {
         ttft_ms: 0,
@@ -349,7 +453,8 @@ async fn run_throughput(
     let mut rows = Vec::new();
     for &c in &o.concurrency {
         for &way in &o.ways {
-            let Some((servers, rss_base, client)) = start_way(way, timing, c).await else {
+            let Some((servers, rss_base, client)) = start_way(way, timing, &o.setup, c).await
+            else {
                 continue;
             };
             let open = Arc::new(AtomicUsize::new(0));
@@ -364,12 +469,85 @@ async fn run_throughput(
             )
             .await;
             let work = loops(&client, servers.port(), way, c, secs, &open);
-            let round = measure(&servers, &open, work).await;
+            let (usage, streams) = measure(&servers, &open, work).await;
             drop(client);
             servers.stop();
             let mode = format!("throughput c={c}");
+            let round = Round { usage, streams };
             let row = summarize(way, mode, c, &[round], Opening::Spread, rss_base, timing);
-            rows.push(emit(row, known, commit));
+            rows.push(emit(row, known, stamp));
+        }
+    }
+    rows
+}
+
+/// Non-streamed completions at `rate` per second for `secs`, open loop: request i starts at
+/// `start + i / rate` in a task of its own whatever is outstanding, so a slow response never
+/// holds the next request back.
+async fn open_loop(
+    client: &HttpClient,
+    port: u16,
+    way: Way,
+    rate: f64,
+    secs: f64,
+    open: &Arc<AtomicUsize>,
+) -> Vec<Scheduled> {
+    let start = Instant::now();
+    let total = (rate * secs).round() as usize;
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let at = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(at).await;
+        let (client, open) = (client.clone(), open.clone());
+        tasks.push(tokio::spawn(async move {
+            scheduled_completion(&client, port, way.qwen(), at, &open).await
+        }));
+    }
+    let mut done = Vec::with_capacity(total);
+    for t in tasks {
+        done.push(t.await.expect("a request task panicked"));
+    }
+    done
+}
+
+/// The non-stream mode, herd timing (a request takes about 0.15 s, so ~150 are in flight at
+/// 1,000/s): for every rate and way, fresh servers, an unmeasured warm-up at the same rate
+/// (a fifth of the run, at most 1 s, on the same client: connections and pools filled),
+/// then the measured open loop.
+async fn run_non_stream(
+    o: &Options,
+    ways: &[Way],
+    known: &mut Vec<Row>,
+    stamp: &Stamp,
+) -> Vec<Row> {
+    let timing = Timing {
+        ttft_ms: SIM_TTFT_MS,
+        frame_delay_ms: o.frame_delay_ms,
+    };
+    let mut rows = Vec::new();
+    for &rate in &o.rates {
+        for &way in ways {
+            if way == Way::Nginx {
+                // Through nginx the client reads the same Qwen stream as direct: nothing a
+                // non-streamed completion adds.
+                eprintln!("nginx: skipped in non-stream mode");
+                continue;
+            }
+            // A pool of `rate` idle connections (an SDK's keep-alive pool) holds every
+            // request in flight with room to spare.
+            let idle = rate.ceil() as usize;
+            let Some((servers, _, client)) = start_way(way, timing, &o.setup, idle).await else {
+                continue;
+            };
+            let (port, open) = (servers.port(), Arc::new(AtomicUsize::new(0)));
+            open_loop(&client, port, way, rate, (o.seconds / 5.0).min(1.0), &open).await;
+            let work = open_loop(&client, port, way, rate, o.seconds, &open);
+            let (usage, done) = measure(&servers, &open, work).await;
+            drop(client);
+            servers.stop();
+            let mode = format!("non-stream {rate}/s");
+            let row = summarize_completions(way, mode, rate, &usage, &done, timing);
+            rows.push(emit(row, known, stamp));
         }
     }
     rows
@@ -398,12 +576,21 @@ fn main() {
         Vec::new()
     };
     let mut known = old.clone();
-    let commit = report::commit();
     // Bench mode runs for minutes; a build of the binary meanwhile must not change it.
     let frozen = if o.full {
         servers::freeze_binary()
     } else {
         None
+    };
+    let binary = servers::other_binary().filter(|_| o.full);
+    if let (Some(b), None) = (&binary, &frozen) {
+        eprintln!("LOAD_PROXY_BIN={}: cannot copy it", b.display());
+        std::process::exit(2);
+    }
+    let stamp = Stamp {
+        commit: report::commit(),
+        setup: o.setup.clone(),
+        binary: binary.map(|b| std::fs::canonicalize(&b).unwrap_or(b).display().to_string()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -411,16 +598,23 @@ fn main() {
         .build()
         .expect("runtime");
     let rows = rt.block_on(async {
-        match o.throughput {
-            Some(secs) => run_throughput(&o, secs, &mut known, &commit).await,
-            None => run_herds(&o, &mut known, &commit).await,
+        let mut rows = match o.throughput {
+            _ if o.non_stream => run_non_stream(&o, &o.ways, &mut known, &stamp).await,
+            Some(secs) => run_throughput(&o, secs, &mut known, &stamp).await,
+            None => run_herds(&o, &mut known, &stamp).await,
+        };
+        if !o.full && !o.non_stream {
+            // The smoke test covers the non-stream mode too, briefly.
+            let ways = [Way::Direct, Way::Proxy];
+            rows.extend(run_non_stream(&o, &ways, &mut known, &stamp).await);
         }
+        rows
     });
     if let Some(dir) = frozen {
         let _ = std::fs::remove_dir_all(dir);
     }
     if o.full {
-        let machine = report::machine_facts(fd_limit, servers::pinning());
+        let machine = report::machine_facts(fd_limit, o.setup.pinned);
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -433,14 +627,16 @@ fn main() {
         assert!(!rows.is_empty(), "no rows");
         for r in &rows {
             assert_eq!(r.errors, 0, "{r:?}");
-            if o.throughput.is_none() {
+            if let Some(ns) = &r.non_stream {
+                assert_eq!(r.requests, (ns.rate * o.seconds).round() as usize, "{r:?}");
+            } else if o.throughput.is_none() {
                 assert_eq!(r.requests, r.n * r.rounds, "{r:?}");
             }
             assert_eq!(r.ok, r.requests, "{r:?}");
             assert_eq!(r.wrong_answers, 0, "{r:?}");
         }
         println!(
-            "load smoke test: {} rows, all streams complete and correct",
+            "load smoke test: {} rows, all requests complete and correct",
             rows.len()
         );
     }

@@ -16,6 +16,9 @@ Charts (each only when load.json has rows for it):
                          errors per way and N.
 Where the baseline was saturated (the row's `saturated` flag: direct's TTFT p50 over twice
 the simulator's, or a pegged core), the chart says "direct saturated".
+The charts draw the standard set-up only: streaming modes, pinned, the proxy's default
+settings, this build. Rows of other set-ups (`"pinned": false`, a `proxy_env`, a `binary`)
+and the non-stream mode are in load.json and the tool's output.
 """
 
 import json
@@ -50,7 +53,14 @@ def load():
     data = json.loads(path.read_text())
     if isinstance(data, list):  # the old format: rows only
         return {}, data
-    return data.get("machine") or {}, data.get("rows") or []
+    rows = [r for r in data.get("rows") or [] if standard(r)]
+    return data.get("machine") or {}, rows
+
+
+def standard(row):
+    """A row of the set-up the charts show (see the module's doc)."""
+    return (row.get("pinned", True) and not row.get("proxy_env") and not row.get("binary")
+            and not row.get("non_stream"))
 
 
 def machine_line(machine):

@@ -1,5 +1,5 @@
-//! The client side: one streaming chat request, in the Qwen web protocol or OpenAI's, timed
-//! chunk by chunk, and its failures sorted by kind.
+//! The client side: one chat request, in the Qwen web protocol or OpenAI's — streamed and
+//! timed chunk by chunk, or read whole (non-stream mode) — and its failures sorted by kind.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -87,53 +87,133 @@ pub async fn one_stream(
     open: &AtomicUsize,
 ) -> Result<Stream, StreamError> {
     let start = Instant::now();
-    let base = format!("http://127.0.0.1:{port}");
-    let build = |e: hyper::http::Error| fail(ErrorKind::Request, e.to_string());
     let req = if qwen {
-        let new = Request::post(format!("{base}/api/v2/chats/new"))
-            .header("cookie", "token=load")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(
-                b"{\"models\":[\"qwen3.7-plus\"],\"chat_type\":\"t2t\"}",
-            )))
-            .map_err(build)?;
-        let rsp = client
-            .request(new)
-            .await
-            .map_err(|e| request_failed("chats/new", &e))?;
-        if rsp.status() != 200 {
-            return Err(fail(
-                ErrorKind::Status,
-                format!("chats/new: status {}", rsp.status()),
-            ));
-        }
-        let body = rsp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| fail(ErrorKind::Body, format!("chats/new body: {e}")))?
-            .to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| fail(ErrorKind::Body, format!("chats/new body: {e}")))?;
-        let chat = v["data"]["id"]
-            .as_str()
-            .ok_or_else(|| fail(ErrorKind::Body, "chats/new: no chat id"))?
-            .to_owned();
-        let payload = serde_json::json!({"stream": true, "incremental_output": true, "chat_id": chat, "model": "qwen3.7-plus",
-            "parent_id": null, "messages": [{"role": "user", "content": "load @@sim:long=80", "feature_config": {"output_schema": "phase"}}]});
-        Request::post(format!("{base}/api/v2/chat/completions?chat_id={chat}"))
-            .header("cookie", "token=load")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(payload.to_string())))
-            .map_err(build)?
+        qwen_completion(client, port).await?
     } else {
-        let payload = serde_json::json!({"model": "qwen3.7-plus", "stream": true,
-            "messages": [{"role": "user", "content": "load @@sim:long=80"}]});
-        Request::post(format!("{base}/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(payload.to_string())))
-            .map_err(build)?
+        openai_completion(port, true)?
     };
+    let rsp = send(client, req).await?;
+    open.fetch_add(1, Ordering::Relaxed);
+    let result = read_events(rsp.into_body(), start, qwen).await;
+    open.fetch_sub(1, Ordering::Relaxed);
+    result
+}
+
+/// One request of the non-stream mode's open loop.
+pub struct Scheduled {
+    /// How late it started: its task began this long after its scheduled start.
+    pub late: Duration,
+    /// Scheduled start → the body's last byte, and the answer; or why it failed.
+    pub outcome: Result<(Duration, String), StreamError>,
+}
+
+/// A non-streamed chat whose scheduled start was `at`, timed from then: a client that starts
+/// it late (busy, or waiting for other responses) is charged the wait, as a user would be —
+/// the open loop's guard against coordinated omission. `open` counts requests in flight.
+pub async fn scheduled_completion(
+    client: &HttpClient,
+    port: u16,
+    qwen: bool,
+    at: Instant,
+    open: &AtomicUsize,
+) -> Scheduled {
+    let late = at.elapsed();
+    open.fetch_add(1, Ordering::Relaxed);
+    let outcome = one_completion(client, port, qwen)
+        .await
+        .map(|answer| (at.elapsed(), answer));
+    open.fetch_sub(1, Ordering::Relaxed);
+    Scheduled { late, outcome }
+}
+
+/// One non-streamed chat to `port`, its whole answer. The Qwen web protocol only streams:
+/// there the answer is the SSE body read to its end; OpenAI's is `stream: false`, one JSON
+/// body whose `choices[0].message.content` is the answer.
+async fn one_completion(client: &HttpClient, port: u16, qwen: bool) -> Result<String, StreamError> {
+    if qwen {
+        let rsp = send(client, qwen_completion(client, port).await?).await?;
+        return Ok(read_events(rsp.into_body(), Instant::now(), true)
+            .await?
+            .answer);
+    }
+    let rsp = send(client, openai_completion(port, false)?).await?;
+    let body = rsp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| fail(ErrorKind::Body, format!("body: {e}")))?
+        .to_bytes();
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| fail(ErrorKind::Body, format!("body: {e}")))?;
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| fail(ErrorKind::Body, "no choices[0].message.content"))
+}
+
+fn build(e: hyper::http::Error) -> StreamError {
+    fail(ErrorKind::Request, e.to_string())
+}
+
+/// The Qwen web protocol's completion request, for a chat made first with `chats/new`.
+async fn qwen_completion(
+    client: &HttpClient,
+    port: u16,
+) -> Result<Request<Full<Bytes>>, StreamError> {
+    let base = format!("http://127.0.0.1:{port}");
+    let new = Request::post(format!("{base}/api/v2/chats/new"))
+        .header("cookie", "token=load")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            b"{\"models\":[\"qwen3.7-plus\"],\"chat_type\":\"t2t\"}",
+        )))
+        .map_err(build)?;
+    let rsp = client
+        .request(new)
+        .await
+        .map_err(|e| request_failed("chats/new", &e))?;
+    if rsp.status() != 200 {
+        return Err(fail(
+            ErrorKind::Status,
+            format!("chats/new: status {}", rsp.status()),
+        ));
+    }
+    let body = rsp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| fail(ErrorKind::Body, format!("chats/new body: {e}")))?
+        .to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| fail(ErrorKind::Body, format!("chats/new body: {e}")))?;
+    let chat = v["data"]["id"]
+        .as_str()
+        .ok_or_else(|| fail(ErrorKind::Body, "chats/new: no chat id"))?
+        .to_owned();
+    let payload = serde_json::json!({"stream": true, "incremental_output": true, "chat_id": chat, "model": "qwen3.7-plus",
+        "parent_id": null, "messages": [{"role": "user", "content": "load @@sim:long=80", "feature_config": {"output_schema": "phase"}}]});
+    Request::post(format!("{base}/api/v2/chat/completions?chat_id={chat}"))
+        .header("cookie", "token=load")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(payload.to_string())))
+        .map_err(build)
+}
+
+/// An OpenAI chat completion request, streamed or not.
+fn openai_completion(port: u16, stream: bool) -> Result<Request<Full<Bytes>>, StreamError> {
+    let payload = serde_json::json!({"model": "qwen3.7-plus", "stream": stream,
+        "messages": [{"role": "user", "content": "load @@sim:long=80"}]});
+    Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(payload.to_string())))
+        .map_err(build)
+}
+
+/// Send the completion request; its response, if 200.
+async fn send(
+    client: &HttpClient,
+    req: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, StreamError> {
     let rsp = client
         .request(req)
         .await
@@ -144,10 +224,7 @@ pub async fn one_stream(
             format!("completion: status {}", rsp.status()),
         ));
     }
-    open.fetch_add(1, Ordering::Relaxed);
-    let result = read_events(rsp.into_body(), start, qwen).await;
-    open.fetch_sub(1, Ordering::Relaxed);
-    result
+    Ok(rsp)
 }
 
 /// The answer chunks of an SSE body, timed.

@@ -1,6 +1,7 @@
 //! What one round of load costs, read from the kernel around it — CPU time of the client,
 //! the middle process and the simulator, the middle's peak memory, streams open at once,
-//! the TCP listen-queue counters — and how rounds become a row.
+//! the TCP listen-queue counters — and how rounds (or an open-loop run of non-streamed
+//! completions) become a row.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -9,8 +10,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::client::{ErrorKind, Stream, StreamError};
-use crate::report::Row;
+use crate::client::{ErrorKind, Scheduled, Stream, StreamError};
+use crate::report::{NonStream, Row};
 use crate::servers::{self, CpuTime, Servers, Timing, Way};
 
 /// TCP counters from `/proc/net/netstat` (`TcpExt:`). They count for the whole network
@@ -79,8 +80,9 @@ impl Tcp {
     }
 }
 
-/// Busy and total ticks of one CPU so far (`/proc/stat`; busy = all but idle and iowait),
-/// whoever was busy: our processes, interrupts, or anything else on the machine.
+/// Busy and total ticks of one CPU, or of all together, so far (`/proc/stat`; busy = all but
+/// idle and iowait), whoever was busy: our processes, interrupts, or anything else on the
+/// machine.
 #[derive(Default, Clone, Copy, Debug)]
 pub struct CoreTicks {
     pub busy: u64,
@@ -88,12 +90,12 @@ pub struct CoreTicks {
 }
 
 impl CoreTicks {
-    fn read(cpu: usize) -> CoreTicks {
+    /// `name`: `cpu0`, `cpu1`, …, or `cpu` for all of them.
+    fn read(name: &str) -> CoreTicks {
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let name = format!("cpu{cpu}");
         let Some(line) = stat
             .lines()
-            .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+            .find(|l| l.split_whitespace().next() == Some(name))
         else {
             return CoreTicks::default();
         };
@@ -131,9 +133,10 @@ impl CoreTicks {
 
 /// The client's core (0) and the servers' (1), when they are pinned apart: how busy each
 /// was, by anyone, which tells a pegged core — and a core shared with something else on the
-/// machine — from what our processes used.
-fn cores() -> Option<(CoreTicks, CoreTicks)> {
-    servers::pinning().then(|| (CoreTicks::read(0), CoreTicks::read(1)))
+/// machine — from what our processes used. Unpinned, a core is anyone's: only all of them
+/// together (`CoreTicks::read("cpu")`) say something.
+fn cores(pinned: bool) -> Option<(CoreTicks, CoreTicks)> {
+    pinned.then(|| (CoreTicks::read("cpu0"), CoreTicks::read("cpu1")))
 }
 
 /// What one round cost.
@@ -150,6 +153,8 @@ pub struct Usage {
     pub tcp: Tcp,
     /// The client's core and the servers' core, when pinned apart.
     pub cores: Option<(CoreTicks, CoreTicks)>,
+    /// All cores together.
+    pub all_cores: CoreTicks,
 }
 
 /// One round: its streams and what it cost.
@@ -158,11 +163,13 @@ pub struct Round {
     pub streams: Vec<Result<Stream, StreamError>>,
 }
 
-/// Run `work` (which opens streams, counting them in `open`) and measure it.
-pub async fn measure<F>(servers: &Servers, open: &Arc<AtomicUsize>, work: F) -> Round
-where
-    F: Future<Output = Vec<Result<Stream, StreamError>>>,
-{
+/// Run `work` (which makes requests, counting those in flight — streams whose response has
+/// begun, or non-streamed requests started — in `open`) and measure it.
+pub async fn measure<F: Future>(
+    servers: &Servers,
+    open: &Arc<AtomicUsize>,
+    work: F,
+) -> (Usage, F::Output) {
     let middle = servers.middle_pids();
     let sim = [servers.sim_pid()];
     let me = [std::process::id()];
@@ -181,15 +188,16 @@ where
         })
     };
     let cpu = || (CpuTime::of(&middle), CpuTime::of(&sim), CpuTime::of(&me));
-    let (tcp0, cpu0, cores0) = (Tcp::read(), cpu(), cores());
+    let pinned = servers.pinned();
+    let (tcp0, cpu0, cores0, all0) = (Tcp::read(), cpu(), cores(pinned), CoreTicks::read("cpu"));
     let start = Instant::now();
-    let streams = work.await;
+    let output = work.await;
     let wall = start.elapsed();
-    let (cores1, cpu1, tcp1) = (cores(), cpu(), Tcp::read());
+    let (all1, cores1, cpu1, tcp1) = (CoreTicks::read("cpu"), cores(pinned), cpu(), Tcp::read());
     stop.store(true, Ordering::Relaxed);
     let (max_open, sampled_rss) = sampler.await.unwrap_or((0, 0));
-    Round {
-        usage: Usage {
+    (
+        Usage {
             wall,
             middle_cpu_s: cpu1.0.since(cpu0.0),
             // For direct the simulator is the middle: one reading, not two a moment apart.
@@ -211,9 +219,10 @@ where
             cores: cores0
                 .zip(cores1)
                 .map(|((c0, s0), (c1, s1))| (c1.since(c0), s1.since(s0))),
+            all_cores: all1.since(all0),
         },
-        streams,
-    }
+        output,
+    )
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -230,6 +239,77 @@ pub enum Opening {
     Herd,
     /// Spread out (open mode) or back to back (throughput): as many as were seen open.
     Spread,
+}
+
+/// CPU seconds the usages of a row add up to.
+struct Cpu {
+    middle: f64,
+    sim: f64,
+}
+
+/// Fill in what `usages` (the row's rounds) cost — wall time, CPU use, how busy the cores
+/// were, peak memory, requests in flight, TCP counters — and return the row's CPU seconds
+/// and peak resident KiB.
+fn add_usage(row: &mut Row, way: Way, usages: &[&Usage]) -> (Cpu, u64) {
+    let (mut wall, mut middle_cpu, mut sim_cpu, mut client_cpu) = (0.0, 0.0, 0.0, 0.0);
+    let mut peak_rss_kib = 0;
+    let mut cores: Option<(CoreTicks, CoreTicks)> = None;
+    let mut all_cores = CoreTicks::default();
+    for u in usages {
+        if let Some((c, s)) = u.cores {
+            let sum = cores.get_or_insert_with(Default::default);
+            sum.0.add(c);
+            sum.1.add(s);
+        }
+        all_cores.add(u.all_cores);
+        wall += u.wall.as_secs_f64();
+        middle_cpu += u.middle_cpu_s;
+        sim_cpu += u.sim_cpu_s;
+        client_cpu += u.client_cpu_s;
+        peak_rss_kib = peak_rss_kib.max(u.peak_rss_kib);
+        row.max_open_streams = row.max_open_streams.max(u.max_open);
+        row.listen_overflows += u.tcp.listen_overflows;
+        row.listen_drops += u.tcp.listen_drops;
+        row.syn_retrans += u.tcp.syn_retrans;
+        row.new_connections += u.tcp.passive_opens;
+    }
+    row.wall_s = wall;
+    let per_s = |x: f64| if wall > 0.0 { x / wall } else { 0.0 };
+    row.client_cpu_util = per_s(client_cpu);
+    // The servers (on CPU 1 when pinned): the middle process plus the simulator (once, for
+    // direct).
+    row.server_cpu_util = per_s(middle_cpu + if way == Way::Direct { 0.0 } else { sim_cpu });
+    row.client_core_busy = cores.and_then(|c| c.0.share());
+    row.server_core_busy = cores.and_then(|c| c.1.share());
+    row.cores_busy = all_cores.share();
+    row.peak_rss_mib = peak_rss_kib as f64 / 1024.0;
+    let cpu = Cpu {
+        middle: middle_cpu,
+        sim: sim_cpu,
+    };
+    (cpu, peak_rss_kib)
+}
+
+/// Count a failed request by kind.
+fn count_error(row: &mut Row, e: &StreamError) {
+    row.errors += 1;
+    *match e.kind {
+        ErrorKind::Connect => &mut row.connect_errors,
+        ErrorKind::Request => &mut row.request_errors,
+        ErrorKind::Status => &mut row.status_errors,
+        ErrorKind::Body => &mut row.body_errors,
+    } += 1;
+    row.first_error.get_or_insert_with(|| e.message.clone());
+}
+
+/// Count a request that ran to its end, and whether its answer is the simulator's.
+fn count_answer(row: &mut Row, answer: &str, want: &str) {
+    row.ok += 1;
+    if answer != want {
+        row.wrong_answers += 1;
+        row.first_error
+            .get_or_insert_with(|| format!("wrong answer ({} chars): {answer:.60}", answer.len()));
+    }
 }
 
 /// One row from `rounds` (pooled: percentiles over all their samples, rates over their
@@ -253,53 +333,19 @@ pub fn summarize(
         sim_frame_delay_ms: timing.frame_delay_ms,
         ..Row::default()
     };
+    let usages: Vec<&Usage> = rounds.iter().map(|r| &r.usage).collect();
+    let (cpu, peak_rss_kib) = add_usage(&mut row, way, &usages);
     let (mut ttfts, mut gaps, mut chunks) = (Vec::new(), Vec::new(), 0);
-    let (mut wall, mut middle_cpu, mut sim_cpu, mut client_cpu) = (0.0, 0.0, 0.0, 0.0);
-    let mut peak_rss_kib = 0;
-    let mut cores: Option<(CoreTicks, CoreTicks)> = None;
-    for round in rounds {
-        let u = &round.usage;
-        if let Some((c, s)) = u.cores {
-            let sum = cores.get_or_insert_with(Default::default);
-            sum.0.add(c);
-            sum.1.add(s);
-        }
-        wall += u.wall.as_secs_f64();
-        middle_cpu += u.middle_cpu_s;
-        sim_cpu += u.sim_cpu_s;
-        client_cpu += u.client_cpu_s;
-        peak_rss_kib = peak_rss_kib.max(u.peak_rss_kib);
-        row.max_open_streams = row.max_open_streams.max(u.max_open);
-        row.listen_overflows += u.tcp.listen_overflows;
-        row.listen_drops += u.tcp.listen_drops;
-        row.syn_retrans += u.tcp.syn_retrans;
-        row.new_connections += u.tcp.passive_opens;
-        for stream in &round.streams {
-            row.requests += 1;
-            match stream {
-                Ok(s) => {
-                    row.ok += 1;
-                    if s.answer != want {
-                        row.wrong_answers += 1;
-                        row.first_error.get_or_insert_with(|| {
-                            format!("wrong answer ({} chars): {:.60}", s.answer.len(), s.answer)
-                        });
-                    }
-                    ttfts.extend(s.ttft);
-                    gaps.extend_from_slice(&s.gaps);
-                    chunks += s.chunks;
-                }
-                Err(e) => {
-                    row.errors += 1;
-                    *match e.kind {
-                        ErrorKind::Connect => &mut row.connect_errors,
-                        ErrorKind::Request => &mut row.request_errors,
-                        ErrorKind::Status => &mut row.status_errors,
-                        ErrorKind::Body => &mut row.body_errors,
-                    } += 1;
-                    row.first_error.get_or_insert_with(|| e.message.clone());
-                }
+    for stream in rounds.iter().flat_map(|r| &r.streams) {
+        row.requests += 1;
+        match stream {
+            Ok(s) => {
+                count_answer(&mut row, &s.answer, &want);
+                ttfts.extend(s.ttft);
+                gaps.extend_from_slice(&s.gaps);
+                chunks += s.chunks;
             }
+            Err(e) => count_error(&mut row, e),
         }
     }
     ttfts.sort();
@@ -308,8 +354,13 @@ pub fn summarize(
     row.ttft_p90_ms = pct(&ttfts, 0.9);
     row.ttft_p99_ms = pct(&ttfts, 0.99);
     row.inter_chunk_p99_ms = pct(&gaps, 0.99);
-    row.wall_s = wall;
-    let per_s = |x: f64| if wall > 0.0 { x / wall } else { 0.0 };
+    let per_s = |x: f64| {
+        if row.wall_s > 0.0 {
+            x / row.wall_s
+        } else {
+            0.0
+        }
+    };
     row.requests_per_s = per_s(row.ok as f64);
     row.chunks_per_s = per_s(chunks as f64);
     let per_1000_chunks = |cpu: f64| {
@@ -319,19 +370,77 @@ pub fn summarize(
             0.0
         }
     };
-    row.cpu_s_per_1000_chunks = per_1000_chunks(middle_cpu);
-    row.sim_cpu_s_per_1000_chunks = per_1000_chunks(sim_cpu);
-    row.client_cpu_util = per_s(client_cpu);
-    // The servers share CPU 1: the middle process plus the simulator (once, for direct).
-    row.server_cpu_util = per_s(middle_cpu + if way == Way::Direct { 0.0 } else { sim_cpu });
-    row.client_core_busy = cores.and_then(|c| c.0.share());
-    row.server_core_busy = cores.and_then(|c| c.1.share());
-    row.peak_rss_mib = peak_rss_kib as f64 / 1024.0;
+    row.cpu_s_per_1000_chunks = per_1000_chunks(cpu.middle);
+    row.sim_cpu_s_per_1000_chunks = per_1000_chunks(cpu.sim);
     let in_flight = match opening {
         Opening::Herd => n,
         Opening::Spread => row.max_open_streams,
     };
     row.rss_per_open_stream_kib =
         peak_rss_kib.saturating_sub(rss_base_kib) as f64 / in_flight.max(1) as f64;
+    row
+}
+
+/// The row of an open-loop run of non-streamed completions at `rate` per second: latency
+/// from each request's scheduled start, how late the client started them, CPU per 1,000
+/// requests. `n` is the rate.
+pub fn summarize_completions(
+    way: Way,
+    mode: String,
+    rate: f64,
+    usage: &Usage,
+    done: &[Scheduled],
+    timing: Timing,
+) -> Row {
+    let want = crate::client::expected_answer();
+    let mut row = Row {
+        way: way.name().into(),
+        mode,
+        n: rate.round() as usize,
+        rounds: 1,
+        sim_ttft_ms: timing.ttft_ms,
+        sim_frame_delay_ms: timing.frame_delay_ms,
+        ..Row::default()
+    };
+    let (cpu, _) = add_usage(&mut row, way, &[usage]);
+    let (mut latencies, mut lates) = (Vec::new(), Vec::new());
+    for d in done {
+        row.requests += 1;
+        lates.push(d.late);
+        match &d.outcome {
+            Ok((latency, answer)) => {
+                count_answer(&mut row, answer, &want);
+                latencies.push(*latency);
+            }
+            Err(e) => count_error(&mut row, e),
+        }
+    }
+    latencies.sort();
+    lates.sort();
+    // Over the measured run: its wall time ends with the last response.
+    row.requests_per_s = if row.wall_s > 0.0 {
+        row.ok as f64 / row.wall_s
+    } else {
+        0.0
+    };
+    let per_1000_requests = |cpu: f64| {
+        if row.ok > 0 {
+            cpu / row.ok as f64 * 1000.0
+        } else {
+            0.0
+        }
+    };
+    row.non_stream = Some(NonStream {
+        rate,
+        latency_p50_ms: pct(&latencies, 0.5),
+        latency_p90_ms: pct(&latencies, 0.9),
+        latency_p99_ms: pct(&latencies, 0.99),
+        latency_p999_ms: pct(&latencies, 0.999),
+        start_late_p99_ms: pct(&lates, 0.99),
+        start_late_max_ms: pct(&lates, 1.0),
+        cpu_s_per_1000_requests: per_1000_requests(cpu.middle),
+        sim_cpu_s_per_1000_requests: per_1000_requests(cpu.sim),
+        ..NonStream::default()
+    });
     row
 }

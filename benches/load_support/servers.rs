@@ -1,6 +1,6 @@
 //! The servers of one measurement — the simulator and the process in the middle (qwen-proxy
-//! or nginx) — started fresh for every (N, way), pinned to CPU 1, and what the kernel says
-//! about them (CPU time, resident memory).
+//! or nginx) — started fresh for every (N, way), pinned to CPU 1 unless `--unpinned`, and
+//! what the kernel says about them (CPU time, resident memory).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,7 +76,19 @@ impl Way {
     }
 }
 
-/// Whether the servers are pinned (to CPU 1): with `taskset` and a second CPU.
+/// How the servers run, beyond the way and the simulator's timing: the same for every row
+/// of a run.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// The servers pinned to CPU 1 and nginx with one worker (see `pinning`); else nothing
+    /// pinned and nginx with a worker per core (`worker_processes auto`), as deployed.
+    pub pinned: bool,
+    /// `--proxy-env KEY=VALUE`s, set on the proxy after the tool's own settings, so they
+    /// override them.
+    pub proxy_env: Vec<(String, String)>,
+}
+
+/// Whether the servers can be pinned (to CPU 1): with `taskset` and a second CPU.
 pub fn pinning() -> bool {
     Path::new("/usr/bin/taskset").exists() && cpus() > 1
 }
@@ -90,12 +102,16 @@ pub fn freeze_binary() -> Option<PathBuf> {
     let dir = std::env::temp_dir().join(format!("qwen-load-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).ok()?;
     let copy = dir.join("qwen-proxy");
-    // `LOAD_PROXY_BIN`: another build of qwen-proxy, to compare two builds in one session.
-    let source =
-        std::env::var_os("LOAD_PROXY_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from);
+    let source = other_binary().unwrap_or_else(|| PathBuf::from(BIN));
     std::fs::copy(&source, &copy).ok()?; // keeps the execute bit
     FROZEN.set(copy).ok()?;
     Some(dir)
+}
+
+/// `LOAD_PROXY_BIN`: another build of qwen-proxy (for the simulator too), to compare two
+/// builds in one session. Bench mode only: the copy `freeze_binary` takes is what runs.
+pub fn other_binary() -> Option<PathBuf> {
+    std::env::var_os("LOAD_PROXY_BIN").map(PathBuf::from)
 }
 
 /// Our binary: the frozen copy, if any.
@@ -103,10 +119,11 @@ fn our_program() -> &'static Path {
     FROZEN.get().map_or(Path::new(BIN), PathBuf::as_path)
 }
 
-fn pinned(cpu: &str, program: &Path) -> Command {
-    if pinning() {
+/// `program`, on CPU 1 when `pin`.
+fn on_servers_core(pin: bool, program: &Path) -> Command {
+    if pin {
         let mut c = Command::new("/usr/bin/taskset");
-        c.args(["-c", cpu]).arg(program);
+        c.args(["-c", "1"]).arg(program);
         c
     } else {
         Command::new(program)
@@ -133,10 +150,10 @@ pub fn cpus() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Our binary, pinned, without the caller's configuration variables (as the tests'
+/// Our binary, pinned if `pin`, without the caller's configuration variables (as the tests'
 /// launcher does): a `QWEN_*` or `LOG_*` in the shell must not change what is measured.
-fn our_binary(args: &[&str]) -> Command {
-    let mut cmd = pinned("1", our_program());
+fn our_binary(pin: bool, args: &[&str]) -> Command {
+    let mut cmd = on_servers_core(pin, our_program());
     cmd.args(args);
     for (k, _) in std::env::vars() {
         if k.starts_with("QWEN_") || k.starts_with("API_KEYS") || k.starts_with("LOG_") {
@@ -147,42 +164,48 @@ fn our_binary(args: &[&str]) -> Command {
     cmd
 }
 
-fn start_sim(timing: Timing) -> Running {
+fn start_sim(timing: Timing, pin: bool) -> Running {
     let (ttft, delay, chunk) = (
         timing.ttft_ms.to_string(),
         timing.frame_delay_ms.to_string(),
         CHUNK_CHARS.to_string(),
     );
-    process::start(our_binary(&[
-        "sim",
-        "--port",
-        "0",
-        "--ttft-ms",
-        &ttft,
-        "--delay-ms",
-        &delay,
-        "--chunk-chars",
-        &chunk,
-        // A chat is free again as soon as its answer ends (each stream uses a new chat
-        // anyway), and no anti-bot header checks: the load is what is measured.
-        "--linger-ms",
-        "0",
-        "--gate",
-        "none",
-    ]))
+    process::start(our_binary(
+        pin,
+        &[
+            "sim",
+            "--port",
+            "0",
+            "--ttft-ms",
+            &ttft,
+            "--delay-ms",
+            &delay,
+            "--chunk-chars",
+            &chunk,
+            // A chat is free again as soon as its answer ends (each stream uses a new chat
+            // anyway), and no anti-bot header checks: the load is what is measured.
+            "--linger-ms",
+            "0",
+            "--gate",
+            "none",
+        ],
+    ))
 }
 
 /// `UPSTREAM_HTTP2`: unset (the default), or the value.
-fn start_proxy(sim: u16, upstream_http2: Option<&str>) -> Running {
-    let mut cmd = our_binary(&[
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--env-file",
-        "/dev/null",
-    ]);
+fn start_proxy(sim: u16, upstream_http2: Option<&str>, setup: &Setup) -> Running {
+    let mut cmd = our_binary(
+        setup.pinned,
+        &[
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--env-file",
+            "/dev/null",
+        ],
+    );
     cmd.env("QWEN_BASE_URL", format!("http://127.0.0.1:{sim}"))
         .env("QWEN_COOKIES", "token=load")
         // No shedding: every stream of the herd is served.
@@ -192,6 +215,7 @@ fn start_proxy(sim: u16, upstream_http2: Option<&str>) -> Running {
     if let Some(v) = upstream_http2 {
         cmd.env("UPSTREAM_HTTP2", v);
     }
+    cmd.envs(setup.proxy_env.iter().map(|(k, v)| (k, v)));
     process::start(cmd)
 }
 
@@ -219,15 +243,18 @@ pub fn nginx_binary() -> Option<&'static Path> {
         .find(|p| p.exists())
 }
 
-async fn start_nginx(sim: u16) -> Option<Nginx> {
+async fn start_nginx(sim: u16, pin: bool) -> Option<Nginx> {
     let nginx = nginx_binary()?;
     // nginx binds the port it is given: the only one picked in advance.
     let port = process::free_port();
     let dir = std::env::temp_dir().join(format!("qwen-load-nginx-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).ok()?;
     let d = dir.display();
+    // Pinned, one worker shares CPU 1 with the simulator; unpinned, one per core (nginx counts
+    // the online CPUs), as nginx is deployed.
+    let (workers, worker_count) = if pin { ("1", 1) } else { ("auto", cpus()) };
     let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log error;\nworker_rlimit_nofile 20000;\n\
+        "worker_processes {workers};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log error;\nworker_rlimit_nofile 20000;\n\
          events {{ worker_connections 20000; }}\nhttp {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/f;\n uwsgi_temp_path {d}/u;\n scgi_temp_path {d}/s;\n\
          upstream sim {{ server 127.0.0.1:{sim}; keepalive 256; }}\n\
@@ -235,7 +262,7 @@ async fn start_nginx(sim: u16) -> Option<Nginx> {
          proxy_set_header Connection \"\"; proxy_buffering off; proxy_request_buffering off; proxy_read_timeout 600s; }} }}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf).ok()?;
-    let child = pinned("1", nginx)
+    let child = on_servers_core(pin, nginx)
         .args([
             "-p",
             &dir.to_string_lossy(),
@@ -252,10 +279,10 @@ async fn start_nginx(sim: u16) -> Option<Nginx> {
         dir,
         port,
     };
-    // The port answers as soon as the master listens; the worker may not be forked yet.
+    // The port answers as soon as the master listens; the workers may not be forked yet.
     wait_port(port).await;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while nginx.pids.len() < 2 && Instant::now() < deadline {
+    while nginx.pids.len() < 1 + worker_count && Instant::now() < deadline {
         nginx.pids = std::iter::once(nginx.child.id())
             .chain(children(nginx.child.id()))
             .collect();
@@ -312,21 +339,31 @@ enum Middle {
 pub struct Servers {
     middle: Middle,
     sim: Running,
+    pinned: bool,
 }
 
 impl Servers {
     /// The simulator and the way's middle process, new. `None` when nginx is not installed.
-    pub async fn start(way: Way, timing: Timing) -> Option<Servers> {
-        let sim = start_sim(timing);
+    pub async fn start(way: Way, timing: Timing, setup: &Setup) -> Option<Servers> {
+        let sim = start_sim(timing, setup.pinned);
         let port = sim.addr.port();
         let middle = match way {
             Way::Direct => Middle::Sim,
-            Way::Proxy => Middle::Proxy(start_proxy(port, None)),
-            Way::ProxyH2 => Middle::Proxy(start_proxy(port, Some("true"))),
-            Way::ProxyH1 => Middle::Proxy(start_proxy(port, Some("false"))),
-            Way::Nginx => Middle::Nginx(start_nginx(port).await?),
+            Way::Proxy => Middle::Proxy(start_proxy(port, None, setup)),
+            Way::ProxyH2 => Middle::Proxy(start_proxy(port, Some("true"), setup)),
+            Way::ProxyH1 => Middle::Proxy(start_proxy(port, Some("false"), setup)),
+            Way::Nginx => Middle::Nginx(start_nginx(port, setup.pinned).await?),
         };
-        Some(Servers { middle, sim })
+        Some(Servers {
+            middle,
+            sim,
+            pinned: setup.pinned,
+        })
+    }
+
+    /// Whether they run on CPU 1 (and the client, by the script, on CPU 0).
+    pub fn pinned(&self) -> bool {
+        self.pinned
     }
 
     /// Where the client connects.
@@ -339,7 +376,7 @@ impl Servers {
     }
 
     /// The processes whose CPU time and memory are the way's cost: the proxy; nginx's
-    /// master and worker; the simulator for `direct`. `taskset` execs into the program, so
+    /// master and workers; the simulator for `direct`. `taskset` execs into the program, so
     /// a child's pid is the program's.
     pub fn middle_pids(&self) -> Vec<u32> {
         match &self.middle {
