@@ -11,6 +11,9 @@ use qwen_proxy::config::{Config, Env, LogFormat, Workers};
 use qwen_proxy::sim::{SimConfig, SimTiming, Simulator};
 use qwen_proxy::App;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `EX_USAGE`: bad command line or configuration.
 const EXIT_USAGE: u8 = 64;
 

@@ -161,19 +161,14 @@ impl KeyBuilder {
     }
 
     pub fn finish(&self) -> Key {
-        let digest = self.hasher.clone().finalize();
-        let mut hex = String::with_capacity(64);
-        for b in digest {
-            hex.push_str(&format!("{b:02x}"));
-        }
-        hex
+        crate::common::hex(&self.hasher.clone().finalize())
     }
 }
 
 /// SHA-256 hex of a secret, for identities that must not be stored in clear.
 pub(crate) fn fingerprint(secret: &str) -> String {
     let digest = Sha256::digest(secret.as_bytes());
-    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+    crate::common::hex(&digest[..12])
 }
 
 #[cfg(test)]
