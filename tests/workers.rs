@@ -194,3 +194,45 @@ async fn work_stealing_serves_on_one_runtime() {
         "one runtime, one accept loop: {accepted:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_proxy_on_the_same_port_is_refused() {
+    let h = Harness::start_with(&[], SimConfig::default()).await;
+    let first = proxy(&h.sim.base_url(), &[("WORKERS", "2")]);
+    let port = first.addr.port().to_string();
+    // The same port, each with sockets of their own (SO_REUSEPORT): it must not join.
+    for workers in ["2", "1"] {
+        let out = tokio::task::block_in_place(|| {
+            process::run(
+                &[
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port,
+                    "--env-file",
+                    "/dev/null",
+                ],
+                &[
+                    ("QWEN_BASE_URL", h.sim.base_url().as_str()),
+                    ("QWEN_COOKIES", "token=workers-token"),
+                    ("WORKERS", workers),
+                ],
+            )
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "WORKERS={workers}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+            "WORKERS={workers}: {stderr}"
+        );
+    }
+    // The first still serves.
+    let reply = h
+        .chat_at(
+            first.addr,
+            json!({"model": "qwen3.7-plus", "messages": [{"role": "user", "content": "still here"}]}),
+        )
+        .await;
+    assert_eq!(reply.message_content(), expected_answer("still here"));
+}
