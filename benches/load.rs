@@ -48,7 +48,7 @@
 //!   default 50; a list runs each) send streaming requests back to back for SECS seconds,
 //!   after an unmeasured warm-up of a fifth of that (at most 1 s) on the same client.
 //! * `non-stream R/s` (`--non-stream`, instead of the herds): what the proxy adds to a
-//!   non-streamed completion. With the herd timing (a request takes ~0.15 s, so ~150 are
+//!   non-streamed completion. With the herd timing (a request takes ~0.18 s, so ~180 are
 //!   in flight at 1,000/s), for each rate R (`--rates`, default 100,1000) an open loop
 //!   starts request i at start + i/R in a task of its own for S seconds (`--seconds`,
 //!   default 10), whatever is outstanding — the client never waits for a response before
@@ -510,7 +510,7 @@ async fn open_loop(
     done
 }
 
-/// The non-stream mode, herd timing (a request takes about 0.15 s, so ~150 are in flight at
+/// The non-stream mode, herd timing (a request takes about 0.18 s, so ~180 are in flight at
 /// 1,000/s): for every rate and way, fresh servers, an unmeasured warm-up at the same rate
 /// (a fifth of the run, at most 1 s, on the same client: connections and pools filled),
 /// then the measured open loop.

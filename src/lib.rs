@@ -70,6 +70,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 pub use app::AppState;
 pub use config::Config;
@@ -95,58 +96,41 @@ impl App {
     /// completions (503) while open ones finish, for at most `SHUTDOWN_GRACE`; end the
     /// rest with an in-band error event. All on the caller's runtime.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        self.serve_on_workers(vec![listener], shutdown).await;
+        self.serve_on_workers(listener, Vec::new(), shutdown).await;
     }
 
     /// [`App::serve`] on one single-threaded runtime per listener (`crate::workers`,
-    /// `server::bind_each`): the first on the caller's runtime (which also runs the
-    /// background work), each other one on a thread of its own. Returns when every worker
-    /// has finished.
+    /// `server::bind_each`): `first` on the caller's runtime (which also runs the background
+    /// work), each of `others` on a thread of its own. Returns when every worker has
+    /// finished. The upstream pools are made per worker runtime of the configuration
+    /// (`Workers::runtimes`): give as many listeners.
     pub async fn serve_on_workers(
         self,
-        listeners: Vec<TcpListener>,
+        first: TcpListener,
+        others: Vec<std::net::TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) {
-        let mut listeners = listeners.into_iter();
-        let Some(listener) = listeners.next() else {
-            return;
-        };
-        // Deregistered from this runtime, for the other workers' to take.
-        let others: std::io::Result<Vec<_>> = listeners.map(TcpListener::into_std).collect();
         let housekeeping = self.state.spawn_housekeeping();
         let renewals = self.state.accounts.spawn_renewals();
         // Shutdown begins here and reaches the other workers through `stop`.
         let (stop, stopped) = watch::channel(false);
         let others = {
             let (state, service) = (self.state.clone(), self.service.clone());
-            others.and_then(|others| {
-                workers::spawn(others, move |listener| {
-                    let mut stopped = stopped.clone();
-                    let signal = async move {
-                        let _ = stopped.wait_for(|stop| *stop).await;
-                    };
-                    serve_worker(state.clone(), service.clone(), listener, signal)
-                })
+            workers::spawn(others, move |listener| {
+                let mut stopped = stopped.clone();
+                let signal = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                serve_worker(state.clone(), service.clone(), listener, signal)
             })
         };
-        let others = match others {
-            Ok(others) => {
-                let _ = self.state.runtimes.set(others.handles.clone());
-                Some(others)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the worker threads; serving on one");
-                None
-            }
-        };
+        let _ = self.state.runtimes.set(others.handles.clone());
         let signal = async move {
             shutdown.await;
             stop.send_replace(true);
         };
-        serve_worker(self.state.clone(), self.service, listener, signal).await;
-        if let Some(others) = others {
-            others.join().await;
-        }
+        serve_worker(self.state.clone(), self.service, first, signal).await;
+        others.join().await;
         housekeeping.abort();
         renewals.abort();
     }
@@ -169,11 +153,19 @@ async fn serve_worker(
         grace: state.config.shutdown_grace,
         grace_over: move || aborting.abort_streams(),
     };
-    let worker = workers::current().unwrap_or(0).to_string();
+    let worker = workers::current().unwrap_or(0);
     let options = server::ConnOptions {
-        accepted: Some(state.metrics.connections.with_label_values(&[&worker])),
+        accepted: Some(
+            state
+                .metrics
+                .connections
+                .with_label_values(&[&worker.to_string()]),
+        ),
         header_read_timeout: state.config.header_read_timeout,
         http1_only: false,
     };
-    server::serve(listener, service, shutdown, options).await;
+    // The server's own lines (connections closed, grace over) say which worker.
+    server::serve(listener, service, shutdown, options)
+        .instrument(tracing::info_span!("worker", index = worker))
+        .await;
 }

@@ -184,10 +184,20 @@ fn serve(a: ServeArgs) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-        let bound = listeners
-            .first()
-            .and_then(|l| l.local_addr().ok())
-            .unwrap_or(addr);
+        let mut listeners = listeners.into_iter();
+        // Worker 0's socket, registered with this runtime (`bind_each` gives at least one).
+        let first = listeners
+            .next()
+            .ok_or_else(|| std::io::Error::other("no listening socket"))
+            .and_then(tokio::net::TcpListener::from_std);
+        let first = match first {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let bound = first.local_addr().unwrap_or(addr);
         warn_about_exposure(&config, bound);
         warn_about_backlog(config.listen_backlog);
         print_banner(
@@ -205,7 +215,8 @@ fn serve(a: ServeArgs) -> ExitCode {
         );
         let app = App::new(config);
         let reloads = reload_on_hangup(app.state.clone());
-        app.serve_on_workers(listeners, shutdown_signal()).await;
+        app.serve_on_workers(first, listeners.collect(), shutdown_signal())
+            .await;
         reloads.abort();
         ExitCode::SUCCESS
     })

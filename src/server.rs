@@ -45,24 +45,50 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     listen(addr, backlog, false)
 }
 
-/// `count` listening sockets on `addr`, one per worker (`crate::workers`), sharing the port
-/// with `SO_REUSEPORT`: the kernel spreads new connections over them by their addresses, so
-/// a burst lands on every worker, not on whichever woke first. One socket for one worker.
+/// `count` listening sockets on `addr`, one per worker (`crate::workers`), non-blocking, for
+/// each worker's runtime to take (`TcpListener::from_std`).
 ///
-/// `SO_REUSEPORT` would also let a second proxy started on the same port by mistake join the
-/// group and quietly take part of the connections; a plain bind first (which fails against
-/// any socket on the port, in a group or not) keeps "address in use" an error. A port of 0
-/// is chosen by that bind and shared by the rest.
+/// On Linux each is a socket of its own sharing the port with `SO_REUSEPORT`: the kernel
+/// spreads new connections over them by their addresses, so a burst lands on every worker,
+/// not on whichever woke first. `SO_REUSEPORT` would also let a second proxy started on the
+/// same port by mistake join the group and quietly take part of the connections; a plain bind
+/// first (which fails against any socket on the port, in a group or not) keeps "address in
+/// use" an error — best effort: two proxies started in the same instant can both pass it. A
+/// port of 0 is chosen by that bind and shared by the rest (chosen again if someone else took
+/// it in between). Elsewhere `SO_REUSEPORT` does not spread TCP connections (BSDs, macOS) or
+/// does not exist (Windows): every worker accepts from one shared socket.
 pub fn bind_each(
     addr: SocketAddr,
     backlog: u32,
     count: usize,
-) -> std::io::Result<Vec<TcpListener>> {
-    if count <= 1 {
-        return Ok(vec![bind(addr, backlog)?]);
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let count = count.max(1);
+    if count > 1 && cfg!(any(target_os = "linux", target_os = "android")) {
+        let mut attempts = 0;
+        loop {
+            let port = std::net::TcpListener::bind(addr)?.local_addr()?;
+            let bound: std::io::Result<Vec<_>> = (0..count)
+                .map(|_| listen(port, backlog, true)?.into_std())
+                .collect();
+            match bound {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && addr.port() == 0
+                        && attempts < 3 =>
+                {
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
     }
-    let addr = std::net::TcpListener::bind(addr)?.local_addr()?;
-    (0..count).map(|_| listen(addr, backlog, true)).collect()
+    let first = bind(addr, backlog)?.into_std()?;
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 1..count {
+        listeners.push(first.try_clone()?);
+    }
+    listeners.insert(0, first);
+    Ok(listeners)
 }
 
 fn listen(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<TcpListener> {
@@ -72,40 +98,12 @@ fn listen(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<T
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    if reuse_port {
-        set_reuse_port(&socket)?;
-    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    socket.set_reuseport(reuse_port)?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = reuse_port;
     socket.bind(addr)?;
     socket.listen(backlog)
-}
-
-#[cfg(all(
-    unix,
-    not(any(
-        target_os = "solaris",
-        target_os = "illumos",
-        target_os = "cygwin",
-        target_os = "nuttx"
-    ))
-))]
-fn set_reuse_port(socket: &TcpSocket) -> std::io::Result<()> {
-    socket.set_reuseport(true)
-}
-
-#[cfg(not(all(
-    unix,
-    not(any(
-        target_os = "solaris",
-        target_os = "illumos",
-        target_os = "cygwin",
-        target_os = "nuttx"
-    ))
-)))]
-fn set_reuse_port(_: &TcpSocket) -> std::io::Result<()> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "a socket per worker needs SO_REUSEPORT: set WORKERS=1 or WORK_STEALING=true",
-    ))
 }
 
 /// The peer address, put in request extensions for layers that need it.

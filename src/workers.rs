@@ -1,6 +1,6 @@
 //! One runtime per core, as nginx's workers and pingora's threads: `WORKERS` threads, each
-//! a single-threaded tokio runtime accepting from the one listening socket and keeping its
-//! own upstream connections ([`Lanes`]). A request lives on one thread from its accept to
+//! a single-threaded tokio runtime with its own listening socket on the port and its own
+//! upstream connections ([`Lanes`]). A request lives on one thread from its accept to
 //! its last byte, and so does the upstream HTTP/2 connection it streams from: the
 //! connection task and the stream reading it take turns on that thread, so everything the
 //! upstream sent between two polls leaves in one write (BENCHMARKS §5), and nothing on the
@@ -10,20 +10,24 @@
 //!
 //! State shared by every worker (accounts, conversations, metrics, the chats made ahead)
 //! lives behind `Arc` with locks and channels that work across runtimes. Background work
-//! (the session sweep, token renewals) runs on the first worker, the process's main thread.
+//! (the session sweep, token renewals) runs on the first worker, the process's main thread,
+//! and so do the Redis client's connection tasks (made at start-up there): with `REDIS_URL`
+//! each worker's commands cross to worker 0 and back — one hop per command, not per chunk.
 //!
 //! The trade-off is work stealing: a long burst of CPU on one worker (a multi-megabyte
 //! request parsed) delays that worker's other connections while the others idle.
 //! `WORK_STEALING=true` runs one multi-threaded runtime instead.
 //!
-//! Each worker accepts from a socket of its own on the shared port (`SO_REUSEPORT`,
+//! On Linux each worker accepts from a socket of its own on the shared port (`SO_REUSEPORT`,
 //! `server::bind_each`): the kernel spreads connections over them by their addresses. One
-//! socket shared by all workers would go to whichever woke first — a burst of connections
-//! all to one worker, which keeps them for their whole keep-alive life.
+//! socket shared by all workers goes to whichever woke first — a burst of connections all to
+//! one worker, which keeps them for their whole keep-alive life; that is what other systems
+//! get, where `SO_REUSEPORT` does not spread connections.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
@@ -41,24 +45,24 @@ pub fn enter(index: usize) {
 }
 
 /// This thread's worker number, if it is a worker.
-pub fn current() -> Option<usize> {
+pub(crate) fn current() -> Option<usize> {
     INDEX.with(Cell::get)
 }
 
 /// One `T` per worker (an upstream connection pool each), so that a worker's connections are
 /// opened, driven and used on that worker alone. Threads that are not workers share the
-/// first.
-#[derive(Debug)]
+/// first; more workers than lanes would share lanes (`App::new` makes one per runtime).
+#[derive(Debug, Clone)]
 pub struct Lanes<T>(Box<[T]>);
 
 impl<T> Lanes<T> {
     /// `count` lanes (at least one), each made by `make`.
-    pub fn new(count: usize, make: impl FnMut() -> T) -> Self {
+    pub(crate) fn new(count: usize, make: impl FnMut() -> T) -> Self {
         Lanes(std::iter::repeat_with(make).take(count.max(1)).collect())
     }
 
     /// The calling worker's lane.
-    pub fn get(&self) -> &T {
+    pub(crate) fn get(&self) -> &T {
         let index = current().unwrap_or(0) % self.0.len();
         &self.0[index]
     }
@@ -72,22 +76,28 @@ pub fn current_thread_runtime() -> io::Result<tokio::runtime::Runtime> {
 }
 
 /// Workers 1.. running on their own threads; worker 0 is the caller's.
-pub struct Spawned {
+pub(crate) struct Spawned {
     /// Every worker's runtime, the caller's first (for the runtime metrics).
-    pub handles: Vec<Handle>,
-    /// Resolves, one per thread, when its worker has finished serving.
+    pub(crate) handles: Vec<Handle>,
+    /// Resolves, one per thread, when its worker has finished serving and its runtime has
+    /// shut down.
     finished: Vec<oneshot::Receiver<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// How long a finished worker's runtime waits for its blocking tasks (a DNS lookup) before
+/// its thread ends anyway.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
+
 impl Spawned {
     /// Waits for every worker thread to finish (after shutdown was signalled to them).
-    pub async fn join(self) {
+    pub(crate) async fn join(self) {
         for done in self.finished {
             // An error means the worker's thread ended without saying so (a panic): it has
             // finished too.
             let _ = done.await;
         }
+        // Each has said it is done after its runtime shut down: these return at once.
         for thread in self.threads {
             let _ = thread.join();
         }
@@ -96,8 +106,9 @@ impl Spawned {
 
 /// Starts a worker thread per listener in `listeners` (workers 1.., worker 0 being the
 /// caller), each with its own single-threaded runtime, running `serve(listener)` to its end.
-/// Called on worker 0's runtime.
-pub fn spawn<F, Fut>(listeners: Vec<std::net::TcpListener>, serve: F) -> io::Result<Spawned>
+/// Called on worker 0's runtime. A worker that cannot start is logged and left out (its
+/// socket closed, so the kernel sends its connections to the others); the rest serve.
+pub(crate) fn spawn<F, Fut>(listeners: Vec<std::net::TcpListener>, serve: F) -> Spawned
 where
     F: Fn(TcpListener) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + 'static,
@@ -108,11 +119,17 @@ where
         threads: Vec::new(),
     };
     for (index, socket) in (1..).zip(listeners) {
-        let runtime = current_thread_runtime()?;
-        spawned.handles.push(runtime.handle().clone());
+        let runtime = match current_thread_runtime() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                tracing::error!(index, error = %e, "a worker's runtime could not start; serving without it");
+                continue;
+            }
+        };
+        let handle = runtime.handle().clone();
         let (done, finished) = oneshot::channel();
         let serve = serve.clone();
-        let thread = std::thread::Builder::new()
+        let started = std::thread::Builder::new()
             .name(format!("qwen-worker-{index}"))
             .spawn(move || {
                 enter(index);
@@ -123,16 +140,25 @@ where
                         Err(e) => tracing::error!(index, error = %e, "a worker could not listen"),
                     }
                 });
+                runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
                 let _ = done.send(());
-            })?;
-        spawned.finished.push(finished);
-        spawned.threads.push(thread);
+            });
+        match started {
+            Ok(thread) => {
+                spawned.handles.push(handle);
+                spawned.finished.push(finished);
+                spawned.threads.push(thread);
+            }
+            Err(e) => {
+                tracing::error!(index, error = %e, "a worker thread could not start; serving without it");
+            }
+        }
     }
-    Ok(spawned)
+    spawned
 }
 
 /// Tasks alive over every worker's runtime (`handles`), or the caller's runtime without any.
-pub fn alive_tasks(handles: &[Handle]) -> usize {
+pub(crate) fn alive_tasks(handles: &[Handle]) -> usize {
     if handles.is_empty() {
         return Handle::current().metrics().num_alive_tasks();
     }

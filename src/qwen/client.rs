@@ -61,7 +61,8 @@ impl Caller {
 #[derive(Debug, Clone)]
 pub enum Route {
     Direct,
-    Proxy(Box<TunnelClient>),
+    /// A pool per worker, as for direct connections (`crate::workers`).
+    Proxy(Box<Lanes<TunnelClient>>),
 }
 
 #[derive(Clone, Debug)]
@@ -83,6 +84,8 @@ struct Inner {
     cfg: UpstreamConfig,
     header_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Connection pools per route: one per worker runtime.
+    lanes: usize,
 }
 
 /// HTTP/2 by prior knowledge on a plain-HTTP upstream. Before the first request a probe
@@ -176,6 +179,7 @@ impl QwenClient {
                 cfg: cfg.clone(),
                 header_timeout: cfg.header_timeout,
                 metrics,
+                lanes,
             }),
         }
     }
@@ -197,26 +201,29 @@ impl QwenClient {
             .path_and_query("/")
             .build()
             .unwrap_or_else(|_| proxy.clone());
-        let mut tunnel = Tunnel::new(target, tcp_connector(&self.inner.cfg));
-        if let Some(userinfo) = proxy
+        let auth = proxy
             .authority()
             .and_then(|a| a.as_str().rsplit_once('@'))
-            .map(|(u, _)| u)
-        {
-            // A URL's userinfo is percent-encoded; Basic auth wants the bytes themselves.
-            let encoded = crate::common::base64_encode(&crate::common::percent_decode(userinfo));
-            if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("Basic {encoded}")) {
-                tunnel = tunnel.with_auth(v);
+            .map(|(userinfo, _)| {
+                // A URL's userinfo is percent-encoded; Basic auth wants the bytes themselves.
+                let encoded =
+                    crate::common::base64_encode(&crate::common::percent_decode(userinfo));
+                hyper::header::HeaderValue::from_str(&format!("Basic {encoded}"))
+            })
+            .and_then(Result::ok);
+        let tunnel_client = || {
+            let mut tunnel = Tunnel::new(target.clone(), tcp_connector(&self.inner.cfg));
+            if let Some(auth) = &auth {
+                tunnel = tunnel.with_auth(auth.clone());
             }
-        }
-        let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(tunnel);
-        Route::Proxy(Box::new(
-            pooled(self.inner.cfg.protocol == UpstreamProtocol::Http2).build(tls),
-        ))
+            let tls = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_webpki_roots()
+                .https_or_http()
+                .enable_all_versions()
+                .wrap_connector(tunnel);
+            pooled(self.inner.cfg.protocol == UpstreamProtocol::Http2).build(tls)
+        };
+        Route::Proxy(Box::new(Lanes::new(self.inner.lanes, tunnel_client)))
     }
 
     /// One account's side of its requests.
@@ -274,8 +281,8 @@ impl QwenClient {
         who: &Caller,
         req: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        if let Route::Proxy(client) = &who.route {
-            return self.exchange(client, req).await;
+        if let Route::Proxy(clients) = &who.route {
+            return self.exchange(clients.get(), req).await;
         }
         let client = match &self.inner.h2c {
             Some(h2c) if self.h2c_usable(h2c).await => h2c.client.get(),
