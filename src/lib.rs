@@ -37,6 +37,7 @@ pub(crate) mod fetch;
 pub(crate) mod forwarded;
 pub(crate) mod identity;
 pub(crate) mod layers;
+pub mod logs;
 pub(crate) mod media;
 pub mod metrics;
 pub mod qwen;

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
 use qwen_proxy::cli::{self, Command, ServeArgs, SimArgs};
-use qwen_proxy::config::{Config, Env, LogFormat, Workers};
+use qwen_proxy::config::{Config, Env, Workers};
 use qwen_proxy::sim::{SimConfig, SimTiming, Simulator};
 use qwen_proxy::App;
 
@@ -94,21 +94,6 @@ fn load_config(a: &ServeArgs, demo: bool) -> Result<Config, String> {
     Config::from_source(&env, demo).map_err(|e| e.to_string())
 }
 
-fn init_tracing(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour codes only for a person at a terminal: never into files, pipes or journald.
-    let ansi = config.log_color && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -139,9 +124,18 @@ fn serve(a: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_tracing(&config);
+    // An unusable LOG_DIR is a configuration error like any other (exit 64).
+    let logs = match qwen_proxy::logs::init(&config) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    qwen_proxy::logs::name_unused_variables(&config);
     let workers = config.workers;
-    serving_runtime(workers).block_on(async move {
+    let runtime = serving_runtime(workers);
+    let code = runtime.block_on(async move {
         let mut _sim = None;
         if a.demo {
             // Realistic pacing, so the demo visibly streams.
@@ -219,7 +213,11 @@ fn serve(a: ServeArgs) -> ExitCode {
             .await;
         reloads.abort();
         ExitCode::SUCCESS
-    })
+    });
+    // The runtime's threads have stopped logging before the log file is written out.
+    drop(runtime);
+    drop(logs);
+    code
 }
 
 /// `SIGHUP` re-reads `QWEN_ACCOUNTS_FILE` (as `POST /admin/accounts/reload`); open

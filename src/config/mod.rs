@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper::Uri;
@@ -22,7 +23,7 @@ pub use crate::common::Secret;
 use crate::forwarded::TrustProxy;
 use sections::{Auth, Listener, Logging, RateLimit, ServerLimits, Sessions, UpstreamLimits};
 use source::Reader;
-pub use source::{parse_dotenv, parse_duration, parse_log_level, Env, Source};
+pub use source::{parse_dotenv, parse_duration, parse_log_level, parse_size, Env, Source};
 
 pub use self::redis::{RedisConfig, RedisMode, RedisUrl};
 
@@ -34,6 +35,39 @@ mod source;
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `LOG_DIR`: log lines go to a file in this directory, rotated by size, instead of stderr
+/// (the `logs` module).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFileConfig {
+    pub dir: PathBuf,
+    /// `LOG_MAX_SIZE`: the file is rotated once it holds this many bytes or more, so a file
+    /// holds at most this plus one line.
+    pub max_size: u64,
+    /// `LOG_MAX_FILES`: rotated files kept besides the current one (`.1` the newest).
+    pub max_files: usize,
+}
+
+impl LogFileConfig {
+    /// The current file's name; rotated ones add `.1`, `.2`, … `.LOG_MAX_FILES`.
+    pub const FILE_NAME: &'static str = "qwen-proxy.log";
+    /// 10 MiB.
+    pub const DEFAULT_MAX_SIZE: u64 = 10 << 20;
+    pub const DEFAULT_MAX_FILES: usize = 5;
+
+    /// Where the current file is.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(Self::FILE_NAME)
+    }
+}
+
+/// A variable of the Node.js qwen-proxy that has no meaning here, and what to use instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnusedVariable {
+    pub name: &'static str,
+    /// Completes "`name` has no effect in qwen-proxy: …".
+    pub instead: &'static str,
 }
 
 /// Failed-authentication throttling (`AUTH_FAILURE_LIMIT` per `AUTH_FAILURE_WINDOW`).
@@ -147,6 +181,11 @@ pub struct Config {
     /// Colours in text logs are allowed (`NO_COLOR` unset); they are used only when stderr
     /// is a terminal.
     pub log_color: bool,
+    /// `LOG_DIR` and its rotation; `None`: logs go to stderr.
+    pub log_file: Option<LogFileConfig>,
+    /// The Node-era variables that are set but mean nothing here, to be named at start-up
+    /// once logging is set up (so the warning lands where the logs go).
+    pub unused_variables: Vec<UnusedVariable>,
     pub session_timeout: Duration,
     pub session_cleanup_interval: Duration,
     pub retry: RetryConfig,
@@ -351,6 +390,7 @@ impl Config {
         let upstream = UpstreamConfig::read(r);
         let accounts = AccountsConfig::read(r, &upstream);
         let logging = Logging::read(r);
+        let unused_variables = sections::unused_node_variables(r);
         let retry = RetryConfig::read(r);
         let cors = CorsConfig::read(r);
         let auth = Auth::read(r);
@@ -374,6 +414,8 @@ impl Config {
             log_level: logging.log_level,
             log_format: logging.log_format,
             log_color: logging.log_color,
+            log_file: logging.log_file,
+            unused_variables,
             session_timeout: sessions.session_timeout,
             session_cleanup_interval: sessions.session_cleanup_interval,
             retry,

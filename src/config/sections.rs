@@ -189,11 +189,12 @@ impl AccountsConfig {
     }
 }
 
-/// `LOG_FORMAT`, `LOG_LEVEL`, `NO_COLOR`.
+/// `LOG_FORMAT`, `LOG_LEVEL`, `NO_COLOR`; `LOG_DIR`, `LOG_MAX_SIZE`, `LOG_MAX_FILES`.
 pub(super) struct Logging {
     pub(super) log_level: String,
     pub(super) log_format: LogFormat,
     pub(super) log_color: bool,
+    pub(super) log_file: Option<LogFileConfig>,
 }
 
 impl Logging {
@@ -209,8 +210,58 @@ impl Logging {
             log_format,
             // https://no-color.org: present and not empty means no colour.
             log_color: r.raw("NO_COLOR").is_none(),
+            log_file: Self::read_file(r),
         }
     }
+
+    /// The rotation settings are checked even without `LOG_DIR`: a typo there is found
+    /// before the day it is needed.
+    fn read_file(r: &mut Reader) -> Option<LogFileConfig> {
+        let dir = r.raw("LOG_DIR").map(std::path::PathBuf::from);
+        let max_size = r.parse_with(
+            "LOG_MAX_SIZE",
+            |v| match parse_size(v) {
+                Some(n) if (1024..=1 << 40).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "LOG_MAX_SIZE={v:?} must be a size from 1KiB to 1TiB: bytes, or a number with \
+                     a unit (K, KiB, M, MiB, G, GiB: powers of 1024; KB, MB, GB: powers of 1000)"
+                )),
+            },
+            LogFileConfig::DEFAULT_MAX_SIZE,
+        );
+        let max_files = r.parse_with(
+            "LOG_MAX_FILES",
+            |v| match v.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "LOG_MAX_FILES={v:?} must be a number of rotated files to keep, from 1 to 1000"
+                )),
+            },
+            LogFileConfig::DEFAULT_MAX_FILES,
+        );
+        dir.map(|dir| LogFileConfig {
+            dir,
+            max_size,
+            max_files,
+        })
+    }
+}
+
+/// Variables of the Node.js qwen-proxy that mean nothing here, each with what to use instead:
+/// an operator who upgrades learns at start-up that a setting was dropped, not weeks later.
+/// One entry per variable; its value is never shown.
+const NODE_ERA_UNUSED: &[UnusedVariable] = &[UnusedVariable {
+    name: "NODE_ENV",
+    instead: "the binary is always a release build; use LOG_LEVEL and LOG_FORMAT for logging",
+}];
+
+/// The Node-era variables that are set (and mean nothing here).
+pub(super) fn unused_node_variables(r: &Reader) -> Vec<UnusedVariable> {
+    NODE_ERA_UNUSED
+        .iter()
+        .filter(|v| r.raw(v.name).is_some())
+        .copied()
+        .collect()
 }
 
 impl RetryConfig {

@@ -250,6 +250,35 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
         .then(|| Duration::from_secs_f64(ms / 1e3))
 }
 
+/// A size in bytes: a whole number of bytes, or a number with a unit, in any case: `b`;
+/// `k`, `kib` (1024), `m`, `mib` (1024²), `g`, `gib` (1024³) — a bare letter is binary, as in
+/// logrotate's `size 10M`; `kb` (1000), `mb` (1000²), `gb` (1000³) are decimal, as in SI.
+/// `10MiB`, `10 M`, `512k`, `1.5GB`; a fraction only with a unit, rounded down to whole bytes.
+pub fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let unit_bytes: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return None,
+    };
+    if unit.is_empty() {
+        return number.parse().ok();
+    }
+    let n: f64 = number.parse().ok()?;
+    let bytes = (n * unit_bytes as f64).floor();
+    // Below 2^53 a float holds every whole number: far above any sensible size.
+    (bytes.is_finite() && bytes < (1u64 << 53) as f64).then_some(bytes as u64)
+}
+
 /// `LOG_LEVEL`: a level, a winston (Node-era) level, or a `tracing` filter with directives
 /// (`qwen_proxy=debug,info`). A bare word that is not a level is an error: the filter
 /// syntax would read it as a target name and silence every log line.

@@ -325,3 +325,107 @@ fn workers_are_a_thread_per_cpu_unless_set() {
         );
     }
 }
+
+#[test]
+fn logs_go_to_stderr_unless_log_dir_is_set() {
+    let read = |env: &[(&str, &str)]| {
+        let mut vars = vec![("QWEN_COOKIES", "token=abc")];
+        vars.extend_from_slice(env);
+        Config::from_source(&src(&vars), false)
+    };
+    assert_eq!(read(&[]).unwrap().log_file, None);
+    // Rotation settings alone do not move the logs.
+    assert_eq!(read(&[("LOG_MAX_FILES", "3")]).unwrap().log_file, None);
+    let c = read(&[("LOG_DIR", "/var/log/qwen-proxy")]).unwrap();
+    let file = c.log_file.unwrap();
+    assert_eq!(
+        (file.dir.as_path(), file.max_size, file.max_files),
+        (Path::new("/var/log/qwen-proxy"), 10 * 1024 * 1024, 5)
+    );
+    assert_eq!(file.path(), Path::new("/var/log/qwen-proxy/qwen-proxy.log"));
+    let c = read(&[
+        ("LOG_DIR", "logs"),
+        ("LOG_MAX_SIZE", "512k"),
+        ("LOG_MAX_FILES", "3"),
+    ])
+    .unwrap();
+    let file = c.log_file.unwrap();
+    assert_eq!((file.max_size, file.max_files), (512 * 1024, 3));
+}
+
+#[test]
+fn sizes_are_bytes_or_a_number_with_a_unit() {
+    for (v, bytes) in [
+        ("4096", 4096),
+        ("10MiB", 10 << 20),
+        ("10mib", 10 << 20),
+        ("10M", 10 << 20),
+        ("10 MB", 10_000_000),
+        ("512k", 512 << 10),
+        ("512KB", 512_000),
+        ("1.5KiB", 1536),
+        ("1.5GB", 1_500_000_000),
+        ("2g", 2 << 30),
+        ("100b", 100),
+    ] {
+        assert_eq!(parse_size(v), Some(bytes), "{v}");
+    }
+    for bad in [
+        "",
+        "x",
+        "-1",
+        "1.5",
+        "10XB",
+        "MB",
+        "1e3",
+        "99999999999999999999999",
+        "99999999999G",
+        "1e300k",
+    ] {
+        assert_eq!(parse_size(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn bad_log_rotation_values_are_reported_with_the_others() {
+    let e = Config::from_source(
+        &src(&[
+            ("LOG_DIR", "/tmp/logs"),
+            ("LOG_MAX_SIZE", "10XB"),
+            ("LOG_MAX_FILES", "0"),
+            ("PORT", "x"),
+        ]),
+        true,
+    )
+    .unwrap_err();
+    assert_eq!(e.0.len(), 3, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("LOG_MAX_SIZE=\"10XB\" must be a size"),
+        "{text}"
+    );
+    assert!(text.contains("LOG_MAX_FILES=\"0\" must be"), "{text}");
+    // Checked without LOG_DIR too; too small a file is refused (it would rotate every line).
+    for (key, bad) in [
+        ("LOG_MAX_SIZE", "100"),
+        ("LOG_MAX_SIZE", "2TiB"),
+        ("LOG_MAX_FILES", "1001"),
+        ("LOG_MAX_FILES", "five"),
+    ] {
+        let e = Config::from_source(&src(&[(key, bad)]), true).unwrap_err();
+        assert!(e.0[0].starts_with(&format!("{key}=\"{bad}\"")), "{e}");
+    }
+}
+
+#[test]
+fn node_era_variables_without_meaning_are_named_never_valued() {
+    let c = Config::from_source(&src(&[]), true).unwrap();
+    assert!(c.unused_variables.is_empty());
+    let c = Config::from_source(&src(&[("NODE_ENV", "production")]), true).unwrap();
+    let names: Vec<&str> = c.unused_variables.iter().map(|v| v.name).collect();
+    assert_eq!(names, ["NODE_ENV"]);
+    assert!(c.unused_variables[0].instead.contains("LOG_LEVEL"));
+    // Set but empty is not set.
+    let c = Config::from_source(&src(&[("NODE_ENV", "")]), true).unwrap();
+    assert!(c.unused_variables.is_empty());
+}
