@@ -8,6 +8,15 @@
 //! | `POST /admin/accounts/{name}/enable`          | back in rotation; clears any verdict      |
 //! | `POST /admin/accounts/reload`                 | re-read `QWEN_ACCOUNTS_FILE` (as `SIGHUP`)|
 //! | `POST /admin/accounts/{name}/purge-chats`     | delete *every* upstream chat of the account |
+//! | `GET  /admin/usage`                           | usage accounting as JSON (`crate::usage`), see below |
+//! | `GET  /admin/usage.csv`                       | the same rows as CSV (also `/admin/usage?format=csv`) |
+//!
+//! `/admin/usage` takes `from` and `to` (UTC days `YYYY-MM-DD`, inclusive; the last 7 days
+//! by default) and `by`, the fields rows are grouped by (`day`, `account`, `key`, `model`,
+//! comma-separated; all four by default): `{"from", "to", "by", "source", "rows": [{…the
+//! grouped fields, "requests", "input_tokens", "output_tokens", "reasoning_tokens",
+//! "errors"}], "totals": {…}}`. `key` is the API key's fingerprint (`anon` without
+//! `API_KEYS`), never the key; `source` is `redis` (every instance) or `memory` (this one).
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
@@ -18,6 +27,7 @@ use crate::body::{json_response, ProxyBody};
 use crate::error::ProxyError;
 use crate::identity::OperatorAccess;
 use crate::untrusted::Untrusted;
+use crate::usage::{Day, Grouping, Query};
 
 /// Handle one admin request (`path` without a trailing slash).
 pub(crate) async fn handle(
@@ -42,6 +52,21 @@ pub(crate) async fn handle(
         .collect();
     let method = req.method();
     match (method, rest.as_slice()) {
+        (&Method::GET, [page @ ("usage" | "usage.csv")]) => {
+            let (query, csv) = usage_query(req.uri().query().unwrap_or(""))?;
+            let report = state.usage.report(query).await;
+            Ok(if csv || *page == "usage.csv" {
+                let mut rsp = Response::new(ProxyBody::full(report.to_csv()));
+                rsp.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/csv; charset=utf-8"),
+                );
+                rsp
+            } else {
+                json_ok(report.to_json())
+            })
+        }
+        (_, ["usage" | "usage.csv"]) => Err(ProxyError::MethodNotAllowed { allow: "GET" }),
         (&Method::GET, ["accounts"]) => Ok(json_ok(json!({
             "accounts": pool.views(),
             "counts": pool.counts(),
@@ -92,6 +117,67 @@ pub(crate) async fn handle(
             path: path.to_owned(),
         }),
     }
+}
+
+/// Days a usage report covers by default: today and the six before.
+const USAGE_DEFAULT_DAYS: i64 = 7;
+
+/// `/admin/usage`'s parameters: the query, and whether CSV was asked for (`format=csv`).
+fn usage_query(raw: &str) -> Result<(Query, bool), ProxyError> {
+    let mut query = Query {
+        from: Day::today().plus(1 - USAGE_DEFAULT_DAYS),
+        to: Day::today(),
+        by: Grouping::ALL,
+    };
+    let mut csv = false;
+    let mut from_given = false;
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // The values are days and words: only the comma of `by` may come encoded.
+        let value = value.replace("%2C", ",").replace("%2c", ",");
+        let bad = |what: &str| {
+            ProxyError::bad_request(
+                format!("`{name}` must be {what}; got {:?}.", Untrusted(&value)),
+                Some(name),
+            )
+        };
+        match name {
+            "from" => {
+                query.from = Day::parse(&value).ok_or_else(|| bad("a day, YYYY-MM-DD"))?;
+                from_given = true;
+            }
+            "to" => query.to = Day::parse(&value).ok_or_else(|| bad("a day, YYYY-MM-DD"))?,
+            "by" => {
+                query.by = Grouping::parse(&value)
+                    .ok_or_else(|| bad("day, account, key or model, comma-separated"))?
+            }
+            "format" => match value.as_str() {
+                "csv" => csv = true,
+                "json" => csv = false,
+                _ => return Err(bad("json or csv")),
+            },
+            _ => {
+                return Err(ProxyError::bad_request(
+                    format!(
+                        "Unknown parameter `{}`: /admin/usage takes from, to, by and format.",
+                        Untrusted(name)
+                    ),
+                    Some(name),
+                ))
+            }
+        }
+    }
+    // `to` alone: the week before it.
+    if !from_given {
+        query.from = query.to.plus(1 - USAGE_DEFAULT_DAYS);
+    }
+    if query.from > query.to {
+        return Err(ProxyError::bad_request(
+            format!("`from` ({}) is after `to` ({}).", query.from, query.to),
+            Some("from"),
+        ));
+    }
+    Ok((query, csv))
 }
 
 fn unknown(name: &str) -> ProxyError {

@@ -37,6 +37,8 @@ pub struct AppState {
     pub chat_pool: Arc<ChatPool>,
     /// The shared Redis client, when `REDIS_URL` is set.
     pub redis: Option<Arc<RedisClient>>,
+    /// Usage accounting: tokens and turns per day, account, client key and model.
+    pub usage: Arc<crate::usage::Ledger>,
     /// Files uploaded per account (documents of long contexts, images), and parse pauses.
     pub(crate) uploads: crate::qwen::files::UploadCache,
     /// Images of requests: checked, and fetched under the fetch policy.
@@ -64,6 +66,10 @@ pub struct UpstreamHealth {
 
 /// The longest a reload waits for the accounts file to be read.
 pub(crate) const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Usage increments go to Redis (and old days are dropped) this often: a few seconds
+/// behind at most, one script per day in use rather than one per request.
+const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Probes are cached so that frequent health checks never hammer the upstream.
 const PROBE_TTL: Duration = Duration::from_secs(10);
@@ -116,8 +122,16 @@ impl AppState {
             client.clone(),
             metrics.clone(),
         ));
+        let usage = Arc::new(crate::usage::Ledger::new(
+            crate::usage::Limits {
+                days: config.usage.days,
+                max_rows: config.usage.max_rows,
+            },
+            redis.clone(),
+        ));
         Arc::new(AppState {
             accounts,
+            usage,
             chat_pool,
             slots: Arc::new(CompletionSlots::new(config.max_concurrent_streams)),
             config: Arc::new(config),
@@ -200,10 +214,11 @@ impl AppState {
         Ok(summary)
     }
 
-    /// Periodic housekeeping until the returned task is aborted: sweep expired sessions and,
-    /// with `CHAT_CLEANUP=delete`, delete the upstream chats nobody uses any more, at a
-    /// bounded rate. The two run side by side in the one task: deletions are slow by design
-    /// and must never hold up the sweep.
+    /// Periodic housekeeping until the returned task is aborted: sweep expired sessions,
+    /// flush usage (and drop its old days) and, with `CHAT_CLEANUP=delete`, delete the
+    /// upstream chats nobody uses any more, at a bounded rate. They run side by side in the
+    /// one task: deletions are slow by design and must never hold up the sweep, nor a Redis
+    /// that is away the sweep.
     pub fn spawn_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let state = self.clone();
         tokio::spawn(async move {
@@ -220,10 +235,18 @@ impl AppState {
                     }
                 }
             };
+            let usage = async {
+                let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    state.usage.housekeeping().await;
+                }
+            };
             if state.config.conversations.delete_chats {
-                tokio::join!(sweep, state.delete_idle_chats());
+                tokio::join!(sweep, usage, state.delete_idle_chats());
             } else {
-                sweep.await;
+                tokio::join!(sweep, usage);
             }
         })
     }

@@ -52,6 +52,7 @@ pub mod tools;
 pub mod translate;
 pub(crate) mod turn;
 pub mod untrusted;
+pub mod usage;
 pub mod workers;
 
 /// Entry points for the fuzz targets (`fuzz/`) into crate-private parsers. Not an API: no
@@ -134,6 +135,8 @@ impl App {
         others.join().await;
         housekeeping.abort();
         renewals.abort();
+        // The last usage increments (Redis only; bounded by REDIS_TIMEOUT a day in use).
+        self.state.usage.flush().await;
     }
 }
 

@@ -31,8 +31,10 @@ use crate::turn::{ApiRequest, ClientApi, Output};
 pub(super) struct TurnState<'a, A: ClientApi> {
     state: &'a Arc<AppState>,
     req: &'a ApiRequest<A::Options>,
-    /// The client (conversation keys are per client).
+    /// The client (conversation keys are per client), narrowed to its session.
     identity: &'a str,
+    /// The client alone (its key's fingerprint, or `anon`): whose usage the turn is.
+    client: &'a str,
     /// When the request arrived.
     start: Instant,
     /// The upstream chats the request has opened (shared with the retry layer's attempts).
@@ -73,6 +75,7 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
         state: &'a Arc<AppState>,
         req: &'a ApiRequest<A::Options>,
         identity: &'a str,
+        client: &'a str,
         start: Instant,
         chats: &'a RequestChats,
         plan: &'a Plan,
@@ -88,6 +91,7 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
             state,
             req,
             identity,
+            client,
             start,
             chats,
             plan,
@@ -417,6 +421,7 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
             tool_retry,
             opened_chat: opened,
             chats: self.chats,
+            client: self.client,
         }
         .respond(lock, lease)
         .await;

@@ -1,5 +1,5 @@
 //! The end of a turn, streamed or not: one [`Outcome`] in, every consumer served — token
-//! and stream metrics, the conversation store (remember the turn), the chat lock (release
+//! and stream metrics, usage accounting, the conversation store (remember the turn), the chat lock (release
 //! it), and the account (a quota or challenge that arrives mid-stream; its slot).
 
 use std::sync::Arc;
@@ -41,6 +41,8 @@ pub(super) struct TurnEnd {
     api: &'static str,
     /// The resolved upstream model (metric label).
     model: String,
+    /// The client (its key's fingerprint, or `anon`), for usage accounting.
+    client: String,
     chat_id: String,
     /// Held until the turn is remembered (or dropped, which releases it in the background).
     lock: Option<ChatLock>,
@@ -58,6 +60,7 @@ impl TurnEnd {
         state: Arc<AppState>,
         api: &'static str,
         model: String,
+        client: String,
         chat_id: String,
         lock: Option<ChatLock>,
         lease: Lease,
@@ -66,6 +69,7 @@ impl TurnEnd {
             state,
             api,
             model,
+            client,
             chat_id,
             lock,
             stream_started: None,
@@ -100,6 +104,22 @@ impl TurnEnd {
                 .with_label_values(&[&self.model, "reasoning", self.api])
                 .inc_by(r);
         }
+    }
+
+    /// One upstream turn in the usage accounts: its account, client and model, the tokens
+    /// the upstream reported (none for a turn that did not complete: what it used is not
+    /// known), and whether it failed.
+    fn record_usage(&self, u: Usage, failed: bool) {
+        self.state.usage.record(
+            crate::usage::RowKey::new(self.lease.name(), &self.client, &self.model),
+            &crate::usage::Counters {
+                requests: 1,
+                input_tokens: u.prompt_tokens,
+                output_tokens: u.completion_tokens,
+                reasoning_tokens: u.reasoning_tokens.unwrap_or(0),
+                errors: u64::from(failed),
+            },
+        );
     }
 
     fn record_tool_calls(&self, s: ScanStats) {
@@ -175,6 +195,7 @@ impl StreamEnd<TurnStages> for TurnEnd {
                 // challenge may still come mid-stream).
                 self.state.accounts.answered(self.lease.account());
                 self.record_tokens(usage);
+                self.record_usage(usage, false);
                 self.stream_ended("completed");
                 let (scan, (_, (limits, (_, transcript)))) = pipeline.stages_mut();
                 if let Some(scan) = scan {
@@ -207,10 +228,12 @@ impl StreamEnd<TurnStages> for TurnEnd {
                     // paused all the same (the client got an in-band error).
                     self.state.accounts.blame(self.lease.account(), e);
                 }
+                self.record_usage(Usage::default(), true);
                 self.stream_ended("error");
                 None
             }
             Outcome::Cancelled => {
+                self.record_usage(Usage::default(), false);
                 self.stream_ended("cancelled");
                 None
             }

@@ -112,7 +112,15 @@ impl<A: ClientApi> tower::Service<Request<Arc<ApiRequest<A::Options>>>> for Chat
             .and_then(|v| v.to_str().ok())
             .or(req.body().turn.session.as_deref());
         let owner = owner(identity.as_str(), session);
-        Box::pin(complete::<A>(state, req.into_body(), owner, start, chats))
+        let client = identity.as_str().to_owned();
+        Box::pin(complete::<A>(
+            state,
+            req.into_body(),
+            owner,
+            client,
+            start,
+            chats,
+        ))
     }
 }
 
@@ -121,6 +129,7 @@ pub async fn complete<A: ClientApi>(
     state: Arc<AppState>,
     req: Arc<ApiRequest<A::Options>>,
     owner: String,
+    client: String,
     start: Instant,
     chats: Arc<RequestChats>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -152,7 +161,7 @@ pub async fn complete<A: ClientApi>(
             return Err(e.into());
         }
     }
-    let mut result = TurnState::<A>::begin(&state, &req, &owner, start, &chats, &plan)
+    let mut result = TurnState::<A>::begin(&state, &req, &owner, &client, start, &chats, &plan)
         .await
         .run()
         .await;

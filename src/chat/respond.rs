@@ -43,6 +43,8 @@ pub(super) struct Attempt<'a, A: ClientApi> {
     pub opened_chat: bool,
     /// The request's ledger (shared with the retry layer): told when the answer begins.
     pub chats: &'a RequestChats,
+    /// Whose usage the turn is (the key's fingerprint, or `anon`).
+    pub client: &'a str,
 }
 
 /// What an attempt came to.
@@ -123,6 +125,7 @@ impl<A: ClientApi> Attempt<'_, A> {
             self.state.clone(),
             A::LABEL,
             self.plan.model.clone(),
+            self.client.to_owned(),
             chat_id.clone(),
             lock,
             lease,

@@ -98,6 +98,7 @@ impl Rig {
             &self.state,
             api,
             "client-1",
+            "client-1",
             Instant::now(),
             &req.chats,
             plan,

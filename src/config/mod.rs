@@ -229,6 +229,7 @@ pub struct Config {
     /// `claude-*`), as `part=model` pairs: a requested name containing `part` (any case)
     /// means `model`; the first pair that matches wins; catalogue names always win.
     pub model_aliases: Vec<(String, String)>,
+    pub usage: UsageConfig,
 }
 
 /// The default `MODEL_ALIASES`: Claude Code's model families onto the catalogue (`haiku`,
@@ -293,6 +294,16 @@ pub enum BusyPolicy {
     Adaptive,
     /// Always continue the chat, waiting out the window (fewer upstream chats).
     Wait,
+}
+
+/// Usage accounting (the `usage` module): how much of it is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageConfig {
+    /// `USAGE_DAYS`: days kept, today included.
+    pub days: u32,
+    /// `USAGE_MAX_ROWS`: distinct (account, key, model) counted a day; the rest count as one
+    /// `(other)` row.
+    pub max_rows: usize,
 }
 
 /// Conversation continuation and the session store.
@@ -402,6 +413,7 @@ impl Config {
         let server = ServerLimits::read(r);
         let upstream_limits = UpstreamLimits::read(r);
         let media = MediaConfig::read(r);
+        let usage = UsageConfig::read(r);
         let model_aliases = r.parse_with("MODEL_ALIASES", parse_model_aliases, {
             parse_model_aliases(DEFAULT_MODEL_ALIASES).unwrap_or_default()
         });
@@ -442,6 +454,7 @@ impl Config {
             admin_key: auth.admin_key,
             media,
             model_aliases,
+            usage,
         }
     }
 

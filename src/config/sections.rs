@@ -438,6 +438,21 @@ impl RateLimit {
     }
 }
 
+impl UsageConfig {
+    /// `USAGE_DAYS`, `USAGE_MAX_ROWS`: how much usage accounting keeps (the `usage` module).
+    pub(super) fn read(r: &mut Reader) -> Self {
+        let days: u32 = r.parse("USAGE_DAYS", 30, "a whole number of days");
+        if !(1..=3660).contains(&days) {
+            r.error("USAGE_DAYS must be from 1 to 3660 days");
+        }
+        let max_rows: usize = r.parse("USAGE_MAX_ROWS", 10_000, "a whole number of rows");
+        if max_rows == 0 {
+            r.error("USAGE_MAX_ROWS must be at least 1");
+        }
+        UsageConfig { days, max_rows }
+    }
+}
+
 /// What the server accepts and how long it waits: concurrent streams, request bodies,
 /// keep-alives, the shutdown grace, request headers.
 pub(super) struct ServerLimits {

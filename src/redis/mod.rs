@@ -1,7 +1,8 @@
 //! Redis, for state shared by several instances: the client (`RedisClient`, over the `fred`
 //! crate), the session store (`sessions`) and the rate-limit buckets (`rate_limit`); the
-//! chats made ahead (`chat_pool::redis`) and account
-//! state and tokens (`accounts::shared`) use the same client.
+//! chats made ahead (`chat_pool::redis`), account
+//! state and tokens (`accounts::shared`) and usage accounting (`usage::redis`) use the same
+//! client.
 //!
 //! **Why `fred`.** It keeps one multiplexed connection per node that reconnects by itself
 //! as soon as the socket closes (its reader sees the end, not the next command) and replays
@@ -41,6 +42,7 @@
 //! | `qp:acct:{<name>}:renewing` | the renewal lock (with the token it guards, one slot) | 120 s |
 //! | `qp:acct:{<name>}:pool:<chat type>:<model>` | chats made ahead (list of `<made ms> <id>`, oldest first; `chat_pool::redis`) | taken out when expired |
 //! | `qp:pools` | set of every pool filled (`<name>\t<chat type>\t<model>`), for the expiry sweep | none |
+//! | `qp:usage:{<YYYY-MM-DD>}` | a day's usage, summed over instances (hash `<account>\t<key>\t<model>\t<counter>` → count; `usage::redis`) | `USAGE_DAYS` + 1 days after its last write |
 //!
 //! The account keys were `qp:acct:<name>:…` before the tag; the token and an operator's
 //! disable are still read from there when the new key is missing, so an upgrade spends no
