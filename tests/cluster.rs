@@ -22,15 +22,7 @@ use qwen_proxy::sim::SimConfig;
 fn instance(port: u16, sim: &str, redis: &str) -> Running {
     let port = port.to_string();
     let mut cmd = process::command(
-        &[
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--env-file",
-            "/dev/null",
-        ],
+        &process::serve_args(&port),
         &[
             ("QWEN_BASE_URL", sim),
             ("QWEN_COOKIES", "token=cluster-token"),

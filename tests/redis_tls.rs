@@ -119,15 +119,7 @@ async fn the_password_is_never_logged() {
         let url = url(redis.port, password);
         let log = logs.path(&format!("stderr-{i}.log"));
         let mut cmd = process::command(
-            &[
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--env-file",
-                "/dev/null",
-            ],
+            &process::serve_args("0"),
             &[
                 ("QWEN_BASE_URL", sim.as_str()),
                 ("QWEN_COOKIES", "token=tls-token"),

@@ -30,18 +30,7 @@ fn proxy(sim: &str, env: &[(&str, &str)]) -> Running {
         ("CHAT_POOL_SIZE", "0"),
     ];
     vars.extend_from_slice(env);
-    let mut cmd = process::command(
-        &[
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--env-file",
-            "/dev/null",
-        ],
-        &vars,
-    );
+    let mut cmd = process::command(&process::serve_args("0"), &vars);
     cmd.stderr(Stdio::null());
     process::start(cmd)
 }
@@ -214,15 +203,7 @@ async fn a_second_proxy_on_the_same_port_is_refused() {
     for workers in ["2", "1"] {
         let out = tokio::task::block_in_place(|| {
             process::run(
-                &[
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port,
-                    "--env-file",
-                    "/dev/null",
-                ],
+                &process::serve_args(&port),
                 &[
                     ("QWEN_BASE_URL", h.sim.base_url().as_str()),
                     ("QWEN_COOKIES", "token=workers-token"),

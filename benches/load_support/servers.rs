@@ -194,18 +194,7 @@ fn start_sim(timing: Timing, pin: bool) -> Running {
 
 /// `UPSTREAM_HTTP2`: unset (the default), or the value.
 fn start_proxy(sim: u16, upstream_http2: Option<&str>, setup: &Setup) -> Running {
-    let mut cmd = our_binary(
-        setup.pinned,
-        &[
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--env-file",
-            "/dev/null",
-        ],
-    );
+    let mut cmd = our_binary(setup.pinned, &process::serve_args("0"));
     cmd.env("QWEN_BASE_URL", format!("http://127.0.0.1:{sim}"))
         .env("QWEN_COOKIES", "token=load")
         // No shedding: every stream of the herd is served.

@@ -136,15 +136,7 @@ impl Stack {
         );
         let accounts_path = proxy_accounts.to_string_lossy().into_owned();
         let mut proxy = process::command(
-            &[
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--env-file",
-                "/dev/null",
-            ],
+            &process::serve_args("0"),
             &[
                 ("QWEN_BASE_URL", &sim_url),
                 ("QWEN_AUTH_BASE_URL", &sim_url),

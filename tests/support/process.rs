@@ -50,6 +50,20 @@ pub fn start(mut cmd: Command) -> Running {
     }
 }
 
+/// `serve` on loopback at `port` (`"0"`: a free one, read back by [`start`]) reading no
+/// `.env`: how the tests, the load tool and the soak start a proxy.
+pub fn serve_args(port: &str) -> [&str; 7] {
+    [
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        "--env-file",
+        "/dev/null",
+    ]
+}
+
 /// The binary with `args`, nothing from the caller's environment that configures it
 /// (`QWEN_*`, `API_KEYS*`, `LOG_*`), and `env` on top.
 pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
