@@ -346,8 +346,7 @@
     $("signin").hidden = false;
     const key = $("signin-key");
     key.value = "";
-    setText("signin-error", message || "");
-    if (!message) $("signin-error").textContent = "";
+    $("signin-error").textContent = message || "";
     key.focus();
   }
 
@@ -1097,6 +1096,7 @@
     paused: false,
     broken: false,
     retryTimer: null,
+    generation: 0,
     seen: { account: new Set(), model: new Set(), key: new Set(), api: new Set() },
     meta: null,
 
@@ -1131,6 +1131,7 @@
     /** The stream first (its events wait while the list loads), then the list. */
     async start() {
       this.stop();
+      const generation = ++this.generation;
       const q = this.filters();
       this.pending = [];
       this.openStream(q);
@@ -1138,6 +1139,7 @@
         const limit = new URLSearchParams(q);
         limit.set("limit", String(MAX_ROWS));
         const data = await api("GET", `/admin/requests?${limit}`);
+        if (generation !== this.generation) return; // a newer start (other filters) won
         clearError("requests");
         this.meta = { capacity: data.capacity, size: data.size };
         this.entries = [];
@@ -1148,6 +1150,7 @@
         this.renderAll();
         for (const e of waiting) this.add(e);
       } catch (err) {
+        if (generation !== this.generation) return;
         this.pending = null;
         reportError("requests", err, "Could not load the request log");
       }
