@@ -8,6 +8,10 @@
 //! | `POST /admin/accounts/{name}/enable`          | back in rotation; clears any verdict      |
 //! | `POST /admin/accounts/reload`                 | re-read `QWEN_ACCOUNTS_FILE` (as `SIGHUP`)|
 //! | `POST /admin/accounts/{name}/purge-chats`     | delete *every* upstream chat of the account |
+//! | `POST /admin/accounts/{name}/renew`           | renew its token now (sign in, or the refresh token) |
+//! | `POST /admin/session`                         | the console's sign-in (with the key): session cookie + CSRF token |
+//! | `GET  /admin/session`                         | the signed-in console's CSRF token and time left |
+//! | `DELETE /admin/session`                       | sign out (the cookie is cleared)          |
 //! | `GET  /admin/usage`                           | usage accounting as JSON (`crate::usage`), see below |
 //! | `GET  /admin/usage.csv`                       | the same rows as CSV (also `/admin/usage?format=csv`) |
 //!
@@ -17,15 +21,25 @@
 //! grouped fields, "requests", "input_tokens", "output_tokens", "reasoning_tokens",
 //! "errors"}], "totals": {…}}`. `key` is the API key's fingerprint (`anon` without
 //! `API_KEYS`), never the key; `source` is `redis` (every instance) or `memory` (this one).
+//!
+//! The console (`crate::console`) signs in by `POST /admin/session` with the key as a
+//! bearer token (so the auth layer's throttling of wrong keys applies); the answer sets
+//! the session cookie and carries `{"csrf", "expires_in_seconds"}`. Signed in, the console
+//! calls every route here with the cookie, and those that change something with the CSRF
+//! token in `X-CSRF-Token`; scripts keep using the key.
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use serde_json::json;
 
+use crate::accounts::signin::Renewal;
+use crate::accounts::Pool;
 use crate::app::AppState;
 use crate::body::{json_response, ProxyBody};
+use crate::console::session::{self, Session};
 use crate::error::ProxyError;
 use crate::identity::OperatorAccess;
+use crate::server::PeerAddr;
 use crate::untrusted::Untrusted;
 use crate::usage::{Day, Grouping, Query};
 
@@ -52,6 +66,7 @@ pub(crate) async fn handle(
         .collect();
     let method = req.method();
     match (method, rest.as_slice()) {
+        (_, ["session"]) => console_session(state, req),
         (&Method::GET, [page @ ("usage" | "usage.csv")]) => {
             let (query, csv) = usage_query(req.uri().query().unwrap_or(""))?;
             let report = state.usage.report(query).await;
@@ -109,6 +124,34 @@ pub(crate) async fn handle(
                 json!({"account": name, "purged": true, "deleted": deleted}),
             ))
         }
+        (&Method::POST, ["accounts", name, "renew"]) => {
+            let account = pool.get(name).ok_or_else(|| unknown(name))?;
+            if !Pool::can_renew(&account) {
+                return Err(ProxyError::BadRequest {
+                    message: format!(
+                        "The account {} has neither a password nor a refresh token: a new \
+                         token must come from a browser (update the accounts file).",
+                        Untrusted(name)
+                    ),
+                    param: None,
+                    code: Some("account_cannot_renew"),
+                });
+            }
+            tracing::info!(account = %Untrusted(name), "token renewal asked (admin API)");
+            pool.renew(&account, Renewal::Operator)
+                .await
+                .map_err(|reason| ProxyError::BadRequest {
+                    message: format!(
+                        "The token of {} was not renewed: {}",
+                        Untrusted(name),
+                        Untrusted(&reason)
+                    ),
+                    param: None,
+                    code: Some("renewal_failed"),
+                })?;
+            let view = pool.views().into_iter().find(|v| v.name == *name);
+            Ok(json_ok(json!({"account": view, "renewed": true})))
+        }
         (_, ["accounts"]) => Err(ProxyError::MethodNotAllowed { allow: "GET" }),
         (_, ["accounts", ..]) if method != Method::POST => {
             Err(ProxyError::MethodNotAllowed { allow: "POST" })
@@ -116,6 +159,68 @@ pub(crate) async fn handle(
         _ => Err(ProxyError::RouteNotFound {
             path: path.to_owned(),
         }),
+    }
+}
+
+/// `/admin/session`: the console's sign-in (`POST`, with the key), its CSRF token (`GET`,
+/// with the cookie) and sign-out (`DELETE`).
+fn console_session(
+    state: &AppState,
+    req: &Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let sessions = state.sessions.as_ref().ok_or(ProxyError::InvalidAdminKey)?;
+    let signed_in = req.extensions().get::<Session>();
+    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+    let https = state
+        .config
+        .trust_proxy
+        .forwarded_https(req.headers(), peer);
+    let client = state.config.trust_proxy.client_ip(req.headers(), peer);
+    let answer = |session: &Session| {
+        json_ok(json!({
+            "csrf": sessions.csrf_token(session),
+            "expires_in_seconds": sessions.seconds_left(session),
+        }))
+    };
+    match (req.method(), signed_in) {
+        (&Method::GET, Some(session)) => Ok(answer(session)),
+        // Signed in with the key (the auth layer checked and throttles it).
+        (&Method::POST, None) => {
+            let (session, cookie) = sessions.issue();
+            let mut rsp = answer(&session);
+            set_cookie(&mut rsp, &session::set_cookie(&cookie, https));
+            tracing::info!(
+                client = %client.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
+                "console: signed in"
+            );
+            Ok(rsp)
+        }
+        (&Method::DELETE, signed_in) => {
+            if let Some(session) = signed_in {
+                sessions.revoke(session);
+            }
+            let mut rsp = Response::new(ProxyBody::empty());
+            *rsp.status_mut() = hyper::StatusCode::NO_CONTENT;
+            set_cookie(&mut rsp, &session::clear_cookie(https));
+            Ok(rsp)
+        }
+        (&Method::GET, None) => Err(ProxyError::bad_request(
+            "No console session: this request presented the key. Sign in with POST /admin/session.",
+            None,
+        )),
+        (&Method::POST, Some(_)) => Err(ProxyError::bad_request(
+            "Already signed in; to sign in again, sign out first (DELETE /admin/session).",
+            None,
+        )),
+        _ => Err(ProxyError::MethodNotAllowed {
+            allow: "GET, POST, DELETE",
+        }),
+    }
+}
+
+fn set_cookie(rsp: &mut Response<ProxyBody>, cookie: &str) {
+    if let Ok(v) = hyper::header::HeaderValue::from_str(cookie) {
+        rsp.headers_mut().insert(hyper::header::SET_COOKIE, v);
     }
 }
 

@@ -39,6 +39,8 @@ pub struct AppState {
     pub redis: Option<Arc<RedisClient>>,
     /// Usage accounting: tokens and turns per day, account, client key and model.
     pub usage: Arc<crate::usage::Ledger>,
+    /// The console's sign-in (with `ADMIN_KEY`).
+    pub(crate) sessions: Option<Arc<crate::console::session::Sessions>>,
     /// Files uploaded per account (documents of long contexts, images), and parse pauses.
     pub(crate) uploads: crate::qwen::files::UploadCache,
     /// Images of requests: checked, and fetched under the fetch policy.
@@ -129,9 +131,14 @@ impl AppState {
             },
             redis.clone(),
         ));
+        let sessions = config
+            .admin_key
+            .as_ref()
+            .map(|key| Arc::new(crate::console::session::Sessions::new(key)));
         Arc::new(AppState {
             accounts,
             usage,
+            sessions,
             chat_pool,
             slots: Arc::new(CompletionSlots::new(config.max_concurrent_streams)),
             config: Arc::new(config),

@@ -130,6 +130,15 @@ impl UpstreamError {
     }
 }
 
+/// Why the console's session cookie was not accepted (`console::session`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRefusal {
+    /// Malformed, or signed with another key (`ADMIN_KEY` changed).
+    Invalid,
+    Expired,
+    SignedOut,
+}
+
 /// Every error the proxy can answer with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyError {
@@ -166,6 +175,10 @@ pub enum ProxyError {
     InvalidAdminKey,
     /// Too many invalid keys from this address: locked out for a while.
     AuthThrottled { retry_after_secs: u64 },
+    /// The console's session cookie is not (or no longer) accepted: sign in again.
+    NotSignedIn { refusal: SessionRefusal },
+    /// A console request that changes something came without its session's CSRF token.
+    CsrfTokenInvalid,
     /// The proxy's own rate limiter (`RATE_LIMIT_RPM`) rejected the request; the decision
     /// gives the `x-ratelimit-*` headers.
     RateLimited { decision: RateDecision },
@@ -241,7 +254,10 @@ impl ProxyError {
             ProxyError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::ContextLengthExceeded { .. } => StatusCode::BAD_REQUEST,
-            ProxyError::InvalidApiKey | ProxyError::InvalidAdminKey => StatusCode::UNAUTHORIZED,
+            ProxyError::InvalidApiKey
+            | ProxyError::InvalidAdminKey
+            | ProxyError::NotSignedIn { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::CsrfTokenInvalid => StatusCode::FORBIDDEN,
             ProxyError::RateLimited { .. }
             | ProxyError::AuthThrottled { .. }
             | ProxyError::ConversationBusy
@@ -288,6 +304,8 @@ impl ProxyError {
             ProxyError::ContextLengthExceeded { .. } => Some("context_length_exceeded"),
             ProxyError::InvalidApiKey => Some("invalid_api_key"),
             ProxyError::InvalidAdminKey => Some("invalid_admin_key"),
+            ProxyError::NotSignedIn { .. } => Some("not_signed_in"),
+            ProxyError::CsrfTokenInvalid => Some("csrf_token_invalid"),
             ProxyError::AuthThrottled { .. } => Some("too_many_authentication_failures"),
             ProxyError::UpstreamCoolingDown { .. } => Some("upstream_challenge_cooldown"),
             ProxyError::RateLimited { .. } => Some("rate_limit_exceeded"),
@@ -384,6 +402,8 @@ impl ProxyError {
             | ProxyError::ContextLengthExceeded { .. }
             | ProxyError::InvalidApiKey
             | ProxyError::InvalidAdminKey
+            | ProxyError::NotSignedIn { .. }
+            | ProxyError::CsrfTokenInvalid
             | ProxyError::AuthThrottled { .. }
             | ProxyError::UpstreamCoolingDown { .. }
             | ProxyError::NoUsableAccount { .. }
@@ -433,6 +453,8 @@ impl ProxyError {
             ProxyError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ProxyError::InvalidApiKey => "invalid_api_key",
             ProxyError::InvalidAdminKey => "invalid_admin_key",
+            ProxyError::NotSignedIn { .. } => "not_signed_in",
+            ProxyError::CsrfTokenInvalid => "csrf_token_invalid",
             ProxyError::AuthThrottled { .. } => "auth_throttled",
             ProxyError::UpstreamCoolingDown { .. } => "upstream_cooldown",
             ProxyError::RateLimited { .. } => "rate_limited",
@@ -499,7 +521,23 @@ impl ProxyError {
                     .to_owned()
             }
             ProxyError::InvalidAdminKey => {
-                "Missing or invalid admin key: send `Authorization: Bearer <ADMIN_KEY>`.".to_owned()
+                "Missing or invalid admin key: send `Authorization: Bearer <ADMIN_KEY>`, \
+                 or sign in to the console at /admin/."
+                    .to_owned()
+            }
+            ProxyError::NotSignedIn { refusal } => {
+                let why = match refusal {
+                    SessionRefusal::Expired => "Your console session has expired",
+                    SessionRefusal::SignedOut => "You have signed out",
+                    // Malformed, or signed with an earlier ADMIN_KEY.
+                    SessionRefusal::Invalid => "Your console session is not valid (ADMIN_KEY may have changed)",
+                };
+                format!("{why}: sign in again at /admin/.")
+            }
+            ProxyError::CsrfTokenInvalid => {
+                "This console action came without its session's CSRF token \
+                 (the X-CSRF-Token header); reload the console and try again."
+                    .to_owned()
             }
             ProxyError::AuthThrottled { retry_after_secs } => format!(
                 "Too many invalid API keys from this address; try again in {retry_after_secs} s."
@@ -633,6 +671,8 @@ impl ProxyError {
             self,
             ProxyError::InvalidApiKey
                 | ProxyError::InvalidAdminKey
+                | ProxyError::NotSignedIn { .. }
+                | ProxyError::CsrfTokenInvalid
                 | ProxyError::AuthThrottled { .. }
         )
     }

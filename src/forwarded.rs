@@ -155,6 +155,28 @@ impl TrustProxy {
     }
 }
 
+impl TrustProxy {
+    /// Whether the client reached the proxy in front over HTTPS: `X-Forwarded-Proto: https`
+    /// from a peer this setting trusts (with `false`, never: the proxy itself speaks plain
+    /// HTTP and the header could come from anyone). For the console cookie's `Secure`.
+    pub fn forwarded_https(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> bool {
+        let trusted = match self {
+            TrustProxy::Off | TrustProxy::Hops(0) => false,
+            TrustProxy::OneProxy | TrustProxy::Hops(_) => true,
+            TrustProxy::Ranges(ranges) => {
+                peer.is_some_and(|p| ranges.iter().any(|r| r.contains(p.to_canonical())))
+            }
+        };
+        // The nearest proxy appends last.
+        trusted
+            && headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+    }
+}
+
 fn header_ip(headers: &HeaderMap, name: &str) -> Option<IpAddr> {
     headers
         .get(name)
@@ -196,6 +218,30 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn https_is_believed_only_from_a_trusted_proxy() {
+        let proto = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert("x-forwarded-proto", v.parse().unwrap());
+            m
+        };
+        let https = |trust: &str, v: &str, peer: &str| {
+            TrustProxy::parse(trust)
+                .unwrap()
+                .forwarded_https(&proto(v), Some(ip(peer)))
+        };
+        assert!(https("true", "https", "10.0.0.1"));
+        assert!(https("true", "HTTPS", "10.0.0.1"));
+        assert!(https("loopback", "http, https", "127.0.0.1"));
+        assert!(!https("loopback", "https", "10.0.0.1"), "untrusted peer");
+        assert!(!https("false", "https", "127.0.0.1"));
+        assert!(
+            !https("true", "https, http", "10.0.0.1"),
+            "the nearest hop says http"
+        );
+        assert!(!TrustProxy::OneProxy.forwarded_https(&HeaderMap::new(), None));
     }
 
     fn client(trust: &str, xff: &str, real: Option<&str>, peer: &str) -> IpAddr {

@@ -31,6 +31,7 @@ pub mod chat_pool;
 pub mod cli;
 pub mod common;
 pub mod config;
+pub(crate) mod console;
 pub mod conversation;
 pub mod error;
 pub(crate) mod fetch;

@@ -83,6 +83,12 @@ where
 
 /// The directory (created if missing) and the current file, opened for appending: a
 /// restart continues the file and its rotation.
+/// Whether the service could write its log file (`qwen-proxy check`): the directory made
+/// and the file opened for appending, as serving would; nothing is written.
+pub fn probe(file: &LogFileConfig) -> Result<(), String> {
+    open(file).map(drop)
+}
+
 fn open(file: &LogFileConfig) -> Result<BasicRollingFileAppender, String> {
     create_dir(&file.dir)
         .map_err(|e| format!("LOG_DIR={:?}: cannot create the directory: {e}", file.dir))?;

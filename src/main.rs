@@ -377,6 +377,17 @@ fn check(a: ServeArgs) -> ExitCode {
     };
     println!("{:<14} ok", "configuration");
     println!("{:<14} {}", "upstream", config.upstream.base_url);
+    // The service would refuse to start without its log file.
+    let mut logs_ok = true;
+    if let Some(file) = &config.log_file {
+        match qwen_proxy::logs::probe(file) {
+            Ok(()) => println!("{:<14} ok: {:?}", "log files", file.path()),
+            Err(e) => {
+                logs_ok = false;
+                println!("{:<14} FAIL: {e}", "log files");
+            }
+        }
+    }
     // Read-only towards everything shared: no Redis (a running fleet must not adopt what a
     // check sees), and no token is refreshed (a rotating refresh token would be spent).
     let mut config = config;
@@ -384,7 +395,7 @@ fn check(a: ServeArgs) -> ExitCode {
     runtime().block_on(async move {
         let app = App::new(config);
         let state = app.state.clone();
-        let mut ok = true;
+        let mut ok = logs_ok;
         match state.client.fetch_models(&guest(&state)).await {
             Ok(_) => println!("{:<14} ok", "reachable"),
             Err(e) => {

@@ -128,6 +128,9 @@ impl tower::Service<Request<Incoming>> for Router {
                         })
                 }
                 Endpoint::Admin => crate::admin::handle(&state, &req, &path).await,
+                Endpoint::Console => {
+                    crate::console::serve(state.config.admin_key.is_some(), &path, req.headers())
+                }
                 Endpoint::Index => Ok(index()),
                 Endpoint::Health => {
                     let operator = req.extensions().get::<OperatorAccess>().is_some();

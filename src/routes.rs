@@ -51,6 +51,9 @@ pub(crate) enum Endpoint {
     Metrics,
     /// `/admin` and below (the admin API checks its own key and methods).
     Admin,
+    /// The operators' console: its page (`GET /admin/`) and assets (`/admin/assets/*`),
+    /// served without a key (the page signs in through the admin API).
+    Console,
     /// A known path asked with another method: 405 with `Allow`.
     WrongMethod {
         allow: &'static str,
@@ -102,7 +105,7 @@ struct Entry {
 
 /// The table. Paths are matched without their trailing slash (`/v1/models/` is
 /// `/v1/models`; `/` is the empty path).
-fn table() -> [Entry; 14] {
+fn table() -> [Entry; 15] {
     use Endpoint as E;
     use PathMatch::{Below, Exact};
     let entry = |path, method, endpoint, label, api| Entry {
@@ -193,7 +196,21 @@ fn table() -> [Entry; 14] {
             "/api/hello",
             None,
         ),
-        entry(Exact("/admin"), None, E::Admin, "other", None),
+        // The console's page and assets come before the admin API they share a prefix with.
+        entry(
+            Exact("/admin"),
+            Some(Method::GET),
+            E::Console,
+            "/admin/",
+            None,
+        ),
+        entry(
+            Below("/admin/assets/"),
+            Some(Method::GET),
+            E::Console,
+            "/admin/assets",
+            None,
+        ),
         entry(Below("/admin/"), None, E::Admin, "other", None),
     ]
 }
@@ -281,6 +298,16 @@ mod tests {
             Endpoint::Admin
         );
         assert!(!at(Method::GET, "/admin").auth);
+        assert_eq!(at(Method::GET, "/admin/").endpoint, Endpoint::Console);
+        assert_eq!(
+            at(Method::GET, "/admin/assets/app.js").endpoint,
+            Endpoint::Console
+        );
+        assert_eq!(
+            at(Method::POST, "/admin").endpoint,
+            Endpoint::WrongMethod { allow: "GET" }
+        );
+        assert_eq!(at(Method::GET, "/admin/session").endpoint, Endpoint::Admin);
     }
 
     #[test]

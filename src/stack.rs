@@ -4,13 +4,14 @@
 //! |---|---|---|
 //! | 1 | catch-panic (tower-http) | a panic anywhere inside becomes a logged 500 OpenAI error, never a dropped connection; boxes the body once for hyper |
 //! | 1a | route (`layers::route`) | resolves the route once from the table (`routes.rs`: endpoint, label, auth, rate limit, client API) into extensions |
+//! | 1b | operator headers (`layers::operator_headers`) | on `/admin` and below (the console and the admin API), errors included: CSP, `nosniff`, no framing, no referrer, `no-store` |
 //! | 2 | request-id (`layers::request_id`) | accepts a sane `x-request-id` or mints one; adds `RequestId` to extensions and the header to the response |
 //! | 3 | trace (`layers::trace`) | one span per request (method, route, request id; model, stream, attempts, status, latency recorded later); logs the end of streams |
 //! | 4 | metrics (`layers::metrics`) | `http_requests_total` and `http_request_duration_seconds`, recorded when the body ends or is dropped |
 //! | 5 | error-map (`layers::error_map`) | every `ProxyError` from inside becomes its response in the route's API shape (`error_response`, the one mapping; `api::error_reply`: status and body), logged and counted once; outside, the stack is infallible |
 //! | 6 | header limits (`layers::header_limits`) | more than 128 header fields or 64 KiB of headers: 431 in the OpenAI shape (hyper accepts up to twice that, then answers with its own bare 431) |
 //! | 7 | CORS (tower-http, when `CORS_ENABLED`) | answers preflights; adds CORS headers |
-//! | 8 | auth (`layers::auth`) | parses the credential once and adds `ClientIdentity` (a key fingerprint, or anonymous) to extensions; with `API_KEYS`, the client API's routes (`/v1/*`) need a valid key (401 + `WWW-Authenticate`); repeated failures lock the address out (429) |
+//! | 8 | auth (`layers::auth`) | parses the credential once and adds `ClientIdentity` (a key fingerprint, or anonymous) to extensions; with `API_KEYS`, the client API's routes (`/v1/*`) need a valid key (401 + `WWW-Authenticate`); repeated failures lock the address out (429); on `/admin`, the console's session cookie stands for `ADMIN_KEY`, with its CSRF token on changes (403 without) |
 //! | 9 | rate-limit (`layers::rate_limit`, when `RATE_LIMIT_RPM` > 0) | token bucket per `ClientIdentity` key, else per client IP (`TRUST_PROXY`), for `/v1/*`; 429 at once with `Retry-After` and `x-ratelimit-*`; never queues |
 //! | 10 | router (`router.rs`) | sends the request to its endpoint; `/v1/chat/completions` goes into the chat stack below |
 //!
@@ -64,6 +65,7 @@ use crate::layers::early_commit::EarlyCommitLayer;
 use crate::layers::error_map::ErrorMapLayer;
 use crate::layers::header_limits::HeaderLimitLayer;
 use crate::layers::metrics::MetricsLayer;
+use crate::layers::operator_headers::OperatorHeadersLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::retry::{RetryLayer, RetryPolicy};
@@ -221,6 +223,7 @@ pub(crate) fn build(state: Arc<AppState>) -> HttpService {
     let svc = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(RouteLayer)
+        .layer(OperatorHeadersLayer)
         .layer(RequestIdLayer)
         .layer(TraceLayer)
         .layer(MetricsLayer::new(state.metrics.clone()))
@@ -233,6 +236,7 @@ pub(crate) fn build(state: Arc<AppState>) -> HttpService {
         .layer(AuthLayer::new(
             &cfg.api_keys,
             cfg.admin_key.clone(),
+            state.sessions.clone(),
             cfg.trust_proxy.clone(),
             cfg.auth_failures,
             state.metrics.clone(),

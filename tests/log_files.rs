@@ -304,3 +304,38 @@ fn an_unusable_log_dir_stops_the_start_with_a_clear_error() {
         assert!(out.stdout.is_empty(), "it did not start listening");
     }
 }
+
+/// `qwen-proxy check` says whether the service could write its log file (it would not start
+/// without it), and fails the check when not.
+#[test]
+fn check_reports_whether_the_log_dir_is_usable() {
+    let tmp = TempDir::new("log-dir-check");
+    let file = tmp.0.join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let check = |dir: &Path| {
+        process::run(
+            &["check", "--env-file", "/dev/null"],
+            &[
+                ("LOG_DIR", dir.to_str().unwrap()),
+                ("QWEN_COOKIES", "token=check-token"),
+                // Nothing listens there: the upstream part fails fast either way.
+                ("QWEN_BASE_URL", "http://127.0.0.1:9"),
+            ],
+        )
+    };
+    let out = check(&file.join("logs"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("log files      FAIL: LOG_DIR="), "{text}");
+    let good = tmp.0.join("logs");
+    let out = check(&good);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "log files      ok: {:?}",
+            good.join("qwen-proxy.log")
+        )),
+        "{text}"
+    );
+    assert!(good.is_dir());
+}

@@ -416,3 +416,57 @@ async fn instances_sharing_redis_sum_their_usage_and_keep_it_across_a_restart() 
     let r = report_when(&h, fresh.addr, "/admin/usage", complete).await;
     assert_eq!(counts(&r["totals"]), (3, want, 0), "{r}");
 }
+
+/// Redis going away mid-run loses nothing the instance counted: turns keep being served and
+/// counted, the report falls back to this instance's counts (`source: memory`), and once
+/// Redis is back (empty: it keeps nothing across the restart here) the increments made
+/// while it was gone arrive — once each.
+#[tokio::test]
+async fn usage_counted_while_redis_is_down_is_flushed_when_it_returns() {
+    let mut redis = RedisServer::start().await;
+    let url = redis.url();
+    let keys = KEYS.join(",");
+    let env = [("API_KEYS", keys.as_str()), ("REDIS_URL", url.as_str())];
+    let h = Harness::start_with(&env, quick_sim()).await;
+
+    let mut before = [0u64; 3];
+    add(
+        &mut before,
+        turn(&h, h.addr, KEYS[0], "qwen3.7-plus", "Before.", false).await,
+    );
+    // Flushed into Redis itself (a report adds the increments not yet sent).
+    let flushed = report_when(&h, h.addr, "/admin/usage", |_| !redis_day_is_empty(&redis)).await;
+    assert!(!redis_day_is_empty(&redis), "never flushed");
+    assert_eq!(counts(&flushed["totals"]), (1, before, 0), "{flushed}");
+
+    redis.stop();
+    let mut during = [0u64; 3];
+    add(
+        &mut during,
+        turn(&h, h.addr, KEYS[0], "qwen3.7-plus", "During one.", true).await,
+    );
+    add(
+        &mut during,
+        turn(&h, h.addr, KEYS[1], "qwen3.7-plus", "During two.", false).await,
+    );
+    let r = admin(&h, h.addr, "/admin/usage").await.json();
+    assert_eq!(r["source"], "memory", "{r}");
+    let mut all = before;
+    add(&mut all, during);
+    assert_eq!(counts(&r["totals"]), (3, all, 0), "{r}");
+
+    redis.restart().await;
+    let back = report_when(&h, h.addr, "/admin/usage", |r| {
+        r["source"] == "redis" && !redis_day_is_empty(&redis)
+    })
+    .await;
+    assert_eq!(back["source"], "redis", "{back}");
+    // Let another flush pass: what arrived must not arrive twice.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let r = admin(&h, h.addr, "/admin/usage").await.json();
+    assert_eq!(counts(&r["totals"]), (2, during, 0), "{r}");
+}
+
+fn redis_day_is_empty(redis: &RedisServer) -> bool {
+    !redis.keys().iter().any(|k| k.starts_with("qp:usage:{"))
+}

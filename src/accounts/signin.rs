@@ -38,6 +38,8 @@ pub enum Renewal {
     Due,
     /// An `invalid` or `forbidden` account asked again whether it can renew.
     Reprobe,
+    /// An operator asked (the admin API, the console): renew now, whatever is known.
+    Operator,
 }
 
 /// Why a renewal failed, and what it means for the account.
@@ -83,6 +85,13 @@ impl Pool {
         waited.unwrap_or_else(|e| Err(format!("the renewal failed: {e}")))
     }
 
+    /// Whether the account has a way to a new token (a password, or a refresh token): an
+    /// operator's renewal of one without would only mark it invalid.
+    pub fn can_renew(account: &Account) -> bool {
+        matches!(account.spec.login, Login::Password { .. })
+            || account.token().is_some_and(|t| t.refresh.is_some())
+    }
+
     async fn renew_now(&self, account: &Arc<Account>, why: &Renewal) -> Result<(), String> {
         let _one = account.renewing.lock().await;
         // Whether someone else (a renewal before this one, another instance) already did it.
@@ -93,6 +102,7 @@ impl Pool {
                 account.health(),
                 Health::Invalid { .. } | Health::Forbidden { .. }
             ),
+            Renewal::Operator => false,
         };
         if done_elsewhere() {
             return Ok(());

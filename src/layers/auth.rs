@@ -12,6 +12,11 @@
 //! request to `/admin/*` or `/health` that presents it gets [`OperatorAccess`] (the admin
 //! API answers; `/health` lists every account, which it does not for anyone else). A wrong
 //! key on `/admin/*` is a 401; on `/health` it only means no list (the probe stays open).
+//! On `/admin/*` the console's session cookie (`console::session`) stands for the key: a
+//! valid one gets [`OperatorAccess`] and the [`Session`] in the extensions, and a request
+//! that changes something (any method but `GET`/`HEAD`) must also carry the session's CSRF
+//! token (403 without). A request with neither key nor cookie is refused without counting
+//! as a guess (a console loading before sign-in is not an attack).
 //!
 //! Key guessing is throttled, API keys and the operators' key each with their own counter:
 //! failed attempts are counted per client address (as `TRUST_PROXY` resolves it) in a fixed
@@ -28,12 +33,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::{Request, Response};
+use hyper::{Method, Request, Response};
 use tokio::time::Instant;
 
 use super::reject::ResponseFuture;
 use crate::body::ProxyBody;
 use crate::config::{FailurePolicy, Secret};
+use crate::console::session::{self, Session, Sessions};
 use crate::error::ProxyError;
 use crate::forwarded::TrustProxy;
 use crate::identity::{
@@ -53,6 +59,8 @@ struct Shared {
     keys: Box<[(Box<[u8]>, KeyFingerprint)]>,
     /// `ADMIN_KEY`.
     admin_key: Option<Secret>,
+    /// The console's sessions (with `ADMIN_KEY`).
+    sessions: Option<Arc<Sessions>>,
     trust_proxy: TrustProxy,
     failures: FailureCounter,
     admin_failures: FailureCounter,
@@ -63,6 +71,7 @@ impl AuthLayer {
     pub(crate) fn new(
         keys: &[Secret],
         admin_key: Option<Secret>,
+        sessions: Option<Arc<Sessions>>,
         trust_proxy: TrustProxy,
         policy: FailurePolicy,
         metrics: Arc<Metrics>,
@@ -78,6 +87,7 @@ impl AuthLayer {
             shared: Arc::new(Shared {
                 keys,
                 admin_key,
+                sessions,
                 trust_proxy,
                 failures: FailureCounter::new(policy, "API keys"),
                 admin_failures: FailureCounter::new(policy, "operator keys (ADMIN_KEY)"),
@@ -134,6 +144,10 @@ impl Shared {
         if !admin && presented.is_none() {
             return Ok(false);
         }
+        // No key on `/admin`: the console's session, or a refusal that is not a guess.
+        if presented.is_none() {
+            return Err(ProxyError::InvalidAdminKey);
+        }
         let addr = self.client_addr(req);
         let now = Instant::now();
         if let Some(wait) = self.admin_failures.locked_out(addr, now) {
@@ -161,6 +175,40 @@ impl Shared {
             true => Err(ProxyError::InvalidAdminKey),
             false => Ok(false),
         }
+    }
+
+    /// The console's session an `/admin` request without a key comes with, and its CSRF
+    /// token when it changes something.
+    fn session<B>(&self, req: &Request<B>) -> Result<Session, ProxyError> {
+        let sessions = self.sessions.as_ref().ok_or(ProxyError::InvalidAdminKey)?;
+        let cookie = req
+            .headers()
+            .get_all(hyper::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| crate::common::cookie_from(v, session::COOKIE));
+        let Some(cookie) = cookie else {
+            return Err(ProxyError::InvalidAdminKey);
+        };
+        let session = sessions
+            .verify(&cookie)
+            .map_err(|refusal| ProxyError::NotSignedIn { refusal })?;
+        let changes = !matches!(*req.method(), Method::GET | Method::HEAD);
+        if changes {
+            let token = req
+                .headers()
+                .get(session::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !sessions.csrf_matches(&session, token) {
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&["csrf_token_invalid"])
+                    .inc();
+                return Err(ProxyError::CsrfTokenInvalid);
+            }
+        }
+        Ok(session)
     }
 
     fn authenticate<B>(&self, req: &Request<B>) -> Result<ClientIdentity, ProxyError> {
@@ -204,7 +252,18 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let route = Route::of(&req);
-        if let Endpoint::Admin | Endpoint::Health = route.endpoint {
+        let by_session = route.endpoint == Endpoint::Admin
+            && presented_credential(req.headers()).is_none()
+            && self.shared.sessions.is_some();
+        if by_session {
+            match self.shared.session(&req) {
+                Ok(session) => {
+                    req.extensions_mut().insert(OperatorAccess);
+                    req.extensions_mut().insert(session);
+                }
+                Err(e) => return ResponseFuture::reject(e),
+            }
+        } else if let Endpoint::Admin | Endpoint::Health = route.endpoint {
             match self
                 .shared
                 .operator(&req, route.endpoint == Endpoint::Admin)
@@ -325,6 +384,7 @@ mod tests {
         ServiceBuilder::new()
             .layer(AuthLayer::new(
                 &keys,
+                None,
                 None,
                 TrustProxy::Off,
                 policy,

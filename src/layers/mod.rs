@@ -6,6 +6,7 @@ pub(crate) mod early_commit;
 pub(crate) mod error_map;
 pub(crate) mod header_limits;
 pub(crate) mod metrics;
+pub(crate) mod operator_headers;
 pub(crate) mod rate_limit;
 pub(crate) mod reject;
 pub(crate) mod request_id;

@@ -253,6 +253,39 @@ impl ConnectProxy {
     }
 }
 
+/// "Renew the token" (the console's button): a password account gets a new token from
+/// the upstream at once (the simulator counts one more sign-in or refresh, the account
+/// stays ready and answers); a browser session without a refresh token cannot renew and
+/// is left as it was (400, not marked invalid).
+#[tokio::test]
+async fn an_operator_renews_a_token_now_where_the_account_can() {
+    let sim = strict_sim(ALICE, Duration::from_secs(3600));
+    let file = AccountsFile::new(&json!([
+        password_account("alice", "alice@example.com", "wonderland"),
+        cookie_account("a"),
+    ]));
+    let h = Harness::start_with(&[("QWEN_ACCOUNTS_FILE", file.path())], sim).await;
+    wait_ready(&h, h.addr, 2).await;
+    let before = h.sim_stats().await;
+    let renewals =
+        |s: &Value| s["signins"].as_u64().unwrap_or(0) + s["refreshes"].as_u64().unwrap_or(0);
+    let r = admin(&h, h.addr, "POST", "/admin/accounts/alice/renew").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["renewed"], true);
+    assert_eq!(r.json()["account"]["state"], "ready");
+    assert_eq!(renewals(&h.sim_stats().await), renewals(&before) + 1);
+    ask_ok(&h, h.addr, "after an operator's renewal").await;
+
+    let r = admin(&h, h.addr, "POST", "/admin/accounts/a/renew").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(error_code(&r), "account_cannot_renew");
+    assert_eq!(state(&health(&h, h.addr).await, "a"), "ready");
+    let r = admin(&h, h.addr, "POST", "/admin/accounts/nobody/renew").await;
+    assert_eq!(r.status, 404);
+    let r = admin(&h, h.addr, "GET", "/admin/accounts/alice/renew").await;
+    assert_eq!(r.status, 405);
+}
+
 #[tokio::test]
 async fn an_account_proxy_carries_its_traffic() {
     let (proxy, proxy_addr) = ConnectProxy::start().await;
