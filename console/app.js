@@ -218,7 +218,9 @@
   // The API and the session
   // ---------------------------------------------------------------------------------------
 
-  const session = { csrf: null, idleSeconds: null, active: false };
+  // `refusal`: why the server refused the last session cookie (expired, signed out), for
+  // the sign-in form.
+  const session = { csrf: null, active: false, refusal: "" };
   let clockSkewMs = 0;
   const serverNow = () => Date.now() + clockSkewMs;
 
@@ -248,7 +250,7 @@
    * answer (null for 204), rejects with an ApiError carrying the server's message and code.
    */
   async function api(method, path, options = {}) {
-    const headers = { Accept: "application/json" };
+    const headers = { Accept: "application/json", ...(options.headers || {}) };
     const mutating = method !== "GET" && method !== "HEAD";
     if (mutating && session.csrf) headers["X-CSRF-Token"] = session.csrf;
     let body;
@@ -271,7 +273,7 @@
     const err = await errorFrom(rsp);
     if (rsp.status === 401 && !options.signIn) {
       err.sessionLost = true;
-      sessionLost("Your session has ended: sign in again.");
+      sessionLost(err.code === "not_signed_in" ? err.message : "Your session has ended: sign in again.");
     } else if (rsp.status === 403 && err.code === "csrf_token_invalid" && mutating && !options.retried) {
       // Another tab may have signed in again (a new token): fetch it and try once more.
       const fresh = await fetchSession();
@@ -299,7 +301,8 @@
     return new ApiError(rsp.status, message, code, Number.isNaN(retry) ? null : retry);
   }
 
-  /** `GET /admin/session`: the CSRF token when the cookie is valid, else null (401). */
+  /** `GET /admin/session`: the CSRF token when the cookie is valid, else null (401: no
+   * cookie, or one the server no longer takes — `session.refusal` says why). */
   async function fetchSession() {
     const rsp = await fetch("/admin/session", {
       headers: { Accept: "application/json" },
@@ -307,21 +310,27 @@
       cache: "no-store",
     });
     noteServerClock(rsp);
-    if (rsp.status === 401) return null;
+    if (rsp.status === 401) {
+      const err = await errorFrom(rsp);
+      session.refusal = err.code === "not_signed_in" ? err.message : "";
+      return null;
+    }
     if (!rsp.ok) throw await errorFrom(rsp);
     const data = await rsp.json();
     adoptSession(data);
     return data;
   }
 
+  /** `{"csrf", "expires_in_seconds"}` from `/admin/session`. */
   function adoptSession(data) {
     session.csrf = data.csrf;
-    session.idleSeconds = data.idle_timeout_seconds ?? null;
     session.active = true;
+    session.refusal = "";
+    const left = data.expires_in_seconds;
     setText(
       "footer-session",
-      session.idleSeconds
-        ? `Signed in. The session ends after ${fmtSeconds(session.idleSeconds)} without activity.`
+      typeof left === "number"
+        ? `Signed in until ${fmtClock(Date.now() + left * 1000).slice(0, 5)} (in ${fmtSeconds(left)}).`
         : "Signed in.",
     );
   }
@@ -366,7 +375,11 @@
     }
     submit.disabled = true;
     try {
-      const data = await api("POST", "/admin/session", { body: { key }, signIn: true });
+      // The key goes as a bearer credential: the server throttles wrong ones.
+      const data = await api("POST", "/admin/session", {
+        headers: { Authorization: `Bearer ${key}` },
+        signIn: true,
+      });
       adoptSession(data);
       $("signin-key").value = "";
       $("signin-error").textContent = "";
@@ -377,10 +390,10 @@
     } catch (err) {
       if (err.status === 429) {
         const wait = err.retryAfter ?? 60;
-        setText("signin-error", `Too many failed sign-ins: ${err.message} Try again in ${wait} s.`);
+        setText("signin-error", `Too many failed sign-ins from this address: try again in ${wait} s.`);
         holdSignIn(submit, wait);
       } else if (err.status === 401) {
-        setText("signin-error", `Wrong key: ${err.message}`);
+        setText("signin-error", "Wrong key: that is not this proxy's ADMIN_KEY.");
         submit.disabled = false;
         $("signin-key").select();
       } else {
@@ -1097,7 +1110,7 @@
     broken: false,
     retryTimer: null,
     generation: 0,
-    seen: { account: new Set(), model: new Set(), key: new Set(), api: new Set() },
+    seen: { account: new Set(), model: new Set(), key: new Set() },
     meta: null,
 
     enter() {
@@ -1243,7 +1256,7 @@
       if (e.id !== undefined) this.ids.add(e.id);
       if (front) this.entries.unshift(e);
       else this.entries.push(e);
-      for (const name of ["account", "model", "key", "api"]) {
+      for (const name of ["account", "model", "key"]) {
         if (e[name]) this.seen[name].add(String(e[name]));
       }
       while (this.entries.length > MAX_ROWS) {
@@ -1277,7 +1290,7 @@
           ? `Showing the newest ${fmtInt(this.entries.length)} of ${fmtInt(m.size)} kept (the log keeps ${fmtInt(m.capacity)}).`
           : `Showing ${fmtInt(this.entries.length)}.`,
       );
-      for (const name of ["account", "model", "key", "api"]) fillDatalist(`dl-${name}`, this.seen[name]);
+      for (const name of ["account", "model", "key"]) fillDatalist(`dl-${name}`, this.seen[name]);
     },
 
     /** Account names for the filter, from the accounts list. */
@@ -1735,9 +1748,11 @@
         if (!requests.paused) requests.start();
       }, 0);
     });
-    requestsForm.elements.status.addEventListener("change", () => {
-      if (!requests.paused) requests.start();
-    });
+    for (const name of ["status", "api"]) {
+      requestsForm.elements[name].addEventListener("change", () => {
+        if (!requests.paused) requests.start();
+      });
+    }
     $("requests-pause").addEventListener("click", () => requests.togglePause());
 
     $("connect-key-form").addEventListener("submit", (e) => {
@@ -1757,7 +1772,7 @@
     try {
       const s = await fetchSession();
       if (s) showConsole();
-      else showSignIn("");
+      else showSignIn(session.refusal);
     } catch (err) {
       showSignIn("");
       reportError("session", err, "Could not reach the console's API");

@@ -48,8 +48,11 @@ def test_sign_in_and_out(proxy, watch):
     page.get_by_test_id("signout").click()
     expect(page.get_by_test_id("signin-form")).to_be_visible()
     expect(page.locator("#console")).to_be_hidden()
-    # The server forgot the session, not only the page.
+    # The browser dropped the cookie, and the server refuses it if it comes back.
+    assert "qp_session" not in {c["name"] for c in page.context.cookies()}
     assert page.request.get(f"{proxy.url}/admin/session").status == 401
+    status, _, body = proxy.call("GET", "/admin/accounts", headers={"Cookie": f"qp_session={session['value']}"})
+    assert status == 401 and body["error"]["code"] == "not_signed_in", (status, body)
     page.goto(f"{proxy.url}/admin/#/accounts")
     expect(page.get_by_test_id("signin-form")).to_be_visible()
     expect(page.get_by_test_id("accounts-table")).to_be_hidden()
@@ -86,7 +89,7 @@ def test_wrong_key_refused_then_throttled(proxy_factory, watch):
     expect(submit).to_contain_text("wait")
 
     # While throttled even the right key is refused (429), by the server.
-    rsp = page.request.post(f"{proxy.url}/admin/session", data={"key": proxy.admin_key})
+    rsp = page.request.post(f"{proxy.url}/admin/session", headers={"Authorization": f"Bearer {proxy.admin_key}"})
     assert rsp.status == 429, rsp.status
     assert rsp.headers.get("retry-after"), rsp.headers
     expect(page.get_by_test_id("signout")).to_be_hidden()
