@@ -116,9 +116,13 @@ def test_account_on_quota_turns_cooling_with_a_countdown(proxy, watch):
     expect(countdown).to_have_text(re.compile(r"^\d+:\d\d(:\d\d)?$"))
     first = int(countdown.get_attribute("data-seconds"))
     assert 2 * 3600 - 60 < first <= 2 * 3600, first
-    time.sleep(2.2)
-    second = int(countdown.get_attribute("data-seconds"))
-    assert 1 <= first - second <= 4, (first, second)
+    # It counts down every second on its own (the list itself is refreshed every 2.5 s).
+    seen = []
+    for _ in range(7):
+        seen.append(int(countdown.get_attribute("data-seconds")))
+        time.sleep(0.5)
+    assert seen == sorted(seen, reverse=True), seen
+    assert len(set(seen)) >= 3 and 2 <= seen[0] - seen[-1] <= 5, seen
     expect(row(page, "beta").get_by_test_id("account-reason")).not_to_have_text("")
     # The others are untouched, and say so.
     expect(row(page, "alpha").get_by_test_id("account-state")).to_have_text("ready")
