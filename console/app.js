@@ -561,7 +561,9 @@
       this.tickUptime();
       const hour = o.last_hour || {};
       setText("ov-requests", fmtInt(hour.requests));
+      setText("ov-requests-unit", hour.requests === 1 ? "request" : "requests");
       setText("ov-errors", fmtInt(hour.errors));
+      setText("ov-errors-unit", hour.errors === 1 ? "error" : "errors");
       const ttft = hour.ttft_ms || {};
       setText("ov-ttft-p50", fmtMs(ttft.p50));
       setText("ov-ttft-p99", fmtMs(ttft.p99));

@@ -170,6 +170,20 @@ def test_purge_asks_first(proxy, watch):
     expect(page.get_by_test_id("notice")).to_contain_text("deleted")
 
 
+def test_a_refused_action_is_shown_not_swallowed(proxy, watch):
+    page = watch.page
+    # Renewing a browser session's token (no password, no refresh token) is refused: 400.
+    watch.expect_failed_load("/admin/accounts/alpha/renew", (400,))
+    sign_in(page, proxy, "accounts")
+    row(page, "alpha").get_by_test_id("account-renew").click()
+    alert = page.get_by_test_id("alerts")
+    expect(alert).to_contain_text("alpha")
+    expect(alert).to_contain_text("account_cannot_renew")
+    expect(row(page, "alpha").get_by_test_id("account-state")).to_have_text("ready")
+    alert.get_by_role("button", name="Dismiss").click()
+    expect(alert.get_by_test_id("alert-item")).to_have_count(0)
+
+
 def test_reload_accounts_file(proxy, watch):
     page = watch.page
     sign_in(page, proxy, "accounts")
