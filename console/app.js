@@ -462,6 +462,25 @@
     if (userNavigated) $(`h-${name}`).focus();
   }
 
+  // Keyboard shortcuts: g then o, a, u, r or c goes to a page (not while typing).
+  const SHORTCUTS = { o: "overview", a: "accounts", u: "usage", r: "requests", c: "connect" };
+  let pendingG = 0;
+
+  function onShortcut(e) {
+    if (!session.active || e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
+    if (e.target.closest("input, select, textarea, [contenteditable], dialog")) return;
+    if (e.key === "g") {
+      pendingG = Date.now();
+      return;
+    }
+    const page = SHORTCUTS[e.key];
+    if (page && Date.now() - pendingG < 1500) {
+      e.preventDefault();
+      location.hash = `#/${page}`;
+    }
+    pendingG = 0;
+  }
+
   function leaveCurrentPage() {
     if (currentPage && pages[currentPage]) pages[currentPage].leave();
     currentPage = null;
@@ -1710,6 +1729,7 @@
     $("signin-form").addEventListener("submit", signIn);
     $("signout").addEventListener("click", signOut);
     window.addEventListener("hashchange", () => route(true));
+    document.addEventListener("keydown", onShortcut);
     let resizeTimer = null;
     window.addEventListener("resize", () => {
       clearTimeout(resizeTimer);

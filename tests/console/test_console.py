@@ -278,6 +278,16 @@ def test_every_page_by_keyboard(proxy, watch):
     for name in PAGES:
         if name != "connect":
             expect(page.get_by_test_id(f"nav-{name}")).not_to_have_attribute("aria-current", "page")
+    # Shortcuts: g then a letter, not while typing in a field.
+    page.locator("#h-connect").focus()
+    page.keyboard.press("g")
+    page.keyboard.press("a")
+    expect(page.get_by_test_id("nav-accounts")).to_have_attribute("aria-current", "page")
+    page.get_by_test_id("nav-requests").click()
+    page.get_by_test_id("requests-model").focus()
+    page.keyboard.type("ga")
+    expect(page.get_by_test_id("nav-requests")).to_have_attribute("aria-current", "page")
+    expect(page.get_by_test_id("requests-model")).to_have_value("ga")
 
 
 def test_overview_usage_and_connect_show_the_data(proxy, watch):
