@@ -778,7 +778,7 @@
       row.data = a;
       row.tr.dataset.state = a.state;
       if (!before || before.state !== a.state) clear(row.state).append(stateBadge(a.state));
-      setText(row.reason, a.reason || "");
+      setText(row.reason, a.reason || "—");
       setText(row.inflight, a.max_inflight ? `${a.inflight} / ${a.max_inflight}` : fmtInt(a.inflight));
       setText(row.turns, fmtInt(a.turns));
       this.renderErrors(row, a.recent_errors || []);
@@ -1343,17 +1343,23 @@
 
   function requestRow(e, fresh) {
     const at = toMillis(e.time_ms ?? e.time);
+    const code = e.error_code || e.error_type;
     const status = el(
       "td",
-      { class: "nowrap", testid: "request-status", dataset: { label: "Status" } },
-      el("span", { class: `badge ${statusClass(e)}`, text: String(e.status ?? "—") }),
+      { class: "nowrap wide", testid: "request-status", dataset: { label: "Status" } },
+      el(
+        "span",
+        {},
+        el("span", { class: `badge ${statusClass(e)}`, text: String(e.status ?? "—") }),
+        code ? " " : null,
+        code ? el("code", { text: code }) : null,
+      ),
     );
-    if (e.error_code || e.error_type) status.append(" ", el("code", { text: e.error_code || e.error_type }));
     const notes = [];
     if (e.stream) notes.push("stream");
     if (e.retries) notes.push(`${e.retries} ${e.retries === 1 ? "retry" : "retries"}`);
     if (e.moved) notes.push("moved");
-    if (e.chat) notes.push(`chat ${e.chat}`);
+    if (e.chat) notes.push(`chat ${String(e.chat).length > 12 ? `${String(e.chat).slice(0, 8)}…` : e.chat}`);
     const tokens = `${fmtInt(e.input_tokens)} / ${fmtInt(e.output_tokens)}${e.reasoning_tokens ? ` (+${fmtInt(e.reasoning_tokens)} reasoning)` : ""}`;
     return el(
       "tr",
@@ -1371,7 +1377,12 @@
       el("td", { class: "num", text: fmtMs(e.ttft_ms), dataset: { label: "TTFT" } }),
       el("td", { class: "num", text: fmtMs(e.duration_ms), dataset: { label: "Duration" } }),
       el("td", { class: "num wide", text: tokens, dataset: { label: "Tokens in / out" } }),
-      el("td", { class: "small wide", text: notes.join(", "), dataset: { label: "Notes" } }),
+      el("td", {
+        class: "small wide",
+        title: e.chat ? `upstream chat ${e.chat}` : null,
+        text: notes.join(", "),
+        dataset: { label: "Notes" },
+      }),
     );
   }
 
