@@ -9,6 +9,7 @@ pub(crate) mod metrics;
 pub(crate) mod rate_limit;
 pub(crate) mod reject;
 pub(crate) mod request_id;
+pub(crate) mod request_log;
 pub(crate) mod retry;
 pub(crate) mod route;
 pub(crate) mod trace;
