@@ -14,6 +14,9 @@
 //! | `DELETE /admin/session`                       | sign out (the cookie is cleared)          |
 //! | `GET  /admin/usage`                           | usage accounting as JSON (`crate::usage`), see below |
 //! | `GET  /admin/usage.csv`                       | the same rows as CSV (also `/admin/usage?format=csv`) |
+//! | `GET  /admin/requests`                        | the request log: the last `REQUEST_LOG_SIZE` requests, newest first, filtered (`crate::request_log`) |
+//! | `GET  /admin/requests/stream`                 | the same, live: server-sent events of new requests |
+//! | `GET  /admin/overview`                        | the instance at a glance: status, accounts, the last hour per minute |
 //!
 //! `/admin/usage` takes `from` and `to` (UTC days `YYYY-MM-DD`, inclusive; the last 7 days
 //! by default) and `by`, the fields rows are grouped by (`day`, `account`, `key`, `model`,
@@ -27,6 +30,22 @@
 //! the session cookie and carries `{"csrf", "expires_in_seconds"}`. Signed in, the console
 //! calls every route here with the cookie, and those that change something with the CSRF
 //! token in `X-CSRF-Token`; scripts keep using the key.
+//!
+//! `/admin/requests` takes `status` (`200`, `4xx`, `5xx`, `error`), `errors=only`,
+//! `account`, `key`, `model`, `api`, `since` (Unix ms or RFC 3339) and `limit` (100 by
+//! default, the capacity at most; the filters: `request_log::query`) and answers
+//! `{"requests": [entries], "capacity", "size"}`; an entry is `{"id", "time", "time_ms",
+//! "api", "model", "key", "account", "chat", "stream", "status", "error_type", "error_code",
+//! "ttft_ms", "duration_ms", "input_tokens", "output_tokens", "reasoning_tokens", "retries",
+//! "moved"}` (`request_log::Entry`) — never prompt or answer text. `/admin/requests/stream`
+//! takes the same filters but `since` and `limit`: `event: hello` (`{"capacity"}`), then an
+//! `event: request` per new entry, `: keep-alive` every 15 s; it ends when the instance
+//! drains. `/admin/overview`: `{"status", "reasons", "version", "uptime_seconds",
+//! "accounts", "workers", "last_hour": {"requests", "errors", "ttft_ms": {"p50", "p99",
+//! "count"}}, "per_minute": [{"minute", "requests", "errors"} × 60, oldest first]}`
+//! (`request_log::minutes`).
+
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
@@ -35,10 +54,11 @@ use serde_json::json;
 use crate::accounts::signin::Renewal;
 use crate::accounts::Pool;
 use crate::app::AppState;
-use crate::body::{json_response, ProxyBody};
+use crate::body::{json_response, sse_response, ProxyBody};
 use crate::console::session::{self, Session};
 use crate::error::ProxyError;
 use crate::identity::OperatorAccess;
+use crate::request_log::{self, parse_query, Feed, Page};
 use crate::server::PeerAddr;
 use crate::untrusted::Untrusted;
 use crate::usage::{Day, Grouping, Query};
@@ -82,6 +102,29 @@ pub(crate) async fn handle(
             })
         }
         (_, ["usage" | "usage.csv"]) => Err(ProxyError::MethodNotAllowed { allow: "GET" }),
+        (&Method::GET, ["requests"]) => {
+            let log = &state.request_log;
+            let query = parse_query(req.uri().query().unwrap_or(""), log.capacity(), Page::List)?;
+            let entries = log.select(&query);
+            let body = request_log::list_json(&entries, log.capacity(), log.size());
+            Ok(no_store(json_response(body)))
+        }
+        (&Method::GET, ["requests", "stream"]) => {
+            let log = &state.request_log;
+            let query = parse_query(req.uri().query().unwrap_or(""), log.capacity(), Page::Feed)?;
+            let feed = Feed::new(
+                log.subscribe(),
+                query.filter,
+                log.capacity(),
+                FEED_KEEPALIVE,
+                state.draining_signal(),
+            );
+            Ok(no_store(sse_response(ProxyBody::Stream(Box::pin(feed)))))
+        }
+        (&Method::GET, ["overview"]) => Ok(no_store(json_ok(overview(state).await))),
+        (_, ["requests"] | ["requests", "stream"] | ["overview"]) => {
+            Err(ProxyError::MethodNotAllowed { allow: "GET" })
+        }
         (&Method::GET, ["accounts"]) => Ok(json_ok(json!({
             "accounts": pool.views(),
             "counts": pool.counts(),
@@ -283,6 +326,39 @@ fn usage_query(raw: &str) -> Result<(Query, bool), ProxyError> {
         ));
     }
     Ok((query, csv))
+}
+
+/// A live feed of the request log says it is alive this often when no request comes.
+const FEED_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// `/admin/overview`: `/health`'s status and reasons, the accounts' counts, and the last
+/// hour per minute from the request log (whatever its size).
+async fn overview(state: &AppState) -> serde_json::Value {
+    let condition = state.condition().await;
+    let hour = state.request_log.last_hour(crate::common::epoch_millis());
+    json!({
+        "status": condition.status,
+        "reasons": condition.reasons,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "accounts": condition.accounts,
+        "workers": state.config.workers.threads,
+        "last_hour": {
+            "requests": hour.requests,
+            "errors": hour.errors,
+            "ttft_ms": hour.ttft,
+        },
+        "per_minute": hour.per_minute,
+    })
+}
+
+/// Operators' answers are current, never cached (by nginx, a browser).
+fn no_store(mut rsp: Response<ProxyBody>) -> Response<ProxyBody> {
+    rsp.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    rsp
 }
 
 fn unknown(name: &str) -> ProxyError {

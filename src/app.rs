@@ -41,6 +41,9 @@ pub struct AppState {
     pub usage: Arc<crate::usage::Ledger>,
     /// The console's sign-in (with `ADMIN_KEY`).
     pub(crate) sessions: Option<Arc<crate::console::session::Sessions>>,
+    /// The last requests on the completion endpoints, the live feed of new ones, and the
+    /// last hour per minute (`REQUEST_LOG_SIZE`).
+    pub(crate) request_log: Arc<crate::request_log::RequestLog>,
     /// Files uploaded per account (documents of long contexts, images), and parse pauses.
     pub(crate) uploads: crate::qwen::files::UploadCache,
     /// Images of requests: checked, and fetched under the fetch policy.
@@ -52,6 +55,9 @@ pub struct AppState {
     pub(crate) runtimes: std::sync::OnceLock<Vec<tokio::runtime::Handle>>,
     /// Set when shutdown begins: `/health` reports `draining`.
     draining: AtomicBool,
+    /// Flipped to `true` with `draining`, for what waits on it (the request log's live
+    /// feeds end, so they hold no connection open through the shutdown).
+    drain_signal: watch::Sender<bool>,
     /// Flipped to `true` when the grace period is over: open streams end in-band.
     abort_streams: watch::Sender<bool>,
     upstream_probe: Mutex<Option<(Instant, UpstreamHealth)>>,
@@ -64,6 +70,21 @@ pub struct AppState {
 pub struct UpstreamHealth {
     pub reachable: bool,
     pub latency_ms: u64,
+}
+
+/// How the instance is doing ([`AppState::condition`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Condition {
+    /// `ok`, `degraded` or `draining`.
+    pub(crate) status: &'static str,
+    /// Why it is degraded, in words an operator can act on (never a secret).
+    pub(crate) reasons: Vec<String>,
+    pub(crate) upstream: UpstreamHealth,
+    /// The session store (Redis) does not answer: local state is used.
+    pub(crate) store_degraded: bool,
+    /// Seconds left of an anti-bot challenge's pause of completions.
+    pub(crate) cooldown: Option<u64>,
+    pub(crate) accounts: crate::accounts::StateCounts,
 }
 
 /// The longest a reload waits for the accounts file to be read.
@@ -135,10 +156,12 @@ impl AppState {
             .admin_key
             .as_ref()
             .map(|key| Arc::new(crate::console::session::Sessions::new(key)));
+        let request_log = Arc::new(crate::request_log::RequestLog::new(config.request_log.size));
         Arc::new(AppState {
             accounts,
             usage,
             sessions,
+            request_log,
             chat_pool,
             slots: Arc::new(CompletionSlots::new(config.max_concurrent_streams)),
             config: Arc::new(config),
@@ -153,6 +176,7 @@ impl AppState {
             started: Instant::now(),
             runtimes: std::sync::OnceLock::new(),
             draining: AtomicBool::new(false),
+            drain_signal: watch::channel(false).0,
             abort_streams: watch::channel(false).0,
             upstream_probe: Mutex::new(None),
             reloading: tokio::sync::Mutex::new(()),
@@ -165,6 +189,62 @@ impl AppState {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.drain_signal.send_replace(true);
+    }
+
+    /// Resolves when shutdown begins (at once if it has).
+    pub(crate) fn draining_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.drain_signal.subscribe();
+        async move {
+            let _ = rx.wait_for(|draining| *draining).await;
+        }
+    }
+
+    /// How the instance is doing (`/health`, the operators' overview): `draining` once
+    /// shutdown began; else `degraded` with the reasons, or `ok`.
+    pub(crate) async fn condition(&self) -> Condition {
+        let upstream = self.upstream_health().await;
+        let store_degraded = !self.conversations.probe().await;
+        let cooldown = self
+            .accounts
+            .challenge_pause()
+            .map(|d| d.as_secs_f64().ceil() as u64);
+        let accounts = self.accounts.counts();
+        let mut reasons = Vec::new();
+        if !upstream.reachable {
+            reasons.push("the upstream is unreachable".to_owned());
+        }
+        if store_degraded {
+            reasons.push("the session store (Redis) is unreachable; using local state".to_owned());
+        }
+        if let Some(left) = cooldown {
+            reasons.push(format!(
+                "the upstream challenged the account(s) (anti-bot); completions are paused for {left} s \
+                 (CHALLENGE_COOLDOWN)"
+            ));
+        }
+        // (A challenge pause says more than "nothing is usable".)
+        if accounts.usable == 0 && cooldown.is_none() {
+            reasons.push(format!(
+                "no upstream account can take requests ({})",
+                accounts.describe()
+            ));
+        }
+        let status = if self.is_draining() {
+            "draining"
+        } else if reasons.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        };
+        Condition {
+            status,
+            reasons,
+            upstream,
+            store_degraded,
+            cooldown,
+            accounts,
+        }
     }
 
     /// End every open stream with an in-band error (the grace period is over).

@@ -138,9 +138,18 @@ impl Body for ProxyBody {
             ProxyBody::Observed(o) => {
                 let polled = Pin::new(&mut o.inner).poll_frame(cx);
                 match &polled {
-                    Poll::Ready(Some(Ok(frame))) if !o.seen_data && frame.is_data() => {
-                        o.seen_data = true;
-                        o.observer.on_first_data();
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if !o.seen_data && frame.is_data() {
+                            o.seen_data = true;
+                            o.observer.on_first_data();
+                        }
+                        // The last frame (a whole JSON answer's only one): the end is now.
+                        // hyper may drop a body whose `Content-Length` is written without
+                        // polling it again, which must not read as a client gone early.
+                        if !o.ended && o.inner.is_end_stream() {
+                            o.ended = true;
+                            o.observer.on_end(true);
+                        }
                     }
                     Poll::Ready(None) if !o.ended => {
                         o.ended = true;
@@ -192,6 +201,19 @@ mod tests {
         let log = Arc::new(Mutex::new(Vec::new()));
         let body = ProxyBody::full("abc").observe(Log(log.clone()));
         assert_eq!(body.collect().await.unwrap().to_bytes(), "abc");
+        assert_eq!(*log.lock().unwrap(), ["first", "end true"]);
+    }
+
+    #[test]
+    fn the_last_frame_is_the_end_without_another_poll() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut body = ProxyBody::full("abc").observe(Log(log.clone()));
+        let waker = futures::task::noop_waker();
+        let polled = Pin::new(&mut body).poll_frame(&mut Context::from_waker(&waker));
+        assert!(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        assert!(body.is_end_stream());
+        // hyper drops it now (its `Content-Length` is written): a completed body.
+        drop(body);
         assert_eq!(*log.lock().unwrap(), ["first", "end true"]);
     }
 

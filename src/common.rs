@@ -197,6 +197,24 @@ pub fn cookie_from(cookies: &str, wanted: &str) -> Option<String> {
     })
 }
 
+/// `2025-02-19T00:00:00Z` (RFC 3339, UTC) from Unix seconds.
+pub(crate) fn rfc3339(secs: u64) -> String {
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// `2025-02-19T00:00:00.250Z` (RFC 3339, UTC, milliseconds) from Unix milliseconds.
+pub(crate) fn rfc3339_millis(ms: u64) -> String {
+    let secs = rfc3339(ms / 1000);
+    format!("{}.{:03}Z", secs.trim_end_matches('Z'), ms % 1000)
+}
+
 /// Days since 1970-01-01 → (year, month 1-12, day 1-31); Howard Hinnant's algorithm.
 pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -214,6 +232,15 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_in_utc_with_and_without_milliseconds() {
+        // 2026-12-08 is day 20,795 since 1970-01-01 (date(1) agrees).
+        let secs = 20_795 * 86_400 + 13 * 3600 + 4 * 60 + 5;
+        assert_eq!(rfc3339(secs), "2026-12-08T13:04:05Z");
+        assert_eq!(rfc3339_millis(secs * 1000 + 7), "2026-12-08T13:04:05.007Z");
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+    }
 
     #[test]
     fn hex_is_lowercase_two_digits_a_byte() {

@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod qwen;
 pub(crate) mod rate;
 pub mod redis;
+pub(crate) mod request_log;
 pub(crate) mod router;
 pub(crate) mod routes;
 pub mod server;

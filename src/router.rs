@@ -166,51 +166,17 @@ fn index() -> Response<ProxyBody> {
 /// store; the list of accounts only for the operators (`ADMIN_KEY`): with thousands of
 /// accounts it is large, and names are the operators' business.
 async fn health(state: &AppState, operator: bool) -> Response<ProxyBody> {
-    let upstream = state.upstream_health().await;
-    let store_degraded = !state.conversations.probe().await;
-    let cooldown = state
-        .accounts
-        .challenge_pause()
-        .map(|d| d.as_secs_f64().ceil() as u64);
-    let accounts = state.accounts.counts();
-    // Why the instance is degraded, in words an operator can act on (never a secret).
-    let mut reasons = Vec::new();
-
-    if !upstream.reachable {
-        reasons.push("the upstream is unreachable".to_owned());
-    }
-    if store_degraded {
-        reasons.push("the session store (Redis) is unreachable; using local state".to_owned());
-    }
-    if let Some(left) = cooldown {
-        reasons.push(format!(
-            "the upstream challenged the account(s) (anti-bot); completions are paused for {left} s \
-             (CHALLENGE_COOLDOWN)"
-        ));
-    }
-    // (A challenge pause says more than "nothing is usable".)
-    if accounts.usable == 0 && cooldown.is_none() {
-        reasons.push(format!(
-            "no upstream account can take requests ({})",
-            accounts.describe()
-        ));
-    }
-    let status = if state.is_draining() {
-        "draining"
-    } else if reasons.is_empty() {
-        "ok"
-    } else {
-        "degraded"
-    };
+    let c = state.condition().await;
+    let (upstream, accounts) = (c.upstream, c.accounts);
     let body = json!({
-        "status": status,
-        "reasons": reasons,
+        "status": c.status,
+        "reasons": c.reasons,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "upstream": {
             "reachable": upstream.reachable,
             "latency_ms": upstream.latency_ms,
-            "challenge_cooldown_seconds": cooldown.unwrap_or(0),
+            "challenge_cooldown_seconds": c.cooldown.unwrap_or(0),
         },
         "accounts": if operator {
             json!({
@@ -227,11 +193,11 @@ async fn health(state: &AppState, operator: bool) -> Response<ProxyBody> {
         },
         "session_store": {
             "backend": if state.conversations.has_shared_store() { "redis" } else { "memory" },
-            "status": if store_degraded { "degraded" } else { "ok" },
+            "status": if c.store_degraded { "degraded" } else { "ok" },
         },
     });
     let mut rsp = json_response(body.to_string().into_bytes());
-    if state.is_draining() {
+    if c.status == "draining" {
         // Load balancers stop sending new requests to a draining instance.
         *rsp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     }

@@ -8,7 +8,8 @@
 //! | 2 | request-id (`layers::request_id`) | accepts a sane `x-request-id` or mints one; adds `RequestId` to extensions and the header to the response |
 //! | 3 | trace (`layers::trace`) | one span per request (method, route, request id; model, stream, attempts, status, latency recorded later); logs the end of streams |
 //! | 4 | metrics (`layers::metrics`) | `http_requests_total` and `http_request_duration_seconds`, recorded when the body ends or is dropped |
-//! | 5 | error-map (`layers::error_map`) | every `ProxyError` from inside becomes its response in the route's API shape (`error_response`, the one mapping; `api::error_reply`: status and body), logged and counted once; outside, the stack is infallible |
+//! | 4a | request log (`layers::request_log`) | on the completion routes, a `request_log::Recorder` in extensions (the auth layer, the retry layer, the error map, early commit and the core fill it); the entry goes to the log (`AppState::request_log`) when the body ends or is dropped, or as a 499 when the request is dropped unanswered |
+//! | 5 | error-map (`layers::error_map`) | every `ProxyError` from inside becomes its response in the route's API shape (`error_response`, the one mapping; `api::error_reply`: status and body), logged, counted and told to the request's recorder once; outside, the stack is infallible |
 //! | 6 | header limits (`layers::header_limits`) | more than 128 header fields or 64 KiB of headers: 431 in the OpenAI shape (hyper accepts up to twice that, then answers with its own bare 431) |
 //! | 7 | CORS (tower-http, when `CORS_ENABLED`) | answers preflights; adds CORS headers |
 //! | 8 | auth (`layers::auth`) | parses the credential once and adds `ClientIdentity` (a key fingerprint, or anonymous) to extensions; with `API_KEYS`, the client API's routes (`/v1/*`) need a valid key (401 + `WWW-Authenticate`); repeated failures lock the address out (429); on `/admin`, the console's session cookie stands for `ADMIN_KEY`, with its CSRF token on changes (403 without) |
@@ -68,6 +69,7 @@ use crate::layers::metrics::MetricsLayer;
 use crate::layers::operator_headers::OperatorHeadersLayer;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
+use crate::layers::request_log::RequestLogLayer;
 use crate::layers::retry::{RetryLayer, RetryPolicy};
 use crate::layers::route::RouteLayer;
 use crate::layers::trace::TraceLayer;
@@ -227,6 +229,10 @@ pub(crate) fn build(state: Arc<AppState>) -> HttpService {
         .layer(RequestIdLayer)
         .layer(TraceLayer)
         .layer(MetricsLayer::new(state.metrics.clone()))
+        .layer(RequestLogLayer::new(
+            state.request_log.clone(),
+            crate::api::error_type,
+        ))
         .layer(ErrorMapLayer::new(
             state.metrics.clone(),
             crate::api::error_reply,

@@ -9,14 +9,15 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
 use serde_json::{json, Value};
-use support::redis::{RedisCluster, TempDir};
-use support::{assistant, expected_answer, quick_sim, user, Harness, Reply, ADMIN_KEY};
+use support::redis::RedisCluster;
+use support::{
+    assistant, expected_answer, quick_sim, user, AccountsFile, Harness, Reply, ADMIN_KEY,
+};
 use tokio::time::{Duration, Instant};
 
 const MODEL: &str = "qwen3.7-plus";
@@ -50,14 +51,8 @@ async fn account_state(h: &Harness, addr: SocketAddr, name: &str) -> String {
 async fn two_instances_share_everything_through_a_cluster() {
     let cluster = RedisCluster::start().await;
     let url = cluster.url();
-    let dir = TempDir::new("cluster-accounts");
-    let file = dir.path("accounts.json");
-    let accounts: Vec<Value> = ["a", "b"]
-        .iter()
-        .map(|n| json!({"name": n, "cookies": format!("other=1; token=tok-{n}"), "min_interval_ms": 0}))
-        .collect();
-    std::fs::write(&file, Value::from(accounts).to_string()).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let accounts = AccountsFile::new(&["a", "b"]);
+    let file = &accounts.path;
     let env = [
         ("REDIS_URL", url.as_str()),
         ("REDIS_CLUSTER", "true"),

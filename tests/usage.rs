@@ -9,7 +9,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +16,7 @@ use http_body_util::Full;
 use hyper::Request;
 use serde_json::{json, Value};
 
-use support::{quick_sim, Harness, RedisServer, Reply, ADMIN_KEY};
+use support::{quick_sim, AccountsFile, Harness, RedisServer, Reply, ADMIN_KEY};
 
 const KEYS: [&str; 2] = ["sk-usage-secret-one", "sk-usage-secret-two"];
 
@@ -32,34 +31,6 @@ fn told(usage: &Value) -> Told {
             .as_u64()
             .unwrap_or(0),
     ]
-}
-
-/// An accounts file of `a` and `b` (tokens `tok-a`, `tok-b`), mode 0600.
-struct AccountsFile(std::path::PathBuf);
-
-impl AccountsFile {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("qp-usage-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("accounts.json");
-        let accounts: Vec<Value> = ["a", "b"]
-            .iter()
-            .map(|n| json!({"name": n, "cookies": format!("other=1; token=tok-{n}"), "min_interval_ms": 0}))
-            .collect();
-        std::fs::write(&path, Value::from(accounts).to_string()).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        AccountsFile(dir)
-    }
-
-    fn path(&self) -> String {
-        self.0.join("accounts.json").to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for AccountsFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 async fn get_with(h: &Harness, addr: std::net::SocketAddr, path: &str, key: &str) -> Reply {
@@ -172,8 +143,8 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
 
 #[tokio::test]
 async fn usage_is_counted_per_key_account_and_model_and_reported_as_json_and_csv() {
-    let accounts = AccountsFile::new();
-    let file = accounts.path();
+    let accounts = AccountsFile::new(&["a", "b"]);
+    let file = accounts.path.clone();
     let keys = KEYS.join(",");
     let h = Harness::start_with(
         &[("API_KEYS", &keys), ("QWEN_ACCOUNTS_FILE", &file)],

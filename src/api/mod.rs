@@ -27,6 +27,16 @@ pub fn error_reply(api: Api, e: &ProxyError) -> (StatusCode, Bytes) {
     }
 }
 
+/// The `type` of an error in the body of the route's API (OpenAI's for the Chat
+/// Completions, Images and Responses routes, Anthropic's for Messages): what the request
+/// log records (`request_log`), before an answer and in-band alike.
+pub fn error_type(api: Api, e: &ProxyError) -> &'static str {
+    match api {
+        Api::OpenAi | Api::Responses => openai::error::error_type(e),
+        Api::Anthropic => anthropic::error::error_type(e),
+    }
+}
+
 /// The longest piece of a tool call's arguments one stream event carries (both APIs' parsers
 /// accumulate the pieces; a bounded event keeps frames bounded).
 pub const ARGUMENT_SLICE: usize = 4096;

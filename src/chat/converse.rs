@@ -14,6 +14,7 @@ use super::accounts::{account_move, avoid_spent_images, AccountMove, AccountTrai
 use super::fallback::{Fallback, Fallbacks};
 use super::fit::{attach_files, check_upstream_size, fit};
 use super::respond::{Answered, Attempt};
+use super::Bookkeeping;
 use crate::app::AppState;
 use crate::backoff::Backoff;
 use crate::body::ProxyBody;
@@ -33,8 +34,8 @@ pub(super) struct TurnState<'a, A: ClientApi> {
     req: &'a ApiRequest<A::Options>,
     /// The client (conversation keys are per client), narrowed to its session.
     identity: &'a str,
-    /// The client alone (its key's fingerprint, or `anon`): whose usage the turn is.
-    client: &'a str,
+    /// Whose usage the turn is, and the request's record in the request log.
+    books: &'a Bookkeeping,
     /// When the request arrived.
     start: Instant,
     /// The upstream chats the request has opened (shared with the retry layer's attempts).
@@ -75,7 +76,7 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
         state: &'a Arc<AppState>,
         req: &'a ApiRequest<A::Options>,
         identity: &'a str,
-        client: &'a str,
+        books: &'a Bookkeeping,
         start: Instant,
         chats: &'a RequestChats,
         plan: &'a Plan,
@@ -91,7 +92,7 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
             state,
             req,
             identity,
-            client,
+            books,
             start,
             chats,
             plan,
@@ -229,6 +230,7 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
                 }
                 self.prepared = self.fresh("account");
                 self.trail.moving = true;
+                self.books.record.moved();
                 self.append_hint();
                 return Ok(());
             }
@@ -360,6 +362,7 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
             _ => pool.acquire(&self.trail.left).await?,
         };
         self.trail.last = Some(lease.used());
+        self.books.record.account(lease.name());
         state
             .metrics
             .account_turns
@@ -421,7 +424,7 @@ impl<'a, A: ClientApi> TurnState<'a, A> {
             tool_retry,
             opened_chat: opened,
             chats: self.chats,
-            client: self.client,
+            books: self.books,
         }
         .respond(lock, lease)
         .await;

@@ -1,11 +1,13 @@
 //! The end of a turn, streamed or not: one [`Outcome`] in, every consumer served — token
-//! and stream metrics, usage accounting, the conversation store (remember the turn), the chat lock (release
-//! it), and the account (a quota or challenge that arrives mid-stream; its slot).
+//! and stream metrics, usage accounting, the request log, the conversation store (remember
+//! the turn), the chat lock (release it), and the account (a quota or challenge that arrives
+//! mid-stream; its slot).
 
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::Bookkeeping;
 use crate::accounts::Lease;
 use crate::app::AppState;
 use crate::common::epoch_millis;
@@ -41,8 +43,9 @@ pub(super) struct TurnEnd {
     api: &'static str,
     /// The resolved upstream model (metric label).
     model: String,
-    /// The client (its key's fingerprint, or `anon`), for usage accounting.
-    client: String,
+    /// Whose usage the turn is (usage accounting), and the request's record in the
+    /// request log (its tokens, an error after the answer began).
+    books: Bookkeeping,
     chat_id: String,
     /// Held until the turn is remembered (or dropped, which releases it in the background).
     lock: Option<ChatLock>,
@@ -60,7 +63,7 @@ impl TurnEnd {
         state: Arc<AppState>,
         api: &'static str,
         model: String,
-        client: String,
+        books: Bookkeeping,
         chat_id: String,
         lock: Option<ChatLock>,
         lease: Lease,
@@ -69,7 +72,7 @@ impl TurnEnd {
             state,
             api,
             model,
-            client,
+            books,
             chat_id,
             lock,
             stream_started: None,
@@ -111,7 +114,7 @@ impl TurnEnd {
     /// known), and whether it failed.
     fn record_usage(&self, u: Usage, failed: bool) {
         self.state.usage.record(
-            crate::usage::RowKey::new(self.lease.name(), &self.client, &self.model),
+            crate::usage::RowKey::new(self.lease.name(), &self.books.client, &self.model),
             &crate::usage::Counters {
                 requests: 1,
                 input_tokens: u.prompt_tokens,
@@ -196,6 +199,12 @@ impl StreamEnd<TurnStages> for TurnEnd {
                 self.state.accounts.answered(self.lease.account());
                 self.record_tokens(usage);
                 self.record_usage(usage, false);
+                // The tokens the client's `usage` says.
+                self.books.record.tokens(
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    usage.reasoning_tokens,
+                );
                 self.stream_ended("completed");
                 let (scan, (_, (limits, (_, transcript)))) = pipeline.stages_mut();
                 if let Some(scan) = scan {
@@ -224,6 +233,8 @@ impl StreamEnd<TurnStages> for TurnEnd {
                             .came_to_nothing(&conversation);
                     }
                     e.report(&self.state.metrics);
+                    // The client got a 200, then this error in-band.
+                    self.books.record.failed(e);
                     // The quota or a challenge after the answer began: the account is
                     // paused all the same (the client got an in-band error).
                     self.state.accounts.blame(self.lease.account(), e);

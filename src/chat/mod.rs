@@ -43,6 +43,7 @@ use crate::conversation::budget::RequestChats;
 use crate::conversation::key::{owner, SESSION_HEADERS};
 use crate::error::{ProxyError, UpstreamClass};
 use crate::identity::ClientIdentity;
+use crate::request_log::Recorder;
 use crate::server::RequestStart;
 use crate::turn::plan::plan;
 use crate::turn::{ApiRequest, ClientApi};
@@ -112,16 +113,32 @@ impl<A: ClientApi> tower::Service<Request<Arc<ApiRequest<A::Options>>>> for Chat
             .and_then(|v| v.to_str().ok())
             .or(req.body().turn.session.as_deref());
         let owner = owner(identity.as_str(), session);
-        let client = identity.as_str().to_owned();
+        let books = Bookkeeping {
+            client: identity.as_str().to_owned(),
+            record: Recorder::of(req.extensions()),
+        };
+        books
+            .record
+            .asked(&req.body().turn.model, req.body().turn.stream);
         Box::pin(complete::<A>(
             state,
             req.into_body(),
             owner,
-            client,
+            books,
             start,
             chats,
         ))
     }
+}
+
+/// Where a request's turns are written down: whose usage they are (usage accounting) and
+/// the request's record in the request log (account, chat, first token, tokens, moves).
+#[derive(Debug, Clone, Default)]
+pub struct Bookkeeping {
+    /// The client: its key's fingerprint, or `anon`.
+    pub(crate) client: String,
+    /// Inert when the request is not logged.
+    pub(crate) record: Recorder,
 }
 
 /// One request, start to answer (or error).
@@ -129,13 +146,14 @@ pub async fn complete<A: ClientApi>(
     state: Arc<AppState>,
     req: Arc<ApiRequest<A::Options>>,
     owner: String,
-    client: String,
+    books: Bookkeeping,
     start: Instant,
     chats: Arc<RequestChats>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     state.accounts.global.check()?;
     let catalog = state.catalog().await?;
     let plan = plan(&req.turn, &catalog, &state.config.model_aliases)?;
+    books.record.resolved(&plan.model);
     let conv = &state.conversations;
     // The same request failed in a way a retry cannot change a moment ago: that answer
     // again, without an upstream call (and without another chat).
@@ -161,7 +179,7 @@ pub async fn complete<A: ClientApi>(
             return Err(e.into());
         }
     }
-    let mut result = TurnState::<A>::begin(&state, &req, &owner, &client, start, &chats, &plan)
+    let mut result = TurnState::<A>::begin(&state, &req, &owner, &books, start, &chats, &plan)
         .await
         .run()
         .await;

@@ -9,6 +9,7 @@ use hyper::Response;
 use tokio::time::Instant;
 
 use super::end::{TurnEnd, TurnStages};
+use super::Bookkeeping;
 use crate::accounts::Lease;
 use crate::app::AppState;
 use crate::body::{json_response, ProxyBody};
@@ -43,8 +44,8 @@ pub(super) struct Attempt<'a, A: ClientApi> {
     pub opened_chat: bool,
     /// The request's ledger (shared with the retry layer): told when the answer begins.
     pub chats: &'a RequestChats,
-    /// Whose usage the turn is (the key's fingerprint, or `anon`).
-    pub client: &'a str,
+    /// Whose usage the turn is, and the request's record in the request log.
+    pub books: &'a Bookkeeping,
 }
 
 /// What an attempt came to.
@@ -81,6 +82,7 @@ impl<A: ClientApi> Attempt<'_, A> {
             features: self.plan.features,
             size: self.plan.size,
         };
+        self.books.record.chat(chat_id);
         let sent = Instant::now();
         let upstream = self
             .state
@@ -125,7 +127,7 @@ impl<A: ClientApi> Attempt<'_, A> {
             self.state.clone(),
             A::LABEL,
             self.plan.model.clone(),
-            self.client.to_owned(),
+            self.books.clone(),
             chat_id.clone(),
             lock,
             lease,
@@ -188,11 +190,13 @@ impl<A: ClientApi> Attempt<'_, A> {
             end.superseded(body.pipeline());
             return Ok(Answered::RetryWithHint(hint));
         }
+        let ttft = self.start.elapsed();
         state
             .metrics
             .ttft
             .with_label_values(&[&self.plan.model, "true", A::LABEL])
-            .observe(self.start.elapsed().as_secs_f64());
+            .observe(ttft.as_secs_f64());
+        self.books.record.first_token(ttft);
         let body = body.owned_by(end.streaming(self.start));
         Ok(Answered::Response(crate::body::sse_response(
             ProxyBody::Stream(Box::pin(body)),
@@ -214,7 +218,9 @@ impl<A: ClientApi> Attempt<'_, A> {
                 .ttft
                 .with_label_values(&[&self.plan.model, "false", A::LABEL]);
         let collected = aggregate::collect(&mut stream, || {
-            ttft.observe(self.start.elapsed().as_secs_f64());
+            let since = self.start.elapsed();
+            ttft.observe(since.as_secs_f64());
+            self.books.record.first_token(since);
             // The answer began: `FIRST_TOKEN_TIMEOUT` is met, the rest may take its time.
             self.chats.mark_began();
         })

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::converse::TurnState;
 use super::respond::Answered;
+use super::Bookkeeping;
 use crate::api::openai::{request::parse, OpenAi};
 use crate::app::AppState;
 use crate::config::Config;
@@ -48,6 +49,7 @@ struct Req {
     api: ApiRequest<<OpenAi as ClientApi>::Options>,
     plan: Plan,
     chats: RequestChats,
+    books: Bookkeeping,
 }
 
 impl Rig {
@@ -89,7 +91,16 @@ impl Rig {
         let api = parse(body.to_string().as_bytes()).unwrap();
         let plan = plan(&api.turn, &self.state.catalog().await.unwrap(), &[]).unwrap();
         let chats = RequestChats::new(self.state.config.conversations.chats_per_request);
-        Req { api, plan, chats }
+        let books = Bookkeeping {
+            client: "client-1".to_owned(),
+            ..Bookkeeping::default()
+        };
+        Req {
+            api,
+            plan,
+            chats,
+            books,
+        }
     }
 
     async fn begin<'a>(&'a self, req: &'a Req) -> TurnState<'a, OpenAi> {
@@ -98,7 +109,7 @@ impl Rig {
             &self.state,
             api,
             "client-1",
-            "client-1",
+            &req.books,
             Instant::now(),
             &req.chats,
             plan,

@@ -230,6 +230,7 @@ pub struct Config {
     /// means `model`; the first pair that matches wins; catalogue names always win.
     pub model_aliases: Vec<(String, String)>,
     pub usage: UsageConfig,
+    pub request_log: RequestLogConfig,
 }
 
 /// The default `MODEL_ALIASES`: Claude Code's model families onto the catalogue (`haiku`,
@@ -304,6 +305,14 @@ pub struct UsageConfig {
     /// `USAGE_MAX_ROWS`: distinct (account, key, model) counted a day; the rest count as one
     /// `(other)` row.
     pub max_rows: usize,
+}
+
+/// The request log (the `request_log` module): how many requests it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLogConfig {
+    /// `REQUEST_LOG_SIZE`: the last requests kept (0: none, and no live feed; the overview's
+    /// per-minute counts go on).
+    pub size: usize,
 }
 
 /// Conversation continuation and the session store.
@@ -414,6 +423,7 @@ impl Config {
         let upstream_limits = UpstreamLimits::read(r);
         let media = MediaConfig::read(r);
         let usage = UsageConfig::read(r);
+        let request_log = RequestLogConfig::read(r);
         let model_aliases = r.parse_with("MODEL_ALIASES", parse_model_aliases, {
             parse_model_aliases(DEFAULT_MODEL_ALIASES).unwrap_or_default()
         });
@@ -455,6 +465,7 @@ impl Config {
             media,
             model_aliases,
             usage,
+            request_log,
         }
     }
 

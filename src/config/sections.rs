@@ -453,6 +453,23 @@ impl UsageConfig {
     }
 }
 
+impl RequestLogConfig {
+    /// The largest `REQUEST_LOG_SIZE`: an entry is a few hundred bytes, so some 40 MB.
+    const MAX_SIZE: usize = 100_000;
+
+    /// `REQUEST_LOG_SIZE`: the requests the request log keeps (the `request_log` module).
+    pub(super) fn read(r: &mut Reader) -> Self {
+        let size: usize = r.parse("REQUEST_LOG_SIZE", 1000, "a whole number of requests");
+        if size > Self::MAX_SIZE {
+            r.error(format!(
+                "REQUEST_LOG_SIZE must be from 0 (off) to {} requests",
+                Self::MAX_SIZE
+            ));
+        }
+        RequestLogConfig { size }
+    }
+}
+
 /// What the server accepts and how long it waits: concurrent streams, request bodies,
 /// keep-alives, the shutdown grace, request headers.
 pub(super) struct ServerLimits {

@@ -22,6 +22,27 @@ fn defaults_with_credentials() {
 }
 
 #[test]
+fn the_request_log_keeps_a_thousand_by_default_and_may_be_off() {
+    let with = |pairs: &[(&str, &str)]| {
+        let mut all = vec![("QWEN_COOKIES", "token=abc")];
+        all.extend_from_slice(pairs);
+        Config::from_source(&src(&all), false)
+    };
+    assert_eq!(with(&[]).unwrap().request_log.size, 1000);
+    assert_eq!(
+        with(&[("REQUEST_LOG_SIZE", "0")]).unwrap().request_log.size,
+        0
+    );
+    for bad in ["100001", "-1", "lots"] {
+        let e = with(&[("REQUEST_LOG_SIZE", bad)]).unwrap_err();
+        assert!(
+            e.0.iter().any(|m| m.contains("REQUEST_LOG_SIZE")),
+            "{bad}: {e:?}"
+        );
+    }
+}
+
+#[test]
 fn missing_credentials_say_what_to_set() {
     let e = Config::from_source(&src(&[]), false).unwrap_err();
     assert_eq!(e.0.len(), 1);

@@ -4,8 +4,9 @@
 //! ([`presented_credential`]: `Authorization: Bearer <key>` in any case of the scheme, or
 //! `x-api-key`), compared in constant time against every configured key. The layer parses
 //! the credential once and puts a [`ClientIdentity`] in the request extensions; the layers
-//! and the core after it read only that. Without keys every request is
-//! [`ClientIdentity::Anonymous`] (SDKs always send some key; an open server ignores it).
+//! and the core after it read only that (and the request log records its fingerprint).
+//! Without keys every request is [`ClientIdentity::Anonymous`] (SDKs always send some key;
+//! an open server ignores it).
 //! `/health` and `/metrics` are not `/v1/*` and stay open here.
 //!
 //! The operators' key (`ADMIN_KEY`) is checked here too, for the operators' routes: a
@@ -46,6 +47,7 @@ use crate::identity::{
     constant_time_eq, presented_credential, ClientIdentity, KeyFingerprint, OperatorAccess,
 };
 use crate::metrics::Metrics;
+use crate::request_log::Recorder;
 use crate::routes::{Endpoint, Route};
 use crate::server::PeerAddr;
 
@@ -282,6 +284,7 @@ where
         };
         match identity {
             Ok(id) => {
+                Recorder::of(req.extensions()).key(id.as_str());
                 req.extensions_mut().insert(id);
                 ResponseFuture::Inner(self.inner.call(req))
             }

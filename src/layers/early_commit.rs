@@ -26,6 +26,7 @@ use crate::body::{sse_response, ProxyBody};
 use crate::common::BoxFuture;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::request_log::Recorder;
 use crate::translate::body::Render;
 use crate::turn::{AnswerHead, ApiRequest, ClientApi};
 
@@ -100,6 +101,7 @@ where
 
     fn call(&mut self, req: Req<A>) -> Self::Future {
         let api = req.body().clone();
+        let recorder = Recorder::of(req.extensions());
         let fut = self.inner.call(req);
         if !api.turn.stream || self.layer.delay.is_zero() {
             return Box::pin(fut);
@@ -118,6 +120,7 @@ where
                 every: layer.keepalive,
                 api,
                 metrics: layer.metrics,
+                recorder,
             };
             Ok(sse_response(ProxyBody::Stream(Box::pin(body))))
         })
@@ -141,6 +144,8 @@ struct Waiting<A: ClientApi> {
     every: Duration,
     api: Arc<ApiRequest<A::Options>>,
     metrics: Arc<Metrics>,
+    /// The request log's record: a failure after the commit is the request's error.
+    recorder: Recorder,
 }
 
 impl<A: ClientApi> Waiting<A> {
@@ -148,6 +153,7 @@ impl<A: ClientApi> Waiting<A> {
     /// error map would have).
     fn error_frame(&self, e: &ProxyError) -> Bytes {
         e.report(&self.metrics);
+        self.recorder.failed(e);
         let id = format!("{}{}", A::ID_PREFIX, crate::common::random_uuid().simple());
         let head = AnswerHead {
             id: &id,

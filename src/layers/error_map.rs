@@ -2,7 +2,8 @@
 //! here ([`error_response`], the one place an error becomes an HTTP response), in the shape
 //! of the request's client API (its route's `Api`, so a 401 from auth or a 503 while
 //! draining speaks the caller's dialect), and is logged and counted once
-//! (`ProxyError::report`). Outside this layer the stack is infallible.
+//! (`ProxyError::report`) and told to the request log's recorder. Outside this layer the
+//! stack is infallible.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,6 +17,7 @@ use hyper::{Request, Response, StatusCode};
 use crate::body::{json_response, ProxyBody};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::request_log::Recorder;
 use crate::routes::{Api, Route};
 
 /// How each client API writes an error: its status and body (`api::error_reply`).
@@ -74,11 +76,13 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let api = Route::of(&req).api;
+        let recorder = Recorder::of(req.extensions());
         ResponseFuture {
             inner: self.inner.call(req),
             metrics: self.metrics.clone(),
             api,
             bodies: self.bodies,
+            recorder,
         }
     }
 }
@@ -88,6 +92,8 @@ pub(crate) struct ResponseFuture<F> {
     metrics: Arc<Metrics>,
     api: Api,
     bodies: ErrorBodies,
+    /// The request log's record of the request (inert off the completion routes).
+    recorder: Recorder,
 }
 
 impl<F> Future for ResponseFuture<F>
@@ -101,6 +107,7 @@ where
             Ok(rsp) => Poll::Ready(Ok(rsp)),
             Err(e) => {
                 e.report(&self.metrics);
+                self.recorder.failed(&e);
                 let (status, body) = (self.bodies)(self.api, &e);
                 Poll::Ready(Ok(error_response(&e, status, body)))
             }

@@ -10,6 +10,7 @@ pub(crate) mod operator_headers;
 pub(crate) mod rate_limit;
 pub(crate) mod reject;
 pub(crate) mod request_id;
+pub(crate) mod request_log;
 pub(crate) mod retry;
 pub(crate) mod route;
 pub(crate) mod trace;

@@ -41,6 +41,7 @@ use crate::config::RetryConfig;
 use crate::conversation::budget::RequestChats;
 use crate::error::{ProxyError, UpstreamClass as C, UpstreamError};
 use crate::metrics::Metrics;
+use crate::request_log::Recorder;
 use crate::server::RequestStart;
 
 #[derive(Debug, Clone)]
@@ -183,6 +184,7 @@ where
                 // printed again on every later line.
                 let finished = |result| {
                     tracing::Span::current().record("attempts", attempt);
+                    Recorder::of(&parts.extensions).retries(attempt - 1);
                     layer
                         .metrics
                         .chats_per_request

@@ -29,6 +29,16 @@ pub const OTHER: &str = "(other)";
 /// rows are.
 const MAX_NAME_CHARS: usize = 200;
 
+/// A name as accounting (and the request log) keeps it: as it is but for control
+/// characters, which become spaces (a tab separates names in Redis fields; a newline would
+/// break a log or a CSV reader's line), and cut after [`MAX_NAME_CHARS`] characters.
+pub fn clean_name(s: &str) -> String {
+    s.chars()
+        .take(MAX_NAME_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// What one row counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -99,19 +109,13 @@ pub struct RowKey {
 }
 
 impl RowKey {
-    /// Names kept as they are but for control characters (a tab separates them in Redis
-    /// fields; a newline would break a log or a CSV reader's line) and their length.
+    /// Names kept as they are but for control characters and their length
+    /// ([`clean_name`]).
     pub fn new(account: &str, key: &str, model: &str) -> Self {
-        fn clean(s: &str) -> String {
-            s.chars()
-                .take(MAX_NAME_CHARS)
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect()
-        }
         RowKey {
-            account: clean(account),
-            key: clean(key),
-            model: clean(model),
+            account: clean_name(account),
+            key: clean_name(key),
+            model: clean_name(model),
         }
     }
 

@@ -211,6 +211,29 @@ pub fn summarize(events: &[Value]) -> StreamSummary {
     s
 }
 
+/// An accounts file (`QWEN_ACCOUNTS_FILE`, mode 0600, in a folder of its own removed when
+/// dropped) of browser-session accounts `names`: account `NAME` has the token `tok-NAME`
+/// (the simulator's stats name accounts by token) and no pacing (`min_interval_ms` 0).
+pub struct AccountsFile {
+    _dir: redis::TempDir,
+    pub path: String,
+}
+
+impl AccountsFile {
+    pub fn new(names: &[&str]) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = redis::TempDir::new("accounts");
+        let path = dir.path("accounts.json");
+        let accounts: Vec<Value> = names
+            .iter()
+            .map(|n| json!({"name": n, "cookies": format!("other=1; token=tok-{n}"), "min_interval_ms": 0}))
+            .collect();
+        std::fs::write(&path, Value::from(accounts).to_string()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        AccountsFile { _dir: dir, path }
+    }
+}
+
 /// The simulator with a short linger: "chat in progress" waits stay brief in tests.
 pub fn quick_sim() -> SimConfig {
     SimConfig {

@@ -142,7 +142,7 @@ pub fn model_list(models: &[(&str, &str, u64)]) -> Bytes {
                 kind: "model",
                 id,
                 display_name,
-                created_at: rfc3339(created),
+                created_at: crate::common::rfc3339(created),
             })
             .collect(),
         has_more: false,
@@ -150,18 +150,6 @@ pub fn model_list(models: &[(&str, &str, u64)]) -> Bytes {
         last_id: models.last().map(|m| m.0),
     };
     Bytes::from(serde_json::to_vec(&list).unwrap_or_default())
-}
-
-/// `2025-02-19T00:00:00Z` from Unix seconds.
-fn rfc3339(secs: u64) -> String {
-    let (y, m, d) = crate::common::civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]
