@@ -27,6 +27,9 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 # Node.js and npm for the Node client suite (the machine image brings Node 20 and npm 11).
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# Debian's Chromium for the operators' console suite (Playwright drives it; Playwright's own
+# browser download is not used).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]}"
   SUDO=""
@@ -67,6 +70,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 QWEN_PROXY_BIN="$PWD/target/debug/qwen-proxy" "$VENV/bin/python" -m pytest -q tests/clients
+
+step "operators' console in a real browser (Playwright, Debian's Chromium)"
+# tests/console: the real binary with ADMIN_KEY and three simulated accounts, /admin/ in
+# /usr/bin/chromium (headless): sign-in, throttling, account states, the live request log,
+# CSRF, every page at desktop and phone width in light and dark, no console error.
+# CONSOLE_SCREENSHOTS=docs/console also writes the screenshots README shows.
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/console/requirements.txt
+QWEN_PROXY_BIN="$PWD/target/debug/qwen-proxy" "$VENV/bin/python" -m pytest -q tests/console
 
 step "real-client suite: openai-node, the Vercel AI SDK and Anthropic's SDK (node --test)"
 # npm ci installs exactly package-lock.json (and empties node_modules first); skipped while
