@@ -301,8 +301,9 @@
     return new ApiError(rsp.status, message, code, Number.isNaN(retry) ? null : retry);
   }
 
-  /** `GET /admin/session`: the CSRF token when the cookie is valid, else null (401: no
-   * cookie, or one the server no longer takes — `session.refusal` says why). */
+  /** `GET /admin/session`: the CSRF token when the cookie is valid, else null
+   * (`{"signed_in": false}`: no cookie, or one the server no longer takes — its `message`,
+   * kept in `session.refusal`, says why). */
   async function fetchSession() {
     const rsp = await fetch("/admin/session", {
       headers: { Accept: "application/json" },
@@ -310,13 +311,12 @@
       cache: "no-store",
     });
     noteServerClock(rsp);
-    if (rsp.status === 401) {
-      const err = await errorFrom(rsp);
-      session.refusal = err.code === "not_signed_in" ? err.message : "";
-      return null;
-    }
     if (!rsp.ok) throw await errorFrom(rsp);
     const data = await rsp.json();
+    if (!data.signed_in) {
+      session.refusal = typeof data.message === "string" ? data.message : "";
+      return null;
+    }
     adoptSession(data);
     return data;
   }
@@ -791,7 +791,9 @@
       const busy = this.busy.has(row.name);
       row.disable.disabled = busy || a.state === "disabled";
       row.enable.disabled = busy || a.state === "ready" || a.state === "signing_in";
-      row.renew.disabled = busy || a.state === "disabled";
+      // A browser session without a refresh token needs a new cookie from a browser.
+      row.renew.disabled = busy || a.state === "disabled" || a.can_renew === false;
+      row.renew.title = a.can_renew === false ? "No password or refresh token: update the accounts file" : "";
       row.purge.disabled = busy;
     },
 

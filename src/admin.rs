@@ -10,7 +10,7 @@
 //! | `POST /admin/accounts/{name}/purge-chats`     | delete *every* upstream chat of the account |
 //! | `POST /admin/accounts/{name}/renew`           | renew its token now (sign in, or the refresh token) |
 //! | `POST /admin/session`                         | the console's sign-in (with the key): session cookie + CSRF token |
-//! | `GET  /admin/session`                         | the signed-in console's CSRF token and time left |
+//! | `GET  /admin/session`                         | whether the console is signed in (answered to anyone): its CSRF token and time left |
 //! | `DELETE /admin/session`                       | sign out (the cookie is cleared)          |
 //! | `GET  /admin/usage`                           | usage accounting as JSON (`crate::usage`), see below |
 //! | `GET  /admin/usage.csv`                       | the same rows as CSV (also `/admin/usage?format=csv`) |
@@ -27,7 +27,7 @@
 //!
 //! The console (`crate::console`) signs in by `POST /admin/session` with the key as a
 //! bearer token (so the auth layer's throttling of wrong keys applies); the answer sets
-//! the session cookie and carries `{"csrf", "expires_in_seconds"}`. Signed in, the console
+//! the session cookie and carries `{"signed_in": true, "csrf", "expires_in_seconds"}`. Signed in, the console
 //! calls every route here with the cookie, and those that change something with the CSRF
 //! token in `X-CSRF-Token`; scripts keep using the key.
 //!
@@ -55,8 +55,8 @@ use crate::accounts::signin::Renewal;
 use crate::accounts::Pool;
 use crate::app::AppState;
 use crate::body::{json_response, sse_response, ProxyBody};
-use crate::console::session::{self, Session};
-use crate::error::ProxyError;
+use crate::console::session::{self, Session, Sessions};
+use crate::error::{ProxyError, SessionRefusal};
 use crate::identity::OperatorAccess;
 use crate::request_log::{self, parse_query, Feed, Page};
 use crate::server::PeerAddr;
@@ -73,6 +73,10 @@ pub(crate) async fn handle(
         return Err(ProxyError::RouteNotFound {
             path: format!("{path} (the admin API is off: set ADMIN_KEY)"),
         });
+    }
+    // Whether the console is signed in: answered to anyone (the auth layer let it through).
+    if req.method() == Method::GET && path == "/admin/session" {
+        return Ok(session_probe(state, req));
     }
     // The auth layer checked the key (and throttles guessing).
     if req.extensions().get::<OperatorAccess>().is_none() {
@@ -219,18 +223,11 @@ fn console_session(
         .trust_proxy
         .forwarded_https(req.headers(), peer);
     let client = state.config.trust_proxy.client_ip(req.headers(), peer);
-    let answer = |session: &Session| {
-        json_ok(json!({
-            "csrf": sessions.csrf_token(session),
-            "expires_in_seconds": sessions.seconds_left(session),
-        }))
-    };
     match (req.method(), signed_in) {
-        (&Method::GET, Some(session)) => Ok(answer(session)),
         // Signed in with the key (the auth layer checked and throttles it).
         (&Method::POST, None) => {
             let (session, cookie) = sessions.issue();
-            let mut rsp = answer(&session);
+            let mut rsp = signed_in_answer(sessions, &session);
             set_cookie(&mut rsp, &session::set_cookie(&cookie, https));
             tracing::info!(
                 client = %client.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
@@ -247,10 +244,6 @@ fn console_session(
             set_cookie(&mut rsp, &session::clear_cookie(https));
             Ok(rsp)
         }
-        (&Method::GET, None) => Err(ProxyError::bad_request(
-            "No console session: this request presented the key. Sign in with POST /admin/session.",
-            None,
-        )),
         (&Method::POST, Some(_)) => Err(ProxyError::bad_request(
             "Already signed in; to sign in again, sign out first (DELETE /admin/session).",
             None,
@@ -259,6 +252,35 @@ fn console_session(
             allow: "GET, POST, DELETE",
         }),
     }
+}
+
+/// `GET /admin/session`: `{"signed_in": true, "csrf", "expires_in_seconds"}` with a valid
+/// cookie; otherwise `{"signed_in": false}`, with `reason` (`expired`, `signed_out`,
+/// `invalid`) and a sentence for the sign-in form when a cookie came and was refused.
+fn session_probe(state: &AppState, req: &Request<Incoming>) -> Response<ProxyBody> {
+    match (state.sessions.as_ref(), req.extensions().get::<Session>()) {
+        (Some(sessions), Some(session)) => signed_in_answer(sessions, session),
+        _ => match req.extensions().get::<SessionRefusal>() {
+            Some(&refusal) => json_ok(json!({
+                "signed_in": false,
+                "reason": match refusal {
+                    SessionRefusal::Expired => "expired",
+                    SessionRefusal::SignedOut => "signed_out",
+                    SessionRefusal::Invalid => "invalid",
+                },
+                "message": ProxyError::NotSignedIn { refusal }.message(),
+            })),
+            None => json_ok(json!({"signed_in": false})),
+        },
+    }
+}
+
+fn signed_in_answer(sessions: &Sessions, session: &Session) -> Response<ProxyBody> {
+    json_ok(json!({
+        "signed_in": true,
+        "csrf": sessions.csrf_token(session),
+        "expires_in_seconds": sessions.seconds_left(session),
+    }))
 }
 
 fn set_cookie(rsp: &mut Response<ProxyBody>, cookie: &str) {

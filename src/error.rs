@@ -540,7 +540,7 @@ impl ProxyError {
                     .to_owned()
             }
             ProxyError::AuthThrottled { retry_after_secs } => format!(
-                "Too many invalid API keys from this address; try again in {retry_after_secs} s."
+                "Too many invalid keys from this address; try again in {retry_after_secs} s."
             ),
             ProxyError::UpstreamCoolingDown { retry_after_secs } => format!(
                 "Qwen's anti-bot protection challenged the account(s) recently; the proxy pauses \

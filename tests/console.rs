@@ -128,6 +128,7 @@ async fn a_session_signs_in_acts_with_its_csrf_token_and_signs_out() {
         .unwrap()
         .to_owned();
     let session = call(&h, h.addr, "GET", "/admin/session", &c).await;
+    assert_eq!(session.json()["signed_in"], true);
     assert_eq!(session.json()["csrf"], csrf.as_str());
 
     // A change without the token (or with another) is refused and changes nothing.
@@ -159,6 +160,12 @@ async fn a_session_signs_in_acts_with_its_csrf_token_and_signs_out() {
         .to_str()
         .unwrap()
         .contains("Max-Age=0"));
+    let probe = call(&h, h.addr, "GET", "/admin/session", &c).await.json();
+    assert_eq!(
+        (probe["signed_in"].clone(), probe["reason"].clone()),
+        (Value::Bool(false), Value::from("signed_out")),
+        "{probe}"
+    );
     let r = call(&h, h.addr, "GET", "/admin/accounts", &c).await;
     assert_eq!(r.status, 401);
     assert_eq!(code(&r), "not_signed_in");
@@ -181,6 +188,12 @@ async fn wrong_keys_are_throttled_and_a_page_without_a_session_is_not_a_guess() 
     // The console asking whether it is signed in, many times: not guesses.
     for _ in 0..5 {
         let r = call(&h, h.addr, "GET", "/admin/session", &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json(), serde_json::json!({"signed_in": false}));
+    }
+    // Another keyless call is refused, still without counting.
+    for _ in 0..5 {
+        let r = call(&h, h.addr, "GET", "/admin/accounts", &[]).await;
         assert_eq!(r.status, 401);
     }
     sign_in(&h, h.addr).await;

@@ -36,6 +36,8 @@ pub struct AccountView {
     pub proxy: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_expires: Option<u64>,
+    /// A new token can be had without a browser (a password, or a refresh token).
+    pub can_renew: bool,
     pub recent_errors: Vec<RecentError>,
 }
 
@@ -71,6 +73,7 @@ impl Pool {
             turns: a.turns.load(Ordering::Relaxed),
             proxy: a.spec.proxy.is_some(),
             token_expires: a.token().and_then(|t| t.exp()),
+            can_renew: Pool::can_renew(a),
             recent_errors: a
                 .errors
                 .lock()

@@ -17,7 +17,8 @@
 //! valid one gets [`OperatorAccess`] and the [`Session`] in the extensions, and a request
 //! that changes something (any method but `GET`/`HEAD`) must also carry the session's CSRF
 //! token (403 without). A request with neither key nor cookie is refused without counting
-//! as a guess (a console loading before sign-in is not an attack).
+//! as a guess (a console loading before sign-in is not an attack); `GET /admin/session`
+//! is let through to say "not signed in" (with the `SessionRefusal` of a refused cookie).
 //!
 //! Key guessing is throttled, API keys and the operators' key each with their own counter:
 //! failed attempts are counted per client address (as `TRUST_PROXY` resolves it) in a fixed
@@ -263,6 +264,13 @@ where
                     req.extensions_mut().insert(OperatorAccess);
                     req.extensions_mut().insert(session);
                 }
+                // The console asking whether it is signed in: the answer says no (and why),
+                // not an error — a page loading before sign-in is not a refused request.
+                Err(e) if is_session_probe(&req) => {
+                    if let ProxyError::NotSignedIn { refusal } = e {
+                        req.extensions_mut().insert(refusal);
+                    }
+                }
                 Err(e) => return ResponseFuture::reject(e),
             }
         } else if let Endpoint::Admin | Endpoint::Health = route.endpoint {
@@ -291,6 +299,11 @@ where
             Err(e) => ResponseFuture::reject(e),
         }
     }
+}
+
+/// `GET /admin/session`, which answers "not signed in" itself.
+fn is_session_probe<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET && req.uri().path().trim_end_matches('/') == "/admin/session"
 }
 
 // === failure counting ===

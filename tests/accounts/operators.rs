@@ -266,6 +266,17 @@ async fn an_operator_renews_a_token_now_where_the_account_can() {
     ]));
     let h = Harness::start_with(&[("QWEN_ACCOUNTS_FILE", file.path())], sim).await;
     wait_ready(&h, h.addr, 2).await;
+    let list = admin(&h, h.addr, "GET", "/admin/accounts").await.json();
+    let can_renew: Vec<(Value, Value)> = list["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].clone(), a["can_renew"].clone()))
+        .collect();
+    assert_eq!(
+        can_renew,
+        [(json!("alice"), json!(true)), (json!("a"), json!(false))]
+    );
     let before = h.sim_stats().await;
     let renewals =
         |s: &Value| s["signins"].as_u64().unwrap_or(0) + s["refreshes"].as_u64().unwrap_or(0);

@@ -50,7 +50,8 @@ def test_sign_in_and_out(proxy, watch):
     expect(page.locator("#console")).to_be_hidden()
     # The browser dropped the cookie, and the server refuses it if it comes back.
     assert "qp_session" not in {c["name"] for c in page.context.cookies()}
-    assert page.request.get(f"{proxy.url}/admin/session").status == 401
+    probe = page.request.get(f"{proxy.url}/admin/session")
+    assert probe.status == 200 and probe.json() == {"signed_in": False}, probe.text()
     status, _, body = proxy.call("GET", "/admin/accounts", headers={"Cookie": f"qp_session={session['value']}"})
     assert status == 401 and body["error"]["code"] == "not_signed_in", (status, body)
     page.goto(f"{proxy.url}/admin/#/accounts")
@@ -172,14 +173,21 @@ def test_purge_asks_first(proxy, watch):
 
 def test_a_refused_action_is_shown_not_swallowed(proxy, watch):
     page = watch.page
-    # Renewing a browser session's token (no password, no refresh token) is refused: 400.
-    watch.expect_failed_load("/admin/accounts/alpha/renew", (400,))
     sign_in(page, proxy, "accounts")
-    row(page, "alpha").get_by_test_id("account-renew").click()
+    # A browser session's token (no password, no refresh token) cannot be renewed: the
+    # button says so instead of failing.
+    renew = row(page, "alpha").get_by_test_id("account-renew")
+    expect(renew).to_be_disabled()
+    expect(renew).to_have_attribute("title", re.compile("accounts file"))
+    # An accounts file broken on disk: the reload is refused (400), the accounts in use stay.
+    watch.expect_failed_load("/admin/accounts/reload", (400,))
+    with open(proxy.accounts_file, "w") as f:
+        f.write("[{not json")
+    page.get_by_test_id("accounts-reload").click()
     alert = page.get_by_test_id("alerts")
-    expect(alert).to_contain_text("alpha")
-    expect(alert).to_contain_text("account_cannot_renew")
+    expect(alert).to_contain_text("invalid_accounts_file")
     expect(row(page, "alpha").get_by_test_id("account-state")).to_have_text("ready")
+    expect(page.get_by_test_id("account-row")).to_have_count(3)
     alert.get_by_role("button", name="Dismiss").click()
     expect(alert.get_by_test_id("alert-item")).to_have_count(0)
 
