@@ -47,6 +47,12 @@
     return node;
   }
 
+  /** A query string the server reads as written: `URLSearchParams` writes a space as `+`,
+   * which the admin API takes literally (a `+` in a value comes out as `%2B`). */
+  function queryString(params) {
+    return params.toString().replace(/\+/g, "%20");
+  }
+
   function setText(id, value) {
     const node = typeof id === "string" ? $(id) : id;
     const text = value === null || value === undefined ? "—" : String(value);
@@ -442,7 +448,7 @@
   function route(userNavigated) {
     if (!session.active) return;
     let name = (location.hash.match(/^#\/([a-z]+)/) || [])[1];
-    if (!pages[name]) {
+    if (!Object.hasOwn(pages, name)) {
       name = "overview";
       history.replaceState(null, "", "#/overview");
     }
@@ -970,9 +976,9 @@
 
     async load() {
       const q = this.query();
-      $("usage-csv").href = `/admin/usage.csv?${q}`;
+      $("usage-csv").href = `/admin/usage.csv?${queryString(q)}`;
       try {
-        const data = await api("GET", `/admin/usage?${q}`);
+        const data = await api("GET", `/admin/usage?${queryString(q)}`);
         clearError("usage");
         this.loaded = true;
         this.data = data;
@@ -1174,7 +1180,7 @@
       try {
         const limit = new URLSearchParams(q);
         limit.set("limit", String(MAX_ROWS));
-        const data = await api("GET", `/admin/requests?${limit}`);
+        const data = await api("GET", `/admin/requests?${queryString(limit)}`);
         if (generation !== this.generation) return; // a newer start (other filters) won
         clearError("requests");
         this.meta = { capacity: data.capacity, size: data.size };
@@ -1201,7 +1207,7 @@
     },
 
     openStream(q) {
-      const source = new EventSource(`/admin/requests/stream?${q}`);
+      const source = new EventSource(`/admin/requests/stream?${queryString(q)}`);
       this.source = source;
       this.setLive("connecting", "connecting…");
       source.addEventListener("hello", () => {
@@ -1273,10 +1279,11 @@
       }
     },
 
-    /** Keep an entry (newest first); false if it was there already. */
+    /** Keep an entry (newest first); false if it was there already (by its `seq`: request
+     * ids are the clients' and may repeat). */
     remember(e, front) {
-      if (e.id !== undefined && this.ids.has(e.id)) return false;
-      if (e.id !== undefined) this.ids.add(e.id);
+      if (this.ids.has(e.seq)) return false;
+      this.ids.add(e.seq);
       if (front) this.entries.unshift(e);
       else this.entries.push(e);
       for (const name of ["account", "model", "key"]) {
@@ -1284,7 +1291,7 @@
       }
       while (this.entries.length > MAX_ROWS) {
         const old = this.entries.pop();
-        this.ids.delete(old.id);
+        this.ids.delete(old.seq);
       }
       return true;
     },

@@ -34,7 +34,7 @@
 //! `/admin/requests` takes `status` (`200`, `4xx`, `5xx`, `error`), `errors=only`,
 //! `account`, `key`, `model`, `api`, `since` (Unix ms or RFC 3339) and `limit` (100 by
 //! default, the capacity at most; the filters: `request_log::query`) and answers
-//! `{"requests": [entries], "capacity", "size"}`; an entry is `{"id", "time", "time_ms",
+//! `{"requests": [entries], "capacity", "size"}`; an entry is `{"seq", "id", "time", "time_ms",
 //! "api", "model", "key", "account", "chat", "stream", "status", "error_type", "error_code",
 //! "ttft_ms", "duration_ms", "input_tokens", "output_tokens", "reasoning_tokens", "retries",
 //! "moved"}` (`request_log::Entry`) — never prompt or answer text. `/admin/requests/stream`
@@ -75,7 +75,7 @@ pub(crate) async fn handle(
         });
     }
     // Whether the console is signed in: answered to anyone (the auth layer let it through).
-    if req.method() == Method::GET && path == "/admin/session" {
+    if session::is_probe(req.method(), path) {
         return Ok(session_probe(state, req));
     }
     // The auth layer checked the key (and throttles guessing).

@@ -81,14 +81,34 @@ where
     }
 }
 
-/// The directory (created if missing) and the current file, opened for appending: a
-/// restart continues the file and its rotation.
-/// Whether the service could write its log file (`qwen-proxy check`): the directory made
-/// and the file opened for appending, as serving would; nothing is written.
+/// Whether the service could have its log file (`qwen-proxy check`), touching nothing — a
+/// check run as another user (`sudo`) must not make the directory or the file the service
+/// then cannot write: the directory exists and is writable, or the nearest existing
+/// ancestor is a directory it can be made in.
 pub fn probe(file: &LogFileConfig) -> Result<(), String> {
-    open(file).map(drop)
+    let fail = |why: &str| Err(format!("LOG_DIR={:?}: {why}", file.dir));
+    let mut at = file.dir.as_path();
+    loop {
+        match std::fs::metadata(at) {
+            Ok(m) if !m.is_dir() => {
+                return fail(&format!("{at:?} is not a directory"));
+            }
+            Ok(m) if m.permissions().readonly() => {
+                return fail(&format!("{at:?} is read-only"));
+            }
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match at.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+                // A relative path: made in the working directory.
+                _ => return Ok(()),
+            },
+            Err(e) => return fail(&format!("{at:?}: {e}")),
+        }
+    }
 }
 
+/// The directory (created if missing) and the current file, opened for appending: a
+/// restart continues the file and its rotation.
 fn open(file: &LogFileConfig) -> Result<BasicRollingFileAppender, String> {
     create_dir(&file.dir)
         .map_err(|e| format!("LOG_DIR={:?}: cannot create the directory: {e}", file.dir))?;

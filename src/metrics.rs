@@ -185,7 +185,7 @@ impl Metrics {
             ),
             auth_failures: counter_vec(
                 "auth_failures_total",
-                "Requests refused for their key: invalid_key (401), throttled (429 while the address is locked out after repeated failures); for the operators' key (ADMIN_KEY, on /admin and /health): invalid_admin_key, admin_throttled.",
+                "Requests refused for their key: invalid_key (401), throttled (429 while the address is locked out after repeated failures); for the operators' key (ADMIN_KEY, on /admin and /health): invalid_admin_key, admin_throttled; the console's changes without their session's CSRF token: csrf_token_invalid.",
                 &["outcome"],
             ),
             tool_calls: counter_vec(

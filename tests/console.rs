@@ -256,3 +256,74 @@ async fn instances_with_the_key_share_sessions_and_https_makes_the_cookie_secure
     assert!(!r.headers["set-cookie"].to_str().unwrap().contains("Secure"));
     let _: Value = r.json();
 }
+
+/// The probe is the only keyless way in: near paths and other methods are refused, and a
+/// cookie does not rescue a wrong key (which counts as a guess).
+#[tokio::test]
+async fn only_the_probe_answers_without_a_key_and_a_cookie_does_not_rescue_a_wrong_one() {
+    let h = Harness::start_with(&[], quick_sim()).await;
+    for (method, path) in [
+        ("HEAD", "/admin/session"),
+        ("GET", "/admin//session"),
+        ("GET", "/admin/session/x"),
+        ("GET", "/admin/overview"),
+        ("GET", "/admin/requests"),
+    ] {
+        let r = call(&h, h.addr, method, path, &[]).await;
+        assert_eq!(r.status, 401, "{method} {path}");
+    }
+    let (cookie, csrf, _) = sign_in(&h, h.addr).await;
+    let with_wrong_key = [
+        ("cookie", cookie.as_str()),
+        ("x-csrf-token", csrf.as_str()),
+        ("authorization", "Bearer not-the-admin-key"),
+    ];
+    let r = call(&h, h.addr, "GET", "/admin/accounts", &with_wrong_key).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(code(&r), "invalid_admin_key");
+    let metrics = String::from_utf8(h.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("auth_failures_total{outcome=\"invalid_admin_key\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// With CORS on and credentials allowed for a same-site origin, that origin's pages still
+/// cannot read the console's answers (its CSRF token above all): no CORS headers on `/admin`,
+/// preflights included; the client API keeps them.
+#[tokio::test]
+async fn cors_never_opens_the_console_to_another_origin() {
+    let origin = "http://localhost:3000";
+    let env = [
+        ("CORS_ENABLED", "true"),
+        ("CORS_ORIGIN", origin),
+        ("CORS_CREDENTIALS", "true"),
+    ];
+    let h = Harness::start_with(&env, quick_sim()).await;
+    let (cookie, _, _) = sign_in(&h, h.addr).await;
+    let from_origin = [("cookie", cookie.as_str()), ("origin", origin)];
+    let r = call(&h, h.addr, "GET", "/admin/session", &from_origin).await;
+    assert_eq!(r.json()["signed_in"], true, "the cookie itself works");
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    assert!(!r.headers.contains_key("access-control-allow-credentials"));
+    let preflight = [
+        ("origin", origin),
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", "x-csrf-token"),
+    ];
+    let r = call(
+        &h,
+        h.addr,
+        "OPTIONS",
+        "/admin/accounts/default/disable",
+        &preflight,
+    )
+    .await;
+    assert!(
+        !r.headers.contains_key("access-control-allow-origin"),
+        "{:?}",
+        r.headers
+    );
+    let r = call(&h, h.addr, "GET", "/v1/models", &[("origin", origin)]).await;
+    assert_eq!(r.headers["access-control-allow-origin"], origin);
+}

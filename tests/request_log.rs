@@ -154,7 +154,8 @@ fn tokens_of(entry: &Value) -> [u64; 2] {
 }
 
 /// Every field an entry has, and nothing else.
-const FIELDS: [&str; 19] = [
+const FIELDS: [&str; 20] = [
+    "seq",
     "id",
     "time",
     "time_ms",
@@ -260,6 +261,13 @@ async fn every_completion_request_is_recorded_as_its_client_saw_it() {
             e["time_ms"].as_u64().unwrap() % 1000
         );
     }
+    // Numbered from 1 in the order recorded (these ran one after another).
+    let seqs: Vec<u64> = order
+        .iter()
+        .map(|id| log[id]["seq"].as_u64().unwrap())
+        .collect();
+    let n = seqs.len() as u64;
+    assert_eq!(seqs, (1..=n).rev().collect::<Vec<u64>>());
     let fingerprint = log["rl-plain"]["key"].as_str().unwrap().to_owned();
     assert!(
         fingerprint.len() == 32 && fingerprint.chars().all(|c| c.is_ascii_hexdigit()),
@@ -374,11 +382,16 @@ async fn every_completion_request_is_recorded_as_its_client_saw_it() {
         5,
         "all but the two refused before parsing: {by_model:?}"
     );
+    // Arrived at or after rl-overload's millisecond: the two after it, and any that arrived
+    // within that same millisecond before it.
     let since = log["rl-overload"]["time_ms"].as_u64().unwrap();
-    assert_eq!(
-        ids(requests(&h, &format!("since={since}")).await),
-        ["rl-midstream", "rl-overload"]
-    );
+    let want: Vec<&str> = order
+        .iter()
+        .filter(|id| log[*id]["time_ms"].as_u64().unwrap() >= since)
+        .map(String::as_str)
+        .collect();
+    assert_eq!(want[..2], ["rl-midstream", "rl-overload"]);
+    assert_eq!(ids(requests(&h, &format!("since={since}")).await), want);
     for (query, param) in [
         ("status=teapot", "status"),
         ("limit=0", "limit"),

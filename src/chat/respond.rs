@@ -82,7 +82,7 @@ impl<A: ClientApi> Attempt<'_, A> {
             features: self.plan.features,
             size: self.plan.size,
         };
-        self.books.record.chat(chat_id);
+        self.books.record.attempt(lease.name(), chat_id);
         let sent = Instant::now();
         let upstream = self
             .state

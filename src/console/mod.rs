@@ -31,6 +31,12 @@ pub(crate) const SECURITY_HEADERS: [(&str, &str); 5] = [
     ("cross-origin-opener-policy", "same-origin"),
 ];
 
+/// `/admin` or a path below it (not `/administrator`): the operators' routes.
+pub(crate) fn is_operator_path(path: &str) -> bool {
+    path.strip_prefix("/admin")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// One embedded file.
 struct Asset {
     path: &'static str,

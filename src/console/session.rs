@@ -157,6 +157,13 @@ fn parse_nonce(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+/// `GET /admin/session` (a trailing slash allowed): whether the console is signed in,
+/// answered to anyone — the one exemption from the operators' key on `/admin`, decided here
+/// for the auth layer and the admin API alike.
+pub(crate) fn is_probe(method: &hyper::Method, path: &str) -> bool {
+    method == hyper::Method::GET && path.trim_end_matches('/') == "/admin/session"
+}
+
 /// `Set-Cookie` for a new session (`secure`: the browser reached us over HTTPS).
 pub(crate) fn set_cookie(value: &str, secure: bool) -> String {
     format!(
@@ -245,6 +252,24 @@ mod tests {
         s.revoke(&one);
         assert_eq!(s.verify_at(&c1, now), Err(Refusal::SignedOut));
         assert!(s.verify_at(&c2, now).is_ok());
+    }
+
+    #[test]
+    fn only_a_get_of_the_session_itself_is_the_probe() {
+        use hyper::Method;
+        assert!(is_probe(&Method::GET, "/admin/session"));
+        assert!(is_probe(&Method::GET, "/admin/session/"));
+        for (method, path) in [
+            (Method::HEAD, "/admin/session"),
+            (Method::POST, "/admin/session"),
+            (Method::GET, "/admin//session"),
+            (Method::GET, "/admin/./session"),
+            (Method::GET, "/admin/session/x"),
+            (Method::GET, "/admin/sessions"),
+            (Method::GET, "/admin/accounts"),
+        ] {
+            assert!(!is_probe(&method, path), "{method} {path}");
+        }
     }
 
     #[test]

@@ -266,7 +266,7 @@ where
                 }
                 // The console asking whether it is signed in: the answer says no (and why),
                 // not an error — a page loading before sign-in is not a refused request.
-                Err(e) if is_session_probe(&req) => {
+                Err(e) if session::is_probe(req.method(), req.uri().path()) => {
                     if let ProxyError::NotSignedIn { refusal } = e {
                         req.extensions_mut().insert(refusal);
                     }
@@ -299,11 +299,6 @@ where
             Err(e) => ResponseFuture::reject(e),
         }
     }
-}
-
-/// `GET /admin/session`, which answers "not signed in" itself.
-fn is_session_probe<B>(req: &Request<B>) -> bool {
-    req.method() == Method::GET && req.uri().path().trim_end_matches('/') == "/admin/session"
 }
 
 // === failure counting ===

@@ -1,7 +1,12 @@
 //! The console's security headers (`console::SECURITY_HEADERS`: CSP, `nosniff`, no
-//! framing, no referrer) on every response of the operators' routes, `/admin` and below —
-//! errors included, so this layer sits outside the error mapping. Other routes are left
-//! alone: a streamed completion does not carry a page's policy.
+//! framing, no referrer) on every response under `/admin` — errors and 405s included, so
+//! this layer sits outside the error mapping and goes by the path, not the endpoint. Other
+//! routes are left alone: a streamed completion does not carry a page's policy.
+//!
+//! The console is never cross-origin: the CORS headers `CORS_ENABLED` adds are taken off
+//! its responses (preflights included). With credentials allowed, a page on a listed origin
+//! of the same site (another port on `localhost`, a sibling subdomain — `SameSite=Strict`
+//! lets those send the cookie) could otherwise read the CSRF token and act as the operator.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,7 +16,6 @@ use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL};
 use hyper::{Request, Response};
 
 use crate::console::SECURITY_HEADERS;
-use crate::routes::{Endpoint, Route};
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct OperatorHeadersLayer;
@@ -42,10 +46,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let operator = matches!(
-            Route::of(&req).endpoint,
-            Endpoint::Admin | Endpoint::Console
-        );
+        let operator = crate::console::is_operator_path(req.uri().path());
         ResponseFuture {
             inner: self.inner.call(req),
             operator,
@@ -68,6 +69,14 @@ where
         let mut rsp = std::task::ready!(Pin::new(&mut self.inner).poll(cx))?;
         if self.operator {
             let headers = rsp.headers_mut();
+            let cors: Vec<HeaderName> = headers
+                .keys()
+                .filter(|name| name.as_str().starts_with("access-control-"))
+                .cloned()
+                .collect();
+            for name in cors {
+                headers.remove(name);
+            }
             for (name, value) in SECURITY_HEADERS {
                 headers.insert(
                     HeaderName::from_static(name),
@@ -93,7 +102,13 @@ mod tests {
         let svc = ServiceBuilder::new()
             .layer(OperatorHeadersLayer)
             .service(service_fn(|_req: Request<()>| {
-                Box::pin(async { Ok::<_, Infallible>(Response::new(())) })
+                // What the CORS layer inside adds with CORS_CREDENTIALS.
+                let rsp = Response::builder()
+                    .header("access-control-allow-origin", "http://localhost:3000")
+                    .header("access-control-allow-credentials", "true")
+                    .body(())
+                    .unwrap();
+                Box::pin(async { Ok::<_, Infallible>(rsp) })
             }));
         let req = Request::builder().uri(path).body(()).unwrap();
         svc.oneshot(req).await.unwrap().headers().clone()
@@ -101,7 +116,12 @@ mod tests {
 
     #[tokio::test]
     async fn operators_routes_get_the_policy_and_others_do_not() {
-        for path in ["/admin/", "/admin/accounts", "/admin/assets/app.js"] {
+        for path in [
+            "/admin",
+            "/admin/",
+            "/admin/accounts",
+            "/admin/assets/app.js",
+        ] {
             let h = headers_of(path).await;
             let csp = h["content-security-policy"].to_str().unwrap();
             assert!(csp.contains("frame-ancestors 'none'"), "{path}");
@@ -109,9 +129,17 @@ mod tests {
             assert!(!csp.contains("unsafe-inline"), "{path}");
             assert_eq!(h["x-content-type-options"], "nosniff");
             assert_eq!(h["cache-control"], "no-store");
+            assert!(!h.contains_key("access-control-allow-origin"), "{path}");
+            assert!(
+                !h.contains_key("access-control-allow-credentials"),
+                "{path}"
+            );
         }
-        let h = headers_of("/v1/chat/completions").await;
-        assert!(!h.contains_key("content-security-policy"));
-        assert!(!h.contains_key("cache-control"));
+        for path in ["/v1/chat/completions", "/administrator", "/"] {
+            let h = headers_of(path).await;
+            assert!(!h.contains_key("content-security-policy"), "{path}");
+            assert!(!h.contains_key("cache-control"), "{path}");
+            assert!(h.contains_key("access-control-allow-origin"), "{path}");
+        }
     }
 }

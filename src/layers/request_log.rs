@@ -171,6 +171,7 @@ impl Pending {
         let tokens = fill.tokens;
         let (error_type, error_code) = fill.error.unzip();
         self.log.record(Entry {
+            seq: 0, // numbered by the log
             id: self.id.clone(),
             time: rfc3339_millis(self.time_ms),
             time_ms: self.time_ms,
@@ -296,8 +297,7 @@ mod tests {
             let record = Recorder::of(req.extensions());
             record.key("anon");
             record.asked("qwen3.7-plus", true);
-            record.account("a");
-            record.chat("c1");
+            record.attempt("a", "c1");
             record.first_token(std::time::Duration::from_millis(5));
             record.tokens(3, 4, Some(1));
             Ok(Response::new(ProxyBody::full("answer")))
@@ -326,7 +326,15 @@ mod tests {
             (Some(3), Some(4), Some(1))
         );
         assert_eq!((e.error_type, e.error_code), (None, None));
-        assert_eq!(e.time, crate::common::rfc3339_millis(e.time_ms));
+        // The arrival in both forms agrees (the formatter has its own tests with literals).
+        let b = e.time.as_bytes();
+        assert!(
+            e.time.len() == 24 && b[10] == b'T' && e.time.ends_with('Z'),
+            "{}",
+            e.time
+        );
+        assert_eq!(e.time[20..23], format!("{:03}", e.time_ms % 1000));
+        assert_eq!(e.time[17..19], format!("{:02}", e.time_ms / 1000 % 60));
     }
 
     #[tokio::test]

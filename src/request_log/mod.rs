@@ -51,6 +51,9 @@ pub(crate) const FEED_CAPACITY: usize = 256;
 /// One request, as the operators see it. Serialised as it is (the admin API's JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Entry {
+    /// This instance's number of the entry, from 1 in the order recorded (set by
+    /// [`RequestLog::record`]): unique where `id`, a client's `x-request-id`, need not be.
+    pub(crate) seq: u64,
     /// The request id (`x-request-id`, as the response carried it).
     pub(crate) id: String,
     /// When the request arrived: RFC 3339, UTC, milliseconds.
@@ -59,8 +62,8 @@ pub(crate) struct Entry {
     pub(crate) time_ms: u64,
     /// `chat_completions`, `messages`, `responses` or `images`.
     pub(crate) api: &'static str,
-    /// The upstream model as resolved; the asked one if it never resolved; none before the
-    /// body was read.
+    /// The upstream model as resolved; the asked one if it never resolved; none when the
+    /// request was refused before the chat stack parsed it (a 400 from validation included).
     pub(crate) model: Option<String>,
     /// The API key's fingerprint, `anon` without `API_KEYS`; none when no key was accepted.
     pub(crate) key: Option<String>,
@@ -69,7 +72,8 @@ pub(crate) struct Entry {
     pub(crate) account: Option<String>,
     /// The upstream chat of that attempt.
     pub(crate) chat: Option<String>,
-    /// The request asked for a stream (false when it was refused before its body was read).
+    /// The request asked for a stream (false when it was refused before the chat stack
+    /// parsed it).
     pub(crate) stream: bool,
     /// The HTTP status sent; 499 when the client left before it.
     pub(crate) status: u16,
@@ -99,6 +103,13 @@ impl Entry {
     /// endpoints answer 200, a 4xx or a 5xx) or an error in the body, in-band included.
     pub(crate) fn is_error(&self) -> bool {
         !(200..300).contains(&self.status) || self.error_type.is_some()
+    }
+
+    /// An error on the overview: [`Entry::is_error`] except a client leaving before the end
+    /// (a user stopping an agent is the client's choice, not a failure to serve; the log
+    /// and its `status=error` filter still show it).
+    pub(crate) fn is_failure(&self) -> bool {
+        self.is_error() && self.error_type != Some(record::CLIENT_CLOSED)
     }
 
     /// When the response ended, in milliseconds since the Unix epoch.
@@ -131,6 +142,8 @@ struct Inner {
     /// Oldest first; at most `capacity`.
     ring: VecDeque<Arc<Entry>>,
     minutes: Minutes,
+    /// The last `seq` given.
+    last_seq: u64,
 }
 
 impl RequestLog {
@@ -141,6 +154,7 @@ impl RequestLog {
             inner: Mutex::new(Inner {
                 ring: VecDeque::with_capacity(capacity),
                 minutes: Minutes::default(),
+                last_seq: 0,
             }),
             feed: broadcast::channel(FEED_CAPACITY).0,
         }
@@ -163,21 +177,24 @@ impl RequestLog {
 
     /// A finished request: counted in its minute (the minute it ended), kept (the oldest
     /// entry goes when the ring is full) and sent to the live subscribers.
-    pub(crate) fn record(&self, entry: Entry) {
-        let entry = Arc::new(entry);
-        {
+    pub(crate) fn record(&self, mut entry: Entry) {
+        let entry = {
             let mut inner = self.lock();
             inner
                 .minutes
-                .record(entry.end_ms(), entry.is_error(), entry.ttft_ms);
+                .record(entry.end_ms(), entry.is_failure(), entry.ttft_ms);
             if self.capacity == 0 {
                 return;
             }
+            inner.last_seq += 1;
+            entry.seq = inner.last_seq;
+            let entry = Arc::new(entry);
             if inner.ring.len() == self.capacity {
                 inner.ring.pop_front();
             }
             inner.ring.push_back(entry.clone());
-        }
+            entry
+        };
         // No subscriber is not an error; a slow one skips (its receiver lags).
         let _ = self.feed.send(entry);
     }

@@ -122,9 +122,13 @@ impl Recorder {
         });
     }
 
-    /// The attempt's upstream chat.
-    pub(crate) fn chat(&self, chat_id: &str) {
-        self.with(|r| r.chat = Some(chat_id.to_owned()));
+    /// The attempt's account and upstream chat, together: the image turns of one request
+    /// run at once, and an entry must not pair one turn's account with another's chat.
+    pub(crate) fn attempt(&self, account: &str, chat_id: &str) {
+        self.with(|r| {
+            r.account = Some(account.to_owned());
+            r.chat = Some(chat_id.to_owned());
+        });
     }
 
     /// The answer began `since_arrival` after the request arrived (the answer the client

@@ -18,6 +18,7 @@ const T0: u64 = 1_796_735_045_250;
 
 fn entry(id: &str) -> Entry {
     Entry {
+        seq: 0,
         id: id.to_owned(),
         time: "2026-12-08T13:04:05.250Z".to_owned(),
         time_ms: T0,
@@ -54,6 +55,16 @@ fn all(limit: usize) -> Query {
 // === the ring ===
 
 #[test]
+fn entries_are_numbered_in_order_even_with_the_same_request_id() {
+    let log = RequestLog::new(5);
+    for _ in 0..3 {
+        log.record(entry("same-id"));
+    }
+    let seqs: Vec<u64> = log.select(&all(5)).iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [3, 2, 1]);
+}
+
+#[test]
 fn the_ring_keeps_the_last_n_newest_first() {
     let log = RequestLog::new(3);
     assert_eq!((log.capacity(), log.size()), (3, 0));
@@ -63,6 +74,46 @@ fn the_ring_keeps_the_last_n_newest_first() {
     assert_eq!(log.size(), 3);
     assert_eq!(ids(&log.select(&all(10))), ["r5", "r4", "r3"]);
     assert_eq!(ids(&log.select(&all(2))), ["r5", "r4"], "the limit");
+}
+
+#[test]
+fn the_overview_counts_failures_to_serve_not_clients_leaving() {
+    let log = RequestLog::new(10);
+    let failed = Entry {
+        status: 502,
+        error_type: Some("upstream_error"),
+        ..entry("failed")
+    };
+    let in_band = Entry {
+        error_type: Some("server_error"),
+        ..entry("in-band")
+    };
+    let left = Entry {
+        error_type: Some("client_closed"),
+        ..entry("left")
+    };
+    let gone_early = Entry {
+        status: 499,
+        error_type: Some("client_closed"),
+        ..entry("gone-early")
+    };
+    for e in [entry("ok"), failed, in_band, left, gone_early] {
+        log.record(e);
+    }
+    let hour = log.last_hour(T0 + 300);
+    assert_eq!((hour.requests, hour.errors), (5, 2));
+    // The log's own error filter still shows the clients that left.
+    let errors = Query {
+        filter: Filter {
+            status: Some(Status::Error),
+            ..Filter::default()
+        },
+        limit: 10,
+    };
+    assert_eq!(
+        ids(&log.select(&errors)),
+        ["gone-early", "left", "in-band", "failed"]
+    );
 }
 
 #[test]
@@ -89,7 +140,7 @@ fn the_list_json_has_entries_capacity_and_size() {
     assert_eq!(
         e,
         &serde_json::json!({
-            "id": "r1", "time": "2026-12-08T13:04:05.250Z", "time_ms": T0,
+            "seq": 1, "id": "r1", "time": "2026-12-08T13:04:05.250Z", "time_ms": T0,
             "api": "chat_completions", "model": "qwen3.7-plus", "key": "anon",
             "account": "a", "chat": "chat-1", "stream": false, "status": 200,
             "error_type": null, "error_code": null, "ttft_ms": 120, "duration_ms": 300,
@@ -431,8 +482,7 @@ fn the_recorder_keeps_what_it_is_told() {
     assert_eq!(r.take().model.as_deref(), Some("my model"), "cleaned");
     r.asked("claude-x", true);
     r.resolved("qwen3.7-plus");
-    r.account("a");
-    r.chat("c1");
+    r.attempt("a", "c1");
     r.account("b");
     r.first_token(Duration::from_millis(1500));
     r.tokens(1, 2, None);

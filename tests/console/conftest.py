@@ -8,10 +8,12 @@ import base64
 import contextlib
 import json
 import os
+import queue
 import re
 import secrets
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -125,9 +127,18 @@ def running_proxy(env=None):
         try:
             deadline = time.monotonic() + 30
             url = sim = None
+            # Read on a thread (which also keeps the pipe drained): a binary that hangs
+            # before its banner fails the test after 30 s instead of hanging it.
+            lines = queue.Queue()
+            threading.Thread(
+                target=lambda: ([lines.put(l) for l in proc.stdout], lines.put(None)), daemon=True
+            ).start()
             while time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                if not line:
+                try:
+                    line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if line is None:  # the binary exited
                     break
                 m = re.search(r"listening on (http://[0-9.:]+)", line)
                 s = re.search(r"simulator at (http://[0-9.:]+)", line)

@@ -305,13 +305,15 @@ def test_overview_usage_and_connect_show_the_data(proxy, watch):
     sign_in(page, proxy)
     expect(page.get_by_test_id("ov-status")).to_have_text(re.compile("ok|degraded"))
     expect(page.get_by_test_id("ov-chart").locator("svg [data-testid=minute-bar]")).to_have_count(60)
-    expect(page.get_by_test_id("ov-requests")).not_to_have_text("…")
+    # The three chats above, and nothing else, in the last hour.
+    expect(page.get_by_test_id("ov-requests")).to_have_text("3")
     expect(page.get_by_test_id("ov-accounts")).to_contain_text("3 total")
 
     page.get_by_test_id("nav-usage").click()
     usage_rows = page.get_by_test_id("usage-row")
     expect(usage_rows.first).to_be_visible()
-    expect(page.get_by_test_id("usage-totals")).to_contain_text("3")
+    # Total, then the requests column: one turn per chat.
+    expect(page.get_by_test_id("usage-totals").locator("td").nth(1)).to_have_text("3")
     expect(page.get_by_test_id("usage-chart").locator("svg")).to_be_visible()
     page.get_by_test_id("usage-by").select_option("model")
     expect(usage_rows.first).to_contain_text("qwen3.7-plus")
