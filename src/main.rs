@@ -198,6 +198,7 @@ fn serve(a: ServeArgs) -> ExitCode {
             bound,
             _sim.as_ref().map(Simulator::base_url),
             !config.api_keys.is_empty(),
+            config.admin_key.is_some(),
         );
         tracing::info!(
             %bound,
@@ -272,8 +273,8 @@ fn warn_about_exposure(config: &Config, bound: SocketAddr) {
 }
 
 /// `sim`: the demo simulator's URL, when in demo mode. `keys`: API_KEYS is set, so the
-/// examples send a key (a placeholder: a key is never printed).
-fn print_banner(bound: SocketAddr, sim: Option<String>, keys: bool) {
+/// examples send a key (a placeholder: a key is never printed). `console`: ADMIN_KEY is set.
+fn print_banner(bound: SocketAddr, sim: Option<String>, keys: bool, console: bool) {
     let host = match bound.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
         IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
@@ -309,6 +310,13 @@ A tool call (`@@sim:call` makes the simulated model call the first tool):
     } else {
         String::new()
     };
+    let console = if console {
+        format!("The operators' console: {base}/admin/ (sign in with ADMIN_KEY)")
+    } else {
+        format!(
+            "The operators' console: set ADMIN_KEY (16+ random characters) and open {base}/admin/"
+        )
+    };
     let banner = format!(
         "qwen-proxy {} listening on {base}{mode}
 
@@ -322,6 +330,8 @@ Or with the OpenAI Python SDK (pip install openai):
   stream = client.chat.completions.create(model=\"qwen3.7-plus\", stream=True, messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}])
   for chunk in stream:
       print(chunk.choices[0].delta.content or \"\", end=\"\", flush=True)
+
+{console}
 {tools_demo}
 Coding agents: Claude Code (Anthropic's API, no /v1):
   ANTHROPIC_BASE_URL={base} ANTHROPIC_API_KEY=<key> claude

@@ -56,6 +56,38 @@ fn the_banner_shows_how_to_send_a_key_without_showing_one() {
 }
 
 #[test]
+fn the_banner_points_to_the_console_and_how_to_turn_it_on() {
+    let args = ["--demo", "--port", "0", "--env-file", "/dev/null"];
+    let (child, text) = banner(&args, &[]);
+    drop(child);
+    let base = text
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("listening on ")
+        .to_owned();
+    assert!(
+        text.contains(&format!(
+            "console: set ADMIN_KEY (16+ random characters) and open {base}/admin/"
+        )),
+        "{text}"
+    );
+    let (child, text) = banner(&args, &[("ADMIN_KEY", "an-admin-key-never-printed")]);
+    drop(child);
+    let base = text
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("listening on ")
+        .to_owned();
+    assert!(
+        text.contains(&format!("console: {base}/admin/ (sign in with ADMIN_KEY)")),
+        "{text}"
+    );
+    assert!(!text.contains("an-admin-key-never-printed"), "{text}");
+}
+
+#[test]
 fn flags_take_their_value_after_an_equals_sign() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
