@@ -59,13 +59,8 @@ fn the_banner_shows_how_to_send_a_key_without_showing_one() {
 fn the_banner_points_to_the_console_and_how_to_turn_it_on() {
     let args = ["--demo", "--port", "0", "--env-file", "/dev/null"];
     let (child, text) = banner(&args, &[]);
+    let base = format!("http://{}", child.addr);
     drop(child);
-    let base = text
-        .lines()
-        .next()
-        .unwrap()
-        .trim_start_matches("listening on ")
-        .to_owned();
     assert!(
         text.contains(&format!(
             "console: set ADMIN_KEY (16+ random characters) and open {base}/admin/"
@@ -73,13 +68,8 @@ fn the_banner_points_to_the_console_and_how_to_turn_it_on() {
         "{text}"
     );
     let (child, text) = banner(&args, &[("ADMIN_KEY", "an-admin-key-never-printed")]);
+    let base = format!("http://{}", child.addr);
     drop(child);
-    let base = text
-        .lines()
-        .next()
-        .unwrap()
-        .trim_start_matches("listening on ")
-        .to_owned();
     assert!(
         text.contains(&format!("console: {base}/admin/ (sign in with ADMIN_KEY)")),
         "{text}"
